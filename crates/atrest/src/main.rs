@@ -1,0 +1,34 @@
+//! `atrest`: the command-line entry point. Parses arguments and hands off to
+//! the library crates; holds no logic of its own.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod cli;
+mod serve;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("atrest: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Serve(args) => serve::run(*args).await,
+            cli::Command::Admin(args) => admin::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("atrest: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The AWS JSON 1.1 protocol, minus HTTP: an operation name and a JSON body
+//! in, a JSON body or a typed error out. The server and the fuzz target both
+//! enter here.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::service::{Caller, KeyService};
+use crate::KmsError;
+
+macro_rules! operations {
+    ($($name:ident => $read_only:expr),* $(,)?) => {
+        /// The operations of the KMS API that atrest implements.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Operation { $(
+            #[doc = concat!("`", stringify!($name), "`")]
+            $name,
+        )* }
+
+        impl Operation {
+            /// Every operation.
+            pub const ALL: &'static [Operation] = &[$(Operation::$name),*];
+
+            /// The operation's name, as in `TrentService.<name>`.
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self { $(Operation::$name => stringify!($name),)* }
+            }
+
+            /// Whether the operation only reads the store (and so may run on
+            /// the request thread without blocking on an fsync).
+            #[must_use]
+            pub fn is_read_only(self) -> bool {
+                match self { $(Operation::$name => $read_only,)* }
+            }
+
+            /// The operation an `X-Amz-Target` value names.
+            #[must_use]
+            pub fn from_target(target: &str) -> Option<Self> {
+                let name = target.strip_prefix("TrentService.")?;
+                match name { $(stringify!($name) => Some(Operation::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+operations! {
+    CreateKey => false,
+    DescribeKey => true,
+    ListKeys => true,
+    UpdateKeyDescription => false,
+    EnableKey => false,
+    DisableKey => false,
+    ScheduleKeyDeletion => false,
+    CancelKeyDeletion => false,
+    Encrypt => true,
+    Decrypt => true,
+    ReEncrypt => true,
+    GenerateDataKey => true,
+    GenerateDataKeyWithoutPlaintext => true,
+    GenerateRandom => true,
+    CreateAlias => false,
+    UpdateAlias => false,
+    DeleteAlias => false,
+    ListAliases => true,
+    EnableKeyRotation => false,
+    DisableKeyRotation => false,
+    GetKeyRotationStatus => true,
+    RotateKeyOnDemand => false,
+    ListKeyRotations => true,
+    TagResource => false,
+    UntagResource => false,
+    ListResourceTags => true,
+}
+
+/// Parses a request body. An empty body is an empty object.
+fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, KmsError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        KmsError::Serialization(format!("The request body could not be parsed: {e}"))
+    })
+}
+
+/// Serialises a response into a buffer that is wiped when dropped (responses
+/// may hold plaintext).
+fn respond<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    let mut out = Zeroizing::new(Vec::with_capacity(256));
+    serde_json::to_writer(&mut *out, value)
+        .map_err(|e| KmsError::Internal(format!("encoding response: {e}")))?;
+    Ok(out)
+}
+
+impl KeyService {
+    /// Runs one operation for `caller` on a JSON request body.
+    pub fn call(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        body: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        use Operation as O;
+        match op {
+            O::CreateKey => respond(&self.create_key(caller, parse(body)?)?),
+            O::DescribeKey => respond(&self.describe_key(caller, parse(body)?)?),
+            O::ListKeys => respond(&self.list_keys(caller, parse(body)?)?),
+            O::UpdateKeyDescription => respond(&self.update_key_description(caller, parse(body)?)?),
+            O::EnableKey => respond(&self.enable_key(caller, parse(body)?)?),
+            O::DisableKey => respond(&self.disable_key(caller, parse(body)?)?),
+            O::ScheduleKeyDeletion => respond(&self.schedule_key_deletion(caller, parse(body)?)?),
+            O::CancelKeyDeletion => respond(&self.cancel_key_deletion(caller, parse(body)?)?),
+            O::Encrypt => respond(&self.encrypt(caller, parse(body)?)?),
+            O::Decrypt => respond(&self.decrypt(caller, parse(body)?)?),
+            O::ReEncrypt => respond(&self.re_encrypt(caller, parse(body)?)?),
+            O::GenerateDataKey => respond(&self.generate_data_key(caller, parse(body)?, true)?),
+            O::GenerateDataKeyWithoutPlaintext => {
+                respond(&self.generate_data_key(caller, parse(body)?, false)?)
+            }
+            O::GenerateRandom => respond(&self.generate_random(parse(body)?)?),
+            O::CreateAlias => respond(&self.create_alias(caller, parse(body)?)?),
+            O::UpdateAlias => respond(&self.update_alias(caller, parse(body)?)?),
+            O::DeleteAlias => respond(&self.delete_alias(caller, parse(body)?)?),
+            O::ListAliases => respond(&self.list_aliases(caller, parse(body)?)?),
+            O::EnableKeyRotation => respond(&self.enable_key_rotation(caller, parse(body)?)?),
+            O::DisableKeyRotation => respond(&self.disable_key_rotation(caller, parse(body)?)?),
+            O::GetKeyRotationStatus => respond(&self.get_key_rotation_status(caller, parse(body)?)?),
+            O::RotateKeyOnDemand => respond(&self.rotate_key_on_demand(caller, parse(body)?)?),
+            O::ListKeyRotations => respond(&self.list_key_rotations(caller, parse(body)?)?),
+            O::TagResource => respond(&self.tag_resource(caller, parse(body)?)?),
+            O::UntagResource => respond(&self.untag_resource(caller, parse(body)?)?),
+            O::ListResourceTags => respond(&self.list_resource_tags(caller, parse(body)?)?),
+        }
+    }
+}

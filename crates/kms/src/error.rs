@@ -1,0 +1,133 @@
+//! The key service's errors: one variant per AWS KMS error type.
+
+use thiserror::Error;
+
+/// An error from the key service. [`KmsError::aws_type`] gives AWS's
+/// `__type`; the message follows AWS's wording where AWS has one.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// The key, alias or other resource does not exist (here).
+    #[error("{0}")]
+    NotFound(String),
+    /// The key is disabled.
+    #[error("{0}")]
+    Disabled(String),
+    /// The key's state does not allow the operation.
+    #[error("{0}")]
+    InvalidState(String),
+    /// A ciphertext blob that is malformed, tampered with, or whose
+    /// encryption context does not match.
+    #[error("{0}")]
+    InvalidCiphertext(String),
+    /// The key named in the request is not the key of the ciphertext.
+    #[error("{0}")]
+    IncorrectKey(String),
+    /// The resource already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A parameter breaks a constraint.
+    #[error("{0}")]
+    Validation(String),
+    /// The request body is not valid JSON of the expected shape.
+    #[error("{0}")]
+    Serialization(String),
+    /// An alias name that is malformed or reserved.
+    #[error("{0}")]
+    InvalidAliasName(String),
+    /// An ARN that is malformed.
+    #[error("{0}")]
+    InvalidArn(String),
+    /// A pagination marker that this server did not issue.
+    #[error("{0}")]
+    InvalidMarker(String),
+    /// A quota is exhausted.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Tags that break a rule.
+    #[error("{0}")]
+    Tag(String),
+    /// An operation or parameter value atrest does not support.
+    #[error("{0}")]
+    UnsupportedOperation(String),
+    /// An algorithm or usage that the key does not have.
+    #[error("{0}")]
+    InvalidKeyUsage(String),
+    /// A grant token that is not valid.
+    #[error("{0}")]
+    InvalidGrantToken(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// `X-Amz-Target` names no operation.
+    #[error("{0}")]
+    UnknownOperation(String),
+    /// The request would have succeeded; `DryRun` was set.
+    #[error("The request would have succeeded, but the DryRun option is set.")]
+    DryRun,
+    /// A fault of the server, never of the client. The message is generic;
+    /// details go to the log only.
+    #[error("An internal error occurred.")]
+    Internal(String),
+}
+
+impl KmsError {
+    /// AWS's `__type` for this error.
+    #[must_use]
+    pub fn aws_type(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "NotFoundException",
+            Self::Disabled(_) => "DisabledException",
+            Self::InvalidState(_) => "KMSInvalidStateException",
+            Self::InvalidCiphertext(_) => "InvalidCiphertextException",
+            Self::IncorrectKey(_) => "IncorrectKeyException",
+            Self::AlreadyExists(_) => "AlreadyExistsException",
+            Self::Validation(_) => "ValidationException",
+            Self::Serialization(_) => "SerializationException",
+            Self::InvalidAliasName(_) => "InvalidAliasNameException",
+            Self::InvalidArn(_) => "InvalidArnException",
+            Self::InvalidMarker(_) => "InvalidMarkerException",
+            Self::LimitExceeded(_) => "LimitExceededException",
+            Self::Tag(_) => "TagException",
+            Self::UnsupportedOperation(_) => "UnsupportedOperationException",
+            Self::InvalidKeyUsage(_) => "InvalidKeyUsageException",
+            Self::InvalidGrantToken(_) => "InvalidGrantTokenException",
+            Self::AccessDenied(_) => "AccessDeniedException",
+            Self::UnknownOperation(_) => "UnknownOperationException",
+            Self::DryRun => "DryRunOperationException",
+            Self::Internal(_) => "KMSInternalException",
+        }
+    }
+
+    /// Whether the server, not the client, is at fault.
+    #[must_use]
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Self::Internal(_))
+    }
+
+    /// AWS's message for a constraint violation on one member.
+    pub(crate) fn constraint(member: &str, value: impl std::fmt::Display, rule: &str) -> Self {
+        Self::Validation(format!(
+            "1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: {rule}"
+        ))
+    }
+
+    /// AWS's message for a required member that is absent.
+    pub(crate) fn required(member: &str) -> Self {
+        Self::Validation(format!(
+            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
+        ))
+    }
+}
+
+impl From<atrest_store::StoreError> for KmsError {
+    fn from(e: atrest_store::StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<atrest_crypto::CryptoError> for KmsError {
+    fn from(e: atrest_crypto::CryptoError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}

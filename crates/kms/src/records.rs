@@ -1,0 +1,266 @@
+//! What the key service stores, and where. Every record is JSON with a
+//! version field `v`; every secret in a record is sealed under the root key
+//! (see `root.rs`) before it gets here. `docs/design.md` lists the tables.
+
+use atrest_store::{ReadTx, Table, WriteTx};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use crate::KmsError;
+
+/// `schema` → format version; `root_check` → the root key's check value.
+pub const META: Table = Table::new("kms.meta");
+/// account id → [`AccountRecord`].
+pub const ACCOUNTS: Table = Table::new("kms.accounts");
+/// access key id → [`AccessKeyRecord`].
+pub const ACCESS_KEYS: Table = Table::new("kms.access_keys");
+/// key id (16 bytes) → [`KeyRecord`].
+pub const KEYS: Table = Table::new("kms.keys");
+/// region `\0` account `\0` key id (16 bytes) → empty: keys by owner, for ListKeys.
+pub const KEYS_BY_OWNER: Table = Table::new("kms.keys_by_owner");
+/// key id (16 bytes) ‖ version (u32 BE) → [`VersionRecord`].
+pub const VERSIONS: Table = Table::new("kms.key_versions");
+/// region `\0` account `\0` alias name → [`AliasRecord`].
+pub const ALIASES: Table = Table::new("kms.aliases");
+/// due time (ms, u64 BE) ‖ kind (1 byte) ‖ key id (16 bytes) → empty: the
+/// lifecycle schedule (automatic rotations `r`, deletions `d`).
+pub const DUE: Table = Table::new("kms.due");
+
+/// The current schema version.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// An account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountRecord {
+    /// Record format version.
+    pub v: u32,
+    /// The 12-digit id.
+    pub id: String,
+    /// Creation time, ms since the epoch.
+    pub created: i64,
+    /// Whether the account may call the admin API.
+    pub admin: bool,
+}
+
+/// An access key. The secret is sealed under the root key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessKeyRecord {
+    /// Record format version.
+    pub v: u32,
+    /// The access key id.
+    pub id: String,
+    /// The owning account.
+    pub account: String,
+    /// Creation time, ms since the epoch.
+    pub created: i64,
+    /// Whether the key may sign requests.
+    pub active: bool,
+    /// The secret access key, sealed (base64).
+    pub sealed_secret: String,
+}
+
+/// Key states that exist in the store (a deleted key has no record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyState {
+    /// Usable.
+    Enabled,
+    /// Usable for nothing but management.
+    Disabled,
+    /// Scheduled for deletion.
+    PendingDeletion,
+}
+
+impl KeyState {
+    /// AWS's name for the state.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "Enabled",
+            Self::Disabled => "Disabled",
+            Self::PendingDeletion => "PendingDeletion",
+        }
+    }
+}
+
+/// An automatic-rotation schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// Days between rotations (90 to 2560).
+    pub period_days: u32,
+    /// When the next rotation is due, ms since the epoch.
+    pub next: i64,
+}
+
+/// A KMS key's metadata. Its material lives in [`VersionRecord`]s.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Record format version.
+    pub v: u32,
+    /// Key id.
+    pub id: Uuid,
+    /// Owning account.
+    pub account: String,
+    /// Region.
+    pub region: String,
+    /// Creation time, ms.
+    pub created: i64,
+    /// Description.
+    pub description: String,
+    /// State.
+    pub state: KeyState,
+    /// When deletion happens, if pending, ms.
+    pub deletion_date: Option<i64>,
+    /// The version new ciphertexts use.
+    pub current_version: u32,
+    /// The material id of the current version.
+    pub current_material_id: String,
+    /// Automatic rotation, if enabled.
+    pub rotation: Option<Rotation>,
+    /// On-demand rotations so far (AWS allows 25 per key).
+    pub on_demand_rotations: u32,
+    /// Tags, sorted by key.
+    pub tags: Vec<(String, String)>,
+}
+
+/// How a key version came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VersionOrigin {
+    /// Created with the key.
+    Initial,
+    /// Created by automatic rotation.
+    Automatic,
+    /// Created by RotateKeyOnDemand.
+    OnDemand,
+}
+
+/// One version of a key's material, sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Record format version.
+    pub v: u32,
+    /// Version number, from 1.
+    pub version: u32,
+    /// Creation time, ms.
+    pub created: i64,
+    /// How it was created.
+    pub origin: VersionOrigin,
+    /// A random, public identifier of this material (hex).
+    pub material_id: String,
+    /// The 32-byte material, sealed under the root key (base64).
+    pub sealed: String,
+}
+
+/// An alias.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasRecord {
+    /// Record format version.
+    pub v: u32,
+    /// The key it points to.
+    pub target: Uuid,
+    /// Creation time, ms.
+    pub created: i64,
+    /// Last update, ms.
+    pub updated: i64,
+}
+
+/// Decodes a stored record; a record that does not parse is corruption, the
+/// server's fault.
+pub fn decode<T: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, KmsError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| KmsError::Internal(format!("corrupt record in {}: {e}", table.name())))
+}
+
+/// Encodes a record.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, KmsError> {
+    serde_json::to_vec(value).map_err(|e| KmsError::Internal(format!("encoding record: {e}")))
+}
+
+/// Reads and decodes one record.
+pub fn get<T: DeserializeOwned>(
+    tx: &(impl ReadTx + ?Sized),
+    table: Table,
+    key: &[u8],
+) -> Result<Option<T>, KmsError> {
+    tx.get(table, key)?.map(|b| decode(table, &b)).transpose()
+}
+
+/// Encodes and writes one record.
+pub fn put<T: Serialize>(
+    tx: &mut (impl WriteTx + ?Sized),
+    table: Table,
+    key: &[u8],
+    value: &T,
+) -> Result<(), KmsError> {
+    tx.put(table, key, &encode(value)?)?;
+    Ok(())
+}
+
+/// `region \0 account \0`.
+#[must_use]
+pub fn owner_prefix(region: &str, account: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(region.len() + account.len() + 2);
+    k.extend_from_slice(region.as_bytes());
+    k.push(0);
+    k.extend_from_slice(account.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The [`KEYS_BY_OWNER`] key of a key.
+#[must_use]
+pub fn owner_key(region: &str, account: &str, id: &Uuid) -> Vec<u8> {
+    let mut k = owner_prefix(region, account);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The [`VERSIONS`] key of a key version.
+#[must_use]
+pub fn version_key(id: &Uuid, version: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(id.as_bytes());
+    k[16..].copy_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// The [`ALIASES`] key of an alias.
+#[must_use]
+pub fn alias_key(region: &str, account: &str, name: &str) -> Vec<u8> {
+    let mut k = owner_prefix(region, account);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Kinds of [`DUE`] entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DueKind {
+    /// An automatic rotation.
+    Rotation = b'r' as isize,
+    /// A deletion at the end of the waiting period.
+    Deletion = b'd' as isize,
+}
+
+/// The [`DUE`] key of a scheduled event.
+#[must_use]
+pub fn due_key(at_ms: i64, kind: DueKind, id: &Uuid) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[..8].copy_from_slice(&u64::try_from(at_ms.max(0)).unwrap_or(0).to_be_bytes());
+    k[8] = kind as u8;
+    k[9..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// Parses a [`DUE`] key.
+#[must_use]
+pub fn parse_due_key(k: &[u8]) -> Option<(i64, DueKind, Uuid)> {
+    if k.len() != 25 {
+        return None;
+    }
+    let at = i64::try_from(u64::from_be_bytes(k[..8].try_into().ok()?)).ok()?;
+    let kind = match k[8] {
+        b'r' => DueKind::Rotation,
+        b'd' => DueKind::Deletion,
+        _ => return None,
+    };
+    Some((at, kind, Uuid::from_bytes(k[9..].try_into().ok()?)))
+}

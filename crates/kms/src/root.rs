@@ -1,0 +1,361 @@
+//! The root of trust: the one key that seals every secret the key service
+//! stores (key material, secret access keys).
+//!
+//! Sources (chosen at first start, recorded in `<data-dir>/root.json`):
+//! * a **key file**: 32 random bytes, mode 0600, kept outside the data dir
+//!   (default: beside it, `<data-dir>.root.key`), created on first start;
+//! * a **passphrase**: the root key is random and stored in `root.json`
+//!   sealed under an argon2id key derived from the passphrase.
+//!
+//! `root.json` also holds a check value, HMAC-SHA256(root, "atrest root key
+//! check v1"), which reveals nothing about the key but lets a start with the
+//! wrong key fail clearly instead of failing later on every unseal. The same
+//! value is kept in the store, so a data dir whose `root.json` was removed is
+//! not silently re-keyed.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use atrest_crypto::kdf::Argon2Params;
+use atrest_crypto::{Aes256Key, SecretBytes, aead};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+/// Where the root key comes from.
+pub enum RootSource {
+    /// A key file at this path (created if absent).
+    KeyFile(PathBuf),
+    /// A passphrase.
+    Passphrase(SecretBytes),
+}
+
+/// Why the root of trust could not be opened. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootError {
+    /// I/O on the key file or `root.json`.
+    #[error("{0}")]
+    Io(String),
+    /// The key file exists but is unusable.
+    #[error("root key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The data dir was sealed with another kind of root key.
+    #[error("this data dir is sealed with a {found} root key, but the server was started with a {given}; start it with the {found} it was created with")]
+    WrongKind {
+        /// Kind recorded in the data dir.
+        found: &'static str,
+        /// Kind given.
+        given: &'static str,
+    },
+    /// The key or passphrase does not open this data dir.
+    #[error("the {0} does not open this data dir (its check value does not match)")]
+    Mismatch(&'static str),
+    /// `root.json` is malformed.
+    #[error("{0}: {1}")]
+    Corrupt(String, String),
+    /// A cryptographic failure.
+    #[error("{0}")]
+    Crypto(#[from] atrest_crypto::CryptoError),
+}
+
+/// The unsealed root key, held only in memory.
+pub struct RootKey {
+    key: Aes256Key,
+    check: String,
+}
+
+impl core::fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("RootKey(<redacted>)")
+    }
+}
+
+const CHECK_LABEL: &[u8] = b"atrest root key check v1";
+const PASSPHRASE_AAD: &[u8] = b"atrest/root/passphrase/v1";
+
+#[derive(Serialize, Deserialize)]
+struct Descriptor {
+    v: u32,
+    kind: String,
+    check: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    passphrase: Option<PassphraseWrap>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PassphraseWrap {
+    salt: String,
+    m_cost_kib: u32,
+    t_cost: u32,
+    p_cost: u32,
+    wrapped: String,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> RootError {
+    RootError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+impl RootKey {
+    /// Wraps an existing key (tests).
+    #[must_use]
+    pub fn from_key(key: Aes256Key) -> Self {
+        let check = hex::encode(atrest_crypto::hash::hmac_sha256(key.expose(), CHECK_LABEL));
+        Self { key, check }
+    }
+
+    /// The check value (public).
+    #[must_use]
+    pub fn check_value(&self) -> &str {
+        &self.check
+    }
+
+    /// Seals `secret` with `aad` naming what it is and where it belongs.
+    pub fn seal(&self, aad: &[u8], secret: &[u8]) -> Result<String, atrest_crypto::CryptoError> {
+        Ok(B64.encode(aead::seal_random_nonce(&self.key, aad, secret)?))
+    }
+
+    /// Opens what [`RootKey::seal`] sealed with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed_b64: &str) -> Result<SecretBytes, atrest_crypto::CryptoError> {
+        let sealed = B64
+            .decode(sealed_b64)
+            .map_err(|_| atrest_crypto::CryptoError::Authentication)?;
+        aead::open_random_nonce(&self.key, aad, &sealed)
+    }
+
+    /// The root key's bytes, for tests that scan for key material.
+    #[cfg(feature = "test-support")]
+    #[must_use]
+    pub fn expose_for_tests(&self) -> &[u8; 32] {
+        self.key.expose()
+    }
+
+    /// Opens the root of trust of `data_dir`, creating it on first start.
+    pub fn open_or_create(data_dir: &Path, source: RootSource) -> Result<Self, RootError> {
+        let desc_path = data_dir.join("root.json");
+        let existing = match fs::read(&desc_path) {
+            Ok(b) => Some(
+                serde_json::from_slice::<Descriptor>(&b)
+                    .map_err(|e| RootError::Corrupt(desc_path.display().to_string(), e.to_string()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io("reading", &desc_path, e)),
+        };
+        let given = match &source {
+            RootSource::KeyFile(_) => "key-file",
+            RootSource::Passphrase(_) => "passphrase",
+        };
+        if let Some(d) = &existing {
+            if d.kind != given {
+                return Err(RootError::WrongKind {
+                    found: if d.kind == "passphrase" { "passphrase" } else { "key-file" },
+                    given,
+                });
+            }
+        }
+        let (root, wrap) = match source {
+            RootSource::KeyFile(path) => (Self::from_key(load_or_create_key_file(&path, existing.is_none())?), None),
+            RootSource::Passphrase(pass) => match existing.as_ref().and_then(|d| d.passphrase.as_ref()) {
+                Some(w) => (Self::from_key(unwrap_with_passphrase(&pass, w, &desc_path)?), None),
+                None => {
+                    let key = Aes256Key::generate()?;
+                    let w = wrap_with_passphrase(&pass, &key)?;
+                    (Self::from_key(key), Some(w))
+                }
+            },
+        };
+        match existing {
+            Some(d) => {
+                if !atrest_crypto::ct_eq(d.check.as_bytes(), root.check.as_bytes()) {
+                    return Err(RootError::Mismatch(if given == "passphrase" {
+                        "passphrase"
+                    } else {
+                        "root key file"
+                    }));
+                }
+            }
+            None => {
+                let d = Descriptor {
+                    v: 1,
+                    kind: given.to_owned(),
+                    check: root.check.clone(),
+                    passphrase: wrap,
+                };
+                let bytes = serde_json::to_vec_pretty(&d)
+                    .map_err(|e| RootError::Io(format!("encoding root.json: {e}")))?;
+                write_atomically(&desc_path, &bytes, 0o600)?;
+            }
+        }
+        Ok(root)
+    }
+}
+
+fn load_or_create_key_file(path: &Path, may_create: bool) -> Result<Aes256Key, RootError> {
+    let bad = |reason: String| RootError::KeyFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    match fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(bad(format!(
+                    "permissions {:o} let other users read it; run chmod 600 on it",
+                    meta.permissions().mode() & 0o777
+                )));
+            }
+            let bytes = SecretBytes::new(fs::read(path).map_err(|e| io("reading", path, e))?);
+            if bytes.len() != 32 {
+                return Err(bad(format!("must hold exactly 32 bytes, holds {}", bytes.len())));
+            }
+            Ok(Aes256Key::from_secret_bytes(bytes)?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !may_create {
+                return Err(bad(
+                    "is missing, but this data dir was sealed with a key file; without it the data cannot be unsealed".into(),
+                ));
+            }
+            let key = Aes256Key::generate()?;
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
+            }
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| io("creating", path, e))?;
+            f.write_all(key.expose()).map_err(|e| io("writing", path, e))?;
+            f.sync_all().map_err(|e| io("syncing", path, e))?;
+            sync_parent(path)?;
+            Ok(key)
+        }
+        Err(e) => Err(io("reading", path, e)),
+    }
+}
+
+fn wrap_with_passphrase(pass: &SecretBytes, root: &Aes256Key) -> Result<PassphraseWrap, RootError> {
+    let params = Argon2Params::default();
+    let salt = atrest_crypto::rand::array::<16>()?;
+    let kek = atrest_crypto::kdf::argon2id(pass.expose(), &salt, params)?;
+    let wrapped = aead::seal_random_nonce(&kek, PASSPHRASE_AAD, root.expose())?;
+    Ok(PassphraseWrap {
+        salt: hex::encode(salt),
+        m_cost_kib: params.m_cost_kib,
+        t_cost: params.t_cost,
+        p_cost: params.p_cost,
+        wrapped: B64.encode(wrapped),
+    })
+}
+
+fn unwrap_with_passphrase(
+    pass: &SecretBytes,
+    w: &PassphraseWrap,
+    desc_path: &Path,
+) -> Result<Aes256Key, RootError> {
+    let corrupt = |what: &str| RootError::Corrupt(desc_path.display().to_string(), what.to_owned());
+    let salt = hex::decode(&w.salt).map_err(|_| corrupt("bad salt"))?;
+    let wrapped = B64.decode(&w.wrapped).map_err(|_| corrupt("bad wrapped key"))?;
+    let params = Argon2Params {
+        m_cost_kib: w.m_cost_kib,
+        t_cost: w.t_cost,
+        p_cost: w.p_cost,
+    };
+    let kek = atrest_crypto::kdf::argon2id(pass.expose(), &salt, params)?;
+    let root = aead::open_random_nonce(&kek, PASSPHRASE_AAD, &wrapped)
+        .map_err(|_| RootError::Mismatch("passphrase"))?;
+    Ok(Aes256Key::from_secret_bytes(root)?)
+}
+
+fn sync_parent(path: &Path) -> Result<(), RootError> {
+    if let Some(parent) = path.parent() {
+        let dir = fs::File::open(parent).map_err(|e| io("opening", parent, e))?;
+        dir.sync_all().map_err(|e| io("syncing", parent, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the
+/// new one: write a temporary file, fsync it, rename, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RootError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io("creating", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| io("writing", &tmp, e))?;
+    f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io("renaming", &tmp, e))?;
+    sync_parent(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_created_reused_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        let kf = dir.path().join("data.root.key");
+        let a = RootKey::open_or_create(&data, RootSource::KeyFile(kf.clone())).unwrap();
+        assert_eq!(fs::metadata(&kf).unwrap().permissions().mode() & 0o777, 0o600);
+        let b = RootKey::open_or_create(&data, RootSource::KeyFile(kf.clone())).unwrap();
+        assert_eq!(a.check_value(), b.check_value());
+        let sealed = a.seal(b"aad", b"secret").unwrap();
+        assert_eq!(b.open(b"aad", &sealed).unwrap().expose(), b"secret");
+        assert!(b.open(b"other aad", &sealed).is_err());
+
+        // A different key file is refused by the check value.
+        fs::write(&kf, [9u8; 32]).unwrap();
+        assert!(matches!(
+            RootKey::open_or_create(&data, RootSource::KeyFile(kf.clone())),
+            Err(RootError::Mismatch(_))
+        ));
+        // A world-readable key file is refused.
+        fs::set_permissions(&kf, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            RootKey::open_or_create(&data, RootSource::KeyFile(kf.clone())),
+            Err(RootError::KeyFile { .. })
+        ));
+        // A missing key file for an existing data dir is not re-created.
+        fs::remove_file(&kf).unwrap();
+        assert!(matches!(
+            RootKey::open_or_create(&data, RootSource::KeyFile(kf.clone())),
+            Err(RootError::KeyFile { .. })
+        ));
+        assert!(!kf.exists());
+        // The wrong kind is refused with a message naming the right one.
+        let e = RootKey::open_or_create(&data, RootSource::Passphrase(SecretBytes::new(b"x".to_vec())))
+            .unwrap_err();
+        assert!(e.to_string().contains("key-file"), "{e}");
+    }
+
+    #[test]
+    fn passphrase_wraps_a_random_root_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = || RootSource::Passphrase(SecretBytes::new(b"correct horse battery".to_vec()));
+        let a = RootKey::open_or_create(dir.path(), pass()).unwrap();
+        let b = RootKey::open_or_create(dir.path(), pass()).unwrap();
+        assert_eq!(a.check_value(), b.check_value());
+        let text = fs::read_to_string(dir.path().join("root.json")).unwrap();
+        assert!(!text.contains("correct horse"));
+        let e = RootKey::open_or_create(
+            dir.path(),
+            RootSource::Passphrase(SecretBytes::new(b"wrong".to_vec())),
+        )
+        .unwrap_err();
+        assert!(matches!(e, RootError::Mismatch("passphrase")), "{e}");
+    }
+}

@@ -1,0 +1,313 @@
+//! Accounts and access keys: creation, import, and the lookup that
+//! authentication uses.
+
+use std::sync::Arc;
+
+use atrest_crypto::SecretBytes;
+
+use super::{Caller, KeyService, read_lock, write_lock};
+use crate::KmsError;
+use crate::names::AccountId;
+use crate::records::{self, AccessKeyRecord, AccountRecord};
+
+/// A new access key; the secret is shown once, then only its sealed form is
+/// kept. `Debug` redacts the secret.
+#[derive(Debug)]
+pub struct NewAccessKey {
+    /// The account it belongs to.
+    pub account: AccountId,
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: SecretBytes,
+}
+
+/// The first admin account and its key, created on first start.
+pub struct AdminBootstrap {
+    /// The admin account and its access key.
+    pub key: NewAccessKey,
+}
+
+/// What authentication needs to know about an access key.
+pub struct CachedAccessKey {
+    /// The owning account.
+    pub account: AccountId,
+    /// Whether the account is an admin account.
+    pub admin: bool,
+    /// Whether the key is active.
+    pub active: bool,
+    secret: SecretBytes,
+}
+
+impl CachedAccessKey {
+    /// The secret access key, for verifying a signature.
+    #[must_use]
+    pub fn secret(&self) -> &[u8] {
+        self.secret.expose()
+    }
+}
+
+/// An access key as listings show it (no secret).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccessKeyInfo {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The owning account.
+    pub account: String,
+    /// Creation time, epoch seconds.
+    pub created: f64,
+    /// Whether it may sign requests.
+    pub active: bool,
+}
+
+fn secret_aad(akid: &str) -> Vec<u8> {
+    let mut aad = b"atrest/auth/secret/v1".to_vec();
+    aad.extend_from_slice(akid.as_bytes());
+    aad
+}
+
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+fn new_access_key_id() -> Result<String, KmsError> {
+    let bytes = atrest_crypto::rand::array::<16>()?;
+    let mut s = String::from("AKIA");
+    s.extend(bytes.iter().map(|b| char::from(BASE32[usize::from(b % 32)])));
+    Ok(s)
+}
+
+fn new_secret() -> Result<SecretBytes, KmsError> {
+    use base64::Engine;
+    let raw = SecretBytes::random(30)?;
+    let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.expose()));
+    Ok(SecretBytes::new(encoded.as_bytes().to_vec()))
+}
+
+/// Rules for imported access key ids: AWS's (16 to 128 word characters).
+fn valid_access_key_id(s: &str) -> bool {
+    (16..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Rules for imported secrets: 16 to 128 printable ASCII characters.
+fn valid_secret(s: &[u8]) -> bool {
+    (16..=128).contains(&s.len()) && s.iter().all(|b| b.is_ascii_graphic())
+}
+
+impl KeyService {
+    fn require_admin(caller: &Caller) -> Result<(), KmsError> {
+        if caller.admin {
+            Ok(())
+        } else {
+            Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to perform admin operations; only an admin account may",
+                caller.principal_arn()
+            )))
+        }
+    }
+
+    /// On an empty store, creates the admin account and its first access key
+    /// and returns them; otherwise returns `None`.
+    pub fn bootstrap_admin(&self) -> Result<Option<AdminBootstrap>, KmsError> {
+        {
+            let tx = self.store.read()?;
+            if !tx.scan(records::ACCOUNTS, b"", None, 1)?.is_empty() {
+                return Ok(None);
+            }
+        }
+        let account = self.insert_account(None, true)?;
+        let key = self.insert_access_key(&account, None)?;
+        Ok(Some(AdminBootstrap { key }))
+    }
+
+    fn insert_account(&self, id: Option<AccountId>, admin: bool) -> Result<AccountId, KmsError> {
+        let mut tx = self.store.write()?;
+        let id = match id {
+            Some(id) => {
+                if tx.get(records::ACCOUNTS, id.as_str().as_bytes())?.is_some() {
+                    return Err(KmsError::AlreadyExists(format!("Account {id} already exists")));
+                }
+                id
+            }
+            None => loop {
+                let id = AccountId::random()?;
+                if tx.get(records::ACCOUNTS, id.as_str().as_bytes())?.is_none() {
+                    break id;
+                }
+            },
+        };
+        records::put(
+            &mut *tx,
+            records::ACCOUNTS,
+            id.as_str().as_bytes(),
+            &AccountRecord {
+                v: 1,
+                id: id.as_str().to_owned(),
+                created: self.now_ms(),
+                admin,
+            },
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn insert_access_key(
+        &self,
+        account: &AccountId,
+        imported: Option<(String, SecretBytes)>,
+    ) -> Result<NewAccessKey, KmsError> {
+        let mut tx = self.store.write()?;
+        if tx.get(records::ACCOUNTS, account.as_str().as_bytes())?.is_none() {
+            return Err(KmsError::NotFound(format!("Account {account} does not exist")));
+        }
+        let (id, secret) = match imported {
+            Some((id, secret)) => {
+                if tx.get(records::ACCESS_KEYS, id.as_bytes())?.is_some() {
+                    return Err(KmsError::AlreadyExists(format!("Access key {id} already exists")));
+                }
+                (id, secret)
+            }
+            None => loop {
+                let id = new_access_key_id()?;
+                if tx.get(records::ACCESS_KEYS, id.as_bytes())?.is_none() {
+                    break (id, new_secret()?);
+                }
+            },
+        };
+        let sealed_secret = self.root.seal(&secret_aad(&id), secret.expose())?;
+        records::put(
+            &mut *tx,
+            records::ACCESS_KEYS,
+            id.as_bytes(),
+            &AccessKeyRecord {
+                v: 1,
+                id: id.clone(),
+                account: account.as_str().to_owned(),
+                created: self.now_ms(),
+                active: true,
+                sealed_secret,
+            },
+        )?;
+        tx.commit()?;
+        write_lock(&self.secrets).remove(&id);
+        Ok(NewAccessKey {
+            account: account.clone(),
+            access_key_id: id,
+            secret_access_key: secret,
+        })
+    }
+
+    /// Admin: creates an account, with the given id or a random one.
+    pub fn create_account(
+        &self,
+        caller: &Caller,
+        id: Option<&str>,
+        admin: bool,
+    ) -> Result<AccountId, KmsError> {
+        Self::require_admin(caller)?;
+        let id = id
+            .map(|s| {
+                AccountId::parse(s).ok_or_else(|| {
+                    KmsError::Validation(format!("Account id '{s}' is not 12 digits"))
+                })
+            })
+            .transpose()?;
+        self.insert_account(id, admin)
+    }
+
+    /// Admin: lists accounts.
+    pub fn list_accounts(&self, caller: &Caller) -> Result<Vec<(String, bool, f64)>, KmsError> {
+        Self::require_admin(caller)?;
+        let tx = self.store.read()?;
+        let mut out = Vec::new();
+        for (_, v) in tx.scan(records::ACCOUNTS, b"", None, usize::MAX)? {
+            let a: AccountRecord = records::decode(records::ACCOUNTS, &v)?;
+            out.push((a.id, a.admin, crate::clock::epoch_seconds(a.created)));
+        }
+        Ok(out)
+    }
+
+    fn account_for_admin(caller: &Caller, account: &str) -> Result<AccountId, KmsError> {
+        Self::require_admin(caller)?;
+        AccountId::parse(account)
+            .ok_or_else(|| KmsError::Validation(format!("Account id '{account}' is not 12 digits")))
+    }
+
+    /// Admin: creates an access key for `account`.
+    pub fn create_access_key(&self, caller: &Caller, account: &str) -> Result<NewAccessKey, KmsError> {
+        let account = Self::account_for_admin(caller, account)?;
+        self.insert_access_key(&account, None)
+    }
+
+    /// Admin: imports an existing access key pair into `account` (for users
+    /// moving from another KMS).
+    pub fn import_access_key(
+        &self,
+        caller: &Caller,
+        account: &str,
+        access_key_id: &str,
+        secret: SecretBytes,
+    ) -> Result<NewAccessKey, KmsError> {
+        let account = Self::account_for_admin(caller, account)?;
+        if !valid_access_key_id(access_key_id) {
+            return Err(KmsError::Validation(
+                "An access key id is 16 to 128 characters of [A-Za-z0-9_]".into(),
+            ));
+        }
+        if !valid_secret(secret.expose()) {
+            return Err(KmsError::Validation(
+                "A secret access key is 16 to 128 printable ASCII characters".into(),
+            ));
+        }
+        self.insert_access_key(&account, Some((access_key_id.to_owned(), secret)))
+    }
+
+    /// Admin: lists the access keys of `account`.
+    pub fn list_access_keys(&self, caller: &Caller, account: &str) -> Result<Vec<AccessKeyInfo>, KmsError> {
+        let account = Self::account_for_admin(caller, account)?;
+        let tx = self.store.read()?;
+        if tx.get(records::ACCOUNTS, account.as_str().as_bytes())?.is_none() {
+            return Err(KmsError::NotFound(format!("Account {account} does not exist")));
+        }
+        let mut out = Vec::new();
+        for (_, v) in tx.scan(records::ACCESS_KEYS, b"", None, usize::MAX)? {
+            let k: AccessKeyRecord = records::decode(records::ACCESS_KEYS, &v)?;
+            if k.account == account.as_str() {
+                out.push(AccessKeyInfo {
+                    access_key_id: k.id,
+                    account: k.account,
+                    created: crate::clock::epoch_seconds(k.created),
+                    active: k.active,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Looks up an access key for authentication. `None` if unknown.
+    pub fn access_key(&self, access_key_id: &str) -> Result<Option<Arc<CachedAccessKey>>, KmsError> {
+        if let Some(k) = read_lock(&self.secrets).get(access_key_id) {
+            return Ok(Some(Arc::clone(k)));
+        }
+        let tx = self.store.read()?;
+        let Some(rec): Option<AccessKeyRecord> =
+            records::get(&*tx, records::ACCESS_KEYS, access_key_id.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        let account: AccountRecord = records::get(&*tx, records::ACCOUNTS, rec.account.as_bytes())?
+            .ok_or_else(|| KmsError::Internal(format!("access key {access_key_id} has no account")))?;
+        let secret = self
+            .root
+            .open(&secret_aad(&rec.id), &rec.sealed_secret)
+            .map_err(|_| KmsError::Internal(format!("secret of access key {access_key_id} does not unseal")))?;
+        let account_id = AccountId::parse(&account.id)
+            .ok_or_else(|| KmsError::Internal(format!("corrupt account id {}", account.id)))?;
+        let cached = Arc::new(CachedAccessKey {
+            account: account_id,
+            admin: account.admin,
+            active: rec.active,
+            secret,
+        });
+        write_lock(&self.secrets).insert(access_key_id.to_owned(), Arc::clone(&cached));
+        Ok(Some(cached))
+    }
+}

@@ -1,0 +1,183 @@
+//! CreateAlias, UpdateAlias, DeleteAlias, ListAliases.
+
+use atrest_store::ReadTx;
+
+use super::pagination::{self, Listing};
+use super::{Caller, KeyService};
+use crate::api::{self, AliasEntry, AliasRequest, Aliases, DeleteAliasRequest, Empty, ListAliasesRequest, Page};
+use crate::clock::epoch_seconds;
+use crate::names::{KeyRef, alias_arn, validate_alias_name};
+use crate::records::{self, AliasRecord, KeyRecord};
+use crate::KmsError;
+
+/// Aliases one key may have (AWS's quota).
+pub const MAX_ALIASES_PER_KEY: usize = 50;
+
+impl KeyService {
+    /// The key an alias request targets: a key id or key ARN, not an alias.
+    fn alias_target(
+        &self,
+        tx: &dyn ReadTx,
+        caller: &Caller,
+        target: Option<String>,
+    ) -> Result<KeyRecord, KmsError> {
+        let raw = api::required(target, "targetKeyId")?;
+        let key_ref = KeyRef::parse(&raw)?;
+        if key_ref.is_alias() {
+            return Err(KmsError::Validation(format!(
+                "TargetKeyId '{raw}' must be a key ID or key ARN, not an alias."
+            )));
+        }
+        let key = self.resolve(tx, caller, &key_ref)?;
+        Self::require_not_pending_deletion(&key)?;
+        Ok(key)
+    }
+
+    fn aliases_of(tx: &dyn ReadTx, key: &KeyRecord) -> Result<usize, KmsError> {
+        let prefix = records::owner_prefix(&key.region, &key.account);
+        let mut n = 0;
+        for (_, v) in tx.scan(records::ALIASES, &prefix, None, usize::MAX)? {
+            let a: AliasRecord = records::decode(records::ALIASES, &v)?;
+            if a.target == key.id {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// CreateAlias.
+    pub fn create_alias(&self, caller: &Caller, req: AliasRequest) -> Result<Empty, KmsError> {
+        let name = api::required(req.alias_name, "aliasName")?;
+        validate_alias_name(&name, true)?;
+        let mut tx = self.store.write()?;
+        let key = self.alias_target(&*tx, caller, req.target_key_id)?;
+        Self::authorize(caller, "CreateAlias", &key)?;
+        let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
+        if tx.get(records::ALIASES, &k)?.is_some() {
+            return Err(KmsError::AlreadyExists(format!(
+                "An alias with the name {} already exists",
+                alias_arn(&caller.region, caller.account.as_str(), &name)
+            )));
+        }
+        if Self::aliases_of(&*tx, &key)? >= MAX_ALIASES_PER_KEY {
+            return Err(KmsError::LimitExceeded(format!(
+                "{} already has {MAX_ALIASES_PER_KEY} aliases, the most a key may have.",
+                Self::arn(&key)
+            )));
+        }
+        let now = self.now_ms();
+        records::put(&mut *tx, records::ALIASES, &k, &AliasRecord { v: 1, target: key.id, created: now, updated: now })?;
+        tx.commit()?;
+        Ok(Empty {})
+    }
+
+    /// UpdateAlias: points an existing alias at another key of the same
+    /// account and region.
+    pub fn update_alias(&self, caller: &Caller, req: AliasRequest) -> Result<Empty, KmsError> {
+        let name = api::required(req.alias_name, "aliasName")?;
+        validate_alias_name(&name, true)?;
+        let mut tx = self.store.write()?;
+        let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
+        let mut alias: AliasRecord = records::get(&*tx, records::ALIASES, &k)?.ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "Alias {} is not found.",
+                alias_arn(&caller.region, caller.account.as_str(), &name)
+            ))
+        })?;
+        let key = self.alias_target(&*tx, caller, req.target_key_id)?;
+        Self::authorize(caller, "UpdateAlias", &key)?;
+        if alias.target != key.id && Self::aliases_of(&*tx, &key)? >= MAX_ALIASES_PER_KEY {
+            return Err(KmsError::LimitExceeded(format!(
+                "{} already has {MAX_ALIASES_PER_KEY} aliases, the most a key may have.",
+                Self::arn(&key)
+            )));
+        }
+        alias.target = key.id;
+        alias.updated = self.now_ms();
+        records::put(&mut *tx, records::ALIASES, &k, &alias)?;
+        tx.commit()?;
+        Ok(Empty {})
+    }
+
+    /// DeleteAlias.
+    pub fn delete_alias(&self, caller: &Caller, req: DeleteAliasRequest) -> Result<Empty, KmsError> {
+        let name = api::required(req.alias_name, "aliasName")?;
+        validate_alias_name(&name, true)?;
+        let mut tx = self.store.write()?;
+        let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
+        if !tx.delete(records::ALIASES, &k)? {
+            return Err(KmsError::NotFound(format!(
+                "Alias {} is not found.",
+                alias_arn(&caller.region, caller.account.as_str(), &name)
+            )));
+        }
+        tx.commit()?;
+        Ok(Empty {})
+    }
+
+    /// ListAliases, optionally only those of one key.
+    pub fn list_aliases(&self, caller: &Caller, req: ListAliasesRequest) -> Result<Page<Aliases>, KmsError> {
+        let size = pagination::page_size(req.limit, 50, 100)?;
+        let after = pagination::decode(Listing::Aliases, req.marker.as_deref())?;
+        let tx = self.store.read()?;
+        let only = match req.key_id {
+            None => None,
+            Some(raw) => {
+                let key_ref = KeyRef::parse(&raw)?;
+                if key_ref.is_alias() {
+                    return Err(KmsError::Validation(format!(
+                        "KeyId '{raw}' must be a key ID or key ARN, not an alias."
+                    )));
+                }
+                let key = self.resolve(&*tx, caller, &key_ref)?;
+                Self::authorize(caller, "ListAliases", &key)?;
+                Some(key.id)
+            }
+        };
+        let prefix = records::owner_prefix(&caller.region, caller.account.as_str());
+        let mut cursor = after.map(|a| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&a);
+            k
+        });
+        let mut out = Vec::new();
+        // Scan in batches until the page (plus one, to know if it is the last)
+        // is full; filtering by key may skip rows.
+        'scan: loop {
+            let rows = tx.scan(records::ALIASES, &prefix, cursor.as_deref(), 256)?;
+            let done = rows.len() < 256;
+            for (k, v) in rows {
+                let a: AliasRecord = records::decode(records::ALIASES, &v)?;
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                cursor = Some(k);
+                if only.is_some_and(|id| id != a.target) {
+                    continue;
+                }
+                out.push((name, a));
+                if out.len() > size {
+                    break 'scan;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        let (rows, next) = pagination::finish(Listing::Aliases, out, size, |(n, _)| n.as_bytes().to_vec());
+        Ok(Page {
+            truncated: next.is_some(),
+            next_marker: next,
+            items: Aliases {
+                aliases: rows
+                    .into_iter()
+                    .map(|(name, a)| AliasEntry {
+                        alias_arn: alias_arn(&caller.region, caller.account.as_str(), &name),
+                        alias_name: name,
+                        target_key_id: a.target.to_string(),
+                        creation_date: epoch_seconds(a.created),
+                        last_updated_date: epoch_seconds(a.updated),
+                    })
+                    .collect(),
+            },
+        })
+    }
+}

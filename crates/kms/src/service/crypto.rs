@@ -1,0 +1,281 @@
+//! Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
+//! GenerateRandom.
+
+use atrest_crypto::SecretBytes;
+use atrest_store::ReadTx;
+
+use super::{Caller, KeyService, Material};
+use crate::api::{
+    self, Blob, Context, DataKeyResponse, DecryptRequest, DecryptResponse, EncryptRequest,
+    EncryptResponse, GenerateDataKeyRequest, GenerateRandomRequest, RandomResponse,
+    ReEncryptRequest, ReEncryptResponse, SecretBlob,
+};
+use crate::blob;
+use crate::names::KeyRef;
+use crate::records::{self, KeyRecord};
+use crate::KmsError;
+
+const ALGORITHM: &str = "SYMMETRIC_DEFAULT";
+const ALGORITHMS: [&str; 4] = ["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"];
+
+/// The largest plaintext Encrypt takes.
+pub const MAX_PLAINTEXT: usize = 4096;
+/// The largest ciphertext blob Decrypt takes.
+pub const MAX_CIPHERTEXT: usize = 6144;
+
+fn algorithm(value: Option<&str>, member: &str) -> Result<(), KmsError> {
+    match value {
+        None | Some(ALGORITHM) => Ok(()),
+        Some(v) if ALGORITHMS.contains(&v) => Err(KmsError::InvalidKeyUsage(format!(
+            "Symmetric keys support only the {ALGORITHM} encryption algorithm, not {v}."
+        ))),
+        Some(v) => Err(KmsError::constraint(
+            member,
+            v,
+            &format!("Member must satisfy enum value set: [{}]", ALGORITHMS.join(", ")),
+        )),
+    }
+}
+
+fn context(ctx: Option<&Context>) -> Result<Vec<u8>, KmsError> {
+    let empty = Context::new();
+    blob::canonical_context(ctx.unwrap_or(&empty))
+}
+
+fn no_recipient(recipient: Option<&serde_json::Value>) -> Result<(), KmsError> {
+    if recipient.is_some() {
+        return Err(KmsError::UnsupportedOperation(
+            "Recipient (Nitro Enclaves attestation) is not supported by atrest.".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn dry_run(flag: Option<bool>) -> Result<(), KmsError> {
+    if flag == Some(true) {
+        return Err(KmsError::DryRun);
+    }
+    Ok(())
+}
+
+/// A ciphertext that has been authenticated and decrypted.
+struct Opened {
+    key: KeyRecord,
+    plaintext: SecretBytes,
+    material_id: String,
+}
+
+impl KeyService {
+    /// A key that can encrypt now, and its current material.
+    fn encrypting_key(
+        &self,
+        tx: &dyn ReadTx,
+        caller: &Caller,
+        key_id: Option<String>,
+        member: &str,
+        action: &str,
+    ) -> Result<(KeyRecord, std::sync::Arc<Material>), KmsError> {
+        let key_ref = KeyRef::parse(&api::required(key_id, member)?)?;
+        let key = self.resolve(tx, caller, &key_ref)?;
+        Self::authorize(caller, action, &key)?;
+        Self::require_enabled(&key)?;
+        let material = self.material(tx, &key, key.current_version)?.ok_or_else(|| {
+            KmsError::Internal(format!("current version of {} is missing", Self::arn(&key)))
+        })?;
+        Ok((key, material))
+    }
+
+    fn seal_with(key: &KeyRecord, material: &Material, ctx: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
+        blob::seal(&key.id, key.current_version, &material.key, ctx, plaintext)
+    }
+
+    /// Authenticates and decrypts `ciphertext` for `caller`. `key_id`, when
+    /// given, must name the ciphertext's key.
+    fn open_blob(
+        &self,
+        tx: &dyn ReadTx,
+        caller: &Caller,
+        ciphertext: &[u8],
+        key_id: Option<String>,
+        ctx: &[u8],
+        action: &str,
+    ) -> Result<Opened, KmsError> {
+        if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
+            return Err(KmsError::constraint(
+                "ciphertextBlob",
+                format!("<{} bytes>", ciphertext.len()),
+                &format!("Member must have length between 1 and {MAX_CIPHERTEXT}"),
+            ));
+        }
+        let (header, body) = blob::parse(ciphertext)?;
+        let unknown = || {
+            KmsError::InvalidCiphertext(
+                "The ciphertext refers to a key that does not exist in this region.".into(),
+            )
+        };
+        let key: KeyRecord = records::get(tx, records::KEYS, header.key_id.as_bytes())?
+            .filter(|k: &KeyRecord| k.region == caller.region)
+            .ok_or_else(unknown)?;
+        if let Some(raw) = key_id {
+            let named = self.resolve(tx, caller, &KeyRef::parse(&raw)?)?;
+            if named.id != key.id {
+                return Err(KmsError::IncorrectKey(
+                    "The key ID in the request does not identify a CMK that can perform this operation."
+                        .into(),
+                ));
+            }
+        }
+        Self::authorize(caller, action, &key)?;
+        Self::require_enabled(&key)?;
+        let material = self.material(tx, &key, header.version)?.ok_or_else(unknown)?;
+        let plaintext = blob::open(&header, body, &material.key, ctx)?;
+        Ok(Opened {
+            key,
+            plaintext,
+            material_id: material.id.clone(),
+        })
+    }
+
+    /// Encrypt.
+    pub fn encrypt(&self, caller: &Caller, req: EncryptRequest) -> Result<EncryptResponse, KmsError> {
+        let plaintext = api::required(req.plaintext, "plaintext")?;
+        let n = plaintext.0.len();
+        if n == 0 || n > MAX_PLAINTEXT {
+            return Err(KmsError::constraint(
+                "plaintext",
+                format!("<{n} bytes>"),
+                &format!("Member must have length between 1 and {MAX_PLAINTEXT}"),
+            ));
+        }
+        algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
+        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        let ctx = context(req.encryption_context.as_ref())?;
+        let tx = self.store.read()?;
+        let (key, material) = self.encrypting_key(&*tx, caller, req.key_id, "keyId", "Encrypt")?;
+        dry_run(req.dry_run)?;
+        let blob = Self::seal_with(&key, &material, &ctx, plaintext.0.expose())?;
+        Ok(EncryptResponse {
+            ciphertext_blob: Blob(blob),
+            key_id: Self::arn(&key),
+            encryption_algorithm: ALGORITHM,
+        })
+    }
+
+    /// Decrypt.
+    pub fn decrypt(&self, caller: &Caller, req: DecryptRequest) -> Result<DecryptResponse, KmsError> {
+        let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
+        algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
+        no_recipient(req.recipient.as_ref())?;
+        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        let ctx = context(req.encryption_context.as_ref())?;
+        let tx = self.store.read()?;
+        let opened = self.open_blob(&*tx, caller, &ciphertext.0, req.key_id, &ctx, "Decrypt")?;
+        dry_run(req.dry_run)?;
+        Ok(DecryptResponse {
+            key_id: Self::arn(&opened.key),
+            plaintext: SecretBlob(opened.plaintext),
+            encryption_algorithm: ALGORITHM,
+            key_material_id: opened.material_id,
+        })
+    }
+
+    /// ReEncrypt: decrypt under the source key and context, encrypt under the
+    /// destination key and context, without the plaintext leaving the service.
+    pub fn re_encrypt(&self, caller: &Caller, req: ReEncryptRequest) -> Result<ReEncryptResponse, KmsError> {
+        let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
+        let destination = api::required(req.destination_key_id, "destinationKeyId")?;
+        algorithm(req.source_encryption_algorithm.as_deref(), "sourceEncryptionAlgorithm")?;
+        algorithm(req.destination_encryption_algorithm.as_deref(), "destinationEncryptionAlgorithm")?;
+        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        let source_ctx = context(req.source_encryption_context.as_ref())?;
+        let dest_ctx = context(req.destination_encryption_context.as_ref())?;
+        let tx = self.store.read()?;
+        let opened = self.open_blob(
+            &*tx,
+            caller,
+            &ciphertext.0,
+            req.source_key_id,
+            &source_ctx,
+            "ReEncryptFrom",
+        )?;
+        let (dest, material) =
+            self.encrypting_key(&*tx, caller, Some(destination), "destinationKeyId", "ReEncryptTo")?;
+        dry_run(req.dry_run)?;
+        let blob = Self::seal_with(&dest, &material, &dest_ctx, opened.plaintext.expose())?;
+        Ok(ReEncryptResponse {
+            ciphertext_blob: Blob(blob),
+            source_key_id: Self::arn(&opened.key),
+            key_id: Self::arn(&dest),
+            source_encryption_algorithm: ALGORITHM,
+            destination_encryption_algorithm: ALGORITHM,
+            source_key_material_id: opened.material_id,
+            destination_key_material_id: material.id.clone(),
+        })
+    }
+
+    /// GenerateDataKey (`with_plaintext`) and GenerateDataKeyWithoutPlaintext.
+    pub fn generate_data_key(
+        &self,
+        caller: &Caller,
+        req: GenerateDataKeyRequest,
+        with_plaintext: bool,
+    ) -> Result<DataKeyResponse, KmsError> {
+        let len = match (req.key_spec.as_deref(), req.number_of_bytes) {
+            (Some(_), Some(_)) => {
+                return Err(KmsError::Validation(
+                    "Specify either KeySpec or NumberOfBytes, not both.".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(KmsError::Validation(
+                    "Please specify either number of bytes or key spec.".into(),
+                ));
+            }
+            (Some("AES_256"), None) => 32,
+            (Some("AES_128"), None) => 16,
+            (Some(other), None) => {
+                return Err(KmsError::constraint(
+                    "keySpec",
+                    other,
+                    "Member must satisfy enum value set: [AES_256, AES_128]",
+                ));
+            }
+            (None, Some(n)) => api::in_range(n, "numberOfBytes", 1, 1024)? as usize,
+        };
+        if with_plaintext {
+            no_recipient(req.recipient.as_ref())?;
+        }
+        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        let ctx = context(req.encryption_context.as_ref())?;
+        let action = if with_plaintext {
+            "GenerateDataKey"
+        } else {
+            "GenerateDataKeyWithoutPlaintext"
+        };
+        let tx = self.store.read()?;
+        let (key, material) = self.encrypting_key(&*tx, caller, req.key_id, "keyId", action)?;
+        dry_run(req.dry_run)?;
+        let data_key = SecretBytes::random(len)?;
+        let blob = Self::seal_with(&key, &material, &ctx, data_key.expose())?;
+        Ok(DataKeyResponse {
+            ciphertext_blob: Blob(blob),
+            plaintext: with_plaintext.then_some(SecretBlob(data_key)),
+            key_id: Self::arn(&key),
+            key_material_id: material.id.clone(),
+        })
+    }
+
+    /// GenerateRandom.
+    pub fn generate_random(&self, req: GenerateRandomRequest) -> Result<RandomResponse, KmsError> {
+        if req.custom_key_store_id.is_some() {
+            return Err(KmsError::UnsupportedOperation(
+                "Custom key stores are not supported by this atrest version.".into(),
+            ));
+        }
+        no_recipient(req.recipient.as_ref())?;
+        let n = api::in_range(api::required(req.number_of_bytes, "numberOfBytes")?, "numberOfBytes", 1, 1024)?;
+        Ok(RandomResponse {
+            plaintext: SecretBlob(SecretBytes::random(n as usize)?),
+        })
+    }
+}

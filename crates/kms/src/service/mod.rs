@@ -1,0 +1,378 @@
+//! The key service: every operation, over a [`Store`], sealed by a [`RootKey`].
+
+mod accounts;
+mod aliases;
+mod crypto;
+mod keys;
+mod lifecycle;
+mod pagination;
+mod rotation;
+mod tags;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use atrest_crypto::Aes256Key;
+use atrest_store::{ReadTx, Store, WriteTx};
+use uuid::Uuid;
+
+pub use accounts::{AccessKeyInfo, AdminBootstrap, NewAccessKey};
+pub use lifecycle::LifecycleReport;
+
+use crate::clock::{Clock, to_millis};
+use crate::names::{AccountId, KeyRef, account_root_arn, key_arn, valid_region};
+use crate::records::{self, KeyRecord, KeyState, VersionRecord};
+use crate::root::RootKey;
+use crate::KmsError;
+
+/// Who is calling, established by authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's account.
+    pub account: AccountId,
+    /// The region the request was signed for.
+    pub region: String,
+    /// Whether the account may use the admin API.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// The caller's principal ARN (every access key acts as its account's
+    /// root until users arrive).
+    #[must_use]
+    pub fn principal_arn(&self) -> String {
+        account_root_arn(self.account.as_str())
+    }
+}
+
+/// The key service.
+pub struct KeyService {
+    store: Arc<dyn Store>,
+    root: RootKey,
+    regions: Vec<String>,
+    clock: Arc<dyn Clock>,
+    /// Unsealed key material by (key id, version). Material never changes for
+    /// a version, so entries are only removed when a key is deleted.
+    materials: RwLock<HashMap<(Uuid, u32), Arc<Material>>>,
+    /// Unsealed secret access keys by access key id.
+    secrets: RwLock<HashMap<String, Arc<accounts::CachedAccessKey>>>,
+}
+
+impl core::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KeyService").field("regions", &self.regions).finish_non_exhaustive()
+    }
+}
+
+/// One version of a key's material, unsealed.
+struct Material {
+    key: Aes256Key,
+    id: String,
+}
+
+/// AAD for sealing a key version's material.
+fn material_aad(id: &Uuid, version: u32) -> Vec<u8> {
+    let mut aad = b"atrest/kms/material/v1".to_vec();
+    aad.extend_from_slice(id.as_bytes());
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl KeyService {
+    /// Opens the key service over `store`. The store is stamped with the root
+    /// key's check value on first use; a store stamped by another root key is
+    /// refused.
+    pub fn open(
+        store: Arc<dyn Store>,
+        root: RootKey,
+        regions: Vec<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, KmsError> {
+        if regions.is_empty() {
+            return Err(KmsError::Validation("at least one region must be served".into()));
+        }
+        if let Some(bad) = regions.iter().find(|r| !valid_region(r)) {
+            return Err(KmsError::Validation(format!(
+                "'{bad}' is not a valid region name (lower-case letters, digits and '-', starting with a letter)"
+            )));
+        }
+        {
+            let mut tx = store.write()?;
+            match tx.get(records::META, b"root_check")? {
+                Some(stored) if stored != root.check_value().as_bytes() => {
+                    return Err(KmsError::Internal(
+                        "the metadata store was sealed by a different root key".into(),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    tx.put(records::META, b"root_check", root.check_value().as_bytes())?;
+                    tx.put(records::META, b"schema", records::SCHEMA_VERSION.as_bytes())?;
+                }
+            }
+            match tx.get(records::META, b"schema")? {
+                Some(v) if v == records::SCHEMA_VERSION.as_bytes() => {}
+                other => {
+                    return Err(KmsError::Internal(format!(
+                        "unsupported metadata schema {:?}",
+                        other.map(|v| String::from_utf8_lossy(&v).into_owned())
+                    )));
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(Self {
+            store,
+            root,
+            regions,
+            clock,
+            materials: RwLock::new(HashMap::new()),
+            secrets: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Regions served.
+    #[must_use]
+    pub fn regions(&self) -> &[String] {
+        &self.regions
+    }
+
+    /// The clock the service runs on.
+    #[must_use]
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
+    fn now_ms(&self) -> i64 {
+        to_millis(self.clock.now())
+    }
+
+    fn arn(key: &KeyRecord) -> String {
+        key_arn(&key.region, &key.account, &key.id)
+    }
+
+    /// Whether `caller` may perform `action` on `key`. Until key policies
+    /// exist, a key's own account may do everything with it (the default key
+    /// policy) and no other account may do anything.
+    fn authorize(caller: &Caller, action: &str, key: &KeyRecord) -> Result<(), KmsError> {
+        if key.account == caller.account.as_str() {
+            return Ok(());
+        }
+        Err(KmsError::AccessDenied(format!(
+            "User: {} is not authorized to perform: kms:{action} on resource: {} because no resource-based policy allows the kms:{action} action",
+            caller.principal_arn(),
+            Self::arn(key)
+        )))
+    }
+
+    /// Finds the key a `KeyId` names, for `caller`, in the caller's region.
+    fn resolve(
+        &self,
+        tx: &dyn ReadTx,
+        caller: &Caller,
+        key_ref: &KeyRef,
+    ) -> Result<KeyRecord, KmsError> {
+        let not_found = |region: &str, account: &str, id: &Uuid| {
+            KmsError::NotFound(format!("Key '{}' does not exist", key_arn(region, account, id)))
+        };
+        let (id, expected_account) = match key_ref {
+            KeyRef::Id(id) => (*id, caller.account.as_str().to_owned()),
+            KeyRef::KeyArn { region, account, id } => {
+                if *region != caller.region {
+                    return Err(not_found(region, account, id));
+                }
+                (*id, account.clone())
+            }
+            KeyRef::Alias(name) => {
+                return self.resolve_alias(tx, &caller.region, caller.account.as_str(), name);
+            }
+            KeyRef::AliasArn { region, account, name } => {
+                if *region != caller.region || *account != caller.account.as_str() {
+                    return Err(KmsError::NotFound(format!(
+                        "Alias '{}' is not found.",
+                        crate::names::alias_arn(region, account, name)
+                    )));
+                }
+                return self.resolve_alias(tx, region, account, name);
+            }
+        };
+        let key: Option<KeyRecord> = records::get(tx, records::KEYS, id.as_bytes())?;
+        match key {
+            Some(k) if k.region == caller.region && k.account == expected_account => Ok(k),
+            _ => Err(not_found(&caller.region, &expected_account, &id)),
+        }
+    }
+
+    fn resolve_alias(
+        &self,
+        tx: &dyn ReadTx,
+        region: &str,
+        account: &str,
+        name: &str,
+    ) -> Result<KeyRecord, KmsError> {
+        let not_found = || {
+            KmsError::NotFound(format!(
+                "Alias '{}' is not found.",
+                crate::names::alias_arn(region, account, name)
+            ))
+        };
+        let alias: records::AliasRecord =
+            records::get(tx, records::ALIASES, &records::alias_key(region, account, name))?
+                .ok_or_else(not_found)?;
+        let key: Option<KeyRecord> = records::get(tx, records::KEYS, alias.target.as_bytes())?;
+        key.ok_or_else(not_found)
+    }
+
+    /// Resolves a key for a management operation, which takes only a key id
+    /// or key ARN, never an alias.
+    fn resolve_for_management(
+        &self,
+        tx: &dyn ReadTx,
+        caller: &Caller,
+        key_id: Option<String>,
+    ) -> Result<KeyRecord, KmsError> {
+        let raw = crate::api::required(key_id, "keyId")?;
+        let key_ref = KeyRef::parse(&raw)?;
+        if key_ref.is_alias() {
+            return Err(KmsError::NotFound(format!(
+                "Invalid keyId '{raw}': this operation takes a key ID or key ARN, not an alias"
+            )));
+        }
+        self.resolve(tx, caller, &key_ref)
+    }
+
+    /// Fails unless `key` can encrypt and decrypt now.
+    fn require_enabled(key: &KeyRecord) -> Result<(), KmsError> {
+        match key.state {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", Self::arn(key)))),
+            KeyState::PendingDeletion => Err(Self::pending_deletion(key)),
+        }
+    }
+
+    fn pending_deletion(key: &KeyRecord) -> KmsError {
+        KmsError::InvalidState(format!("{} is pending deletion.", Self::arn(key)))
+    }
+
+    /// Fails if `key` is pending deletion (management operations that AWS
+    /// allows on disabled keys but not on keys being deleted).
+    fn require_not_pending_deletion(key: &KeyRecord) -> Result<(), KmsError> {
+        if key.state == KeyState::PendingDeletion {
+            return Err(Self::pending_deletion(key));
+        }
+        Ok(())
+    }
+
+    /// Grant tokens: none are valid until grants exist.
+    fn check_grant_tokens(tokens: Option<&Vec<String>>) -> Result<(), KmsError> {
+        match tokens {
+            Some(t) if !t.is_empty() => {
+                if t.len() > 10 {
+                    return Err(KmsError::constraint(
+                        "grantTokens",
+                        t.len(),
+                        "Member must have length less than or equal to 10",
+                    ));
+                }
+                Err(KmsError::InvalidGrantToken("The grant token is not valid.".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The unsealed material of one version of `key`, or `None` if the key
+    /// has no such version. Cached after the first unseal.
+    fn material(
+        &self,
+        tx: &dyn ReadTx,
+        key: &KeyRecord,
+        version: u32,
+    ) -> Result<Option<Arc<Material>>, KmsError> {
+        if let Some(m) = read_lock(&self.materials).get(&(key.id, version)) {
+            return Ok(Some(Arc::clone(m)));
+        }
+        let rec: Option<VersionRecord> =
+            records::get(tx, records::VERSIONS, &records::version_key(&key.id, version))?;
+        let Some(rec) = rec else {
+            return Ok(None);
+        };
+        let secret = self
+            .root
+            .open(&material_aad(&key.id, version), &rec.sealed)
+            .map_err(|_| {
+                KmsError::Internal(format!(
+                    "key material of {} version {version} does not unseal",
+                    Self::arn(key)
+                ))
+            })?;
+        let m = Arc::new(Material {
+            key: Aes256Key::from_secret_bytes(secret)?,
+            id: rec.material_id,
+        });
+        write_lock(&self.materials).insert((key.id, version), Arc::clone(&m));
+        Ok(Some(m))
+    }
+
+    /// Creates, seals and stores a new version of `key`'s material.
+    fn add_version(
+        &self,
+        tx: &mut dyn WriteTx,
+        id: &Uuid,
+        version: u32,
+        origin: records::VersionOrigin,
+        now_ms: i64,
+    ) -> Result<String, KmsError> {
+        let material = Aes256Key::generate()?;
+        let material_id = hex::encode(atrest_crypto::rand::array::<32>()?);
+        let sealed = self.root.seal(&material_aad(id, version), material.expose())?;
+        records::put(
+            tx,
+            records::VERSIONS,
+            &records::version_key(id, version),
+            &VersionRecord {
+                v: 1,
+                version,
+                created: now_ms,
+                origin,
+                material_id: material_id.clone(),
+                sealed,
+            },
+        )?;
+        Ok(material_id)
+    }
+
+    /// Drops cached material of a deleted key.
+    fn forget_key(&self, id: &Uuid) {
+        write_lock(&self.materials).retain(|(k, _), _| k != id);
+    }
+
+    /// The material of every version of a key, for the secrecy tests only.
+    #[cfg(feature = "test-support")]
+    pub fn material_for_tests(&self, key_id: &Uuid) -> Result<Vec<Vec<u8>>, KmsError> {
+        let tx = self.store.read()?;
+        let key: KeyRecord = records::get(&*tx, records::KEYS, key_id.as_bytes())?
+            .ok_or_else(|| KmsError::NotFound("no such key".into()))?;
+        let mut out = Vec::new();
+        for v in 1..=key.current_version {
+            if let Some(m) = self.material(&*tx, &key, v)? {
+                out.push(m.key.expose().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The root key, for the secrecy tests only.
+    #[cfg(feature = "test-support")]
+    #[must_use]
+    pub fn root_key_for_tests(&self) -> Vec<u8> {
+        self.root.expose_for_tests().to_vec()
+    }
+}

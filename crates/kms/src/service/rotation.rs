@@ -1,0 +1,156 @@
+//! EnableKeyRotation, DisableKeyRotation, GetKeyRotationStatus,
+//! RotateKeyOnDemand, ListKeyRotations.
+//!
+//! Rotation adds a key version; the key id never changes, new ciphertexts use
+//! the newest version, and every older version keeps decrypting.
+
+use super::pagination::{self, Listing};
+use super::{Caller, KeyService};
+use crate::api::{
+    self, EnableKeyRotationRequest, Empty, KeyIdRequest, KeyIdResponse, ListForKeyRequest, Page,
+    RotationEntry, RotationStatusResponse, Rotations,
+};
+use crate::clock::epoch_seconds;
+use crate::records::{self, DueKind, KeyRecord, KeyState, Rotation, VersionOrigin, VersionRecord};
+use crate::KmsError;
+
+/// On-demand rotations a key may have (AWS's quota).
+pub const MAX_ON_DEMAND_ROTATIONS: u32 = 25;
+/// Default automatic rotation period.
+pub const DEFAULT_PERIOD_DAYS: u32 = 365;
+
+const DAY_MS: i64 = 86_400_000;
+
+fn require_rotatable(key: &KeyRecord) -> Result<(), KmsError> {
+    match key.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", KeyService::arn(key)))),
+        KeyState::PendingDeletion => Err(KeyService::pending_deletion(key)),
+    }
+}
+
+impl KeyService {
+    /// EnableKeyRotation. Re-enabling with another period moves the next
+    /// rotation to the last rotation plus the new period.
+    pub fn enable_key_rotation(&self, caller: &Caller, req: EnableKeyRotationRequest) -> Result<Empty, KmsError> {
+        let period = match req.rotation_period_in_days {
+            None => DEFAULT_PERIOD_DAYS,
+            Some(d) => api::in_range(d, "rotationPeriodInDays", 90, 2560)?,
+        };
+        self.update_key(caller, req.key_id, "EnableKeyRotation", |_, key, tx, now| {
+            require_rotatable(key)?;
+            let next = match key.rotation {
+                Some(old) => {
+                    tx.delete(records::DUE, &records::due_key(old.next, DueKind::Rotation, &key.id))?;
+                    let anchor = old.next - i64::from(old.period_days) * DAY_MS;
+                    (anchor + i64::from(period) * DAY_MS).max(now)
+                }
+                None => now + i64::from(period) * DAY_MS,
+            };
+            key.rotation = Some(Rotation { period_days: period, next });
+            tx.put(records::DUE, &records::due_key(next, DueKind::Rotation, &key.id), b"")?;
+            Ok(Empty {})
+        })
+    }
+
+    /// DisableKeyRotation.
+    pub fn disable_key_rotation(&self, caller: &Caller, req: KeyIdRequest) -> Result<Empty, KmsError> {
+        self.update_key(caller, req.key_id, "DisableKeyRotation", |_, key, tx, _| {
+            require_rotatable(key)?;
+            if let Some(old) = key.rotation.take() {
+                tx.delete(records::DUE, &records::due_key(old.next, DueKind::Rotation, &key.id))?;
+            }
+            Ok(Empty {})
+        })
+    }
+
+    /// GetKeyRotationStatus.
+    pub fn get_key_rotation_status(
+        &self,
+        caller: &Caller,
+        req: KeyIdRequest,
+    ) -> Result<RotationStatusResponse, KmsError> {
+        let tx = self.store.read()?;
+        let key = self.resolve_for_management(&*tx, caller, req.key_id)?;
+        Self::authorize(caller, "GetKeyRotationStatus", &key)?;
+        Ok(RotationStatusResponse {
+            key_rotation_enabled: key.rotation.is_some(),
+            key_id: Self::arn(&key),
+            rotation_period_in_days: key.rotation.map(|r| r.period_days),
+            next_rotation_date: key.rotation.map(|r| epoch_seconds(r.next)),
+        })
+    }
+
+    /// Adds a version to `key` and makes it current.
+    pub(crate) fn rotate(
+        &self,
+        key: &mut KeyRecord,
+        tx: &mut dyn atrest_store::WriteTx,
+        origin: VersionOrigin,
+        now: i64,
+    ) -> Result<(), KmsError> {
+        let version = key.current_version.checked_add(1).ok_or_else(|| {
+            KmsError::LimitExceeded(format!("{} has no more versions", Self::arn(key)))
+        })?;
+        key.current_material_id = self.add_version(tx, &key.id, version, origin, now)?;
+        key.current_version = version;
+        Ok(())
+    }
+
+    /// RotateKeyOnDemand: rotates now, independent of automatic rotation.
+    pub fn rotate_key_on_demand(&self, caller: &Caller, req: KeyIdRequest) -> Result<KeyIdResponse, KmsError> {
+        self.update_key(caller, req.key_id, "RotateKeyOnDemand", |svc, key, tx, now| {
+            require_rotatable(key)?;
+            if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
+                return Err(KmsError::LimitExceeded(format!(
+                    "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
+                    Self::arn(key)
+                )));
+            }
+            svc.rotate(key, tx, VersionOrigin::OnDemand, now)?;
+            key.on_demand_rotations += 1;
+            Ok(KeyIdResponse { key_id: key.id.to_string() })
+        })
+    }
+
+    /// ListKeyRotations: every rotation (versions after the first), oldest first.
+    pub fn list_key_rotations(&self, caller: &Caller, req: ListForKeyRequest) -> Result<Page<Rotations>, KmsError> {
+        let size = pagination::page_size(req.limit, 100, 1000)?;
+        let after = pagination::decode(Listing::Rotations, req.marker.as_deref())?;
+        let tx = self.store.read()?;
+        let key = self.resolve_for_management(&*tx, caller, req.key_id)?;
+        Self::authorize(caller, "ListKeyRotations", &key)?;
+        let after_version = match after {
+            None => 1,
+            Some(b) => u32::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| KmsError::InvalidMarker("Invalid marker".into()))?,
+            )
+            .max(1),
+        };
+        let cursor = records::version_key(&key.id, after_version);
+        let rows = tx.scan(records::VERSIONS, key.id.as_bytes(), Some(&cursor), size + 1)?;
+        let mut versions = Vec::with_capacity(rows.len());
+        for (_, v) in rows {
+            versions.push(records::decode::<VersionRecord>(records::VERSIONS, &v)?);
+        }
+        let (versions, next) =
+            pagination::finish(Listing::Rotations, versions, size, |v| v.version.to_be_bytes().to_vec());
+        Ok(Page {
+            truncated: next.is_some(),
+            next_marker: next,
+            items: Rotations {
+                rotations: versions
+                    .into_iter()
+                    .map(|v| RotationEntry {
+                        key_id: key.id.to_string(),
+                        rotation_date: epoch_seconds(v.created),
+                        rotation_type: if v.origin == VersionOrigin::OnDemand { "ON_DEMAND" } else { "AUTOMATIC" },
+                        key_material_id: v.material_id,
+                    })
+                    .collect(),
+            },
+        })
+    }
+}

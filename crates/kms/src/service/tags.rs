@@ -1,0 +1,112 @@
+//! TagResource, UntagResource, ListResourceTags.
+
+use super::pagination::{self, Listing};
+use super::{Caller, KeyService};
+use crate::api::{self, Empty, ListForKeyRequest, Page, Tag, TagResourceRequest, Tags, UntagResourceRequest};
+use crate::KmsError;
+
+/// Tags one key may have (AWS's quota).
+pub const MAX_TAGS: usize = 50;
+
+fn tag_chars_ok(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c))
+}
+
+fn check_key(k: &str) -> Result<(), KmsError> {
+    let n = k.chars().count();
+    if n == 0 || n > 128 {
+        return Err(KmsError::Tag(format!("Tag key '{k}' must be 1 to 128 characters.")));
+    }
+    if !tag_chars_ok(k) {
+        return Err(KmsError::Tag(format!(
+            "Tag key '{k}' may contain only letters, digits, spaces and _ . : / = + - @."
+        )));
+    }
+    if k.starts_with("aws:") {
+        return Err(KmsError::Tag(format!("Tag key '{k}' uses the reserved prefix 'aws:'.")));
+    }
+    Ok(())
+}
+
+/// Merges `new` tags into `existing` (sorted by key), checking AWS's rules.
+pub(crate) fn validate_tags(
+    new: Vec<Tag>,
+    mut existing: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, KmsError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in new {
+        let (Some(k), Some(v)) = (t.tag_key, t.tag_value) else {
+            return Err(KmsError::Tag("Every tag needs a TagKey and a TagValue.".into()));
+        };
+        check_key(&k)?;
+        if v.chars().count() > 256 || !tag_chars_ok(&v) {
+            return Err(KmsError::Tag(format!(
+                "Tag value for '{k}' must be at most 256 characters of letters, digits, spaces and _ . : / = + - @."
+            )));
+        }
+        if !seen.insert(k.clone()) {
+            return Err(KmsError::Tag(format!("Tag key '{k}' appears more than once in the request.")));
+        }
+        match existing.iter_mut().find(|(ek, _)| *ek == k) {
+            Some(slot) => slot.1 = v,
+            None => existing.push((k, v)),
+        }
+    }
+    if existing.len() > MAX_TAGS {
+        return Err(KmsError::LimitExceeded(format!("A key may have at most {MAX_TAGS} tags.")));
+    }
+    existing.sort();
+    Ok(existing)
+}
+
+impl KeyService {
+    /// TagResource: adds tags or replaces their values.
+    pub fn tag_resource(&self, caller: &Caller, req: TagResourceRequest) -> Result<Empty, KmsError> {
+        let new = api::required(req.tags, "tags")?;
+        self.update_key(caller, req.key_id, "TagResource", |_, key, _, _| {
+            Self::require_not_pending_deletion(key)?;
+            key.tags = validate_tags(new, std::mem::take(&mut key.tags))?;
+            Ok(Empty {})
+        })
+    }
+
+    /// UntagResource: removes tags; keys that are absent are ignored.
+    pub fn untag_resource(&self, caller: &Caller, req: UntagResourceRequest) -> Result<Empty, KmsError> {
+        let keys = api::required(req.tag_keys, "tagKeys")?;
+        for k in &keys {
+            check_key(k)?;
+        }
+        self.update_key(caller, req.key_id, "UntagResource", |_, key, _, _| {
+            Self::require_not_pending_deletion(key)?;
+            key.tags.retain(|(k, _)| !keys.contains(k));
+            Ok(Empty {})
+        })
+    }
+
+    /// ListResourceTags.
+    pub fn list_resource_tags(&self, caller: &Caller, req: ListForKeyRequest) -> Result<Page<Tags>, KmsError> {
+        let size = pagination::page_size(req.limit, 50, 50)?;
+        let after = pagination::decode(Listing::Tags, req.marker.as_deref())?;
+        let tx = self.store.read()?;
+        let key = self.resolve_for_management(&*tx, caller, req.key_id)?;
+        Self::authorize(caller, "ListResourceTags", &key)?;
+        let tags: Vec<(String, String)> = key
+            .tags
+            .into_iter()
+            .filter(|(k, _)| after.as_ref().is_none_or(|a| k.as_bytes() > a.as_slice()))
+            .take(size + 1)
+            .collect();
+        let (tags, next) = pagination::finish(Listing::Tags, tags, size, |(k, _)| k.as_bytes().to_vec());
+        Ok(Page {
+            truncated: next.is_some(),
+            next_marker: next,
+            items: Tags {
+                tags: tags
+                    .into_iter()
+                    .map(|(k, v)| Tag { tag_key: Some(k), tag_value: Some(v) })
+                    .collect(),
+            },
+        })
+    }
+}

@@ -1,0 +1,46 @@
+//! What a server needs to start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use atrest_kms::root::RootSource;
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Server configuration.
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Serve TLS with these files; plain HTTP otherwise.
+    pub tls: Option<TlsFiles>,
+    /// Allow plain HTTP on a non-loopback address.
+    pub allow_plaintext_remote: bool,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The root of trust.
+    pub root: RootSource,
+    /// Regions served.
+    pub regions: Vec<String>,
+    /// How often the lifecycle schedule runs.
+    pub lifecycle_interval: Duration,
+    /// Shift of the lifecycle clock (tests only; zero otherwise).
+    pub lifecycle_clock_offset: time::Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default region.
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// Default request body limit: AWS KMS requests are small (a 4 KiB
+/// plaintext is under 6 KiB of JSON).
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;

@@ -1,0 +1,104 @@
+//! The data dir: the metadata store, the root-of-trust descriptor, and on
+//! first start the admin credentials file.
+//!
+//! ```text
+//! <data-dir>/            mode 0700
+//!   kms.redb             the metadata store (sealed secrets only)
+//!   root.json            root-of-trust kind and check value
+//!   admin-credentials    AWS shared-credentials file of the first admin key, 0600
+//! ```
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use atrest_kms::root::{RootError, RootKey, RootSource, write_atomically};
+use atrest_kms::{AdminBootstrap, KeyService};
+use atrest_store::{RedbStore, Store};
+
+/// Errors opening the data dir. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// File-system trouble.
+    #[error("{0}")]
+    Io(String),
+    /// The store could not be opened (for example, another server has it).
+    #[error(transparent)]
+    Store(#[from] atrest_store::StoreError),
+    /// The root of trust could not be opened.
+    #[error(transparent)]
+    Root(#[from] RootError),
+    /// The key service refused the store.
+    #[error("{0}")]
+    Kms(String),
+}
+
+/// The default root key file for a data dir: `<data-dir>.root.key`, beside
+/// it, so that the data dir never holds key material.
+#[must_use]
+pub fn default_root_key_file(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_else(|| "atrest-data".into());
+    name.push(".root.key");
+    data_dir.with_file_name(name)
+}
+
+/// An opened data dir.
+pub struct DataDir {
+    /// The key service over the data dir's store.
+    pub kms: Arc<KeyService>,
+    /// Set on first start: the admin account and the file its key was written to.
+    pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
+}
+
+/// The name of the admin credentials file.
+pub const ADMIN_CREDENTIALS: &str = "admin-credentials";
+
+/// Opens (creating if needed) `dir` with `root` and serves `regions`.
+pub fn open(
+    dir: &Path,
+    root: RootSource,
+    regions: Vec<String>,
+    clock: Arc<dyn atrest_kms::clock::Clock>,
+) -> Result<DataDir, DataDirError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| DataDirError::Io(format!("creating data dir {}: {e}", dir.display())))?;
+    // The store's file lock is the data dir's lock: take it first, so two
+    // servers can never initialise the same dir at once.
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("kms.redb"))?);
+    let root = RootKey::open_or_create(dir, root)?;
+    let kms = KeyService::open(store, root, regions, clock).map_err(|e| DataDirError::Kms(match e {
+        atrest_kms::KmsError::Internal(m) | atrest_kms::KmsError::Validation(m) => m,
+        other => other.to_string(),
+    }))?;
+    let bootstrap = match kms.bootstrap_admin().map_err(|e| DataDirError::Kms(e.to_string()))? {
+        None => None,
+        Some(b) => {
+            let path = dir.join(ADMIN_CREDENTIALS);
+            let text = zeroize::Zeroizing::new(format!(
+                "# atrest admin credentials for account {}, created on first start.\n\
+                 # Use with: AWS_SHARED_CREDENTIALS_FILE={}\n\
+                 [default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                b.key.account,
+                path.display(),
+                b.key.access_key_id,
+                String::from_utf8_lossy(b.key.secret_access_key.expose())
+            ));
+            write_atomically(&path, text.as_bytes(), 0o600)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| DataDirError::Io(format!("{}: {e}", path.display())))?;
+            Some((b, path))
+        }
+    };
+    Ok(DataDir {
+        kms: Arc::new(kms),
+        bootstrap,
+    })
+}

@@ -1,0 +1,100 @@
+//! Every error a client can see, and the one function that maps each to an
+//! HTTP status, an AWS error type and a message.
+
+use atrest_kms::KmsError;
+use atrest_sigv4::AuthError;
+use http::StatusCode;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// From the key service.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// From authentication.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The body is larger than the limit.
+    #[error("The request body exceeds the limit of {0} bytes.")]
+    BodyTooLarge(usize),
+    /// The body could not be read.
+    #[error("The request body could not be read: {0}")]
+    BodyRead(String),
+    /// A content type the endpoint does not speak.
+    #[error("Content-Type must be application/x-amz-json-1.1 (or application/json), not '{0}'.")]
+    ContentType(String),
+    /// Not `POST`.
+    #[error("The KMS API accepts only POST requests.")]
+    Method,
+    /// No such REST route.
+    #[error("No such resource: {0}")]
+    NoRoute(String),
+    /// The access key exists but is inactive.
+    #[error("The security token included in the request is invalid.")]
+    InactiveKey,
+}
+
+impl ApiError {
+    /// Status, `__type` and message. Only a server fault is a 5xx.
+    #[must_use]
+    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::Kms(e) => {
+                let status = match e {
+                    KmsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    KmsError::DryRun => StatusCode::PRECONDITION_FAILED,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, e.aws_type(), e.to_string())
+            }
+            Self::Auth(e) => (StatusCode::BAD_REQUEST, e.aws_type(), e.to_string()),
+            Self::InactiveKey => (StatusCode::BAD_REQUEST, "UnrecognizedClientException", self.to_string()),
+            Self::BodyTooLarge(_) | Self::BodyRead(_) => {
+                (StatusCode::BAD_REQUEST, "ValidationException", self.to_string())
+            }
+            Self::ContentType(_) => (StatusCode::BAD_REQUEST, "SerializationException", self.to_string()),
+            Self::Method => (StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", self.to_string()),
+            Self::NoRoute(_) => (StatusCode::NOT_FOUND, "NotFoundException", self.to_string()),
+        }
+    }
+
+    /// Whether the server is at fault.
+    #[must_use]
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Self::Kms(KmsError::Internal(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_internal_errors_are_5xx() {
+        let client_errors = [
+            ApiError::Kms(KmsError::NotFound("x".into())),
+            ApiError::Kms(KmsError::Validation("x".into())),
+            ApiError::Kms(KmsError::Serialization("x".into())),
+            ApiError::Kms(KmsError::UnknownOperation("x".into())),
+            ApiError::Kms(KmsError::AccessDenied("x".into())),
+            ApiError::Kms(KmsError::DryRun),
+            ApiError::Auth(AuthError::MissingAuthenticationToken),
+            ApiError::Auth(AuthError::UnrecognizedClient),
+            ApiError::BodyTooLarge(1),
+            ApiError::ContentType("text/plain".into()),
+            ApiError::Method,
+            ApiError::NoRoute("/x".into()),
+            ApiError::InactiveKey,
+        ];
+        for e in client_errors {
+            let (status, ty, msg) = e.parts();
+            assert!(status.is_client_error(), "{e:?}");
+            assert!(!ty.is_empty() && !msg.is_empty());
+        }
+        let (status, ty, msg) = ApiError::Kms(KmsError::Internal("disk on fire at /secret/path".into())).parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(ty, "KMSInternalException");
+        assert!(!msg.contains("/secret/path"), "internal details stay in the log");
+    }
+}

@@ -1,0 +1,20 @@
+//! atrest's network front.
+//!
+//! Owns: the listener (plain HTTP on loopback, or TLS with rustls), the AWS
+//! KMS JSON 1.1 endpoint (`POST /` with `X-Amz-Target: TrentService.*`),
+//! the REST API under `/v1`, SigV4 authentication of every request, the
+//! mapping of every error to an HTTP status and AWS error type (one function,
+//! [`error::ApiError::parts`]), the data dir, and the background lifecycle
+//! task. Owns no key logic: that is `atrest-kms`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod datadir;
+pub mod error;
+mod http_api;
+mod run;
+mod tls;
+
+pub use config::{ServerConfig, TlsFiles};
+pub use run::{RunningServer, start};

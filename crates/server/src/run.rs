@@ -1,0 +1,166 @@
+//! The accept loop, the lifecycle task, and shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atrest_kms::clock::{Clock, OffsetClock, SystemClock};
+use atrest_kms::{AdminBootstrap, KeyService};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tower::Service;
+
+use crate::ServerConfig;
+use crate::http_api::{AppState, Peer, router};
+
+/// Most connections served at once; further ones wait in the accept queue.
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// A server that is running.
+pub struct RunningServer {
+    /// The bound address (useful when listening on port 0).
+    pub addr: SocketAddr,
+    /// The key service, for in-process callers.
+    pub kms: Arc<KeyService>,
+    /// On first start: the admin account and where its credentials were written.
+    pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, stops the lifecycle task, and waits for both.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens the data dir, binds the listener and starts serving.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
+    if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.allow_plaintext_remote {
+        return Err(format!(
+            "refusing to serve plain HTTP on {}, which is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext-remote if a proxy in front terminates TLS",
+            config.listen
+        ));
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?)),
+        None => None,
+    };
+    let clock: Arc<dyn Clock> = if config.lifecycle_clock_offset.is_zero() {
+        Arc::new(SystemClock)
+    } else {
+        tracing::warn!(offset = %config.lifecycle_clock_offset, "lifecycle clock is shifted (testing only)");
+        Arc::new(OffsetClock(config.lifecycle_clock_offset))
+    };
+    let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
+    let opened = tokio::task::spawn_blocking(move || crate::datadir::open(&data_dir, root, regions, clock))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let kms = opened.kms;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("binding {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = watch::channel(false);
+    let state = Arc::new(AppState {
+        kms: Arc::clone(&kms),
+        max_body: config.max_body_bytes,
+    });
+    let accept = tokio::spawn(accept_loop(listener, tls, router(state), stopped.clone()));
+    let lifecycle = tokio::spawn(lifecycle_loop(Arc::clone(&kms), config.lifecycle_interval, stopped));
+    tracing::info!(%addr, tls = config.tls.is_some(), regions = ?kms.regions(), "atrest serving");
+    Ok(RunningServer {
+        addr,
+        kms,
+        bootstrap: opened.bootstrap,
+        stop,
+        tasks: vec![accept, lifecycle],
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stopped.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                let mut app = app.clone();
+                async move { app.call(req.map(axum::body::Body::new)).await }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .keep_alive(true);
+            let result = match tls {
+                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let k = Arc::clone(&kms);
+        match tokio::task::spawn_blocking(move || k.run_due()).await {
+            Ok(Ok(report)) if report.rotated.is_empty() && report.deleted.is_empty() => {}
+            Ok(Ok(report)) => tracing::info!(rotated = report.rotated.len(), deleted = report.deleted.len(), "lifecycle tick"),
+            Ok(Err(e)) => tracing::error!(error = ?e, "lifecycle tick failed"),
+            Err(e) => tracing::error!(error = %e, "lifecycle task failed"),
+        }
+    }
+}

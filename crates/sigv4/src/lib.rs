@@ -1,0 +1,414 @@
+//! AWS Signature Version 4 (SigV4), header-based, as the AWS SDKs and CLI
+//! send it.
+//!
+//! Owns: the canonical request, the string to sign, the signing-key chain,
+//! parsing of the `Authorization` header, and the checks a server makes
+//! before trusting a request (scope, clock skew, signature). Knows nothing of
+//! accounts or where secrets are kept: a server calls [`parse_request`], looks
+//! up the secret for the access key it names, then calls
+//! [`ParsedRequest::verify`].
+//!
+//! Errors carry AWS's error types and message wording (see [`AuthError`]).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod canonical;
+mod error;
+
+use atrest_crypto::hash::{hmac_sha256, sha256};
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use time::{Duration, OffsetDateTime, format_description::FormatItem, macros::format_description};
+
+pub use canonical::{canonical_query, canonical_uri, uri_encode};
+pub use error::AuthError;
+
+/// The only algorithm accepted.
+pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+/// The largest clock difference AWS accepts between a request and the server.
+pub const MAX_SKEW: Duration = Duration::minutes(5);
+
+const AMZ_DATE: &[FormatItem<'static>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
+const SCOPE_DATE: &[FormatItem<'static>] = format_description!("[year][month][day]");
+
+/// Formats a time as SigV4's `YYYYMMDDTHHMMSSZ`.
+#[must_use]
+pub fn format_amz_date(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(AMZ_DATE)
+        .unwrap_or_default()
+}
+
+fn parse_amz_date(s: &str) -> Option<OffsetDateTime> {
+    time::PrimitiveDateTime::parse(s, AMZ_DATE)
+        .ok()
+        .map(time::PrimitiveDateTime::assume_utc)
+}
+
+/// Access key id and secret for signing.
+pub struct Credentials<'a> {
+    /// The access key id (not secret).
+    pub access_key_id: &'a str,
+    /// The secret access key.
+    pub secret_access_key: &'a [u8],
+}
+
+/// The derived key for one (secret, date, region, service).
+fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> [u8; 32] {
+    let mut first = Vec::with_capacity(4 + secret.len());
+    first.extend_from_slice(b"AWS4");
+    first.extend_from_slice(secret);
+    let k_date = hmac_sha256(&first, date.as_bytes());
+    // The prefixed secret is secret; do not leave it in freed memory.
+    atrest_crypto_zeroize(&mut first);
+    let k_region = hmac_sha256(&k_date, region.as_bytes());
+    let k_service = hmac_sha256(&k_region, service.as_bytes());
+    hmac_sha256(&k_service, b"aws4_request")
+}
+
+fn atrest_crypto_zeroize(v: &mut Vec<u8>) {
+    // Overwrite via SecretBytes, which zeroizes on drop.
+    drop(atrest_crypto::SecretBytes::new(std::mem::take(v)));
+}
+
+fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
+    format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        hex::encode(sha256(canonical_request))
+    )
+}
+
+/// The credential scope and time a request is signed for.
+pub struct Scope<'a> {
+    /// Region.
+    pub region: &'a str,
+    /// Service name (`kms`, `atrest`).
+    pub service: &'a str,
+    /// Signing time.
+    pub time: OffsetDateTime,
+}
+
+/// Signs a request in place: sets `x-amz-date` and `authorization`.
+///
+/// Signs `host` (which must already be set), `x-amz-date`, `content-type` and
+/// every `x-amz-*` header present.
+pub fn sign(
+    method: &Method,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    body: &[u8],
+    creds: &Credentials<'_>,
+    scope: &Scope<'_>,
+) -> Result<(), AuthError> {
+    let (region, service) = (scope.region, scope.service);
+    let amz_date = format_amz_date(scope.time);
+    let date = amz_date.get(..8).unwrap_or_default().to_owned();
+    headers.insert(
+        "x-amz-date",
+        HeaderValue::from_str(&amz_date)
+            .map_err(|_| AuthError::IncompleteSignature("bad date".into()))?,
+    );
+    headers.remove(http::header::AUTHORIZATION);
+    let mut signed: Vec<String> = headers
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k == "host" || k == "content-type" || k.starts_with("x-amz-"))
+        .collect();
+    signed.sort();
+    signed.dedup();
+    if !signed.iter().any(|h| h == "host") {
+        return Err(AuthError::IncompleteSignature(
+            "a Host header is required to sign a request".into(),
+        ));
+    }
+    let payload_hash = hex::encode(sha256(body));
+    let canonical =
+        canonical::canonical_request(method, uri, headers, &signed, &payload_hash)?;
+    let scope = format!("{date}/{region}/{service}/aws4_request");
+    let sts = string_to_sign(&amz_date, &scope, &canonical);
+    let key = signing_key(creds.secret_access_key, &date, region, service);
+    let signature = hex::encode(hmac_sha256(&key, sts.as_bytes()));
+    let value = format!(
+        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={signature}",
+        creds.access_key_id,
+        signed.join(";")
+    );
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&value).map_err(|_| {
+            AuthError::IncompleteSignature("access key id is not a valid header value".into())
+        })?,
+    );
+    Ok(())
+}
+
+/// The `Authorization` header, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// The access key id of the credential.
+    pub access_key_id: String,
+    /// The credential scope's date, `YYYYMMDD`.
+    pub date: String,
+    /// The credential scope's region.
+    pub region: String,
+    /// The credential scope's service.
+    pub service: String,
+    /// Signed header names, as listed.
+    pub signed_headers: Vec<String>,
+    /// The signature bytes.
+    pub signature: [u8; 32],
+}
+
+/// Parses an `Authorization` header value.
+pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
+    let value = value.trim();
+    let (algorithm, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if algorithm != ALGORITHM {
+        return Err(AuthError::IncompleteSignature(format!(
+            "Unsupported AWS 'algorithm': '{algorithm}'."
+        )));
+    }
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for part in rest.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let Some((name, v)) = part.split_once('=') else {
+            return Err(AuthError::IncompleteSignature(format!(
+                "Authorization header requires each component to be of the form name=value, got '{part}'."
+            )));
+        };
+        let slot = match name {
+            "Credential" => &mut credential,
+            "SignedHeaders" => &mut signed,
+            "Signature" => &mut signature,
+            _ => {
+                return Err(AuthError::IncompleteSignature(format!(
+                    "Authorization header has an unknown component '{name}'."
+                )));
+            }
+        };
+        if slot.replace(v).is_some() {
+            return Err(AuthError::IncompleteSignature(format!(
+                "Authorization header has '{name}' more than once."
+            )));
+        }
+    }
+    let mut missing = String::new();
+    for (name, v) in [
+        ("Credential", &credential),
+        ("Signature", &signature),
+        ("SignedHeaders", &signed),
+    ] {
+        if v.is_none() {
+            missing.push_str(&format!("Authorization header requires '{name}' parameter. "));
+        }
+    }
+    let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature)
+    else {
+        return Err(AuthError::IncompleteSignature(format!(
+            "{missing}Authorization={value}"
+        )));
+    };
+    let parts: Vec<&str> = credential.split('/').collect();
+    let [akid, date, region, service, terminator] = parts[..] else {
+        return Err(AuthError::IncompleteSignature(format!(
+            "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
+        )));
+    };
+    if terminator != "aws4_request" {
+        return Err(AuthError::IncompleteSignature(format!(
+            "Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."
+        )));
+    }
+    if akid.is_empty() || region.is_empty() || service.is_empty() {
+        return Err(AuthError::IncompleteSignature(format!(
+            "Credential has an empty element: '{credential}'."
+        )));
+    }
+    if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthError::IncompleteSignature(format!(
+            "Credential date must be YYYYMMDD, got '{date}'."
+        )));
+    }
+    let signed_headers: Vec<String> = signed.split(';').map(str::to_owned).collect();
+    if signed_headers.iter().any(|h| h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase())) {
+        return Err(AuthError::IncompleteSignature(format!(
+            "SignedHeaders must be a ';'-separated list of lower-case header names, got '{signed}'."
+        )));
+    }
+    let mut sig = [0u8; 32];
+    if signature.len() != 64 || hex::decode_to_slice(signature, &mut sig).is_err() {
+        return Err(AuthError::IncompleteSignature(
+            "Signature must be 64 hexadecimal digits.".into(),
+        ));
+    }
+    Ok(Authorization {
+        access_key_id: akid.to_owned(),
+        date: date.to_owned(),
+        region: region.to_owned(),
+        service: service.to_owned(),
+        signed_headers,
+        signature: sig,
+    })
+}
+
+/// What a server checks a request against.
+pub struct Policy<'a> {
+    /// The service name the credential scope must name (`kms`).
+    pub service: &'a str,
+    /// Regions this server serves.
+    pub regions: &'a [String],
+    /// The server's current time.
+    pub now: OffsetDateTime,
+}
+
+/// A request whose form, scope and time have been checked; only the
+/// signature remains, which needs the secret of [`ParsedRequest::access_key_id`].
+#[derive(Debug)]
+pub struct ParsedRequest {
+    auth: Authorization,
+    string_to_sign: String,
+    time: OffsetDateTime,
+}
+
+impl ParsedRequest {
+    /// The access key id the request claims.
+    #[must_use]
+    pub fn access_key_id(&self) -> &str {
+        &self.auth.access_key_id
+    }
+
+    /// The region of the credential scope (one the server serves).
+    #[must_use]
+    pub fn region(&self) -> &str {
+        &self.auth.region
+    }
+
+    /// The request time from `X-Amz-Date`.
+    #[must_use]
+    pub fn time(&self) -> OffsetDateTime {
+        self.time
+    }
+
+    /// Checks the signature with the secret access key, in constant time.
+    pub fn verify(&self, secret_access_key: &[u8]) -> Result<(), AuthError> {
+        let key = signing_key(
+            secret_access_key,
+            &self.auth.date,
+            &self.auth.region,
+            &self.auth.service,
+        );
+        let expected = hmac_sha256(&key, self.string_to_sign.as_bytes());
+        if atrest_crypto::ct_eq(&expected, &self.auth.signature) {
+            Ok(())
+        } else {
+            Err(AuthError::signature_mismatch())
+        }
+    }
+}
+
+/// Checks everything about a request that does not need the secret: the
+/// `Authorization` header's form, the credential scope (service, served
+/// region, date), the clock skew, and the signed headers; and builds the
+/// string to sign.
+pub fn parse_request(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    policy: &Policy<'_>,
+) -> Result<ParsedRequest, AuthError> {
+    let Some(auth_value) = headers.get(http::header::AUTHORIZATION) else {
+        return Err(AuthError::MissingAuthenticationToken);
+    };
+    let auth_value = auth_value.to_str().map_err(|_| {
+        AuthError::IncompleteSignature("Authorization header is not ASCII.".into())
+    })?;
+    let auth = parse_authorization(auth_value)?;
+
+    let Some(amz_date) = headers.get("x-amz-date") else {
+        return Err(AuthError::IncompleteSignature(
+            "Authorization header requires existence of an 'X-Amz-Date' header.".into(),
+        ));
+    };
+    let amz_date = amz_date.to_str().unwrap_or_default();
+    let Some(time) = parse_amz_date(amz_date) else {
+        return Err(AuthError::IncompleteSignature(format!(
+            "X-Amz-Date must be in the ISO8601 basic format YYYYMMDD'T'HHMMSS'Z', got '{amz_date}'."
+        )));
+    };
+    let request_day = time.format(SCOPE_DATE).unwrap_or_default();
+    if auth.date != request_day {
+        return Err(AuthError::InvalidSignature(format!(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{request_day}', from '{amz_date}'.",
+            auth.date
+        )));
+    }
+    if auth.service != policy.service {
+        return Err(AuthError::InvalidSignature(format!(
+            "Credential should be scoped to correct service: '{}'.",
+            policy.service
+        )));
+    }
+    if !policy.regions.iter().any(|r| *r == auth.region) {
+        return Err(AuthError::InvalidSignature(format!(
+            "Credential should be scoped to a valid region, not '{}'. This server serves: {}.",
+            auth.region,
+            policy.regions.join(", ")
+        )));
+    }
+    if time < policy.now - MAX_SKEW {
+        return Err(AuthError::InvalidSignature(format!(
+            "Signature expired: {amz_date} is now earlier than {} ({} - 5 min.)",
+            format_amz_date(policy.now - MAX_SKEW),
+            format_amz_date(policy.now)
+        )));
+    }
+    if time > policy.now + MAX_SKEW {
+        return Err(AuthError::InvalidSignature(format!(
+            "Signature not yet current: {amz_date} is still later than {} ({} + 5 min.)",
+            format_amz_date(policy.now + MAX_SKEW),
+            format_amz_date(policy.now)
+        )));
+    }
+    if !auth.signed_headers.iter().any(|h| h == "host") {
+        return Err(AuthError::InvalidSignature(
+            "'Host' must be a 'SignedHeader' in the AWS Authorization.".into(),
+        ));
+    }
+    if !auth.signed_headers.iter().any(|h| h == "x-amz-date") {
+        return Err(AuthError::InvalidSignature(
+            "'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.".into(),
+        ));
+    }
+    let body_hash = hex::encode(sha256(body));
+    let payload_hash = match headers.get("x-amz-content-sha256") {
+        None => body_hash,
+        Some(v) if v.as_bytes() == body_hash.as_bytes() => body_hash,
+        Some(_) => {
+            return Err(AuthError::InvalidSignature(
+                "The provided 'x-amz-content-sha256' header does not match what was computed."
+                    .into(),
+            ));
+        }
+    };
+    let canonical =
+        canonical::canonical_request(method, uri, headers, &auth.signed_headers, &payload_hash)?;
+    let scope = format!(
+        "{}/{}/{}/aws4_request",
+        auth.date, auth.region, auth.service
+    );
+    let string_to_sign = string_to_sign(amz_date, &scope, &canonical);
+    Ok(ParsedRequest {
+        auth,
+        string_to_sign,
+        time,
+    })
+}
+
+#[cfg(test)]
+mod tests;

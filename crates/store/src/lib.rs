@@ -1,0 +1,107 @@
+//! The metadata store of atrest.
+//!
+//! Owns: durable, transactional storage of small records, behind the
+//! [`Store`] trait. Knows nothing of what the records mean; callers encode them
+//! and must never hand it plaintext secrets.
+//!
+//! The trait is deliberately small (get, ordered prefix scan, put, delete,
+//! commit) so that the embedded default ([`RedbStore`], an ACID, crash-safe
+//! B-tree file) and a shared PostgreSQL store can implement it alike, and so
+//! that one conformance suite ([`conformance`]) checks every backend.
+//!
+//! Semantics every backend provides:
+//! * a read transaction sees one committed snapshot;
+//! * write transactions are serializable (the embedded backends run them one
+//!   at a time);
+//! * a write transaction takes effect only if [`WriteTx::commit`] returns `Ok`,
+//!   and is then durable; dropping it without committing discards it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod conformance;
+mod memory;
+mod redb_store;
+
+pub use memory::MemoryStore;
+pub use redb_store::RedbStore;
+
+/// A named table of byte keys to byte values, ordered by key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Table(&'static str);
+
+impl Table {
+    /// A table called `name`. Names are part of the on-disk format.
+    #[must_use]
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// The table's name.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+/// One key and value from a scan.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Errors of the store. All of them are the server's problem, not a client's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption, a full disk).
+    #[error("metadata store: {0}")]
+    Backend(String),
+    /// Another process holds the store open.
+    #[error("metadata store at {0} is in use by another process")]
+    Locked(String),
+}
+
+/// A durable transactional key-value store.
+pub trait Store: Send + Sync {
+    /// Starts a read transaction on the latest committed snapshot.
+    fn read(&self) -> Result<Box<dyn ReadTx + '_>, StoreError>;
+    /// Starts a write transaction.
+    fn write(&self) -> Result<Box<dyn WriteTx + '_>, StoreError>;
+}
+
+/// Reads, shared by read and write transactions.
+pub trait ReadTx {
+    /// The value stored under `key`.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order,
+    /// starting after `after` (exclusive) when given.
+    fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+}
+
+/// A write transaction.
+pub trait WriteTx: ReadTx {
+    /// Stores `value` under `key`, replacing any previous value.
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Removes `key`; returns whether it was present.
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError>;
+    /// Makes every change of this transaction durable, atomically.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// The smallest key strictly greater than every key starting with `prefix`,
+/// or `None` if there is none (the prefix is all 0xff).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
