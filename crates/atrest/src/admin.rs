@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use crate::cli::{AccessKeyCommand, AccountCommand, AdminArgs, AdminCommand, ClientArgs};
 
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    let creds = match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+    let creds = match (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
         (Ok(id), Ok(secret)) if !id.is_empty() => Credentials {
             access_key_id: id,
             secret_access_key: atrest_client::secret(&secret),
@@ -18,13 +21,20 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
         _ => {
             let path = match &args.credentials_file {
                 Some(p) => p.clone(),
-                None => std::path::PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
-                    .join(".aws/credentials"),
+                None => {
+                    std::path::PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+                        .join(".aws/credentials")
+                }
             };
             atrest_client::load_shared_credentials(&path, &args.profile)?
         }
     };
-    Ok(Client::new(&args.endpoint, creds, &args.region, args.ca_file.as_deref())?)
+    Ok(Client::new(
+        &args.endpoint,
+        creds,
+        &args.region,
+        args.ca_file.as_deref(),
+    )?)
 }
 
 fn show(resp: &atrest_client::Response) -> anyhow::Result<()> {
@@ -43,27 +53,56 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     let resp = match args.command {
         AdminCommand::Account(AccountCommand::Create { id, admin }) => {
-            c.rest(Method::POST, "/v1/accounts", Some(&json!({"id": id, "admin": admin}))).await?
+            c.rest(
+                Method::POST,
+                "/v1/accounts",
+                Some(&json!({"id": id, "admin": admin})),
+            )
+            .await?
         }
-        AdminCommand::Account(AccountCommand::List) => c.rest(Method::GET, "/v1/accounts", None).await?,
+        AdminCommand::Account(AccountCommand::List) => {
+            c.rest(Method::GET, "/v1/accounts", None).await?
+        }
         AdminCommand::AccessKey(AccessKeyCommand::Create { account }) => {
-            c.rest(Method::POST, &format!("/v1/accounts/{account}/access-keys"), None).await?
+            c.rest(
+                Method::POST,
+                &format!("/v1/accounts/{account}/access-keys"),
+                None,
+            )
+            .await?
         }
-        AdminCommand::AccessKey(AccessKeyCommand::Import { account, access_key_id, secret_access_key_file }) => {
+        AdminCommand::AccessKey(AccessKeyCommand::Import {
+            account,
+            access_key_id,
+            secret_access_key_file,
+        }) => {
             let mut secret = zeroize::Zeroizing::new(String::new());
             match secret_access_key_file {
                 Some(p) => {
-                    *secret = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                    *secret = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?;
                 }
                 None => {
-                    std::io::stdin().read_to_string(&mut secret).context("reading the secret from standard input")?;
+                    std::io::stdin()
+                        .read_to_string(&mut secret)
+                        .context("reading the secret from standard input")?;
                 }
             }
             let body = json!({"access_key_id": access_key_id, "secret_access_key": secret.trim()});
-            c.rest(Method::POST, &format!("/v1/accounts/{account}/access-keys"), Some(&body)).await?
+            c.rest(
+                Method::POST,
+                &format!("/v1/accounts/{account}/access-keys"),
+                Some(&body),
+            )
+            .await?
         }
         AdminCommand::AccessKey(AccessKeyCommand::List { account }) => {
-            c.rest(Method::GET, &format!("/v1/accounts/{account}/access-keys"), None).await?
+            c.rest(
+                Method::GET,
+                &format!("/v1/accounts/{account}/access-keys"),
+                None,
+            )
+            .await?
         }
     };
     show(&resp)

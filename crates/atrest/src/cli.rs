@@ -42,7 +42,11 @@ pub struct ServeArgs {
     pub regions: Vec<String>,
     /// Root key file (32 bytes, mode 0600), created on first start
     /// [default: <data-dir>.root.key, beside the data dir].
-    #[arg(long, env = "ATREST_ROOT_KEY_FILE", conflicts_with = "root_passphrase_file")]
+    #[arg(
+        long,
+        env = "ATREST_ROOT_KEY_FILE",
+        conflicts_with = "root_passphrase_file"
+    )]
     pub root_key_file: Option<PathBuf>,
     /// Seal the data dir with a passphrase read from this file (argon2id)
     /// instead of a key file. ATREST_ROOT_PASSPHRASE may hold it instead.
@@ -72,7 +76,12 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The server's URL.
-    #[arg(long, global = true, env = "ATREST_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "ATREST_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub endpoint: String,
     /// Region to sign requests for.
     #[arg(long, global = true, env = "AWS_REGION", default_value = atrest_server::config::DEFAULT_REGION)]

@@ -2,6 +2,10 @@
 //! the library crates; holds no logic of its own.
 
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::print_stderr,
+    reason = "a command-line tool reports its errors on stderr"
+)]
 
 mod admin;
 mod cli;
@@ -11,7 +15,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("atrest: cannot start the async runtime: {e}");

@@ -13,7 +13,9 @@ use crate::cli::{LogFormat, ServeArgs};
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATREST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -24,32 +26,47 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d).join("atrest"));
     }
-    let home = std::env::var_os("HOME").context("neither --data-dir, XDG_DATA_HOME nor HOME is set")?;
+    let home =
+        std::env::var_os("HOME").context("neither --data-dir, XDG_DATA_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".local/share/atrest"))
 }
 
-fn root_source(args: &ServeArgs, data_dir: &std::path::Path) -> anyhow::Result<(RootSource, String)> {
+fn root_source(
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(RootSource, String)> {
     let from_env = std::env::var_os("ATREST_ROOT_PASSPHRASE");
     match (&args.root_passphrase_file, from_env) {
         (Some(path), _) => {
             let mut bytes = SecretBytes::new(
-                std::fs::read(path).with_context(|| format!("reading passphrase file {}", path.display()))?,
+                std::fs::read(path)
+                    .with_context(|| format!("reading passphrase file {}", path.display()))?,
             );
             // A trailing newline from `echo` is not part of the passphrase.
-            while bytes.expose().last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            while bytes
+                .expose()
+                .last()
+                .is_some_and(|b| *b == b'\n' || *b == b'\r')
+            {
                 bytes.expose_mut().pop();
             }
             if bytes.is_empty() {
                 bail!("passphrase file {} is empty", path.display());
             }
-            Ok((RootSource::Passphrase(bytes), format!("passphrase from {}", path.display())))
+            Ok((
+                RootSource::Passphrase(bytes),
+                format!("passphrase from {}", path.display()),
+            ))
         }
         (None, Some(p)) if args.root_key_file.is_none() => {
             let p = zeroize::Zeroizing::new(p.into_encoded_bytes());
             if p.is_empty() {
                 bail!("ATREST_ROOT_PASSPHRASE is empty");
             }
-            Ok((RootSource::Passphrase(SecretBytes::new(p.to_vec())), "passphrase from ATREST_ROOT_PASSPHRASE".into()))
+            Ok((
+                RootSource::Passphrase(SecretBytes::new(p.to_vec())),
+                "passphrase from ATREST_ROOT_PASSPHRASE".into(),
+            ))
         }
         _ => {
             let path = args
@@ -70,7 +87,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (root, root_shown) = root_source(&args, &data_dir)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -85,9 +105,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         lifecycle_clock_offset: time::Duration::days(args.lifecycle_clock_offset_days),
         max_body_bytes: atrest_server::config::DEFAULT_MAX_BODY,
     };
-    let server = atrest_server::start(config).await.map_err(anyhow::Error::msg)?;
+    let server = atrest_server::start(config)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let endpoint = format!("{scheme}://{}", server.addr);
-    println!("atrest {} listening on {endpoint}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "atrest {} listening on {endpoint}",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  regions:  {}", server.kms.regions().join(", "));
     println!("  data dir: {}", data_dir.display());
     println!("  root:     {root_shown}");
@@ -97,7 +122,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "First start: created admin account {} with access key {}.",
             boot.key.account, boot.key.access_key_id
         );
-        println!("Its credentials are in {} (AWS shared-credentials format). Try:", path.display());
+        println!(
+            "Its credentials are in {} (AWS shared-credentials format). Try:",
+            path.display()
+        );
         println!(
             "  AWS_SHARED_CREDENTIALS_FILE={} AWS_DEFAULT_REGION={} aws --endpoint-url {endpoint} kms create-key",
             path.display(),

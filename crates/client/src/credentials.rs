@@ -48,7 +48,9 @@ pub fn load_shared_credentials(path: &Path, profile: &str) -> Result<Credentials
         if let Some((k, v)) = line.split_once('=') {
             match k.trim() {
                 "aws_access_key_id" => id = Some(v.trim().to_owned()),
-                "aws_secret_access_key" => secret = Some(SecretBytes::new(v.trim().as_bytes().to_vec())),
+                "aws_secret_access_key" => {
+                    secret = Some(SecretBytes::new(v.trim().as_bytes().to_vec()));
+                }
                 _ => {}
             }
         }

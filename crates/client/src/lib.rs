@@ -125,7 +125,8 @@ impl Client {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
             for cert in certs {
-                let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+                let cert =
+                    cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
                 roots
                     .add(cert)
                     .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
@@ -191,7 +192,8 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, ClientError> {
-        let uri: Uri = format!("{}{path}", self.endpoint)
+        let scheme = self.endpoint.scheme_str().unwrap_or("http");
+        let uri: Uri = format!("{scheme}://{}{path}", self.host.to_str().unwrap_or_default())
             .parse()
             .map_err(|e| ClientError::Url(format!("{path}: {e}")))?;
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
@@ -199,7 +201,9 @@ impl Client {
         if !body.is_empty() {
             builder = builder.header("content-type", "application/json");
         }
-        let mut req = builder.body(()).map_err(|e| ClientError::Url(e.to_string()))?;
+        let mut req = builder
+            .body(())
+            .map_err(|e| ClientError::Url(e.to_string()))?;
         self.sign(&mut req, &body, REST_SERVICE)?;
         self.send(req, body).await
     }

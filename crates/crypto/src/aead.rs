@@ -153,7 +153,10 @@ mod tests {
                 }
             }
         }
-        assert!(valid >= 30 && invalid >= 10, "valid {valid} invalid {invalid}");
+        assert!(
+            valid >= 30 && invalid >= 10,
+            "valid {valid} invalid {invalid}"
+        );
     }
 
     #[test]
@@ -172,7 +175,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert!(open_random_nonce(&key, b"context", &bad).is_err(), "byte {i}");
+            assert!(
+                open_random_nonce(&key, b"context", &bad).is_err(),
+                "byte {i}"
+            );
         }
         assert!(open_random_nonce(&key, b"context", &sealed[..NONCE_LEN + 3]).is_err());
         assert!(open_random_nonce(&key, b"context", &[]).is_err());

@@ -133,7 +133,15 @@ mod tests {
             Err(CryptoError::KdfParams(_))
         ));
         assert!(matches!(
-            argon2id(b"x", b"0123456789abcdef", Argon2Params { m_cost_kib: 1, t_cost: 0, p_cost: 0 }),
+            argon2id(
+                b"x",
+                b"0123456789abcdef",
+                Argon2Params {
+                    m_cost_kib: 1,
+                    t_cost: 0,
+                    p_cost: 0
+                }
+            ),
             Err(CryptoError::KdfParams(_))
         ));
     }
@@ -143,13 +151,25 @@ mod tests {
         // Expected values computed independently with argon2-cffi (the
         // reference C implementation): argon2id, version 0x13, 32-byte output.
         let cases = [
-            (&b"password"[..], &b"somesaltsomesalt"[..], (64, 1, 1),
-             "e793d64ef75d58f503d4631b2b149f7f80127c5f3993d89b1c9b781e51d0b413"),
-            (&b"correct horse battery staple"[..], &b"atrest-kat-salt!"[..], (1024, 3, 2),
-             "6adbf0a00852f95db8d2c2e62fc3d2d93729c7742a9492197076b9adf4afb19f"),
+            (
+                &b"password"[..],
+                &b"somesaltsomesalt"[..],
+                (64, 1, 1),
+                "e793d64ef75d58f503d4631b2b149f7f80127c5f3993d89b1c9b781e51d0b413",
+            ),
+            (
+                &b"correct horse battery staple"[..],
+                &b"atrest-kat-salt!"[..],
+                (1024, 3, 2),
+                "6adbf0a00852f95db8d2c2e62fc3d2d93729c7742a9492197076b9adf4afb19f",
+            ),
         ];
         for (pw, salt, (m, t, p), want) in cases {
-            let params = Argon2Params { m_cost_kib: m, t_cost: t, p_cost: p };
+            let params = Argon2Params {
+                m_cost_kib: m,
+                t_cost: t,
+                p_cost: p,
+            };
             let k = argon2id(pw, salt, params).unwrap();
             assert_eq!(hex::encode(k.expose()), want);
         }

@@ -37,8 +37,8 @@ impl<const N: usize> SecretKey<N> {
         Ok(key)
     }
 
-    /// Takes ownership of key bytes held in a [`SecretBytes`].
-    pub fn from_secret_bytes(bytes: SecretBytes) -> Result<Self, CryptoError> {
+    /// Copies key bytes held in a [`SecretBytes`].
+    pub fn from_secret_bytes(bytes: &SecretBytes) -> Result<Self, CryptoError> {
         Self::from_slice(bytes.expose())
     }
 
@@ -176,7 +176,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.duplicate(), a);
-        assert_ne!(SecretBytes::new(vec![1, 2]), SecretBytes::new(vec![1, 2, 3]));
+        assert_ne!(
+            SecretBytes::new(vec![1, 2]),
+            SecretBytes::new(vec![1, 2, 3])
+        );
     }
 
     #[test]

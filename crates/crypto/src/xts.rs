@@ -163,13 +163,16 @@ impl Xts256 {
         sector_len: usize,
         data: &mut [u8],
     ) -> Result<(), CryptoError> {
-        if sector_len < BLOCK_LEN || sector_len % BLOCK_LEN != 0 || sector_len > MAX_DATA_UNIT {
+        if sector_len < BLOCK_LEN
+            || !sector_len.is_multiple_of(BLOCK_LEN)
+            || sector_len > MAX_DATA_UNIT
+        {
             return Err(CryptoError::InputLength {
                 len: sector_len,
                 reason: "sector length must be a multiple of 16 between 16 bytes and 16 MiB",
             });
         }
-        if data.len() % sector_len != 0 {
+        if !data.len().is_multiple_of(sector_len) {
             return Err(CryptoError::InputLength {
                 len: data.len(),
                 reason: "data must be a whole number of sectors",
@@ -266,8 +269,14 @@ mod tests {
     fn lengths_are_checked() {
         let mut x = Xts256::new(&XtsKey::generate().unwrap()).unwrap();
         let t = [0u8; 16];
-        assert!(matches!(x.encrypt(&t, &mut [0u8; 15]), Err(CryptoError::InputLength { .. })));
-        assert!(matches!(x.decrypt(&t, &mut []), Err(CryptoError::InputLength { .. })));
+        assert!(matches!(
+            x.encrypt(&t, &mut [0u8; 15]),
+            Err(CryptoError::InputLength { .. })
+        ));
+        assert!(matches!(
+            x.decrypt(&t, &mut []),
+            Err(CryptoError::InputLength { .. })
+        ));
         let mut big = vec![0u8; MAX_DATA_UNIT + 16];
         assert!(x.encrypt(&t, &mut big).is_err());
         assert!(x.encrypt_sectors(0, 4096, &mut [0u8; 4095]).is_err());
@@ -285,7 +294,8 @@ mod tests {
         x.encrypt_sectors(1000, 4096, &mut multi).unwrap();
         for (i, chunk) in plain.chunks(4096).enumerate() {
             let mut one = chunk.to_vec();
-            x.encrypt(&u128::from(1000 + i as u64).to_le_bytes(), &mut one).unwrap();
+            x.encrypt(&u128::from(1000 + i as u64).to_le_bytes(), &mut one)
+                .unwrap();
             assert_eq!(one, multi[i * 4096..(i + 1) * 4096]);
         }
         // A clone on another thread decrypts what this one encrypted.

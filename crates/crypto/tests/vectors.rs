@@ -1,6 +1,8 @@
 //! Published test vectors for the primitives in atrest-crypto that the unit
 //! tests do not already cover: IEEE 1619 and Wycheproof for AES-256-XTS.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
 use atrest_crypto::XtsKey;
 use atrest_crypto::xts::Xts256;
 
@@ -15,7 +17,10 @@ fn ieee1619() -> (XtsKey, Vec<Ieee1619>) {
     let mut key = None;
     let mut out = Vec::new();
     let mut cur: (Option<u32>, Option<[u8; 16]>) = (None, None);
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let (name, value) = line.split_once(" = ").expect("name = value");
         match name {
             "key" => key = Some(XtsKey::from_slice(&hex::decode(value).unwrap()).unwrap()),

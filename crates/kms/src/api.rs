@@ -61,13 +61,33 @@ impl Serialize for SecretBlob {
 }
 
 /// A tag as AWS sends it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Tag {
     /// Tag key (1 to 128 characters).
     pub tag_key: Option<String>,
     /// Tag value (0 to 256 characters).
     pub tag_value: Option<String>,
+}
+
+/// A tag must be a JSON object; the derived deserializer would also accept a
+/// positional array, which the protocol does not.
+impl<'de> Deserialize<'de> for Tag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Fields {
+            tag_key: Option<String>,
+            tag_value: Option<String>,
+        }
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let f = Fields::deserialize(serde_json::Value::Object(map))
+            .map_err(serde::de::Error::custom)?;
+        Ok(Tag {
+            tag_key: f.tag_key,
+            tag_value: f.tag_value,
+        })
+    }
 }
 
 /// An encryption context.

@@ -84,7 +84,9 @@ pub struct Header<'a> {
 /// Splits a blob into its header and the ciphertext with tag, checking only
 /// its shape. Never panics on any input.
 pub fn parse(blob: &[u8]) -> Result<(Header<'_>, &[u8]), KmsError> {
-    let invalid = || KmsError::InvalidCiphertext("The ciphertext is not a valid atrest ciphertext blob.".into());
+    let invalid = || {
+        KmsError::InvalidCiphertext("The ciphertext is not a valid atrest ciphertext blob.".into())
+    };
     if blob.len() < OVERHEAD {
         return Err(invalid());
     }
@@ -107,7 +109,11 @@ pub fn parse(blob: &[u8]) -> Result<(Header<'_>, &[u8]), KmsError> {
 }
 
 fn message_key(material: &Aes256Key, salt: &[u8]) -> Result<Aes256Key, KmsError> {
-    Ok(atrest_crypto::kdf::hkdf_sha256(material.expose(), salt, &[HKDF_INFO])?)
+    Ok(atrest_crypto::kdf::hkdf_sha256(
+        material.expose(),
+        salt,
+        &[HKDF_INFO],
+    )?)
 }
 
 /// Encrypts `plaintext` under one version of a key.
@@ -160,7 +166,10 @@ mod tests {
     use super::*;
 
     fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -173,10 +182,16 @@ mod tests {
             canonical_context(&ctx(&[("ab", "c")])).unwrap(),
             canonical_context(&ctx(&[("a", "bc")])).unwrap()
         );
-        assert_ne!(canonical_context(&ctx(&[])).unwrap(), canonical_context(&ctx(&[("", "")])).unwrap_or_default());
+        assert_ne!(
+            canonical_context(&ctx(&[])).unwrap(),
+            canonical_context(&ctx(&[("", "")])).unwrap_or_default()
+        );
         assert!(canonical_context(&ctx(&[("", "v")])).is_err());
         let big = ctx(&[("k", &"v".repeat(MAX_CONTEXT_LEN))]);
-        assert!(matches!(canonical_context(&big), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            canonical_context(&big),
+            Err(KmsError::Validation(_))
+        ));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::service::{Caller, KeyService};
 use crate::KmsError;
+use crate::service::{Caller, KeyService};
 
 macro_rules! operations {
     ($($name:ident => $read_only:expr),* $(,)?) => {
@@ -75,14 +75,21 @@ operations! {
     ListResourceTags => true,
 }
 
-/// Parses a request body. An empty body is an empty object.
+/// Parses a request body, which must be a JSON object (AWS JSON 1.1). An
+/// empty body is an empty object. serde's derived deserializers would also
+/// take a positional array for a struct; the protocol does not allow that.
 fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, KmsError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Ok(T::default()),
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(KmsError::Serialization(
+                "The request body must be a JSON object.".into(),
+            ));
+        }
     }
-    serde_json::from_slice(body).map_err(|e| {
-        KmsError::Serialization(format!("The request body could not be parsed: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| KmsError::Serialization(format!("The request body could not be parsed: {e}")))
 }
 
 /// Serialises a response into a buffer that is wiped when dropped (responses
@@ -126,7 +133,9 @@ impl KeyService {
             O::ListAliases => respond(&self.list_aliases(caller, parse(body)?)?),
             O::EnableKeyRotation => respond(&self.enable_key_rotation(caller, parse(body)?)?),
             O::DisableKeyRotation => respond(&self.disable_key_rotation(caller, parse(body)?)?),
-            O::GetKeyRotationStatus => respond(&self.get_key_rotation_status(caller, parse(body)?)?),
+            O::GetKeyRotationStatus => {
+                respond(&self.get_key_rotation_status(caller, parse(body)?)?)
+            }
             O::RotateKeyOnDemand => respond(&self.rotate_key_on_demand(caller, parse(body)?)?),
             O::ListKeyRotations => respond(&self.list_key_rotations(caller, parse(body)?)?),
             O::TagResource => respond(&self.tag_resource(caller, parse(body)?)?),

@@ -27,4 +27,6 @@ mod service;
 
 pub use dispatch::Operation;
 pub use error::KmsError;
-pub use service::{AccessKeyInfo, AdminBootstrap, Caller, KeyService, LifecycleReport, NewAccessKey};
+pub use service::{
+    AccessKeyInfo, AdminBootstrap, Caller, KeyService, LifecycleReport, NewAccessKey,
+};

@@ -44,7 +44,8 @@ pub fn valid_region(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The ARN of a key.
@@ -200,12 +201,14 @@ pub fn validate_alias_name(name: &str, creating: bool) -> Result<(), KmsError> {
             "Alias name '{name}' is not valid: after \"alias/\" it needs at least one of [a-zA-Z0-9/_-]."
         )));
     }
-    if creating {
-        if let Some(p) = RESERVED_ALIAS_PREFIXES.iter().find(|p| name.starts_with(*p)) {
-            return Err(KmsError::InvalidAliasName(format!(
-                "Alias names beginning with '{p}' are reserved."
-            )));
-        }
+    if creating
+        && let Some(p) = RESERVED_ALIAS_PREFIXES
+            .iter()
+            .find(|p| name.starts_with(*p))
+    {
+        return Err(KmsError::InvalidAliasName(format!(
+            "Alias names beginning with '{p}' are reserved."
+        )));
     }
     Ok(())
 }
@@ -227,19 +230,31 @@ mod tests {
     #[test]
     fn key_refs() {
         let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
-        assert_eq!(KeyRef::parse(id).unwrap(), KeyRef::Id(Uuid::parse_str(id).unwrap()));
+        assert_eq!(
+            KeyRef::parse(id).unwrap(),
+            KeyRef::Id(Uuid::parse_str(id).unwrap())
+        );
         assert!(matches!(
             KeyRef::parse(&format!("arn:aws:kms:us-east-1:111122223333:key/{id}")).unwrap(),
             KeyRef::KeyArn { .. }
         ));
-        assert_eq!(KeyRef::parse("alias/x").unwrap(), KeyRef::Alias("alias/x".into()));
+        assert_eq!(
+            KeyRef::parse("alias/x").unwrap(),
+            KeyRef::Alias("alias/x".into())
+        );
         assert!(matches!(
             KeyRef::parse("arn:aws:kms:us-east-1:111122223333:alias/x").unwrap(),
             KeyRef::AliasArn { .. }
         ));
         // Upper-case or braced UUIDs are not key ids.
-        assert!(matches!(KeyRef::parse(&id.to_uppercase()), Err(KmsError::NotFound(_))));
-        assert!(matches!(KeyRef::parse("nonsense"), Err(KmsError::NotFound(_))));
+        assert!(matches!(
+            KeyRef::parse(&id.to_uppercase()),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            KeyRef::parse("nonsense"),
+            Err(KmsError::NotFound(_))
+        ));
         assert!(matches!(KeyRef::parse(""), Err(KmsError::Validation(_))));
         for bad in [
             "arn:aws:s3:::bucket",
@@ -248,7 +263,10 @@ mod tests {
             "arn:aws:kms:US_EAST:111122223333:key/x",
             "arn:aws",
         ] {
-            assert!(matches!(KeyRef::parse(bad), Err(KmsError::InvalidArn(_))), "{bad}");
+            assert!(
+                matches!(KeyRef::parse(bad), Err(KmsError::InvalidArn(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             KeyRef::parse("arn:aws:kms:us-east-1:111122223333:key/not-a-uuid"),
@@ -259,12 +277,30 @@ mod tests {
     #[test]
     fn alias_names() {
         validate_alias_name("alias/my-key_1/a", true).unwrap();
-        assert!(matches!(validate_alias_name("my-key", true), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/", true), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/aws/ebs", true), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/atrest/disk", true), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/a b", true), Err(KmsError::Validation(_))));
-        assert!(matches!(validate_alias_name(&"a".repeat(257), true), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            validate_alias_name("my-key", true),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/", true),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/aws/ebs", true),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/atrest/disk", true),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/a b", true),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            validate_alias_name(&"a".repeat(257), true),
+            Err(KmsError::Validation(_))
+        ));
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub enum RootError {
         reason: String,
     },
     /// The data dir was sealed with another kind of root key.
-    #[error("this data dir is sealed with a {found} root key, but the server was started with a {given}; start it with the {found} it was created with")]
+    #[error(
+        "this data dir is sealed with a {found} root key, but the server was started with a {given}; start it with the {found} it was created with"
+    )]
     WrongKind {
         /// Kind recorded in the data dir.
         found: &'static str,
@@ -123,7 +125,11 @@ impl RootKey {
     }
 
     /// Opens what [`RootKey::seal`] sealed with the same `aad`.
-    pub fn open(&self, aad: &[u8], sealed_b64: &str) -> Result<SecretBytes, atrest_crypto::CryptoError> {
+    pub fn open(
+        &self,
+        aad: &[u8],
+        sealed_b64: &str,
+    ) -> Result<SecretBytes, atrest_crypto::CryptoError> {
         let sealed = B64
             .decode(sealed_b64)
             .map_err(|_| atrest_crypto::CryptoError::Authentication)?;
@@ -140,36 +146,48 @@ impl RootKey {
     /// Opens the root of trust of `data_dir`, creating it on first start.
     pub fn open_or_create(data_dir: &Path, source: RootSource) -> Result<Self, RootError> {
         let desc_path = data_dir.join("root.json");
-        let existing = match fs::read(&desc_path) {
-            Ok(b) => Some(
-                serde_json::from_slice::<Descriptor>(&b)
-                    .map_err(|e| RootError::Corrupt(desc_path.display().to_string(), e.to_string()))?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io("reading", &desc_path, e)),
-        };
+        let existing =
+            match fs::read(&desc_path) {
+                Ok(b) => Some(serde_json::from_slice::<Descriptor>(&b).map_err(|e| {
+                    RootError::Corrupt(desc_path.display().to_string(), e.to_string())
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io("reading", &desc_path, e)),
+            };
         let given = match &source {
             RootSource::KeyFile(_) => "key-file",
             RootSource::Passphrase(_) => "passphrase",
         };
-        if let Some(d) = &existing {
-            if d.kind != given {
-                return Err(RootError::WrongKind {
-                    found: if d.kind == "passphrase" { "passphrase" } else { "key-file" },
-                    given,
-                });
-            }
+        if let Some(d) = &existing
+            && d.kind != given
+        {
+            return Err(RootError::WrongKind {
+                found: if d.kind == "passphrase" {
+                    "passphrase"
+                } else {
+                    "key-file"
+                },
+                given,
+            });
         }
         let (root, wrap) = match source {
-            RootSource::KeyFile(path) => (Self::from_key(load_or_create_key_file(&path, existing.is_none())?), None),
-            RootSource::Passphrase(pass) => match existing.as_ref().and_then(|d| d.passphrase.as_ref()) {
-                Some(w) => (Self::from_key(unwrap_with_passphrase(&pass, w, &desc_path)?), None),
-                None => {
-                    let key = Aes256Key::generate()?;
-                    let w = wrap_with_passphrase(&pass, &key)?;
-                    (Self::from_key(key), Some(w))
+            RootSource::KeyFile(path) => (
+                Self::from_key(load_or_create_key_file(&path, existing.is_none())?),
+                None,
+            ),
+            RootSource::Passphrase(pass) => {
+                match existing.as_ref().and_then(|d| d.passphrase.as_ref()) {
+                    Some(w) => (
+                        Self::from_key(unwrap_with_passphrase(&pass, w, &desc_path)?),
+                        None,
+                    ),
+                    None => {
+                        let key = Aes256Key::generate()?;
+                        let w = wrap_with_passphrase(&pass, &key)?;
+                        (Self::from_key(key), Some(w))
+                    }
                 }
-            },
+            }
         };
         match existing {
             Some(d) => {
@@ -212,9 +230,12 @@ fn load_or_create_key_file(path: &Path, may_create: bool) -> Result<Aes256Key, R
             }
             let bytes = SecretBytes::new(fs::read(path).map_err(|e| io("reading", path, e))?);
             if bytes.len() != 32 {
-                return Err(bad(format!("must hold exactly 32 bytes, holds {}", bytes.len())));
+                return Err(bad(format!(
+                    "must hold exactly 32 bytes, holds {}",
+                    bytes.len()
+                )));
             }
-            Ok(Aes256Key::from_secret_bytes(bytes)?)
+            Ok(Aes256Key::from_secret_bytes(&bytes)?)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if !may_create {
@@ -232,7 +253,8 @@ fn load_or_create_key_file(path: &Path, may_create: bool) -> Result<Aes256Key, R
                 .mode(0o600)
                 .open(path)
                 .map_err(|e| io("creating", path, e))?;
-            f.write_all(key.expose()).map_err(|e| io("writing", path, e))?;
+            f.write_all(key.expose())
+                .map_err(|e| io("writing", path, e))?;
             f.sync_all().map_err(|e| io("syncing", path, e))?;
             sync_parent(path)?;
             Ok(key)
@@ -262,7 +284,9 @@ fn unwrap_with_passphrase(
 ) -> Result<Aes256Key, RootError> {
     let corrupt = |what: &str| RootError::Corrupt(desc_path.display().to_string(), what.to_owned());
     let salt = hex::decode(&w.salt).map_err(|_| corrupt("bad salt"))?;
-    let wrapped = B64.decode(&w.wrapped).map_err(|_| corrupt("bad wrapped key"))?;
+    let wrapped = B64
+        .decode(&w.wrapped)
+        .map_err(|_| corrupt("bad wrapped key"))?;
     let params = Argon2Params {
         m_cost_kib: w.m_cost_kib,
         t_cost: w.t_cost,
@@ -271,7 +295,7 @@ fn unwrap_with_passphrase(
     let kek = atrest_crypto::kdf::argon2id(pass.expose(), &salt, params)?;
     let root = aead::open_random_nonce(&kek, PASSPHRASE_AAD, &wrapped)
         .map_err(|_| RootError::Mismatch("passphrase"))?;
-    Ok(Aes256Key::from_secret_bytes(root)?)
+    Ok(Aes256Key::from_secret_bytes(&root)?)
 }
 
 fn sync_parent(path: &Path) -> Result<(), RootError> {
@@ -310,7 +334,10 @@ mod tests {
         fs::create_dir(&data).unwrap();
         let kf = dir.path().join("data.root.key");
         let a = RootKey::open_or_create(&data, RootSource::KeyFile(kf.clone())).unwrap();
-        assert_eq!(fs::metadata(&kf).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&kf).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let b = RootKey::open_or_create(&data, RootSource::KeyFile(kf.clone())).unwrap();
         assert_eq!(a.check_value(), b.check_value());
         let sealed = a.seal(b"aad", b"secret").unwrap();
@@ -337,8 +364,11 @@ mod tests {
         ));
         assert!(!kf.exists());
         // The wrong kind is refused with a message naming the right one.
-        let e = RootKey::open_or_create(&data, RootSource::Passphrase(SecretBytes::new(b"x".to_vec())))
-            .unwrap_err();
+        let e = RootKey::open_or_create(
+            &data,
+            RootSource::Passphrase(SecretBytes::new(b"x".to_vec())),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("key-file"), "{e}");
     }
 

@@ -2,6 +2,8 @@
 //! the key-state matrix, rotation and deletion schedules, pagination, and
 //! robustness against arbitrary request bodies.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
 use std::sync::Arc;
 
 use atrest_crypto::Aes256Key;
@@ -27,7 +29,9 @@ fn env() -> Env {
 }
 
 fn env_with_regions(regions: &[&str]) -> Env {
-    let clock = Arc::new(ManualClock::new(OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap()));
+    let clock = Arc::new(ManualClock::new(
+        OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap(),
+    ));
     let kms = KeyService::open(
         Arc::new(MemoryStore::new()),
         RootKey::from_key(Aes256Key::generate().unwrap()),
@@ -102,7 +106,10 @@ fn create_describe_and_list_keys() {
     )["KeyMetadata"];
     let id = meta["KeyId"].as_str().unwrap();
     assert_eq!(meta["AWSAccountId"], "111122223333");
-    assert_eq!(meta["Arn"], format!("arn:aws:kms:us-east-1:111122223333:key/{id}"));
+    assert_eq!(
+        meta["Arn"],
+        format!("arn:aws:kms:us-east-1:111122223333:key/{id}")
+    );
     assert_eq!(meta["KeyState"], "Enabled");
     assert_eq!(meta["Enabled"], true);
     assert_eq!(meta["KeyManager"], "CUSTOMER");
@@ -126,7 +133,12 @@ fn create_describe_and_list_keys() {
         let page = e.ok("ListKeys", req);
         for k in page["Keys"].as_array().unwrap() {
             seen.push(k["KeyId"].as_str().unwrap().to_owned());
-            assert!(k["KeyArn"].as_str().unwrap().ends_with(k["KeyId"].as_str().unwrap()));
+            assert!(
+                k["KeyArn"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(k["KeyId"].as_str().unwrap())
+            );
         }
         if page["Truncated"] == false {
             assert!(page.get("NextMarker").is_none());
@@ -138,38 +150,78 @@ fn create_describe_and_list_keys() {
     seen.dedup();
     assert_eq!(seen.len(), 7);
 
-    assert_eq!(e.err("ListKeys", json!({"Marker": "garbage"})).aws_type(), "InvalidMarkerException");
-    assert_eq!(e.err("ListKeys", json!({"Limit": 0})).aws_type(), "ValidationException");
-    assert_eq!(e.err("ListKeys", json!({"Limit": 1001})).aws_type(), "ValidationException");
+    assert_eq!(
+        e.err("ListKeys", json!({"Marker": "garbage"})).aws_type(),
+        "InvalidMarkerException"
+    );
+    assert_eq!(
+        e.err("ListKeys", json!({"Limit": 0})).aws_type(),
+        "ValidationException"
+    );
+    assert_eq!(
+        e.err("ListKeys", json!({"Limit": 1001})).aws_type(),
+        "ValidationException"
+    );
 
     // Another account and another region see none of them.
     let bob = caller("444455556666", "us-east-1");
-    assert_eq!(e.call(&bob, "ListKeys", json!({})).unwrap()["Keys"], json!([]));
+    assert_eq!(
+        e.call(&bob, "ListKeys", json!({})).unwrap()["Keys"],
+        json!([])
+    );
     let alice_eu = caller("111122223333", "eu-west-1");
-    assert_eq!(e.call(&alice_eu, "ListKeys", json!({})).unwrap()["Keys"], json!([]));
+    assert_eq!(
+        e.call(&alice_eu, "ListKeys", json!({})).unwrap()["Keys"],
+        json!([])
+    );
 }
 
 #[test]
 fn create_key_refuses_what_it_does_not_support() {
     let e = env();
     for (body, want) in [
-        (json!({"KeySpec": "RSA_2048"}), "UnsupportedOperationException"),
+        (
+            json!({"KeySpec": "RSA_2048"}),
+            "UnsupportedOperationException",
+        ),
         (json!({"KeySpec": "NOPE"}), "ValidationException"),
-        (json!({"KeyUsage": "SIGN_VERIFY"}), "UnsupportedOperationException"),
-        (json!({"Origin": "EXTERNAL"}), "UnsupportedOperationException"),
+        (
+            json!({"KeyUsage": "SIGN_VERIFY"}),
+            "UnsupportedOperationException",
+        ),
+        (
+            json!({"Origin": "EXTERNAL"}),
+            "UnsupportedOperationException",
+        ),
         (json!({"Origin": "MOON"}), "ValidationException"),
-        (json!({"MultiRegion": true}), "UnsupportedOperationException"),
+        (
+            json!({"MultiRegion": true}),
+            "UnsupportedOperationException",
+        ),
         (json!({"Policy": "{}"}), "UnsupportedOperationException"),
-        (json!({"CustomKeyStoreId": "cks-1"}), "UnsupportedOperationException"),
-        (json!({"Description": "x".repeat(8193)}), "ValidationException"),
-        (json!({"Tags": [{"TagKey": "aws:x", "TagValue": "v"}]}), "TagException"),
+        (
+            json!({"CustomKeyStoreId": "cks-1"}),
+            "UnsupportedOperationException",
+        ),
+        (
+            json!({"Description": "x".repeat(8193)}),
+            "ValidationException",
+        ),
+        (
+            json!({"Tags": [{"TagKey": "aws:x", "TagValue": "v"}]}),
+            "TagException",
+        ),
         (json!({"Tags": [{"TagKey": "k"}]}), "TagException"),
         (json!({"Description": 5}), "SerializationException"),
         (json!({"Tags": "not a list"}), "SerializationException"),
     ] {
         assert_eq!(e.err("CreateKey", body.clone()).aws_type(), want, "{body}");
     }
-    assert_eq!(e.ok("ListKeys", json!({}))["Keys"], json!([]), "nothing was created");
+    assert_eq!(
+        e.ok("ListKeys", json!({}))["Keys"],
+        json!([]),
+        "nothing was created"
+    );
 }
 
 #[test]
@@ -179,26 +231,50 @@ fn key_ids_that_name_nothing() {
     for (id, want) in [
         ("nonsense", "NotFoundException"),
         ("00000000-0000-4000-8000-000000000000", "NotFoundException"),
-        ("arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000", "NotFoundException"),
+        (
+            "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000",
+            "NotFoundException",
+        ),
         ("alias/none", "NotFoundException"),
-        ("arn:aws:kms:us-east-1:111122223333:alias/none", "NotFoundException"),
+        (
+            "arn:aws:kms:us-east-1:111122223333:alias/none",
+            "NotFoundException",
+        ),
         ("arn:aws:s3:::bucket", "InvalidArnException"),
         ("arn:aws:kms:us-east-1:bad:key/x", "InvalidArnException"),
         ("", "ValidationException"),
     ] {
-        assert_eq!(e.err("DescribeKey", json!({"KeyId": id})).aws_type(), want, "{id}");
+        assert_eq!(
+            e.err("DescribeKey", json!({"KeyId": id})).aws_type(),
+            want,
+            "{id}"
+        );
     }
     // A key of this account addressed in another region does not exist there.
     let arn_eu = format!("arn:aws:kms:eu-west-1:111122223333:key/{key}");
-    assert_eq!(e.err("DescribeKey", json!({"KeyId": arn_eu})).aws_type(), "NotFoundException");
+    assert_eq!(
+        e.err("DescribeKey", json!({"KeyId": arn_eu})).aws_type(),
+        "NotFoundException"
+    );
     let alice_eu = caller("111122223333", "eu-west-1");
-    let err = e.call(&alice_eu, "DescribeKey", json!({"KeyId": key})).unwrap_err();
+    let err = e
+        .call(&alice_eu, "DescribeKey", json!({"KeyId": key}))
+        .unwrap_err();
     assert_eq!(err.aws_type(), "NotFoundException");
     assert!(err.to_string().contains("does not exist"), "{err}");
     // Management operations refuse aliases.
-    e.ok("CreateAlias", json!({"AliasName": "alias/k", "TargetKeyId": key}));
-    assert_eq!(e.err("DisableKey", json!({"KeyId": "alias/k"})).aws_type(), "NotFoundException");
-    assert_eq!(e.err("EnableKey", json!({})).aws_type(), "ValidationException");
+    e.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/k", "TargetKeyId": key}),
+    );
+    assert_eq!(
+        e.err("DisableKey", json!({"KeyId": "alias/k"})).aws_type(),
+        "NotFoundException"
+    );
+    assert_eq!(
+        e.err("EnableKey", json!({})).aws_type(),
+        "ValidationException"
+    );
 }
 
 #[test]
@@ -206,22 +282,34 @@ fn another_account_is_denied() {
     let e = env();
     let key = e.new_key();
     let arn = format!("arn:aws:kms:us-east-1:111122223333:key/{key}");
-    let blob = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x")}))["CiphertextBlob"].clone();
+    let blob =
+        e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x")}))["CiphertextBlob"].clone();
     let bob = caller("444455556666", "us-east-1");
     for (op, body) in [
         ("DescribeKey", json!({"KeyId": arn})),
         ("Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")})),
         ("Decrypt", json!({"CiphertextBlob": blob})),
-        ("GenerateDataKey", json!({"KeyId": arn, "KeySpec": "AES_256"})),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": arn, "KeySpec": "AES_256"}),
+        ),
         ("DisableKey", json!({"KeyId": arn})),
         ("ScheduleKeyDeletion", json!({"KeyId": arn})),
     ] {
         let err = e.call(&bob, op, body).unwrap_err();
         assert_eq!(err.aws_type(), "AccessDeniedException", "{op}");
-        assert!(err.to_string().contains("arn:aws:iam::444455556666:root"), "{err}");
+        assert!(
+            err.to_string().contains("arn:aws:iam::444455556666:root"),
+            "{err}"
+        );
     }
     // Bob's bare key id is looked up in Bob's account, where it does not exist.
-    assert_eq!(e.call(&bob, "DescribeKey", json!({"KeyId": key})).unwrap_err().aws_type(), "NotFoundException");
+    assert_eq!(
+        e.call(&bob, "DescribeKey", json!({"KeyId": key}))
+            .unwrap_err()
+            .aws_type(),
+        "NotFoundException"
+    );
     assert_eq!(e.state(&key), "Enabled");
 }
 
@@ -231,59 +319,149 @@ fn envelope_encryption_round_trips() {
     let key = e.new_key();
     let ctx = json!({"purpose": "test", "tenant": "t1"});
 
-    let enc = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"hello"), "EncryptionContext": ctx}));
-    assert!(enc["KeyId"].as_str().unwrap().starts_with("arn:aws:kms:us-east-1:111122223333:key/"));
+    let enc = e.ok(
+        "Encrypt",
+        json!({"KeyId": key, "Plaintext": b64(b"hello"), "EncryptionContext": ctx}),
+    );
+    assert!(
+        enc["KeyId"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:kms:us-east-1:111122223333:key/")
+    );
     assert_eq!(enc["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
     let blob = enc["CiphertextBlob"].clone();
     // Context order does not matter; the key is found from the blob.
-    let dec = e.ok("Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": {"tenant": "t1", "purpose": "test"}}));
+    let dec = e.ok(
+        "Decrypt",
+        json!({"CiphertextBlob": blob, "EncryptionContext": {"tenant": "t1", "purpose": "test"}}),
+    );
     assert_eq!(unb64(&dec["Plaintext"]), b"hello");
     assert_eq!(dec["KeyId"], enc["KeyId"]);
 
-    for bad_ctx in [json!({}), json!({"purpose": "test"}), json!({"purpose": "test", "tenant": "t2"}),
-                    json!({"purpose": "test", "tenant": "t1", "extra": "x"})] {
-        let err = e.err("Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": bad_ctx}));
+    for bad_ctx in [
+        json!({}),
+        json!({"purpose": "test"}),
+        json!({"purpose": "test", "tenant": "t2"}),
+        json!({"purpose": "test", "tenant": "t1", "extra": "x"}),
+    ] {
+        let err = e.err(
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": bad_ctx}),
+        );
         assert_eq!(err.aws_type(), "InvalidCiphertextException", "{bad_ctx}");
     }
 
     // KeyId on Decrypt must name the blob's key.
     let other = e.new_key();
-    assert_eq!(e.err("Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": ctx, "KeyId": other})).aws_type(),
-               "IncorrectKeyException");
-    e.ok("CreateAlias", json!({"AliasName": "alias/main", "TargetKeyId": key}));
-    e.ok("Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": ctx, "KeyId": "alias/main"}));
+    assert_eq!(
+        e.err(
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": ctx, "KeyId": other})
+        )
+        .aws_type(),
+        "IncorrectKeyException"
+    );
+    e.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/main", "TargetKeyId": key}),
+    );
+    e.ok(
+        "Decrypt",
+        json!({"CiphertextBlob": blob, "EncryptionContext": ctx, "KeyId": "alias/main"}),
+    );
 
     // GenerateDataKey: the plaintext and the blob agree.
-    let dk = e.ok("GenerateDataKey", json!({"KeyId": "alias/main", "KeySpec": "AES_256", "EncryptionContext": ctx}));
+    let dk = e.ok(
+        "GenerateDataKey",
+        json!({"KeyId": "alias/main", "KeySpec": "AES_256", "EncryptionContext": ctx}),
+    );
     let plain = unb64(&dk["Plaintext"]);
     assert_eq!(plain.len(), 32);
-    let back = e.ok("Decrypt", json!({"CiphertextBlob": dk["CiphertextBlob"], "EncryptionContext": ctx}));
+    let back = e.ok(
+        "Decrypt",
+        json!({"CiphertextBlob": dk["CiphertextBlob"], "EncryptionContext": ctx}),
+    );
     assert_eq!(unb64(&back["Plaintext"]), plain);
-    assert_eq!(unb64(&e.ok("GenerateDataKey", json!({"KeyId": key, "KeySpec": "AES_128"}))["Plaintext"]).len(), 16);
-    assert_eq!(unb64(&e.ok("GenerateDataKey", json!({"KeyId": key, "NumberOfBytes": 1024}))["Plaintext"]).len(), 1024);
-    let wp = e.ok("GenerateDataKeyWithoutPlaintext", json!({"KeyId": key, "NumberOfBytes": 64}));
+    assert_eq!(
+        unb64(
+            &e.ok(
+                "GenerateDataKey",
+                json!({"KeyId": key, "KeySpec": "AES_128"})
+            )["Plaintext"]
+        )
+        .len(),
+        16
+    );
+    assert_eq!(
+        unb64(
+            &e.ok(
+                "GenerateDataKey",
+                json!({"KeyId": key, "NumberOfBytes": 1024})
+            )["Plaintext"]
+        )
+        .len(),
+        1024
+    );
+    let wp = e.ok(
+        "GenerateDataKeyWithoutPlaintext",
+        json!({"KeyId": key, "NumberOfBytes": 64}),
+    );
     assert!(wp.get("Plaintext").is_none());
-    assert_eq!(unb64(&e.ok("Decrypt", json!({"CiphertextBlob": wp["CiphertextBlob"]}))["Plaintext"]).len(), 64);
+    assert_eq!(
+        unb64(&e.ok("Decrypt", json!({"CiphertextBlob": wp["CiphertextBlob"]}))["Plaintext"]).len(),
+        64
+    );
 
     // ReEncrypt moves a ciphertext to another key and context.
     let re = e.ok("ReEncrypt", json!({"CiphertextBlob": blob, "SourceEncryptionContext": ctx,
                                        "DestinationKeyId": other, "DestinationEncryptionContext": {"new": "ctx"}}));
     assert_eq!(re["SourceKeyId"], enc["KeyId"]);
     assert!(re["KeyId"].as_str().unwrap().ends_with(&other));
-    let moved = e.ok("Decrypt", json!({"CiphertextBlob": re["CiphertextBlob"], "EncryptionContext": {"new": "ctx"}}));
+    let moved = e.ok(
+        "Decrypt",
+        json!({"CiphertextBlob": re["CiphertextBlob"], "EncryptionContext": {"new": "ctx"}}),
+    );
     assert_eq!(unb64(&moved["Plaintext"]), b"hello");
-    assert_eq!(e.err("ReEncrypt", json!({"CiphertextBlob": blob, "DestinationKeyId": other})).aws_type(),
-               "InvalidCiphertextException");
-    assert_eq!(e.err("ReEncrypt", json!({"CiphertextBlob": blob, "SourceEncryptionContext": ctx, "SourceKeyId": other,
-                                         "DestinationKeyId": other})).aws_type(), "IncorrectKeyException");
-    assert_eq!(e.err("ReEncrypt", json!({"CiphertextBlob": blob})).aws_type(), "ValidationException");
+    assert_eq!(
+        e.err(
+            "ReEncrypt",
+            json!({"CiphertextBlob": blob, "DestinationKeyId": other})
+        )
+        .aws_type(),
+        "InvalidCiphertextException"
+    );
+    assert_eq!(
+        e.err(
+            "ReEncrypt",
+            json!({"CiphertextBlob": blob, "SourceEncryptionContext": ctx, "SourceKeyId": other,
+                                         "DestinationKeyId": other})
+        )
+        .aws_type(),
+        "IncorrectKeyException"
+    );
+    assert_eq!(
+        e.err("ReEncrypt", json!({"CiphertextBlob": blob}))
+            .aws_type(),
+        "ValidationException"
+    );
 
     // GenerateRandom.
-    assert_eq!(unb64(&e.ok("GenerateRandom", json!({"NumberOfBytes": 1024}))["Plaintext"]).len(), 1024);
+    assert_eq!(
+        unb64(&e.ok("GenerateRandom", json!({"NumberOfBytes": 1024}))["Plaintext"]).len(),
+        1024
+    );
     for n in [0, 1025, -1] {
-        assert_eq!(e.err("GenerateRandom", json!({"NumberOfBytes": n})).aws_type(), "ValidationException");
+        assert_eq!(
+            e.err("GenerateRandom", json!({"NumberOfBytes": n}))
+                .aws_type(),
+            "ValidationException"
+        );
     }
-    assert_eq!(e.err("GenerateRandom", json!({})).aws_type(), "ValidationException");
+    assert_eq!(
+        e.err("GenerateRandom", json!({})).aws_type(),
+        "ValidationException"
+    );
 }
 
 #[test]
@@ -292,41 +470,133 @@ fn crypto_parameter_errors() {
     let key = e.new_key();
     for (op, body, want) in [
         ("Encrypt", json!({"KeyId": key}), "ValidationException"),
-        ("Encrypt", json!({"Plaintext": b64(b"x")}), "ValidationException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": b64(&[0u8; 4097])}), "ValidationException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": ""}), "ValidationException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": "%%%"}), "SerializationException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}), "InvalidKeyUsageException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionAlgorithm": "ROT13"}), "ValidationException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionContext": {"": "v"}}), "ValidationException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionContext": {"k": 1}}), "SerializationException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x"), "GrantTokens": ["t"]}), "InvalidGrantTokenException"),
-        ("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x"), "DryRun": true}), "DryRunOperationException"),
-        ("GenerateDataKey", json!({"KeyId": key}), "ValidationException"),
-        ("GenerateDataKey", json!({"KeyId": key, "KeySpec": "AES_256", "NumberOfBytes": 32}), "ValidationException"),
-        ("GenerateDataKey", json!({"KeyId": key, "KeySpec": "AES_512"}), "ValidationException"),
-        ("GenerateDataKey", json!({"KeyId": key, "NumberOfBytes": 0}), "ValidationException"),
-        ("GenerateDataKey", json!({"KeyId": key, "NumberOfBytes": 1025}), "ValidationException"),
-        ("GenerateDataKey", json!({"KeyId": key, "NumberOfBytes": "32"}), "SerializationException"),
-        ("GenerateDataKey", json!({"KeyId": key, "NumberOfBytes": 32.5}), "SerializationException"),
+        (
+            "Encrypt",
+            json!({"Plaintext": b64(b"x")}),
+            "ValidationException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(&[0u8; 4097])}),
+            "ValidationException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": ""}),
+            "ValidationException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": "%%%"}),
+            "SerializationException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionAlgorithm": "ROT13"}),
+            "ValidationException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionContext": {"": "v"}}),
+            "ValidationException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"x"), "EncryptionContext": {"k": 1}}),
+            "SerializationException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"x"), "GrantTokens": ["t"]}),
+            "InvalidGrantTokenException",
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"x"), "DryRun": true}),
+            "DryRunOperationException",
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": key}),
+            "ValidationException",
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": key, "KeySpec": "AES_256", "NumberOfBytes": 32}),
+            "ValidationException",
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": key, "KeySpec": "AES_512"}),
+            "ValidationException",
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": key, "NumberOfBytes": 0}),
+            "ValidationException",
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": key, "NumberOfBytes": 1025}),
+            "ValidationException",
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": key, "NumberOfBytes": "32"}),
+            "SerializationException",
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": key, "NumberOfBytes": 32.5}),
+            "SerializationException",
+        ),
         ("Decrypt", json!({}), "ValidationException"),
-        ("Decrypt", json!({"CiphertextBlob": b64(b"short")}), "InvalidCiphertextException"),
-        ("Decrypt", json!({"CiphertextBlob": b64(&[1u8; 200])}), "InvalidCiphertextException"),
-        ("Decrypt", json!({"CiphertextBlob": b64(&[1u8; 6145])}), "ValidationException"),
-        ("Decrypt", json!({"CiphertextBlob": "", }), "ValidationException"),
+        (
+            "Decrypt",
+            json!({"CiphertextBlob": b64(b"short")}),
+            "InvalidCiphertextException",
+        ),
+        (
+            "Decrypt",
+            json!({"CiphertextBlob": b64(&[1u8; 200])}),
+            "InvalidCiphertextException",
+        ),
+        (
+            "Decrypt",
+            json!({"CiphertextBlob": b64(&[1u8; 6145])}),
+            "ValidationException",
+        ),
+        (
+            "Decrypt",
+            json!({"CiphertextBlob": "", }),
+            "ValidationException",
+        ),
     ] {
         let err = e.err(op, body.clone());
         assert_eq!(err.aws_type(), want, "{op} {body}: {err}");
     }
     let missing = e.err("Encrypt", json!({"KeyId": key})).to_string();
-    assert!(missing.contains("'plaintext'") && missing.contains("must not be null"), "{missing}");
+    assert!(
+        missing.contains("'plaintext'") && missing.contains("must not be null"),
+        "{missing}"
+    );
 }
 
 #[test]
 fn every_single_byte_change_of_a_blob_is_rejected() {
     let e = env();
     let key = e.new_key();
-    let blob = unb64(&e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"0123456789abcdef")}))["CiphertextBlob"]);
+    let blob = unb64(
+        &e.ok(
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"0123456789abcdef")}),
+        )["CiphertextBlob"],
+    );
     for i in 0..blob.len() {
         for delta in [0x01u8, 0xff] {
             let mut bad = blob.clone();
@@ -335,10 +605,21 @@ fn every_single_byte_change_of_a_blob_is_rejected() {
             assert_eq!(err.aws_type(), "InvalidCiphertextException", "byte {i}");
         }
     }
-    assert_eq!(e.err("Decrypt", json!({"CiphertextBlob": b64(&blob[..blob.len() - 1])})).aws_type(), "InvalidCiphertextException");
-    let mut longer = blob.clone();
+    assert_eq!(
+        e.err(
+            "Decrypt",
+            json!({"CiphertextBlob": b64(&blob[..blob.len() - 1])})
+        )
+        .aws_type(),
+        "InvalidCiphertextException"
+    );
+    let mut longer = blob;
     longer.push(0);
-    assert_eq!(e.err("Decrypt", json!({"CiphertextBlob": b64(&longer)})).aws_type(), "InvalidCiphertextException");
+    assert_eq!(
+        e.err("Decrypt", json!({"CiphertextBlob": b64(&longer)}))
+            .aws_type(),
+        "InvalidCiphertextException"
+    );
 }
 
 /// Every operation against a key in each state: AWS's key-state table.
@@ -346,54 +627,144 @@ fn every_single_byte_change_of_a_blob_is_rejected() {
 fn key_state_matrix() {
     let e = env();
     #[derive(Clone, Copy, Debug)]
-    enum S { Enabled, Disabled, PendingDeletion }
+    enum S {
+        Enabled,
+        Disabled,
+        PendingDeletion,
+    }
     let setup = |s: S| -> (String, Value) {
         let key = e.new_key();
-        let blob = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x")}))["CiphertextBlob"].clone();
+        let blob = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x")}))["CiphertextBlob"]
+            .clone();
         match s {
             S::Enabled => {}
-            S::Disabled => { e.ok("DisableKey", json!({"KeyId": key})); }
-            S::PendingDeletion => { e.ok("ScheduleKeyDeletion", json!({"KeyId": key, "PendingWindowInDays": 7})); }
+            S::Disabled => {
+                e.ok("DisableKey", json!({"KeyId": key}));
+            }
+            S::PendingDeletion => {
+                e.ok(
+                    "ScheduleKeyDeletion",
+                    json!({"KeyId": key, "PendingWindowInDays": 7}),
+                );
+            }
         }
         (key, blob)
     };
     let other = e.new_key();
-    type Case = (&'static str, fn(&str, &Value, &str) -> Value, [Option<&'static str>; 3]);
+    type Case = (
+        &'static str,
+        fn(&str, &Value, &str) -> Value,
+        [Option<&'static str>; 3],
+    );
     let ok = None;
     let dis = Some("DisabledException");
     let inv = Some("KMSInvalidStateException");
     let cases: Vec<Case> = vec![
         ("DescribeKey", |k, _, _| json!({"KeyId": k}), [ok, ok, ok]),
-        ("Encrypt", |k, _, _| json!({"KeyId": k, "Plaintext": "eA=="}), [ok, dis, inv]),
-        ("Decrypt", |_, b, _| json!({"CiphertextBlob": b}), [ok, dis, inv]),
-        ("ReEncrypt", |_, b, o| json!({"CiphertextBlob": b, "DestinationKeyId": o}), [ok, dis, inv]),
-        ("GenerateDataKey", |k, _, _| json!({"KeyId": k, "KeySpec": "AES_256"}), [ok, dis, inv]),
-        ("GenerateDataKeyWithoutPlaintext", |k, _, _| json!({"KeyId": k, "KeySpec": "AES_256"}), [ok, dis, inv]),
-        ("UpdateKeyDescription", |k, _, _| json!({"KeyId": k, "Description": "n"}), [ok, ok, inv]),
+        (
+            "Encrypt",
+            |k, _, _| json!({"KeyId": k, "Plaintext": "eA=="}),
+            [ok, dis, inv],
+        ),
+        (
+            "Decrypt",
+            |_, b, _| json!({"CiphertextBlob": b}),
+            [ok, dis, inv],
+        ),
+        (
+            "ReEncrypt",
+            |_, b, o| json!({"CiphertextBlob": b, "DestinationKeyId": o}),
+            [ok, dis, inv],
+        ),
+        (
+            "GenerateDataKey",
+            |k, _, _| json!({"KeyId": k, "KeySpec": "AES_256"}),
+            [ok, dis, inv],
+        ),
+        (
+            "GenerateDataKeyWithoutPlaintext",
+            |k, _, _| json!({"KeyId": k, "KeySpec": "AES_256"}),
+            [ok, dis, inv],
+        ),
+        (
+            "UpdateKeyDescription",
+            |k, _, _| json!({"KeyId": k, "Description": "n"}),
+            [ok, ok, inv],
+        ),
         ("EnableKey", |k, _, _| json!({"KeyId": k}), [ok, ok, inv]),
         ("DisableKey", |k, _, _| json!({"KeyId": k}), [ok, ok, inv]),
-        ("ScheduleKeyDeletion", |k, _, _| json!({"KeyId": k}), [ok, ok, inv]),
-        ("CancelKeyDeletion", |k, _, _| json!({"KeyId": k}), [inv, inv, ok]),
-        ("EnableKeyRotation", |k, _, _| json!({"KeyId": k}), [ok, dis, inv]),
-        ("DisableKeyRotation", |k, _, _| json!({"KeyId": k}), [ok, dis, inv]),
-        ("GetKeyRotationStatus", |k, _, _| json!({"KeyId": k}), [ok, ok, ok]),
-        ("RotateKeyOnDemand", |k, _, _| json!({"KeyId": k}), [ok, dis, inv]),
-        ("ListKeyRotations", |k, _, _| json!({"KeyId": k}), [ok, ok, ok]),
-        ("TagResource", |k, _, _| json!({"KeyId": k, "Tags": [{"TagKey": "a", "TagValue": "b"}]}), [ok, ok, inv]),
-        ("UntagResource", |k, _, _| json!({"KeyId": k, "TagKeys": ["a"]}), [ok, ok, inv]),
-        ("ListResourceTags", |k, _, _| json!({"KeyId": k}), [ok, ok, ok]),
-        ("CreateAlias", |k, _, _| json!({"AliasName": format!("alias/{}", &k[..8]), "TargetKeyId": k}), [ok, ok, inv]),
+        (
+            "ScheduleKeyDeletion",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, ok, inv],
+        ),
+        (
+            "CancelKeyDeletion",
+            |k, _, _| json!({"KeyId": k}),
+            [inv, inv, ok],
+        ),
+        (
+            "EnableKeyRotation",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, dis, inv],
+        ),
+        (
+            "DisableKeyRotation",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, dis, inv],
+        ),
+        (
+            "GetKeyRotationStatus",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, ok, ok],
+        ),
+        (
+            "RotateKeyOnDemand",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, dis, inv],
+        ),
+        (
+            "ListKeyRotations",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, ok, ok],
+        ),
+        (
+            "TagResource",
+            |k, _, _| json!({"KeyId": k, "Tags": [{"TagKey": "a", "TagValue": "b"}]}),
+            [ok, ok, inv],
+        ),
+        (
+            "UntagResource",
+            |k, _, _| json!({"KeyId": k, "TagKeys": ["a"]}),
+            [ok, ok, inv],
+        ),
+        (
+            "ListResourceTags",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, ok, ok],
+        ),
+        (
+            "CreateAlias",
+            |k, _, _| json!({"AliasName": format!("alias/{}", &k[..8]), "TargetKeyId": k}),
+            [ok, ok, inv],
+        ),
     ];
     let mut cells = 0;
     for (op, body, expect) in &cases {
-        for (i, s) in [S::Enabled, S::Disabled, S::PendingDeletion].into_iter().enumerate() {
+        for (i, s) in [S::Enabled, S::Disabled, S::PendingDeletion]
+            .into_iter()
+            .enumerate()
+        {
             let (key, blob) = setup(s);
             let r = e.call(&e.alice, op, body(&key, &blob, &other));
             match (expect[i], r) {
                 (None, Ok(_)) => {}
                 (Some(want), Err(err)) => {
                     assert_eq!(err.aws_type(), want, "{op} on {s:?}: {err}");
-                    assert!(err.to_string().contains(&key), "{op} on {s:?}: message names the key: {err}");
+                    assert!(
+                        err.to_string().contains(&key),
+                        "{op} on {s:?}: message names the key: {err}"
+                    );
                 }
                 (want, got) => panic!("{op} on {s:?}: expected {want:?}, got {got:?}"),
             }
@@ -410,17 +781,34 @@ fn key_state_matrix() {
 fn enable_disable_and_deletion_lifecycle() {
     let e = env();
     let key = e.new_key();
-    let blob = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"kept")}))["CiphertextBlob"].clone();
-    e.ok("CreateAlias", json!({"AliasName": "alias/doomed", "TargetKeyId": key}));
+    let blob =
+        e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"kept")}))["CiphertextBlob"].clone();
+    e.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/doomed", "TargetKeyId": key}),
+    );
     e.ok("DisableKey", json!({"KeyId": key}));
     assert_eq!(e.state(&key), "Disabled");
     let err = e.err("Decrypt", json!({"CiphertextBlob": blob}));
-    assert_eq!(err.to_string(), format!("arn:aws:kms:us-east-1:111122223333:key/{key} is disabled."));
+    assert_eq!(
+        err.to_string(),
+        format!("arn:aws:kms:us-east-1:111122223333:key/{key} is disabled.")
+    );
     e.ok("EnableKey", json!({"KeyId": key}));
-    assert_eq!(unb64(&e.ok("Decrypt", json!({"CiphertextBlob": blob}))["Plaintext"]), b"kept");
+    assert_eq!(
+        unb64(&e.ok("Decrypt", json!({"CiphertextBlob": blob}))["Plaintext"]),
+        b"kept"
+    );
 
     for d in [6, 31] {
-        assert_eq!(e.err("ScheduleKeyDeletion", json!({"KeyId": key, "PendingWindowInDays": d})).aws_type(), "ValidationException");
+        assert_eq!(
+            e.err(
+                "ScheduleKeyDeletion",
+                json!({"KeyId": key, "PendingWindowInDays": d})
+            )
+            .aws_type(),
+            "ValidationException"
+        );
     }
     let s = e.ok("ScheduleKeyDeletion", json!({"KeyId": key}));
     assert_eq!(s["PendingWindowInDays"], 30);
@@ -429,16 +817,26 @@ fn enable_disable_and_deletion_lifecycle() {
     assert!((s["DeletionDate"].as_f64().unwrap() - (now + 30.0 * 86400.0)).abs() < 1.0);
     let meta = e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"].clone();
     assert_eq!(meta["DeletionDate"], s["DeletionDate"]);
-    assert_eq!(e.ok("CancelKeyDeletion", json!({"KeyId": key}))["KeyId"], meta["Arn"]);
+    assert_eq!(
+        e.ok("CancelKeyDeletion", json!({"KeyId": key}))["KeyId"],
+        meta["Arn"]
+    );
     assert_eq!(e.state(&key), "Disabled");
-    assert!(e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"].get("DeletionDate").is_none());
+    assert!(
+        e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"]
+            .get("DeletionDate")
+            .is_none()
+    );
 
     // A cancelled deletion never fires.
     e.clock.advance(Duration::days(31));
     assert!(e.kms.run_due().unwrap().deleted.is_empty());
     assert_eq!(e.state(&key), "Disabled");
 
-    e.ok("ScheduleKeyDeletion", json!({"KeyId": key, "PendingWindowInDays": 7}));
+    e.ok(
+        "ScheduleKeyDeletion",
+        json!({"KeyId": key, "PendingWindowInDays": 7}),
+    );
     e.clock.advance(Duration::days(6));
     assert!(e.kms.run_due().unwrap().deleted.is_empty());
     assert_eq!(e.state(&key), "PendingDeletion");
@@ -447,32 +845,63 @@ fn enable_disable_and_deletion_lifecycle() {
     assert_eq!(report.deleted.len(), 1);
     assert_eq!(report.deleted[0].to_string(), key);
     // The key, its aliases and its material are gone.
-    assert_eq!(e.err("DescribeKey", json!({"KeyId": key})).aws_type(), "NotFoundException");
-    assert_eq!(e.err("DescribeKey", json!({"KeyId": "alias/doomed"})).aws_type(), "NotFoundException");
+    assert_eq!(
+        e.err("DescribeKey", json!({"KeyId": key})).aws_type(),
+        "NotFoundException"
+    );
+    assert_eq!(
+        e.err("DescribeKey", json!({"KeyId": "alias/doomed"}))
+            .aws_type(),
+        "NotFoundException"
+    );
     assert_eq!(e.ok("ListAliases", json!({}))["Aliases"], json!([]));
-    assert_eq!(e.err("Decrypt", json!({"CiphertextBlob": blob})).aws_type(), "InvalidCiphertextException");
-    assert!(e.ok("ListKeys", json!({}))["Keys"].as_array().unwrap().is_empty());
+    assert_eq!(
+        e.err("Decrypt", json!({"CiphertextBlob": blob})).aws_type(),
+        "InvalidCiphertextException"
+    );
+    assert!(
+        e.ok("ListKeys", json!({}))["Keys"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert!(e.kms.material_for_tests(&key.parse().unwrap()).is_err());
-    assert!(e.kms.run_due().unwrap().deleted.is_empty(), "nothing left to do");
+    assert!(
+        e.kms.run_due().unwrap().deleted.is_empty(),
+        "nothing left to do"
+    );
 }
 
 #[test]
 fn rotation_on_demand_and_automatic() {
     let e = env();
     let key = e.new_key();
-    let before = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"v1")}))["CiphertextBlob"].clone();
-    let m1 = e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"]["CurrentKeyMaterialId"].clone();
+    let before =
+        e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"v1")}))["CiphertextBlob"].clone();
+    let m1 =
+        e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"]["CurrentKeyMaterialId"].clone();
 
     let st = e.ok("GetKeyRotationStatus", json!({"KeyId": key}));
     assert_eq!(st["KeyRotationEnabled"], false);
     assert!(st.get("NextRotationDate").is_none());
-    assert_eq!(e.ok("ListKeyRotations", json!({"KeyId": key}))["Rotations"], json!([]));
+    assert_eq!(
+        e.ok("ListKeyRotations", json!({"KeyId": key}))["Rotations"],
+        json!([])
+    );
 
-    assert_eq!(e.ok("RotateKeyOnDemand", json!({"KeyId": key}))["KeyId"], key);
-    let m2 = e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"]["CurrentKeyMaterialId"].clone();
+    assert_eq!(
+        e.ok("RotateKeyOnDemand", json!({"KeyId": key}))["KeyId"],
+        key
+    );
+    let m2 =
+        e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"]["CurrentKeyMaterialId"].clone();
     assert_ne!(m1, m2);
-    let after = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"v2")}))["CiphertextBlob"].clone();
-    assert_eq!(unb64(&e.ok("Decrypt", json!({"CiphertextBlob": before}))["Plaintext"]), b"v1");
+    let after =
+        e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"v2")}))["CiphertextBlob"].clone();
+    assert_eq!(
+        unb64(&e.ok("Decrypt", json!({"CiphertextBlob": before}))["Plaintext"]),
+        b"v1"
+    );
     let d2 = e.ok("Decrypt", json!({"CiphertextBlob": after}));
     assert_eq!(unb64(&d2["Plaintext"]), b"v2");
     assert_eq!(d2["KeyMaterialId"], m2);
@@ -482,9 +911,19 @@ fn rotation_on_demand_and_automatic() {
 
     // Automatic rotation.
     for p in [89, 2561] {
-        assert_eq!(e.err("EnableKeyRotation", json!({"KeyId": key, "RotationPeriodInDays": p})).aws_type(), "ValidationException");
+        assert_eq!(
+            e.err(
+                "EnableKeyRotation",
+                json!({"KeyId": key, "RotationPeriodInDays": p})
+            )
+            .aws_type(),
+            "ValidationException"
+        );
     }
-    e.ok("EnableKeyRotation", json!({"KeyId": key, "RotationPeriodInDays": 90}));
+    e.ok(
+        "EnableKeyRotation",
+        json!({"KeyId": key, "RotationPeriodInDays": 90}),
+    );
     let st = e.ok("GetKeyRotationStatus", json!({"KeyId": key}));
     assert_eq!(st["KeyRotationEnabled"], true);
     assert_eq!(st["RotationPeriodInDays"], 90);
@@ -504,8 +943,14 @@ fn rotation_on_demand_and_automatic() {
     e.ok("EnableKey", json!({"KeyId": key}));
     assert_eq!(e.kms.run_due().unwrap().rotated.len(), 1);
     // Every version still decrypts.
-    assert_eq!(unb64(&e.ok("Decrypt", json!({"CiphertextBlob": before}))["Plaintext"]), b"v1");
-    assert_eq!(unb64(&e.ok("Decrypt", json!({"CiphertextBlob": after}))["Plaintext"]), b"v2");
+    assert_eq!(
+        unb64(&e.ok("Decrypt", json!({"CiphertextBlob": before}))["Plaintext"]),
+        b"v1"
+    );
+    assert_eq!(
+        unb64(&e.ok("Decrypt", json!({"CiphertextBlob": after}))["Plaintext"]),
+        b"v2"
+    );
     // Disabling stops the schedule.
     e.ok("DisableKeyRotation", json!({"KeyId": key}));
     e.clock.advance(Duration::days(365));
@@ -514,7 +959,10 @@ fn rotation_on_demand_and_automatic() {
     // ListKeyRotations pages.
     let page = e.ok("ListKeyRotations", json!({"KeyId": key, "Limit": 2}));
     assert_eq!(page["Truncated"], true);
-    let rest = e.ok("ListKeyRotations", json!({"KeyId": key, "Marker": page["NextMarker"]}));
+    let rest = e.ok(
+        "ListKeyRotations",
+        json!({"KeyId": key, "Marker": page["NextMarker"]}),
+    );
     assert_eq!(rest["Rotations"].as_array().unwrap().len(), 1);
     assert_eq!(rest["Truncated"], false);
 
@@ -523,7 +971,10 @@ fn rotation_on_demand_and_automatic() {
     for _ in 0..25 {
         e.ok("RotateKeyOnDemand", json!({"KeyId": k2}));
     }
-    assert_eq!(e.err("RotateKeyOnDemand", json!({"KeyId": k2})).aws_type(), "LimitExceededException");
+    assert_eq!(
+        e.err("RotateKeyOnDemand", json!({"KeyId": k2})).aws_type(),
+        "LimitExceededException"
+    );
 }
 
 #[test]
@@ -531,25 +982,74 @@ fn aliases() {
     let e = env();
     let a = e.new_key();
     let b = e.new_key();
-    e.ok("CreateAlias", json!({"AliasName": "alias/app", "TargetKeyId": a}));
-    assert_eq!(e.err("CreateAlias", json!({"AliasName": "alias/app", "TargetKeyId": b})).aws_type(), "AlreadyExistsException");
-    for (name, want) in [("app", "InvalidAliasNameException"), ("alias/aws/ebs", "InvalidAliasNameException"),
-                         ("alias/atrest/disk", "InvalidAliasNameException"), ("alias/sp ace", "ValidationException")] {
-        assert_eq!(e.err("CreateAlias", json!({"AliasName": name, "TargetKeyId": a})).aws_type(), want, "{name}");
+    e.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/app", "TargetKeyId": a}),
+    );
+    assert_eq!(
+        e.err(
+            "CreateAlias",
+            json!({"AliasName": "alias/app", "TargetKeyId": b})
+        )
+        .aws_type(),
+        "AlreadyExistsException"
+    );
+    for (name, want) in [
+        ("app", "InvalidAliasNameException"),
+        ("alias/aws/ebs", "InvalidAliasNameException"),
+        ("alias/atrest/disk", "InvalidAliasNameException"),
+        ("alias/sp ace", "ValidationException"),
+    ] {
+        assert_eq!(
+            e.err("CreateAlias", json!({"AliasName": name, "TargetKeyId": a}))
+                .aws_type(),
+            want,
+            "{name}"
+        );
     }
-    assert_eq!(e.err("CreateAlias", json!({"AliasName": "alias/x", "TargetKeyId": "alias/app"})).aws_type(), "ValidationException");
-    assert_eq!(e.err("CreateAlias", json!({"AliasName": "alias/x"})).aws_type(), "ValidationException");
+    assert_eq!(
+        e.err(
+            "CreateAlias",
+            json!({"AliasName": "alias/x", "TargetKeyId": "alias/app"})
+        )
+        .aws_type(),
+        "ValidationException"
+    );
+    assert_eq!(
+        e.err("CreateAlias", json!({"AliasName": "alias/x"}))
+            .aws_type(),
+        "ValidationException"
+    );
 
-    let enc = e.ok("Encrypt", json!({"KeyId": "alias/app", "Plaintext": b64(b"x")}));
+    let enc = e.ok(
+        "Encrypt",
+        json!({"KeyId": "alias/app", "Plaintext": b64(b"x")}),
+    );
     assert!(enc["KeyId"].as_str().unwrap().ends_with(&a));
     let alias_arn = "arn:aws:kms:us-east-1:111122223333:alias/app";
     assert!(e.ok("DescribeKey", json!({"KeyId": alias_arn}))["KeyMetadata"]["KeyId"] == a.as_str());
 
-    e.ok("UpdateAlias", json!({"AliasName": "alias/app", "TargetKeyId": b}));
-    assert_eq!(e.ok("DescribeKey", json!({"KeyId": "alias/app"}))["KeyMetadata"]["KeyId"], b.as_str());
-    assert_eq!(e.err("UpdateAlias", json!({"AliasName": "alias/none", "TargetKeyId": b})).aws_type(), "NotFoundException");
+    e.ok(
+        "UpdateAlias",
+        json!({"AliasName": "alias/app", "TargetKeyId": b}),
+    );
+    assert_eq!(
+        e.ok("DescribeKey", json!({"KeyId": "alias/app"}))["KeyMetadata"]["KeyId"],
+        b.as_str()
+    );
+    assert_eq!(
+        e.err(
+            "UpdateAlias",
+            json!({"AliasName": "alias/none", "TargetKeyId": b})
+        )
+        .aws_type(),
+        "NotFoundException"
+    );
 
-    e.ok("CreateAlias", json!({"AliasName": "alias/other", "TargetKeyId": a}));
+    e.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/other", "TargetKeyId": a}),
+    );
     let all = e.ok("ListAliases", json!({}));
     assert_eq!(all["Aliases"].as_array().unwrap().len(), 2);
     assert_eq!(all["Aliases"][0]["AliasArn"], alias_arn);
@@ -558,21 +1058,53 @@ fn aliases() {
     assert_eq!(of_a["Aliases"][0]["AliasName"], "alias/other");
     let page = e.ok("ListAliases", json!({"Limit": 1}));
     assert_eq!(page["Truncated"], true);
-    let page2 = e.ok("ListAliases", json!({"Limit": 1, "Marker": page["NextMarker"]}));
+    let page2 = e.ok(
+        "ListAliases",
+        json!({"Limit": 1, "Marker": page["NextMarker"]}),
+    );
     assert_eq!(page2["Aliases"][0]["AliasName"], "alias/other");
     assert_eq!(page2["Truncated"], false);
 
     e.ok("DeleteAlias", json!({"AliasName": "alias/app"}));
-    assert_eq!(e.err("DeleteAlias", json!({"AliasName": "alias/app"})).aws_type(), "NotFoundException");
-    assert_eq!(e.err("Encrypt", json!({"KeyId": "alias/app", "Plaintext": b64(b"x")})).aws_type(), "NotFoundException");
+    assert_eq!(
+        e.err("DeleteAlias", json!({"AliasName": "alias/app"}))
+            .aws_type(),
+        "NotFoundException"
+    );
+    assert_eq!(
+        e.err(
+            "Encrypt",
+            json!({"KeyId": "alias/app", "Plaintext": b64(b"x")})
+        )
+        .aws_type(),
+        "NotFoundException"
+    );
 
     // Another account's alias of the same name is independent.
     let bob = caller("444455556666", "us-east-1");
-    let bk = e.call(&bob, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
-    e.call(&bob, "CreateAlias", json!({"AliasName": "alias/other", "TargetKeyId": bk})).unwrap();
-    assert_eq!(e.ok("DescribeKey", json!({"KeyId": "alias/other"}))["KeyMetadata"]["KeyId"], a.as_str());
+    let bk = e.call(&bob, "CreateKey", json!({})).unwrap()["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    e.call(
+        &bob,
+        "CreateAlias",
+        json!({"AliasName": "alias/other", "TargetKeyId": bk}),
+    )
+    .unwrap();
+    assert_eq!(
+        e.ok("DescribeKey", json!({"KeyId": "alias/other"}))["KeyMetadata"]["KeyId"],
+        a.as_str()
+    );
     // Aliases of another account cannot be used.
-    assert_eq!(e.err("DescribeKey", json!({"KeyId": "arn:aws:kms:us-east-1:444455556666:alias/other"})).aws_type(), "NotFoundException");
+    assert_eq!(
+        e.err(
+            "DescribeKey",
+            json!({"KeyId": "arn:aws:kms:us-east-1:444455556666:alias/other"})
+        )
+        .aws_type(),
+        "NotFoundException"
+    );
     // Another account cannot point an alias at our key.
     assert_eq!(
         e.call(&bob, "CreateAlias", json!({"AliasName": "alias/steal", "TargetKeyId": format!("arn:aws:kms:us-east-1:111122223333:key/{a}")})).unwrap_err().aws_type(),
@@ -587,39 +1119,120 @@ fn tags() {
     e.ok("TagResource", json!({"KeyId": key, "Tags": [{"TagKey": "b", "TagValue": "2"}, {"TagKey": "a", "TagValue": "1"}]}));
     e.ok("TagResource", json!({"KeyId": key, "Tags": [{"TagKey": "a", "TagValue": "one"}, {"TagKey": "empty", "TagValue": ""}]}));
     let tags = e.ok("ListResourceTags", json!({"KeyId": key}));
-    assert_eq!(tags["Tags"], json!([{"TagKey": "a", "TagValue": "one"}, {"TagKey": "b", "TagValue": "2"}, {"TagKey": "empty", "TagValue": ""}]));
+    assert_eq!(
+        tags["Tags"],
+        json!([{"TagKey": "a", "TagValue": "one"}, {"TagKey": "b", "TagValue": "2"}, {"TagKey": "empty", "TagValue": ""}])
+    );
     let page = e.ok("ListResourceTags", json!({"KeyId": key, "Limit": 2}));
     assert_eq!(page["Tags"].as_array().unwrap().len(), 2);
-    let rest = e.ok("ListResourceTags", json!({"KeyId": key, "Marker": page["NextMarker"]}));
+    let rest = e.ok(
+        "ListResourceTags",
+        json!({"KeyId": key, "Marker": page["NextMarker"]}),
+    );
     assert_eq!(rest["Tags"], json!([{"TagKey": "empty", "TagValue": ""}]));
-    e.ok("UntagResource", json!({"KeyId": key, "TagKeys": ["a", "missing"]}));
-    assert_eq!(e.ok("ListResourceTags", json!({"KeyId": key}))["Tags"].as_array().unwrap().len(), 2);
+    e.ok(
+        "UntagResource",
+        json!({"KeyId": key, "TagKeys": ["a", "missing"]}),
+    );
+    assert_eq!(
+        e.ok("ListResourceTags", json!({"KeyId": key}))["Tags"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     for (tags, want) in [
-        (json!([{"TagKey": "aws:x", "TagValue": "v"}]), "TagException"),
+        (
+            json!([{"TagKey": "aws:x", "TagValue": "v"}]),
+            "TagException",
+        ),
         (json!([{"TagKey": "", "TagValue": "v"}]), "TagException"),
-        (json!([{"TagKey": "k".repeat(129), "TagValue": "v"}]), "TagException"),
-        (json!([{"TagKey": "k", "TagValue": "v".repeat(257)}]), "TagException"),
-        (json!([{"TagKey": "k", "TagValue": "a"}, {"TagKey": "k", "TagValue": "b"}]), "TagException"),
+        (
+            json!([{"TagKey": "k".repeat(129), "TagValue": "v"}]),
+            "TagException",
+        ),
+        (
+            json!([{"TagKey": "k", "TagValue": "v".repeat(257)}]),
+            "TagException",
+        ),
+        (
+            json!([{"TagKey": "k", "TagValue": "a"}, {"TagKey": "k", "TagValue": "b"}]),
+            "TagException",
+        ),
         (json!([{"TagKey": "k<", "TagValue": "v"}]), "TagException"),
     ] {
-        assert_eq!(e.err("TagResource", json!({"KeyId": key, "Tags": tags})).aws_type(), want, "{tags}");
+        assert_eq!(
+            e.err("TagResource", json!({"KeyId": key, "Tags": tags}))
+                .aws_type(),
+            want,
+            "{tags}"
+        );
     }
-    let many: Vec<Value> = (0..49).map(|i| json!({"TagKey": format!("t{i}"), "TagValue": "v"})).collect();
-    assert_eq!(e.err("TagResource", json!({"KeyId": key, "Tags": many})).aws_type(), "LimitExceededException");
-    assert_eq!(e.ok("ListResourceTags", json!({"KeyId": key}))["Tags"].as_array().unwrap().len(), 2, "nothing changed");
-    assert_eq!(e.err("ListResourceTags", json!({"KeyId": key, "Limit": 51})).aws_type(), "ValidationException");
+    let many: Vec<Value> = (0..49)
+        .map(|i| json!({"TagKey": format!("t{i}"), "TagValue": "v"}))
+        .collect();
+    assert_eq!(
+        e.err("TagResource", json!({"KeyId": key, "Tags": many}))
+            .aws_type(),
+        "LimitExceededException"
+    );
+    assert_eq!(
+        e.ok("ListResourceTags", json!({"KeyId": key}))["Tags"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "nothing changed"
+    );
+    assert_eq!(
+        e.err("ListResourceTags", json!({"KeyId": key, "Limit": 51}))
+            .aws_type(),
+        "ValidationException"
+    );
 }
 
 #[test]
 fn request_bodies_that_are_not_requests() {
     let e = env();
-    for body in ["{", "[]", "null", "\"s\"", "{\"KeyId\": }", "{\"KeyId\": \"a\", \"KeyId\": \"b\"}", "\u{0}"] {
-        let err = e.kms.call(&e.alice, Operation::DescribeKey, body.as_bytes()).unwrap_err();
+    for body in [
+        "{",
+        "[]",
+        "[\"1234abcd-12ab-34cd-56ef-1234567890ab\", null]",
+        "  [null, null]",
+        "null",
+        "\"s\"",
+        "{\"KeyId\": }",
+        "{\"KeyId\": \"a\", \"KeyId\": \"b\"}",
+        "\u{0}",
+    ] {
+        let err = e
+            .kms
+            .call(&e.alice, Operation::DescribeKey, body.as_bytes())
+            .unwrap_err();
         assert_eq!(err.aws_type(), "SerializationException", "{body:?}");
     }
+    // A nested struct given as a positional array is refused too.
+    let key = e.new_key();
+    let err = e
+        .kms
+        .call(
+            &e.alice,
+            Operation::TagResource,
+            format!(r#"{{"KeyId": "{key}", "Tags": [["k", "v"]]}}"#).as_bytes(),
+        )
+        .unwrap_err();
+    assert_eq!(err.aws_type(), "SerializationException");
     // Unknown members are ignored; an empty body is an empty object.
-    assert!(e.kms.call(&e.alice, Operation::ListKeys, b"{\"FutureMember\": [1, {\"x\": null}]}").is_ok());
+    assert!(
+        e.kms
+            .call(
+                &e.alice,
+                Operation::ListKeys,
+                b"{\"FutureMember\": [1, {\"x\": null}]}"
+            )
+            .is_ok()
+    );
     assert!(e.kms.call(&e.alice, Operation::ListKeys, b"").is_ok());
     assert_eq!(Operation::from_target("TrentService.Nope"), None);
     assert_eq!(Operation::from_target("Other.ListKeys"), None);
@@ -630,8 +1243,20 @@ fn request_bodies_that_are_not_requests() {
 fn store_sealed_by_another_root_is_refused() {
     let store: Arc<dyn atrest_store::Store> = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    KeyService::open(store.clone(), RootKey::from_key(Aes256Key::generate().unwrap()), vec!["r".into()], clock.clone()).unwrap();
-    let err = KeyService::open(store, RootKey::from_key(Aes256Key::generate().unwrap()), vec!["r".into()], clock).unwrap_err();
+    KeyService::open(
+        store.clone(),
+        RootKey::from_key(Aes256Key::generate().unwrap()),
+        vec!["r".into()],
+        clock.clone(),
+    )
+    .unwrap();
+    let err = KeyService::open(
+        store,
+        RootKey::from_key(Aes256Key::generate().unwrap()),
+        vec!["r".into()],
+        clock,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("different root key") || matches!(err, KmsError::Internal(_)));
     assert!(matches!(err, KmsError::Internal(m) if m.contains("different root key")));
 }
@@ -639,44 +1264,128 @@ fn store_sealed_by_another_root_is_refused() {
 #[test]
 fn accounts_and_access_keys() {
     let e = env();
-    let boot = e.kms.bootstrap_admin().unwrap().expect("first bootstrap creates the admin");
+    let boot = e
+        .kms
+        .bootstrap_admin()
+        .unwrap()
+        .expect("first bootstrap creates the admin");
+    // Until it is marked finished (the credentials reached the operator), a
+    // restart gets the same admin key back rather than a second admin.
+    let again = e
+        .kms
+        .bootstrap_admin()
+        .unwrap()
+        .expect("unfinished bootstrap resumes");
+    assert_eq!(again.key.access_key_id, boot.key.access_key_id);
+    assert_eq!(again.key.secret_access_key, boot.key.secret_access_key);
+    e.kms.finish_bootstrap().unwrap();
     assert!(e.kms.bootstrap_admin().unwrap().is_none(), "only once");
-    let admin = Caller { account: boot.key.account.clone(), region: "us-east-1".into(), admin: true };
+    let admin = Caller {
+        account: boot.key.account.clone(),
+        region: "us-east-1".into(),
+        admin: true,
+    };
     let found = e.kms.access_key(&boot.key.access_key_id).unwrap().unwrap();
     assert_eq!(found.secret(), boot.key.secret_access_key.expose());
     assert!(found.admin);
     assert!(boot.key.access_key_id.starts_with("AKIA") && boot.key.access_key_id.len() == 20);
     assert_eq!(boot.key.secret_access_key.len(), 40);
 
-    let acct = e.kms.create_account(&admin, Some("123456789012"), false).unwrap();
-    assert_eq!(e.kms.create_account(&admin, Some("123456789012"), false).unwrap_err().aws_type(), "AlreadyExistsException");
-    assert_eq!(e.kms.create_account(&admin, Some("12345"), false).unwrap_err().aws_type(), "ValidationException");
+    let acct = e
+        .kms
+        .create_account(&admin, Some("123456789012"), false)
+        .unwrap();
+    assert_eq!(
+        e.kms
+            .create_account(&admin, Some("123456789012"), false)
+            .unwrap_err()
+            .aws_type(),
+        "AlreadyExistsException"
+    );
+    assert_eq!(
+        e.kms
+            .create_account(&admin, Some("12345"), false)
+            .unwrap_err()
+            .aws_type(),
+        "ValidationException"
+    );
     let k = e.kms.create_access_key(&admin, acct.as_str()).unwrap();
     let user = e.kms.access_key(&k.access_key_id).unwrap().unwrap();
     assert_eq!(user.account, acct);
     assert!(!user.admin);
-    assert_eq!(e.kms.create_access_key(&admin, "999999999999").unwrap_err().aws_type(), "NotFoundException");
-
-    let imported = atrest_crypto::SecretBytes::new(b"wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_vec());
-    e.kms.import_access_key(&admin, acct.as_str(), "AKIAIOSFODNN7EXAMPLE", imported).unwrap();
     assert_eq!(
-        e.kms.access_key("AKIAIOSFODNN7EXAMPLE").unwrap().unwrap().secret(),
+        e.kms
+            .create_access_key(&admin, "999999999999")
+            .unwrap_err()
+            .aws_type(),
+        "NotFoundException"
+    );
+
+    let imported =
+        atrest_crypto::SecretBytes::new(b"wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_vec());
+    e.kms
+        .import_access_key(&admin, acct.as_str(), "AKIAIOSFODNN7EXAMPLE", imported)
+        .unwrap();
+    assert_eq!(
+        e.kms
+            .access_key("AKIAIOSFODNN7EXAMPLE")
+            .unwrap()
+            .unwrap()
+            .secret(),
         b"wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
     );
     let again = atrest_crypto::SecretBytes::new(b"0123456789abcdef0123".to_vec());
-    assert_eq!(e.kms.import_access_key(&admin, acct.as_str(), "AKIAIOSFODNN7EXAMPLE", again).unwrap_err().aws_type(), "AlreadyExistsException");
-    for (id, secret) in [("short", "0123456789abcdef"), ("AKIA-BAD-CHARS-HERE", "0123456789abcdef"), ("AKIAIOSFODNN7EXAMPL2", "short"), ("AKIAIOSFODNN7EXAMPL3", "has space 0123456789")] {
-        let err = e.kms.import_access_key(&admin, acct.as_str(), id, atrest_crypto::SecretBytes::new(secret.as_bytes().to_vec())).unwrap_err();
+    assert_eq!(
+        e.kms
+            .import_access_key(&admin, acct.as_str(), "AKIAIOSFODNN7EXAMPLE", again)
+            .unwrap_err()
+            .aws_type(),
+        "AlreadyExistsException"
+    );
+    for (id, secret) in [
+        ("short", "0123456789abcdef"),
+        ("AKIA-BAD-CHARS-HERE", "0123456789abcdef"),
+        ("AKIAIOSFODNN7EXAMPL2", "short"),
+        ("AKIAIOSFODNN7EXAMPL3", "has space 0123456789"),
+    ] {
+        let err = e
+            .kms
+            .import_access_key(
+                &admin,
+                acct.as_str(),
+                id,
+                atrest_crypto::SecretBytes::new(secret.as_bytes().to_vec()),
+            )
+            .unwrap_err();
         assert_eq!(err.aws_type(), "ValidationException", "{id}");
     }
     assert!(e.kms.access_key("AKIANOTKNOWN00000000").unwrap().is_none());
-    assert_eq!(e.kms.list_access_keys(&admin, acct.as_str()).unwrap().len(), 2);
+    assert_eq!(
+        e.kms.list_access_keys(&admin, acct.as_str()).unwrap().len(),
+        2
+    );
     assert_eq!(e.kms.list_accounts(&admin).unwrap().len(), 2);
 
     // Non-admins may not administer.
-    let plain = Caller { account: acct.clone(), region: "us-east-1".into(), admin: false };
-    assert_eq!(e.kms.create_account(&plain, None, false).unwrap_err().aws_type(), "AccessDeniedException");
-    assert_eq!(e.kms.create_access_key(&plain, acct.as_str()).unwrap_err().aws_type(), "AccessDeniedException");
+    let plain = Caller {
+        account: acct.clone(),
+        region: "us-east-1".into(),
+        admin: false,
+    };
+    assert_eq!(
+        e.kms
+            .create_account(&plain, None, false)
+            .unwrap_err()
+            .aws_type(),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        e.kms
+            .create_access_key(&plain, acct.as_str())
+            .unwrap_err()
+            .aws_type(),
+        "AccessDeniedException"
+    );
 }
 
 #[test]
@@ -684,7 +1393,12 @@ fn regions_are_validated() {
     let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
     for bad in [vec![], vec!["Bad_Region".to_owned()]] {
-        let r = KeyService::open(store.clone(), RootKey::from_key(Aes256Key::generate().unwrap()), bad, clock.clone());
+        let r = KeyService::open(
+            store.clone(),
+            RootKey::from_key(Aes256Key::generate().unwrap()),
+            bad,
+            clock.clone(),
+        );
         assert_eq!(r.unwrap_err().aws_type(), "ValidationException");
     }
     let e = env_with_regions(&["local"]);
@@ -696,21 +1410,40 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         "\\PC{0,40}".prop_map(Value::String),
-        prop_oneof![Just("alias/x"), Just("AES_256"), Just("SYMMETRIC_DEFAULT"), Just("AQIDBA=="), Just("00000000-0000-4000-8000-000000000000")]
-            .prop_map(|s| Value::String(s.into())),
+        prop_oneof![
+            Just("alias/x"),
+            Just("AES_256"),
+            Just("SYMMETRIC_DEFAULT"),
+            Just("AQIDBA=="),
+            Just("00000000-0000-4000-8000-000000000000")
+        ]
+        .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
             prop::collection::btree_map(
                 prop_oneof![
-                    Just("KeyId".to_owned()), Just("Plaintext".to_owned()), Just("CiphertextBlob".to_owned()),
-                    Just("EncryptionContext".to_owned()), Just("NumberOfBytes".to_owned()), Just("KeySpec".to_owned()),
-                    Just("Limit".to_owned()), Just("Marker".to_owned()), Just("Tags".to_owned()), Just("AliasName".to_owned()),
-                    Just("TargetKeyId".to_owned()), Just("DestinationKeyId".to_owned()), Just("PendingWindowInDays".to_owned()),
-                    Just("RotationPeriodInDays".to_owned()), Just("TagKeys".to_owned()), Just("Description".to_owned()),
+                    Just("KeyId".to_owned()),
+                    Just("Plaintext".to_owned()),
+                    Just("CiphertextBlob".to_owned()),
+                    Just("EncryptionContext".to_owned()),
+                    Just("NumberOfBytes".to_owned()),
+                    Just("KeySpec".to_owned()),
+                    Just("Limit".to_owned()),
+                    Just("Marker".to_owned()),
+                    Just("Tags".to_owned()),
+                    Just("AliasName".to_owned()),
+                    Just("TargetKeyId".to_owned()),
+                    Just("DestinationKeyId".to_owned()),
+                    Just("PendingWindowInDays".to_owned()),
+                    Just("RotationPeriodInDays".to_owned()),
+                    Just("TagKeys".to_owned()),
+                    Just("Description".to_owned()),
                     "[A-Za-z]{1,12}",
                 ],
                 inner,
@@ -732,10 +1465,10 @@ proptest! {
         let key = e.new_key();
         let op = Operation::ALL[op_index];
         let mut body = body;
-        if let Value::Object(m) = &mut body {
-            if m.get("KeyId").is_some_and(|v| v == "alias/x") {
-                m.insert("KeyId".into(), json!(key));
-            }
+        if let Value::Object(m) = &mut body
+            && m.get("KeyId").is_some_and(|v| v == "alias/x")
+        {
+            m.insert("KeyId".into(), json!(key));
         }
         for input in [body.to_string().into_bytes(), raw] {
             if let Err(err) = e.kms.call(&e.alice, op, &input) {

@@ -74,11 +74,16 @@ pub fn open(
     // servers can never initialise the same dir at once.
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("kms.redb"))?);
     let root = RootKey::open_or_create(dir, root)?;
-    let kms = KeyService::open(store, root, regions, clock).map_err(|e| DataDirError::Kms(match e {
-        atrest_kms::KmsError::Internal(m) | atrest_kms::KmsError::Validation(m) => m,
-        other => other.to_string(),
-    }))?;
-    let bootstrap = match kms.bootstrap_admin().map_err(|e| DataDirError::Kms(e.to_string()))? {
+    let kms = KeyService::open(store, root, regions, clock).map_err(|e| {
+        DataDirError::Kms(match e {
+            atrest_kms::KmsError::Internal(m) | atrest_kms::KmsError::Validation(m) => m,
+            other => other.to_string(),
+        })
+    })?;
+    let bootstrap = match kms
+        .bootstrap_admin()
+        .map_err(|e| DataDirError::Kms(e.to_string()))?
+    {
         None => None,
         Some(b) => {
             let path = dir.join(ADMIN_CREDENTIALS);
@@ -94,6 +99,10 @@ pub fn open(
             write_atomically(&path, text.as_bytes(), 0o600)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
                 .map_err(|e| DataDirError::Io(format!("{}: {e}", path.display())))?;
+            // Only now that the operator can read the secret is the
+            // bootstrap done; a crash before this line redoes the file.
+            kms.finish_bootstrap()
+                .map_err(|e| DataDirError::Kms(e.to_string()))?;
             Some((b, path))
         }
     };

@@ -49,12 +49,26 @@ impl ApiError {
                 (status, e.aws_type(), e.to_string())
             }
             Self::Auth(e) => (StatusCode::BAD_REQUEST, e.aws_type(), e.to_string()),
-            Self::InactiveKey => (StatusCode::BAD_REQUEST, "UnrecognizedClientException", self.to_string()),
-            Self::BodyTooLarge(_) | Self::BodyRead(_) => {
-                (StatusCode::BAD_REQUEST, "ValidationException", self.to_string())
-            }
-            Self::ContentType(_) => (StatusCode::BAD_REQUEST, "SerializationException", self.to_string()),
-            Self::Method => (StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", self.to_string()),
+            Self::InactiveKey => (
+                StatusCode::BAD_REQUEST,
+                "UnrecognizedClientException",
+                self.to_string(),
+            ),
+            Self::BodyTooLarge(_) | Self::BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                self.to_string(),
+            ),
+            Self::ContentType(_) => (
+                StatusCode::BAD_REQUEST,
+                "SerializationException",
+                self.to_string(),
+            ),
+            Self::Method => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UnknownOperationException",
+                self.to_string(),
+            ),
             Self::NoRoute(_) => (StatusCode::NOT_FOUND, "NotFoundException", self.to_string()),
         }
     }
@@ -92,9 +106,13 @@ mod tests {
             assert!(status.is_client_error(), "{e:?}");
             assert!(!ty.is_empty() && !msg.is_empty());
         }
-        let (status, ty, msg) = ApiError::Kms(KmsError::Internal("disk on fire at /secret/path".into())).parts();
+        let (status, ty, msg) =
+            ApiError::Kms(KmsError::Internal("disk on fire at /secret/path".into())).parts();
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(ty, "KMSInternalException");
-        assert!(!msg.contains("/secret/path"), "internal details stay in the log");
+        assert!(
+            !msg.contains("/secret/path"),
+            "internal details stay in the log"
+        );
     }
 }

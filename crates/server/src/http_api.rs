@@ -33,7 +33,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/", any(kms_endpoint))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/accounts", get(list_accounts).post(create_account))
-        .route("/v1/accounts/{account}/access-keys", get(list_access_keys).post(create_access_key))
+        .route(
+            "/v1/accounts/{account}/access-keys",
+            get(list_access_keys).post(create_access_key),
+        )
         .fallback(no_route)
         .with_state(state)
 }
@@ -58,8 +61,14 @@ fn kms_error_response(err: &ApiError, request_id: &str) -> Response {
     (
         status,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1")),
-            (header::HeaderName::from_static("x-amzn-requestid"), HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("-"))),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-amz-json-1.1"),
+            ),
+            (
+                header::HeaderName::from_static("x-amzn-requestid"),
+                HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("-")),
+            ),
         ],
         body,
     )
@@ -73,10 +82,12 @@ fn rest_error_response(err: &ApiError, request_id: &str) -> Response {
 }
 
 async fn read_body(body: Body, headers: &http::HeaderMap, max: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
-        if len > max {
-            return Err(ApiError::BodyTooLarge(max));
-        }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(ApiError::BodyTooLarge(max));
     }
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -86,7 +97,12 @@ async fn read_body(body: Body, headers: &http::HeaderMap, max: usize) -> Result<
 }
 
 /// Verifies the request's SigV4 signature for `service`; returns the caller.
-fn authenticate(kms: &KeyService, parts: &Parts, body: &[u8], service: &str) -> Result<Caller, ApiError> {
+fn authenticate(
+    kms: &KeyService,
+    parts: &Parts,
+    body: &[u8],
+    service: &str,
+) -> Result<Caller, ApiError> {
     let parsed = atrest_sigv4::parse_request(
         &parts.method,
         &parts.uri,
@@ -118,7 +134,12 @@ fn content_type_ok(parts: &Parts) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let base = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match base.as_str() {
         "application/x-amz-json-1.1" | "application/x-amz-json-1.0" | "application/json" => Ok(()),
         _ => Err(ApiError::ContentType(ct)),
@@ -141,7 +162,10 @@ async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response
             tracing::info!(request_id = %id, peer = ?peer, operation = op.name(), account = %caller.account, region = %caller.region, status = 200, ms, "kms request");
             let mut resp = Response::new(Body::from(Bytes::from_owner(Wipe(out))));
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-amz-json-1.1"),
+            );
             if let Ok(v) = HeaderValue::from_str(&id) {
                 h.insert("x-amzn-requestid", v);
             }
@@ -169,7 +193,11 @@ async fn handle_kms(
     }
     let body = read_body(body, &parts.headers, st.max_body).await?;
     let caller = authenticate(&st.kms, parts, &body, "kms")?;
-    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let op = Operation::from_target(target).ok_or_else(|| {
         KmsError::UnknownOperation(if target.is_empty() {
             "The request has no X-Amz-Target header naming an operation.".into()
@@ -194,7 +222,11 @@ async fn handle_kms(
 /// JSON body, runs `f` off the reactor, and shapes the answer.
 async fn rest<F>(st: Arc<AppState>, req: Request, f: F) -> Response
 where
-    F: FnOnce(&KeyService, &Caller, serde_json::Value) -> Result<(StatusCode, serde_json::Value), ApiError>
+    F: FnOnce(
+            &KeyService,
+            &Caller,
+            serde_json::Value,
+        ) -> Result<(StatusCode, serde_json::Value), ApiError>
         + Send
         + 'static,
 {
@@ -208,8 +240,9 @@ where
         let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {
-            serde_json::from_slice(&body)
-                .map_err(|e| KmsError::Serialization(format!("The request body is not valid JSON: {e}")))?
+            serde_json::from_slice(&body).map_err(|e| {
+                KmsError::Serialization(format!("The request body is not valid JSON: {e}"))
+            })?
         };
         let kms = Arc::clone(&st.kms);
         tokio::task::spawn_blocking(move || f(&kms, &caller, value))
@@ -220,7 +253,12 @@ where
     match result {
         Ok((status, value)) => {
             tracing::info!(request_id = %id, %method, path, status = status.as_u16(), "rest request");
-            (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                value.to_string(),
+            )
+                .into_response()
         }
         Err(err) => {
             tracing::info!(request_id = %id, %method, path, error = %err.parts().1, "rest request refused");
@@ -247,10 +285,15 @@ async fn create_account(State(st): State<Arc<AppState>>, req: Request) -> Respon
         let admin = match body.get("admin") {
             None | Some(serde_json::Value::Null) => false,
             Some(serde_json::Value::Bool(b)) => *b,
-            Some(_) => return Err(KmsError::Serialization("'admin' must be a boolean".into()).into()),
+            Some(_) => {
+                return Err(KmsError::Serialization("'admin' must be a boolean".into()).into());
+            }
         };
         let account = kms.create_account(caller, id.as_deref(), admin)?;
-        Ok((StatusCode::CREATED, json!({"id": account.as_str(), "admin": admin})))
+        Ok((
+            StatusCode::CREATED,
+            json!({"id": account.as_str(), "admin": admin}),
+        ))
     })
     .await
 }

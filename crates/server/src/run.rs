@@ -51,7 +51,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         ));
     }
     let tls = match &config.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?)),
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            files,
+        )?)),
         None => None,
     };
     let clock: Arc<dyn Clock> = if config.lifecycle_clock_offset.is_zero() {
@@ -61,10 +63,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         Arc::new(OffsetClock(config.lifecycle_clock_offset))
     };
     let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
-    let opened = tokio::task::spawn_blocking(move || crate::datadir::open(&data_dir, root, regions, clock))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let opened =
+        tokio::task::spawn_blocking(move || crate::datadir::open(&data_dir, root, regions, clock))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     let kms = opened.kms;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -76,7 +79,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         max_body: config.max_body_bytes,
     });
     let accept = tokio::spawn(accept_loop(listener, tls, router(state), stopped.clone()));
-    let lifecycle = tokio::spawn(lifecycle_loop(Arc::clone(&kms), config.lifecycle_interval, stopped));
+    let lifecycle = tokio::spawn(lifecycle_loop(
+        Arc::clone(&kms),
+        config.lifecycle_interval,
+        stopped,
+    ));
     tracing::info!(%addr, tls = config.tls.is_some(), regions = ?kms.regions(), "atrest serving");
     Ok(RunningServer {
         addr,
@@ -87,6 +94,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     })
 }
 
+/// How long shutdown waits for open connections to finish their requests.
+const DRAIN: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -94,10 +104,13 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connection tasks so the set stays small.
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stopped.changed() => return,
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stopped.changed() => break,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -109,41 +122,85 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-                req.extensions_mut().insert(Peer(peer));
-                let mut app = app.clone();
-                async move { app.call(req.map(axum::body::Body::new)).await }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .keep_alive(true);
-            let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            tls.clone(),
+            app.clone(),
+            stopped.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    // Let open connections finish the request they are on, then close them.
+    if tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "closing connections that did not finish in time"
+        );
+        connections.shutdown().await;
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        let mut app = app.clone();
+        async move { app.call(req.map(axum::body::Body::new)).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    let result = match tls {
+        Some(acceptor) => {
+            let s = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let conn = builder.serve_connection(TokioIo::new(s), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
             }
-        });
+        }
+        None => {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -158,7 +215,11 @@ async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watc
         let k = Arc::clone(&kms);
         match tokio::task::spawn_blocking(move || k.run_due()).await {
             Ok(Ok(report)) if report.rotated.is_empty() && report.deleted.is_empty() => {}
-            Ok(Ok(report)) => tracing::info!(rotated = report.rotated.len(), deleted = report.deleted.len(), "lifecycle tick"),
+            Ok(Ok(report)) => tracing::info!(
+                rotated = report.rotated.len(),
+                deleted = report.deleted.len(),
+                "lifecycle tick"
+            ),
             Ok(Err(e)) => tracing::error!(error = ?e, "lifecycle tick failed"),
             Err(e) => tracing::error!(error = %e, "lifecycle task failed"),
         }

@@ -124,8 +124,7 @@ pub fn sign(
         ));
     }
     let payload_hash = hex::encode(sha256(body));
-    let canonical =
-        canonical::canonical_request(method, uri, headers, &signed, &payload_hash)?;
+    let canonical = canonical::canonical_request(method, uri, headers, &signed, &payload_hash)?;
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let sts = string_to_sign(&amz_date, &scope, &canonical);
     let key = signing_key(creds.secret_access_key, &date, region, service);
@@ -204,11 +203,12 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
         ("SignedHeaders", &signed),
     ] {
         if v.is_none() {
-            missing.push_str(&format!("Authorization header requires '{name}' parameter. "));
+            missing.push_str(&format!(
+                "Authorization header requires '{name}' parameter. "
+            ));
         }
     }
-    let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature)
-    else {
+    let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature) else {
         return Err(AuthError::IncompleteSignature(format!(
             "{missing}Authorization={value}"
         )));
@@ -235,7 +235,10 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
         )));
     }
     let signed_headers: Vec<String> = signed.split(';').map(str::to_owned).collect();
-    if signed_headers.iter().any(|h| h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase())) {
+    if signed_headers
+        .iter()
+        .any(|h| h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()))
+    {
         return Err(AuthError::IncompleteSignature(format!(
             "SignedHeaders must be a ';'-separated list of lower-case header names, got '{signed}'."
         )));
@@ -325,9 +328,9 @@ pub fn parse_request(
     let Some(auth_value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(AuthError::MissingAuthenticationToken);
     };
-    let auth_value = auth_value.to_str().map_err(|_| {
-        AuthError::IncompleteSignature("Authorization header is not ASCII.".into())
-    })?;
+    let auth_value = auth_value
+        .to_str()
+        .map_err(|_| AuthError::IncompleteSignature("Authorization header is not ASCII.".into()))?;
     let auth = parse_authorization(auth_value)?;
 
     let Some(amz_date) = headers.get("x-amz-date") else {
@@ -354,7 +357,7 @@ pub fn parse_request(
             policy.service
         )));
     }
-    if !policy.regions.iter().any(|r| *r == auth.region) {
+    if !policy.regions.contains(&auth.region) {
         return Err(AuthError::InvalidSignature(format!(
             "Credential should be scoped to a valid region, not '{}'. This server serves: {}.",
             auth.region,

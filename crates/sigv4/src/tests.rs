@@ -42,7 +42,10 @@ const KATS: &[Kat] = &[
         method: "GET",
         uri: "/?Action=ListUsers&Version=2010-05-08",
         host: "iam.amazonaws.com",
-        extra: &[("content-type", "application/x-www-form-urlencoded; charset=utf-8")],
+        extra: &[(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )],
         body: b"",
         region: "us-east-1",
         service: "iam",
@@ -105,7 +108,19 @@ fn known_answers_sign_and_verify() {
             access_key_id: AKID,
             secret_access_key: SECRET,
         };
-        sign(&m, &u, &mut h, k.body, &creds, &Scope { region: k.region, service: k.service, time: at(k.amz_date) }).unwrap();
+        sign(
+            &m,
+            &u,
+            &mut h,
+            k.body,
+            &creds,
+            &Scope {
+                region: k.region,
+                service: k.service,
+                time: at(k.amz_date),
+            },
+        )
+        .unwrap();
         let want = format!(
             "AWS4-HMAC-SHA256 Credential={AKID}/{}/{}/{}/aws4_request, SignedHeaders={}, Signature={}",
             &k.amz_date[..8],
@@ -133,7 +148,11 @@ fn known_answers_sign_and_verify() {
     }
 }
 
-fn kms_request(now: OffsetDateTime, region: &str, service: &str) -> (Method, Uri, HeaderMap, Vec<u8>) {
+fn kms_request(
+    now: OffsetDateTime,
+    region: &str,
+    service: &str,
+) -> (Method, Uri, HeaderMap, Vec<u8>) {
     let m = Method::POST;
     let u: Uri = "/".parse().unwrap();
     let mut h = headers(&[
@@ -146,7 +165,19 @@ fn kms_request(now: OffsetDateTime, region: &str, service: &str) -> (Method, Uri
         access_key_id: AKID,
         secret_access_key: SECRET,
     };
-    sign(&m, &u, &mut h, &body, &creds, &Scope { region, service, time: now }).unwrap();
+    sign(
+        &m,
+        &u,
+        &mut h,
+        &body,
+        &creds,
+        &Scope {
+            region,
+            service,
+            time: now,
+        },
+    )
+    .unwrap();
     (m, u, h, body)
 }
 
@@ -177,7 +208,10 @@ fn rejections_name_the_aws_error() {
     // Wrong region and wrong service in the credential scope.
     let e = check(&kms_request(now, "ap-south-9", "kms"), now).unwrap_err();
     assert_eq!(e.aws_type(), "InvalidSignatureException");
-    assert!(e.to_string().contains("valid region, not 'ap-south-9'"), "{e}");
+    assert!(
+        e.to_string().contains("valid region, not 'ap-south-9'"),
+        "{e}"
+    );
     let e = check(&kms_request(now, "us-east-1", "s3"), now).unwrap_err();
     assert!(e.to_string().contains("correct service: 'kms'"), "{e}");
 
@@ -188,62 +222,112 @@ fn rejections_name_the_aws_error() {
         assert!(e.to_string().starts_with("Signature "), "{e}");
     }
     // Four minutes is within the window.
-    check(&kms_request(now - Duration::minutes(4), "us-east-1", "kms"), now).unwrap();
+    check(
+        &kms_request(now - Duration::minutes(4), "us-east-1", "kms"),
+        now,
+    )
+    .unwrap();
 
     // No Authorization at all.
     let mut bare = ok.clone();
     bare.2.remove("authorization");
-    assert_eq!(check(&bare, now).unwrap_err(), AuthError::MissingAuthenticationToken);
+    assert_eq!(
+        check(&bare, now).unwrap_err(),
+        AuthError::MissingAuthenticationToken
+    );
 
     // Missing X-Amz-Date.
     let mut nodate = ok.clone();
     nodate.2.remove("x-amz-date");
-    assert_eq!(check(&nodate, now).unwrap_err().aws_type(), "IncompleteSignatureException");
+    assert_eq!(
+        check(&nodate, now).unwrap_err().aws_type(),
+        "IncompleteSignatureException"
+    );
 
     // Body, target and header tampering all break the signature.
     let mut body = ok.clone();
     body.3 = b"{ }".to_vec();
     assert!(check(&body, now).unwrap().verify(SECRET).is_err());
     let mut target = ok.clone();
-    target
-        .2
-        .insert("x-amz-target", HeaderValue::from_static("TrentService.Decrypt"));
+    target.2.insert(
+        "x-amz-target",
+        HeaderValue::from_static("TrentService.Decrypt"),
+    );
     assert!(check(&target, now).unwrap().verify(SECRET).is_err());
 
     // A signed header that is missing.
     let mut gone = ok.clone();
     gone.2.remove("x-amz-target");
-    assert_eq!(check(&gone, now).unwrap_err().aws_type(), "InvalidSignatureException");
+    assert_eq!(
+        check(&gone, now).unwrap_err().aws_type(),
+        "InvalidSignatureException"
+    );
 
     // A body hash header that lies.
     let mut lying = ok;
-    lying.2.insert("x-amz-content-sha256", HeaderValue::from_static("00"));
-    assert_eq!(check(&lying, now).unwrap_err().aws_type(), "InvalidSignatureException");
+    lying
+        .2
+        .insert("x-amz-content-sha256", HeaderValue::from_static("00"));
+    assert_eq!(
+        check(&lying, now).unwrap_err().aws_type(),
+        "InvalidSignatureException"
+    );
 }
 
 #[test]
 fn malformed_authorization_headers() {
     let cases = [
         ("", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA1 Credential=a/b/c/d/e", "IncompleteSignatureException"),
+        (
+            "AWS4-HMAC-SHA1 Credential=a/b/c/d/e",
+            "IncompleteSignatureException",
+        ),
         ("AWS4-HMAC-SHA256", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms, SignedHeaders=host, Signature=00", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws5_request, SignedHeaders=host, Signature=00", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/2025x304/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=00", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, SignedHeaders=Host, Signature=00", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=zz", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, Credential=B, SignedHeaders=host, Signature=00", "IncompleteSignatureException"),
-        ("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, Bogus=1, SignedHeaders=host, Signature=00", "IncompleteSignatureException"),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request",
+            "IncompleteSignatureException",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms, SignedHeaders=host, Signature=00",
+            "IncompleteSignatureException",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws5_request, SignedHeaders=host, Signature=00",
+            "IncompleteSignatureException",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/2025x304/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=00",
+            "IncompleteSignatureException",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, SignedHeaders=Host, Signature=00",
+            "IncompleteSignatureException",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=zz",
+            "IncompleteSignatureException",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, Credential=B, SignedHeaders=host, Signature=00",
+            "IncompleteSignatureException",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, Bogus=1, SignedHeaders=host, Signature=00",
+            "IncompleteSignatureException",
+        ),
     ];
     for (value, want) in cases {
         let e = parse_authorization(value).unwrap_err();
         assert_eq!(e.aws_type(), want, "{value:?}: {e}");
     }
-    let missing = parse_authorization("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request")
-        .unwrap_err()
-        .to_string();
-    assert!(missing.contains("requires 'Signature'") && missing.contains("requires 'SignedHeaders'"), "{missing}");
+    let missing =
+        parse_authorization("AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        missing.contains("requires 'Signature'") && missing.contains("requires 'SignedHeaders'"),
+        "{missing}"
+    );
 }
 
 #[test]
@@ -253,9 +337,15 @@ fn canonical_uri_and_query_rules() {
     assert_eq!(canonical_uri(&u("/a/./b/../c/")), "/a/c/");
     assert_eq!(canonical_uri(&u("/../..")), "/");
     assert_eq!(canonical_uri(&u("/a%2Fb")), "/a%252Fb");
-    assert_eq!(canonical_query(&u("/?b=%2f&a=x+y&a=&c")), "a=&a=x%2By&b=%2F&c=");
+    assert_eq!(
+        canonical_query(&u("/?b=%2f&a=x+y&a=&c")),
+        "a=&a=x%2By&b=%2F&c="
+    );
     // A stray % and non-ASCII bytes do not panic and are encoded.
-    assert_eq!(canonical_query(&u("/?k=%zz%e2%82%ac%")), "k=%25zz%E2%82%AC%25");
+    assert_eq!(
+        canonical_query(&u("/?k=%zz%e2%82%ac%")),
+        "k=%25zz%E2%82%AC%25"
+    );
 }
 
 proptest! {

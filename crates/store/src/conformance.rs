@@ -38,7 +38,10 @@ fn put_get_delete(store: &dyn Store) {
     w.put(A, b"k1", b"v1b").unwrap();
     assert_eq!(w.get(A, b"k1").unwrap().as_deref(), Some(&b"v1b"[..]));
     w.commit().unwrap();
-    assert_eq!(store.read().unwrap().get(A, b"k1").unwrap().as_deref(), Some(&b"v1b"[..]));
+    assert_eq!(
+        store.read().unwrap().get(A, b"k1").unwrap().as_deref(),
+        Some(&b"v1b"[..])
+    );
     let mut w = store.write().unwrap();
     assert!(w.delete(A, b"k1").unwrap());
     assert!(!w.delete(A, b"k1").unwrap());
@@ -48,7 +51,10 @@ fn put_get_delete(store: &dyn Store) {
     let mut w = store.write().unwrap();
     w.put(A, b"", b"").unwrap();
     w.commit().unwrap();
-    assert_eq!(store.read().unwrap().get(A, b"").unwrap().as_deref(), Some(&b""[..]));
+    assert_eq!(
+        store.read().unwrap().get(A, b"").unwrap().as_deref(),
+        Some(&b""[..])
+    );
     let mut w = store.write().unwrap();
     w.delete(A, b"").unwrap();
     w.commit().unwrap();
@@ -88,10 +94,16 @@ fn reads_see_a_snapshot(store: &dyn Store) {
     w.put(A, b"snap", b"new").unwrap();
     w.put(A, b"snap2", b"x").unwrap();
     w.commit().unwrap();
-    assert_eq!(before.get(A, b"snap").unwrap().as_deref(), Some(&b"old"[..]));
+    assert_eq!(
+        before.get(A, b"snap").unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
     assert_eq!(before.get(A, b"snap2").unwrap(), None);
     drop(before);
-    assert_eq!(store.read().unwrap().get(A, b"snap").unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        store.read().unwrap().get(A, b"snap").unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
     let mut w = store.write().unwrap();
     w.delete(A, b"snap").unwrap();
     w.delete(A, b"snap2").unwrap();
@@ -109,17 +121,31 @@ fn scans_are_ordered_prefixed_and_paged(store: &dyn Store) {
     let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
     assert_eq!(
         keys(r.scan(A, b"p/", None, 100).unwrap()),
-        vec![b"p/1".to_vec(), b"p/2".to_vec(), b"p/3".to_vec(), b"p/\xff".to_vec()]
+        vec![
+            b"p/1".to_vec(),
+            b"p/2".to_vec(),
+            b"p/3".to_vec(),
+            b"p/\xff".to_vec()
+        ]
     );
-    assert_eq!(keys(r.scan(A, b"p/", None, 2).unwrap()), vec![b"p/1".to_vec(), b"p/2".to_vec()]);
+    assert_eq!(
+        keys(r.scan(A, b"p/", None, 2).unwrap()),
+        vec![b"p/1".to_vec(), b"p/2".to_vec()]
+    );
     assert_eq!(
         keys(r.scan(A, b"p/", Some(b"p/2"), 100).unwrap()),
         vec![b"p/3".to_vec(), b"p/\xff".to_vec()]
     );
     // A cursor before the prefix starts at the prefix.
-    assert_eq!(keys(r.scan(A, b"p/", Some(b"a"), 1).unwrap()), vec![b"p/1".to_vec()]);
+    assert_eq!(
+        keys(r.scan(A, b"p/", Some(b"a"), 1).unwrap()),
+        vec![b"p/1".to_vec()]
+    );
     assert!(r.scan(A, b"p/", Some(b"p/\xff"), 100).unwrap().is_empty());
-    assert_eq!(keys(r.scan(A, b"\xff", None, 10).unwrap()), vec![b"\xff\xff".to_vec()]);
+    assert_eq!(
+        keys(r.scan(A, b"\xff", None, 10).unwrap()),
+        vec![b"\xff\xff".to_vec()]
+    );
     assert_eq!(r.scan(A, b"", None, 100).unwrap().len(), 8);
     assert!(r.scan(A, b"p/", None, 0).unwrap().is_empty());
     drop(r);
@@ -143,7 +169,7 @@ fn model_check(store: &dyn Store) {
         seed
     };
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    for _ in 0..300 {
+    for _ in 0..600 {
         let mut w = store.write().unwrap();
         let mut pending = model.clone();
         for _ in 0..(next() % 6) {
@@ -156,6 +182,19 @@ fn model_check(store: &dyn Store) {
                 pending.insert(key, value);
             }
         }
+        // Reads inside the transaction see its own changes.
+        let prefix = [b'm', (next() % 4) as u8];
+        let after = [b'm', prefix[1], (next() % 8) as u8];
+        let cursor = (next() % 2 == 0).then_some(&after[..]);
+        let limit = (next() % 5) as usize + 1;
+        let got = w.scan(A, &prefix, cursor, limit).unwrap();
+        let want: Vec<_> = pending
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && cursor.is_none_or(|c| k.as_slice() > c))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(got, want, "scan inside a write transaction");
         if next() % 4 == 0 {
             drop(w);
         } else {

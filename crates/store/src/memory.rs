@@ -36,9 +36,13 @@ struct MemRead {
     map: Arc<Map>,
 }
 
+/// Pending changes of a write transaction: `None` is a deletion.
+type Overlay = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
+
 struct MemWrite<'a> {
     store: &'a MemoryStore,
-    map: Map,
+    base: Arc<Map>,
+    changes: Overlay,
     _guard: MutexGuard<'a, ()>,
 }
 
@@ -46,7 +50,14 @@ fn get(map: &Map, table: Table, key: &[u8]) -> Option<Vec<u8>> {
     map.get(&(table.name(), key.to_vec())).cloned()
 }
 
-fn scan(map: &Map, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<Entry> {
+fn bounds(
+    table: Table,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+) -> (
+    Bound<(&'static str, Vec<u8>)>,
+    Bound<(&'static str, Vec<u8>)>,
+) {
     let t = table.name();
     let start = match after {
         Some(a) if a >= prefix => Bound::Excluded((t, a.to_vec())),
@@ -56,7 +67,12 @@ fn scan(map: &Map, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usi
         Some(e) => Bound::Excluded((t, e)),
         None => Bound::Unbounded,
     };
-    map.range((start, end))
+    (start, end)
+}
+
+fn scan(map: &Map, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<Entry> {
+    let t = table.name();
+    map.range(bounds(table, prefix, after))
         .take_while(|((tn, _), _)| *tn == t)
         .take(limit)
         .map(|((_, k), v)| (k.clone(), v.clone()))
@@ -77,7 +93,8 @@ impl Store for MemoryStore {
             .map_err(|_| StoreError::Backend("memory store writer poisoned".into()))?;
         Ok(Box::new(MemWrite {
             store: self,
-            map: (*self.current()).clone(),
+            base: self.current(),
+            changes: Overlay::new(),
             _guard: guard,
         }))
     }
@@ -101,9 +118,13 @@ impl ReadTx for MemRead {
 
 impl ReadTx for MemWrite<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(get(&self.map, table, key))
+        match self.changes.get(&(table.name(), key.to_vec())) {
+            Some(change) => Ok(change.clone()),
+            None => Ok(get(&self.base, table, key)),
+        }
     }
 
+    /// Merges the snapshot with this transaction's changes, which win.
     fn scan(
         &self,
         table: Table,
@@ -111,27 +132,79 @@ impl ReadTx for MemWrite<'_> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        Ok(scan(&self.map, table, prefix, after, limit))
+        let t = table.name();
+        let mut base = self
+            .base
+            .range(bounds(table, prefix, after))
+            .take_while(|((tn, _), _)| *tn == t)
+            .peekable();
+        let mut over = self
+            .changes
+            .range(bounds(table, prefix, after))
+            .take_while(|((tn, _), _)| *tn == t)
+            .peekable();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let take_over = match (base.peek(), over.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(((_, bk), _)), Some(((_, ok), _))) => {
+                    if ok <= bk {
+                        if ok == bk {
+                            base.next();
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                }
+            };
+            if take_over {
+                if let Some(((_, k), Some(v))) = over.next() {
+                    out.push((k.clone(), v.clone()));
+                }
+            } else if let Some(((_, k), v)) = base.next() {
+                out.push((k.clone(), v.clone()));
+            }
+        }
+        Ok(out)
     }
 }
 
 impl WriteTx for MemWrite<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.map.insert((table.name(), key.to_vec()), value.to_vec());
+        self.changes
+            .insert((table.name(), key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.map.remove(&(table.name(), key.to_vec())).is_some())
+        let existed = self.get(table, key)?.is_some();
+        self.changes.insert((table.name(), key.to_vec()), None);
+        Ok(existed)
     }
 
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let this = *self;
+        // Drop our reference to the snapshot first, so that the map is copied
+        // only if a reader still holds it.
+        drop(this.base);
         let mut slot = match this.store.snapshot.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *slot = Arc::new(this.map);
+        let map = Arc::make_mut(&mut slot);
+        for ((t, k), change) in this.changes {
+            match change {
+                Some(v) => {
+                    map.insert((t, k), v);
+                }
+                None => {
+                    map.remove(&(t, k));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use atrest_crypto::SecretBytes;
+use atrest_store::WriteTx;
 
 use super::{Caller, KeyService, read_lock, write_lock};
 use crate::KmsError;
@@ -60,6 +61,9 @@ pub struct AccessKeyInfo {
     pub active: bool,
 }
 
+/// `kms.meta` entry naming the admin access key of an unfinished bootstrap.
+const BOOTSTRAP: &[u8] = b"bootstrap";
+
 fn secret_aad(akid: &str) -> Vec<u8> {
     let mut aad = b"atrest/auth/secret/v1".to_vec();
     aad.extend_from_slice(akid.as_bytes());
@@ -71,14 +75,19 @@ const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 fn new_access_key_id() -> Result<String, KmsError> {
     let bytes = atrest_crypto::rand::array::<16>()?;
     let mut s = String::from("AKIA");
-    s.extend(bytes.iter().map(|b| char::from(BASE32[usize::from(b % 32)])));
+    s.extend(
+        bytes
+            .iter()
+            .map(|b| char::from(BASE32[usize::from(b % 32)])),
+    );
     Ok(s)
 }
 
 fn new_secret() -> Result<SecretBytes, KmsError> {
     use base64::Engine;
     let raw = SecretBytes::random(30)?;
-    let encoded = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.expose()));
+    let encoded =
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.expose()));
     Ok(SecretBytes::new(encoded.as_bytes().to_vec()))
 }
 
@@ -105,25 +114,56 @@ impl KeyService {
     }
 
     /// On an empty store, creates the admin account and its first access key
-    /// and returns them; otherwise returns `None`.
+    /// in one transaction, marked as an unfinished bootstrap; returns them so
+    /// the caller can hand the secret to the operator, after which it calls
+    /// [`KeyService::finish_bootstrap`]. If a previous start crashed before
+    /// finishing, returns the same account and key again. Otherwise `None`.
     pub fn bootstrap_admin(&self) -> Result<Option<AdminBootstrap>, KmsError> {
-        {
-            let tx = self.store.read()?;
-            if !tx.scan(records::ACCOUNTS, b"", None, 1)?.is_empty() {
-                return Ok(None);
-            }
+        let mut tx = self.store.write()?;
+        if let Some(akid) = tx.get(records::META, BOOTSTRAP)? {
+            drop(tx);
+            let akid = String::from_utf8_lossy(&akid).into_owned();
+            let key = self.access_key(&akid)?.ok_or_else(|| {
+                KmsError::Internal(format!("bootstrap access key {akid} is missing"))
+            })?;
+            return Ok(Some(AdminBootstrap {
+                key: NewAccessKey {
+                    account: key.account.clone(),
+                    access_key_id: akid,
+                    secret_access_key: SecretBytes::new(key.secret().to_vec()),
+                },
+            }));
         }
-        let account = self.insert_account(None, true)?;
-        let key = self.insert_access_key(&account, None)?;
+        if !tx.scan(records::ACCOUNTS, b"", None, 1)?.is_empty() {
+            return Ok(None);
+        }
+        let account = self.insert_account(&mut *tx, None, true)?;
+        let key = self.insert_access_key(&mut *tx, &account, None)?;
+        tx.put(records::META, BOOTSTRAP, key.access_key_id.as_bytes())?;
+        tx.commit()?;
         Ok(Some(AdminBootstrap { key }))
     }
 
-    fn insert_account(&self, id: Option<AccountId>, admin: bool) -> Result<AccountId, KmsError> {
+    /// Marks the bootstrap done: the operator has the admin credentials.
+    pub fn finish_bootstrap(&self) -> Result<(), KmsError> {
         let mut tx = self.store.write()?;
+        tx.delete(records::META, BOOTSTRAP)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn insert_account(
+        &self,
+        tx: &mut dyn WriteTx,
+        id: Option<AccountId>,
+        admin: bool,
+    ) -> Result<AccountId, KmsError> {
         let id = match id {
             Some(id) => {
                 if tx.get(records::ACCOUNTS, id.as_str().as_bytes())?.is_some() {
-                    return Err(KmsError::AlreadyExists(format!("Account {id} already exists")));
+                    return Err(KmsError::AlreadyExists(format!(
+                        "Account {id} already exists"
+                    )));
                 }
                 id
             }
@@ -135,7 +175,7 @@ impl KeyService {
             },
         };
         records::put(
-            &mut *tx,
+            tx,
             records::ACCOUNTS,
             id.as_str().as_bytes(),
             &AccountRecord {
@@ -145,23 +185,29 @@ impl KeyService {
                 admin,
             },
         )?;
-        tx.commit()?;
         Ok(id)
     }
 
     fn insert_access_key(
         &self,
+        tx: &mut dyn WriteTx,
         account: &AccountId,
         imported: Option<(String, SecretBytes)>,
     ) -> Result<NewAccessKey, KmsError> {
-        let mut tx = self.store.write()?;
-        if tx.get(records::ACCOUNTS, account.as_str().as_bytes())?.is_none() {
-            return Err(KmsError::NotFound(format!("Account {account} does not exist")));
+        if tx
+            .get(records::ACCOUNTS, account.as_str().as_bytes())?
+            .is_none()
+        {
+            return Err(KmsError::NotFound(format!(
+                "Account {account} does not exist"
+            )));
         }
         let (id, secret) = match imported {
             Some((id, secret)) => {
                 if tx.get(records::ACCESS_KEYS, id.as_bytes())?.is_some() {
-                    return Err(KmsError::AlreadyExists(format!("Access key {id} already exists")));
+                    return Err(KmsError::AlreadyExists(format!(
+                        "Access key {id} already exists"
+                    )));
                 }
                 (id, secret)
             }
@@ -174,7 +220,7 @@ impl KeyService {
         };
         let sealed_secret = self.root.seal(&secret_aad(&id), secret.expose())?;
         records::put(
-            &mut *tx,
+            tx,
             records::ACCESS_KEYS,
             id.as_bytes(),
             &AccessKeyRecord {
@@ -186,13 +232,22 @@ impl KeyService {
                 sealed_secret,
             },
         )?;
-        tx.commit()?;
         write_lock(&self.secrets).remove(&id);
         Ok(NewAccessKey {
             account: account.clone(),
             access_key_id: id,
             secret_access_key: secret,
         })
+    }
+
+    fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTx) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let mut tx = self.store.write()?;
+        let out = f(&mut *tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Admin: creates an account, with the given id or a random one.
@@ -210,7 +265,7 @@ impl KeyService {
                 })
             })
             .transpose()?;
-        self.insert_account(id, admin)
+        self.in_transaction(|tx| self.insert_account(tx, id, admin))
     }
 
     /// Admin: lists accounts.
@@ -232,9 +287,13 @@ impl KeyService {
     }
 
     /// Admin: creates an access key for `account`.
-    pub fn create_access_key(&self, caller: &Caller, account: &str) -> Result<NewAccessKey, KmsError> {
+    pub fn create_access_key(
+        &self,
+        caller: &Caller,
+        account: &str,
+    ) -> Result<NewAccessKey, KmsError> {
         let account = Self::account_for_admin(caller, account)?;
-        self.insert_access_key(&account, None)
+        self.in_transaction(|tx| self.insert_access_key(tx, &account, None))
     }
 
     /// Admin: imports an existing access key pair into `account` (for users
@@ -257,15 +316,26 @@ impl KeyService {
                 "A secret access key is 16 to 128 printable ASCII characters".into(),
             ));
         }
-        self.insert_access_key(&account, Some((access_key_id.to_owned(), secret)))
+        self.in_transaction(|tx| {
+            self.insert_access_key(tx, &account, Some((access_key_id.to_owned(), secret)))
+        })
     }
 
     /// Admin: lists the access keys of `account`.
-    pub fn list_access_keys(&self, caller: &Caller, account: &str) -> Result<Vec<AccessKeyInfo>, KmsError> {
+    pub fn list_access_keys(
+        &self,
+        caller: &Caller,
+        account: &str,
+    ) -> Result<Vec<AccessKeyInfo>, KmsError> {
         let account = Self::account_for_admin(caller, account)?;
         let tx = self.store.read()?;
-        if tx.get(records::ACCOUNTS, account.as_str().as_bytes())?.is_none() {
-            return Err(KmsError::NotFound(format!("Account {account} does not exist")));
+        if tx
+            .get(records::ACCOUNTS, account.as_str().as_bytes())?
+            .is_none()
+        {
+            return Err(KmsError::NotFound(format!(
+                "Account {account} does not exist"
+            )));
         }
         let mut out = Vec::new();
         for (_, v) in tx.scan(records::ACCESS_KEYS, b"", None, usize::MAX)? {
@@ -283,7 +353,10 @@ impl KeyService {
     }
 
     /// Looks up an access key for authentication. `None` if unknown.
-    pub fn access_key(&self, access_key_id: &str) -> Result<Option<Arc<CachedAccessKey>>, KmsError> {
+    pub fn access_key(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<Arc<CachedAccessKey>>, KmsError> {
         if let Some(k) = read_lock(&self.secrets).get(access_key_id) {
             return Ok(Some(Arc::clone(k)));
         }
@@ -294,11 +367,17 @@ impl KeyService {
             return Ok(None);
         };
         let account: AccountRecord = records::get(&*tx, records::ACCOUNTS, rec.account.as_bytes())?
-            .ok_or_else(|| KmsError::Internal(format!("access key {access_key_id} has no account")))?;
+            .ok_or_else(|| {
+                KmsError::Internal(format!("access key {access_key_id} has no account"))
+            })?;
         let secret = self
             .root
             .open(&secret_aad(&rec.id), &rec.sealed_secret)
-            .map_err(|_| KmsError::Internal(format!("secret of access key {access_key_id} does not unseal")))?;
+            .map_err(|_| {
+                KmsError::Internal(format!(
+                    "secret of access key {access_key_id} does not unseal"
+                ))
+            })?;
         let account_id = AccountId::parse(&account.id)
             .ok_or_else(|| KmsError::Internal(format!("corrupt account id {}", account.id)))?;
         let cached = Arc::new(CachedAccessKey {

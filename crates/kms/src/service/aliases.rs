@@ -4,11 +4,13 @@ use atrest_store::ReadTx;
 
 use super::pagination::{self, Listing};
 use super::{Caller, KeyService};
-use crate::api::{self, AliasEntry, AliasRequest, Aliases, DeleteAliasRequest, Empty, ListAliasesRequest, Page};
+use crate::KmsError;
+use crate::api::{
+    self, AliasEntry, AliasRequest, Aliases, DeleteAliasRequest, Empty, ListAliasesRequest, Page,
+};
 use crate::clock::epoch_seconds;
 use crate::names::{KeyRef, alias_arn, validate_alias_name};
 use crate::records::{self, AliasRecord, KeyRecord};
-use crate::KmsError;
 
 /// Aliases one key may have (AWS's quota).
 pub const MAX_ALIASES_PER_KEY: usize = 50;
@@ -66,7 +68,17 @@ impl KeyService {
             )));
         }
         let now = self.now_ms();
-        records::put(&mut *tx, records::ALIASES, &k, &AliasRecord { v: 1, target: key.id, created: now, updated: now })?;
+        records::put(
+            &mut *tx,
+            records::ALIASES,
+            &k,
+            &AliasRecord {
+                v: 1,
+                target: key.id,
+                created: now,
+                updated: now,
+            },
+        )?;
         tx.commit()?;
         Ok(Empty {})
     }
@@ -78,12 +90,13 @@ impl KeyService {
         validate_alias_name(&name, true)?;
         let mut tx = self.store.write()?;
         let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
-        let mut alias: AliasRecord = records::get(&*tx, records::ALIASES, &k)?.ok_or_else(|| {
-            KmsError::NotFound(format!(
-                "Alias {} is not found.",
-                alias_arn(&caller.region, caller.account.as_str(), &name)
-            ))
-        })?;
+        let mut alias: AliasRecord =
+            records::get(&*tx, records::ALIASES, &k)?.ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "Alias {} is not found.",
+                    alias_arn(&caller.region, caller.account.as_str(), &name)
+                ))
+            })?;
         let key = self.alias_target(&*tx, caller, req.target_key_id)?;
         Self::authorize(caller, "UpdateAlias", &key)?;
         if alias.target != key.id && Self::aliases_of(&*tx, &key)? >= MAX_ALIASES_PER_KEY {
@@ -100,7 +113,11 @@ impl KeyService {
     }
 
     /// DeleteAlias.
-    pub fn delete_alias(&self, caller: &Caller, req: DeleteAliasRequest) -> Result<Empty, KmsError> {
+    pub fn delete_alias(
+        &self,
+        caller: &Caller,
+        req: DeleteAliasRequest,
+    ) -> Result<Empty, KmsError> {
         let name = api::required(req.alias_name, "aliasName")?;
         validate_alias_name(&name, true)?;
         let mut tx = self.store.write()?;
@@ -116,7 +133,11 @@ impl KeyService {
     }
 
     /// ListAliases, optionally only those of one key.
-    pub fn list_aliases(&self, caller: &Caller, req: ListAliasesRequest) -> Result<Page<Aliases>, KmsError> {
+    pub fn list_aliases(
+        &self,
+        caller: &Caller,
+        req: ListAliasesRequest,
+    ) -> Result<Page<Aliases>, KmsError> {
         let size = pagination::page_size(req.limit, 50, 100)?;
         let after = pagination::decode(Listing::Aliases, req.marker.as_deref())?;
         let tx = self.store.read()?;
@@ -162,7 +183,8 @@ impl KeyService {
                 break;
             }
         }
-        let (rows, next) = pagination::finish(Listing::Aliases, out, size, |(n, _)| n.as_bytes().to_vec());
+        let (rows, next) =
+            pagination::finish(Listing::Aliases, out, size, |(n, _)| n.as_bytes().to_vec());
         Ok(Page {
             truncated: next.is_some(),
             next_marker: next,

@@ -5,6 +5,7 @@ use atrest_crypto::SecretBytes;
 use atrest_store::ReadTx;
 
 use super::{Caller, KeyService, Material};
+use crate::KmsError;
 use crate::api::{
     self, Blob, Context, DataKeyResponse, DecryptRequest, DecryptResponse, EncryptRequest,
     EncryptResponse, GenerateDataKeyRequest, GenerateRandomRequest, RandomResponse,
@@ -13,10 +14,14 @@ use crate::api::{
 use crate::blob;
 use crate::names::KeyRef;
 use crate::records::{self, KeyRecord};
-use crate::KmsError;
 
 const ALGORITHM: &str = "SYMMETRIC_DEFAULT";
-const ALGORITHMS: [&str; 4] = ["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"];
+const ALGORITHMS: [&str; 4] = [
+    "SYMMETRIC_DEFAULT",
+    "RSAES_OAEP_SHA_1",
+    "RSAES_OAEP_SHA_256",
+    "SM2PKE",
+];
 
 /// The largest plaintext Encrypt takes.
 pub const MAX_PLAINTEXT: usize = 4096;
@@ -32,7 +37,10 @@ fn algorithm(value: Option<&str>, member: &str) -> Result<(), KmsError> {
         Some(v) => Err(KmsError::constraint(
             member,
             v,
-            &format!("Member must satisfy enum value set: [{}]", ALGORITHMS.join(", ")),
+            &format!(
+                "Member must satisfy enum value set: [{}]",
+                ALGORITHMS.join(", ")
+            ),
         )),
     }
 }
@@ -79,13 +87,20 @@ impl KeyService {
         let key = self.resolve(tx, caller, &key_ref)?;
         Self::authorize(caller, action, &key)?;
         Self::require_enabled(&key)?;
-        let material = self.material(tx, &key, key.current_version)?.ok_or_else(|| {
-            KmsError::Internal(format!("current version of {} is missing", Self::arn(&key)))
-        })?;
+        let material = self
+            .material(tx, &key, key.current_version)?
+            .ok_or_else(|| {
+                KmsError::Internal(format!("current version of {} is missing", Self::arn(&key)))
+            })?;
         Ok((key, material))
     }
 
-    fn seal_with(key: &KeyRecord, material: &Material, ctx: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
+    fn seal_with(
+        key: &KeyRecord,
+        material: &Material,
+        ctx: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KmsError> {
         blob::seal(&key.id, key.current_version, &material.key, ctx, plaintext)
     }
 
@@ -127,7 +142,9 @@ impl KeyService {
         }
         Self::authorize(caller, action, &key)?;
         Self::require_enabled(&key)?;
-        let material = self.material(tx, &key, header.version)?.ok_or_else(unknown)?;
+        let material = self
+            .material(tx, &key, header.version)?
+            .ok_or_else(unknown)?;
         let plaintext = blob::open(&header, body, &material.key, ctx)?;
         Ok(Opened {
             key,
@@ -137,7 +154,11 @@ impl KeyService {
     }
 
     /// Encrypt.
-    pub fn encrypt(&self, caller: &Caller, req: EncryptRequest) -> Result<EncryptResponse, KmsError> {
+    pub fn encrypt(
+        &self,
+        caller: &Caller,
+        req: EncryptRequest,
+    ) -> Result<EncryptResponse, KmsError> {
         let plaintext = api::required(req.plaintext, "plaintext")?;
         let n = plaintext.0.len();
         if n == 0 || n > MAX_PLAINTEXT {
@@ -162,7 +183,11 @@ impl KeyService {
     }
 
     /// Decrypt.
-    pub fn decrypt(&self, caller: &Caller, req: DecryptRequest) -> Result<DecryptResponse, KmsError> {
+    pub fn decrypt(
+        &self,
+        caller: &Caller,
+        req: DecryptRequest,
+    ) -> Result<DecryptResponse, KmsError> {
         let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
         algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
         no_recipient(req.recipient.as_ref())?;
@@ -181,11 +206,21 @@ impl KeyService {
 
     /// ReEncrypt: decrypt under the source key and context, encrypt under the
     /// destination key and context, without the plaintext leaving the service.
-    pub fn re_encrypt(&self, caller: &Caller, req: ReEncryptRequest) -> Result<ReEncryptResponse, KmsError> {
+    pub fn re_encrypt(
+        &self,
+        caller: &Caller,
+        req: ReEncryptRequest,
+    ) -> Result<ReEncryptResponse, KmsError> {
         let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
         let destination = api::required(req.destination_key_id, "destinationKeyId")?;
-        algorithm(req.source_encryption_algorithm.as_deref(), "sourceEncryptionAlgorithm")?;
-        algorithm(req.destination_encryption_algorithm.as_deref(), "destinationEncryptionAlgorithm")?;
+        algorithm(
+            req.source_encryption_algorithm.as_deref(),
+            "sourceEncryptionAlgorithm",
+        )?;
+        algorithm(
+            req.destination_encryption_algorithm.as_deref(),
+            "destinationEncryptionAlgorithm",
+        )?;
         Self::check_grant_tokens(req.grant_tokens.as_ref())?;
         let source_ctx = context(req.source_encryption_context.as_ref())?;
         let dest_ctx = context(req.destination_encryption_context.as_ref())?;
@@ -198,8 +233,13 @@ impl KeyService {
             &source_ctx,
             "ReEncryptFrom",
         )?;
-        let (dest, material) =
-            self.encrypting_key(&*tx, caller, Some(destination), "destinationKeyId", "ReEncryptTo")?;
+        let (dest, material) = self.encrypting_key(
+            &*tx,
+            caller,
+            Some(destination),
+            "destinationKeyId",
+            "ReEncryptTo",
+        )?;
         dry_run(req.dry_run)?;
         let blob = Self::seal_with(&dest, &material, &dest_ctx, opened.plaintext.expose())?;
         Ok(ReEncryptResponse {
@@ -273,7 +313,12 @@ impl KeyService {
             ));
         }
         no_recipient(req.recipient.as_ref())?;
-        let n = api::in_range(api::required(req.number_of_bytes, "numberOfBytes")?, "numberOfBytes", 1, 1024)?;
+        let n = api::in_range(
+            api::required(req.number_of_bytes, "numberOfBytes")?,
+            "numberOfBytes",
+            1,
+            1024,
+        )?;
         Ok(RandomResponse {
             plaintext: SecretBlob(SecretBytes::random(n as usize)?),
         })

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::pagination::{self, Listing};
 use super::{Caller, KeyService};
+use crate::KmsError;
 use crate::api::{
     self, CreateKeyRequest, Empty, KeyIdRequest, KeyIdResponse, KeyListEntry, KeyMetadata,
     KeyMetadataResponse, Keys, ListKeysRequest, Page, ScheduleKeyDeletionRequest,
@@ -15,14 +16,32 @@ use crate::api::{
 use crate::clock::{epoch_seconds, to_millis};
 use crate::names::{KeyRef, key_arn};
 use crate::records::{self, DueKind, KeyRecord, KeyState, VersionOrigin};
-use crate::KmsError;
 
 const KEY_SPECS: [&str; 17] = [
-    "RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521",
-    "ECC_SECG_P256K1", "SYMMETRIC_DEFAULT", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512",
-    "SM2", "ML_DSA_44", "ML_DSA_65", "ML_DSA_87", "ECC_NIST_EDWARDS25519",
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+    "SYMMETRIC_DEFAULT",
+    "HMAC_224",
+    "HMAC_256",
+    "HMAC_384",
+    "HMAC_512",
+    "SM2",
+    "ML_DSA_44",
+    "ML_DSA_65",
+    "ML_DSA_87",
+    "ECC_NIST_EDWARDS25519",
 ];
-const KEY_USAGES: [&str; 4] = ["SIGN_VERIFY", "ENCRYPT_DECRYPT", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT"];
+const KEY_USAGES: [&str; 4] = [
+    "SIGN_VERIFY",
+    "ENCRYPT_DECRYPT",
+    "GENERATE_VERIFY_MAC",
+    "KEY_AGREEMENT",
+];
 const ORIGINS: [&str; 4] = ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
 
 /// Checks an enum member: a value AWS knows but atrest does not support is
@@ -71,7 +90,11 @@ impl KeyService {
     }
 
     /// CreateKey.
-    pub fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> Result<KeyMetadataResponse, KmsError> {
+    pub fn create_key(
+        &self,
+        caller: &Caller,
+        req: CreateKeyRequest,
+    ) -> Result<KeyMetadataResponse, KmsError> {
         if req.policy.is_some() {
             return Err(KmsError::UnsupportedOperation(
                 "Key policies are not supported by this atrest version; omit Policy to get the default key policy (the key's account may use and manage it).".into(),
@@ -79,8 +102,18 @@ impl KeyService {
         }
         let description = req.description.unwrap_or_default();
         api::length(&description, "description", 0, 8192)?;
-        enum_member(req.key_usage.as_deref(), "keyUsage", &KEY_USAGES, "ENCRYPT_DECRYPT")?;
-        enum_member(req.key_spec.as_deref(), "keySpec", &KEY_SPECS, "SYMMETRIC_DEFAULT")?;
+        enum_member(
+            req.key_usage.as_deref(),
+            "keyUsage",
+            &KEY_USAGES,
+            "ENCRYPT_DECRYPT",
+        )?;
+        enum_member(
+            req.key_spec.as_deref(),
+            "keySpec",
+            &KEY_SPECS,
+            "SYMMETRIC_DEFAULT",
+        )?;
         enum_member(
             req.customer_master_key_spec.as_deref(),
             "customerMasterKeySpec",
@@ -95,7 +128,8 @@ impl KeyService {
         }
         if req.multi_region == Some(true) {
             return Err(KmsError::UnsupportedOperation(
-                "Multi-Region keys are not supported: an atrest key lives in exactly one region.".into(),
+                "Multi-Region keys are not supported: an atrest key lives in exactly one region."
+                    .into(),
             ));
         }
         let tags = super::tags::validate_tags(req.tags.unwrap_or_default(), Vec::new())?;
@@ -132,7 +166,11 @@ impl KeyService {
     }
 
     /// DescribeKey.
-    pub fn describe_key(&self, caller: &Caller, req: KeyIdRequest) -> Result<KeyMetadataResponse, KmsError> {
+    pub fn describe_key(
+        &self,
+        caller: &Caller,
+        req: KeyIdRequest,
+    ) -> Result<KeyMetadataResponse, KmsError> {
         let key_ref = KeyRef::parse(&api::required(req.key_id, "keyId")?)?;
         Self::check_grant_tokens(req.grant_tokens.as_ref())?;
         let tx = self.store.read()?;
@@ -154,7 +192,12 @@ impl KeyService {
             k
         });
         let tx = self.store.read()?;
-        let rows = tx.scan(records::KEYS_BY_OWNER, &prefix, after_key.as_deref(), size + 1)?;
+        let rows = tx.scan(
+            records::KEYS_BY_OWNER,
+            &prefix,
+            after_key.as_deref(),
+            size + 1,
+        )?;
         let ids: Vec<Uuid> = rows
             .iter()
             .filter_map(|(k, _)| k.get(prefix.len()..).and_then(|b| Uuid::from_slice(b).ok()))
@@ -202,11 +245,16 @@ impl KeyService {
     ) -> Result<Empty, KmsError> {
         let description = api::required(req.description, "description")?;
         api::length(&description, "description", 0, 8192)?;
-        self.update_key(caller, req.key_id, "UpdateKeyDescription", |_, key, _, _| {
-            Self::require_not_pending_deletion(key)?;
-            key.description = description;
-            Ok(Empty {})
-        })
+        self.update_key(
+            caller,
+            req.key_id,
+            "UpdateKeyDescription",
+            |_, key, _, _| {
+                Self::require_not_pending_deletion(key)?;
+                key.description = description;
+                Ok(Empty {})
+            },
+        )
     }
 
     /// EnableKey.
@@ -237,23 +285,37 @@ impl KeyService {
             None => 30,
             Some(d) => api::in_range(d, "pendingWindowInDays", 7, 30)?,
         };
-        self.update_key(caller, req.key_id, "ScheduleKeyDeletion", |_, key, tx, now| {
-            Self::require_not_pending_deletion(key)?;
-            let when = to_millis(crate::clock::from_millis(now) + Duration::days(i64::from(days)));
-            key.state = KeyState::PendingDeletion;
-            key.deletion_date = Some(when);
-            tx.put(records::DUE, &records::due_key(when, DueKind::Deletion, &key.id), b"")?;
-            Ok(ScheduleKeyDeletionResponse {
-                key_id: Self::arn(key),
-                deletion_date: epoch_seconds(when),
-                key_state: "PendingDeletion",
-                pending_window_in_days: days,
-            })
-        })
+        self.update_key(
+            caller,
+            req.key_id,
+            "ScheduleKeyDeletion",
+            |_, key, tx, now| {
+                Self::require_not_pending_deletion(key)?;
+                let when =
+                    to_millis(crate::clock::from_millis(now) + Duration::days(i64::from(days)));
+                key.state = KeyState::PendingDeletion;
+                key.deletion_date = Some(when);
+                tx.put(
+                    records::DUE,
+                    &records::due_key(when, DueKind::Deletion, &key.id),
+                    b"",
+                )?;
+                Ok(ScheduleKeyDeletionResponse {
+                    key_id: Self::arn(key),
+                    deletion_date: epoch_seconds(when),
+                    key_state: "PendingDeletion",
+                    pending_window_in_days: days,
+                })
+            },
+        )
     }
 
     /// CancelKeyDeletion. The key comes back Disabled, as in AWS.
-    pub fn cancel_key_deletion(&self, caller: &Caller, req: KeyIdRequest) -> Result<KeyIdResponse, KmsError> {
+    pub fn cancel_key_deletion(
+        &self,
+        caller: &Caller,
+        req: KeyIdRequest,
+    ) -> Result<KeyIdResponse, KmsError> {
         self.update_key(caller, req.key_id, "CancelKeyDeletion", |_, key, tx, _| {
             let (KeyState::PendingDeletion, Some(when)) = (key.state, key.deletion_date) else {
                 return Err(KmsError::InvalidState(format!(
@@ -261,7 +323,10 @@ impl KeyService {
                     Self::arn(key)
                 )));
             };
-            tx.delete(records::DUE, &records::due_key(when, DueKind::Deletion, &key.id))?;
+            tx.delete(
+                records::DUE,
+                &records::due_key(when, DueKind::Deletion, &key.id),
+            )?;
             key.state = KeyState::Disabled;
             key.deletion_date = None;
             Ok(KeyIdResponse {

@@ -9,8 +9,8 @@
 use uuid::Uuid;
 
 use super::KeyService;
-use crate::records::{self, AliasRecord, DueKind, KeyRecord, KeyState, VersionOrigin};
 use crate::KmsError;
+use crate::records::{self, AliasRecord, DueKind, KeyRecord, KeyState, VersionOrigin};
 
 /// What one tick did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -80,7 +80,10 @@ impl KeyService {
         };
         tx.delete(records::DUE, due)?;
         if let Some(r) = key.rotation {
-            tx.delete(records::DUE, &records::due_key(r.next, DueKind::Rotation, id))?;
+            tx.delete(
+                records::DUE,
+                &records::due_key(r.next, DueKind::Rotation, id),
+            )?;
         }
         for (vk, _) in tx.scan(records::VERSIONS, id.as_bytes(), None, usize::MAX)? {
             tx.delete(records::VERSIONS, &vk)?;
@@ -92,7 +95,10 @@ impl KeyService {
                 tx.delete(records::ALIASES, &ak)?;
             }
         }
-        tx.delete(records::KEYS_BY_OWNER, &records::owner_key(&key.region, &key.account, id))?;
+        tx.delete(
+            records::KEYS_BY_OWNER,
+            &records::owner_key(&key.region, &key.account, id),
+        )?;
         tx.delete(records::KEYS, id.as_bytes())?;
         tx.commit()?;
         self.forget_key(id);
@@ -124,7 +130,11 @@ impl KeyService {
         rotation.next = next;
         key.rotation = Some(rotation);
         tx.delete(records::DUE, due)?;
-        tx.put(records::DUE, &records::due_key(next, DueKind::Rotation, id), b"")?;
+        tx.put(
+            records::DUE,
+            &records::due_key(next, DueKind::Rotation, id),
+            b"",
+        )?;
         records::put(&mut *tx, records::KEYS, id.as_bytes(), &key)?;
         tx.commit()?;
         tracing::info!(key = %Self::arn(&key), version = key.current_version, "rotated key automatically");

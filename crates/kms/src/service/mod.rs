@@ -19,11 +19,11 @@ use uuid::Uuid;
 pub use accounts::{AccessKeyInfo, AdminBootstrap, NewAccessKey};
 pub use lifecycle::LifecycleReport;
 
+use crate::KmsError;
 use crate::clock::{Clock, to_millis};
 use crate::names::{AccountId, KeyRef, account_root_arn, key_arn, valid_region};
 use crate::records::{self, KeyRecord, KeyState, VersionRecord};
 use crate::root::RootKey;
-use crate::KmsError;
 
 /// Who is calling, established by authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,9 @@ pub struct KeyService {
 
 impl core::fmt::Debug for KeyService {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("KeyService").field("regions", &self.regions).finish_non_exhaustive()
+        f.debug_struct("KeyService")
+            .field("regions", &self.regions)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +99,9 @@ impl KeyService {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, KmsError> {
         if regions.is_empty() {
-            return Err(KmsError::Validation("at least one region must be served".into()));
+            return Err(KmsError::Validation(
+                "at least one region must be served".into(),
+            ));
         }
         if let Some(bad) = regions.iter().find(|r| !valid_region(r)) {
             return Err(KmsError::Validation(format!(
@@ -181,11 +185,18 @@ impl KeyService {
         key_ref: &KeyRef,
     ) -> Result<KeyRecord, KmsError> {
         let not_found = |region: &str, account: &str, id: &Uuid| {
-            KmsError::NotFound(format!("Key '{}' does not exist", key_arn(region, account, id)))
+            KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                key_arn(region, account, id)
+            ))
         };
         let (id, expected_account) = match key_ref {
             KeyRef::Id(id) => (*id, caller.account.as_str().to_owned()),
-            KeyRef::KeyArn { region, account, id } => {
+            KeyRef::KeyArn {
+                region,
+                account,
+                id,
+            } => {
                 if *region != caller.region {
                     return Err(not_found(region, account, id));
                 }
@@ -194,7 +205,11 @@ impl KeyService {
             KeyRef::Alias(name) => {
                 return self.resolve_alias(tx, &caller.region, caller.account.as_str(), name);
             }
-            KeyRef::AliasArn { region, account, name } => {
+            KeyRef::AliasArn {
+                region,
+                account,
+                name,
+            } => {
                 if *region != caller.region || *account != caller.account.as_str() {
                     return Err(KmsError::NotFound(format!(
                         "Alias '{}' is not found.",
@@ -224,9 +239,12 @@ impl KeyService {
                 crate::names::alias_arn(region, account, name)
             ))
         };
-        let alias: records::AliasRecord =
-            records::get(tx, records::ALIASES, &records::alias_key(region, account, name))?
-                .ok_or_else(not_found)?;
+        let alias: records::AliasRecord = records::get(
+            tx,
+            records::ALIASES,
+            &records::alias_key(region, account, name),
+        )?
+        .ok_or_else(not_found)?;
         let key: Option<KeyRecord> = records::get(tx, records::KEYS, alias.target.as_bytes())?;
         key.ok_or_else(not_found)
     }
@@ -253,7 +271,10 @@ impl KeyService {
     fn require_enabled(key: &KeyRecord) -> Result<(), KmsError> {
         match key.state {
             KeyState::Enabled => Ok(()),
-            KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", Self::arn(key)))),
+            KeyState::Disabled => Err(KmsError::Disabled(format!(
+                "{} is disabled.",
+                Self::arn(key)
+            ))),
             KeyState::PendingDeletion => Err(Self::pending_deletion(key)),
         }
     }
@@ -282,7 +303,9 @@ impl KeyService {
                         "Member must have length less than or equal to 10",
                     ));
                 }
-                Err(KmsError::InvalidGrantToken("The grant token is not valid.".into()))
+                Err(KmsError::InvalidGrantToken(
+                    "The grant token is not valid.".into(),
+                ))
             }
             _ => Ok(()),
         }
@@ -299,8 +322,11 @@ impl KeyService {
         if let Some(m) = read_lock(&self.materials).get(&(key.id, version)) {
             return Ok(Some(Arc::clone(m)));
         }
-        let rec: Option<VersionRecord> =
-            records::get(tx, records::VERSIONS, &records::version_key(&key.id, version))?;
+        let rec: Option<VersionRecord> = records::get(
+            tx,
+            records::VERSIONS,
+            &records::version_key(&key.id, version),
+        )?;
         let Some(rec) = rec else {
             return Ok(None);
         };
@@ -314,7 +340,7 @@ impl KeyService {
                 ))
             })?;
         let m = Arc::new(Material {
-            key: Aes256Key::from_secret_bytes(secret)?,
+            key: Aes256Key::from_secret_bytes(&secret)?,
             id: rec.material_id,
         });
         write_lock(&self.materials).insert((key.id, version), Arc::clone(&m));
@@ -332,7 +358,9 @@ impl KeyService {
     ) -> Result<String, KmsError> {
         let material = Aes256Key::generate()?;
         let material_id = hex::encode(atrest_crypto::rand::array::<32>()?);
-        let sealed = self.root.seal(&material_aad(id, version), material.expose())?;
+        let sealed = self
+            .root
+            .seal(&material_aad(id, version), material.expose())?;
         records::put(
             tx,
             records::VERSIONS,

@@ -74,9 +74,18 @@ mod tests {
     fn markers_round_trip_and_reject_foreign_ones() {
         let m = encode(Listing::Keys, b"abc");
         assert_eq!(decode(Listing::Keys, Some(&m)).unwrap().unwrap(), b"abc");
-        assert!(matches!(decode(Listing::Aliases, Some(&m)), Err(KmsError::InvalidMarker(_))));
+        assert!(matches!(
+            decode(Listing::Aliases, Some(&m)),
+            Err(KmsError::InvalidMarker(_))
+        ));
         for bad in ["", "!!!", "AA==", &"A".repeat(2000)] {
-            assert!(matches!(decode(Listing::Keys, Some(bad)), Err(KmsError::InvalidMarker(_))), "{bad}");
+            assert!(
+                matches!(
+                    decode(Listing::Keys, Some(bad)),
+                    Err(KmsError::InvalidMarker(_))
+                ),
+                "{bad}"
+            );
         }
         assert_eq!(decode(Listing::Keys, None).unwrap(), None);
         assert!(page_size(Some(0), 10, 100).is_err());

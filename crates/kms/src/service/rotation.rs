@@ -6,13 +6,13 @@
 
 use super::pagination::{self, Listing};
 use super::{Caller, KeyService};
+use crate::KmsError;
 use crate::api::{
-    self, EnableKeyRotationRequest, Empty, KeyIdRequest, KeyIdResponse, ListForKeyRequest, Page,
+    self, Empty, EnableKeyRotationRequest, KeyIdRequest, KeyIdResponse, ListForKeyRequest, Page,
     RotationEntry, RotationStatusResponse, Rotations,
 };
 use crate::clock::epoch_seconds;
 use crate::records::{self, DueKind, KeyRecord, KeyState, Rotation, VersionOrigin, VersionRecord};
-use crate::KmsError;
 
 /// On-demand rotations a key may have (AWS's quota).
 pub const MAX_ON_DEMAND_ROTATIONS: u32 = 25;
@@ -24,7 +24,10 @@ const DAY_MS: i64 = 86_400_000;
 fn require_rotatable(key: &KeyRecord) -> Result<(), KmsError> {
     match key.state {
         KeyState::Enabled => Ok(()),
-        KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", KeyService::arn(key)))),
+        KeyState::Disabled => Err(KmsError::Disabled(format!(
+            "{} is disabled.",
+            KeyService::arn(key)
+        ))),
         KeyState::PendingDeletion => Err(KeyService::pending_deletion(key)),
     }
 }
@@ -32,33 +35,59 @@ fn require_rotatable(key: &KeyRecord) -> Result<(), KmsError> {
 impl KeyService {
     /// EnableKeyRotation. Re-enabling with another period moves the next
     /// rotation to the last rotation plus the new period.
-    pub fn enable_key_rotation(&self, caller: &Caller, req: EnableKeyRotationRequest) -> Result<Empty, KmsError> {
+    pub fn enable_key_rotation(
+        &self,
+        caller: &Caller,
+        req: EnableKeyRotationRequest,
+    ) -> Result<Empty, KmsError> {
         let period = match req.rotation_period_in_days {
             None => DEFAULT_PERIOD_DAYS,
             Some(d) => api::in_range(d, "rotationPeriodInDays", 90, 2560)?,
         };
-        self.update_key(caller, req.key_id, "EnableKeyRotation", |_, key, tx, now| {
-            require_rotatable(key)?;
-            let next = match key.rotation {
-                Some(old) => {
-                    tx.delete(records::DUE, &records::due_key(old.next, DueKind::Rotation, &key.id))?;
-                    let anchor = old.next - i64::from(old.period_days) * DAY_MS;
-                    (anchor + i64::from(period) * DAY_MS).max(now)
-                }
-                None => now + i64::from(period) * DAY_MS,
-            };
-            key.rotation = Some(Rotation { period_days: period, next });
-            tx.put(records::DUE, &records::due_key(next, DueKind::Rotation, &key.id), b"")?;
-            Ok(Empty {})
-        })
+        self.update_key(
+            caller,
+            req.key_id,
+            "EnableKeyRotation",
+            |_, key, tx, now| {
+                require_rotatable(key)?;
+                let next = match key.rotation {
+                    Some(old) => {
+                        tx.delete(
+                            records::DUE,
+                            &records::due_key(old.next, DueKind::Rotation, &key.id),
+                        )?;
+                        let anchor = old.next - i64::from(old.period_days) * DAY_MS;
+                        (anchor + i64::from(period) * DAY_MS).max(now)
+                    }
+                    None => now + i64::from(period) * DAY_MS,
+                };
+                key.rotation = Some(Rotation {
+                    period_days: period,
+                    next,
+                });
+                tx.put(
+                    records::DUE,
+                    &records::due_key(next, DueKind::Rotation, &key.id),
+                    b"",
+                )?;
+                Ok(Empty {})
+            },
+        )
     }
 
     /// DisableKeyRotation.
-    pub fn disable_key_rotation(&self, caller: &Caller, req: KeyIdRequest) -> Result<Empty, KmsError> {
+    pub fn disable_key_rotation(
+        &self,
+        caller: &Caller,
+        req: KeyIdRequest,
+    ) -> Result<Empty, KmsError> {
         self.update_key(caller, req.key_id, "DisableKeyRotation", |_, key, tx, _| {
             require_rotatable(key)?;
             if let Some(old) = key.rotation.take() {
-                tx.delete(records::DUE, &records::due_key(old.next, DueKind::Rotation, &key.id))?;
+                tx.delete(
+                    records::DUE,
+                    &records::due_key(old.next, DueKind::Rotation, &key.id),
+                )?;
             }
             Ok(Empty {})
         })
@@ -98,7 +127,11 @@ impl KeyService {
     }
 
     /// RotateKeyOnDemand: rotates now, independent of automatic rotation.
-    pub fn rotate_key_on_demand(&self, caller: &Caller, req: KeyIdRequest) -> Result<KeyIdResponse, KmsError> {
+    pub fn rotate_key_on_demand(
+        &self,
+        caller: &Caller,
+        req: KeyIdRequest,
+    ) -> Result<KeyIdResponse, KmsError> {
         self.update_key(caller, req.key_id, "RotateKeyOnDemand", |svc, key, tx, now| {
             require_rotatable(key)?;
             if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
@@ -114,7 +147,11 @@ impl KeyService {
     }
 
     /// ListKeyRotations: every rotation (versions after the first), oldest first.
-    pub fn list_key_rotations(&self, caller: &Caller, req: ListForKeyRequest) -> Result<Page<Rotations>, KmsError> {
+    pub fn list_key_rotations(
+        &self,
+        caller: &Caller,
+        req: ListForKeyRequest,
+    ) -> Result<Page<Rotations>, KmsError> {
         let size = pagination::page_size(req.limit, 100, 1000)?;
         let after = pagination::decode(Listing::Rotations, req.marker.as_deref())?;
         let tx = self.store.read()?;
@@ -130,13 +167,19 @@ impl KeyService {
             .max(1),
         };
         let cursor = records::version_key(&key.id, after_version);
-        let rows = tx.scan(records::VERSIONS, key.id.as_bytes(), Some(&cursor), size + 1)?;
+        let rows = tx.scan(
+            records::VERSIONS,
+            key.id.as_bytes(),
+            Some(&cursor),
+            size + 1,
+        )?;
         let mut versions = Vec::with_capacity(rows.len());
         for (_, v) in rows {
             versions.push(records::decode::<VersionRecord>(records::VERSIONS, &v)?);
         }
-        let (versions, next) =
-            pagination::finish(Listing::Rotations, versions, size, |v| v.version.to_be_bytes().to_vec());
+        let (versions, next) = pagination::finish(Listing::Rotations, versions, size, |v| {
+            v.version.to_be_bytes().to_vec()
+        });
         Ok(Page {
             truncated: next.is_some(),
             next_marker: next,
@@ -146,7 +189,11 @@ impl KeyService {
                     .map(|v| RotationEntry {
                         key_id: key.id.to_string(),
                         rotation_date: epoch_seconds(v.created),
-                        rotation_type: if v.origin == VersionOrigin::OnDemand { "ON_DEMAND" } else { "AUTOMATIC" },
+                        rotation_type: if v.origin == VersionOrigin::OnDemand {
+                            "ON_DEMAND"
+                        } else {
+                            "AUTOMATIC"
+                        },
                         key_material_id: v.material_id,
                     })
                     .collect(),

@@ -2,8 +2,10 @@
 
 use super::pagination::{self, Listing};
 use super::{Caller, KeyService};
-use crate::api::{self, Empty, ListForKeyRequest, Page, Tag, TagResourceRequest, Tags, UntagResourceRequest};
 use crate::KmsError;
+use crate::api::{
+    self, Empty, ListForKeyRequest, Page, Tag, TagResourceRequest, Tags, UntagResourceRequest,
+};
 
 /// Tags one key may have (AWS's quota).
 pub const MAX_TAGS: usize = 50;
@@ -16,7 +18,9 @@ fn tag_chars_ok(s: &str) -> bool {
 fn check_key(k: &str) -> Result<(), KmsError> {
     let n = k.chars().count();
     if n == 0 || n > 128 {
-        return Err(KmsError::Tag(format!("Tag key '{k}' must be 1 to 128 characters.")));
+        return Err(KmsError::Tag(format!(
+            "Tag key '{k}' must be 1 to 128 characters."
+        )));
     }
     if !tag_chars_ok(k) {
         return Err(KmsError::Tag(format!(
@@ -24,7 +28,9 @@ fn check_key(k: &str) -> Result<(), KmsError> {
         )));
     }
     if k.starts_with("aws:") {
-        return Err(KmsError::Tag(format!("Tag key '{k}' uses the reserved prefix 'aws:'.")));
+        return Err(KmsError::Tag(format!(
+            "Tag key '{k}' uses the reserved prefix 'aws:'."
+        )));
     }
     Ok(())
 }
@@ -37,7 +43,9 @@ pub(crate) fn validate_tags(
     let mut seen = std::collections::BTreeSet::new();
     for t in new {
         let (Some(k), Some(v)) = (t.tag_key, t.tag_value) else {
-            return Err(KmsError::Tag("Every tag needs a TagKey and a TagValue.".into()));
+            return Err(KmsError::Tag(
+                "Every tag needs a TagKey and a TagValue.".into(),
+            ));
         };
         check_key(&k)?;
         if v.chars().count() > 256 || !tag_chars_ok(&v) {
@@ -46,7 +54,9 @@ pub(crate) fn validate_tags(
             )));
         }
         if !seen.insert(k.clone()) {
-            return Err(KmsError::Tag(format!("Tag key '{k}' appears more than once in the request.")));
+            return Err(KmsError::Tag(format!(
+                "Tag key '{k}' appears more than once in the request."
+            )));
         }
         match existing.iter_mut().find(|(ek, _)| *ek == k) {
             Some(slot) => slot.1 = v,
@@ -54,7 +64,9 @@ pub(crate) fn validate_tags(
         }
     }
     if existing.len() > MAX_TAGS {
-        return Err(KmsError::LimitExceeded(format!("A key may have at most {MAX_TAGS} tags.")));
+        return Err(KmsError::LimitExceeded(format!(
+            "A key may have at most {MAX_TAGS} tags."
+        )));
     }
     existing.sort();
     Ok(existing)
@@ -62,7 +74,11 @@ pub(crate) fn validate_tags(
 
 impl KeyService {
     /// TagResource: adds tags or replaces their values.
-    pub fn tag_resource(&self, caller: &Caller, req: TagResourceRequest) -> Result<Empty, KmsError> {
+    pub fn tag_resource(
+        &self,
+        caller: &Caller,
+        req: TagResourceRequest,
+    ) -> Result<Empty, KmsError> {
         let new = api::required(req.tags, "tags")?;
         self.update_key(caller, req.key_id, "TagResource", |_, key, _, _| {
             Self::require_not_pending_deletion(key)?;
@@ -72,7 +88,11 @@ impl KeyService {
     }
 
     /// UntagResource: removes tags; keys that are absent are ignored.
-    pub fn untag_resource(&self, caller: &Caller, req: UntagResourceRequest) -> Result<Empty, KmsError> {
+    pub fn untag_resource(
+        &self,
+        caller: &Caller,
+        req: UntagResourceRequest,
+    ) -> Result<Empty, KmsError> {
         let keys = api::required(req.tag_keys, "tagKeys")?;
         for k in &keys {
             check_key(k)?;
@@ -85,7 +105,11 @@ impl KeyService {
     }
 
     /// ListResourceTags.
-    pub fn list_resource_tags(&self, caller: &Caller, req: ListForKeyRequest) -> Result<Page<Tags>, KmsError> {
+    pub fn list_resource_tags(
+        &self,
+        caller: &Caller,
+        req: ListForKeyRequest,
+    ) -> Result<Page<Tags>, KmsError> {
         let size = pagination::page_size(req.limit, 50, 50)?;
         let after = pagination::decode(Listing::Tags, req.marker.as_deref())?;
         let tx = self.store.read()?;
@@ -97,14 +121,18 @@ impl KeyService {
             .filter(|(k, _)| after.as_ref().is_none_or(|a| k.as_bytes() > a.as_slice()))
             .take(size + 1)
             .collect();
-        let (tags, next) = pagination::finish(Listing::Tags, tags, size, |(k, _)| k.as_bytes().to_vec());
+        let (tags, next) =
+            pagination::finish(Listing::Tags, tags, size, |(k, _)| k.as_bytes().to_vec());
         Ok(Page {
             truncated: next.is_some(),
             next_marker: next,
             items: Tags {
                 tags: tags
                     .into_iter()
-                    .map(|(k, v)| Tag { tag_key: Some(k), tag_value: Some(v) })
+                    .map(|(k, v)| Tag {
+                        tag_key: Some(k),
+                        tag_value: Some(v),
+                    })
                     .collect(),
             },
         })

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+# On a fresh machine it first installs what the tests need: Debian packages
+# with apt-get, Python packages into target/venv with pip, cargo-fuzz with
+# cargo install. Then: format check, clippy (warnings are errors), unit and
+# integration tests, the interop suite with boto3 and the aws CLI, and a
+# short run of every fuzz target.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --no-fuzz  skip the fuzz runs
+#   FUZZ_SECONDS=60 scripts/test.sh   longer fuzz runs (default 30 per target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+FUZZ=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-fuzz) FUZZ=0 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- Dependencies -----------------------------------------------------------
+step "system packages"
+APT_PACKAGES=(openssl ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+step "python packages (target/venv)"
+VENV="$ROOT/target/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
+
+if ((FUZZ)) && ! command -v cargo-fuzz >/dev/null 2>&1; then
+  step "cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
+# --- Rust ---------------------------------------------------------------------
+step "format"
+cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+# --- Interop: real third-party clients against the real binary ------------------
+step "interop tests (boto3, aws CLI)"
+cargo build -p atrest --locked
+ATREST_BIN="$ROOT/target/debug/atrest" PATH="$VENV/bin:$PATH" \
+  "$VENV/bin/python" -m pytest tests/interop -q
+
+# --- Fuzzing ----------------------------------------------------------------------
+if ((FUZZ)); then
+  step "fuzz (${FUZZ_SECONDS}s per target)"
+  # cargo-fuzz needs nightly compiler flags; the stable toolchain allows them
+  # under RUSTC_BOOTSTRAP for this build only.
+  export RUSTC_BOOTSTRAP=1
+  (cd fuzz && cargo fuzz build -O)
+  for target in $(cd fuzz && cargo fuzz list); do
+    corpus="$ROOT/target/fuzz-corpus/$target"
+    mkdir -p "$corpus"
+    log="$ROOT/target/fuzz-$target.log"
+    # Regression inputs (fuzz/regressions/<target>) run first, then new ones.
+    set +e
+    (cd fuzz && cargo fuzz run -O "$target" "$corpus" "regressions/$target" -- \
+      -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=4096) >"$log" 2>&1
+    rc=$?
+    set -e
+    grep -E "^Done [0-9]+ runs" "$log" | sed "s/^/$target: /" || true
+    if [ "$rc" -ne 0 ]; then
+      tail -60 "$log" >&2
+      echo "fuzz target $target failed (exit $rc); inputs in fuzz/artifacts/$target" >&2
+      exit 1
+    fi
+  done
+fi
+
+step "all tests passed"
