@@ -10,16 +10,27 @@ use atrest_server::{ServerConfig, TlsFiles};
 
 use crate::cli::{LogFormat, ServeArgs};
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a background writer, so a request never waits
+/// on a write system call; colours only on a terminal. The guard flushes the
+/// writer when dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATREST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Not lossy: under a flood the writer applies back-pressure rather than
+    // dropping lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -80,7 +91,7 @@ fn root_source(
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let _log_guard = init_logging(args.log_format);
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => default_data_dir()?,

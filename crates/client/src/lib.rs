@@ -87,6 +87,7 @@ pub struct Client {
     host: HeaderValue,
     creds: Arc<Credentials>,
     region: String,
+    signing_keys: Arc<atrest_sigv4::SigningKeyCache>,
 }
 
 impl core::fmt::Debug for Client {
@@ -155,6 +156,7 @@ impl Client {
             host,
             creds: Arc::new(creds),
             region: region.to_owned(),
+            signing_keys: Arc::new(atrest_sigv4::SigningKeyCache::new()),
         })
     }
 
@@ -193,9 +195,12 @@ impl Client {
         body: Option<&serde_json::Value>,
     ) -> Result<Response, ClientError> {
         let scheme = self.endpoint.scheme_str().unwrap_or("http");
-        let uri: Uri = format!("{scheme}://{}{path}", self.host.to_str().unwrap_or_default())
-            .parse()
-            .map_err(|e| ClientError::Url(format!("{path}: {e}")))?;
+        let uri: Uri = format!(
+            "{scheme}://{}{path}",
+            self.host.to_str().unwrap_or_default()
+        )
+        .parse()
+        .map_err(|e| ClientError::Url(format!("{path}: {e}")))?;
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let mut builder = Request::builder().method(method).uri(uri);
         if !body.is_empty() {
@@ -211,7 +216,7 @@ impl Client {
     fn sign(&self, req: &mut Request<()>, body: &[u8], service: &str) -> Result<(), ClientError> {
         req.headers_mut().insert("host", self.host.clone());
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        atrest_sigv4::sign(
+        atrest_sigv4::sign_cached(
             &method,
             &uri,
             req.headers_mut(),
@@ -225,6 +230,7 @@ impl Client {
                 service,
                 time: time::OffsetDateTime::now_utc(),
             },
+            Some(&self.signing_keys),
         )
         .map_err(|e| ClientError::Sign(e.to_string()))
     }

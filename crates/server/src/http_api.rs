@@ -26,6 +26,9 @@ pub(crate) struct Peer(pub SocketAddr);
 pub(crate) struct AppState {
     pub kms: Arc<KeyService>,
     pub max_body: usize,
+    /// Access keys' secrets never change, so their derived signing keys can
+    /// be cached per scope.
+    pub signing_keys: atrest_sigv4::SigningKeyCache,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -51,34 +54,48 @@ impl AsRef<[u8]> for Wipe {
     }
 }
 
+/// A random request id. From AWS-LC's userspace DRBG rather than a
+/// `getrandom` system call per request.
 fn request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let bytes = atrest_crypto::rand::array::<16>().unwrap_or_default();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 fn kms_error_response(err: &ApiError, request_id: &str) -> Response {
     let (status, ty, message) = err.parts();
     let body = json!({"__type": ty, "message": message}).to_string();
-    (
+    let mut resp = (
         status,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-amz-json-1.1"),
-            ),
-            (
-                header::HeaderName::from_static("x-amzn-requestid"),
-                HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("-")),
-            ),
-        ],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-amz-json-1.1"),
+        )],
         body,
     )
-        .into_response()
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-amzn-requestid", v);
+    }
+    close_if_body_unread(err, resp)
+}
+
+/// A request refused before its body was read leaves bytes on the
+/// connection; close it rather than let a client reuse it.
+fn close_if_body_unread(err: &ApiError, mut resp: Response) -> Response {
+    if matches!(err, ApiError::BodyTooLarge(_) | ApiError::BodyRead(_)) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn rest_error_response(err: &ApiError, request_id: &str) -> Response {
     let (status, ty, message) = err.parts();
     let body = json!({"code": ty, "message": message, "requestId": request_id}).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    close_if_body_unread(err, resp)
 }
 
 async fn read_body(body: Body, headers: &http::HeaderMap, max: usize) -> Result<Bytes, ApiError> {
@@ -98,11 +115,12 @@ async fn read_body(body: Body, headers: &http::HeaderMap, max: usize) -> Result<
 
 /// Verifies the request's SigV4 signature for `service`; returns the caller.
 fn authenticate(
-    kms: &KeyService,
+    st: &AppState,
     parts: &Parts,
     body: &[u8],
     service: &str,
 ) -> Result<Caller, ApiError> {
+    let kms = &st.kms;
     let parsed = atrest_sigv4::parse_request(
         &parts.method,
         &parts.uri,
@@ -117,7 +135,7 @@ fn authenticate(
     let Some(key) = kms.access_key(parsed.access_key_id())? else {
         return Err(atrest_sigv4::AuthError::UnrecognizedClient.into());
     };
-    parsed.verify(key.secret())?;
+    parsed.verify_cached(key.secret(), Some(&st.signing_keys))?;
     if !key.active {
         return Err(ApiError::InactiveKey);
     }
@@ -159,7 +177,13 @@ async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok((op, caller, out)) => {
-            tracing::info!(request_id = %id, peer = ?peer, operation = op.name(), account = %caller.account, region = %caller.region, status = 200, ms, "kms request");
+            // Data-plane calls can number tens of thousands a second: they
+            // are logged at debug (the audit trail will record every call).
+            if op.is_read_only() {
+                tracing::debug!(request_id = %id, peer = ?peer, operation = op.name(), account = %caller.account, region = %caller.region, status = 200, ms, "kms request");
+            } else {
+                tracing::info!(request_id = %id, peer = ?peer, operation = op.name(), account = %caller.account, region = %caller.region, status = 200, ms, "kms request");
+            }
             let mut resp = Response::new(Body::from(Bytes::from_owner(Wipe(out))));
             let h = resp.headers_mut();
             h.insert(
@@ -192,7 +216,7 @@ async fn handle_kms(
         return Err(ApiError::Method);
     }
     let body = read_body(body, &parts.headers, st.max_body).await?;
-    let caller = authenticate(&st.kms, parts, &body, "kms")?;
+    let caller = authenticate(st, parts, &body, "kms")?;
     let target = parts
         .headers
         .get("x-amz-target")
@@ -236,7 +260,7 @@ where
     let method = parts.method.clone();
     let result = async {
         let body = read_body(body, &parts.headers, st.max_body).await?;
-        let caller = authenticate(&st.kms, &parts, &body, atrest_rest_service())?;
+        let caller = authenticate(&st, &parts, &body, atrest_rest_service())?;
         let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {

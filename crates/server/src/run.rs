@@ -77,6 +77,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     let state = Arc::new(AppState {
         kms: Arc::clone(&kms),
         max_body: config.max_body_bytes,
+        signing_keys: atrest_sigv4::SigningKeyCache::new(),
     });
     let accept = tokio::spawn(accept_loop(listener, tls, router(state), stopped.clone()));
     let lifecycle = tokio::spawn(lifecycle_loop(

@@ -140,7 +140,7 @@ async fn data_dir_holds_no_plaintext_keys() {
         );
         if !f.ends_with("admin-credentials") {
             assert!(
-                found(&bytes, &[admin_secret.clone()]).is_empty(),
+                found(&bytes, std::slice::from_ref(&admin_secret)).is_empty(),
                 "{} holds the access key secret",
                 f.display()
             );
@@ -294,6 +294,15 @@ async fn authentication_and_request_errors() {
         let r = c.kms_raw(op, body.into()).await.unwrap();
         assert_eq!(r.status.as_u16(), status, "{op}: {:?}", r.body);
         assert_eq!(r.error_type().as_deref(), Some(want), "{op}");
+    }
+    // An oversized body closes the connection, so the client's pool does not
+    // reuse it; the next requests on the same client succeed (repeatedly).
+    for _ in 0..20 {
+        let big = format!(r#"{{"Description":"{}"}}"#, "x".repeat(70_000));
+        let r = c.kms_raw("CreateKey", big.into()).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let ok = c.kms("ListKeys", &json!({})).await.unwrap();
+        assert_eq!(ok.status, StatusCode::OK);
     }
     // The admin API refuses a non-admin account.
     let made = c

@@ -16,9 +16,14 @@
 mod canonical;
 mod error;
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use atrest_crypto::hash::{hmac_sha256, sha256};
+use atrest_crypto::{SecretBytes, SecretKey};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use time::{Duration, OffsetDateTime, format_description::FormatItem, macros::format_description};
+use zeroize::Zeroizing;
 
 pub use canonical::{canonical_query, canonical_uri, uri_encode};
 pub use error::AuthError;
@@ -56,21 +61,102 @@ pub struct Credentials<'a> {
 }
 
 /// The derived key for one (secret, date, region, service).
-fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> [u8; 32] {
-    let mut first = Vec::with_capacity(4 + secret.len());
-    first.extend_from_slice(b"AWS4");
-    first.extend_from_slice(secret);
-    let k_date = hmac_sha256(&first, date.as_bytes());
-    // The prefixed secret is secret; do not leave it in freed memory.
-    atrest_crypto_zeroize(&mut first);
-    let k_region = hmac_sha256(&k_date, region.as_bytes());
-    let k_service = hmac_sha256(&k_region, service.as_bytes());
-    hmac_sha256(&k_service, b"aws4_request")
+fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> SecretKey<32> {
+    let mut first = SecretBytes::new(Vec::with_capacity(4 + secret.len()));
+    first.expose_mut().extend_from_slice(b"AWS4");
+    first.expose_mut().extend_from_slice(secret);
+    let k_date = Zeroizing::new(hmac_sha256(first.expose(), date.as_bytes()));
+    let k_region = Zeroizing::new(hmac_sha256(&*k_date, region.as_bytes()));
+    let k_service = Zeroizing::new(hmac_sha256(&*k_region, service.as_bytes()));
+    let k = Zeroizing::new(hmac_sha256(&*k_service, b"aws4_request"));
+    SecretKey::from_slice(&*k).unwrap_or_else(|_| unreachable!("HMAC-SHA256 output is 32 bytes"))
 }
 
-fn atrest_crypto_zeroize(v: &mut Vec<u8>) {
-    // Overwrite via SecretBytes, which zeroizes on drop.
-    drop(atrest_crypto::SecretBytes::new(std::mem::take(v)));
+/// Derived signing keys, one per access key for its most recent scope
+/// (date, region, service). Deriving takes four HMACs; a client or server
+/// sending many requests under one key derives once a day. An entry is used
+/// only for the same secret (checked by a SHA-256 fingerprint), so a changed
+/// secret can never be verified with a stale key.
+#[derive(Default)]
+pub struct SigningKeyCache {
+    entries: RwLock<HashMap<String, CacheEntry>>,
+}
+
+struct CacheEntry {
+    scope: String,
+    fingerprint: [u8; 32],
+    key: Arc<SecretKey<32>>,
+}
+
+fn fingerprint(secret: &[u8]) -> [u8; 32] {
+    let mut h = atrest_crypto::hash::Sha256::default();
+    h.update(b"atrest/sigv4/cache-fingerprint/v1");
+    h.update(secret);
+    h.finish()
+}
+
+impl core::fmt::Debug for SigningKeyCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SigningKeyCache(<redacted>)")
+    }
+}
+
+/// Most access keys a cache holds before it starts over.
+const CACHE_LIMIT: usize = 100_000;
+
+impl SigningKeyCache {
+    /// An empty cache.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn get(
+        &self,
+        access_key_id: &str,
+        secret: &[u8],
+        date: &str,
+        region: &str,
+        service: &str,
+    ) -> Arc<SecretKey<32>> {
+        let scope = format!("{date}/{region}/{service}");
+        let fp = fingerprint(secret);
+        if let Some(e) = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(access_key_id)
+            && e.scope == scope
+            && atrest_crypto::ct_eq(&e.fingerprint, &fp)
+        {
+            return Arc::clone(&e.key);
+        }
+        let key = Arc::new(signing_key(secret, date, region, service));
+        let mut map = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(
+            access_key_id.to_owned(),
+            CacheEntry {
+                scope,
+                fingerprint: fp,
+                key: Arc::clone(&key),
+            },
+        );
+        key
+    }
+
+    /// Drops the cached key of `access_key_id`.
+    pub fn forget(&self, access_key_id: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(access_key_id);
+    }
 }
 
 fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
@@ -102,6 +188,19 @@ pub fn sign(
     creds: &Credentials<'_>,
     scope: &Scope<'_>,
 ) -> Result<(), AuthError> {
+    sign_cached(method, uri, headers, body, creds, scope, None)
+}
+
+/// [`sign`], deriving the signing key through `cache` when given.
+pub fn sign_cached(
+    method: &Method,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    body: &[u8],
+    creds: &Credentials<'_>,
+    scope: &Scope<'_>,
+    cache: Option<&SigningKeyCache>,
+) -> Result<(), AuthError> {
     let (region, service) = (scope.region, scope.service);
     let amz_date = format_amz_date(scope.time);
     let date = amz_date.get(..8).unwrap_or_default().to_owned();
@@ -127,8 +226,17 @@ pub fn sign(
     let canonical = canonical::canonical_request(method, uri, headers, &signed, &payload_hash)?;
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let sts = string_to_sign(&amz_date, &scope, &canonical);
-    let key = signing_key(creds.secret_access_key, &date, region, service);
-    let signature = hex::encode(hmac_sha256(&key, sts.as_bytes()));
+    let key = match cache {
+        Some(c) => c.get(
+            creds.access_key_id,
+            creds.secret_access_key,
+            &date,
+            region,
+            service,
+        ),
+        None => Arc::new(signing_key(creds.secret_access_key, &date, region, service)),
+    };
+    let signature = hex::encode(hmac_sha256(key.expose(), sts.as_bytes()));
     let value = format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={signature}",
         creds.access_key_id,
@@ -299,13 +407,21 @@ impl ParsedRequest {
 
     /// Checks the signature with the secret access key, in constant time.
     pub fn verify(&self, secret_access_key: &[u8]) -> Result<(), AuthError> {
-        let key = signing_key(
-            secret_access_key,
-            &self.auth.date,
-            &self.auth.region,
-            &self.auth.service,
-        );
-        let expected = hmac_sha256(&key, self.string_to_sign.as_bytes());
+        self.verify_cached(secret_access_key, None)
+    }
+
+    /// [`ParsedRequest::verify`], deriving the signing key through `cache`.
+    pub fn verify_cached(
+        &self,
+        secret_access_key: &[u8],
+        cache: Option<&SigningKeyCache>,
+    ) -> Result<(), AuthError> {
+        let (a, secret) = (&self.auth, secret_access_key);
+        let key = match cache {
+            Some(c) => c.get(&a.access_key_id, secret, &a.date, &a.region, &a.service),
+            None => Arc::new(signing_key(secret, &a.date, &a.region, &a.service)),
+        };
+        let expected = hmac_sha256(key.expose(), self.string_to_sign.as_bytes());
         if atrest_crypto::ct_eq(&expected, &self.auth.signature) {
             Ok(())
         } else {

@@ -145,6 +145,32 @@ fn known_answers_sign_and_verify() {
             parsed.verify(b"wrong secret").unwrap_err().aws_type(),
             "InvalidSignatureException"
         );
+        // The cache gives the same answers, including after a scope change.
+        let cache = SigningKeyCache::new();
+        for _ in 0..2 {
+            parsed.verify_cached(SECRET, Some(&cache)).unwrap();
+        }
+        let (m2, u2, mut h2) = kat_request(k);
+        sign_cached(
+            &m2,
+            &u2,
+            &mut h2,
+            k.body,
+            &creds,
+            &Scope {
+                region: k.region,
+                service: k.service,
+                time: at(k.amz_date),
+            },
+            Some(&cache),
+        )
+        .unwrap();
+        assert_eq!(h2.get("authorization"), h.get("authorization"));
+        // A wrong secret is never accepted, and does not poison the cache.
+        assert!(parsed.verify_cached(b"wrong secret", Some(&cache)).is_err());
+        parsed.verify_cached(SECRET, Some(&cache)).unwrap();
+        cache.forget(AKID);
+        parsed.verify_cached(SECRET, Some(&cache)).unwrap();
     }
 }
 

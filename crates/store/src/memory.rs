@@ -9,6 +9,9 @@ use crate::{Entry, ReadTx, Store, StoreError, Table, WriteTx, prefix_end};
 
 type Map = BTreeMap<(&'static str, Vec<u8>), Vec<u8>>;
 
+/// A bound on (table, key).
+type KeyBound = Bound<(&'static str, Vec<u8>)>;
+
 /// A store held in memory. Reads see an immutable snapshot; writers run one at
 /// a time on a private copy that replaces the snapshot on commit.
 #[derive(Default)]
@@ -50,14 +53,7 @@ fn get(map: &Map, table: Table, key: &[u8]) -> Option<Vec<u8>> {
     map.get(&(table.name(), key.to_vec())).cloned()
 }
 
-fn bounds(
-    table: Table,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-) -> (
-    Bound<(&'static str, Vec<u8>)>,
-    Bound<(&'static str, Vec<u8>)>,
-) {
+fn bounds(table: Table, prefix: &[u8], after: Option<&[u8]>) -> (KeyBound, KeyBound) {
     let t = table.name();
     let start = match after {
         Some(a) if a >= prefix => Bound::Excluded((t, a.to_vec())),
