@@ -113,6 +113,12 @@ impl RootKey {
         Self { key, check }
     }
 
+    /// A key derived from the root key for one purpose (HKDF-SHA256 with
+    /// `info` naming the purpose, for example `atrest/audit/v1`).
+    pub fn derive(&self, info: &[u8]) -> Result<Aes256Key, atrest_crypto::CryptoError> {
+        atrest_crypto::kdf::hkdf_sha256(self.key.expose(), b"atrest root derivation", &[info])
+    }
+
     /// The check value (public).
     #[must_use]
     pub fn check_value(&self) -> &str {

@@ -1,0 +1,168 @@
+//! The AWS policy language, as AWS KMS key policies and IAM identity
+//! policies use it: parsing with validation, and evaluation of one request.
+//!
+//! Owns: the grammar (Version, Statement, Sid, Effect, Principal,
+//! NotPrincipal, Action, NotAction, Resource, NotResource, Condition), the
+//! condition operators, and the matching rules. Knows nothing of keys,
+//! accounts or storage: a caller describes a request as a [`Request`] and
+//! combines the [`Evaluation`]s of the policies that apply (key policy,
+//! identity policies, grants) itself.
+//!
+//! INTERFACE CONTRACT (fixed; the implementation fills it in):
+//! * [`PolicyDocument::parse`] validates completely and fails with
+//!   [`PolicyError`] whose message says what is wrong and where
+//!   (`Statement[1].Condition.StringEquals: ...`).
+//! * [`PolicyDocument::evaluate`] never panics and returns which statements
+//!   matched, by effect and by how the principal matched.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+
+/// Which kind of policy a document is. Resource policies (key policies) must
+/// name a principal in every statement; identity policies must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// A key policy: every statement has `Principal` or `NotPrincipal`.
+    Resource,
+    /// An identity policy attached to a user or role: no `Principal`.
+    Identity,
+}
+
+/// A malformed policy document. The message says what is wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The 12-digit account the principal belongs to.
+    pub account: String,
+    /// What the principal is.
+    pub kind: PrincipalKind,
+}
+
+/// The kinds of principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// The account's root: `arn:aws:iam::ACCOUNT:root`.
+    Root,
+    /// A user: `arn:aws:iam::ACCOUNT:user/NAME` (NAME may contain `/` paths).
+    User(String),
+    /// A role: `arn:aws:iam::ACCOUNT:role/NAME`.
+    Role(String),
+    /// A service principal, such as `disk.atrest`; matched by
+    /// `"Principal": {"Service": "disk.atrest"}`. Its `account` is the
+    /// account the service runs in.
+    Service(String),
+}
+
+impl Principal {
+    /// The principal's ARN (`arn:aws:iam::ACCOUNT:root`, `:user/NAME`,
+    /// `:role/NAME`); a service principal's is its service name.
+    #[must_use]
+    pub fn arn(&self) -> String {
+        match &self.kind {
+            PrincipalKind::Root => format!("arn:aws:iam::{}:root", self.account),
+            PrincipalKind::User(n) => format!("arn:aws:iam::{}:user/{n}", self.account),
+            PrincipalKind::Role(n) => format!("arn:aws:iam::{}:role/{n}", self.account),
+            PrincipalKind::Service(s) => s.clone(),
+        }
+    }
+}
+
+/// The values of the condition keys of one request. Keys are compared
+/// case-insensitively (store them in any case); each key may have several
+/// values (multivalued keys such as `kms:EncryptionContextKeys`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    values: BTreeMap<String, Vec<String>>,
+}
+
+impl Context {
+    /// An empty context.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a single-valued key.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.values.insert(key.to_ascii_lowercase(), vec![value.into()]);
+    }
+
+    /// Sets a multivalued key (an empty list is present but has no values).
+    pub fn set_many(&mut self, key: &str, values: Vec<String>) {
+        self.values.insert(key.to_ascii_lowercase(), values);
+    }
+
+    /// The values of `key`, if present.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&[String]> {
+        self.values.get(&key.to_ascii_lowercase()).map(Vec::as_slice)
+    }
+}
+
+/// One request to evaluate.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// Who asks.
+    pub principal: &'a Principal,
+    /// The action, such as `kms:Encrypt`.
+    pub action: &'a str,
+    /// The resource ARN, such as a key ARN.
+    pub resource: &'a str,
+    /// Condition key values. The evaluator adds nothing itself: the caller
+    /// sets `aws:PrincipalArn`, `aws:PrincipalAccount`, `kms:CallerAccount`
+    /// and the request's own keys.
+    pub context: &'a Context,
+}
+
+/// What one policy says about one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evaluation {
+    /// A `Deny` statement matched.
+    pub denied: bool,
+    /// An `Allow` statement matched whose principal names the caller itself
+    /// (its user, role or service ARN, `*`, or by `NotPrincipal`). For
+    /// identity policies, any matching `Allow` sets this.
+    pub allowed_directly: bool,
+    /// An `Allow` statement matched only because it names the caller's
+    /// account (`arn:aws:iam::ACCOUNT:root` or `ACCOUNT`); AWS requires an
+    /// identity policy as well, unless the caller is that account's root.
+    pub allowed_via_account: bool,
+}
+
+/// A parsed, validated policy document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDocument {
+    kind: PolicyKind,
+    // Filled in by the implementation.
+    statements: Vec<statement::Statement>,
+}
+
+mod statement;
+
+impl PolicyDocument {
+    /// The largest document accepted, in bytes (AWS's key policy limit).
+    pub const MAX_LEN: usize = 32 * 1024;
+
+    /// Parses and validates a document of `kind`.
+    pub fn parse(json: &str, kind: PolicyKind) -> Result<Self, PolicyError> {
+        statement::parse(json, kind)
+    }
+
+    /// Evaluates `request` against every statement.
+    #[must_use]
+    pub fn evaluate(&self, request: &Request<'_>) -> Evaluation {
+        statement::evaluate(self, request)
+    }
+
+    /// The kind of document.
+    #[must_use]
+    pub fn kind(&self) -> PolicyKind {
+        self.kind
+    }
+}
