@@ -25,7 +25,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # --- Dependencies -----------------------------------------------------------
 step "system packages"
-APT_PACKAGES=(openssl ca-certificates)
+APT_PACKAGES=(openssl ca-certificates softhsm2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

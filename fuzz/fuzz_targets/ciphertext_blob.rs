@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for candidate in [data.to_vec(), blob] {
         let req = format!(r#"{{"CiphertextBlob":"{}"}}"#, B64.encode(&candidate));
-        match f.kms.call(&f.caller, Operation::Decrypt, req.as_bytes()) {
+        match f.kms.call(&atrest_kms::Call::new(&f.caller, &atrest_kms::RequestMeta::in_process()), Operation::Decrypt, req.as_bytes()) {
             Ok(_) => assert!(data.iter().all(|b| *b == 0), "a changed blob decrypted"),
             Err(e) => assert!(!e.is_server_fault(), "{e:?}"),
         }

@@ -7,7 +7,7 @@ use atrest_crypto::Aes256Key;
 use atrest_kms::clock::SystemClock;
 use atrest_kms::names::AccountId;
 use atrest_kms::root::RootKey;
-use atrest_kms::{Caller, KeyService, Operation};
+use atrest_kms::{Call, Caller, KeyService, Operation, RequestMeta};
 use atrest_store::MemoryStore;
 
 pub struct Fixture {
@@ -26,13 +26,10 @@ pub fn fixture() -> &'static Fixture {
             Arc::new(SystemClock),
         )
         .expect("open");
-        let caller = Caller {
-            account: AccountId::parse("111122223333").expect("account"),
-            region: "us-east-1".into(),
-            admin: false,
-        };
+        let caller = Caller::root(AccountId::parse("111122223333").expect("account"), "us-east-1");
+        let meta = RequestMeta::in_process();
         let out = kms
-            .call(&caller, Operation::CreateKey, b"{}")
+            .call(&Call::new(&caller, &meta), Operation::CreateKey, b"{}")
             .expect("create key");
         let v: serde_json_lite::Value = serde_json_lite::parse(&out);
         Fixture {

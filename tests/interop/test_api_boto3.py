@@ -444,18 +444,20 @@ def test_validation_errors(kms, kms_raw):
 
 
 def test_unsupported_operations(kms):
+    # An empty statement list is a malformed policy, said plainly.
     policy = '{"Version":"2012-10-17","Statement":[]}'
-    expect_error("UnsupportedOperationException", kms.create_key, Policy=policy)
+    expect_error("MalformedPolicyDocumentException", kms.create_key, Policy=policy)
     expect_error("UnsupportedOperationException", kms.create_key, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
     expect_error("UnsupportedOperationException", kms.create_key, KeySpec="ECC_NIST_P256")
     expect_error("UnsupportedOperationException", kms.create_key, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
-    expect_error("UnsupportedOperationException", kms.create_key, Origin="EXTERNAL")
+    expect_error("UnsupportedOperationException", kms.create_key, Origin="AWS_CLOUDHSM")
     expect_error("UnsupportedOperationException", kms.create_key, MultiRegion=True)
     assert kms.list_keys()["Keys"] == [], "a refused CreateKey must not create a key"
 
 
 def test_grant_tokens_and_dry_run(kms):
     key_id = new_key(kms)["KeyId"]
+    # Forged grant tokens are refused (real ones are tested with grants).
     expect_error("InvalidGrantTokenException", kms.encrypt, KeyId=key_id, Plaintext=b"x", GrantTokens=["token"])
     expect_error("InvalidGrantTokenException", kms.describe_key, KeyId=key_id, GrantTokens=["token"])
     expect_error("DryRunOperationException", kms.encrypt, KeyId=key_id, Plaintext=b"x", DryRun=True, status=412)

@@ -7,7 +7,10 @@ use atrest_client::{Client, Credentials};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::cli::{AccessKeyCommand, AccountCommand, AdminArgs, AdminCommand, ClientArgs};
+use crate::cli::{
+    AccessKeyCommand, AccountCommand, AdminArgs, AdminCommand, AuditArgs, AuditCommand, ClientArgs,
+    MeteringArgs, UserCommand,
+};
 
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
     let creds = match (
@@ -49,61 +52,111 @@ fn show(resp: &atrest_client::Response) -> anyhow::Result<()> {
     }
 }
 
+/// Percent-encodes a query parameter value.
+fn q(v: &str) -> String {
+    atrest_sigv4::uri_encode(v.as_bytes(), false)
+}
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     let resp = match args.command {
         AdminCommand::Account(AccountCommand::Create { id, admin }) => {
-            c.rest(
-                Method::POST,
-                "/v1/accounts",
-                Some(&json!({"id": id, "admin": admin})),
-            )
-            .await?
+            c.rest(Method::POST, "/v1/accounts", Some(&json!({"id": id, "admin": admin}))).await?
         }
-        AdminCommand::Account(AccountCommand::List) => {
-            c.rest(Method::GET, "/v1/accounts", None).await?
+        AdminCommand::Account(AccountCommand::List) => c.rest(Method::GET, "/v1/accounts", None).await?,
+        AdminCommand::Account(AccountCommand::Suspend { id }) => {
+            c.rest(Method::POST, &format!("/v1/accounts/{id}/suspend"), None).await?
         }
-        AdminCommand::AccessKey(AccessKeyCommand::Create { account }) => {
-            c.rest(
-                Method::POST,
-                &format!("/v1/accounts/{account}/access-keys"),
-                None,
-            )
-            .await?
+        AdminCommand::Account(AccountCommand::Resume { id }) => {
+            c.rest(Method::POST, &format!("/v1/accounts/{id}/resume"), None).await?
         }
-        AdminCommand::AccessKey(AccessKeyCommand::Import {
-            account,
-            access_key_id,
-            secret_access_key_file,
-        }) => {
+        AdminCommand::AccessKey(AccessKeyCommand::Create { account, user }) => {
+            let body = user.map(|u| json!({"user": u}));
+            c.rest(Method::POST, &format!("/v1/accounts/{account}/access-keys"), body.as_ref()).await?
+        }
+        AdminCommand::AccessKey(AccessKeyCommand::Import { account, access_key_id, user, secret_access_key_file }) => {
             let mut secret = zeroize::Zeroizing::new(String::new());
             match secret_access_key_file {
                 Some(p) => {
-                    *secret = std::fs::read_to_string(&p)
-                        .with_context(|| format!("reading {}", p.display()))?;
+                    *secret = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
                 }
                 None => {
-                    std::io::stdin()
-                        .read_to_string(&mut secret)
-                        .context("reading the secret from standard input")?;
+                    std::io::stdin().read_to_string(&mut secret).context("reading the secret from standard input")?;
                 }
             }
-            let body = json!({"access_key_id": access_key_id, "secret_access_key": secret.trim()});
+            let body = json!({"access_key_id": access_key_id, "user": user, "secret_access_key": secret.trim()});
+            c.rest(Method::POST, &format!("/v1/accounts/{account}/access-keys"), Some(&body)).await?
+        }
+        AdminCommand::AccessKey(AccessKeyCommand::List { account }) => {
+            c.rest(Method::GET, &format!("/v1/accounts/{account}/access-keys"), None).await?
+        }
+        AdminCommand::User(UserCommand::Create { account, name }) => {
+            c.rest(Method::POST, &format!("/v1/accounts/{account}/users"), Some(&json!({"name": name}))).await?
+        }
+        AdminCommand::User(UserCommand::List { account }) => {
+            c.rest(Method::GET, &format!("/v1/accounts/{account}/users"), None).await?
+        }
+        AdminCommand::User(UserCommand::PutPolicy { account, user, name, document_file }) => {
+            let document = std::fs::read_to_string(&document_file)
+                .with_context(|| format!("reading {}", document_file.display()))?;
             c.rest(
-                Method::POST,
-                &format!("/v1/accounts/{account}/access-keys"),
-                Some(&body),
+                Method::PUT,
+                &format!("/v1/accounts/{account}/users/{user}/policies/{name}"),
+                Some(&json!({"document": document})),
             )
             .await?
         }
-        AdminCommand::AccessKey(AccessKeyCommand::List { account }) => {
-            c.rest(
-                Method::GET,
-                &format!("/v1/accounts/{account}/access-keys"),
-                None,
-            )
-            .await?
+        AdminCommand::User(UserCommand::GetPolicy { account, user, name }) => {
+            c.rest(Method::GET, &format!("/v1/accounts/{account}/users/{user}/policies/{name}"), None).await?
+        }
+        AdminCommand::User(UserCommand::DeletePolicy { account, user, name }) => {
+            c.rest(Method::DELETE, &format!("/v1/accounts/{account}/users/{user}/policies/{name}"), None).await?
         }
     };
     show(&resp)
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let c = client(&args.client)?;
+    if let Some(AuditCommand::Verify) = args.command {
+        let resp = c.rest(Method::POST, "/v1/audit/verify", None).await?;
+        if !resp.status.is_success() {
+            return show(&resp);
+        }
+        let body = resp.json();
+        let good = body.get("good_records").and_then(Value::as_u64).unwrap_or(0);
+        if body.get("verified").and_then(Value::as_bool) == Some(true) {
+            println!("audit trail verified: {good} records, chain and head intact");
+            return Ok(());
+        }
+        let bad = &body["first_bad"];
+        bail!(
+            "audit trail damaged: record {} is bad ({}); the {good} records before it verify",
+            bad.get("record").and_then(Value::as_u64).unwrap_or(0),
+            bad.get("reason").and_then(Value::as_str).unwrap_or("unknown reason")
+        );
+    }
+    let mut query = vec![format!("limit={}", args.limit)];
+    for (name, v) in [
+        ("key", &args.key),
+        ("principal", &args.principal),
+        ("operation", &args.operation),
+        ("since", &args.since),
+        ("until", &args.until),
+    ] {
+        if let Some(v) = v {
+            query.push(format!("{name}={}", q(v)));
+        }
+    }
+    let resp = c.rest(Method::GET, &format!("/v1/audit?{}", query.join("&")), None).await?;
+    show(&resp)
+}
+
+pub async fn metering(args: MeteringArgs) -> anyhow::Result<()> {
+    let c = client(&args.client)?;
+    let path = match &args.account {
+        Some(a) => format!("/v1/metering?account={}", q(a)),
+        None => "/v1/metering".to_owned(),
+    };
+    show(&c.rest(Method::GET, &path, None).await?)
 }

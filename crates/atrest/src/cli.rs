@@ -18,8 +18,54 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: the AWS KMS API (and the admin REST API) on one listener.
     Serve(Box<ServeArgs>),
-    /// Administer accounts and access keys on a running server.
+    /// Administer accounts, users, policies and access keys on a running server.
     Admin(AdminArgs),
+    /// Query the audit trail (by key, principal, operation, time), or verify it.
+    Audit(AuditArgs),
+    /// Key-service request counts per account, region and operation.
+    Metering(MeteringArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Only records about this key ARN.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only records by this principal ARN.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Only records of this operation.
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// Only records at or after this time (RFC 3339, UTC).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records before this time (RFC 3339, UTC).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many records (the most recent).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the whole chain: exits non-zero and names the first bad
+    /// record if any record was edited, inserted, deleted or reordered.
+    Verify,
+}
+
+#[derive(Debug, Args)]
+pub struct MeteringArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this account (admins; others always see their own).
+    #[arg(long)]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -52,6 +98,40 @@ pub struct ServeArgs {
     /// instead of a key file. ATREST_ROOT_PASSPHRASE may hold it instead.
     #[arg(long, env = "ATREST_ROOT_PASSPHRASE_FILE")]
     pub root_passphrase_file: Option<PathBuf>,
+    /// Seal the data dir with a key held in a PKCS#11 token (an HSM) instead
+    /// of a key file: the token vendor's PKCS#11 module (a shared library,
+    /// for SoftHSM2 /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(
+        long,
+        env = "ATREST_ROOT_PKCS11_MODULE",
+        requires = "root_pkcs11_token",
+        conflicts_with_all = ["root_key_file", "root_passphrase_file"]
+    )]
+    pub root_pkcs11_module: Option<PathBuf>,
+    /// Label of the PKCS#11 token that holds the wrapping key.
+    #[arg(
+        long = "root-pkcs11-token",
+        env = "ATREST_ROOT_PKCS11_TOKEN",
+        requires = "root_pkcs11_module"
+    )]
+    pub root_pkcs11_token: Option<String>,
+    /// Label of the AES-256 wrapping key in the token; a non-extractable key
+    /// is generated there on first start if none has this label.
+    #[arg(
+        long,
+        env = "ATREST_ROOT_PKCS11_KEY_LABEL",
+        default_value = "atrest-root",
+        requires = "root_pkcs11_module"
+    )]
+    pub root_pkcs11_key_label: String,
+    /// File holding the token's user PIN. ATREST_ROOT_PKCS11_PIN may hold it
+    /// instead.
+    #[arg(
+        long,
+        env = "ATREST_ROOT_PKCS11_PIN_FILE",
+        requires = "root_pkcs11_module"
+    )]
+    pub root_pkcs11_pin_file: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -67,6 +147,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long, env = "ATREST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Testing only: shift the clock of rotation and deletion schedules by
     /// this many days (request signing still uses the real clock).
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
@@ -114,6 +197,67 @@ pub enum AdminCommand {
     /// Access keys.
     #[command(subcommand, name = "access-key")]
     AccessKey(AccessKeyCommand),
+    /// Users of an account and their identity policies.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The user name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List an account's users.
+    List {
+        /// The account.
+        #[arg(long)]
+        account: String,
+    },
+    /// Attach (or replace) an identity policy.
+    PutPolicy {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The policy's name.
+        #[arg(long)]
+        name: String,
+        /// File holding the policy document (JSON).
+        #[arg(long)]
+        document_file: PathBuf,
+    },
+    /// Show an identity policy.
+    GetPolicy {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The policy's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Remove an identity policy.
+    DeletePolicy {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The policy's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,29 +271,45 @@ pub enum AccountCommand {
         #[arg(long)]
         admin: bool,
     },
-    /// List accounts.
+        /// List accounts.
     List,
+    /// Suspend an account's use of keys (every cryptographic operation by or
+    /// for it fails until resumed; nothing is lost).
+    Suspend {
+        /// The account.
+        id: String,
+    },
+    /// Resume a suspended account.
+    Resume {
+        /// The account.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AccessKeyCommand {
-    /// Create an access key for an account; prints its secret once.
+        /// Create an access key for an account's root (admins) or one of its
+    /// users; prints its secret once.
     Create {
         /// The account.
         #[arg(long)]
         account: String,
-    },
-    /// Import an existing access key pair (for users moving from another
+        /// The user (omit for the account's root).
+        #[arg(long)]
+        user: Option<String>,
+    },/// Import an existing access key pair (for users moving from another
     /// KMS). The secret is read from a file, or from standard input, never
     /// from the command line.
     Import {
         /// The account.
         #[arg(long)]
         account: String,
-        /// The access key id.
+                /// The access key id.
         #[arg(long)]
         access_key_id: String,
-        /// File holding the secret access key [default: read standard input].
+        /// The user (omit for the account's root).
+        #[arg(long)]
+        user: Option<String>,/// File holding the secret access key [default: read standard input].
         #[arg(long)]
         secret_access_key_file: Option<PathBuf>,
     },

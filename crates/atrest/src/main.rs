@@ -29,6 +29,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             cli::Command::Serve(args) => serve::run(*args).await,
             cli::Command::Admin(args) => admin::run(args).await,
+            cli::Command::Audit(args) => admin::audit(args).await,
+            cli::Command::Metering(args) => admin::metering(args).await,
         }
     });
     match result {

@@ -42,28 +42,85 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/atrest"))
 }
 
+/// Reads a secret from a file, without the trailing newline `echo` leaves.
+fn read_secret_file(path: &std::path::Path, what: &str) -> anyhow::Result<SecretBytes> {
+    let mut bytes = SecretBytes::new(
+        std::fs::read(path).with_context(|| format!("reading {what} file {}", path.display()))?,
+    );
+    while bytes
+        .expose()
+        .last()
+        .is_some_and(|b| *b == b'\n' || *b == b'\r')
+    {
+        bytes.expose_mut().pop();
+    }
+    if bytes.is_empty() {
+        bail!("{what} file {} is empty", path.display());
+    }
+    Ok(bytes)
+}
+
+/// The PKCS#11 source: the module and token from the flags, the PIN from
+/// --root-pkcs11-pin-file or ATREST_ROOT_PKCS11_PIN.
+fn pkcs11_root_source(
+    args: &ServeArgs,
+    module: &std::path::Path,
+) -> anyhow::Result<(RootSource, String)> {
+    let Some(token) = args.root_pkcs11_token.clone() else {
+        bail!("--root-pkcs11-module needs --root-pkcs11-token LABEL");
+    };
+    if std::env::var_os("ATREST_ROOT_PASSPHRASE").is_some() {
+        bail!(
+            "ATREST_ROOT_PASSPHRASE is set, but --root-pkcs11-module seals with a PKCS#11 token; unset one of them"
+        );
+    }
+    let pin = match (
+        &args.root_pkcs11_pin_file,
+        std::env::var_os("ATREST_ROOT_PKCS11_PIN"),
+    ) {
+        (Some(path), _) => read_secret_file(path, "PKCS#11 PIN")?,
+        (None, Some(p)) => {
+            let p = zeroize::Zeroizing::new(p.into_encoded_bytes());
+            if p.is_empty() {
+                bail!("ATREST_ROOT_PKCS11_PIN is empty");
+            }
+            SecretBytes::new(p.to_vec())
+        }
+        (None, None) => bail!(
+            "the PKCS#11 token's user PIN is needed: give --root-pkcs11-pin-file FILE or set ATREST_ROOT_PKCS11_PIN"
+        ),
+    };
+    let key_label = args.root_pkcs11_key_label.clone();
+    if key_label.is_empty() {
+        bail!("--root-pkcs11-key-label is empty");
+    }
+    let shown = format!(
+        "PKCS#11 key '{key_label}' in token '{token}' (module {})",
+        module.display()
+    );
+    Ok((
+        RootSource::Pkcs11 {
+            module: module.to_path_buf(),
+            token_label: token,
+            pin,
+            key_label,
+        },
+        shown,
+    ))
+}
+
 fn root_source(
     args: &ServeArgs,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(RootSource, String)> {
+    if let Some(module) = &args.root_pkcs11_module {
+        return pkcs11_root_source(args, module);
+    }
     let from_env = std::env::var_os("ATREST_ROOT_PASSPHRASE");
     match (&args.root_passphrase_file, from_env) {
         (Some(path), _) => {
-            let mut bytes = SecretBytes::new(
-                std::fs::read(path)
-                    .with_context(|| format!("reading passphrase file {}", path.display()))?,
-            );
             // A trailing newline from `echo` is not part of the passphrase.
-            while bytes
-                .expose()
-                .last()
-                .is_some_and(|b| *b == b'\n' || *b == b'\r')
-            {
-                bytes.expose_mut().pop();
-            }
-            if bytes.is_empty() {
-                bail!("passphrase file {} is empty", path.display());
-            }
+            let bytes = read_secret_file(path, "passphrase")?;
             Ok((
                 RootSource::Passphrase(bytes),
                 format!("passphrase from {}", path.display()),
@@ -115,6 +172,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         lifecycle_interval: Duration::from_secs(args.lifecycle_interval),
         lifecycle_clock_offset: time::Duration::days(args.lifecycle_clock_offset_days),
         max_body_bytes: atrest_server::config::DEFAULT_MAX_BODY,
+        metrics_listen: args.metrics_listen,
+        audit_faults: None,
     };
     let server = atrest_server::start(config)
         .await
@@ -127,6 +186,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  regions:  {}", server.kms.regions().join(", "));
     println!("  data dir: {}", data_dir.display());
     println!("  root:     {root_shown}");
+    if let Some(m) = server.metrics_addr {
+        println!("  metrics:  http://{m}/metrics");
+    }
     if let Some((boot, path)) = &server.bootstrap {
         println!();
         println!(

@@ -12,6 +12,7 @@
 //! * [`kdf`]: HKDF-SHA256 and the argon2id passphrase KDF.
 //! * [`hash`]: SHA-256 and HMAC-SHA256 (SigV4, check values).
 //! * [`rand`]: the system CSPRNG.
+//! * [`wrap`]: unwrapping imported key material (RSA-OAEP, RSA + AES-KWP).
 //!
 //! Every primitive comes from AWS-LC (through `aws-lc-rs`, and `aws-lc-sys` for
 //! XTS, which `aws-lc-rs` does not expose); argon2id comes from RustCrypto's
@@ -25,6 +26,7 @@ pub mod hash;
 pub mod kdf;
 pub mod rand;
 pub mod secret;
+pub mod wrap;
 pub mod xts;
 
 mod error;

@@ -293,8 +293,15 @@ pub struct KeyMetadata {
     pub encryption_algorithms: [&'static str; 1],
     /// Always false.
     pub multi_region: bool,
-    /// The material new ciphertexts use.
-    pub current_key_material_id: String,
+    /// The material new ciphertexts use (absent while PendingImport).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_key_material_id: Option<String>,
+    /// For EXTERNAL keys: whether the imported material expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<&'static str>,
+    /// For EXTERNAL keys whose material expires: when, epoch seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<f64>,
 }
 
 /// `{"KeyMetadata": ...}`.

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::KmsError;
-use crate::service::{Caller, KeyService};
+use crate::service::{Call, KeyService};
 
 macro_rules! operations {
     ($($name:ident => $read_only:expr),* $(,)?) => {
@@ -73,6 +73,18 @@ operations! {
     TagResource => false,
     UntagResource => false,
     ListResourceTags => true,
+    PutKeyPolicy => false,
+    GetKeyPolicy => true,
+    ListKeyPolicies => true,
+    CreateGrant => false,
+    ListGrants => true,
+    ListRetirableGrants => true,
+    RetireGrant => false,
+    RevokeGrant => false,
+    // Not a write, but RSA key generation takes long: off the reactor.
+    GetParametersForImport => false,
+    ImportKeyMaterial => false,
+    DeleteImportedKeyMaterial => false,
 }
 
 /// Parses a request body, which must be a JSON object (AWS JSON 1.1). An
@@ -102,45 +114,59 @@ fn respond<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
 }
 
 impl KeyService {
-    /// Runs one operation for `caller` on a JSON request body.
+    /// Runs one operation for the call on a JSON request body.
     pub fn call(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         op: Operation,
         body: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         use Operation as O;
+        call.set_operation(op.name());
         match op {
-            O::CreateKey => respond(&self.create_key(caller, parse(body)?)?),
-            O::DescribeKey => respond(&self.describe_key(caller, parse(body)?)?),
-            O::ListKeys => respond(&self.list_keys(caller, parse(body)?)?),
-            O::UpdateKeyDescription => respond(&self.update_key_description(caller, parse(body)?)?),
-            O::EnableKey => respond(&self.enable_key(caller, parse(body)?)?),
-            O::DisableKey => respond(&self.disable_key(caller, parse(body)?)?),
-            O::ScheduleKeyDeletion => respond(&self.schedule_key_deletion(caller, parse(body)?)?),
-            O::CancelKeyDeletion => respond(&self.cancel_key_deletion(caller, parse(body)?)?),
-            O::Encrypt => respond(&self.encrypt(caller, parse(body)?)?),
-            O::Decrypt => respond(&self.decrypt(caller, parse(body)?)?),
-            O::ReEncrypt => respond(&self.re_encrypt(caller, parse(body)?)?),
-            O::GenerateDataKey => respond(&self.generate_data_key(caller, parse(body)?, true)?),
+            O::CreateKey => respond(&self.create_key(call, parse(body)?)?),
+            O::DescribeKey => respond(&self.describe_key(call, parse(body)?)?),
+            O::ListKeys => respond(&self.list_keys(call, parse(body)?)?),
+            O::UpdateKeyDescription => respond(&self.update_key_description(call, parse(body)?)?),
+            O::EnableKey => respond(&self.enable_key(call, parse(body)?)?),
+            O::DisableKey => respond(&self.disable_key(call, parse(body)?)?),
+            O::ScheduleKeyDeletion => respond(&self.schedule_key_deletion(call, parse(body)?)?),
+            O::CancelKeyDeletion => respond(&self.cancel_key_deletion(call, parse(body)?)?),
+            O::Encrypt => respond(&self.encrypt(call, parse(body)?)?),
+            O::Decrypt => respond(&self.decrypt(call, parse(body)?)?),
+            O::ReEncrypt => respond(&self.re_encrypt(call, parse(body)?)?),
+            O::GenerateDataKey => respond(&self.generate_data_key(call, parse(body)?, true)?),
             O::GenerateDataKeyWithoutPlaintext => {
-                respond(&self.generate_data_key(caller, parse(body)?, false)?)
+                respond(&self.generate_data_key(call, parse(body)?, false)?)
             }
-            O::GenerateRandom => respond(&self.generate_random(parse(body)?)?),
-            O::CreateAlias => respond(&self.create_alias(caller, parse(body)?)?),
-            O::UpdateAlias => respond(&self.update_alias(caller, parse(body)?)?),
-            O::DeleteAlias => respond(&self.delete_alias(caller, parse(body)?)?),
-            O::ListAliases => respond(&self.list_aliases(caller, parse(body)?)?),
-            O::EnableKeyRotation => respond(&self.enable_key_rotation(caller, parse(body)?)?),
-            O::DisableKeyRotation => respond(&self.disable_key_rotation(caller, parse(body)?)?),
-            O::GetKeyRotationStatus => {
-                respond(&self.get_key_rotation_status(caller, parse(body)?)?)
+            O::GenerateRandom => respond(&self.generate_random(call, parse(body)?)?),
+            O::CreateAlias => respond(&self.create_alias(call, parse(body)?)?),
+            O::UpdateAlias => respond(&self.update_alias(call, parse(body)?)?),
+            O::DeleteAlias => respond(&self.delete_alias(call, parse(body)?)?),
+            O::ListAliases => respond(&self.list_aliases(call, parse(body)?)?),
+            O::EnableKeyRotation => respond(&self.enable_key_rotation(call, parse(body)?)?),
+            O::DisableKeyRotation => respond(&self.disable_key_rotation(call, parse(body)?)?),
+            O::GetKeyRotationStatus => respond(&self.get_key_rotation_status(call, parse(body)?)?),
+            O::RotateKeyOnDemand => respond(&self.rotate_key_on_demand(call, parse(body)?)?),
+            O::ListKeyRotations => respond(&self.list_key_rotations(call, parse(body)?)?),
+            O::TagResource => respond(&self.tag_resource(call, parse(body)?)?),
+            O::UntagResource => respond(&self.untag_resource(call, parse(body)?)?),
+            O::ListResourceTags => respond(&self.list_resource_tags(call, parse(body)?)?),
+            O::PutKeyPolicy => respond(&self.put_key_policy(call, parse(body)?)?),
+            O::GetKeyPolicy => respond(&self.get_key_policy(call, parse(body)?)?),
+            O::ListKeyPolicies => respond(&self.list_key_policies(call, parse(body)?)?),
+            O::CreateGrant => respond(&self.create_grant(call, parse(body)?)?),
+            O::ListGrants => respond(&self.list_grants(call, parse(body)?)?),
+            O::ListRetirableGrants => respond(&self.list_retirable_grants(call, parse(body)?)?),
+            O::RetireGrant => respond(&self.retire_grant(call, parse(body)?)?),
+            O::RevokeGrant => respond(&self.revoke_grant(call, parse(body)?)?),
+            O::GetParametersForImport => {
+                respond(&self.get_parameters_for_import(call, parse(body)?)?)
             }
-            O::RotateKeyOnDemand => respond(&self.rotate_key_on_demand(caller, parse(body)?)?),
-            O::ListKeyRotations => respond(&self.list_key_rotations(caller, parse(body)?)?),
-            O::TagResource => respond(&self.tag_resource(caller, parse(body)?)?),
-            O::UntagResource => respond(&self.untag_resource(caller, parse(body)?)?),
-            O::ListResourceTags => respond(&self.list_resource_tags(caller, parse(body)?)?),
+            O::ImportKeyMaterial => respond(&self.import_key_material(call, parse(body)?)?),
+            O::DeleteImportedKeyMaterial => {
+                respond(&self.delete_imported_key_material(call, parse(body)?)?)
+            }
         }
     }
 }

@@ -62,6 +62,24 @@ pub enum KmsError {
     /// `X-Amz-Target` names no operation.
     #[error("{0}")]
     UnknownOperation(String),
+    /// A policy document that is not valid; the message says what is wrong.
+    #[error("{0}")]
+    MalformedPolicyDocument(String),
+    /// Imported key material that is not the key's.
+    #[error("{0}")]
+    IncorrectKeyMaterial(String),
+    /// An import token past its 24 hours.
+    #[error("{0}")]
+    ExpiredImportToken(String),
+    /// An import token that is not valid for this key.
+    #[error("{0}")]
+    InvalidImportToken(String),
+    /// A grant id that names no grant.
+    #[error("{0}")]
+    InvalidGrantId(String),
+    /// The account's use of keys is suspended.
+    #[error("{0}")]
+    AccountSuspended(String),
     /// The request would have succeeded; `DryRun` was set.
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
@@ -94,6 +112,12 @@ impl KmsError {
             Self::InvalidGrantToken(_) => "InvalidGrantTokenException",
             Self::AccessDenied(_) => "AccessDeniedException",
             Self::UnknownOperation(_) => "UnknownOperationException",
+            Self::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
+            Self::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
+            Self::ExpiredImportToken(_) => "ExpiredImportTokenException",
+            Self::InvalidImportToken(_) => "InvalidImportTokenException",
+            Self::InvalidGrantId(_) => "InvalidGrantIdException",
+            Self::AccountSuspended(_) => "AccountSuspendedException",
             Self::DryRun => "DryRunOperationException",
             Self::Internal(_) => "KMSInternalException",
         }

@@ -114,6 +114,15 @@ impl KeyRef {
             .ok_or_else(|| KmsError::NotFound(format!("Invalid keyId '{s}'")))
     }
 
+    /// The alias name (`alias/...`) if this names an alias.
+    #[must_use]
+    pub fn alias_name(&self) -> Option<String> {
+        match self {
+            Self::Alias(n) | Self::AliasArn { name: n, .. } => Some(n.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether this names an alias rather than a key.
     #[must_use]
     pub fn is_alias(&self) -> bool {

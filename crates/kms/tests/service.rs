@@ -6,11 +6,18 @@
 
 use std::sync::Arc;
 
+#[path = "service/authorization.rs"]
+mod authorization;
+#[path = "service/byok.rs"]
+mod byok;
+#[path = "service/grants_and_services.rs"]
+mod grants_and_services;
+
 use atrest_crypto::Aes256Key;
 use atrest_kms::clock::ManualClock;
 use atrest_kms::names::AccountId;
 use atrest_kms::root::RootKey;
-use atrest_kms::{Caller, KeyService, KmsError, Operation};
+use atrest_kms::{Call, Caller, KeyService, KmsError, Operation, RequestMeta};
 use atrest_store::MemoryStore;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -47,17 +54,19 @@ fn env_with_regions(regions: &[&str]) -> Env {
 }
 
 fn caller(account: &str, region: &str) -> Caller {
-    Caller {
-        account: AccountId::parse(account).unwrap(),
-        region: region.into(),
-        admin: false,
-    }
+    Caller::root(AccountId::parse(account).unwrap(), region)
+}
+
+/// Runs `f` with a `Call` for `who`.
+fn with_call<T>(who: &Caller, f: impl FnOnce(&Call<'_>) -> T) -> T {
+    let meta = RequestMeta::in_process();
+    f(&Call::new(who, &meta))
 }
 
 impl Env {
     fn call(&self, who: &Caller, op: &str, body: Value) -> Result<Value, KmsError> {
         let op = Operation::from_target(&format!("TrentService.{op}")).expect(op);
-        let out = self.kms.call(who, op, body.to_string().as_bytes())?;
+        let out = with_call(who, |c| self.kms.call(c, op, body.to_string().as_bytes()))?;
         Ok(serde_json::from_slice(&out).unwrap())
     }
 
@@ -189,17 +198,13 @@ fn create_key_refuses_what_it_does_not_support() {
             json!({"KeyUsage": "SIGN_VERIFY"}),
             "UnsupportedOperationException",
         ),
-        (
-            json!({"Origin": "EXTERNAL"}),
-            "UnsupportedOperationException",
-        ),
-        (json!({"Origin": "MOON"}), "ValidationException"),
+        (json!({"Origin": "AWS_CLOUDHSM"}), "UnsupportedOperationException"),(json!({"Origin": "MOON"}), "ValidationException"),
         (
             json!({"MultiRegion": true}),
             "UnsupportedOperationException",
         ),
-        (json!({"Policy": "{}"}), "UnsupportedOperationException"),
-        (
+        (json!({"Policy": "{}"}), "MalformedPolicyDocumentException"),
+        (json!({"Policy": "not json"}), "MalformedPolicyDocumentException"),(
             json!({"CustomKeyStoreId": "cks-1"}),
             "UnsupportedOperationException",
         ),
@@ -1206,37 +1211,27 @@ fn request_bodies_that_are_not_requests() {
         "{\"KeyId\": \"a\", \"KeyId\": \"b\"}",
         "\u{0}",
     ] {
-        let err = e
-            .kms
-            .call(&e.alice, Operation::DescribeKey, body.as_bytes())
-            .unwrap_err();
+        let err = with_call(&e.alice, |c| {
+            e.kms.call(c, Operation::DescribeKey, body.as_bytes())
+        })
+        .unwrap_err();
         assert_eq!(err.aws_type(), "SerializationException", "{body:?}");
     }
     // A nested struct given as a positional array is refused too.
     let key = e.new_key();
-    let err = e
-        .kms
-        .call(
-            &e.alice,
-            Operation::TagResource,
-            format!(r#"{{"KeyId": "{key}", "Tags": [["k", "v"]]}}"#).as_bytes(),
-        )
-        .unwrap_err();
+    let body = format!(r#"{{"KeyId": "{key}", "Tags": [["k", "v"]]}}"#);
+    let err = with_call(&e.alice, |c| {
+        e.kms.call(c, Operation::TagResource, body.as_bytes())
+    })
+    .unwrap_err();
     assert_eq!(err.aws_type(), "SerializationException");
     // Unknown members are ignored; an empty body is an empty object.
-    assert!(
-        e.kms
-            .call(
-                &e.alice,
-                Operation::ListKeys,
-                b"{\"FutureMember\": [1, {\"x\": null}]}"
-            )
-            .is_ok()
-    );
-    assert!(e.kms.call(&e.alice, Operation::ListKeys, b"").is_ok());
+    let future = b"{\"FutureMember\": [1, {\"x\": null}]}";
+    assert!(with_call(&e.alice, |c| e.kms.call(c, Operation::ListKeys, future)).is_ok());
+    assert!(with_call(&e.alice, |c| e.kms.call(c, Operation::ListKeys, b"")).is_ok());
     assert_eq!(Operation::from_target("TrentService.Nope"), None);
     assert_eq!(Operation::from_target("Other.ListKeys"), None);
-    assert_eq!(Operation::ALL.len(), 26);
+    assert_eq!(Operation::ALL.len(), 37);
 }
 
 #[test]
@@ -1280,52 +1275,39 @@ fn accounts_and_access_keys() {
     assert_eq!(again.key.secret_access_key, boot.key.secret_access_key);
     e.kms.finish_bootstrap().unwrap();
     assert!(e.kms.bootstrap_admin().unwrap().is_none(), "only once");
-    let admin = Caller {
-        account: boot.key.account.clone(),
-        region: "us-east-1".into(),
-        admin: true,
-    };
+    let mut admin = Caller::root(boot.key.account.clone(), "us-east-1");
+    admin.admin = true;
     let found = e.kms.access_key(&boot.key.access_key_id).unwrap().unwrap();
     assert_eq!(found.secret(), boot.key.secret_access_key.expose());
     assert!(found.admin);
+    assert!(found.caller("us-east-1").admin);
     assert!(boot.key.access_key_id.starts_with("AKIA") && boot.key.access_key_id.len() == 20);
     assert_eq!(boot.key.secret_access_key.len(), 40);
 
-    let acct = e
-        .kms
-        .create_account(&admin, Some("123456789012"), false)
-        .unwrap();
-    assert_eq!(
-        e.kms
-            .create_account(&admin, Some("123456789012"), false)
-            .unwrap_err()
-            .aws_type(),
-        "AlreadyExistsException"
-    );
-    assert_eq!(
-        e.kms
-            .create_account(&admin, Some("12345"), false)
-            .unwrap_err()
-            .aws_type(),
-        "ValidationException"
-    );
-    let k = e.kms.create_access_key(&admin, acct.as_str()).unwrap();
+    let acct = with_call(&admin, |c| {
+        e.kms.create_account(c, Some("123456789012"), false)
+    })
+    .unwrap();
+    let dup = with_call(&admin, |c| {
+        e.kms.create_account(c, Some("123456789012"), false)
+    });
+    assert_eq!(dup.unwrap_err().aws_type(), "AlreadyExistsException");
+    let bad = with_call(&admin, |c| e.kms.create_account(c, Some("12345"), false));
+    assert_eq!(bad.unwrap_err().aws_type(), "ValidationException");
+    let k = with_call(&admin, |c| e.kms.create_access_key(c, acct.as_str(), None)).unwrap();
     let user = e.kms.access_key(&k.access_key_id).unwrap().unwrap();
     assert_eq!(user.account, acct);
     assert!(!user.admin);
-    assert_eq!(
-        e.kms
-            .create_access_key(&admin, "999999999999")
-            .unwrap_err()
-            .aws_type(),
-        "NotFoundException"
-    );
+    let missing = with_call(&admin, |c| e.kms.create_access_key(c, "999999999999", None));
+    assert_eq!(missing.unwrap_err().aws_type(), "NotFoundException");
 
     let imported =
         atrest_crypto::SecretBytes::new(b"wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_vec());
-    e.kms
-        .import_access_key(&admin, acct.as_str(), "AKIAIOSFODNN7EXAMPLE", imported)
-        .unwrap();
+    with_call(&admin, |c| {
+        e.kms
+            .import_access_key(c, acct.as_str(), None, "AKIAIOSFODNN7EXAMPLE", imported)
+    })
+    .unwrap();
     assert_eq!(
         e.kms
             .access_key("AKIAIOSFODNN7EXAMPLE")
@@ -1335,57 +1317,58 @@ fn accounts_and_access_keys() {
         b"wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
     );
     let again = atrest_crypto::SecretBytes::new(b"0123456789abcdef0123".to_vec());
-    assert_eq!(
+    let dup = with_call(&admin, |c| {
         e.kms
-            .import_access_key(&admin, acct.as_str(), "AKIAIOSFODNN7EXAMPLE", again)
-            .unwrap_err()
-            .aws_type(),
-        "AlreadyExistsException"
-    );
+            .import_access_key(c, acct.as_str(), None, "AKIAIOSFODNN7EXAMPLE", again)
+    });
+    assert_eq!(dup.unwrap_err().aws_type(), "AlreadyExistsException");
     for (id, secret) in [
         ("short", "0123456789abcdef"),
         ("AKIA-BAD-CHARS-HERE", "0123456789abcdef"),
         ("AKIAIOSFODNN7EXAMPL2", "short"),
         ("AKIAIOSFODNN7EXAMPL3", "has space 0123456789"),
     ] {
-        let err = e
-            .kms
-            .import_access_key(
-                &admin,
-                acct.as_str(),
-                id,
-                atrest_crypto::SecretBytes::new(secret.as_bytes().to_vec()),
-            )
-            .unwrap_err();
+        let s = atrest_crypto::SecretBytes::new(secret.as_bytes().to_vec());
+        let err = with_call(&admin, |c| {
+            e.kms.import_access_key(c, acct.as_str(), None, id, s)
+        })
+        .unwrap_err();
         assert_eq!(err.aws_type(), "ValidationException", "{id}");
     }
     assert!(e.kms.access_key("AKIANOTKNOWN00000000").unwrap().is_none());
-    assert_eq!(
-        e.kms.list_access_keys(&admin, acct.as_str()).unwrap().len(),
-        2
-    );
+    let keys = with_call(&admin, |c| e.kms.list_access_keys(c, acct.as_str())).unwrap();
+    assert_eq!(keys.len(), 2);
     assert_eq!(e.kms.list_accounts(&admin).unwrap().len(), 2);
 
-    // Non-admins may not administer.
-    let plain = Caller {
-        account: acct.clone(),
-        region: "us-east-1".into(),
-        admin: false,
-    };
+    // Non-admins may not administer; an account's root may manage its users.
+    let plain = Caller::root(acct.clone(), "us-east-1");
+    let denied = with_call(&plain, |c| e.kms.create_account(c, None, false));
+    assert_eq!(denied.unwrap_err().aws_type(), "AccessDeniedException");
+    let denied = with_call(&plain, |c| e.kms.create_access_key(c, acct.as_str(), None));
+    assert_eq!(denied.unwrap_err().aws_type(), "AccessDeniedException");
+    with_call(&plain, |c| e.kms.create_user(c, acct.as_str(), "alice")).unwrap();
+    let uk = with_call(&plain, |c| {
+        e.kms.create_access_key(c, acct.as_str(), Some("alice"))
+    })
+    .unwrap();
+    let alice = e
+        .kms
+        .access_key(&uk.access_key_id)
+        .unwrap()
+        .unwrap()
+        .caller("us-east-1");
     assert_eq!(
-        e.kms
-            .create_account(&plain, None, false)
-            .unwrap_err()
-            .aws_type(),
-        "AccessDeniedException"
+        alice.principal_arn(),
+        "arn:aws:iam::123456789012:user/alice"
     );
-    assert_eq!(
-        e.kms
-            .create_access_key(&plain, acct.as_str())
-            .unwrap_err()
-            .aws_type(),
-        "AccessDeniedException"
-    );
+    assert!(!alice.admin);
+    let other = Caller::root(AccountId::parse("444455556666").unwrap(), "us-east-1");
+    let denied = with_call(&other, |c| e.kms.create_user(c, acct.as_str(), "mallory"));
+    assert_eq!(denied.unwrap_err().aws_type(), "AccessDeniedException");
+    let nobody = with_call(&plain, |c| {
+        e.kms.create_access_key(c, acct.as_str(), Some("ghost"))
+    });
+    assert_eq!(nobody.unwrap_err().aws_type(), "NotFoundException");
 }
 
 #[test]
@@ -1471,9 +1454,14 @@ proptest! {
             m.insert("KeyId".into(), json!(key));
         }
         for input in [body.to_string().into_bytes(), raw] {
-            if let Err(err) = e.kms.call(&e.alice, op, &input) {
+            if let Err(err) = with_call(&e.alice, |c| e.kms.call(c, op, &input)) {
                 prop_assert!(!err.is_server_fault(), "{op:?} {}: {err:?}", String::from_utf8_lossy(&input));
             }
         }
     }
+}
+
+/// A valid key policy document (for refusals that must not be about the policy).
+fn authorization_policy_for_tests() -> String {
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}"#.to_owned()
 }

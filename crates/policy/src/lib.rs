@@ -14,6 +14,39 @@
 //!   (`Statement[1].Condition.StringEquals: ...`).
 //! * [`PolicyDocument::evaluate`] never panics and returns which statements
 //!   matched, by effect and by how the principal matched.
+//!
+//! # Grammar
+//!
+//! As the IAM policy grammar, with these choices: every object member must
+//! be known and appear once (duplicate members are malformed, as the
+//! grammar notes say); `Id` is accepted in both kinds; lists (`Action`,
+//! `Resource`, principal lists, condition values) must not be empty;
+//! `Resource` is `*` or an ARN with six colon-separated parts; principals
+//! are `*`, account ids and `arn:aws:iam::ACCOUNT:root|user/NAME|role/NAME`
+//! under `AWS`, and service names under `Service` (`Federated` and
+//! `CanonicalUser` are refused as unsupported). Condition operator names
+//! are case-sensitive; besides the string, numeric, date, `Bool`, `Null`
+//! and ARN families, `IpAddress`/`NotIpAddress` are supported;
+//! `BinaryEquals` is refused. Numeric, date and boolean condition values
+//! are not checked at parse time (a value that does not parse simply never
+//! matches). Policy variables (`${aws:username}`, `${key, 'default'}`,
+//! `${*}`, `${?}`, `${$}`) are resolved from the [`Context`] in `Resource`
+//! and in string and ARN condition values of `"Version": "2012-10-17"`
+//! documents; other versions take them literally.
+//!
+//! # Evaluation
+//!
+//! A statement matches when its principal (resource policies), action,
+//! resource and every condition match. Actions match case-insensitively,
+//! resources as ArnLike (part by part, case-sensitively). Principal
+//! matching and the condition rules are described on [`Evaluation`] and in
+//! the condition module: a key with no values counts as absent; a negated
+//! operator on an absent key matches; `IfExists` matches an absent key;
+//! `ForAllValues:` matches an absent key, `ForAnyValue:` does not; without
+//! a set operator, a positive operator needs any request value to match and
+//! a negated one needs every request value to match none of the listed
+//! values. In a `NotPrincipal` element an account names only the account
+//! principal (its root), not its users and roles.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -90,7 +123,8 @@ impl Context {
 
     /// Sets a single-valued key.
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
-        self.values.insert(key.to_ascii_lowercase(), vec![value.into()]);
+        self.values
+            .insert(key.to_ascii_lowercase(), vec![value.into()]);
     }
 
     /// Sets a multivalued key (an empty list is present but has no values).
@@ -101,7 +135,9 @@ impl Context {
     /// The values of `key`, if present.
     #[must_use]
     pub fn get(&self, key: &str) -> Option<&[String]> {
-        self.values.get(&key.to_ascii_lowercase()).map(Vec::as_slice)
+        self.values
+            .get(&key.to_ascii_lowercase())
+            .map(Vec::as_slice)
     }
 }
 
@@ -143,7 +179,12 @@ pub struct PolicyDocument {
     statements: Vec<statement::Statement>,
 }
 
+mod condition;
+mod json;
+mod pattern;
+mod principal;
 mod statement;
+mod values;
 
 impl PolicyDocument {
     /// The largest document accepted, in bytes (AWS's key policy limit).

@@ -4,6 +4,8 @@
 //! ```text
 //! <data-dir>/            mode 0700
 //!   kms.redb             the metadata store (sealed secrets only)
+//!   audit/audit.log      the audit trail (HMAC-chained, append-only)
+//!   audit/audit.head     the last record's position and MAC
 //!   root.json            root-of-trust kind and check value
 //!   admin-credentials    AWS shared-credentials file of the first admin key, 0600
 //! ```
@@ -51,7 +53,8 @@ pub fn default_root_key_file(data_dir: &Path) -> PathBuf {
 pub struct DataDir {
     /// The key service over the data dir's store.
     pub kms: Arc<KeyService>,
-    /// Set on first start: the admin account and the file its key was written to.
+    /// The audit trail (`<data-dir>/audit`) and metering.
+    pub trail: crate::trail::SharedTrail,/// Set on first start: the admin account and the file its key was written to.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
 }
 
@@ -64,8 +67,8 @@ pub fn open(
     root: RootSource,
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
-) -> Result<DataDir, DataDirError> {
-    fs::DirBuilder::new()
+    audit_faults: Option<&atrest_audit::Faults>,
+) -> Result<DataDir, DataDirError> {fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
@@ -106,8 +109,19 @@ pub fn open(
             Some((b, path))
         }
     };
+        let audit_dir = dir.join("audit");
+    let audit_key = kms.audit_key().map_err(|e| DataDirError::Kms(e.to_string()))?;
+        let options = atrest_audit::Options {
+        faults: audit_faults.cloned(),
+        ..atrest_audit::Options::default()
+    };
+    let log = atrest_audit::AuditLog::open_with_options(&audit_dir, &audit_key, &options)
+        .map_err(|e| DataDirError::Io(format!("audit trail: {e}")))?;
+    let trail = Arc::new(crate::trail::Trail::new(log, &audit_dir).map_err(DataDirError::Io)?);
+    kms.set_audit_sink(trail.clone());
     Ok(DataDir {
         kms: Arc::new(kms),
+        trail,
         bootstrap,
     })
 }

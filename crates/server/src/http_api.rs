@@ -1,23 +1,27 @@
-//! Routes and handlers: the KMS JSON endpoint, the admin REST API, health.
+//! Routes and handlers: the KMS JSON endpoint, the REST API, health.
+//!
+//! Every request is authenticated (SigV4), runs as a `Call` of the key
+//! service, and is recorded in the audit trail before its answer is sent.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use atrest_kms::{Caller, KeyService, KmsError, Operation};
+use atrest_kms::{Call, Caller, KeyService, KmsError, Operation, RequestMeta};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post, put};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use serde_json::json;
+use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
+use crate::trail::SharedTrail;
 
 /// The peer of a connection, inserted by the accept loop.
 #[derive(Clone, Copy, Debug)]
@@ -25,10 +29,13 @@ pub(crate) struct Peer(pub SocketAddr);
 
 pub(crate) struct AppState {
     pub kms: Arc<KeyService>,
+    pub trail: SharedTrail,
     pub max_body: usize,
     /// Access keys' secrets never change, so their derived signing keys can
     /// be cached per scope.
     pub signing_keys: atrest_sigv4::SigningKeyCache,
+    /// Where the audit log lives (for queries and verification).
+    pub audit_dir: std::path::PathBuf,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -36,10 +43,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/", any(kms_endpoint))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/accounts", get(list_accounts).post(create_account))
+        .route("/v1/accounts/{account}/access-keys", get(list_access_keys).post(create_access_key))
+        .route("/v1/accounts/{account}/users", get(list_users).post(create_user))
         .route(
-            "/v1/accounts/{account}/access-keys",
-            get(list_access_keys).post(create_access_key),
+            "/v1/accounts/{account}/users/{user}/policies/{policy}",
+            get(get_user_policy).put(put_user_policy).delete(delete_user_policy),
         )
+        .route("/v1/accounts/{account}/suspend", post(suspend_account))
+        .route("/v1/accounts/{account}/resume", post(resume_account))
+        .route("/v1/audit", get(query_audit))
+        .route("/v1/audit/verify", post(verify_audit))
+        .route("/v1/metering", get(metering))
+        .route("/v1/service-keys/{service}", put(ensure_service_key))
         .fallback(no_route)
         .with_state(state)
 }
@@ -54,24 +69,12 @@ impl AsRef<[u8]> for Wipe {
     }
 }
 
-/// A random request id. From AWS-LC's userspace DRBG rather than a
-/// `getrandom` system call per request.
-fn request_id() -> String {
-    let bytes = atrest_crypto::rand::array::<16>().unwrap_or_default();
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
-}
-
 fn kms_error_response(err: &ApiError, request_id: &str) -> Response {
     let (status, ty, message) = err.parts();
     let body = json!({"__type": ty, "message": message}).to_string();
     let mut resp = (
         status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-amz-json-1.1"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"))],
         body,
     )
         .into_response();
@@ -85,8 +88,7 @@ fn kms_error_response(err: &ApiError, request_id: &str) -> Response {
 /// connection; close it rather than let a client reuse it.
 fn close_if_body_unread(err: &ApiError, mut resp: Response) -> Response {
     if matches!(err, ApiError::BodyTooLarge(_) | ApiError::BodyRead(_)) {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
@@ -113,14 +115,9 @@ async fn read_body(body: Body, headers: &http::HeaderMap, max: usize) -> Result<
     }
 }
 
-/// Verifies the request's SigV4 signature for `service`; returns the caller.
-fn authenticate(
-    st: &AppState,
-    parts: &Parts,
-    body: &[u8],
-    service: &str,
-) -> Result<Caller, ApiError> {
-    let kms = &st.kms;
+/// Verifies the request's SigV4 signature for `service`; returns the caller
+/// and the access key id.
+fn authenticate(st: &AppState, parts: &Parts, body: &[u8], service: &str) -> Result<(Caller, String), ApiError> {
     let parsed = atrest_sigv4::parse_request(
         &parts.method,
         &parts.uri,
@@ -128,22 +125,18 @@ fn authenticate(
         body,
         &atrest_sigv4::Policy {
             service,
-            regions: kms.regions(),
+            regions: st.kms.regions(),
             now: time::OffsetDateTime::now_utc(),
         },
     )?;
-    let Some(key) = kms.access_key(parsed.access_key_id())? else {
+    let Some(key) = st.kms.access_key(parsed.access_key_id())? else {
         return Err(atrest_sigv4::AuthError::UnrecognizedClient.into());
     };
     parsed.verify_cached(key.secret(), Some(&st.signing_keys))?;
     if !key.active {
         return Err(ApiError::InactiveKey);
     }
-    Ok(Caller {
-        account: key.account.clone(),
-        region: parsed.region().to_owned(),
-        admin: key.admin,
-    })
+    Ok((key.caller(parsed.region()), parsed.access_key_id().to_owned()))
 }
 
 fn content_type_ok(parts: &Parts) -> Result<(), ApiError> {
@@ -152,45 +145,78 @@ fn content_type_ok(parts: &Parts) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    let base = ct
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     match base.as_str() {
         "application/x-amz-json-1.1" | "application/x-amz-json-1.0" | "application/json" => Ok(()),
         _ => Err(ApiError::ContentType(ct)),
     }
 }
 
+/// The audit entry of a request refused before it became a call (bad
+/// signature, body too large, unknown operation, ...).
+fn refused_entry(meta: &RequestMeta, operation: &str, caller: Option<&Caller>, err: &ApiError) -> atrest_audit::Entry {
+    atrest_audit::Entry {
+        time: atrest_kms::audit_time(meta.time),
+        request_id: meta.request_id.clone(),
+        region: caller.map(|c| c.region.clone()),
+        account: caller.map(|c| c.account.as_str().to_owned()),
+        principal: caller.map(Caller::principal_arn),
+        access_key_id: meta.access_key_id.clone(),
+        source: Some(meta.source.clone()),
+        operation: operation.to_owned(),
+        result: err.parts().1.to_owned(),
+        ..atrest_audit::Entry::default()
+    }
+}
+
+/// The outcome of a call, with what its audit record needs.
+struct Outcome<T> {
+    result: Result<T, ApiError>,
+    entry: Option<atrest_audit::Entry>,
+}
+
 async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    let id = request_id();
     let started = Instant::now();
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let mut meta = RequestMeta::in_process();
+    meta.source = peer.map_or_else(|| "unknown".into(), |p| p.to_string());
     let (parts, body) = req.into_parts();
     let target = parts
         .headers
         .get("x-amz-target")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let result = handle_kms(&st, &parts, body).await;
+    let operation = target
+        .as_deref()
+        .and_then(|t| t.strip_prefix("TrentService."))
+        .unwrap_or("unknown")
+        .chars()
+        .take(64)
+        .collect::<String>();
+    let outcome = handle_kms(&st, &parts, body, &mut meta, &operation).await;
+    // Record before answering; a success that cannot be recorded is not given.
+    let mut result = outcome.result;
+    if let Some(entry) = outcome.entry
+        && let Err(e) = st.trail.record(entry).await
+        && result.is_ok()
+    {
+        tracing::error!(request_id = %meta.request_id, error = %e, "audit trail unavailable; refusing the request");
+        result = Err(KmsError::Internal(format!("the audit trail cannot record the request ({e})")).into());
+    }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let id = &meta.request_id;
     match result {
         Ok((op, caller, out)) => {
             // Data-plane calls can number tens of thousands a second: they
-            // are logged at debug (the audit trail will record every call).
+            // are logged at debug; the audit trail records every call.
             if op.is_read_only() {
-                tracing::debug!(request_id = %id, peer = ?peer, operation = op.name(), account = %caller.account, region = %caller.region, status = 200, ms, "kms request");
+                tracing::debug!(request_id = %id, peer = ?peer, operation = op.name(), principal = %caller.principal_arn(), region = %caller.region, status = 200, ms, "kms request");
             } else {
-                tracing::info!(request_id = %id, peer = ?peer, operation = op.name(), account = %caller.account, region = %caller.region, status = 200, ms, "kms request");
+                tracing::info!(request_id = %id, peer = ?peer, operation = op.name(), principal = %caller.principal_arn(), region = %caller.region, status = 200, ms, "kms request");
             }
             let mut resp = Response::new(Body::from(Bytes::from_owner(Wipe(out))));
             let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-amz-json-1.1"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"));
+            if let Ok(v) = HeaderValue::from_str(id) {
                 h.insert("x-amzn-requestid", v);
             }
             resp
@@ -202,7 +228,7 @@ async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response
             } else {
                 tracing::info!(request_id = %id, peer = ?peer, target = ?target, status = status.as_u16(), error_type = ty, ms, "kms request refused");
             }
-            kms_error_response(&err, &id)
+            kms_error_response(&err, id)
         }
     }
 }
@@ -211,145 +237,194 @@ async fn handle_kms(
     st: &Arc<AppState>,
     parts: &Parts,
     body: Body,
-) -> Result<(Operation, Caller, Zeroizing<Vec<u8>>), ApiError> {
+    meta: &mut RequestMeta,
+    operation: &str,
+) -> Outcome<(Operation, Caller, Zeroizing<Vec<u8>>)> {
+    let refused = |meta: &RequestMeta, caller: Option<&Caller>, err: ApiError| Outcome {
+        entry: Some(refused_entry(meta, operation, caller, &err)),
+        result: Err(err),
+    };
     if parts.method != Method::POST {
-        return Err(ApiError::Method);
+        return refused(meta, None, ApiError::Method);
     }
-    let body = read_body(body, &parts.headers, st.max_body).await?;
-    let caller = authenticate(st, parts, &body, "kms")?;
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let op = Operation::from_target(target).ok_or_else(|| {
-        KmsError::UnknownOperation(if target.is_empty() {
+    let body = match read_body(body, &parts.headers, st.max_body).await {
+        Ok(b) => b,
+        Err(e) => return refused(meta, None, e),
+    };
+    let (caller, akid) = match authenticate(st, parts, &body, "kms") {
+        Ok(x) => x,
+        Err(e) => return refused(meta, None, e),
+    };
+    meta.access_key_id = Some(akid);
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(op) = Operation::from_target(target) else {
+        let err = KmsError::UnknownOperation(if target.is_empty() {
             "The request has no X-Amz-Target header naming an operation.".into()
         } else {
             format!("Unknown operation {target}")
-        })
-    })?;
-    content_type_ok(parts)?;
-    let out = if op.is_read_only() {
-        st.kms.call(&caller, op, &body)?
-    } else {
-        // Writes wait for an fsync; keep them off the reactor threads.
-        let (kms, c) = (Arc::clone(&st.kms), caller.clone());
-        tokio::task::spawn_blocking(move || kms.call(&c, op, &body))
-            .await
-            .map_err(|e| KmsError::Internal(format!("worker failed: {e}")))??
+        });
+        return refused(meta, Some(&caller), err.into());
     };
-    Ok((op, caller, out))
+    if let Err(e) = content_type_ok(parts) {
+        return refused(meta, Some(&caller), e);
+    }
+    let run = {
+        let (kms, caller, meta) = (Arc::clone(&st.kms), caller.clone(), meta.clone());
+        move || {
+            let call = Call::new(&caller, &meta);
+            let result = kms.call(&call, op, &body);
+            let entry = (!call.recorded()).then(|| {
+                let outcome = match &result {
+                    Ok(_) => "Success",
+                    Err(e) => e.aws_type(),
+                };
+                kms.audit_entry(&call, outcome)
+            });
+            (result, entry)
+        }
+    };
+    let (result, entry) = if op.is_read_only() {
+        run()
+    } else {
+        // Writes wait for fsyncs; keep them off the reactor threads.
+        match tokio::task::spawn_blocking(run).await {
+            Ok(x) => x,
+            Err(e) => (Err(KmsError::Internal(format!("worker failed: {e}"))), None),
+        }
+    };
+    Outcome {
+        result: result.map(|out| (op, caller, out)).map_err(ApiError::from),
+        entry,
+    }
 }
 
-/// Runs an admin REST handler: authenticates (service `atrest`), reads the
-/// JSON body, runs `f` off the reactor, and shapes the answer.
-async fn rest<F>(st: Arc<AppState>, req: Request, f: F) -> Response
+/// Runs a REST handler: authenticates (service `atrest`), reads the JSON
+/// body, runs `f` off the reactor as an audited call named `operation`, and
+/// shapes the answer.
+async fn rest<F>(st: Arc<AppState>, req: Request, operation: &'static str, f: F) -> Response
 where
-    F: FnOnce(
-            &KeyService,
-            &Caller,
-            serde_json::Value,
-        ) -> Result<(StatusCode, serde_json::Value), ApiError>
-        + Send
-        + 'static,
+    F: FnOnce(&AppState, &Call<'_>, Value) -> Result<(StatusCode, Value), ApiError> + Send + 'static,
 {
-    let id = request_id();
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let mut meta = RequestMeta::in_process();
+    meta.source = peer.map_or_else(|| "unknown".into(), |p| p.to_string());
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let method = parts.method.clone();
-    let result = async {
-        let body = read_body(body, &parts.headers, st.max_body).await?;
-        let caller = authenticate(&st, &parts, &body, atrest_rest_service())?;
-        let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let outcome: Outcome<(StatusCode, Value)> = async {
+        let body = match read_body(body, &parts.headers, st.max_body).await {
+            Ok(b) => b,
+            Err(e) => return Outcome { entry: Some(refused_entry(&meta, operation, None, &e)), result: Err(e) },
+        };
+        let (caller, akid) = match authenticate(&st, &parts, &body, crate::REST_SERVICE) {
+            Ok(x) => x,
+            Err(e) => return Outcome { entry: Some(refused_entry(&meta, operation, None, &e)), result: Err(e) },
+        };
+        meta.access_key_id = Some(akid);
+        let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                KmsError::Serialization(format!("The request body is not valid JSON: {e}"))
-            })?
+            match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    let err: ApiError = KmsError::Serialization(format!("The request body is not valid JSON: {e}")).into();
+                    return Outcome { entry: Some(refused_entry(&meta, operation, Some(&caller), &err)), result: Err(err) };
+                }
+            }
         };
-        let kms = Arc::clone(&st.kms);
-        tokio::task::spawn_blocking(move || f(&kms, &caller, value))
-            .await
-            .map_err(|e| ApiError::Kms(KmsError::Internal(format!("worker failed: {e}"))))?
+        let (st2, meta2) = (Arc::clone(&st), meta.clone());
+        let joined = tokio::task::spawn_blocking(move || {
+            let call = Call::new(&caller, &meta2);
+            call.set_operation(operation);
+            let result = f(&st2, &call, value);
+            let entry = (!call.recorded()).then(|| {
+                let outcome = match &result {
+                    Ok(_) => "Success",
+                    Err(e) => e.parts().1,
+                };
+                st2.kms.audit_entry(&call, outcome)
+            });
+            (result, entry)
+        })
+        .await;
+        match joined {
+            Ok((result, entry)) => Outcome { result, entry },
+            Err(e) => Outcome { result: Err(KmsError::Internal(format!("worker failed: {e}")).into()), entry: None },
+        }
     }
     .await;
+    let mut result = outcome.result;
+    if let Some(entry) = outcome.entry
+        && let Err(e) = st.trail.record(entry).await
+        && result.is_ok()
+    {
+        result = Err(KmsError::Internal(format!("the audit trail cannot record the request ({e})")).into());
+    }
     match result {
         Ok((status, value)) => {
-            tracing::info!(request_id = %id, %method, path, status = status.as_u16(), "rest request");
-            (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                value.to_string(),
-            )
-                .into_response()
+            tracing::info!(request_id = %meta.request_id, %method, path, status = status.as_u16(), "rest request");
+            (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
         }
         Err(err) => {
-            tracing::info!(request_id = %id, %method, path, error = %err.parts().1, "rest request refused");
-            rest_error_response(&err, &id)
+            tracing::info!(request_id = %meta.request_id, %method, path, error = %err.parts().1, "rest request refused");
+            rest_error_response(&err, &meta.request_id)
         }
     }
 }
 
-const fn atrest_rest_service() -> &'static str {
-    "atrest"
-}
-
-fn string_field(v: &serde_json::Value, name: &str) -> Result<Option<String>, ApiError> {
+fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
     match v.get(name) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(KmsError::Serialization(format!("'{name}' must be a string")).into()),
     }
 }
 
+fn required_field(v: &Value, name: &str) -> Result<String, ApiError> {
+    string_field(v, name)?.ok_or_else(|| KmsError::Validation(format!("'{name}' is required")).into())
+}
+
 async fn create_account(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    rest(st, req, |kms, caller, body| {
+    rest(st, req, "admin:CreateAccount", |st, call, body| {
         let id = string_field(&body, "id")?;
         let admin = match body.get("admin") {
-            None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(KmsError::Serialization("'admin' must be a boolean".into()).into());
-            }
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(KmsError::Serialization("'admin' must be a boolean".into()).into()),
         };
-        let account = kms.create_account(caller, id.as_deref(), admin)?;
-        Ok((
-            StatusCode::CREATED,
-            json!({"id": account.as_str(), "admin": admin}),
-        ))
+        let account = st.kms.create_account(call, id.as_deref(), admin)?;
+        Ok((StatusCode::CREATED, json!({"id": account.as_str(), "admin": admin})))
     })
     .await
 }
 
 async fn list_accounts(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    rest(st, req, |kms, caller, _| {
-        let accounts: Vec<_> = kms
-            .list_accounts(caller)?
+    rest(st, req, "admin:ListAccounts", |st, call, _| {
+        let accounts: Vec<_> = st
+            .kms
+            .list_accounts(call.caller)?
             .into_iter()
-            .map(|(id, admin, created)| json!({"id": id, "admin": admin, "created": created}))
+            .map(|(id, admin, suspended, created)| json!({"id": id, "admin": admin, "suspended": suspended, "created": created}))
             .collect();
         Ok((StatusCode::OK, json!({"accounts": accounts})))
     })
     .await
 }
 
-/// `POST /v1/accounts/{account}/access-keys`: with an empty body, creates a
-/// key and returns its secret once; with `access_key_id` and
-/// `secret_access_key`, imports that pair.
-async fn create_access_key(
-    State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
-    req: Request,
-) -> Response {
-    rest(st, req, move |kms, caller, body| {
+/// `POST /v1/accounts/{account}/access-keys`: with no `access_key_id`,
+/// creates a key (for the account's root, or for `user`) and returns its
+/// secret once; with `access_key_id` and `secret_access_key`, imports them.
+async fn create_access_key(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+    rest(st, req, "admin:CreateAccessKey", move |st, call, body| {
+        let user = string_field(&body, "user")?;
         let id = string_field(&body, "access_key_id")?;
         let secret = string_field(&body, "secret_access_key")?.map(Zeroizing::new);
         let key = match (id, secret) {
-            (None, None) => kms.create_access_key(caller, &account)?,
-            (Some(id), Some(secret)) => kms.import_access_key(
-                caller,
+            (None, None) => st.kms.create_access_key(call, &account, user.as_deref())?,
+            (Some(id), Some(secret)) => st.kms.import_access_key(
+                call,
                 &account,
+                user.as_deref(),
                 &id,
                 atrest_crypto::SecretBytes::new(secret.as_bytes().to_vec()),
             )?,
@@ -363,25 +438,180 @@ async fn create_access_key(
         let secret = Zeroizing::new(String::from_utf8_lossy(key.secret_access_key.expose()).into_owned());
         Ok((
             StatusCode::CREATED,
-            json!({"account": key.account.as_str(), "access_key_id": key.access_key_id, "secret_access_key": secret.as_str()}),
+            json!({"account": key.account.as_str(), "user": user, "access_key_id": key.access_key_id, "secret_access_key": secret.as_str()}),
         ))
     })
     .await
 }
 
-async fn list_access_keys(
-    State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
-    req: Request,
-) -> Response {
-    rest(st, req, move |kms, caller, _| {
-        let keys = kms.list_access_keys(caller, &account)?;
+async fn list_access_keys(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+    rest(st, req, "admin:ListAccessKeys", move |st, call, _| {
+        let keys = st.kms.list_access_keys(call, &account)?;
         Ok((StatusCode::OK, json!({"access_keys": keys})))
     })
     .await
 }
 
+async fn create_user(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+    rest(st, req, "admin:CreateUser", move |st, call, body| {
+        let name = required_field(&body, "name")?;
+        let user = st.kms.create_user(call, &account, &name)?;
+        Ok((StatusCode::CREATED, serde_json::to_value(user).unwrap_or_default()))
+    })
+    .await
+}
+
+async fn list_users(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+    rest(st, req, "admin:ListUsers", move |st, call, _| {
+        let users = st.kms.list_users(call, &account)?;
+        Ok((StatusCode::OK, json!({"users": users})))
+    })
+    .await
+}
+
+async fn put_user_policy(
+    State(st): State<Arc<AppState>>,
+    Path((account, user, policy)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:PutUserPolicy", move |st, call, body| {
+        let document = match body.get("document") {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            _ => return Err(KmsError::Validation("'document' (the policy, as a JSON object or string) is required".into()).into()),
+        };
+        st.kms.put_user_policy(call, &account, &user, &policy, &document)?;
+        Ok((StatusCode::OK, json!({"account": account, "user": user, "policy": policy})))
+    })
+    .await
+}
+
+async fn get_user_policy(
+    State(st): State<Arc<AppState>>,
+    Path((account, user, policy)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:GetUserPolicy", move |st, call, _| {
+        let document = st.kms.get_user_policy(call, &account, &user, &policy)?;
+        Ok((StatusCode::OK, json!({"account": account, "user": user, "policy": policy, "document": document})))
+    })
+    .await
+}
+
+async fn delete_user_policy(
+    State(st): State<Arc<AppState>>,
+    Path((account, user, policy)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:DeleteUserPolicy", move |st, call, _| {
+        st.kms.delete_user_policy(call, &account, &user, &policy)?;
+        Ok((StatusCode::OK, json!({"deleted": policy})))
+    })
+    .await
+}
+
+async fn suspend_account(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+    rest(st, req, "admin:SuspendAccount", move |st, call, _| {
+        st.kms.set_suspended(call, &account, true)?;
+        Ok((StatusCode::OK, json!({"id": account, "suspended": true})))
+    })
+    .await
+}
+
+async fn resume_account(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+    rest(st, req, "admin:ResumeAccount", move |st, call, _| {
+        st.kms.set_suspended(call, &account, false)?;
+        Ok((StatusCode::OK, json!({"id": account, "suspended": false})))
+    })
+    .await
+}
+
+/// `GET /v1/audit`: records by key, principal, operation and time. An
+/// admin sees every account's; anyone else only their own account's.
+async fn query_audit(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:QueryAudit", move |st, call, _| {
+        let limit = match q.get("limit") {
+            None => Some(1000),
+            Some(l) => Some(l.parse::<usize>().map_err(|_| KmsError::Validation("'limit' must be a number".into()))?.min(100_000)),
+        };
+        let filter = atrest_audit::Filter {
+            key_arn: q.get("key").cloned(),
+            principal: q.get("principal").cloned(),
+            operation: q.get("operation").cloned(),
+            since: q.get("since").cloned(),
+            until: q.get("until").cloned(),
+            limit: None,
+        };
+        let mine = call.caller.account.as_str().to_owned();
+        let admin = call.caller.admin;
+        let mut records: Vec<atrest_audit::Record> = atrest_audit::query(&st.audit_dir, &filter)
+            .map_err(|e| KmsError::Internal(e.to_string()))?
+            .into_iter()
+            .filter(|r| admin || r.entry.account.as_deref() == Some(mine.as_str()))
+            .collect();
+        if let Some(l) = limit
+            && records.len() > l
+        {
+            records.drain(..records.len() - l);
+        }
+        Ok((StatusCode::OK, json!({"records": records})))
+    })
+    .await
+}
+
+/// `POST /v1/audit/verify` (admins): checks the whole chain.
+async fn verify_audit(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    rest(st, req, "admin:VerifyAudit", move |st, call, _| {
+        KeyService::require_admin_caller(call.caller)?;
+        let key = st.kms.audit_key()?;
+        let report = atrest_audit::verify(&st.audit_dir, &key).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let first_bad = report.first_bad.map(|(line, reason)| json!({"record": line, "reason": reason}));
+        Ok((StatusCode::OK, json!({"verified": first_bad.is_none(), "good_records": report.good, "first_bad": first_bad})))
+    })
+    .await
+}
+
+/// `GET /v1/metering[?account=ID]`: request counts. Admins may see every
+/// account; anyone else only their own.
+async fn metering(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:Metering", move |st, call, _| {
+        let account = match (call.caller.admin, q.get("account")) {
+            (true, a) => a.cloned(),
+            (false, Some(a)) if a != call.caller.account.as_str() => {
+                return Err(KmsError::AccessDenied(format!(
+                    "User: {} may read only its own account's metering",
+                    call.caller.principal_arn()
+                ))
+                .into());
+            }
+            (false, _) => Some(call.caller.account.as_str().to_owned()),
+        };
+        Ok((StatusCode::OK, json!({"usage": st.trail.metering.usage(account.as_deref())})))
+    })
+    .await
+}
+
+/// `PUT /v1/service-keys/{service}`: makes sure the caller's account has
+/// the service key of `service` in the signed region, creating it the first
+/// time, as a service does when it first needs one. Returns its ARN.
+async fn ensure_service_key(State(st): State<Arc<AppState>>, Path(service): Path<String>, req: Request) -> Response {
+    rest(st, req, "admin:EnsureServiceKey", move |st, call, _| {
+        let session = st.kms.service_session(&service, &call.caller.region)?;
+        let arn = session.service_key(&call.caller.account)?;
+        Ok((StatusCode::OK, json!({"service": service, "key_arn": arn, "alias": format!("alias/atrest/{service}")})))
+    })
+    .await
+}
+
 async fn no_route(req: Request) -> Response {
-    let id = request_id();
+    let id = atrest_kms::new_request_id();
     rest_error_response(&ApiError::NoRoute(req.uri().path().to_owned()), &id)
 }

@@ -15,6 +15,10 @@ pub mod error;
 mod http_api;
 mod run;
 mod tls;
+pub mod trail;
 
 pub use config::{ServerConfig, TlsFiles};
+
+/// The SigV4 service name of the REST API.
+pub const REST_SERVICE: &str = "atrest";
 pub use run::{RunningServer, start};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use atrest_crypto::SecretBytes;
 use atrest_store::WriteTx;
 
-use super::{Caller, KeyService, read_lock, write_lock};
+use super::{Call, Caller, KeyService, read_lock, write_lock};
 use crate::KmsError;
 use crate::names::AccountId;
 use crate::records::{self, AccessKeyRecord, AccountRecord};
@@ -33,6 +33,8 @@ pub struct AdminBootstrap {
 pub struct CachedAccessKey {
     /// The owning account.
     pub account: AccountId,
+    /// The user it belongs to (`None`: the account's root).
+    pub user: Option<String>,
     /// Whether the account is an admin account.
     pub admin: bool,
     /// Whether the key is active.
@@ -41,6 +43,18 @@ pub struct CachedAccessKey {
 }
 
 impl CachedAccessKey {
+    /// The caller this key authenticates, in `region`.
+    #[must_use]
+    pub fn caller(&self, region: &str) -> Caller {
+        let mut c = match &self.user {
+            Some(u) => Caller::user(self.account.clone(), region, u),
+            None => Caller::root(self.account.clone(), region),
+        };
+        // Admin rights belong to the admin account's root, not its users.
+        c.admin = self.admin && self.user.is_none();
+        c
+    }
+
     /// The secret access key, for verifying a signature.
     #[must_use]
     pub fn secret(&self) -> &[u8] {
@@ -55,6 +69,9 @@ pub struct AccessKeyInfo {
     pub access_key_id: String,
     /// The owning account.
     pub account: String,
+    /// The user it belongs to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Creation time, epoch seconds.
     pub created: f64,
     /// Whether it may sign requests.
@@ -102,8 +119,12 @@ fn valid_secret(s: &[u8]) -> bool {
 }
 
 impl KeyService {
-    fn require_admin(caller: &Caller) -> Result<(), KmsError> {
-        if caller.admin {
+        /// Fails unless `caller` is an admin.
+    pub fn require_admin_caller(caller: &Caller) -> Result<(), KmsError> {
+        Self::require_admin(caller)
+    }
+
+    pub(crate) fn require_admin(caller: &Caller) -> Result<(), KmsError> {if caller.admin {
             Ok(())
         } else {
             Err(KmsError::AccessDenied(format!(
@@ -138,7 +159,7 @@ impl KeyService {
             return Ok(None);
         }
         let account = self.insert_account(&mut *tx, None, true)?;
-        let key = self.insert_access_key(&mut *tx, &account, None)?;
+        let key = self.insert_access_key(&mut *tx, &account, None, None)?;
         tx.put(records::META, BOOTSTRAP, key.access_key_id.as_bytes())?;
         tx.commit()?;
         Ok(Some(AdminBootstrap { key }))
@@ -152,7 +173,7 @@ impl KeyService {
         Ok(())
     }
 
-    fn insert_account(
+    pub(crate) fn insert_account(
         &self,
         tx: &mut dyn WriteTx,
         id: Option<AccountId>,
@@ -183,6 +204,8 @@ impl KeyService {
                 id: id.as_str().to_owned(),
                 created: self.now_ms(),
                 admin,
+                suspended: false,
+                service: false,
             },
         )?;
         Ok(id)
@@ -192,8 +215,18 @@ impl KeyService {
         &self,
         tx: &mut dyn WriteTx,
         account: &AccountId,
+        user: Option<&str>,
         imported: Option<(String, SecretBytes)>,
     ) -> Result<NewAccessKey, KmsError> {
+        if let Some(u) = user
+            && tx
+                .get(records::USERS, &records::user_key(account.as_str(), u))?
+                .is_none()
+        {
+            return Err(KmsError::NotFound(format!(
+                "User arn:aws:iam::{account}:user/{u} does not exist"
+            )));
+        }
         if tx
             .get(records::ACCOUNTS, account.as_str().as_bytes())?
             .is_none()
@@ -227,6 +260,7 @@ impl KeyService {
                 v: 1,
                 id: id.clone(),
                 account: account.as_str().to_owned(),
+                user: user.map(str::to_owned),
                 created: self.now_ms(),
                 active: true,
                 sealed_secret,
@@ -242,22 +276,24 @@ impl KeyService {
 
     fn in_transaction<T>(
         &self,
+        call: &Call<'_>,
         f: impl FnOnce(&mut dyn WriteTx) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
         let mut tx = self.store.write()?;
         let out = f(&mut *tx)?;
-        tx.commit()?;
+        self.commit(tx, call)?;
         Ok(out)
     }
 
     /// Admin: creates an account, with the given id or a random one.
     pub fn create_account(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         id: Option<&str>,
         admin: bool,
     ) -> Result<AccountId, KmsError> {
-        Self::require_admin(caller)?;
+        call.set_operation("admin:CreateAccount");
+        Self::require_admin(call.caller)?;
         let id = id
             .map(|s| {
                 AccountId::parse(s).ok_or_else(|| {
@@ -265,47 +301,75 @@ impl KeyService {
                 })
             })
             .transpose()?;
-        self.in_transaction(|tx| self.insert_account(tx, id, admin))
+        self.in_transaction(call, |tx| self.insert_account(tx, id, admin))
     }
 
-    /// Admin: lists accounts.
-    pub fn list_accounts(&self, caller: &Caller) -> Result<Vec<(String, bool, f64)>, KmsError> {
+    /// Admin: lists accounts as (id, admin, suspended, created).
+    pub fn list_accounts(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<(String, bool, bool, f64)>, KmsError> {
         Self::require_admin(caller)?;
         let tx = self.store.read()?;
         let mut out = Vec::new();
         for (_, v) in tx.scan(records::ACCOUNTS, b"", None, usize::MAX)? {
             let a: AccountRecord = records::decode(records::ACCOUNTS, &v)?;
-            out.push((a.id, a.admin, crate::clock::epoch_seconds(a.created)));
+            out.push((
+                a.id,
+                a.admin,
+                a.suspended,
+                crate::clock::epoch_seconds(a.created),
+            ));
         }
         Ok(out)
     }
 
-    fn account_for_admin(caller: &Caller, account: &str) -> Result<AccountId, KmsError> {
-        Self::require_admin(caller)?;
-        AccountId::parse(account)
-            .ok_or_else(|| KmsError::Validation(format!("Account id '{account}' is not 12 digits")))
-    }
-
-    /// Admin: creates an access key for `account`.
+    /// Creates an access key for `account` (its root) or for one of its
+    /// users. Admins may do it for any account; an account's root for its own.
     pub fn create_access_key(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         account: &str,
+        user: Option<&str>,
     ) -> Result<NewAccessKey, KmsError> {
-        let account = Self::account_for_admin(caller, account)?;
-        self.in_transaction(|tx| self.insert_access_key(tx, &account, None))
+        call.set_operation("admin:CreateAccessKey");
+        let account = Self::access_key_manager(call, account, user)?;
+        self.in_transaction(call, |tx| self.insert_access_key(tx, &account, user, None))
     }
 
-    /// Admin: imports an existing access key pair into `account` (for users
-    /// moving from another KMS).
+    /// Who may create an access key: an admin; or an account's root, for one
+    /// of its users (not for the root itself, which would be a second root key).
+    fn access_key_manager(
+        call: &Call<'_>,
+        account: &str,
+        user: Option<&str>,
+    ) -> Result<AccountId, KmsError> {
+        if call.caller.admin {
+            return AccountId::parse(account).ok_or_else(|| {
+                KmsError::Validation(format!("Account id '{account}' is not 12 digits"))
+            });
+        }
+        match user {
+            Some(_) => Self::require_manager(call, account),
+            None => Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to create root access keys; only an admin may",
+                call.caller.principal_arn()
+            ))),
+        }
+    }
+
+    /// Admin: imports an existing access key pair into `account` (or one of
+    /// its users), for users moving from another KMS.
     pub fn import_access_key(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         account: &str,
+        user: Option<&str>,
         access_key_id: &str,
         secret: SecretBytes,
     ) -> Result<NewAccessKey, KmsError> {
-        let account = Self::account_for_admin(caller, account)?;
+        call.set_operation("admin:ImportAccessKey");
+        let account = Self::access_key_manager(call, account, user)?;
         if !valid_access_key_id(access_key_id) {
             return Err(KmsError::Validation(
                 "An access key id is 16 to 128 characters of [A-Za-z0-9_]".into(),
@@ -316,18 +380,24 @@ impl KeyService {
                 "A secret access key is 16 to 128 printable ASCII characters".into(),
             ));
         }
-        self.in_transaction(|tx| {
-            self.insert_access_key(tx, &account, Some((access_key_id.to_owned(), secret)))
+        self.in_transaction(call, |tx| {
+            self.insert_access_key(tx, &account, user, Some((access_key_id.to_owned(), secret)))
         })
     }
 
-    /// Admin: lists the access keys of `account`.
+    /// Lists the access keys of `account` (admins, or the account's root).
     pub fn list_access_keys(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         account: &str,
     ) -> Result<Vec<AccessKeyInfo>, KmsError> {
-        let account = Self::account_for_admin(caller, account)?;
+        let account = if call.caller.admin {
+            AccountId::parse(account).ok_or_else(|| {
+                KmsError::Validation(format!("Account id '{account}' is not 12 digits"))
+            })?
+        } else {
+            Self::require_manager(call, account)?
+        };
         let tx = self.store.read()?;
         if tx
             .get(records::ACCOUNTS, account.as_str().as_bytes())?
@@ -344,6 +414,7 @@ impl KeyService {
                 out.push(AccessKeyInfo {
                     access_key_id: k.id,
                     account: k.account,
+                    user: k.user,
                     created: crate::clock::epoch_seconds(k.created),
                     active: k.active,
                 });
@@ -382,6 +453,7 @@ impl KeyService {
             .ok_or_else(|| KmsError::Internal(format!("corrupt account id {}", account.id)))?;
         let cached = Arc::new(CachedAccessKey {
             account: account_id,
+            user: rec.user.clone(),
             admin: account.admin,
             active: rec.active,
             secret,

@@ -2,8 +2,9 @@
 
 use atrest_store::ReadTx;
 
+use super::authz::Facts;
 use super::pagination::{self, Listing};
-use super::{Caller, KeyService};
+use super::{Call, KeyService};
 use crate::KmsError;
 use crate::api::{
     self, AliasEntry, AliasRequest, Aliases, DeleteAliasRequest, Empty, ListAliasesRequest, Page,
@@ -20,7 +21,7 @@ impl KeyService {
     fn alias_target(
         &self,
         tx: &dyn ReadTx,
-        caller: &Caller,
+        call: &Call<'_>,
         target: Option<String>,
     ) -> Result<KeyRecord, KmsError> {
         let raw = api::required(target, "targetKeyId")?;
@@ -30,8 +31,9 @@ impl KeyService {
                 "TargetKeyId '{raw}' must be a key ID or key ARN, not an alias."
             )));
         }
-        let key = self.resolve(tx, caller, &key_ref)?;
+        let key = self.resolve(tx, call, &key_ref)?;
         Self::require_not_pending_deletion(&key)?;
+        Self::require_customer_managed(&key, "point a customer alias at")?;
         Ok(key)
     }
 
@@ -48,12 +50,16 @@ impl KeyService {
     }
 
     /// CreateAlias.
-    pub fn create_alias(&self, caller: &Caller, req: AliasRequest) -> Result<Empty, KmsError> {
+    pub fn create_alias(&self, call: &Call<'_>, req: AliasRequest) -> Result<Empty, KmsError> {
+        let caller = call.caller;
         let name = api::required(req.alias_name, "aliasName")?;
         validate_alias_name(&name, true)?;
         let mut tx = self.store.write()?;
-        let key = self.alias_target(&*tx, caller, req.target_key_id)?;
-        Self::authorize(caller, "CreateAlias", &key)?;
+        let key = self.alias_target(&*tx, call, req.target_key_id)?;
+        let this_alias = alias_arn(&caller.region, caller.account.as_str(), &name);
+        // AWS requires permission on the alias (identity) and on the key.
+        self.authorize_identity(&*tx, call, "CreateAlias", &this_alias)?;
+        self.authorize_key(&*tx, call, "CreateAlias", &key, &Facts::default())?;
         let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
         if tx.get(records::ALIASES, &k)?.is_some() {
             return Err(KmsError::AlreadyExists(format!(
@@ -79,13 +85,14 @@ impl KeyService {
                 updated: now,
             },
         )?;
-        tx.commit()?;
+        self.commit(tx, call)?;
         Ok(Empty {})
     }
 
     /// UpdateAlias: points an existing alias at another key of the same
     /// account and region.
-    pub fn update_alias(&self, caller: &Caller, req: AliasRequest) -> Result<Empty, KmsError> {
+    pub fn update_alias(&self, call: &Call<'_>, req: AliasRequest) -> Result<Empty, KmsError> {
+        let caller = call.caller;
         let name = api::required(req.alias_name, "aliasName")?;
         validate_alias_name(&name, true)?;
         let mut tx = self.store.write()?;
@@ -97,8 +104,10 @@ impl KeyService {
                     alias_arn(&caller.region, caller.account.as_str(), &name)
                 ))
             })?;
-        let key = self.alias_target(&*tx, caller, req.target_key_id)?;
-        Self::authorize(caller, "UpdateAlias", &key)?;
+        let key = self.alias_target(&*tx, call, req.target_key_id)?;
+        let this_alias = alias_arn(&caller.region, caller.account.as_str(), &name);
+        self.authorize_identity(&*tx, call, "UpdateAlias", &this_alias)?;
+        self.authorize_key(&*tx, call, "UpdateAlias", &key, &Facts::default())?;
         if alias.target != key.id && Self::aliases_of(&*tx, &key)? >= MAX_ALIASES_PER_KEY {
             return Err(KmsError::LimitExceeded(format!(
                 "{} already has {MAX_ALIASES_PER_KEY} aliases, the most a key may have.",
@@ -108,41 +117,49 @@ impl KeyService {
         alias.target = key.id;
         alias.updated = self.now_ms();
         records::put(&mut *tx, records::ALIASES, &k, &alias)?;
-        tx.commit()?;
+        self.commit(tx, call)?;
         Ok(Empty {})
     }
 
     /// DeleteAlias.
     pub fn delete_alias(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: DeleteAliasRequest,
     ) -> Result<Empty, KmsError> {
+        let caller = call.caller;
         let name = api::required(req.alias_name, "aliasName")?;
         validate_alias_name(&name, true)?;
         let mut tx = self.store.write()?;
         let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
-        if !tx.delete(records::ALIASES, &k)? {
-            return Err(KmsError::NotFound(format!(
-                "Alias {} is not found.",
-                alias_arn(&caller.region, caller.account.as_str(), &name)
-            )));
+        let this_alias = alias_arn(&caller.region, caller.account.as_str(), &name);
+        let alias: AliasRecord = records::get(&*tx, records::ALIASES, &k)?
+            .ok_or_else(|| KmsError::NotFound(format!("Alias {this_alias} is not found.")))?;
+        self.authorize_identity(&*tx, call, "DeleteAlias", &this_alias)?;
+        if let Some(key) = records::get::<KeyRecord>(&*tx, records::KEYS, alias.target.as_bytes())?
+        {
+            self.authorize_key(&*tx, call, "DeleteAlias", &key, &Facts::default())?;
         }
-        tx.commit()?;
+        tx.delete(records::ALIASES, &k)?;
+        self.commit(tx, call)?;
         Ok(Empty {})
     }
 
     /// ListAliases, optionally only those of one key.
     pub fn list_aliases(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: ListAliasesRequest,
     ) -> Result<Page<Aliases>, KmsError> {
+        let caller = call.caller;
         let size = pagination::page_size(req.limit, 50, 100)?;
         let after = pagination::decode(Listing::Aliases, req.marker.as_deref())?;
         let tx = self.store.read()?;
         let only = match req.key_id {
-            None => None,
+            None => {
+                self.authorize_identity(&*tx, call, "ListAliases", "*")?;
+                None
+            }
             Some(raw) => {
                 let key_ref = KeyRef::parse(&raw)?;
                 if key_ref.is_alias() {
@@ -150,8 +167,8 @@ impl KeyService {
                         "KeyId '{raw}' must be a key ID or key ARN, not an alias."
                     )));
                 }
-                let key = self.resolve(&*tx, caller, &key_ref)?;
-                Self::authorize(caller, "ListAliases", &key)?;
+                let key = self.resolve(&*tx, call, &key_ref)?;
+                self.authorize_key(&*tx, call, "ListAliases", &key, &Facts::default())?;
                 Some(key.id)
             }
         };

@@ -4,7 +4,8 @@
 use atrest_crypto::SecretBytes;
 use atrest_store::ReadTx;
 
-use super::{Caller, KeyService, Material};
+use super::authz::Facts;
+use super::{Call, KeyService, Material};
 use crate::KmsError;
 use crate::api::{
     self, Blob, Context, DataKeyResponse, DecryptRequest, DecryptResponse, EncryptRequest,
@@ -12,6 +13,7 @@ use crate::api::{
     ReEncryptRequest, ReEncryptResponse, SecretBlob,
 };
 use crate::blob;
+use crate::blob::EncryptionContext;
 use crate::names::KeyRef;
 use crate::records::{self, KeyRecord};
 
@@ -50,6 +52,13 @@ fn context(ctx: Option<&Context>) -> Result<Vec<u8>, KmsError> {
     blob::canonical_context(ctx.unwrap_or(&empty))
 }
 
+/// Records the names of the context's keys for the audit trail.
+fn note_context(call: &Call<'_>, ctx: Option<&Context>) {
+    if let Some(c) = ctx {
+        call.set_context_keys(c.keys().cloned().collect());
+    }
+}
+
 fn no_recipient(recipient: Option<&serde_json::Value>) -> Result<(), KmsError> {
     if recipient.is_some() {
         return Err(KmsError::UnsupportedOperation(
@@ -75,18 +84,33 @@ struct Opened {
 
 impl KeyService {
     /// A key that can encrypt now, and its current material.
+    #[allow(clippy::too_many_arguments, reason = "one call site per operation")]
     fn encrypting_key(
         &self,
         tx: &dyn ReadTx,
-        caller: &Caller,
+        call: &Call<'_>,
         key_id: Option<String>,
         member: &str,
         action: &str,
+        ctx: Option<&EncryptionContext>,
     ) -> Result<(KeyRecord, std::sync::Arc<Material>), KmsError> {
         let key_ref = KeyRef::parse(&api::required(key_id, member)?)?;
-        let key = self.resolve(tx, caller, &key_ref)?;
-        Self::authorize(caller, action, &key)?;
+        let key = self.resolve(tx, call, &key_ref)?;
+        let alias = key_ref.alias_name();
+        self.authorize_key(
+            tx,
+            call,
+            action,
+            &key,
+            &Facts {
+                context: ctx,
+                request_alias: alias.as_deref(),
+                ..Facts::default()
+            },
+        )?;
         Self::require_enabled(&key)?;
+        self.require_not_suspended(tx, &key.account)?;
+        self.require_not_suspended(tx, call.caller.account.as_str())?;
         let material = self
             .material(tx, &key, key.current_version)?
             .ok_or_else(|| {
@@ -106,15 +130,18 @@ impl KeyService {
 
     /// Authenticates and decrypts `ciphertext` for `caller`. `key_id`, when
     /// given, must name the ciphertext's key.
+    #[allow(clippy::too_many_arguments, reason = "one call site per operation")]
     fn open_blob(
         &self,
         tx: &dyn ReadTx,
-        caller: &Caller,
+        call: &Call<'_>,
         ciphertext: &[u8],
         key_id: Option<String>,
         ctx: &[u8],
+        ctx_map: Option<&EncryptionContext>,
         action: &str,
     ) -> Result<Opened, KmsError> {
+        let caller = call.caller;
         if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
             return Err(KmsError::constraint(
                 "ciphertextBlob",
@@ -131,17 +158,32 @@ impl KeyService {
         let key: KeyRecord = records::get(tx, records::KEYS, header.key_id.as_bytes())?
             .filter(|k: &KeyRecord| k.region == caller.region)
             .ok_or_else(unknown)?;
+        let mut alias = None;
         if let Some(raw) = key_id {
-            let named = self.resolve(tx, caller, &KeyRef::parse(&raw)?)?;
+            let key_ref = KeyRef::parse(&raw)?;
+            let named = self.resolve(tx, call, &key_ref)?;
             if named.id != key.id {
                 return Err(KmsError::IncorrectKey(
                     "The key ID in the request does not identify a CMK that can perform this operation."
                         .into(),
                 ));
             }
+            alias = key_ref.alias_name();
         }
-        Self::authorize(caller, action, &key)?;
+        self.authorize_key(
+            tx,
+            call,
+            action,
+            &key,
+            &Facts {
+                context: ctx_map,
+                request_alias: alias.as_deref(),
+                ..Facts::default()
+            },
+        )?;
         Self::require_enabled(&key)?;
+        self.require_not_suspended(tx, &key.account)?;
+        self.require_not_suspended(tx, caller.account.as_str())?;
         let material = self
             .material(tx, &key, header.version)?
             .ok_or_else(unknown)?;
@@ -156,7 +198,7 @@ impl KeyService {
     /// Encrypt.
     pub fn encrypt(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: EncryptRequest,
     ) -> Result<EncryptResponse, KmsError> {
         let plaintext = api::required(req.plaintext, "plaintext")?;
@@ -169,10 +211,18 @@ impl KeyService {
             ));
         }
         algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
-        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        note_context(call, req.encryption_context.as_ref());
         let ctx = context(req.encryption_context.as_ref())?;
+        self.check_grant_tokens(req.grant_tokens.as_deref())?;
         let tx = self.store.read()?;
-        let (key, material) = self.encrypting_key(&*tx, caller, req.key_id, "keyId", "Encrypt")?;
+        let (key, material) = self.encrypting_key(
+            &*tx,
+            call,
+            req.key_id,
+            "keyId",
+            "Encrypt",
+            req.encryption_context.as_ref(),
+        )?;
         dry_run(req.dry_run)?;
         let blob = Self::seal_with(&key, &material, &ctx, plaintext.0.expose())?;
         Ok(EncryptResponse {
@@ -185,16 +235,25 @@ impl KeyService {
     /// Decrypt.
     pub fn decrypt(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: DecryptRequest,
     ) -> Result<DecryptResponse, KmsError> {
         let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
         algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
         no_recipient(req.recipient.as_ref())?;
-        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        note_context(call, req.encryption_context.as_ref());
         let ctx = context(req.encryption_context.as_ref())?;
+        self.check_grant_tokens(req.grant_tokens.as_deref())?;
         let tx = self.store.read()?;
-        let opened = self.open_blob(&*tx, caller, &ciphertext.0, req.key_id, &ctx, "Decrypt")?;
+        let opened = self.open_blob(
+            &*tx,
+            call,
+            &ciphertext.0,
+            req.key_id,
+            &ctx,
+            req.encryption_context.as_ref(),
+            "Decrypt",
+        )?;
         dry_run(req.dry_run)?;
         Ok(DecryptResponse {
             key_id: Self::arn(&opened.key),
@@ -208,7 +267,7 @@ impl KeyService {
     /// destination key and context, without the plaintext leaving the service.
     pub fn re_encrypt(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: ReEncryptRequest,
     ) -> Result<ReEncryptResponse, KmsError> {
         let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
@@ -221,24 +280,35 @@ impl KeyService {
             req.destination_encryption_algorithm.as_deref(),
             "destinationEncryptionAlgorithm",
         )?;
-        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        let mut names: Vec<String> = req
+            .source_encryption_context
+            .iter()
+            .chain(req.destination_encryption_context.iter())
+            .flat_map(|c| c.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        call.set_context_keys(names);
         let source_ctx = context(req.source_encryption_context.as_ref())?;
         let dest_ctx = context(req.destination_encryption_context.as_ref())?;
+        self.check_grant_tokens(req.grant_tokens.as_deref())?;
         let tx = self.store.read()?;
         let opened = self.open_blob(
             &*tx,
-            caller,
+            call,
             &ciphertext.0,
             req.source_key_id,
             &source_ctx,
+            req.source_encryption_context.as_ref(),
             "ReEncryptFrom",
         )?;
         let (dest, material) = self.encrypting_key(
             &*tx,
-            caller,
+            call,
             Some(destination),
             "destinationKeyId",
             "ReEncryptTo",
+            req.destination_encryption_context.as_ref(),
         )?;
         dry_run(req.dry_run)?;
         let blob = Self::seal_with(&dest, &material, &dest_ctx, opened.plaintext.expose())?;
@@ -256,7 +326,7 @@ impl KeyService {
     /// GenerateDataKey (`with_plaintext`) and GenerateDataKeyWithoutPlaintext.
     pub fn generate_data_key(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: GenerateDataKeyRequest,
         with_plaintext: bool,
     ) -> Result<DataKeyResponse, KmsError> {
@@ -285,15 +355,23 @@ impl KeyService {
         if with_plaintext {
             no_recipient(req.recipient.as_ref())?;
         }
-        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
+        note_context(call, req.encryption_context.as_ref());
         let ctx = context(req.encryption_context.as_ref())?;
+        self.check_grant_tokens(req.grant_tokens.as_deref())?;
         let action = if with_plaintext {
             "GenerateDataKey"
         } else {
             "GenerateDataKeyWithoutPlaintext"
         };
         let tx = self.store.read()?;
-        let (key, material) = self.encrypting_key(&*tx, caller, req.key_id, "keyId", action)?;
+        let (key, material) = self.encrypting_key(
+            &*tx,
+            call,
+            req.key_id,
+            "keyId",
+            action,
+            req.encryption_context.as_ref(),
+        )?;
         dry_run(req.dry_run)?;
         let data_key = SecretBytes::random(len)?;
         let blob = Self::seal_with(&key, &material, &ctx, data_key.expose())?;
@@ -306,7 +384,11 @@ impl KeyService {
     }
 
     /// GenerateRandom.
-    pub fn generate_random(&self, req: GenerateRandomRequest) -> Result<RandomResponse, KmsError> {
+    pub fn generate_random(
+        &self,
+        call: &Call<'_>,
+        req: GenerateRandomRequest,
+    ) -> Result<RandomResponse, KmsError> {
         if req.custom_key_store_id.is_some() {
             return Err(KmsError::UnsupportedOperation(
                 "Custom key stores are not supported by this atrest version.".into(),
@@ -319,6 +401,9 @@ impl KeyService {
             1,
             1024,
         )?;
+        let tx = self.store.read()?;
+        self.authorize_identity(&*tx, call, "GenerateRandom", "*")?;
+        self.require_not_suspended(&*tx, call.caller.account.as_str())?;
         Ok(RandomResponse {
             plaintext: SecretBlob(SecretBytes::random(n as usize)?),
         })

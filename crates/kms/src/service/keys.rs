@@ -1,12 +1,13 @@
 //! CreateKey, DescribeKey, ListKeys, UpdateKeyDescription, EnableKey,
 //! DisableKey, ScheduleKeyDeletion, CancelKeyDeletion.
 
+use atrest_policy::{PolicyDocument, PolicyKind};
 use atrest_store::WriteTx;
 use time::Duration;
 use uuid::Uuid;
 
 use super::pagination::{self, Listing};
-use super::{Caller, KeyService};
+use super::{Call, KeyService};
 use crate::KmsError;
 use crate::api::{
     self, CreateKeyRequest, Empty, KeyIdRequest, KeyIdResponse, KeyListEntry, KeyMetadata,
@@ -15,7 +16,7 @@ use crate::api::{
 };
 use crate::clock::{epoch_seconds, to_millis};
 use crate::names::{KeyRef, key_arn};
-use crate::records::{self, DueKind, KeyRecord, KeyState, VersionOrigin};
+use crate::records::{self, DueKind, KeyManager, KeyOrigin, KeyRecord, KeyState, VersionOrigin};
 
 const KEY_SPECS: [&str; 17] = [
     "RSA_2048",
@@ -51,13 +52,14 @@ fn enum_member(
     value: Option<&str>,
     member: &str,
     known: &[&str],
-    supported: &str,
+    supported: &[&str],
 ) -> Result<(), KmsError> {
     match value {
         None => Ok(()),
-        Some(v) if v == supported => Ok(()),
+        Some(v) if supported.contains(&v) => Ok(()),
         Some(v) if known.contains(&v) => Err(KmsError::UnsupportedOperation(format!(
-            "atrest supports only {member} {supported}, not {v}."
+            "atrest supports only {member} {}, not {v}.",
+            supported.join(" or ")
         ))),
         Some(v) => Err(KmsError::constraint(
             member,
@@ -67,8 +69,26 @@ fn enum_member(
     }
 }
 
+/// The default key policy: the key's account may do everything, through its
+/// root and through identity policies (AWS's default key policy).
+#[must_use]
+pub fn default_key_policy(account: &str) -> String {
+    format!(
+        r#"{{"Version":"2012-10-17","Id":"key-default-1","Statement":[{{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{account}:root"}},"Action":"kms:*","Resource":"*"}}]}}"#
+    )
+}
+
+/// Parses a key policy supplied by a customer.
+pub(crate) fn parse_key_policy(text: &str) -> Result<PolicyDocument, KmsError> {
+    api::length(text, "policy", 1, PolicyDocument::MAX_LEN)
+        .map_err(|e| KmsError::MalformedPolicyDocument(e.to_string()))?;
+    PolicyDocument::parse(text, PolicyKind::Resource)
+        .map_err(|e| KmsError::MalformedPolicyDocument(e.to_string()))
+}
+
 impl KeyService {
     pub(crate) fn metadata(key: &KeyRecord) -> KeyMetadata {
+        let external = key.origin == KeyOrigin::External;
         KeyMetadata {
             aws_account_id: key.account.clone(),
             key_id: key.id.to_string(),
@@ -79,48 +99,115 @@ impl KeyService {
             key_usage: "ENCRYPT_DECRYPT",
             key_state: key.state.as_str(),
             deletion_date: key.deletion_date.map(epoch_seconds),
-            origin: "AWS_KMS",
-            key_manager: "CUSTOMER",
+            origin: key.origin.as_str(),
+            key_manager: match key.manager {
+                KeyManager::Customer => "CUSTOMER",
+                KeyManager::Service => "AWS",
+            },
             customer_master_key_spec: "SYMMETRIC_DEFAULT",
             key_spec: "SYMMETRIC_DEFAULT",
             encryption_algorithms: ["SYMMETRIC_DEFAULT"],
             multi_region: false,
-            current_key_material_id: key.current_material_id.clone(),
+            current_key_material_id: (key.current_version > 0)
+                .then(|| key.current_material_id.clone()),
+                        expiration_model: (external && key.import.is_some()).then(|| {match key.import.as_ref().and_then(|i| i.valid_to) {
+                    Some(_) => "KEY_MATERIAL_EXPIRES",
+                    None => "KEY_MATERIAL_DOES_NOT_EXPIRE",
+                }
+            }),
+            valid_to: key
+                .import
+                .as_ref()
+                .and_then(|i| i.valid_to)
+                .map(epoch_seconds),
+        }
+    }
+
+    /// Stores a new key (record, owner index, policy). Material, if any, is
+    /// the caller's business.
+    pub(crate) fn insert_key(
+        tx: &mut dyn WriteTx,
+        key: &KeyRecord,
+        policy: &str,
+    ) -> Result<(), KmsError> {
+        records::put(tx, records::KEYS, key.id.as_bytes(), key)?;
+        tx.put(
+            records::KEYS_BY_OWNER,
+            &records::owner_key(&key.region, &key.account, &key.id),
+            b"",
+        )?;
+        tx.put(records::KEY_POLICIES, key.id.as_bytes(), policy.as_bytes())?;
+        Ok(())
+    }
+
+    /// A new key record with no material yet.
+    pub(crate) fn new_key_record(
+        &self,
+        account: &str,
+        region: &str,
+        description: String,
+        origin: KeyOrigin,
+        tags: Vec<(String, String)>,
+    ) -> KeyRecord {
+        KeyRecord {
+            v: 1,
+            id: Uuid::new_v4(),
+            account: account.to_owned(),
+            region: region.to_owned(),
+            created: self.now_ms(),
+            description,
+            state: match origin {
+                KeyOrigin::AwsKms => KeyState::Enabled,
+                KeyOrigin::External => KeyState::PendingImport,
+            },
+            deletion_date: None,
+            current_version: 0,
+            current_material_id: String::new(),
+            rotation: None,
+            on_demand_rotations: 0,
+            tags,
+            origin,
+            manager: KeyManager::Customer,
+            service: None,
+            policy_version: 0,
+            import: None,
+            state_after_import: None,
         }
     }
 
     /// CreateKey.
     pub fn create_key(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: CreateKeyRequest,
     ) -> Result<KeyMetadataResponse, KmsError> {
-        if req.policy.is_some() {
-            return Err(KmsError::UnsupportedOperation(
-                "Key policies are not supported by this atrest version; omit Policy to get the default key policy (the key's account may use and manage it).".into(),
-            ));
-        }
+        let caller = call.caller;
         let description = req.description.unwrap_or_default();
         api::length(&description, "description", 0, 8192)?;
         enum_member(
             req.key_usage.as_deref(),
             "keyUsage",
             &KEY_USAGES,
-            "ENCRYPT_DECRYPT",
+            &["ENCRYPT_DECRYPT"],
         )?;
         enum_member(
             req.key_spec.as_deref(),
             "keySpec",
             &KEY_SPECS,
-            "SYMMETRIC_DEFAULT",
+            &["SYMMETRIC_DEFAULT"],
         )?;
         enum_member(
             req.customer_master_key_spec.as_deref(),
             "customerMasterKeySpec",
             &KEY_SPECS,
-            "SYMMETRIC_DEFAULT",
+            &["SYMMETRIC_DEFAULT"],
         )?;
-        enum_member(req.origin.as_deref(), "origin", &ORIGINS, "AWS_KMS")?;
+        enum_member(
+            req.origin.as_deref(),
+            "origin",
+            &ORIGINS,
+            &["AWS_KMS", "EXTERNAL"],
+        )?;
         if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
             return Err(KmsError::UnsupportedOperation(
                 "Custom key stores are not supported by this atrest version.".into(),
@@ -132,34 +219,39 @@ impl KeyService {
                     .into(),
             ));
         }
-        let tags = super::tags::validate_tags(req.tags.unwrap_or_default(), Vec::new())?;
-
-        let now = self.now_ms();
-        let id = Uuid::new_v4();
-        let mut tx = self.store.write()?;
-        let material_id = self.add_version(&mut *tx, &id, 1, VersionOrigin::Initial, now)?;
-        let key = KeyRecord {
-            v: 1,
-            id,
-            account: caller.account.as_str().to_owned(),
-            region: caller.region.clone(),
-            created: now,
-            description,
-            state: KeyState::Enabled,
-            deletion_date: None,
-            current_version: 1,
-            current_material_id: material_id,
-            rotation: None,
-            on_demand_rotations: 0,
-            tags,
+        let origin = match req.origin.as_deref() {
+            Some("EXTERNAL") => KeyOrigin::External,
+            _ => KeyOrigin::AwsKms,
         };
-        records::put(&mut *tx, records::KEYS, id.as_bytes(), &key)?;
-        tx.put(
-            records::KEYS_BY_OWNER,
-            &records::owner_key(&key.region, &key.account, &id),
-            b"",
-        )?;
-        tx.commit()?;
+        let tags = super::tags::validate_tags(req.tags.unwrap_or_default(), Vec::new())?;
+        let mut tx = self.store.write()?;
+        self.authorize_identity(&*tx, call, "CreateKey", "*")?;
+        self.require_not_suspended(&*tx, caller.account.as_str())?;
+        let mut key = self.new_key_record(
+            caller.account.as_str(),
+            &caller.region,
+            description,
+            origin,
+            tags,
+        );
+        call.set_key(Self::arn(&key));
+        let policy = match req.policy {
+            Some(text) => {
+                let doc = parse_key_policy(&text)?;
+                if req.bypass_policy_lockout_safety_check != Some(true) {
+                    self.lockout_check(&*tx, call, &Self::arn(&key), &doc)?;
+                }
+                text
+            }
+            None => default_key_policy(caller.account.as_str()),
+        };
+        if origin == KeyOrigin::AwsKms {
+            key.current_material_id =
+                self.add_version(&mut *tx, &key.id, 1, VersionOrigin::Initial, key.created)?;
+            key.current_version = 1;
+        }
+        Self::insert_key(&mut *tx, &key, &policy)?;
+        self.commit(tx, call)?;
         Ok(KeyMetadataResponse {
             key_metadata: Self::metadata(&key),
         })
@@ -168,21 +260,32 @@ impl KeyService {
     /// DescribeKey.
     pub fn describe_key(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: KeyIdRequest,
     ) -> Result<KeyMetadataResponse, KmsError> {
         let key_ref = KeyRef::parse(&api::required(req.key_id, "keyId")?)?;
-        Self::check_grant_tokens(req.grant_tokens.as_ref())?;
         let tx = self.store.read()?;
-        let key = self.resolve(&*tx, caller, &key_ref)?;
-        Self::authorize(caller, "DescribeKey", &key)?;
+        self.check_grant_tokens(req.grant_tokens.as_deref())?;
+        let key = self.resolve(&*tx, call, &key_ref)?;
+        let alias = key_ref.alias_name();
+        self.authorize_key(
+            &*tx,
+            call,
+            "DescribeKey",
+            &key,
+            &super::authz::Facts {
+                request_alias: alias.as_deref(),
+                ..Default::default()
+            },
+        )?;
         Ok(KeyMetadataResponse {
             key_metadata: Self::metadata(&key),
         })
     }
 
     /// ListKeys.
-    pub fn list_keys(&self, caller: &Caller, req: ListKeysRequest) -> Result<Page<Keys>, KmsError> {
+    pub fn list_keys(&self, call: &Call<'_>, req: ListKeysRequest) -> Result<Page<Keys>, KmsError> {
+        let caller = call.caller;
         let size = pagination::page_size(req.limit, 100, 1000)?;
         let after = pagination::decode(Listing::Keys, req.marker.as_deref())?;
         let prefix = records::owner_prefix(&caller.region, caller.account.as_str());
@@ -192,6 +295,7 @@ impl KeyService {
             k
         });
         let tx = self.store.read()?;
+        self.authorize_identity(&*tx, call, "ListKeys", "*")?;
         let rows = tx.scan(
             records::KEYS_BY_OWNER,
             &prefix,
@@ -219,57 +323,62 @@ impl KeyService {
     }
 
     /// Runs `change` on a key named by a key id or key ARN, inside one write
-    /// transaction, and stores the result.
+    /// transaction, after authorizing `action`; stores the result and commits
+    /// (with the audit record made durable first).
     pub(crate) fn update_key<T>(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         key_id: Option<String>,
         action: &str,
         change: impl FnOnce(&Self, &mut KeyRecord, &mut dyn WriteTx, i64) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
         let mut tx = self.store.write()?;
-        let mut key = self.resolve_for_management(&*tx, caller, key_id)?;
-        Self::authorize(caller, action, &key)?;
+        let mut key = self.resolve_for_management(&*tx, call, key_id)?;
+        self.authorize_key(&*tx, call, action, &key, &super::authz::Facts::default())?;
         let now = self.now_ms();
         let out = change(self, &mut key, &mut *tx, now)?;
         records::put(&mut *tx, records::KEYS, key.id.as_bytes(), &key)?;
-        tx.commit()?;
+        self.commit(tx, call)?;
         Ok(out)
     }
 
     /// UpdateKeyDescription.
     pub fn update_key_description(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: UpdateKeyDescriptionRequest,
     ) -> Result<Empty, KmsError> {
         let description = api::required(req.description, "description")?;
         api::length(&description, "description", 0, 8192)?;
-        self.update_key(
-            caller,
-            req.key_id,
-            "UpdateKeyDescription",
-            |_, key, _, _| {
-                Self::require_not_pending_deletion(key)?;
-                key.description = description;
-                Ok(Empty {})
-            },
-        )
+        self.update_key(call, req.key_id, "UpdateKeyDescription", |_, key, _, _| {
+            Self::require_not_pending_deletion(key)?;
+            Self::require_customer_managed(key, "change the description of")?;
+            key.description = description;
+            Ok(Empty {})
+        })
     }
 
     /// EnableKey.
-    pub fn enable_key(&self, caller: &Caller, req: KeyIdRequest) -> Result<Empty, KmsError> {
-        self.update_key(caller, req.key_id, "EnableKey", |_, key, _, _| {
+    pub fn enable_key(&self, call: &Call<'_>, req: KeyIdRequest) -> Result<Empty, KmsError> {
+        self.update_key(call, req.key_id, "EnableKey", |_, key, _, _| {
             Self::require_not_pending_deletion(key)?;
+            Self::require_customer_managed(key, "enable or disable")?;
+            if key.state == KeyState::PendingImport {
+                return Err(Self::pending_import(key));
+            }
             key.state = KeyState::Enabled;
             Ok(Empty {})
         })
     }
 
     /// DisableKey.
-    pub fn disable_key(&self, caller: &Caller, req: KeyIdRequest) -> Result<Empty, KmsError> {
-        self.update_key(caller, req.key_id, "DisableKey", |_, key, _, _| {
+    pub fn disable_key(&self, call: &Call<'_>, req: KeyIdRequest) -> Result<Empty, KmsError> {
+        self.update_key(call, req.key_id, "DisableKey", |_, key, _, _| {
             Self::require_not_pending_deletion(key)?;
+            Self::require_customer_managed(key, "enable or disable")?;
+            if key.state == KeyState::PendingImport {
+                return Err(Self::pending_import(key));
+            }
             key.state = KeyState::Disabled;
             Ok(Empty {})
         })
@@ -278,7 +387,7 @@ impl KeyService {
     /// ScheduleKeyDeletion.
     pub fn schedule_key_deletion(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: ScheduleKeyDeletionRequest,
     ) -> Result<ScheduleKeyDeletionResponse, KmsError> {
         let days = match req.pending_window_in_days {
@@ -286,11 +395,12 @@ impl KeyService {
             Some(d) => api::in_range(d, "pendingWindowInDays", 7, 30)?,
         };
         self.update_key(
-            caller,
+            call,
             req.key_id,
             "ScheduleKeyDeletion",
             |_, key, tx, now| {
                 Self::require_not_pending_deletion(key)?;
+                Self::require_customer_managed(key, "schedule deletion of")?;
                 let when =
                     to_millis(crate::clock::from_millis(now) + Duration::days(i64::from(days)));
                 key.state = KeyState::PendingDeletion;
@@ -310,13 +420,14 @@ impl KeyService {
         )
     }
 
-    /// CancelKeyDeletion. The key comes back Disabled, as in AWS.
+    /// CancelKeyDeletion. The key comes back Disabled, as in AWS (or
+    /// PendingImport if it has no key material).
     pub fn cancel_key_deletion(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: KeyIdRequest,
     ) -> Result<KeyIdResponse, KmsError> {
-        self.update_key(caller, req.key_id, "CancelKeyDeletion", |_, key, tx, _| {
+        self.update_key(call, req.key_id, "CancelKeyDeletion", |_, key, tx, _| {
             let (KeyState::PendingDeletion, Some(when)) = (key.state, key.deletion_date) else {
                 return Err(KmsError::InvalidState(format!(
                     "{} is not pending deletion.",
@@ -327,7 +438,11 @@ impl KeyService {
                 records::DUE,
                 &records::due_key(when, DueKind::Deletion, &key.id),
             )?;
-            key.state = KeyState::Disabled;
+            key.state = if key.current_version == 0 {
+                KeyState::PendingImport
+            } else {
+                KeyState::Disabled
+            };
             key.deletion_date = None;
             Ok(KeyIdResponse {
                 key_id: Self::arn(key),

@@ -19,6 +19,8 @@ pub struct LifecycleReport {
     pub rotated: Vec<Uuid>,
     /// Keys deleted.
     pub deleted: Vec<Uuid>,
+    /// Keys whose imported material expired.
+    pub expired: Vec<Uuid>,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -62,6 +64,11 @@ impl KeyService {
                             report.rotated.push(id);
                         }
                     }
+                    DueKind::Expiry => {
+                        if self.expire_if_due(&k, at, &id)? {
+                            report.expired.push(id);
+                        }
+                    }
                 }
             }
         }
@@ -99,8 +106,17 @@ impl KeyService {
             records::KEYS_BY_OWNER,
             &records::owner_key(&key.region, &key.account, id),
         )?;
+        if let Some(records::ImportState {
+            valid_to: Some(t), ..
+        }) = &key.import
+        {
+            tx.delete(records::DUE, &records::due_key(*t, DueKind::Expiry, id))?;
+        }
+        Self::remove_all_grants(&mut *tx, id)?;
+        tx.delete(records::KEY_POLICIES, id.as_bytes())?;
         tx.delete(records::KEYS, id.as_bytes())?;
-        tx.commit()?;
+        let sys = self.system_call(&key, "ScheduledKeyDeletion");
+        self.commit(tx, &sys.call())?;
         self.forget_key(id);
         tracing::info!(key = %Self::arn(&key), "deleted key and its material at the end of its waiting period");
         Ok(true)
@@ -136,8 +152,64 @@ impl KeyService {
             b"",
         )?;
         records::put(&mut *tx, records::KEYS, id.as_bytes(), &key)?;
-        tx.commit()?;
+        let sys = self.system_call(&key, "AutomaticKeyRotation");
+        self.commit(tx, &sys.call())?;
         tracing::info!(key = %Self::arn(&key), version = key.current_version, "rotated key automatically");
         Ok(true)
+    }
+
+    fn expire_if_due(&self, due: &[u8], at: i64, id: &Uuid) -> Result<bool, KmsError> {
+        let mut tx = self.store.write()?;
+        let key: Option<KeyRecord> = records::get(&*tx, records::KEYS, id.as_bytes())?;
+        let Some(mut key) = key.filter(|k| k.import.as_ref().and_then(|i| i.valid_to) == Some(at))
+        else {
+            tx.delete(records::DUE, due)?;
+            tx.commit()?;
+            return Ok(false);
+        };
+        self.drop_imported_material(&mut *tx, &mut key)?;
+        records::put(&mut *tx, records::KEYS, id.as_bytes(), &key)?;
+        let sys = self.system_call(&key, "ImportedKeyMaterialExpiry");
+        self.commit(tx, &sys.call())?;
+        self.forget_key(id);
+        tracing::info!(key = %Self::arn(&key), "imported key material expired; the key is pending import");
+        Ok(true)
+    }
+
+    /// The caller and metadata under which the schedule acts on `key`: the
+    /// key's account, with the system principal `atrest`.
+    fn system_call(&self, key: &KeyRecord, operation: &'static str) -> SystemCall {
+        let mut caller = match crate::names::AccountId::parse(&key.account) {
+            Some(a) => super::Caller::root(a, &key.region),
+            None => super::Caller::root(
+                crate::names::AccountId::parse("000000000000")
+                    .unwrap_or_else(|| unreachable!("twelve digits")),
+                &key.region,
+            ),
+        };
+        caller.principal.kind = atrest_policy::PrincipalKind::Service("atrest".into());
+        SystemCall {
+            caller,
+            meta: super::RequestMeta::in_process(),
+            operation,
+            key_arn: Self::arn(key),
+        }
+    }
+}
+
+/// A system action's caller and metadata, owned.
+struct SystemCall {
+    caller: super::Caller,
+    meta: super::RequestMeta,
+    operation: &'static str,
+    key_arn: String,
+}
+
+impl SystemCall {
+    fn call(&self) -> super::Call<'_> {
+        let c = super::Call::new(&self.caller, &self.meta);
+        c.set_operation(self.operation);
+        c.set_key(self.key_arn.clone());
+        c
     }
 }

@@ -2,48 +2,39 @@
 
 mod accounts;
 mod aliases;
+mod audit;
+mod authz;
+mod call;
 mod crypto;
+mod grants;
+mod import;
 mod keys;
 mod lifecycle;
 mod pagination;
+mod policies;
 mod rotation;
+mod services;
 mod tags;
+mod users;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use atrest_crypto::Aes256Key;
 use atrest_store::{ReadTx, Store, WriteTx};
 use uuid::Uuid;
 
-pub use accounts::{AccessKeyInfo, AdminBootstrap, NewAccessKey};
+pub use accounts::{AccessKeyInfo, AdminBootstrap, CachedAccessKey, NewAccessKey};
+pub use audit::{AuditSink, audit_time};
+pub use call::{AuditFacts, Call, Caller, RequestMeta, new_request_id};
 pub use lifecycle::LifecycleReport;
+pub use services::ServiceSession;
 
 use crate::KmsError;
 use crate::clock::{Clock, to_millis};
-use crate::names::{AccountId, KeyRef, account_root_arn, key_arn, valid_region};
+use crate::names::{KeyRef, key_arn, valid_region};
 use crate::records::{self, KeyRecord, KeyState, VersionRecord};
 use crate::root::RootKey;
-
-/// Who is calling, established by authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The caller's account.
-    pub account: AccountId,
-    /// The region the request was signed for.
-    pub region: String,
-    /// Whether the account may use the admin API.
-    pub admin: bool,
-}
-
-impl Caller {
-    /// The caller's principal ARN (every access key acts as its account's
-    /// root until users arrive).
-    #[must_use]
-    pub fn principal_arn(&self) -> String {
-        account_root_arn(self.account.as_str())
-    }
-}
 
 /// The key service.
 pub struct KeyService {
@@ -55,7 +46,25 @@ pub struct KeyService {
     /// a version, so entries are only removed when a key is deleted.
     materials: RwLock<HashMap<(Uuid, u32), Arc<Material>>>,
     /// Unsealed secret access keys by access key id.
-    secrets: RwLock<HashMap<String, Arc<accounts::CachedAccessKey>>>,
+    secrets: RwLock<HashMap<String, Arc<CachedAccessKey>>>,
+    /// Parsed key and identity policies.
+    policies: authz::PolicyCache,
+    /// Accounts whose use of keys is suspended (mirrors the store).
+    suspended: RwLock<std::collections::HashSet<String>>,
+    /// Where audit records go (set once by the server).
+    audit: OnceLock<Arc<dyn AuditSink>>,
+    /// Keys derived from the root key for purposes other than sealing.
+    derived: DerivedKeys,
+}
+
+/// Keys derived from the root key once at start.
+struct DerivedKeys {
+    /// MACs grant tokens.
+    grant_tokens: Aes256Key,
+    /// Seals import tokens (which carry a wrapping private key).
+    import_tokens: Aes256Key,
+    /// Fingerprints imported key material.
+    import_fingerprint: Aes256Key,
 }
 
 impl core::fmt::Debug for KeyService {
@@ -73,7 +82,7 @@ struct Material {
 }
 
 /// AAD for sealing a key version's material.
-fn material_aad(id: &Uuid, version: u32) -> Vec<u8> {
+pub(crate) fn material_aad(id: &Uuid, version: u32) -> Vec<u8> {
     let mut aad = b"atrest/kms/material/v1".to_vec();
     aad.extend_from_slice(id.as_bytes());
     aad.extend_from_slice(&version.to_be_bytes());
@@ -133,6 +142,22 @@ impl KeyService {
             }
             tx.commit()?;
         }
+        let suspended = {
+            let tx = store.read()?;
+            let mut set = std::collections::HashSet::new();
+            for (_, v) in tx.scan(records::ACCOUNTS, b"", None, usize::MAX)? {
+                let a: records::AccountRecord = records::decode(records::ACCOUNTS, &v)?;
+                if a.suspended {
+                    set.insert(a.id);
+                }
+            }
+            set
+        };
+        let derived = DerivedKeys {
+            grant_tokens: root.derive(b"atrest/kms/grant-token/v1")?,
+            import_tokens: root.derive(b"atrest/kms/import-token/v1")?,
+            import_fingerprint: root.derive(b"atrest/kms/import-fingerprint/v1")?,
+        };
         Ok(Self {
             store,
             root,
@@ -140,6 +165,10 @@ impl KeyService {
             clock,
             materials: RwLock::new(HashMap::new()),
             secrets: RwLock::new(HashMap::new()),
+            policies: authz::PolicyCache::default(),
+            suspended: RwLock::new(suspended),
+            audit: OnceLock::new(),
+            derived,
         })
     }
 
@@ -163,27 +192,24 @@ impl KeyService {
         key_arn(&key.region, &key.account, &key.id)
     }
 
-    /// Whether `caller` may perform `action` on `key`. Until key policies
-    /// exist, a key's own account may do everything with it (the default key
-    /// policy) and no other account may do anything.
-    fn authorize(caller: &Caller, action: &str, key: &KeyRecord) -> Result<(), KmsError> {
-        if key.account == caller.account.as_str() {
-            return Ok(());
-        }
-        Err(KmsError::AccessDenied(format!(
-            "User: {} is not authorized to perform: kms:{action} on resource: {} because no resource-based policy allows the kms:{action} action",
-            caller.principal_arn(),
-            Self::arn(key)
-        )))
+    /// Sends audit records to `sink` from now on (set once, at start).
+    pub fn set_audit_sink(&self, sink: Arc<dyn AuditSink>) {
+        let _ = self.audit.set(sink);
     }
 
-    /// Finds the key a `KeyId` names, for `caller`, in the caller's region.
+    /// The key that chains the audit trail, derived from the root key.
+    pub fn audit_key(&self) -> Result<Aes256Key, KmsError> {
+        Ok(self.root.derive(b"atrest/audit/v1")?)
+    }
+
+    /// Finds the key a `KeyId` names, for the caller, in the caller's region.
     fn resolve(
         &self,
         tx: &dyn ReadTx,
-        caller: &Caller,
+        call: &Call<'_>,
         key_ref: &KeyRef,
     ) -> Result<KeyRecord, KmsError> {
+        let caller = call.caller;
         let not_found = |region: &str, account: &str, id: &Uuid| {
             KmsError::NotFound(format!(
                 "Key '{}' does not exist",
@@ -254,7 +280,7 @@ impl KeyService {
     fn resolve_for_management(
         &self,
         tx: &dyn ReadTx,
-        caller: &Caller,
+        call: &Call<'_>,
         key_id: Option<String>,
     ) -> Result<KeyRecord, KmsError> {
         let raw = crate::api::required(key_id, "keyId")?;
@@ -264,7 +290,7 @@ impl KeyService {
                 "Invalid keyId '{raw}': this operation takes a key ID or key ARN, not an alias"
             )));
         }
-        self.resolve(tx, caller, &key_ref)
+        self.resolve(tx, call, &key_ref)
     }
 
     /// Fails unless `key` can encrypt and decrypt now.
@@ -276,7 +302,12 @@ impl KeyService {
                 Self::arn(key)
             ))),
             KeyState::PendingDeletion => Err(Self::pending_deletion(key)),
+            KeyState::PendingImport => Err(Self::pending_import(key)),
         }
+    }
+
+    fn pending_import(key: &KeyRecord) -> KmsError {
+        KmsError::InvalidState(format!("{} is pending import.", Self::arn(key)))
     }
 
     fn pending_deletion(key: &KeyRecord) -> KmsError {
@@ -292,23 +323,16 @@ impl KeyService {
         Ok(())
     }
 
-    /// Grant tokens: none are valid until grants exist.
-    fn check_grant_tokens(tokens: Option<&Vec<String>>) -> Result<(), KmsError> {
-        match tokens {
-            Some(t) if !t.is_empty() => {
-                if t.len() > 10 {
-                    return Err(KmsError::constraint(
-                        "grantTokens",
-                        t.len(),
-                        "Member must have length less than or equal to 10",
-                    ));
-                }
-                Err(KmsError::InvalidGrantToken(
-                    "The grant token is not valid.".into(),
-                ))
-            }
-            _ => Ok(()),
+    /// Fails for a service key: customers may not change its lifecycle or
+    /// policy (K2).
+    fn require_customer_managed(key: &KeyRecord, what: &str) -> Result<(), KmsError> {
+        if key.manager == records::KeyManager::Service {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "{} is a service key managed by atrest; customers cannot {what} it.",
+                Self::arn(key)
+            )));
         }
+        Ok(())
     }
 
     /// The unsealed material of one version of `key`, or `None` if the key

@@ -15,6 +15,7 @@ pub(crate) enum Listing {
     Aliases = 2,
     Tags = 3,
     Rotations = 4,
+    Grants = 5,
 }
 
 /// The page size: `limit` or `default`, which must lie in `1..=max`.

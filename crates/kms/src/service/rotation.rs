@@ -4,8 +4,9 @@
 //! Rotation adds a key version; the key id never changes, new ciphertexts use
 //! the newest version, and every older version keeps decrypting.
 
+use super::authz::Facts;
 use super::pagination::{self, Listing};
-use super::{Caller, KeyService};
+use super::{Call, KeyService};
 use crate::KmsError;
 use crate::api::{
     self, Empty, EnableKeyRotationRequest, KeyIdRequest, KeyIdResponse, ListForKeyRequest, Page,
@@ -29,7 +30,18 @@ fn require_rotatable(key: &KeyRecord) -> Result<(), KmsError> {
             KeyService::arn(key)
         ))),
         KeyState::PendingDeletion => Err(KeyService::pending_deletion(key)),
+        KeyState::PendingImport => Err(KeyService::pending_import(key)),
     }
+}
+
+fn require_generated(key: &KeyRecord) -> Result<(), KmsError> {
+    if key.origin == records::KeyOrigin::External {
+        return Err(KmsError::UnsupportedOperation(format!(
+            "{} has imported key material; atrest does not rotate imported material.",
+            KeyService::arn(key)
+        )));
+    }
+    Ok(())
 }
 
 impl KeyService {
@@ -37,51 +49,48 @@ impl KeyService {
     /// rotation to the last rotation plus the new period.
     pub fn enable_key_rotation(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: EnableKeyRotationRequest,
     ) -> Result<Empty, KmsError> {
         let period = match req.rotation_period_in_days {
             None => DEFAULT_PERIOD_DAYS,
             Some(d) => api::in_range(d, "rotationPeriodInDays", 90, 2560)?,
         };
-        self.update_key(
-            caller,
-            req.key_id,
-            "EnableKeyRotation",
-            |_, key, tx, now| {
-                require_rotatable(key)?;
-                let next = match key.rotation {
-                    Some(old) => {
-                        tx.delete(
-                            records::DUE,
-                            &records::due_key(old.next, DueKind::Rotation, &key.id),
-                        )?;
-                        let anchor = old.next - i64::from(old.period_days) * DAY_MS;
-                        (anchor + i64::from(period) * DAY_MS).max(now)
-                    }
-                    None => now + i64::from(period) * DAY_MS,
-                };
-                key.rotation = Some(Rotation {
-                    period_days: period,
-                    next,
-                });
-                tx.put(
-                    records::DUE,
-                    &records::due_key(next, DueKind::Rotation, &key.id),
-                    b"",
-                )?;
-                Ok(Empty {})
-            },
-        )
+        self.update_key(call, req.key_id, "EnableKeyRotation", |_, key, tx, now| {
+            require_generated(key)?;
+            require_rotatable(key)?;
+            let next = match key.rotation {
+                Some(old) => {
+                    tx.delete(
+                        records::DUE,
+                        &records::due_key(old.next, DueKind::Rotation, &key.id),
+                    )?;
+                    let anchor = old.next - i64::from(old.period_days) * DAY_MS;
+                    (anchor + i64::from(period) * DAY_MS).max(now)
+                }
+                None => now + i64::from(period) * DAY_MS,
+            };
+            key.rotation = Some(Rotation {
+                period_days: period,
+                next,
+            });
+            tx.put(
+                records::DUE,
+                &records::due_key(next, DueKind::Rotation, &key.id),
+                b"",
+            )?;
+            Ok(Empty {})
+        })
     }
 
     /// DisableKeyRotation.
     pub fn disable_key_rotation(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: KeyIdRequest,
     ) -> Result<Empty, KmsError> {
-        self.update_key(caller, req.key_id, "DisableKeyRotation", |_, key, tx, _| {
+        self.update_key(call, req.key_id, "DisableKeyRotation", |_, key, tx, _| {
+            require_generated(key)?;
             require_rotatable(key)?;
             if let Some(old) = key.rotation.take() {
                 tx.delete(
@@ -96,12 +105,12 @@ impl KeyService {
     /// GetKeyRotationStatus.
     pub fn get_key_rotation_status(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: KeyIdRequest,
     ) -> Result<RotationStatusResponse, KmsError> {
         let tx = self.store.read()?;
-        let key = self.resolve_for_management(&*tx, caller, req.key_id)?;
-        Self::authorize(caller, "GetKeyRotationStatus", &key)?;
+        let key = self.resolve_for_management(&*tx, call, req.key_id)?;
+        self.authorize_key(&*tx, call, "GetKeyRotationStatus", &key, &Facts::default())?;
         Ok(RotationStatusResponse {
             key_rotation_enabled: key.rotation.is_some(),
             key_id: Self::arn(&key),
@@ -129,10 +138,11 @@ impl KeyService {
     /// RotateKeyOnDemand: rotates now, independent of automatic rotation.
     pub fn rotate_key_on_demand(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: KeyIdRequest,
     ) -> Result<KeyIdResponse, KmsError> {
-        self.update_key(caller, req.key_id, "RotateKeyOnDemand", |svc, key, tx, now| {
+        self.update_key(call, req.key_id, "RotateKeyOnDemand", |svc, key, tx, now| {
+            require_generated(key)?;
             require_rotatable(key)?;
             if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
                 return Err(KmsError::LimitExceeded(format!(
@@ -149,14 +159,14 @@ impl KeyService {
     /// ListKeyRotations: every rotation (versions after the first), oldest first.
     pub fn list_key_rotations(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: ListForKeyRequest,
     ) -> Result<Page<Rotations>, KmsError> {
         let size = pagination::page_size(req.limit, 100, 1000)?;
         let after = pagination::decode(Listing::Rotations, req.marker.as_deref())?;
         let tx = self.store.read()?;
-        let key = self.resolve_for_management(&*tx, caller, req.key_id)?;
-        Self::authorize(caller, "ListKeyRotations", &key)?;
+        let key = self.resolve_for_management(&*tx, call, req.key_id)?;
+        self.authorize_key(&*tx, call, "ListKeyRotations", &key, &Facts::default())?;
         let after_version = match after {
             None => 1,
             Some(b) => u32::from_be_bytes(

@@ -1,7 +1,8 @@
 //! TagResource, UntagResource, ListResourceTags.
 
+use super::authz::Facts;
 use super::pagination::{self, Listing};
-use super::{Caller, KeyService};
+use super::{Call, KeyService};
 use crate::KmsError;
 use crate::api::{
     self, Empty, ListForKeyRequest, Page, Tag, TagResourceRequest, Tags, UntagResourceRequest,
@@ -76,12 +77,13 @@ impl KeyService {
     /// TagResource: adds tags or replaces their values.
     pub fn tag_resource(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: TagResourceRequest,
     ) -> Result<Empty, KmsError> {
         let new = api::required(req.tags, "tags")?;
-        self.update_key(caller, req.key_id, "TagResource", |_, key, _, _| {
+        self.update_key(call, req.key_id, "TagResource", |_, key, _, _| {
             Self::require_not_pending_deletion(key)?;
+            Self::require_customer_managed(key, "tag or untag")?;
             key.tags = validate_tags(new, std::mem::take(&mut key.tags))?;
             Ok(Empty {})
         })
@@ -90,15 +92,16 @@ impl KeyService {
     /// UntagResource: removes tags; keys that are absent are ignored.
     pub fn untag_resource(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: UntagResourceRequest,
     ) -> Result<Empty, KmsError> {
         let keys = api::required(req.tag_keys, "tagKeys")?;
         for k in &keys {
             check_key(k)?;
         }
-        self.update_key(caller, req.key_id, "UntagResource", |_, key, _, _| {
+        self.update_key(call, req.key_id, "UntagResource", |_, key, _, _| {
             Self::require_not_pending_deletion(key)?;
+            Self::require_customer_managed(key, "tag or untag")?;
             key.tags.retain(|(k, _)| !keys.contains(k));
             Ok(Empty {})
         })
@@ -107,14 +110,14 @@ impl KeyService {
     /// ListResourceTags.
     pub fn list_resource_tags(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         req: ListForKeyRequest,
     ) -> Result<Page<Tags>, KmsError> {
         let size = pagination::page_size(req.limit, 50, 50)?;
         let after = pagination::decode(Listing::Tags, req.marker.as_deref())?;
         let tx = self.store.read()?;
-        let key = self.resolve_for_management(&*tx, caller, req.key_id)?;
-        Self::authorize(caller, "ListResourceTags", &key)?;
+        let key = self.resolve_for_management(&*tx, call, req.key_id)?;
+        self.authorize_key(&*tx, call, "ListResourceTags", &key, &Facts::default())?;
         let tags: Vec<(String, String)> = key
             .tags
             .into_iter()

@@ -5,7 +5,10 @@
 //! * a **key file**: 32 random bytes, mode 0600, kept outside the data dir
 //!   (default: beside it, `<data-dir>.root.key`), created on first start;
 //! * a **passphrase**: the root key is random and stored in `root.json`
-//!   sealed under an argon2id key derived from the passphrase.
+//!   sealed under an argon2id key derived from the passphrase;
+//! * a **PKCS#11 token** (an HSM, or SoftHSM2): the root key is random and
+//!   stored in `root.json` encrypted by a non-extractable AES-256 wrapping
+//!   key that never leaves the token (see [`pkcs11`]).
 //!
 //! `root.json` also holds a check value, HMAC-SHA256(root, "atrest root key
 //! check v1"), which reveals nothing about the key but lets a start with the
@@ -24,12 +27,52 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
+pub mod pkcs11;
+
+pub use pkcs11::Pkcs11Error;
+
 /// Where the root key comes from.
 pub enum RootSource {
     /// A key file at this path (created if absent).
     KeyFile(PathBuf),
     /// A passphrase.
     Passphrase(SecretBytes),
+    /// A wrapping key in a PKCS#11 token, created there on first start.
+    Pkcs11 {
+        /// The token vendor's PKCS#11 module (shared library).
+        module: PathBuf,
+        /// The label of the token.
+        token_label: String,
+        /// The token's user PIN.
+        pin: SecretBytes,
+        /// The label of the AES-256 wrapping key in the token.
+        key_label: String,
+    },
+}
+
+impl RootSource {
+    /// The kind recorded in `root.json`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::KeyFile(_) => KIND_KEY_FILE,
+            Self::Passphrase(_) => KIND_PASSPHRASE,
+            Self::Pkcs11 { .. } => KIND_PKCS11,
+        }
+    }
+}
+
+const KIND_KEY_FILE: &str = "key-file";
+const KIND_PASSPHRASE: &str = "passphrase";
+const KIND_PKCS11: &str = "pkcs11";
+
+/// How a kind is named in messages.
+fn kind_name(kind: &str) -> Option<&'static str> {
+    match kind {
+        KIND_KEY_FILE => Some("key-file"),
+        KIND_PASSPHRASE => Some("passphrase"),
+        KIND_PKCS11 => Some("PKCS#11 token"),
+        _ => None,
+    }
 }
 
 /// Why the root of trust could not be opened. Messages say what to do.
@@ -66,6 +109,9 @@ pub enum RootError {
     /// A cryptographic failure.
     #[error("{0}")]
     Crypto(#[from] atrest_crypto::CryptoError),
+    /// The PKCS#11 token could not open (or create) the root of trust.
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11Error),
 }
 
 /// The unsealed root key, held only in memory.
@@ -90,6 +136,8 @@ struct Descriptor {
     check: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     passphrase: Option<PassphraseWrap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pkcs11: Option<pkcs11::Pkcs11Wrap>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -160,25 +208,28 @@ impl RootKey {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(io("reading", &desc_path, e)),
             };
-        let given = match &source {
-            RootSource::KeyFile(_) => "key-file",
-            RootSource::Passphrase(_) => "passphrase",
-        };
+        let given = source.kind();
         if let Some(d) = &existing
             && d.kind != given
         {
+            let found = kind_name(&d.kind).ok_or_else(|| {
+                RootError::Corrupt(
+                    desc_path.display().to_string(),
+                    format!(
+                        "unknown root kind {:?} (written by a newer atrest?)",
+                        d.kind
+                    ),
+                )
+            })?;
             return Err(RootError::WrongKind {
-                found: if d.kind == "passphrase" {
-                    "passphrase"
-                } else {
-                    "key-file"
-                },
-                given,
+                found,
+                given: kind_name(given).unwrap_or(given),
             });
         }
-        let (root, wrap) = match source {
+        let (root, wrap, pkcs11_wrap) = match source {
             RootSource::KeyFile(path) => (
                 Self::from_key(load_or_create_key_file(&path, existing.is_none())?),
+                None,
                 None,
             ),
             RootSource::Passphrase(pass) => {
@@ -186,11 +237,46 @@ impl RootKey {
                     Some(w) => (
                         Self::from_key(unwrap_with_passphrase(&pass, w, &desc_path)?),
                         None,
+                        None,
                     ),
                     None => {
                         let key = Aes256Key::generate()?;
                         let w = wrap_with_passphrase(&pass, &key)?;
-                        (Self::from_key(key), Some(w))
+                        (Self::from_key(key), Some(w), None)
+                    }
+                }
+            }
+            RootSource::Pkcs11 {
+                module,
+                token_label,
+                pin,
+                key_label,
+            } => {
+                let cfg = pkcs11::Config {
+                    module: &module,
+                    token_label: &token_label,
+                    pin: &pin,
+                    key_label: &key_label,
+                };
+                match &existing {
+                    // Never create a wrapping key for an existing data dir:
+                    // its root key is wrapped by the old one.
+                    Some(d) => {
+                        let w = d.pkcs11.as_ref().ok_or_else(|| {
+                            RootError::Corrupt(
+                                desc_path.display().to_string(),
+                                "kind pkcs11 without its pkcs11 section".to_owned(),
+                            )
+                        })?;
+                        (
+                            Self::from_key(pkcs11::open(&cfg, w, &desc_path)?),
+                            None,
+                            None,
+                        )
+                    }
+                    None => {
+                        let (key, w) = pkcs11::create(&cfg)?;
+                        (Self::from_key(key), None, Some(w))
                     }
                 }
             }
@@ -198,10 +284,10 @@ impl RootKey {
         match existing {
             Some(d) => {
                 if !atrest_crypto::ct_eq(d.check.as_bytes(), root.check.as_bytes()) {
-                    return Err(RootError::Mismatch(if given == "passphrase" {
-                        "passphrase"
-                    } else {
-                        "root key file"
+                    return Err(RootError::Mismatch(match given {
+                        KIND_PASSPHRASE => "passphrase",
+                        KIND_PKCS11 => "PKCS#11 wrapping key",
+                        _ => "root key file",
                     }));
                 }
             }
@@ -211,6 +297,7 @@ impl RootKey {
                     kind: given.to_owned(),
                     check: root.check.clone(),
                     passphrase: wrap,
+                    pkcs11: pkcs11_wrap,
                 };
                 let bytes = serde_json::to_vec_pretty(&d)
                     .map_err(|e| RootError::Io(format!("encoding root.json: {e}")))?;
@@ -376,6 +463,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("key-file"), "{e}");
+    }
+
+    #[test]
+    fn kinds_are_named_and_unknown_kinds_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let desc = dir.path().join("root.json");
+        let kf = dir.path().join("root.key");
+        fs::write(&desc, br#"{"v":1,"kind":"pkcs11","check":"00"}"#).unwrap();
+        let e = RootKey::open_or_create(dir.path(), RootSource::KeyFile(kf.clone())).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "sealed with a PKCS#11 token root key, but the server was started with a key-file"
+            ),
+            "{e}"
+        );
+        assert!(!kf.exists());
+        // A PKCS#11 data dir without its pkcs11 section is corrupt (checked
+        // before the module is loaded).
+        let e = RootKey::open_or_create(
+            dir.path(),
+            RootSource::Pkcs11 {
+                module: dir.path().join("no-module.so"),
+                token_label: "T".into(),
+                pin: SecretBytes::new(b"1234".to_vec()),
+                key_label: "atrest-root".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, RootError::Corrupt(..)), "{e}");
+        fs::write(&desc, br#"{"v":1,"kind":"cloud-kms","check":"00"}"#).unwrap();
+        let e = RootKey::open_or_create(dir.path(), RootSource::KeyFile(kf)).unwrap_err();
+        assert!(matches!(e, RootError::Corrupt(..)), "{e}");
+        assert!(e.to_string().contains("cloud-kms"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,496 @@
+//! The bytes on disk: one record line, the head file, and the chain check.
+//!
+//! A record line is the compact JSON of [`Record`] (fields in declaration
+//! order, absent options and an empty `context_keys` left out) followed by
+//! `\n`. Its MAC is HMAC-SHA256 under the audit key of the line's exact bytes
+//! before `,"mac":"`, which are `{"seq":N,...,"prev":"<64 hex>"`. Checking
+//! the MAC over the exact bytes (rather than over a re-serialisation) means
+//! any change to a line, even one that keeps the JSON valid and its meaning
+//! (whitespace, field order, escapes, hex case), fails the check.
+
+use atrest_crypto::SecretKey;
+use atrest_crypto::ct_eq;
+use atrest_crypto::hash::hmac_sha256;
+use serde::{Deserialize, Serialize};
+
+use crate::{Entry, Record};
+
+/// The `prev` of the first record, and the head's mac of an empty log.
+pub(crate) const ZERO_MAC: [u8; 64] = [b'0'; 64];
+
+/// `,"mac":"` + 64 hex + `"}`.
+const MAC_TAIL: &[u8] = b",\"mac\":\"";
+const MAC_TAIL_LEN: usize = 8 + 64 + 2;
+/// `,"prev":"` + 64 hex + `"`.
+const PREV_TAIL: &[u8] = b",\"prev\":\"";
+const PREV_TAIL_LEN: usize = 9 + 64 + 1;
+const SEQ_HEAD: &[u8] = b"{\"seq\":";
+
+/// An entry's fields as written, in the format's order.
+#[derive(Serialize)]
+struct Body<'a> {
+    time: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+    operation: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_arn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via_service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    context_keys: &'a [String],
+    result: &'a str,
+}
+
+/// The JSON of an entry's fields, without the braces: the middle of its
+/// record line. Done by the appender, off the writer thread.
+pub(crate) fn encode_body(entry: &Entry) -> Result<Vec<u8>, String> {
+    let body = Body {
+        time: &entry.time,
+        request_id: &entry.request_id,
+        region: entry.region.as_deref(),
+        account: entry.account.as_deref(),
+        principal: entry.principal.as_deref(),
+        access_key_id: entry.access_key_id.as_deref(),
+        source: entry.source.as_deref(),
+        operation: &entry.operation,
+        key_arn: entry.key_arn.as_deref(),
+        via_service: entry.via_service.as_deref(),
+        grant_id: entry.grant_id.as_deref(),
+        context_keys: &entry.context_keys,
+        result: &entry.result,
+    };
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, &body).map_err(|e| format!("cannot encode record: {e}"))?;
+    // `{...}` with at least the four required fields: strip the braces.
+    if out.len() < 2 || out.first() != Some(&b'{') || out.last() != Some(&b'}') {
+        return Err("cannot encode record: not a JSON object".into());
+    }
+    out.pop();
+    out.remove(0);
+    Ok(out)
+}
+
+/// Appends the line of record `seq` with the entry `body` (from
+/// [`encode_body`]) to `out`, `\n` included, and returns its MAC in hex.
+pub(crate) fn encode_line(
+    key: &SecretKey<32>,
+    seq: u64,
+    body: &[u8],
+    prev: &[u8; 64],
+    out: &mut Vec<u8>,
+) -> [u8; 64] {
+    use std::io::Write as _;
+    let start = out.len();
+    out.extend_from_slice(SEQ_HEAD);
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{seq}");
+    out.push(b',');
+    out.extend_from_slice(body);
+    out.extend_from_slice(PREV_TAIL);
+    out.extend_from_slice(prev);
+    out.push(b'"');
+    let mac = mac_hex(key, &out[start..]);
+    out.extend_from_slice(MAC_TAIL);
+    out.extend_from_slice(&mac);
+    out.extend_from_slice(b"\"}\n");
+    mac
+}
+
+fn mac_hex(key: &SecretKey<32>, data: &[u8]) -> [u8; 64] {
+    let tag = hmac_sha256(key.expose(), data);
+    let mut out = [0u8; 64];
+    // 32 bytes always encode to 64 hex digits.
+    if hex::encode_to_slice(tag, &mut out).is_err() {
+        out = [0u8; 64];
+    }
+    out
+}
+
+fn is_lower_hex(b: &[u8]) -> bool {
+    b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The chain state while reading a log: what the next line must be.
+pub(crate) struct Chain<'k> {
+    key: &'k SecretKey<32>,
+    /// The seq the next record must have.
+    pub(crate) next_seq: u64,
+    /// The mac of the last good record (`ZERO_MAC` before the first).
+    pub(crate) prev: [u8; 64],
+}
+
+impl<'k> Chain<'k> {
+    pub(crate) fn new(key: &'k SecretKey<32>) -> Self {
+        Self {
+            key,
+            next_seq: 1,
+            prev: ZERO_MAC,
+        }
+    }
+
+    /// Checks one line (without its `\n`) and, if good, advances. The error
+    /// says what is wrong.
+    pub(crate) fn check(&mut self, line: &[u8]) -> Result<(), String> {
+        let n = line.len();
+        let shape_err = || "unparsable line (not a record)".to_string();
+        if n < SEQ_HEAD.len() + 2 + PREV_TAIL_LEN + MAC_TAIL_LEN || !line.ends_with(b"\"}") {
+            return Err(shape_err());
+        }
+        let (signed, tail) = line.split_at(n - MAC_TAIL_LEN);
+        let mac = &tail[MAC_TAIL.len()..MAC_TAIL.len() + 64];
+        if !tail.starts_with(MAC_TAIL) || !is_lower_hex(mac) {
+            return Err(shape_err());
+        }
+        let prev_tail = &signed[signed.len() - PREV_TAIL_LEN..];
+        let prev = &prev_tail[PREV_TAIL.len()..PREV_TAIL.len() + 64];
+        if !prev_tail.starts_with(PREV_TAIL) || !prev_tail.ends_with(b"\"") || !is_lower_hex(prev) {
+            return Err(shape_err());
+        }
+        let Some(digits) = signed.strip_prefix(SEQ_HEAD) else {
+            return Err(shape_err());
+        };
+        let len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+        let seq = std::str::from_utf8(&digits[..len])
+            .ok()
+            .filter(|s| !s.starts_with('0'))
+            .and_then(|s| s.parse::<u64>().ok());
+        let Some(seq) = seq.filter(|_| digits.get(len) == Some(&b',')) else {
+            return Err(shape_err());
+        };
+        if !ct_eq(&mac_hex(self.key, signed), mac) {
+            return Err("bad MAC (the record was edited, or forged without the key)".into());
+        }
+        if seq != self.next_seq {
+            let why = if seq > self.next_seq {
+                "a record is missing or out of order"
+            } else {
+                "a record is duplicated or out of order"
+            };
+            return Err(format!(
+                "expected seq {}, found {seq} ({why})",
+                self.next_seq
+            ));
+        }
+        if prev != self.prev {
+            return Err("prev does not match the previous record's mac".into());
+        }
+        self.next_seq += 1;
+        self.prev.copy_from_slice(mac);
+        Ok(())
+    }
+}
+
+/// `audit.head`: `atrest-audit-head v1 <seq, 20 digits> <mac> <tag>\n`, with
+/// tag = hex HMAC-SHA256(key, the bytes before ` <tag>`). Fixed length so it
+/// is rewritten in place within one disk sector.
+const HEAD_MAGIC: &[u8] = b"atrest-audit-head v1 ";
+const HEAD_SIGNED_LEN: usize = 21 + 20 + 1 + 64;
+pub(crate) const HEAD_LEN: usize = HEAD_SIGNED_LEN + 1 + 64 + 1;
+
+pub(crate) fn encode_head(key: &SecretKey<32>, seq: u64, mac: &[u8; 64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD_LEN);
+    out.extend_from_slice(HEAD_MAGIC);
+    out.extend_from_slice(format!("{seq:020}").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(mac);
+    let tag = mac_hex(key, &out);
+    out.push(b' ');
+    out.extend_from_slice(&tag);
+    out.push(b'\n');
+    out
+}
+
+/// The head's (seq, mac), or what is wrong with it.
+pub(crate) fn decode_head(key: &SecretKey<32>, bytes: &[u8]) -> Result<(u64, [u8; 64]), String> {
+    if bytes.len() != HEAD_LEN
+        || !bytes.starts_with(HEAD_MAGIC)
+        || bytes[HEAD_SIGNED_LEN] != b' '
+        || bytes[HEAD_MAGIC.len() + 20] != b' '
+        || bytes[HEAD_LEN - 1] != b'\n'
+    {
+        return Err("audit.head is not a head record".into());
+    }
+    let seq = &bytes[HEAD_MAGIC.len()..HEAD_MAGIC.len() + 20];
+    let mac = &bytes[HEAD_MAGIC.len() + 21..HEAD_SIGNED_LEN];
+    let tag = &bytes[HEAD_SIGNED_LEN + 1..HEAD_LEN - 1];
+    let seq = std::str::from_utf8(seq)
+        .ok()
+        .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok());
+    let Some(seq) = seq.filter(|_| is_lower_hex(mac) && is_lower_hex(tag)) else {
+        return Err("audit.head is not a head record".into());
+    };
+    if !ct_eq(&mac_hex(key, &bytes[..HEAD_SIGNED_LEN]), tag) {
+        return Err("audit.head has a bad tag (it was edited)".into());
+    }
+    let mut out = [0u8; 64];
+    out.copy_from_slice(mac);
+    Ok((seq, out))
+}
+
+/// A record line as parsed for queries; field names and order as
+/// [`Record`], without `flatten` (which buffers and is slow).
+#[derive(Deserialize)]
+struct Parsed {
+    seq: u64,
+    time: String,
+    request_id: String,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    account: Option<String>,
+    #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    operation: String,
+    #[serde(default)]
+    key_arn: Option<String>,
+    #[serde(default)]
+    via_service: Option<String>,
+    #[serde(default)]
+    grant_id: Option<String>,
+    #[serde(default)]
+    context_keys: Vec<String>,
+    result: String,
+    prev: String,
+    mac: String,
+}
+
+/// Parses a record line (without its `\n`); does not check the MAC.
+pub(crate) fn parse_record(line: &[u8]) -> Result<Record, serde_json::Error> {
+    let p: Parsed = serde_json::from_slice(line)?;
+    Ok(Record {
+        seq: p.seq,
+        entry: Entry {
+            time: p.time,
+            request_id: p.request_id,
+            region: p.region,
+            account: p.account,
+            principal: p.principal,
+            access_key_id: p.access_key_id,
+            source: p.source,
+            operation: p.operation,
+            key_arn: p.key_arn,
+            via_service: p.via_service,
+            grant_id: p.grant_id,
+            context_keys: p.context_keys,
+            result: p.result,
+        },
+        prev: p.prev,
+        mac: p.mac,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SecretKey<32> {
+        SecretKey::from_slice(&[7u8; 32]).unwrap()
+    }
+
+    fn full_entry() -> Entry {
+        Entry {
+            time: "2026-11-22T07:12:00.123Z".into(),
+            request_id: "r-1".into(),
+            region: Some("us-east-1".into()),
+            account: Some("111122223333".into()),
+            principal: Some("arn:aws:iam::111122223333:user/a\"b\n".into()),
+            access_key_id: Some("AKIA".into()),
+            source: Some("127.0.0.1:5000".into()),
+            operation: "Decrypt".into(),
+            key_arn: Some("arn:aws:kms:us-east-1:111122223333:key/k".into()),
+            via_service: Some("disk.atrest".into()),
+            grant_id: Some("g".into()),
+            context_keys: vec!["app".into(), "tenant\u{1}é".into()],
+            result: "Success".into(),
+        }
+    }
+
+    fn line_of(entry: &Entry, seq: u64, prev: &[u8; 64]) -> (Vec<u8>, [u8; 64]) {
+        let mut out = Vec::new();
+        let body = encode_body(entry).unwrap();
+        let mac = encode_line(&key(), seq, &body, prev, &mut out);
+        (out, mac)
+    }
+
+    #[test]
+    fn line_is_the_serde_form_of_record_and_parses_back() {
+        for entry in [full_entry(), Entry::default()] {
+            let (line, mac) = line_of(&entry, 1, &ZERO_MAC);
+            assert_eq!(line.last(), Some(&b'\n'));
+            let body = &line[..line.len() - 1];
+            assert!(!body.contains(&b'\n'));
+            let rec = parse_record(body).unwrap();
+            assert_eq!(rec.entry, entry);
+            assert_eq!(rec.seq, 1);
+            assert_eq!(rec.mac.as_bytes(), &mac);
+            assert_eq!(rec.prev.as_bytes(), &ZERO_MAC);
+            // The public type's serde gives the very same bytes, both ways.
+            assert_eq!(serde_json::to_vec(&rec).unwrap(), body);
+            let via_public: Record = serde_json::from_slice(body).unwrap();
+            assert_eq!(via_public, rec);
+            // And the MAC is over exactly the bytes before `,"mac":"`.
+            let cut = body.len() - MAC_TAIL_LEN;
+            assert_eq!(mac, mac_hex(&key(), &body[..cut]));
+        }
+    }
+
+    #[test]
+    fn chain_accepts_a_good_chain() {
+        let k = key();
+        let mut chain = Chain::new(&k);
+        let mut prev = ZERO_MAC;
+        for seq in 1..=5 {
+            let (line, mac) = line_of(&full_entry(), seq, &prev);
+            chain.check(&line[..line.len() - 1]).unwrap();
+            prev = mac;
+        }
+        assert_eq!(chain.next_seq, 6);
+        assert_eq!(chain.prev, prev);
+    }
+
+    fn check_one(line: &[u8]) -> Result<(), String> {
+        let k = key();
+        Chain::new(&k).check(line)
+    }
+
+    #[test]
+    fn edits_that_keep_the_json_valid_are_caught() {
+        let (line, _) = line_of(&full_entry(), 1, &ZERO_MAC);
+        let body = std::str::from_utf8(&line[..line.len() - 1]).unwrap();
+        check_one(body.as_bytes()).unwrap();
+        let edits = [
+            body.replace("Decrypt", "Encrypt"),
+            body.replace("\"result\":\"Success\"", "\"result\" : \"Success\""),
+            body.replace("{\"seq\":1,", "{\"seq\":1, "),
+            body.replace("\"app\"", "\"\\u0061pp\""),
+            body.replace(
+                "\"region\":\"us-east-1\",\"account\":\"111122223333\"",
+                "\"account\":\"111122223333\",\"region\":\"us-east-1\"",
+            ),
+            body.replace(",\"grant_id\":\"g\"", ""),
+            body.replace("\"result\"", "\"extra\":1,\"result\""),
+        ];
+        for e in &edits {
+            assert_ne!(e, body);
+            assert_eq!(
+                check_one(e.as_bytes()).unwrap_err(),
+                "bad MAC (the record was edited, or forged without the key)",
+                "{e}"
+            );
+        }
+        // Changing the seq is caught by the MAC too.
+        let e = body.replacen("{\"seq\":1,", "{\"seq\":2,", 1);
+        let k = key();
+        let mut chain = Chain::new(&k);
+        chain.next_seq = 2;
+        assert!(
+            chain
+                .check(e.as_bytes())
+                .unwrap_err()
+                .starts_with("bad MAC")
+        );
+        // Upper-case hex in the mac is a change too.
+        let mac_at = body.len() - 66;
+        let upper = format!("{}{}", &body[..mac_at], body[mac_at..].to_uppercase());
+        assert!(check_one(upper.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn other_keys_and_garbage_are_refused() {
+        let (line, _) = line_of(&full_entry(), 1, &ZERO_MAC);
+        let other = SecretKey::from_slice(&[8u8; 32]).unwrap();
+        assert!(
+            Chain::new(&other)
+                .check(&line[..line.len() - 1])
+                .unwrap_err()
+                .starts_with("bad MAC")
+        );
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"\0\0\0\0",
+            &line[..line.len() - 2],
+            &line[1..line.len() - 1],
+        ] {
+            assert_eq!(
+                check_one(bad).unwrap_err(),
+                "unparsable line (not a record)"
+            );
+        }
+        assert!(check_one(&[b'x'; 400]).is_err());
+    }
+
+    #[test]
+    fn seq_and_prev_rules() {
+        let (l1, m1) = line_of(&full_entry(), 1, &ZERO_MAC);
+        let (l2, m2) = line_of(&full_entry(), 2, &m1);
+        let (l3, _) = line_of(&full_entry(), 3, &m2);
+        let strip = |l: &[u8]| l[..l.len() - 1].to_vec();
+        let k = key();
+        let mut c = Chain::new(&k);
+        assert_eq!(
+            c.check(&strip(&l2)).unwrap_err(),
+            "expected seq 1, found 2 (a record is missing or out of order)"
+        );
+        c.check(&strip(&l1)).unwrap();
+        assert_eq!(
+            c.check(&strip(&l1)).unwrap_err(),
+            "expected seq 2, found 1 (a record is duplicated or out of order)"
+        );
+        // Right seq, wrong predecessor: a record 2 from another chain.
+        let (other2, _) = line_of(&Entry::default(), 2, &m2);
+        assert_eq!(
+            c.check(&strip(&other2)).unwrap_err(),
+            "prev does not match the previous record's mac"
+        );
+        c.check(&strip(&l2)).unwrap();
+        c.check(&strip(&l3)).unwrap();
+    }
+
+    #[test]
+    fn head_round_trip_and_tamper() {
+        let mac = [b'a'; 64];
+        let h = encode_head(&key(), 42, &mac);
+        assert_eq!(h.len(), HEAD_LEN);
+        assert_eq!(decode_head(&key(), &h).unwrap(), (42, mac));
+        assert_eq!(
+            decode_head(&key(), &encode_head(&key(), 0, &ZERO_MAC))
+                .unwrap()
+                .0,
+            0
+        );
+        let mut t = h.clone();
+        t[HEAD_MAGIC.len() + 19] = b'1';
+        assert!(decode_head(&key(), &t).unwrap_err().contains("bad tag"));
+        let mut t = h.clone();
+        t[HEAD_MAGIC.len() + 21] = b'b';
+        assert!(decode_head(&key(), &t).unwrap_err().contains("bad tag"));
+        assert!(decode_head(&key(), &h[..HEAD_LEN - 1]).is_err());
+        assert!(decode_head(&key(), b"").is_err());
+        let other = SecretKey::from_slice(&[8u8; 32]).unwrap();
+        assert!(decode_head(&other, &h).is_err());
+        assert_eq!(
+            decode_head(&key(), &encode_head(&key(), u64::MAX, &mac))
+                .unwrap()
+                .0,
+            u64::MAX
+        );
+    }
+}

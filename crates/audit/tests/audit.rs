@@ -1,0 +1,1398 @@
+//! The audit log end to end: concurrency, tamper detection, crash recovery,
+//! failing closed, queries.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use atrest_audit::{
+    AuditError, AuditLog, Entry, Faults, Faulty, FileStorage, Filter, HEAD_FILE, LOG_FILE, Options,
+    Storage, VerifyReport, query, verify,
+};
+use atrest_crypto::SecretKey;
+
+fn key() -> SecretKey<32> {
+    SecretKey::from_slice(&[0x42; 32]).unwrap()
+}
+
+const OPS: [&str; 4] = ["Encrypt", "Decrypt", "GenerateDataKey", "CreateGrant"];
+
+fn entry(i: usize) -> Entry {
+    Entry {
+        time: format!(
+            "2026-11-22T07:{:02}:{:02}.{:03}Z",
+            (i / 60) % 60,
+            i % 60,
+            i % 1000
+        ),
+        request_id: format!("req-{i}"),
+        region: Some("us-east-1".into()),
+        account: Some("111122223333".into()),
+        principal: Some(format!("arn:aws:iam::111122223333:user/u{}", i % 3)),
+        access_key_id: Some("AKIAIOSFODNN7EXAMPLE".into()),
+        source: Some(format!("127.0.0.1:{}", 40000 + i % 1000)),
+        operation: OPS[i % 4].into(),
+        key_arn: (!i.is_multiple_of(6))
+            .then(|| format!("arn:aws:kms:us-east-1:111122223333:key/k{}", i % 5)),
+        via_service: (i.is_multiple_of(9)).then(|| "disk.atrest".into()),
+        grant_id: None,
+        context_keys: if i.is_multiple_of(2) {
+            vec!["app".into(), "tenant".into()]
+        } else {
+            vec![]
+        },
+        result: if i.is_multiple_of(7) {
+            "AccessDeniedException".into()
+        } else {
+            "Success".into()
+        },
+    }
+}
+
+/// A short entry, for tests that try every byte.
+fn small(i: usize) -> Entry {
+    Entry {
+        time: format!("2026-11-22T07:00:{:02}.000Z", i % 60),
+        request_id: format!("req-{i}"),
+        operation: OPS[i % 4].into(),
+        context_keys: vec!["app".into()],
+        result: "Success".into(),
+        ..Entry::default()
+    }
+}
+
+/// The head synced before every acknowledgement, no commit pacing.
+fn strict() -> Options {
+    Options {
+        commit_interval: Duration::ZERO,
+        commit_batch: 1,
+        head_sync_interval: Duration::ZERO,
+        faults: None,
+    }
+}
+
+fn ok_report(good: u64) -> VerifyReport {
+    VerifyReport {
+        good,
+        first_bad: None,
+    }
+}
+
+fn lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join(LOG_FILE))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn write_lines(dir: &Path, lines: &[String]) {
+    let mut s = lines.join("\n");
+    if !lines.is_empty() {
+        s.push('\n');
+    }
+    std::fs::write(dir.join(LOG_FILE), s).unwrap();
+}
+
+/// A log of `n` records in a fresh temp dir, closed.
+fn make_log(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    for i in 0..n {
+        assert_eq!(log.append_blocking(entry(i)).unwrap(), i as u64 + 1);
+    }
+    drop(log);
+    dir
+}
+
+fn mac_of(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["mac"].as_str().unwrap().to_string()
+}
+
+/// `line` with its mac replaced.
+fn with_mac(line: &str, mac: &str) -> String {
+    line.replace(&mac_of(line), mac)
+}
+
+fn seq_of(line: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["seq"].as_u64().unwrap()
+}
+
+#[test]
+fn concurrent_appends_from_tasks_and_threads() {
+    const TASKS: usize = 64;
+    const PER_TASK: usize = 100;
+    const THREADS: usize = 16;
+    const PER_THREAD: usize = 225;
+    const TOTAL: usize = TASKS * PER_TASK + THREADS * PER_THREAD;
+    assert_eq!(TOTAL, 10_000);
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(AuditLog::open(dir.path(), &key()).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+
+    // Every append's (seq, request id), per appender in the order it ran.
+    let results: Vec<Vec<(u64, String)>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                s.spawn(move || {
+                    (0..PER_THREAD)
+                        .map(|k| {
+                            let mut e = entry(k);
+                            e.request_id = format!("thread-{t}-{k}");
+                            let seq = log.append_blocking(e.clone()).unwrap();
+                            (seq, e.request_id)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let tasks: Vec<Vec<(u64, String)>> = rt.block_on(async {
+            let handles: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    let log = Arc::clone(&log);
+                    tokio::spawn(async move {
+                        let mut out = Vec::new();
+                        for k in 0..PER_TASK {
+                            let mut e = entry(k);
+                            e.request_id = format!("task-{t}-{k}");
+                            let seq = log.append(e.clone()).await.unwrap();
+                            out.push((seq, e.request_id));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.push(h.await.unwrap());
+            }
+            all
+        });
+        let mut all = tasks;
+        for t in threads {
+            all.push(t.join().unwrap());
+        }
+        all
+    });
+
+    // Each appender saw its own seqs increase: file order = ack order.
+    for r in &results {
+        assert!(r.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+    let by_seq: BTreeMap<u64, String> = results.into_iter().flatten().collect();
+    assert_eq!(by_seq.len(), TOTAL, "a seq was given twice");
+    assert_eq!(
+        by_seq.keys().copied().collect::<Vec<_>>(),
+        (1..=TOTAL as u64).collect::<Vec<_>>()
+    );
+
+    let stats = log.stats();
+    assert_eq!(stats.records, TOTAL as u64);
+    assert_eq!(stats.last_seq, TOTAL as u64);
+    assert!(stats.batches < TOTAL as u64, "no group commit: {stats:?}");
+    eprintln!(
+        "10,000 appends in {} batches (mean {:.1}, max {})",
+        stats.batches,
+        TOTAL as f64 / stats.batches as f64,
+        stats.max_batch
+    );
+    drop(log);
+
+    let file = lines(dir.path());
+    assert_eq!(file.len(), TOTAL);
+    for (i, line) in file.iter().enumerate() {
+        let rec: atrest_audit::Record = serde_json::from_str(line).unwrap();
+        assert_eq!(rec.seq, i as u64 + 1);
+        assert_eq!(by_seq[&rec.seq], rec.entry.request_id);
+    }
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(TOTAL as u64));
+    // And it reopens and continues the chain.
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    assert_eq!(log.append_blocking(entry(0)).unwrap(), TOTAL as u64 + 1);
+    drop(log);
+    assert_eq!(
+        verify(dir.path(), &key()).unwrap(),
+        ok_report(TOTAL as u64 + 1)
+    );
+}
+
+#[test]
+fn verify_and_query_beside_a_live_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(AuditLog::open(dir.path(), &key()).unwrap());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let log = Arc::clone(&log);
+            let done = &done;
+            s.spawn(move || {
+                for k in 0..300 {
+                    log.append_blocking(entry(t * 1000 + k)).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let mut runs = 0;
+        let mut last = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || runs < 3 {
+            let r = verify(dir.path(), &key()).unwrap();
+            assert_eq!(r.first_bad, None, "live verify: {r:?}");
+            assert!(r.good >= last);
+            last = r.good;
+            let q = query(dir.path(), &Filter::default()).unwrap();
+            assert!(q.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
+            runs += 1;
+        }
+    });
+    drop(log);
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(2400));
+}
+
+#[test]
+fn reopen_continues_and_a_second_writer_is_refused() {
+    let dir = make_log(3);
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    assert_eq!(log.stats().last_seq, 3);
+    match AuditLog::open(dir.path(), &key()) {
+        Err(AuditError::Io { reason, .. }) => assert!(reason.contains("already open"), "{reason}"),
+        other => panic!("second writer: {other:?}"),
+    }
+    assert_eq!(log.append_blocking(entry(3)).unwrap(), 4);
+    drop(log);
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(4));
+
+    use std::os::unix::fs::PermissionsExt;
+    for f in [LOG_FILE, HEAD_FILE] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    // A fresh, empty log verifies and queries empty.
+    let empty = tempfile::tempdir().unwrap();
+    drop(AuditLog::open(empty.path(), &key()).unwrap());
+    assert_eq!(verify(empty.path(), &key()).unwrap(), ok_report(0));
+    assert!(query(empty.path(), &Filter::default()).unwrap().is_empty());
+    // No log at all is an error, not an empty report.
+    let none = tempfile::tempdir().unwrap();
+    assert!(verify(none.path(), &key()).is_err());
+    assert!(query(none.path(), &Filter::default()).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Tampering.
+
+/// Applies `edit` to the files of a 20-record log and checks that verify
+/// names line `bad` (0: the head file) with a reason containing `why`, and
+/// that open refuses the log with the same line.
+fn tamper_raw(name: &str, edit: impl FnOnce(&Path), bad: u64, why: &str) {
+    let dir = make_log(20);
+    edit(dir.path());
+    let report = verify(dir.path(), &key()).unwrap();
+    let Some((line, reason)) = &report.first_bad else {
+        panic!("{name}: not detected: {report:?}");
+    };
+    assert_eq!(*line, bad, "{name}: {reason}");
+    assert!(reason.contains(why), "{name}: {reason}");
+    if bad > 0 {
+        assert_eq!(report.good, bad - 1, "{name}");
+    }
+    match AuditLog::open(dir.path(), &key()) {
+        Err(AuditError::Damaged { seq, reason, .. }) => {
+            assert_eq!(seq, bad, "{name}: {reason}");
+            assert!(reason.contains(why), "{name}: {reason}");
+        }
+        other => panic!("{name}: open did not refuse: {other:?}"),
+    }
+}
+
+/// [`tamper_raw`] with an edit of the log's lines.
+fn tamper(name: &str, edit: impl FnOnce(&Path, &mut Vec<String>), bad: u64, why: &str) {
+    tamper_raw(
+        name,
+        |d| {
+            let mut l = lines(d);
+            edit(d, &mut l);
+            write_lines(d, &l);
+        },
+        bad,
+        why,
+    );
+}
+
+#[test]
+fn tampering_is_detected_by_verify_and_open() {
+    const BAD_MAC: &str = "bad MAC";
+    tamper(
+        "edit a value",
+        |_, l| l[6] = l[6].replace("Success", "Failure"),
+        7,
+        BAD_MAC,
+    );
+    tamper(
+        "edit an error into success",
+        |_, l| {
+            assert!(l[7].contains("AccessDeniedException"));
+            l[7] = l[7].replace("AccessDeniedException", "Success");
+        },
+        8,
+        BAD_MAC,
+    );
+    tamper(
+        "add whitespace",
+        |_, l| l[4] = l[4].replace(",\"time\"", ", \"time\""),
+        5,
+        BAD_MAC,
+    );
+    tamper(
+        "reorder fields",
+        |_, l| {
+            // Swap `"time":...,` and `"request_id":...,`: same JSON value.
+            let t = l[9].find("\"time\":").unwrap();
+            let r = l[9].find("\"request_id\":").unwrap();
+            let a = l[9].find("\"region\":").unwrap();
+            let swapped = format!("{}{}{}{}", &l[9][..t], &l[9][r..a], &l[9][t..r], &l[9][a..]);
+            let before: serde_json::Value = serde_json::from_str(&l[9]).unwrap();
+            let after: serde_json::Value = serde_json::from_str(&swapped).unwrap();
+            assert_eq!(before, after);
+            l[9] = swapped;
+        },
+        10,
+        BAD_MAC,
+    );
+    tamper(
+        "change seq",
+        |_, l| l[11] = l[11].replacen("\"seq\":12", "\"seq\":13", 1),
+        12,
+        BAD_MAC,
+    );
+    tamper(
+        "edit the first",
+        |_, l| l[0] = l[0].replace("req-0", "req-x"),
+        1,
+        BAD_MAC,
+    );
+    tamper(
+        "edit the last",
+        |_, l| l[19] = l[19].replace("req-19", "req-x"),
+        20,
+        BAD_MAC,
+    );
+    tamper(
+        "delete the first",
+        |_, l| drop(l.remove(0)),
+        1,
+        "expected seq 1, found 2",
+    );
+    tamper(
+        "delete one in the middle",
+        |_, l| drop(l.remove(9)),
+        10,
+        "expected seq 10, found 11",
+    );
+    tamper("delete the last", |_, l| drop(l.pop()), 20, "missing");
+    tamper(
+        "delete the last three",
+        |_, l| l.truncate(17),
+        18,
+        "missing",
+    );
+    tamper("delete them all", |_, l| l.clear(), 1, "missing");
+    tamper(
+        "swap two",
+        |_, l| l.swap(4, 5),
+        5,
+        "expected seq 5, found 6",
+    );
+    tamper(
+        "swap the last two",
+        |_, l| l.swap(18, 19),
+        19,
+        "expected seq 19, found 20",
+    );
+    tamper(
+        "duplicate one",
+        |_, l| {
+            let d = l[7].clone();
+            l.insert(8, d);
+        },
+        9,
+        "expected seq 9, found 8",
+    );
+    tamper(
+        "insert a forged record",
+        |_, l| {
+            // Well formed, right seq and prev, but a MAC made up without the key.
+            let genuine = l[8].clone();
+            let forged = with_mac(&genuine.replace("req-8", "forged"), &"ab".repeat(32));
+            l.insert(8, forged);
+        },
+        9,
+        BAD_MAC,
+    );
+    tamper(
+        "splice in a record from another log with the same key",
+        |_, l| {
+            let other = tempfile::tempdir().unwrap();
+            let log = AuditLog::open(other.path(), &key()).unwrap();
+            for i in 100..120 {
+                log.append_blocking(entry(i)).unwrap();
+            }
+            drop(log);
+            l[8] = lines(other.path())[8].clone();
+        },
+        9,
+        "prev does not match",
+    );
+    tamper(
+        "cut the last line short",
+        |_, l| {
+            let last = l.pop().unwrap();
+            l.push(last[..last.len() - 1].to_string());
+        },
+        20,
+        "unparsable",
+    );
+    tamper_raw(
+        "remove the final newline",
+        |d| {
+            let mut b = std::fs::read(d.join(LOG_FILE)).unwrap();
+            assert_eq!(b.pop(), Some(b'\n'));
+            std::fs::write(d.join(LOG_FILE), &b).unwrap();
+        },
+        20,
+        "incomplete line",
+    );
+    tamper(
+        "garbage line",
+        |_, l| l[3] = "hello".into(),
+        4,
+        "unparsable",
+    );
+    tamper(
+        "blank line",
+        |_, l| l.insert(3, String::new()),
+        4,
+        "unparsable",
+    );
+    tamper(
+        "append a forged record after the head",
+        |_, l| {
+            let last = l[19].clone();
+            let mac20 = mac_of(&last);
+            let prev20 = serde_json::from_str::<serde_json::Value>(&last).unwrap()["prev"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let next = last
+                .replacen("\"seq\":20,", "\"seq\":21,", 1)
+                .replace(&prev20, &mac20);
+            l.push(with_mac(&next, &"cd".repeat(32)));
+        },
+        21,
+        BAD_MAC,
+    );
+    tamper(
+        "append a copy of a record after the head",
+        |_, l| l.push(l[19].clone()),
+        21,
+        "expected seq 21, found 20",
+    );
+
+    // The head file.
+    tamper(
+        "edit the head",
+        |d, _| {
+            let p = d.join(HEAD_FILE);
+            let h = std::fs::read_to_string(&p).unwrap();
+            let edited = h.replace("00000000000000000020", "00000000000000000019");
+            assert_ne!(h, edited);
+            std::fs::write(&p, edited).unwrap();
+        },
+        0,
+        "bad tag",
+    );
+    tamper(
+        "delete the head",
+        |d, _| std::fs::remove_file(d.join(HEAD_FILE)).unwrap(),
+        0,
+        "missing",
+    );
+    tamper(
+        "head from another log",
+        |d, _| {
+            let other = tempfile::tempdir().unwrap();
+            let log = AuditLog::open(other.path(), &key()).unwrap();
+            for i in 100..120 {
+                log.append_blocking(entry(i)).unwrap();
+            }
+            drop(log);
+            std::fs::copy(other.path().join(HEAD_FILE), d.join(HEAD_FILE)).unwrap();
+        },
+        20,
+        "differs from the one audit.head names",
+    );
+    tamper(
+        "delete the last record and rewind the head (without the key)",
+        |d, l| {
+            l.pop();
+            let p = d.join(HEAD_FILE);
+            let h = std::fs::read_to_string(&p).unwrap();
+            let mac19 = mac_of(&l[18]);
+            let parts: Vec<&str> = h.trim_end().split(' ').collect();
+            let forged = format!(
+                "{} {} {:020} {} {}\n",
+                parts[0], parts[1], 19, mac19, parts[4]
+            );
+            std::fs::write(&p, forged).unwrap();
+        },
+        0,
+        "bad tag",
+    );
+
+    // The wrong key finds the very first record bad.
+    let dir = make_log(3);
+    let other = SecretKey::from_slice(&[1; 32]).unwrap();
+    let r = verify(dir.path(), &other).unwrap();
+    assert_eq!(r.good, 0);
+    assert_eq!(r.first_bad.unwrap().0, 1);
+}
+
+// ---------------------------------------------------------------------------
+// An in-memory storage with a power switch, to simulate crashes.
+
+#[derive(Clone)]
+enum Op {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+fn apply(buf: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Write(off, data) => {
+            let off = *off as usize;
+            if buf.len() < off + data.len() {
+                buf.resize(off + data.len(), 0);
+            }
+            buf[off..off + data.len()].copy_from_slice(data);
+        }
+        Op::SetLen(len) => buf.resize(*len as usize, 0),
+    }
+}
+
+#[derive(Default)]
+struct Power {
+    ops: u64,
+    cut_at: Option<u64>,
+    dead: bool,
+}
+
+#[derive(Default)]
+struct MemState {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    unsynced: Vec<Op>,
+    writes: Vec<(u64, Vec<u8>)>,
+    synced_images: Vec<Vec<u8>>,
+    hold_sync: bool,
+}
+
+/// How a write is mangled by a power cut.
+type Tear<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+
+#[derive(Clone)]
+struct Mem {
+    name: &'static str,
+    state: Arc<(Mutex<MemState>, Condvar)>,
+    power: Arc<Mutex<Power>>,
+}
+
+impl Mem {
+    fn new(name: &'static str, power: &Arc<Mutex<Power>>, content: Vec<u8>) -> Self {
+        let state = MemState {
+            durable: content.clone(),
+            current: content,
+            ..MemState::default()
+        };
+        Self {
+            name,
+            state: Arc::new((Mutex::new(state), Condvar::new())),
+            power: Arc::clone(power),
+        }
+    }
+
+    /// Counts a mutating operation; false once the power is off.
+    fn tick(&self) -> bool {
+        let mut p = self.power.lock().unwrap();
+        if p.dead {
+            return false;
+        }
+        p.ops += 1;
+        if p.cut_at == Some(p.ops) {
+            p.dead = true;
+        }
+        true
+    }
+
+    fn dead(&self) -> bool {
+        self.power.lock().unwrap().dead
+    }
+
+    fn current(&self) -> Vec<u8> {
+        self.state.0.lock().unwrap().current.clone()
+    }
+
+    fn set_hold(&self, on: bool) {
+        self.state.0.lock().unwrap().hold_sync = on;
+        self.state.1.notify_all();
+    }
+
+    /// What survives a power cut: the durable bytes, then the first `keep`
+    /// unsynced operations, then (if `torn`) the next write mangled by it.
+    fn crash_image(&self, keep: usize, torn: Option<Tear<'_>>) -> Vec<u8> {
+        let s = self.state.0.lock().unwrap();
+        let mut img = s.durable.clone();
+        for op in s.unsynced.iter().take(keep) {
+            apply(&mut img, op);
+        }
+        if let (Some(tear), Some(Op::Write(off, data))) = (torn, s.unsynced.get(keep)) {
+            apply(&mut img, &Op::Write(*off, tear(data)));
+        }
+        img
+    }
+
+    fn unsynced_ops(&self) -> usize {
+        self.state.0.lock().unwrap().unsynced.len()
+    }
+}
+
+fn power_off() -> io::Error {
+    io::Error::other("power is off")
+}
+
+impl Storage for Mem {
+    fn len(&mut self) -> io::Result<u64> {
+        Ok(self.state.0.lock().unwrap().current.len() as u64)
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let s = self.state.0.lock().unwrap();
+        let off = (offset as usize).min(s.current.len());
+        let n = buf.len().min(s.current.len() - off);
+        buf[..n].copy_from_slice(&s.current[off..off + n]);
+        Ok(n)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !self.tick() {
+            return Err(power_off());
+        }
+        let mut s = self.state.0.lock().unwrap();
+        let op = Op::Write(offset, data.to_vec());
+        apply(&mut s.current, &op);
+        s.unsynced.push(op);
+        s.writes.push((offset, data.to_vec()));
+        drop(s);
+        // The write at the cut reached the page cache (and maybe, torn, the
+        // disk), but the process dies before it learns so.
+        if self.dead() {
+            Err(power_off())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        if !self.tick() || self.dead() {
+            return Err(power_off());
+        }
+        let mut s = self.state.0.lock().unwrap();
+        let op = Op::SetLen(len);
+        apply(&mut s.current, &op);
+        s.unsynced.push(op);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        {
+            let (lock, cvar) = &*self.state;
+            let mut s = lock.lock().unwrap();
+            while s.hold_sync {
+                s = cvar.wait(s).unwrap();
+            }
+        }
+        if !self.tick() || self.dead() {
+            return Err(power_off());
+        }
+        let mut s = self.state.0.lock().unwrap();
+        s.durable = s.current.clone();
+        s.unsynced.clear();
+        let img = s.durable.clone();
+        s.synced_images.push(img);
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        self.name.to_string()
+    }
+}
+
+fn fresh_power() -> Arc<Mutex<Power>> {
+    Arc::new(Mutex::new(Power::default()))
+}
+
+/// Opens a log on copies of `log` and `head`.
+fn open_images(log: &[u8], head: &[u8]) -> Result<(AuditLog, Mem, Mem), AuditError> {
+    let p = fresh_power();
+    let l = Mem::new("audit.log", &p, log.to_vec());
+    let h = Mem::new("audit.head", &p, head.to_vec());
+    AuditLog::open_with(l.clone(), h.clone(), &key(), &Options::default()).map(|a| (a, l, h))
+}
+
+/// Writes images to a temp dir and runs `verify` on them.
+fn verify_images(log: &[u8], head: &[u8]) -> VerifyReport {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(LOG_FILE), log).unwrap();
+    std::fs::write(dir.path().join(HEAD_FILE), head).unwrap();
+    verify(dir.path(), &key()).unwrap()
+}
+
+fn count_lines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+#[test]
+fn torn_last_write_at_every_byte_recovers_every_acknowledged_record() {
+    let p = fresh_power();
+    let log_mem = Mem::new("audit.log", &p, Vec::new());
+    let head_mem = Mem::new("audit.head", &p, Vec::new());
+    let log = Arc::new(
+        AuditLog::open_with(log_mem.clone(), head_mem.clone(), &key(), &strict()).unwrap(),
+    );
+    for i in 0..3 {
+        log.append_blocking(small(i)).unwrap();
+    }
+    // Hold the writer in the log sync of record 4, queue five more, release:
+    // the five form the last batch, written with one write.
+    log_mem.set_hold(true);
+    let writes_before = log_mem.state.0.lock().unwrap().writes.len();
+    std::thread::scope(|s| {
+        let l = Arc::clone(&log);
+        s.spawn(move || assert_eq!(l.append_blocking(small(3)).unwrap(), 4));
+        while log_mem.state.0.lock().unwrap().writes.len() == writes_before {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 4..9 {
+            let l = Arc::clone(&log);
+            s.spawn(move || l.append_blocking(small(i)).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        log_mem.set_hold(false);
+    });
+    assert_eq!(log.stats().last_seq, 9);
+    drop(log);
+
+    let (pre, last) = {
+        let s = log_mem.state.0.lock().unwrap();
+        let (off, data) = s.writes.last().unwrap().clone();
+        (s.current[..off as usize].to_vec(), data)
+    };
+    assert_eq!(
+        count_lines(&last),
+        5,
+        "the last batch is not the five queued records"
+    );
+    assert_eq!(count_lines(&pre), 4);
+    let (head_prev, head_last) = {
+        let s = head_mem.state.0.lock().unwrap();
+        let n = s.synced_images.len();
+        (
+            s.synced_images[n - 2].clone(),
+            s.synced_images[n - 1].clone(),
+        )
+    };
+
+    // On disk, the live log ends in zeros preallocated up to 1 MiB (closing
+    // the log cut them away, so put them back).
+    let tail = (1 << 20) - pre.len() - last.len();
+    // (Only the full checks carry all of it: a shorter tail is the same
+    // case, and much faster in a debug build.)
+    let image = |cut: &[u8], full: bool| {
+        let mut img = pre.clone();
+        img.extend_from_slice(cut);
+        img.resize(pre.len() + last.len() + if full { tail } else { 64 }, 0);
+        img
+    };
+
+    // Appending after recovery and verifying through files are the slow
+    // parts: do them at every line end and every 8th byte.
+    let check = |img: &[u8], head: &[u8], expect: u64, what: &str, full: bool| {
+        let (log, l, h) = open_images(img, head).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(log.stats().last_seq, expect, "{what}");
+        // Nothing acknowledged is lost: the first four records are intact.
+        assert_eq!(&l.current()[..pre.len()], &pre[..], "{what}");
+        if full {
+            assert_eq!(
+                log.append_blocking(entry(99)).unwrap(),
+                expect + 1,
+                "{what}"
+            );
+            drop(log);
+            assert_eq!(
+                verify_images(&l.current(), &h.current()),
+                ok_report(expect + 1),
+                "{what}"
+            );
+        }
+    };
+
+    for cut in 0..=last.len() {
+        let complete = count_lines(&last[..cut]);
+        let full = cut.is_multiple_of(8) || cut == 0 || last[cut - 1] == b'\n';
+        // The write cut short: the head still names record 4.
+        let img = image(&last[..cut], full);
+        check(
+            &img,
+            &head_prev,
+            4 + complete,
+            &format!("cut at {cut}"),
+            full,
+        );
+        // Before open repairs it, verify passes (an incomplete last line after
+        // the head is a write in progress).
+        if full {
+            assert_eq!(
+                verify_images(&img, &head_prev),
+                ok_report(4 + complete),
+                "cut {cut}"
+            );
+        }
+        // A hole of zeros inside the write (blocks written out of order):
+        // the line holding it and everything after are cut.
+        if cut < last.len() && full {
+            let mut torn = last.clone();
+            let end = (cut + 37).min(last.len());
+            torn[cut..end].fill(0);
+            check(
+                &image(&torn, full),
+                &head_prev,
+                4 + complete,
+                &format!("hole at {cut}"),
+                full,
+            );
+        }
+    }
+    // Synced log, head not yet updated: the durable records are kept.
+    check(&image(&last, true), &head_prev, 9, "head not updated", true);
+    check(&image(&last, true), &head_last, 9, "clean", true);
+    // Without the zero tail (a log closed cleanly) too.
+    let mut full = pre.clone();
+    full.extend_from_slice(&last);
+    check(&full, &head_last, 9, "trimmed", true);
+    // A head naming records the log lacks is damage, not a crash.
+    let mut img = pre.clone();
+    img.extend_from_slice(&last[..last.len() - 1]);
+    assert!(matches!(
+        open_images(&img, &head_last),
+        Err(AuditError::Damaged { seq: 9, .. })
+    ));
+}
+
+/// A tiny deterministic PRNG (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+#[test]
+fn power_cut_at_any_operation_loses_no_acknowledged_record() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for trial in 0..150u64 {
+        let p = fresh_power();
+        // Each batch is 4 operations (write, sync, head write, head sync),
+        // plus 2 at open; 40 appends make at most 162.
+        p.lock().unwrap().cut_at = Some(1 + rng.below(120));
+        let log_mem = Mem::new("audit.log", &p, Vec::new());
+        let head_mem = Mem::new("audit.head", &p, Vec::new());
+        // Half the trials sync the head before acknowledging; the others
+        // sync it lazily (soon, so that it happens during the trial) and
+        // sometimes pace commits.
+        let options = if trial % 2 == 0 {
+            strict()
+        } else {
+            Options {
+                commit_interval: Duration::from_micros(rng.below(2) * 500),
+                commit_batch: 1 + rng.below(8) as usize,
+                head_sync_interval: Duration::from_micros(100 + rng.below(1000)),
+                faults: None,
+            }
+        };
+        let acked: Vec<(u64, String)> =
+            match AuditLog::open_with(log_mem.clone(), head_mem.clone(), &key(), &options) {
+                Err(_) => Vec::new(),
+                Ok(log) => {
+                    let log = Arc::new(log);
+                    let acked = std::thread::scope(|s| {
+                        let hs: Vec<_> = (0..4)
+                            .map(|t| {
+                                let log = Arc::clone(&log);
+                                s.spawn(move || {
+                                    let mut ok = Vec::new();
+                                    let mut failed = false;
+                                    for k in 0..10 {
+                                        let mut e = entry(k);
+                                        e.request_id = format!("t{t}-{k}");
+                                        match log.append_blocking(e.clone()) {
+                                            Ok(seq) => {
+                                                assert!(!failed, "Ok after an error");
+                                                ok.push((seq, e.request_id));
+                                            }
+                                            Err(_) => failed = true,
+                                        }
+                                    }
+                                    ok
+                                })
+                            })
+                            .collect();
+                        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+                    });
+                    drop(log);
+                    acked
+                }
+            };
+
+        // What the disks hold after the cut.
+        let keep = rng.below(log_mem.unsynced_ops() as u64 + 1) as usize;
+        let tear_at = rng.next();
+        let hole = rng.next().is_multiple_of(2);
+        let tear = move |d: &[u8]| -> Vec<u8> {
+            let cut = (tear_at % (d.len() as u64 + 1)) as usize;
+            if hole {
+                let mut v = d.to_vec();
+                let end = (cut + 100).min(v.len());
+                v[cut..end].fill(0);
+                v
+            } else {
+                d[..cut].to_vec()
+            }
+        };
+        let log_img = log_mem.crash_image(keep, Some(&tear));
+        let head_keep = rng.below(head_mem.unsynced_ops() as u64 + 1) as usize;
+        let head_img = head_mem.crash_image(head_keep, None);
+
+        let (log, l, h) = open_images(&log_img, &head_img)
+            .unwrap_or_else(|e| panic!("trial {trial}: reopen failed: {e}"));
+        let last = log.stats().last_seq;
+        let max_acked = acked.iter().map(|a| a.0).max().unwrap_or(0);
+        assert!(
+            last >= max_acked,
+            "trial {trial}: lost records: {last} < {max_acked}"
+        );
+        let recovered = String::from_utf8(l.current()).unwrap();
+        let ids: Vec<String> = recovered
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v["request_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        for (seq, id) in &acked {
+            assert_eq!(&ids[*seq as usize - 1], id, "trial {trial}: record {seq}");
+        }
+        assert_eq!(log.append_blocking(entry(0)).unwrap(), last + 1);
+        let (lb, hb) = (l.current(), h.current());
+        drop(log);
+        assert_eq!(
+            verify_images(&lb, &hb),
+            ok_report(last + 1),
+            "trial {trial}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Failing closed.
+
+/// A log file's bytes without a tail of zeros.
+fn records_part(mut b: Vec<u8>) -> Vec<u8> {
+    while b.last() == Some(&0) {
+        b.pop();
+    }
+    b
+}
+
+fn fail_closed(options: &Options, fail: impl Fn(&Faults, bool)) {
+    let dir = make_log(5);
+    let faults = Faults::new();
+    let options = Options {
+        faults: Some(faults.clone()),
+        ..options.clone()
+    };
+    let log = Arc::new(AuditLog::open_with_options(dir.path(), &key(), &options).unwrap());
+    assert_eq!(log.append_blocking(entry(5)).unwrap(), 6);
+    // The live log ends in preallocated zeros: compare what precedes them.
+    let before_log = records_part(std::fs::read(dir.path().join(LOG_FILE)).unwrap());
+    let before_head = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+
+    fail(&faults, true);
+    // Several appenders at once: every one fails.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let results = rt.block_on(async {
+        let hs: Vec<_> = (0..20)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move { log.append(entry(100 + i)).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in hs {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(AuditError::Io { .. }))),
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(AuditError::Io { .. } | AuditError::Closed(_)))),
+        "{results:?}"
+    );
+    // The storage works again, but the log stays closed.
+    fail(&faults, false);
+    assert!(matches!(
+        log.append_blocking(entry(200)),
+        Err(AuditError::Closed(_))
+    ));
+    assert!(matches!(
+        rt.block_on(log.append(entry(201))),
+        Err(AuditError::Closed(_))
+    ));
+    assert!(log.stats().failed.is_some());
+    assert_eq!(log.stats().last_seq, 6);
+    // Nothing was added.
+    let after_log = records_part(std::fs::read(dir.path().join(LOG_FILE)).unwrap());
+    assert!(after_log == before_log, "the log changed");
+    assert!(
+        std::fs::read(dir.path().join(HEAD_FILE)).unwrap() == before_head,
+        "the head changed"
+    );
+    drop(log);
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(6));
+    // Reopened, it carries on.
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    assert_eq!(log.append_blocking(entry(6)).unwrap(), 7);
+}
+
+#[test]
+fn a_failed_write_fails_closed() {
+    fail_closed(&strict(), |f, on| f.fail_writes(on));
+    fail_closed(&Options::default(), |f, on| f.fail_writes(on));
+}
+
+#[test]
+fn a_failed_sync_fails_closed() {
+    fail_closed(&strict(), |f, on| f.fail_syncs(on));
+    fail_closed(&Options::default(), |f, on| f.fail_syncs(on));
+}
+
+#[test]
+fn a_failed_head_update_fails_closed_and_reopen_keeps_the_durable_record() {
+    let dir = make_log(2);
+    let (log_file, _) = FileStorage::open(&dir.path().join(LOG_FILE)).unwrap();
+    let (head_file, _) = FileStorage::open(&dir.path().join(HEAD_FILE)).unwrap();
+    let faults = Faults::new();
+    let log = AuditLog::open_with(
+        log_file,
+        Faulty::new(head_file, faults.clone()),
+        &key(),
+        &strict(),
+    )
+    .unwrap();
+    faults.fail_syncs(true);
+    assert!(matches!(
+        log.append_blocking(entry(2)),
+        Err(AuditError::Io { .. })
+    ));
+    assert!(matches!(
+        log.append_blocking(entry(3)),
+        Err(AuditError::Closed(_))
+    ));
+    drop(log);
+    // The record reached the log (synced) but was not acknowledged; reopening
+    // keeps it and moves the head to it.
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    assert_eq!(log.stats().last_seq, 3);
+    drop(log);
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(3));
+}
+
+#[test]
+fn a_failed_lazy_head_sync_stops_the_log() {
+    let dir = make_log(2);
+    let (log_file, _) = FileStorage::open(&dir.path().join(LOG_FILE)).unwrap();
+    let (head_file, _) = FileStorage::open(&dir.path().join(HEAD_FILE)).unwrap();
+    let faults = Faults::new();
+    let options = Options {
+        head_sync_interval: Duration::from_millis(20),
+        ..Options::default()
+    };
+    let log = AuditLog::open_with(
+        log_file,
+        Faulty::new(head_file, faults.clone()),
+        &key(),
+        &options,
+    )
+    .unwrap();
+    faults.fail_syncs(true);
+    // The record is durable in the log and the head is written: acknowledged.
+    assert_eq!(log.append_blocking(entry(2)).unwrap(), 3);
+    // The head's sync, due 20 ms later, fails: the log stops.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(log.stats().failed.is_some());
+    assert!(matches!(
+        log.append_blocking(entry(3)),
+        Err(AuditError::Closed(_))
+    ));
+    drop(log);
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(3));
+}
+
+#[test]
+fn the_head_is_synced_lazily_and_at_close() {
+    let p = fresh_power();
+    let log_mem = Mem::new("audit.log", &p, Vec::new());
+    let head_mem = Mem::new("audit.head", &p, Vec::new());
+    let options = Options {
+        commit_interval: Duration::ZERO,
+        commit_batch: 1,
+        head_sync_interval: Duration::from_secs(3600),
+        faults: None,
+    };
+    let log = AuditLog::open_with(log_mem.clone(), head_mem.clone(), &key(), &options).unwrap();
+    for i in 0..5 {
+        log.append_blocking(entry(i)).unwrap();
+    }
+    // Written for every batch, synced only at open so far.
+    let synced = head_mem.state.0.lock().unwrap().synced_images.len();
+    assert_eq!(synced, 1);
+    assert_eq!(head_mem.unsynced_ops(), 5);
+    // A power loss now leaves the head naming no record, and all five
+    // records, durable in the log, are recovered.
+    let (again, _, _) = open_images(
+        &log_mem.crash_image(0, None),
+        &head_mem.crash_image(0, None),
+    )
+    .unwrap();
+    assert_eq!(again.stats().last_seq, 5);
+    drop(again);
+    // Closing syncs it.
+    drop(log);
+    assert_eq!(head_mem.unsynced_ops(), 0);
+    let (again, _, _) = open_images(
+        &log_mem.crash_image(0, None),
+        &head_mem.crash_image(0, None),
+    )
+    .unwrap();
+    assert_eq!(again.stats().last_seq, 5);
+}
+
+#[test]
+fn commits_are_paced() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        commit_interval: Duration::from_millis(5),
+        commit_batch: 1000,
+        ..Options::default()
+    };
+    let log = Arc::new(AuditLog::open_with_options(dir.path(), &key(), &options).unwrap());
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..32 {
+            let log = Arc::clone(&log);
+            s.spawn(move || {
+                for k in 0..10 {
+                    log.append_blocking(entry(i * 10 + k)).unwrap();
+                }
+            });
+        }
+    });
+    let elapsed = t.elapsed();
+    let stats = log.stats();
+    assert_eq!(stats.records, 320);
+    // At most one commit per 5 ms (plus the first).
+    assert!(
+        stats.batches <= elapsed.as_millis() as u64 / 5 + 1,
+        "{stats:?} in {elapsed:?}"
+    );
+}
+
+#[test]
+fn append_blocking_on_a_runtime_thread_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // append_blocking on a runtime thread blocks it briefly but works.
+    let seq = rt
+        .block_on(async { log.append_blocking(entry(0)) })
+        .unwrap();
+    assert_eq!(seq, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Queries.
+
+#[test]
+fn query_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    let entries: Vec<Entry> = (0..120).map(entry).collect();
+    for e in &entries {
+        log.append_blocking(e.clone()).unwrap();
+    }
+    drop(log);
+
+    let run = |f: Filter| -> Vec<String> {
+        query(dir.path(), &f)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.request_id)
+            .collect()
+    };
+    let expect = |pred: &dyn Fn(&Entry) -> bool| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| pred(e))
+            .map(|e| e.request_id.clone())
+            .collect()
+    };
+
+    assert_eq!(run(Filter::default()).len(), 120);
+    let k = "arn:aws:kms:us-east-1:111122223333:key/k2".to_string();
+    let by_key = run(Filter {
+        key_arn: Some(k.clone()),
+        ..Filter::default()
+    });
+    assert!(!by_key.is_empty());
+    assert_eq!(by_key, expect(&|e| e.key_arn.as_ref() == Some(&k)));
+    let p = "arn:aws:iam::111122223333:user/u1".to_string();
+    assert_eq!(
+        run(Filter {
+            principal: Some(p.clone()),
+            operation: Some("Decrypt".into()),
+            ..Filter::default()
+        }),
+        expect(&|e| e.principal.as_ref() == Some(&p) && e.operation == "Decrypt")
+    );
+    // Times: entry i is at 07:MM:SS where MM:SS = i / 60, i % 60.
+    let since = "2026-11-22T07:00:30".to_string();
+    let until = "2026-11-22T07:01:10.000Z".to_string();
+    let window = run(Filter {
+        since: Some(since.clone()),
+        until: Some(until.clone()),
+        ..Filter::default()
+    });
+    assert_eq!(window, expect(&|e| e.time >= since && e.time < until));
+    assert_eq!(window.first().unwrap(), "req-30");
+    assert_eq!(window.last().unwrap(), "req-69");
+    // limit keeps the most recent, oldest first.
+    assert_eq!(
+        run(Filter {
+            operation: Some("Encrypt".into()),
+            limit: Some(3),
+            ..Filter::default()
+        }),
+        vec!["req-108", "req-112", "req-116"]
+    );
+    assert!(
+        run(Filter {
+            limit: Some(0),
+            ..Filter::default()
+        })
+        .is_empty()
+    );
+    assert!(
+        run(Filter {
+            key_arn: Some("nope".into()),
+            ..Filter::default()
+        })
+        .is_empty()
+    );
+    // Records carry exactly what was appended.
+    let all = query(dir.path(), &Filter::default()).unwrap();
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+        assert_eq!(r.entry, entries[i]);
+    }
+
+    // An incomplete last line (a write in progress) is skipped.
+    let mut bytes = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":121,\"time\":\"2026");
+    std::fs::write(dir.path().join(LOG_FILE), &bytes).unwrap();
+    assert_eq!(run(Filter::default()).len(), 120);
+}
+
+#[test]
+fn entries_hold_only_what_the_caller_gave() {
+    let dir = make_log(0);
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    let e = Entry {
+        time: "2026-11-22T07:00:00.000Z".into(),
+        request_id: "r".into(),
+        operation: "Encrypt".into(),
+        result: "Success".into(),
+        ..Entry::default()
+    };
+    log.append_blocking(e).unwrap();
+    drop(log);
+    let l = lines(dir.path());
+    assert_eq!(l.len(), 1);
+    // Exactly these fields, in this order.
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&l[0]).unwrap();
+    assert_eq!(v.len(), 7);
+    let order = [
+        "seq",
+        "time",
+        "request_id",
+        "operation",
+        "result",
+        "prev",
+        "mac",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|k| l[0].find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{}", l[0]);
+    assert_eq!(seq_of(&l[0]), 1);
+}

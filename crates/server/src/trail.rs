@@ -1,0 +1,146 @@
+//! The audit trail and metering, as the server runs them.
+//!
+//! Every request leaves one record in the audit log (`atrest-audit`): writes
+//! record inside the key service before they commit; everything else is
+//! recorded here before its response is sent. A record that cannot be made
+//! durable turns a success into an error (fail closed).
+//!
+//! Metering (K9) counts records by account, region, operation and outcome.
+//! The counts are rebuilt from the audit log at start, so they are exactly
+//! the log's, and survive restarts without a store of their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use atrest_audit::{AuditLog, Entry};
+use serde::Serialize;
+
+/// Counts by (account, region, operation, outcome).
+#[derive(Default)]
+pub struct Metering {
+    counts: RwLock<HashMap<(String, String, String, bool), AtomicU64>>,
+}
+
+/// One metering row.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Account.
+    pub account: String,
+    /// Region.
+    pub region: String,
+    /// Operation.
+    pub operation: String,
+    /// Successful requests.
+    pub success: u64,
+    /// Failed or refused requests.
+    pub error: u64,
+}
+
+impl Metering {
+    fn count(&self, entry: &Entry) {
+        let (Some(account), Some(region)) = (&entry.account, &entry.region) else {
+            return;
+        };
+        let key = (account.clone(), region.clone(), entry.operation.clone(), entry.result == "Success");
+        if let Some(c) = self.counts.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.counts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts, optionally of one account, sorted.
+    #[must_use]
+    pub fn usage(&self, account: Option<&str>) -> Vec<Usage> {
+        let map = self.counts.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rows: BTreeMap<(String, String, String), Usage> = BTreeMap::new();
+        for ((acct, region, op, ok), n) in map.iter() {
+            if account.is_some_and(|a| a != acct) {
+                continue;
+            }
+            let row = rows.entry((acct.clone(), region.clone(), op.clone())).or_insert_with(|| Usage {
+                account: acct.clone(),
+                region: region.clone(),
+                operation: op.clone(),
+                success: 0,
+                error: 0,
+            });
+            if *ok {
+                row.success += n.load(Ordering::Relaxed);
+            } else {
+                row.error += n.load(Ordering::Relaxed);
+            }
+        }
+        rows.into_values().collect()
+    }
+
+    /// The counts in Prometheus' text exposition format.
+    #[must_use]
+    pub fn prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP atrest_kms_requests_total Key-service requests by account, region, operation and outcome.\n# TYPE atrest_kms_requests_total counter\n",
+        );
+        for u in self.usage(None) {
+            for (outcome, n) in [("success", u.success), ("error", u.error)] {
+                if n > 0 {
+                    out.push_str(&format!(
+                        "atrest_kms_requests_total{{account=\"{}\",region=\"{}\",operation=\"{}\",outcome=\"{outcome}\"}} {n}\n",
+                        escape(&u.account),
+                        escape(&u.region),
+                        escape(&u.operation)
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The audit log and metering together; the key service's audit sink.
+pub struct Trail {
+    log: AuditLog,
+    /// Counts of what the log holds.
+    pub metering: Metering,
+}
+
+impl Trail {
+    /// Wraps an open log, rebuilding the counts from `dir`'s records.
+    pub fn new(log: AuditLog, dir: &std::path::Path) -> Result<Self, String> {
+        let metering = Metering::default();
+        let records = atrest_audit::query(dir, &atrest_audit::Filter::default()).map_err(|e| e.to_string())?;
+        for r in &records {
+            metering.count(&r.entry);
+        }
+        Ok(Self { log, metering })
+    }
+
+    /// Appends and counts; resolves once durable.
+    pub async fn record(&self, entry: Entry) -> Result<(), String> {
+        let counted = entry.clone();
+        self.log.append(entry).await.map_err(|e| e.to_string())?;
+        self.metering.count(&counted);
+        Ok(())
+    }
+}
+
+impl atrest_kms::AuditSink for Trail {
+    fn record_blocking(&self, entry: Entry) -> Result<(), String> {
+        let counted = entry.clone();
+        self.log.append_blocking(entry).map_err(|e| e.to_string())?;
+        self.metering.count(&counted);
+        Ok(())
+    }
+}
+
+/// A shared trail.
+pub type SharedTrail = Arc<Trail>;
