@@ -26,7 +26,10 @@ pub fn fixture() -> &'static Fixture {
             Arc::new(SystemClock),
         )
         .expect("open");
-        let caller = Caller::root(AccountId::parse("111122223333").expect("account"), "us-east-1");
+        let caller = Caller::root(
+            AccountId::parse("111122223333").expect("account"),
+            "us-east-1",
+        );
         let meta = RequestMeta::in_process();
         let out = kms
             .call(&Call::new(&caller, &meta), Operation::CreateKey, b"{}")
@@ -38,6 +41,18 @@ pub fn fixture() -> &'static Fixture {
             key_id: v.key_id,
         }
     })
+}
+
+impl Fixture {
+    /// Runs one operation as the account root, in process.
+    pub fn call(
+        &self,
+        op: Operation,
+        body: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, atrest_kms::KmsError> {
+        let meta = RequestMeta::in_process();
+        self.kms.call(&Call::new(&self.caller, &meta), op, body)
+    }
 }
 
 /// Just enough JSON reading to get the new key's id without another dependency.

@@ -530,3 +530,167 @@ def make_tls_files(directory: Path) -> dict[str, Path]:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# -- accounts, users, policies (issue 3) ---------------------------------
+
+
+def rest_call(
+    server: Server,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    *,
+    creds: tuple[str, str] | None = None,
+    region: str | None = None,
+) -> requests.Response:
+    """One botocore-signed request to atrest's REST API (SigV4 service `atrest`)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    return raw_request(
+        server,
+        data,
+        method=method,
+        path=path,
+        target=None,
+        service="atrest",
+        region=region or server.regions[0],
+        content_type="application/json" if body is not None else None,
+        creds=creds,
+    )
+
+
+def atrest_run(*args: str, env_creds: tuple[str, str] | None = None, check: bool = True,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs `atrest <args>` in a clean environment (no ambient credentials)."""
+    extra = {}
+    if env_creds:
+        extra = {"AWS_ACCESS_KEY_ID": env_creds[0], "AWS_SECRET_ACCESS_KEY": env_creds[1]}
+    cmd = [str(ATREST_BIN), *args]
+    p = subprocess.run(cmd, env=subprocess_env(**extra), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert p.returncode == 0, f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def atrest_client_cmd(
+    server: Server,
+    command: str,
+    *args: str,
+    env_creds: tuple[str, str] | None = None,
+    creds_file: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Runs `atrest <command> --endpoint <server> ... <args>` (audit, metering)."""
+    return atrest_run(
+        command,
+        "--endpoint", server.url,
+        "--region", server.regions[0],
+        "--credentials-file", str(creds_file or server.credentials_file),
+        *args,
+        env_creds=env_creds,
+        check=check,
+    )
+
+
+def new_account(server: Server, account: str) -> tuple[str, str]:
+    """Creates `account` (as the admin) and an access key for its root."""
+    atrest_admin(server, "account", "create", "--id", account)
+    out = json.loads(atrest_admin(server, "access-key", "create", "--account", account).stdout)
+    assert out["account"] == account and out.get("user") is None, out
+    return out["access_key_id"], out["secret_access_key"]
+
+
+def put_user_policy(
+    server: Server,
+    account: str,
+    user: str,
+    name: str,
+    document: dict | str,
+    *,
+    manager: tuple[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """`atrest admin user put-policy` with the document in a temp file; run
+    as `manager` (env credentials) or as the admin."""
+    text = document if isinstance(document, str) else json.dumps(document)
+    fd, name_ = tempfile.mkstemp(prefix="policy-", suffix=".json", dir=server.workdir)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return atrest_admin(
+        server, "user", "put-policy", "--account", account, "--user", user, "--name", name,
+        "--document-file", name_, env_creds=manager, check=check,
+    )
+
+
+def new_user(
+    server: Server,
+    account: str,
+    name: str,
+    *,
+    policy: dict | None = None,
+    manager: tuple[str, str] | None = None,
+) -> tuple[str, str]:
+    """Creates user `name` in `account` (as `manager` or the admin), attaches
+    `policy` as identity policy `main` if given, and returns an access key."""
+    out = json.loads(atrest_admin(server, "user", "create", "--account", account, "--name", name,
+                                  env_creds=manager).stdout)
+    assert out["arn"] == f"arn:aws:iam::{account}:user/{name}", out
+    if policy is not None:
+        put_user_policy(server, account, name, "main", policy, manager=manager)
+    key = json.loads(atrest_admin(server, "access-key", "create", "--account", account, "--user", name,
+                                  env_creds=manager).stdout)
+    assert key["user"] == name and key["account"] == account, key
+    return key["access_key_id"], key["secret_access_key"]
+
+
+def policy_doc(*statements: dict) -> str:
+    """A policy document (JSON text) of `statements`."""
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def root_arn(account: str) -> str:
+    return f"arn:aws:iam::{account}:root"
+
+
+def user_arn(account: str, name: str) -> str:
+    return f"arn:aws:iam::{account}:user/{name}"
+
+
+def access_denied_message(principal: str, op: str, key_arn: str, why: str) -> str:
+    """AWS's AccessDeniedException message. `why` is `no-resource`,
+    `no-identity`, `deny-resource` or `deny-identity`."""
+    tail = {
+        "no-resource": f"because no resource-based policy allows the kms:{op} action",
+        "no-identity": f"because no identity-based policy allows the kms:{op} action",
+        "deny-resource": "with an explicit deny in a resource-based policy",
+        "deny-identity": "with an explicit deny in an identity-based policy",
+    }[why]
+    return f"User: {principal} is not authorized to perform: kms:{op} on resource: {key_arn} {tail}"
+
+
+def expect_denied(fn, *args, principal: str, op: str, key_arn: str, why: str, **kwargs) -> dict:
+    """fn must fail with AccessDeniedException (400) in AWS's exact wording."""
+    resp = expect_error("AccessDeniedException", fn, *args, **kwargs)
+    assert resp["Error"]["Message"] == access_denied_message(principal, op, key_arn, why), resp["Error"]
+    return resp
+
+
+# -- the audit trail (issue 3) -------------------------------------------
+
+
+def audit_log_path(server: Server) -> Path:
+    return server.data_dir / "audit" / "audit.log"
+
+
+def audit_lines(path: Path) -> list[bytes]:
+    """The record lines of an audit log file (each without its `\\n`). A
+    running server preallocates the file with zeros past the last record;
+    that tail is not a record."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    assert data[end:].strip(b"\0") == b"", f"{path}: bytes after the last complete record: {data[end:][:200]!r}"
+    return data[:end].split(b"\n")[:-1] if end else []
+
+
+def audit_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in audit_lines(path)]

@@ -61,42 +61,85 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     let resp = match args.command {
         AdminCommand::Account(AccountCommand::Create { id, admin }) => {
-            c.rest(Method::POST, "/v1/accounts", Some(&json!({"id": id, "admin": admin}))).await?
+            c.rest(
+                Method::POST,
+                "/v1/accounts",
+                Some(&json!({"id": id, "admin": admin})),
+            )
+            .await?
         }
-        AdminCommand::Account(AccountCommand::List) => c.rest(Method::GET, "/v1/accounts", None).await?,
+        AdminCommand::Account(AccountCommand::List) => {
+            c.rest(Method::GET, "/v1/accounts", None).await?
+        }
         AdminCommand::Account(AccountCommand::Suspend { id }) => {
-            c.rest(Method::POST, &format!("/v1/accounts/{id}/suspend"), None).await?
+            c.rest(Method::POST, &format!("/v1/accounts/{id}/suspend"), None)
+                .await?
         }
         AdminCommand::Account(AccountCommand::Resume { id }) => {
-            c.rest(Method::POST, &format!("/v1/accounts/{id}/resume"), None).await?
+            c.rest(Method::POST, &format!("/v1/accounts/{id}/resume"), None)
+                .await?
         }
         AdminCommand::AccessKey(AccessKeyCommand::Create { account, user }) => {
             let body = user.map(|u| json!({"user": u}));
-            c.rest(Method::POST, &format!("/v1/accounts/{account}/access-keys"), body.as_ref()).await?
+            c.rest(
+                Method::POST,
+                &format!("/v1/accounts/{account}/access-keys"),
+                body.as_ref(),
+            )
+            .await?
         }
-        AdminCommand::AccessKey(AccessKeyCommand::Import { account, access_key_id, user, secret_access_key_file }) => {
+        AdminCommand::AccessKey(AccessKeyCommand::Import {
+            account,
+            access_key_id,
+            user,
+            secret_access_key_file,
+        }) => {
             let mut secret = zeroize::Zeroizing::new(String::new());
             match secret_access_key_file {
                 Some(p) => {
-                    *secret = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                    *secret = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?;
                 }
                 None => {
-                    std::io::stdin().read_to_string(&mut secret).context("reading the secret from standard input")?;
+                    std::io::stdin()
+                        .read_to_string(&mut secret)
+                        .context("reading the secret from standard input")?;
                 }
             }
             let body = json!({"access_key_id": access_key_id, "user": user, "secret_access_key": secret.trim()});
-            c.rest(Method::POST, &format!("/v1/accounts/{account}/access-keys"), Some(&body)).await?
+            c.rest(
+                Method::POST,
+                &format!("/v1/accounts/{account}/access-keys"),
+                Some(&body),
+            )
+            .await?
         }
         AdminCommand::AccessKey(AccessKeyCommand::List { account }) => {
-            c.rest(Method::GET, &format!("/v1/accounts/{account}/access-keys"), None).await?
+            c.rest(
+                Method::GET,
+                &format!("/v1/accounts/{account}/access-keys"),
+                None,
+            )
+            .await?
         }
         AdminCommand::User(UserCommand::Create { account, name }) => {
-            c.rest(Method::POST, &format!("/v1/accounts/{account}/users"), Some(&json!({"name": name}))).await?
+            c.rest(
+                Method::POST,
+                &format!("/v1/accounts/{account}/users"),
+                Some(&json!({"name": name})),
+            )
+            .await?
         }
         AdminCommand::User(UserCommand::List { account }) => {
-            c.rest(Method::GET, &format!("/v1/accounts/{account}/users"), None).await?
+            c.rest(Method::GET, &format!("/v1/accounts/{account}/users"), None)
+                .await?
         }
-        AdminCommand::User(UserCommand::PutPolicy { account, user, name, document_file }) => {
+        AdminCommand::User(UserCommand::PutPolicy {
+            account,
+            user,
+            name,
+            document_file,
+        }) => {
             let document = std::fs::read_to_string(&document_file)
                 .with_context(|| format!("reading {}", document_file.display()))?;
             c.rest(
@@ -106,36 +149,83 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             )
             .await?
         }
-        AdminCommand::User(UserCommand::GetPolicy { account, user, name }) => {
-            c.rest(Method::GET, &format!("/v1/accounts/{account}/users/{user}/policies/{name}"), None).await?
+        AdminCommand::User(UserCommand::GetPolicy {
+            account,
+            user,
+            name,
+        }) => {
+            c.rest(
+                Method::GET,
+                &format!("/v1/accounts/{account}/users/{user}/policies/{name}"),
+                None,
+            )
+            .await?
         }
-        AdminCommand::User(UserCommand::DeletePolicy { account, user, name }) => {
-            c.rest(Method::DELETE, &format!("/v1/accounts/{account}/users/{user}/policies/{name}"), None).await?
+        AdminCommand::User(UserCommand::DeletePolicy {
+            account,
+            user,
+            name,
+        }) => {
+            c.rest(
+                Method::DELETE,
+                &format!("/v1/accounts/{account}/users/{user}/policies/{name}"),
+                None,
+            )
+            .await?
         }
     };
     show(&resp)
 }
 
+fn report_verification(good: u64, first_bad: Option<(u64, String)>) -> anyhow::Result<()> {
+    match first_bad {
+        None => {
+            println!("audit trail verified: {good} records, chain and head intact");
+            Ok(())
+        }
+        Some((record, reason)) => bail!(
+            "audit trail damaged: record {record} is bad ({reason}); the {good} records before it verify"
+        ),
+    }
+}
+
+/// Verifies the audit files of a data dir directly, with its root of trust.
+fn verify_offline(root: &crate::cli::RootArgs) -> anyhow::Result<()> {
+    let data_dir = crate::root_args::data_dir(root)?;
+    let (source, _) = crate::root_args::root_source(root, &data_dir)?;
+    let root_key = atrest_kms::root::RootKey::open_existing(&data_dir, source)?;
+    let key = root_key.derive(atrest_kms::AUDIT_KEY_INFO)?;
+    let report = atrest_audit::verify(&data_dir.join("audit"), &key)?;
+    report_verification(report.good, report.first_bad)
+}
+
 pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
-    let c = client(&args.client)?;
-    if let Some(AuditCommand::Verify) = args.command {
+    if let Some(AuditCommand::Verify(v)) = &args.command {
+        if v.offline {
+            return verify_offline(&v.root);
+        }
+        let c = client(&args.client)?;
         let resp = c.rest(Method::POST, "/v1/audit/verify", None).await?;
         if !resp.status.is_success() {
             return show(&resp);
         }
         let body = resp.json();
-        let good = body.get("good_records").and_then(Value::as_u64).unwrap_or(0);
-        if body.get("verified").and_then(Value::as_bool) == Some(true) {
-            println!("audit trail verified: {good} records, chain and head intact");
-            return Ok(());
-        }
-        let bad = &body["first_bad"];
-        bail!(
-            "audit trail damaged: record {} is bad ({}); the {good} records before it verify",
-            bad.get("record").and_then(Value::as_u64).unwrap_or(0),
-            bad.get("reason").and_then(Value::as_str).unwrap_or("unknown reason")
-        );
+        let good = body
+            .get("good_records")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let first_bad = body.get("first_bad").filter(|b| !b.is_null()).map(|b| {
+            (
+                b.get("record").and_then(Value::as_u64).unwrap_or(0),
+                b.get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown reason")
+                    .to_owned(),
+            )
+        });
+        return report_verification(good, first_bad);
     }
+    let c = client(&args.client)?;
     let mut query = vec![format!("limit={}", args.limit)];
     for (name, v) in [
         ("key", &args.key),
@@ -148,7 +238,9 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             query.push(format!("{name}={}", q(v)));
         }
     }
-    let resp = c.rest(Method::GET, &format!("/v1/audit?{}", query.join("&")), None).await?;
+    let resp = c
+        .rest(Method::GET, &format!("/v1/audit?{}", query.join("&")), None)
+        .await?;
     show(&resp)
 }
 

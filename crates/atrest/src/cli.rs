@@ -56,7 +56,18 @@ pub struct AuditArgs {
 pub enum AuditCommand {
     /// Verify the whole chain: exits non-zero and names the first bad
     /// record if any record was edited, inserted, deleted or reordered.
-    Verify,
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify the files of a data dir directly (the server need not run; it
+    /// refuses to start on a damaged audit trail). Needs the data dir's root
+    /// of trust, given as for `atrest serve`.
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub root: RootArgs,
 }
 
 #[derive(Debug, Args)]
@@ -79,59 +90,12 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "ATREST_LISTEN", default_value = atrest_server::config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// The data dir [default: $XDG_DATA_HOME/atrest, else ~/.local/share/atrest].
-    #[arg(long, env = "ATREST_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub root: RootArgs,
     /// Region to serve; repeat for several. The first start's regions are not
     /// fixed: regions can be added later.
     #[arg(long = "region", env = "ATREST_REGIONS", value_delimiter = ',', default_value = atrest_server::config::DEFAULT_REGION)]
     pub regions: Vec<String>,
-    /// Root key file (32 bytes, mode 0600), created on first start
-    /// [default: <data-dir>.root.key, beside the data dir].
-    #[arg(
-        long,
-        env = "ATREST_ROOT_KEY_FILE",
-        conflicts_with = "root_passphrase_file"
-    )]
-    pub root_key_file: Option<PathBuf>,
-    /// Seal the data dir with a passphrase read from this file (argon2id)
-    /// instead of a key file. ATREST_ROOT_PASSPHRASE may hold it instead.
-    #[arg(long, env = "ATREST_ROOT_PASSPHRASE_FILE")]
-    pub root_passphrase_file: Option<PathBuf>,
-    /// Seal the data dir with a key held in a PKCS#11 token (an HSM) instead
-    /// of a key file: the token vendor's PKCS#11 module (a shared library,
-    /// for SoftHSM2 /usr/lib/softhsm/libsofthsm2.so).
-    #[arg(
-        long,
-        env = "ATREST_ROOT_PKCS11_MODULE",
-        requires = "root_pkcs11_token",
-        conflicts_with_all = ["root_key_file", "root_passphrase_file"]
-    )]
-    pub root_pkcs11_module: Option<PathBuf>,
-    /// Label of the PKCS#11 token that holds the wrapping key.
-    #[arg(
-        long = "root-pkcs11-token",
-        env = "ATREST_ROOT_PKCS11_TOKEN",
-        requires = "root_pkcs11_module"
-    )]
-    pub root_pkcs11_token: Option<String>,
-    /// Label of the AES-256 wrapping key in the token; a non-extractable key
-    /// is generated there on first start if none has this label.
-    #[arg(
-        long,
-        env = "ATREST_ROOT_PKCS11_KEY_LABEL",
-        default_value = "atrest-root",
-        requires = "root_pkcs11_module"
-    )]
-    pub root_pkcs11_key_label: String,
-    /// File holding the token's user PIN. ATREST_ROOT_PKCS11_PIN may hold it
-    /// instead.
-    #[arg(
-        long,
-        env = "ATREST_ROOT_PKCS11_PIN_FILE",
-        requires = "root_pkcs11_module"
-    )]
-    pub root_pkcs11_pin_file: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -271,7 +235,7 @@ pub enum AccountCommand {
         #[arg(long)]
         admin: bool,
     },
-        /// List accounts.
+    /// List accounts.
     List,
     /// Suspend an account's use of keys (every cryptographic operation by or
     /// for it fails until resumed; nothing is lost).
@@ -288,7 +252,7 @@ pub enum AccountCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AccessKeyCommand {
-        /// Create an access key for an account's root (admins) or one of its
+    /// Create an access key for an account's root (admins) or one of its
     /// users; prints its secret once.
     Create {
         /// The account.
@@ -297,19 +261,21 @@ pub enum AccessKeyCommand {
         /// The user (omit for the account's root).
         #[arg(long)]
         user: Option<String>,
-    },/// Import an existing access key pair (for users moving from another
+    },
+    /// Import an existing access key pair (for users moving from another
     /// KMS). The secret is read from a file, or from standard input, never
     /// from the command line.
     Import {
         /// The account.
         #[arg(long)]
         account: String,
-                /// The access key id.
+        /// The access key id.
         #[arg(long)]
         access_key_id: String,
         /// The user (omit for the account's root).
         #[arg(long)]
-        user: Option<String>,/// File holding the secret access key [default: read standard input].
+        user: Option<String>,
+        /// File holding the secret access key [default: read standard input].
         #[arg(long)]
         secret_access_key_file: Option<PathBuf>,
     },
@@ -319,4 +285,59 @@ pub enum AccessKeyCommand {
         #[arg(long)]
         account: String,
     },
+}
+
+/// The data dir and its root of trust: shared by `serve` and by offline
+/// commands that read the data dir directly.
+#[derive(Debug, Args)]
+pub struct RootArgs {
+    /// The data dir [default: $XDG_DATA_HOME/atrest, else ~/.local/share/atrest].
+    #[arg(long, env = "ATREST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Root key file (32 bytes, mode 0600), created on first start
+    /// [default: <data-dir>.root.key, beside the data dir].
+    #[arg(
+        long,
+        env = "ATREST_ROOT_KEY_FILE",
+        conflicts_with = "root_passphrase_file"
+    )]
+    pub root_key_file: Option<PathBuf>,
+    /// Seal the data dir with a passphrase read from this file (argon2id)
+    /// instead of a key file. ATREST_ROOT_PASSPHRASE may hold it instead.
+    #[arg(long, env = "ATREST_ROOT_PASSPHRASE_FILE")]
+    pub root_passphrase_file: Option<PathBuf>,
+    /// Seal the data dir with a key held in a PKCS#11 token (an HSM) instead
+    /// of a key file: the token vendor's PKCS#11 module (a shared library,
+    /// for SoftHSM2 /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(
+        long,
+        env = "ATREST_ROOT_PKCS11_MODULE",
+        requires = "root_pkcs11_token",
+        conflicts_with_all = ["root_key_file", "root_passphrase_file"]
+    )]
+    pub root_pkcs11_module: Option<PathBuf>,
+    /// Label of the PKCS#11 token that holds the wrapping key.
+    #[arg(
+        long = "root-pkcs11-token",
+        env = "ATREST_ROOT_PKCS11_TOKEN",
+        requires = "root_pkcs11_module"
+    )]
+    pub root_pkcs11_token: Option<String>,
+    /// Label of the AES-256 wrapping key in the token; a non-extractable key
+    /// is generated there on first start if none has this label.
+    #[arg(
+        long,
+        env = "ATREST_ROOT_PKCS11_KEY_LABEL",
+        default_value = "atrest-root",
+        requires = "root_pkcs11_module"
+    )]
+    pub root_pkcs11_key_label: String,
+    /// File holding the token's user PIN. ATREST_ROOT_PKCS11_PIN may hold it
+    /// instead.
+    #[arg(
+        long,
+        env = "ATREST_ROOT_PKCS11_PIN_FILE",
+        requires = "root_pkcs11_module"
+    )]
+    pub root_pkcs11_pin_file: Option<PathBuf>,
 }

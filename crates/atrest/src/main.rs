@@ -9,6 +9,7 @@
 
 mod admin;
 mod cli;
+mod root_args;
 mod serve;
 
 use clap::Parser;

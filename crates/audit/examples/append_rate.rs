@@ -8,7 +8,7 @@
 //!
 //! ```sh
 //! cargo run --release -p atrest-audit --example append_rate -- \
-//!     [--appenders 64] [--seconds 5] [--work 0] [--no-audit] \
+//!     [--appenders 64] [--seconds 5] [--work 0 | --units N] [--no-audit] \
 //!     [--commit-us 1000] [--commit-batch 32] [--head-sync-ms 1000] [--dir DIR]
 //! ```
 //!
@@ -53,6 +53,24 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time of this process's thread named `name`.
+fn thread_cpu(name: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.join("stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        total += Duration::from_millis(ticks * 10);
+    }
+    total
+}
+
 /// Burns a fixed amount of CPU: `units` rounds of a small loop.
 fn burn(units: u64) -> u64 {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -76,6 +94,7 @@ struct Args {
     appenders: u64,
     seconds: u64,
     work_us: f64,
+    units: Option<u64>,
     audit: bool,
     options: Options,
     dir: Option<String>,
@@ -86,6 +105,7 @@ fn args() -> Args {
         appenders: 64,
         seconds: 5,
         work_us: 0.0,
+        units: None,
         audit: true,
         options: Options::default(),
         dir: None,
@@ -97,6 +117,7 @@ fn args() -> Args {
             "--appenders" => a.appenders = val().parse().unwrap(),
             "--seconds" => a.seconds = val().parse().unwrap(),
             "--work" => a.work_us = val().parse().unwrap(),
+            "--units" => a.units = Some(val().parse().unwrap()),
             "--no-audit" => a.audit = false,
             "--commit-us" => {
                 a.options.commit_interval = Duration::from_micros(val().parse().unwrap());
@@ -125,7 +146,10 @@ fn main() {
     };
     let key = SecretKey::generate().unwrap();
     let log = Arc::new(AuditLog::open_with_options(&dir, &key, &a.options).unwrap());
-    let units = (a.work_us * calibrate()).round() as u64;
+    // `--units` fixes the work exactly, for comparing runs.
+    let units = a
+        .units
+        .unwrap_or_else(|| (a.work_us * calibrate()).round() as u64);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -135,6 +159,7 @@ fn main() {
     let run = |secs: u64| {
         let start_stats = log.stats();
         let cpu0 = cpu_time();
+        let writer0 = thread_cpu("atrest-audit");
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(secs);
         let mut lat: Vec<Duration> = rt.block_on(async {
@@ -169,27 +194,40 @@ fn main() {
         });
         let elapsed = t0.elapsed();
         let cpu = cpu_time() - cpu0;
+        let writer = thread_cpu("atrest-audit") - writer0;
         let s = log.stats();
         let batches = s.batches - start_stats.batches;
         let n = lat.len() as u64;
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-        (n, batches, elapsed, cpu, pct(0.5), pct(0.99), s.max_batch)
+        (
+            n,
+            batches,
+            elapsed,
+            cpu,
+            writer,
+            pct(0.5),
+            pct(0.99),
+            s.max_batch,
+        )
     };
 
     run(1); // warm-up
-    let (n, batches, elapsed, cpu, p50, p99, max_batch) = run(a.seconds);
+    let (n, batches, elapsed, cpu, writer, p50, p99, max_batch) = run(a.seconds);
     let batch = if batches > 0 {
         format!(
-            "{batches} batches ({:.0}/s), mean batch {:.1}, max {max_batch}",
+            "{batches} batches ({:.0}/s), mean batch {:.1}, max {max_batch}, writer thread CPU \
+             {:.1} µs/op {:.0} µs/batch",
             batches as f64 / elapsed.as_secs_f64(),
-            n as f64 / batches as f64
+            n as f64 / batches as f64,
+            writer.as_secs_f64() * 1e6 / n as f64,
+            writer.as_secs_f64() * 1e6 / batches as f64,
         )
     } else {
         "no audit".to_string()
     };
     eprintln!(
-        "{} appenders, work {} µs, commit {:?}/{}, head sync {:?}: {:.0} ops/s, {batch}, \
+        "{} appenders, work {} µs ({units} units), commit {:?}/{}, head sync {:?}: {:.0} ops/s, {batch}, \
          latency p50 {:.3} ms p99 {:.3} ms, CPU {:.1} µs/op",
         a.appenders,
         a.work_us,

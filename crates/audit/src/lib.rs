@@ -279,7 +279,7 @@ pub struct Filter {
 pub struct AuditStats {
     /// Records committed (acknowledged).
     pub records: u64,
-    /// Batches committed (each one log sync and one head sync).
+    /// Batches committed (each one write and one sync of the log).
     pub batches: u64,
     /// The most records one batch committed.
     pub max_batch: u64,
@@ -312,6 +312,13 @@ pub struct Options {
     /// after it are durable and kept) at the cost of not detecting, for
     /// those records only, a truncation made before the next open.
     pub head_sync_interval: Duration,
+    /// The log file is extended with written zeros this many bytes at a
+    /// time, so that most batches overwrite blocks the file already has:
+    /// their `fdatasync` then flushes the data without the inode (on the
+    /// reference machine about half the time and two thirds of the CPU of an
+    /// appending one). The zeros are cut away when the log is closed, and
+    /// after a crash by the next open. Zero turns this off.
+    pub preallocate: u64,
     /// Wrap both files in [`Faulty`] storages driven by this switch (for
     /// tests that make the audit storage fail on demand).
     pub faults: Option<Faults>,
@@ -323,6 +330,7 @@ impl Default for Options {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             commit_batch: DEFAULT_COMMIT_BATCH,
             head_sync_interval: DEFAULT_HEAD_SYNC_INTERVAL,
+            preallocate: DEFAULT_PREALLOCATE,
             faults: None,
         }
     }
@@ -332,12 +340,13 @@ impl Default for Options {
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_micros(1000);
 /// [`Options::commit_batch`]'s default.
 pub const DEFAULT_COMMIT_BATCH: usize = 32;
+/// [`Options::preallocate`]'s default.
+pub const DEFAULT_PREALLOCATE: u64 = 1 << 20;
 /// [`Options::head_sync_interval`]'s default.
 pub const DEFAULT_HEAD_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The audit log, open for appending.
 pub struct AuditLog {
-    commit_batch: usize,
     tx: Option<mpsc::Sender<Pending>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -465,6 +474,7 @@ impl AuditLog {
         let (seq, prev, len) = recover(&mut log, &mut head, key)?;
         let shared = Arc::new(Shared::default());
         shared.last_seq.store(seq, Ordering::Release);
+        shared.target.store(1, Ordering::Release);
         let writer = Writer::new(
             log,
             head,
@@ -472,7 +482,7 @@ impl AuditLog {
             (len, seq, prev),
             Arc::clone(&shared),
             (options.commit_interval, options.commit_batch.max(1)),
-            options.head_sync_interval,
+            (options.head_sync_interval, options.preallocate),
         );
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -480,7 +490,6 @@ impl AuditLog {
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError::Closed(format!("cannot start the audit writer: {e}")))?;
         Ok(Self {
-            commit_batch: options.commit_batch.max(1),
             tx: Some(tx),
             thread: Some(thread),
             shared,
@@ -506,7 +515,7 @@ impl AuditLog {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(self.stopped());
         }
-        if queued == self.commit_batch
+        if queued == self.shared.target.load(Ordering::Acquire)
             && let Some(t) = &self.thread
         {
             t.thread().unpark();
@@ -597,7 +606,15 @@ fn recover<L: Storage, H: Storage>(
             missing_reason(head_seq, s.good),
         ));
     }
-    if let Some(bad) = &s.bad {
+    if let Some(bad) = &s.bad
+        && bad.zeros
+    {
+        tracing::debug!(
+            path = %log.name(),
+            bytes = log_len - s.offset,
+            "audit log: removing preallocated space left by a writer that did not close the log"
+        );
+    } else if let Some(bad) = &s.bad {
         tracing::warn!(
             path = %log.name(),
             line = bad.line,
@@ -701,7 +718,7 @@ fn verify_once(dir: &Path, key: &SecretKey<32>) -> Result<(VerifyReport, bool), 
         .map_err(|e| io_err(log_path.display().to_string(), e))?;
     let maybe_live = match (&head, &s.bad) {
         (Err(_), _) => true,
-        (Ok((head_seq, _)), Some(bad)) => bad.line > *head_seq && bad.debris,
+        (Ok((head_seq, _)), Some(bad)) => bad.line > *head_seq && bad.debris && !bad.incomplete,
         (Ok(_), None) => false,
     };
     let first_bad = match (head, s.bad) {

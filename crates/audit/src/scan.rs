@@ -19,6 +19,9 @@ pub(crate) struct Bad {
     /// holding a NUL byte (a block the file system had allocated but not
     /// yet written). Nothing else that is wrong can come from a crash.
     pub(crate) debris: bool,
+    /// Whether it is an incomplete final line of zeros only: the log's
+    /// preallocated space, left by a writer that did not close the log.
+    pub(crate) zeros: bool,
 }
 
 #[derive(Debug)]
@@ -56,6 +59,7 @@ pub(crate) fn scan<R: BufRead>(
                 reason: "incomplete line (no newline at the end of the file)".into(),
                 incomplete: true,
                 debris: true,
+                zeros: line.iter().all(|&b| b == 0),
             });
         };
         if let Err(reason) = chain.check(body) {
@@ -64,6 +68,7 @@ pub(crate) fn scan<R: BufRead>(
                 reason,
                 incomplete: false,
                 debris: body.contains(&0),
+                zeros: false,
             });
         }
         if let Some((seq, mac)) = head
@@ -77,6 +82,7 @@ pub(crate) fn scan<R: BufRead>(
                     .into(),
                 incomplete: false,
                 debris: false,
+                zeros: false,
             });
         }
         offset += got as u64;

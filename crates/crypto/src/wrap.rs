@@ -89,12 +89,19 @@ impl WrappingKey {
         self.0.key_size_bytes()
     }
 
-    fn oaep(&self, alg: &'static OaepAlgorithm, ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
+    fn oaep(
+        &self,
+        alg: &'static OaepAlgorithm,
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes, CryptoError> {
         if ciphertext.len() != self.size_bytes() {
             return Err(CryptoError::Authentication);
         }
-        let key = OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(self.to_pkcs8()?.expose()).map_err(|_| CryptoError::Library("RSA key"))?)
-            .map_err(|_| CryptoError::Library("RSA-OAEP key"))?;
+        let key = OaepPrivateDecryptingKey::new(
+            PrivateDecryptingKey::from_pkcs8(self.to_pkcs8()?.expose())
+                .map_err(|_| CryptoError::Library("RSA key"))?,
+        )
+        .map_err(|_| CryptoError::Library("RSA-OAEP key"))?;
         let mut out = SecretBytes::new(vec![0u8; self.size_bytes()]);
         let n = key
             .decrypt(alg, ciphertext, out.expose_mut(), None)
@@ -106,7 +113,11 @@ impl WrappingKey {
 
     /// Unwraps material wrapped with `alg` under this key's public key.
     /// Any malformed or foreign input is [`CryptoError::Authentication`].
-    pub fn unwrap(&self, alg: WrappingAlgorithm, wrapped: &[u8]) -> Result<SecretBytes, CryptoError> {
+    pub fn unwrap(
+        &self,
+        alg: WrappingAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<SecretBytes, CryptoError> {
         match alg {
             WrappingAlgorithm::OaepSha1 => self.oaep(&OAEP_SHA1_MGF1SHA1, wrapped),
             WrappingAlgorithm::OaepSha256 => self.oaep(&OAEP_SHA256_MGF1SHA256, wrapped),
@@ -122,7 +133,8 @@ impl WrappingKey {
                     &OAEP_SHA256_MGF1SHA256
                 };
                 let aes_key = self.oaep(oaep, rsa_part)?;
-                let kek = AesKek::new(&AES_256, aes_key.expose()).map_err(|_| CryptoError::Authentication)?;
+                let kek = AesKek::new(&AES_256, aes_key.expose())
+                    .map_err(|_| CryptoError::Authentication)?;
                 let mut out = SecretBytes::new(vec![0u8; kwp_part.len()]);
                 let len = kek
                     .unwrap_with_padding(kwp_part, out.expose_mut())
@@ -153,9 +165,19 @@ mod tests {
         let key = WrappingKey::generate(WrappingSpec::Rsa2048).unwrap();
         let material = [7u8; 32];
         let w1 = encrypt(&key, &OAEP_SHA1_MGF1SHA1, &material);
-        assert_eq!(key.unwrap(WrappingAlgorithm::OaepSha1, &w1).unwrap().expose(), material);
+        assert_eq!(
+            key.unwrap(WrappingAlgorithm::OaepSha1, &w1)
+                .unwrap()
+                .expose(),
+            material
+        );
         let w256 = encrypt(&key, &OAEP_SHA256_MGF1SHA256, &material);
-        assert_eq!(key.unwrap(WrappingAlgorithm::OaepSha256, &w256).unwrap().expose(), material);
+        assert_eq!(
+            key.unwrap(WrappingAlgorithm::OaepSha256, &w256)
+                .unwrap()
+                .expose(),
+            material
+        );
         // The hash must match: SHA-1 ciphertext under SHA-256 fails.
         assert!(key.unwrap(WrappingAlgorithm::OaepSha256, &w1).is_err());
 
@@ -165,17 +187,34 @@ mod tests {
         let kwp = kek.wrap_with_padding(&material, &mut kwp).unwrap().to_vec();
         let mut both = encrypt(&key, &OAEP_SHA256_MGF1SHA256, &aes);
         both.extend_from_slice(&kwp);
-        assert_eq!(key.unwrap(WrappingAlgorithm::RsaAesKeyWrapSha256, &both).unwrap().expose(), material);
+        assert_eq!(
+            key.unwrap(WrappingAlgorithm::RsaAesKeyWrapSha256, &both)
+                .unwrap()
+                .expose(),
+            material
+        );
         let mut bad = both.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(key.unwrap(WrappingAlgorithm::RsaAesKeyWrapSha256, &bad).is_err());
-        assert!(key.unwrap(WrappingAlgorithm::RsaAesKeyWrapSha256, &both[..100]).is_err());
+        assert!(
+            key.unwrap(WrappingAlgorithm::RsaAesKeyWrapSha256, &bad)
+                .is_err()
+        );
+        assert!(
+            key.unwrap(WrappingAlgorithm::RsaAesKeyWrapSha256, &both[..100])
+                .is_err()
+        );
         assert!(key.unwrap(WrappingAlgorithm::OaepSha256, &[]).is_err());
 
         // PKCS#8 round trip keeps the key.
         let again = WrappingKey::from_pkcs8(key.to_pkcs8().unwrap().expose()).unwrap();
-        assert_eq!(again.unwrap(WrappingAlgorithm::OaepSha256, &w256).unwrap().expose(), material);
+        assert_eq!(
+            again
+                .unwrap(WrappingAlgorithm::OaepSha256, &w256)
+                .unwrap()
+                .expose(),
+            material
+        );
         assert!(format!("{key:?}").contains("redacted"));
     }
 }

@@ -28,7 +28,7 @@ mod service;
 pub use dispatch::Operation;
 pub use error::KmsError;
 pub use service::{
-    AccessKeyInfo, AdminBootstrap, AuditFacts, AuditSink, CachedAccessKey, Call, Caller,
-    KeyService, LifecycleReport, NewAccessKey, RequestMeta, ServiceSession, audit_time,
+    AUDIT_KEY_INFO, AccessKeyInfo, AdminBootstrap, AuditFacts, AuditSink, CachedAccessKey, Call,
+    Caller, KeyService, LifecycleReport, NewAccessKey, RequestMeta, ServiceSession, audit_time,
     new_request_id,
 };

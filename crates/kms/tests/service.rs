@@ -198,13 +198,21 @@ fn create_key_refuses_what_it_does_not_support() {
             json!({"KeyUsage": "SIGN_VERIFY"}),
             "UnsupportedOperationException",
         ),
-        (json!({"Origin": "AWS_CLOUDHSM"}), "UnsupportedOperationException"),(json!({"Origin": "MOON"}), "ValidationException"),
+        (
+            json!({"Origin": "AWS_CLOUDHSM"}),
+            "UnsupportedOperationException",
+        ),
+        (json!({"Origin": "MOON"}), "ValidationException"),
         (
             json!({"MultiRegion": true}),
             "UnsupportedOperationException",
         ),
         (json!({"Policy": "{}"}), "MalformedPolicyDocumentException"),
-        (json!({"Policy": "not json"}), "MalformedPolicyDocumentException"),(
+        (
+            json!({"Policy": "not json"}),
+            "MalformedPolicyDocumentException",
+        ),
+        (
             json!({"CustomKeyStoreId": "cks-1"}),
             "UnsupportedOperationException",
         ),

@@ -33,7 +33,7 @@ pub struct ServerConfig {
     pub lifecycle_interval: Duration,
     /// Shift of the lifecycle clock (tests only; zero otherwise).
     pub lifecycle_clock_offset: time::Duration,
-        /// The largest request body accepted.
+    /// The largest request body accepted.
     pub max_body_bytes: usize,
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     pub metrics_listen: Option<SocketAddr>,

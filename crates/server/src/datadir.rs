@@ -54,7 +54,8 @@ pub struct DataDir {
     /// The key service over the data dir's store.
     pub kms: Arc<KeyService>,
     /// The audit trail (`<data-dir>/audit`) and metering.
-    pub trail: crate::trail::SharedTrail,/// Set on first start: the admin account and the file its key was written to.
+    pub trail: crate::trail::SharedTrail,
+    /// Set on first start: the admin account and the file its key was written to.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
 }
 
@@ -68,7 +69,8 @@ pub fn open(
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
     audit_faults: Option<&atrest_audit::Faults>,
-) -> Result<DataDir, DataDirError> {fs::DirBuilder::new()
+) -> Result<DataDir, DataDirError> {
+    fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
@@ -109,9 +111,11 @@ pub fn open(
             Some((b, path))
         }
     };
-        let audit_dir = dir.join("audit");
-    let audit_key = kms.audit_key().map_err(|e| DataDirError::Kms(e.to_string()))?;
-        let options = atrest_audit::Options {
+    let audit_dir = dir.join("audit");
+    let audit_key = kms
+        .audit_key()
+        .map_err(|e| DataDirError::Kms(e.to_string()))?;
+    let options = atrest_audit::Options {
         faults: audit_faults.cloned(),
         ..atrest_audit::Options::default()
     };

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// No such REST route.
     #[error("No such resource: {0}")]
     NoRoute(String),
+    /// The route exists but not with this method.
+    #[error("{1} does not accept {0} requests.")]
+    WrongMethod(String, String),
     /// The access key exists but is inactive.
     #[error("The security token included in the request is invalid.")]
     InactiveKey,
@@ -70,6 +73,11 @@ impl ApiError {
                 self.to_string(),
             ),
             Self::NoRoute(_) => (StatusCode::NOT_FOUND, "NotFoundException", self.to_string()),
+            Self::WrongMethod(..) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowedException",
+                self.to_string(),
+            ),
         }
     }
 
@@ -99,6 +107,7 @@ mod tests {
             ApiError::ContentType("text/plain".into()),
             ApiError::Method,
             ApiError::NoRoute("/x".into()),
+            ApiError::WrongMethod("GET".into(), "/v1/metering".into()),
             ApiError::InactiveKey,
         ];
         for e in client_errors {

@@ -43,11 +43,19 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/", any(kms_endpoint))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/accounts", get(list_accounts).post(create_account))
-        .route("/v1/accounts/{account}/access-keys", get(list_access_keys).post(create_access_key))
-        .route("/v1/accounts/{account}/users", get(list_users).post(create_user))
+        .route(
+            "/v1/accounts/{account}/access-keys",
+            get(list_access_keys).post(create_access_key),
+        )
+        .route(
+            "/v1/accounts/{account}/users",
+            get(list_users).post(create_user),
+        )
         .route(
             "/v1/accounts/{account}/users/{user}/policies/{policy}",
-            get(get_user_policy).put(put_user_policy).delete(delete_user_policy),
+            get(get_user_policy)
+                .put(put_user_policy)
+                .delete(delete_user_policy),
         )
         .route("/v1/accounts/{account}/suspend", post(suspend_account))
         .route("/v1/accounts/{account}/resume", post(resume_account))
@@ -56,6 +64,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/metering", get(metering))
         .route("/v1/service-keys/{service}", put(ensure_service_key))
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
 }
 
@@ -74,7 +83,10 @@ fn kms_error_response(err: &ApiError, request_id: &str) -> Response {
     let body = json!({"__type": ty, "message": message}).to_string();
     let mut resp = (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-amz-json-1.1"),
+        )],
         body,
     )
         .into_response();
@@ -88,7 +100,8 @@ fn kms_error_response(err: &ApiError, request_id: &str) -> Response {
 /// connection; close it rather than let a client reuse it.
 fn close_if_body_unread(err: &ApiError, mut resp: Response) -> Response {
     if matches!(err, ApiError::BodyTooLarge(_) | ApiError::BodyRead(_)) {
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
@@ -117,7 +130,12 @@ async fn read_body(body: Body, headers: &http::HeaderMap, max: usize) -> Result<
 
 /// Verifies the request's SigV4 signature for `service`; returns the caller
 /// and the access key id.
-fn authenticate(st: &AppState, parts: &Parts, body: &[u8], service: &str) -> Result<(Caller, String), ApiError> {
+fn authenticate(
+    st: &AppState,
+    parts: &Parts,
+    body: &[u8],
+    service: &str,
+) -> Result<(Caller, String), ApiError> {
     let parsed = atrest_sigv4::parse_request(
         &parts.method,
         &parts.uri,
@@ -136,7 +154,10 @@ fn authenticate(st: &AppState, parts: &Parts, body: &[u8], service: &str) -> Res
     if !key.active {
         return Err(ApiError::InactiveKey);
     }
-    Ok((key.caller(parsed.region()), parsed.access_key_id().to_owned()))
+    Ok((
+        key.caller(parsed.region()),
+        parsed.access_key_id().to_owned(),
+    ))
 }
 
 fn content_type_ok(parts: &Parts) -> Result<(), ApiError> {
@@ -145,7 +166,12 @@ fn content_type_ok(parts: &Parts) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let base = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match base.as_str() {
         "application/x-amz-json-1.1" | "application/x-amz-json-1.0" | "application/json" => Ok(()),
         _ => Err(ApiError::ContentType(ct)),
@@ -154,7 +180,12 @@ fn content_type_ok(parts: &Parts) -> Result<(), ApiError> {
 
 /// The audit entry of a request refused before it became a call (bad
 /// signature, body too large, unknown operation, ...).
-fn refused_entry(meta: &RequestMeta, operation: &str, caller: Option<&Caller>, err: &ApiError) -> atrest_audit::Entry {
+fn refused_entry(
+    meta: &RequestMeta,
+    operation: &str,
+    caller: Option<&Caller>,
+    err: &ApiError,
+) -> atrest_audit::Entry {
     atrest_audit::Entry {
         time: atrest_kms::audit_time(meta.time),
         request_id: meta.request_id.clone(),
@@ -200,7 +231,10 @@ async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response
         && result.is_ok()
     {
         tracing::error!(request_id = %meta.request_id, error = %e, "audit trail unavailable; refusing the request");
-        result = Err(KmsError::Internal(format!("the audit trail cannot record the request ({e})")).into());
+        result = Err(KmsError::Internal(format!(
+            "the audit trail cannot record the request ({e})"
+        ))
+        .into());
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let id = &meta.request_id;
@@ -215,7 +249,10 @@ async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response
             }
             let mut resp = Response::new(Body::from(Bytes::from_owner(Wipe(out))));
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-amz-json-1.1"),
+            );
             if let Ok(v) = HeaderValue::from_str(id) {
                 h.insert("x-amzn-requestid", v);
             }
@@ -256,7 +293,11 @@ async fn handle_kms(
         Err(e) => return refused(meta, None, e),
     };
     meta.access_key_id = Some(akid);
-    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let Some(op) = Operation::from_target(target) else {
         let err = KmsError::UnknownOperation(if target.is_empty() {
             "The request has no X-Amz-Target header naming an operation.".into()
@@ -303,7 +344,9 @@ async fn handle_kms(
 /// shapes the answer.
 async fn rest<F>(st: Arc<AppState>, req: Request, operation: &'static str, f: F) -> Response
 where
-    F: FnOnce(&AppState, &Call<'_>, Value) -> Result<(StatusCode, Value), ApiError> + Send + 'static,
+    F: FnOnce(&AppState, &Call<'_>, Value) -> Result<(StatusCode, Value), ApiError>
+        + Send
+        + 'static,
 {
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
     let mut meta = RequestMeta::in_process();
@@ -314,11 +357,21 @@ where
     let outcome: Outcome<(StatusCode, Value)> = async {
         let body = match read_body(body, &parts.headers, st.max_body).await {
             Ok(b) => b,
-            Err(e) => return Outcome { entry: Some(refused_entry(&meta, operation, None, &e)), result: Err(e) },
+            Err(e) => {
+                return Outcome {
+                    entry: Some(refused_entry(&meta, operation, None, &e)),
+                    result: Err(e),
+                };
+            }
         };
         let (caller, akid) = match authenticate(&st, &parts, &body, crate::REST_SERVICE) {
             Ok(x) => x,
-            Err(e) => return Outcome { entry: Some(refused_entry(&meta, operation, None, &e)), result: Err(e) },
+            Err(e) => {
+                return Outcome {
+                    entry: Some(refused_entry(&meta, operation, None, &e)),
+                    result: Err(e),
+                };
+            }
         };
         meta.access_key_id = Some(akid);
         let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
@@ -327,8 +380,13 @@ where
             match serde_json::from_slice(&body) {
                 Ok(v) => v,
                 Err(e) => {
-                    let err: ApiError = KmsError::Serialization(format!("The request body is not valid JSON: {e}")).into();
-                    return Outcome { entry: Some(refused_entry(&meta, operation, Some(&caller), &err)), result: Err(err) };
+                    let err: ApiError =
+                        KmsError::Serialization(format!("The request body is not valid JSON: {e}"))
+                            .into();
+                    return Outcome {
+                        entry: Some(refused_entry(&meta, operation, Some(&caller), &err)),
+                        result: Err(err),
+                    };
                 }
             }
         };
@@ -349,7 +407,10 @@ where
         .await;
         match joined {
             Ok((result, entry)) => Outcome { result, entry },
-            Err(e) => Outcome { result: Err(KmsError::Internal(format!("worker failed: {e}")).into()), entry: None },
+            Err(e) => Outcome {
+                result: Err(KmsError::Internal(format!("worker failed: {e}")).into()),
+                entry: None,
+            },
         }
     }
     .await;
@@ -358,12 +419,20 @@ where
         && let Err(e) = st.trail.record(entry).await
         && result.is_ok()
     {
-        result = Err(KmsError::Internal(format!("the audit trail cannot record the request ({e})")).into());
+        result = Err(KmsError::Internal(format!(
+            "the audit trail cannot record the request ({e})"
+        ))
+        .into());
     }
     match result {
         Ok((status, value)) => {
             tracing::info!(request_id = %meta.request_id, %method, path, status = status.as_u16(), "rest request");
-            (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                value.to_string(),
+            )
+                .into_response()
         }
         Err(err) => {
             tracing::info!(request_id = %meta.request_id, %method, path, error = %err.parts().1, "rest request refused");
@@ -381,7 +450,8 @@ fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
 }
 
 fn required_field(v: &Value, name: &str) -> Result<String, ApiError> {
-    string_field(v, name)?.ok_or_else(|| KmsError::Validation(format!("'{name}' is required")).into())
+    string_field(v, name)?
+        .ok_or_else(|| KmsError::Validation(format!("'{name}' is required")).into())
 }
 
 async fn create_account(State(st): State<Arc<AppState>>, req: Request) -> Response {
@@ -390,10 +460,15 @@ async fn create_account(State(st): State<Arc<AppState>>, req: Request) -> Respon
         let admin = match body.get("admin") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(KmsError::Serialization("'admin' must be a boolean".into()).into()),
+            Some(_) => {
+                return Err(KmsError::Serialization("'admin' must be a boolean".into()).into());
+            }
         };
         let account = st.kms.create_account(call, id.as_deref(), admin)?;
-        Ok((StatusCode::CREATED, json!({"id": account.as_str(), "admin": admin})))
+        Ok((
+            StatusCode::CREATED,
+            json!({"id": account.as_str(), "admin": admin}),
+        ))
     })
     .await
 }
@@ -414,7 +489,11 @@ async fn list_accounts(State(st): State<Arc<AppState>>, req: Request) -> Respons
 /// `POST /v1/accounts/{account}/access-keys`: with no `access_key_id`,
 /// creates a key (for the account's root, or for `user`) and returns its
 /// secret once; with `access_key_id` and `secret_access_key`, imports them.
-async fn create_access_key(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+async fn create_access_key(
+    State(st): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "admin:CreateAccessKey", move |st, call, body| {
         let user = string_field(&body, "user")?;
         let id = string_field(&body, "access_key_id")?;
@@ -444,7 +523,11 @@ async fn create_access_key(State(st): State<Arc<AppState>>, Path(account): Path<
     .await
 }
 
-async fn list_access_keys(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+async fn list_access_keys(
+    State(st): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "admin:ListAccessKeys", move |st, call, _| {
         let keys = st.kms.list_access_keys(call, &account)?;
         Ok((StatusCode::OK, json!({"access_keys": keys})))
@@ -452,16 +535,27 @@ async fn list_access_keys(State(st): State<Arc<AppState>>, Path(account): Path<S
     .await
 }
 
-async fn create_user(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+async fn create_user(
+    State(st): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "admin:CreateUser", move |st, call, body| {
         let name = required_field(&body, "name")?;
         let user = st.kms.create_user(call, &account, &name)?;
-        Ok((StatusCode::CREATED, serde_json::to_value(user).unwrap_or_default()))
+        Ok((
+            StatusCode::CREATED,
+            serde_json::to_value(user).unwrap_or_default(),
+        ))
     })
     .await
 }
 
-async fn list_users(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+async fn list_users(
+    State(st): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "admin:ListUsers", move |st, call, _| {
         let users = st.kms.list_users(call, &account)?;
         Ok((StatusCode::OK, json!({"users": users})))
@@ -478,10 +572,19 @@ async fn put_user_policy(
         let document = match body.get("document") {
             Some(Value::String(s)) => s.clone(),
             Some(v @ Value::Object(_)) => v.to_string(),
-            _ => return Err(KmsError::Validation("'document' (the policy, as a JSON object or string) is required".into()).into()),
+            _ => {
+                return Err(KmsError::Validation(
+                    "'document' (the policy, as a JSON object or string) is required".into(),
+                )
+                .into());
+            }
         };
-        st.kms.put_user_policy(call, &account, &user, &policy, &document)?;
-        Ok((StatusCode::OK, json!({"account": account, "user": user, "policy": policy})))
+        st.kms
+            .put_user_policy(call, &account, &user, &policy, &document)?;
+        Ok((
+            StatusCode::OK,
+            json!({"account": account, "user": user, "policy": policy}),
+        ))
     })
     .await
 }
@@ -493,7 +596,10 @@ async fn get_user_policy(
 ) -> Response {
     rest(st, req, "admin:GetUserPolicy", move |st, call, _| {
         let document = st.kms.get_user_policy(call, &account, &user, &policy)?;
-        Ok((StatusCode::OK, json!({"account": account, "user": user, "policy": policy, "document": document})))
+        Ok((
+            StatusCode::OK,
+            json!({"account": account, "user": user, "policy": policy, "document": document}),
+        ))
     })
     .await
 }
@@ -510,7 +616,11 @@ async fn delete_user_policy(
     .await
 }
 
-async fn suspend_account(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+async fn suspend_account(
+    State(st): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "admin:SuspendAccount", move |st, call, _| {
         st.kms.set_suspended(call, &account, true)?;
         Ok((StatusCode::OK, json!({"id": account, "suspended": true})))
@@ -518,7 +628,11 @@ async fn suspend_account(State(st): State<Arc<AppState>>, Path(account): Path<St
     .await
 }
 
-async fn resume_account(State(st): State<Arc<AppState>>, Path(account): Path<String>, req: Request) -> Response {
+async fn resume_account(
+    State(st): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "admin:ResumeAccount", move |st, call, _| {
         st.kms.set_suspended(call, &account, false)?;
         Ok((StatusCode::OK, json!({"id": account, "suspended": false})))
@@ -536,7 +650,11 @@ async fn query_audit(
     rest(st, req, "admin:QueryAudit", move |st, call, _| {
         let limit = match q.get("limit") {
             None => Some(1000),
-            Some(l) => Some(l.parse::<usize>().map_err(|_| KmsError::Validation("'limit' must be a number".into()))?.min(100_000)),
+            Some(l) => Some(
+                l.parse::<usize>()
+                    .map_err(|_| KmsError::Validation("'limit' must be a number".into()))?
+                    .min(100_000),
+            ),
         };
         let filter = atrest_audit::Filter {
             key_arn: q.get("key").cloned(),
@@ -594,7 +712,10 @@ async fn metering(
             }
             (false, _) => Some(call.caller.account.as_str().to_owned()),
         };
-        Ok((StatusCode::OK, json!({"usage": st.trail.metering.usage(account.as_deref())})))
+        Ok((
+            StatusCode::OK,
+            json!({"usage": st.trail.metering.usage(account.as_deref())}),
+        ))
     })
     .await
 }
@@ -602,16 +723,47 @@ async fn metering(
 /// `PUT /v1/service-keys/{service}`: makes sure the caller's account has
 /// the service key of `service` in the signed region, creating it the first
 /// time, as a service does when it first needs one. Returns its ARN.
-async fn ensure_service_key(State(st): State<Arc<AppState>>, Path(service): Path<String>, req: Request) -> Response {
+async fn ensure_service_key(
+    State(st): State<Arc<AppState>>,
+    Path(service): Path<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "admin:EnsureServiceKey", move |st, call, _| {
         let session = st.kms.service_session(&service, &call.caller.region)?;
         let arn = session.service_key(&call.caller.account)?;
-        Ok((StatusCode::OK, json!({"service": service, "key_arn": arn, "alias": format!("alias/atrest/{service}")})))
+        Ok((
+            StatusCode::OK,
+            json!({"service": service, "key_arn": arn, "alias": format!("alias/atrest/{service}")}),
+        ))
     })
     .await
 }
 
-async fn no_route(req: Request) -> Response {
-    let id = atrest_kms::new_request_id();
-    rest_error_response(&ApiError::NoRoute(req.uri().path().to_owned()), &id)
+async fn no_route(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let err = ApiError::NoRoute(req.uri().path().to_owned());
+    unrouted(&st, req, err).await
+}
+
+async fn wrong_method(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let err = ApiError::WrongMethod(req.method().to_string(), req.uri().path().to_owned());
+    unrouted(&st, req, err).await
+}
+
+/// Answers a request no handler takes, after recording it in the audit
+/// trail (probing unknown paths is worth seeing there).
+async fn unrouted(st: &AppState, req: Request, err: ApiError) -> Response {
+    let mut meta = RequestMeta::in_process();
+    meta.source = req
+        .extensions()
+        .get::<Peer>()
+        .map_or_else(|| "unknown".into(), |p| p.0.to_string());
+    let method: String = req.method().as_str().chars().take(16).collect();
+    let path = req.uri().path().to_owned();
+    drop(req);
+    let entry = refused_entry(&meta, &format!("http:{method}"), None, &err);
+    if let Err(e) = st.trail.record(entry).await {
+        tracing::error!(request_id = %meta.request_id, error = %e, "audit trail unavailable");
+    }
+    tracing::info!(request_id = %meta.request_id, source = %meta.source, path = %path, status = err.parts().0.as_u16(), "request refused: no route");
+    rest_error_response(&err, &meta.request_id)
 }

@@ -22,12 +22,13 @@ const MAX_CONNECTIONS: usize = 10_000;
 
 /// A server that is running.
 pub struct RunningServer {
-        /// The bound address (useful when listening on port 0).
+    /// The bound address (useful when listening on port 0).
     pub addr: SocketAddr,
     /// The metrics listener's address, if one was configured.
     pub metrics_addr: Option<SocketAddr>,
     /// The audit trail and metering.
-    pub trail: crate::trail::SharedTrail,/// The key service, for in-process callers.
+    pub trail: crate::trail::SharedTrail,
+    /// The key service, for in-process callers.
     pub kms: Arc<KeyService>,
     /// On first start: the admin account and where its credentials were written.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
@@ -65,19 +66,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         tracing::warn!(offset = %config.lifecycle_clock_offset, "lifecycle clock is shifted (testing only)");
         Arc::new(OffsetClock(config.lifecycle_clock_offset))
     };
-        let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
+    let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
     let faults = config.audit_faults.clone();
-    let opened = tokio::task::spawn_blocking(move || crate::datadir::open(&data_dir, root, regions, clock, faults.as_ref()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+    let opened = tokio::task::spawn_blocking(move || {
+        crate::datadir::open(&data_dir, root, regions, clock, faults.as_ref())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let kms = opened.kms;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = watch::channel(false);
-        let state = Arc::new(AppState {
+    let state = Arc::new(AppState {
         kms: Arc::clone(&kms),
         trail: Arc::clone(&opened.trail),
         max_body: config.max_body_bytes,
@@ -106,10 +109,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         );
         tasks.push(tokio::spawn(accept_loop(l, None, app, stopped.clone())));
     }
-    tasks.push(tokio::spawn(accept_loop(listener, tls, router(state), stopped.clone())));
-    tasks.push(tokio::spawn(lifecycle_loop(Arc::clone(&kms), config.lifecycle_interval, stopped)));
+    tasks.push(tokio::spawn(accept_loop(
+        listener,
+        tls,
+        router(state),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(lifecycle_loop(
+        Arc::clone(&kms),
+        config.lifecycle_interval,
+        stopped,
+    )));
     tracing::info!(%addr, tls = config.tls.is_some(), regions = ?kms.regions(), "atrest serving");
-        Ok(RunningServer {
+    Ok(RunningServer {
         addr,
         metrics_addr,
         kms,

@@ -37,13 +37,37 @@ pub struct Usage {
     pub error: u64,
 }
 
+/// The operation name a record is metered under. Names a client made up
+/// (an unknown `X-Amz-Target`) are counted together as `unknown`, so an
+/// authenticated caller cannot grow the table without bound.
+fn metered_operation(operation: &str) -> String {
+    let known = operation.starts_with("admin:")
+        || operation.starts_with("http:")
+        || atrest_kms::Operation::from_target(&format!("TrentService.{operation}")).is_some();
+    if known {
+        operation.to_owned()
+    } else {
+        "unknown".to_owned()
+    }
+}
+
 impl Metering {
     fn count(&self, entry: &Entry) {
         let (Some(account), Some(region)) = (&entry.account, &entry.region) else {
             return;
         };
-        let key = (account.clone(), region.clone(), entry.operation.clone(), entry.result == "Success");
-        if let Some(c) = self.counts.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+        let key = (
+            account.clone(),
+            region.clone(),
+            metered_operation(&entry.operation),
+            entry.result == "Success",
+        );
+        if let Some(c) = self
+            .counts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
             c.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -58,19 +82,24 @@ impl Metering {
     /// The counts, optionally of one account, sorted.
     #[must_use]
     pub fn usage(&self, account: Option<&str>) -> Vec<Usage> {
-        let map = self.counts.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .counts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut rows: BTreeMap<(String, String, String), Usage> = BTreeMap::new();
         for ((acct, region, op, ok), n) in map.iter() {
             if account.is_some_and(|a| a != acct) {
                 continue;
             }
-            let row = rows.entry((acct.clone(), region.clone(), op.clone())).or_insert_with(|| Usage {
-                account: acct.clone(),
-                region: region.clone(),
-                operation: op.clone(),
-                success: 0,
-                error: 0,
-            });
+            let row = rows
+                .entry((acct.clone(), region.clone(), op.clone()))
+                .or_insert_with(|| Usage {
+                    account: acct.clone(),
+                    region: region.clone(),
+                    operation: op.clone(),
+                    success: 0,
+                    error: 0,
+                });
             if *ok {
                 row.success += n.load(Ordering::Relaxed);
             } else {
@@ -103,7 +132,9 @@ impl Metering {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The audit log and metering together; the key service's audit sink.
@@ -117,7 +148,8 @@ impl Trail {
     /// Wraps an open log, rebuilding the counts from `dir`'s records.
     pub fn new(log: AuditLog, dir: &std::path::Path) -> Result<Self, String> {
         let metering = Metering::default();
-        let records = atrest_audit::query(dir, &atrest_audit::Filter::default()).map_err(|e| e.to_string())?;
+        let records = atrest_audit::query(dir, &atrest_audit::Filter::default())
+            .map_err(|e| e.to_string())?;
         for r in &records {
             metering.count(&r.entry);
         }
@@ -144,3 +176,21 @@ impl atrest_kms::AuditSink for Trail {
 
 /// A shared trail.
 pub type SharedTrail = Arc<Trail>;
+
+#[cfg(test)]
+mod tests {
+    use super::metered_operation;
+
+    #[test]
+    fn made_up_operation_names_are_metered_as_unknown() {
+        assert_eq!(metered_operation("Encrypt"), "Encrypt");
+        assert_eq!(
+            metered_operation("admin:CreateAccount"),
+            "admin:CreateAccount"
+        );
+        assert_eq!(metered_operation("http:GET"), "http:GET");
+        assert_eq!(metered_operation("EncryptX"), "unknown");
+        assert_eq!(metered_operation("x".repeat(64).as_str()), "unknown");
+        assert_eq!(metered_operation(""), "unknown");
+    }
+}

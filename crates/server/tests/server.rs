@@ -24,7 +24,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         root: RootSource::KeyFile(dir.join("data.root.key")),
         regions: vec!["us-east-1".into(), "eu-west-1".into()],
         lifecycle_interval: Duration::from_secs(3600),
-                lifecycle_clock_offset: time::Duration::ZERO,
+        lifecycle_clock_offset: time::Duration::ZERO,
         max_body_bytes: 64 * 1024,
         metrics_listen: None,
         audit_faults: None,

@@ -197,6 +197,17 @@ impl RootKey {
         self.key.expose()
     }
 
+    /// Opens the root of trust of an existing data dir; never creates one.
+    pub fn open_existing(data_dir: &Path, source: RootSource) -> Result<Self, RootError> {
+        if !data_dir.join("root.json").exists() {
+            return Err(RootError::Io(format!(
+                "{} is not an atrest data dir (it has no root.json)",
+                data_dir.display()
+            )));
+        }
+        Self::open_or_create(data_dir, source)
+    }
+
     /// Opens the root of trust of `data_dir`, creating it on first start.
     pub fn open_or_create(data_dir: &Path, source: RootSource) -> Result<Self, RootError> {
         let desc_path = data_dir.join("root.json");

@@ -119,12 +119,13 @@ fn valid_secret(s: &[u8]) -> bool {
 }
 
 impl KeyService {
-        /// Fails unless `caller` is an admin.
+    /// Fails unless `caller` is an admin.
     pub fn require_admin_caller(caller: &Caller) -> Result<(), KmsError> {
         Self::require_admin(caller)
     }
 
-    pub(crate) fn require_admin(caller: &Caller) -> Result<(), KmsError> {if caller.admin {
+    pub(crate) fn require_admin(caller: &Caller) -> Result<(), KmsError> {
+        if caller.admin {
             Ok(())
         } else {
             Err(KmsError::AccessDenied(format!(

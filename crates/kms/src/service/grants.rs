@@ -377,12 +377,20 @@ impl KeyService {
         let mut operations = operations;
         operations.sort();
         operations.dedup();
-                // An empty constraint constrains nothing: store it as none.
+        // An empty constraint constrains nothing: store it as none.
         let mut constraints = req.constraints.unwrap_or_default();
-        if constraints.encryption_context_equals.as_ref().is_some_and(BTreeMap::is_empty) {
+        if constraints
+            .encryption_context_equals
+            .as_ref()
+            .is_some_and(BTreeMap::is_empty)
+        {
             constraints.encryption_context_equals = None;
         }
-        if constraints.encryption_context_subset.as_ref().is_some_and(BTreeMap::is_empty) {
+        if constraints
+            .encryption_context_subset
+            .as_ref()
+            .is_some_and(BTreeMap::is_empty)
+        {
             constraints.encryption_context_subset = None;
         }
         if constraints.encryption_context_equals.is_some()
@@ -590,6 +598,25 @@ impl KeyService {
         let after = pagination::decode(Listing::Grants, req.marker.as_deref())?;
         let tx = self.store.read()?;
         self.authorize_identity(&*tx, call, "ListRetirableGrants", "*")?;
+        // As in AWS, only a principal of the caller's own account may be
+        // asked about. A service principal (`disk.atrest`) belongs to no
+        // account: asked by anyone but itself, the answer holds only the
+        // grants on the caller's own keys.
+        let (own, own_keys_only) = match retiring.strip_prefix("arn:aws:iam::") {
+            Some(rest) => (
+                rest.split(':').next() == Some(call.caller.account.as_str()),
+                false,
+            ),
+            None if retiring.starts_with("arn:") => (false, false),
+            None => (true, retiring != call.caller.principal_arn()),
+        };
+        if !own {
+            return Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to perform: kms:ListRetirableGrants for retiring principal {retiring}: it is not a principal of account {}",
+                call.caller.principal_arn(),
+                call.caller.account
+            )));
+        }
         let mut prefix = retiring.as_bytes().to_vec();
         prefix.push(0);
         let cursor = after.map(|a| {
@@ -616,7 +643,9 @@ impl KeyService {
             else {
                 continue;
             };
-            if key.region != call.caller.region {
+            if key.region != call.caller.region
+                || (own_keys_only && key.account != call.caller.account.as_str())
+            {
                 continue;
             }
             let gid = String::from_utf8_lossy(gid).into_owned();

@@ -110,7 +110,8 @@ impl KeyService {
             multi_region: false,
             current_key_material_id: (key.current_version > 0)
                 .then(|| key.current_material_id.clone()),
-                        expiration_model: (external && key.import.is_some()).then(|| {match key.import.as_ref().and_then(|i| i.valid_to) {
+            expiration_model: (external && key.import.is_some()).then(|| {
+                match key.import.as_ref().and_then(|i| i.valid_to) {
                     Some(_) => "KEY_MATERIAL_EXPIRES",
                     None => "KEY_MATERIAL_DOES_NOT_EXPIRE",
                 }

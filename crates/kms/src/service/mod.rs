@@ -36,6 +36,9 @@ use crate::names::{KeyRef, key_arn, valid_region};
 use crate::records::{self, KeyRecord, KeyState, VersionRecord};
 use crate::root::RootKey;
 
+/// The HKDF `info` of the audit trail's key (see [`RootKey::derive`]).
+pub const AUDIT_KEY_INFO: &[u8] = b"atrest/audit/v1";
+
 /// The key service.
 pub struct KeyService {
     store: Arc<dyn Store>,
@@ -199,7 +202,7 @@ impl KeyService {
 
     /// The key that chains the audit trail, derived from the root key.
     pub fn audit_key(&self) -> Result<Aes256Key, KmsError> {
-        Ok(self.root.derive(b"atrest/audit/v1")?)
+        Ok(self.root.derive(AUDIT_KEY_INFO)?)
     }
 
     /// Finds the key a `KeyId` names, for the caller, in the caller's region.

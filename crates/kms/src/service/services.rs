@@ -241,6 +241,7 @@ impl ServiceSession<'_> {
                 "Account {account} does not exist"
             )));
         }
+        kms.require_not_suspended(&*tx, account.as_str())?;
         let alias = format!("alias/atrest/{}", self.service);
         let mut key = kms.new_key_record(
             account.as_str(),

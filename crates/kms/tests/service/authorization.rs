@@ -59,7 +59,8 @@ fn policy(cross: bool) -> String {
     json!({"Version": "2012-10-17", "Statement": statements}).to_string()
 }
 
-const ALL_KMS: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
+const ALL_KMS: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
 
 const GRANT_OPS: [&str; 9] = [
     "DescribeKey",
@@ -95,9 +96,15 @@ fn world() -> World {
     for u in ["idp", "kp", "none"] {
         with_call(&root_a, |c| e.kms.create_user(c, A, u)).unwrap();
     }
-    with_call(&root_a, |c| e.kms.put_user_policy(c, A, "idp", "all-kms", ALL_KMS)).unwrap();
+    with_call(&root_a, |c| {
+        e.kms.put_user_policy(c, A, "idp", "all-kms", ALL_KMS)
+    })
+    .unwrap();
     with_call(&root_b, |c| e.kms.create_user(c, B, "x")).unwrap();
-    with_call(&root_b, |c| e.kms.put_user_policy(c, B, "x", "all-kms", ALL_KMS)).unwrap();
+    with_call(&root_b, |c| {
+        e.kms.put_user_policy(c, B, "x", "all-kms", ALL_KMS)
+    })
+    .unwrap();
     let a = AccountId::parse(A).unwrap();
     let b = AccountId::parse(B).unwrap();
     let mut callers = BTreeMap::new();
@@ -106,8 +113,22 @@ fn world() -> World {
     callers.insert("kp", Caller::user(a.clone(), "us-east-1", "kp"));
     callers.insert("none", Caller::user(a, "us-east-1", "none"));
     callers.insert("x", Caller::user(b, "us-east-1", "x"));
-    callers.insert("disk", e.kms.service_session("disk", "us-east-1").unwrap().caller().clone());
-    callers.insert("rds", e.kms.service_session("rds", "us-east-1").unwrap().caller().clone());
+    callers.insert(
+        "disk",
+        e.kms
+            .service_session("disk", "us-east-1")
+            .unwrap()
+            .caller()
+            .clone(),
+    );
+    callers.insert(
+        "rds",
+        e.kms
+            .service_session("rds", "us-east-1")
+            .unwrap()
+            .caller()
+            .clone(),
+    );
     World { e, callers }
 }
 
@@ -117,7 +138,9 @@ impl World {
     }
 
     fn as_owner(&self, op: &str, body: Value) -> Value {
-        self.e.call(self.owner(), op, body.clone()).unwrap_or_else(|err| panic!("{op} {body}: {err}"))
+        self.e
+            .call(self.owner(), op, body.clone())
+            .unwrap_or_else(|err| panic!("{op} {body}: {err}"))
     }
 
     /// A key in `state`, its ARN and a ciphertext blob under it; the disk
@@ -135,14 +158,18 @@ impl World {
         }
         let blob = self.as_owner("Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")}))["CiphertextBlob"].clone();
         let disk = self.e.kms.service_session("disk", "us-east-1").unwrap();
-        disk.grant_for(self.owner(), &arn, &GRANT_OPS, &BTreeMap::new()).unwrap();
+        disk.grant_for(self.owner(), &arn, &GRANT_OPS, &BTreeMap::new())
+            .unwrap();
         match state {
             State::Enabled => {}
             State::Disabled => {
                 self.as_owner("DisableKey", json!({"KeyId": arn}));
             }
             State::PendingDeletion => {
-                self.as_owner("ScheduleKeyDeletion", json!({"KeyId": arn, "PendingWindowInDays": 7}));
+                self.as_owner(
+                    "ScheduleKeyDeletion",
+                    json!({"KeyId": arn, "PendingWindowInDays": 7}),
+                );
             }
             State::PendingImport => {
                 self.as_owner("DeleteImportedKeyMaterial", json!({"KeyId": arn}));
@@ -171,13 +198,26 @@ fn may(who: Who, op: &str) -> bool {
         Who::UserWithout | Who::OtherAccountWithout | Who::ServiceWithout => false,
         Who::OtherAccountWithPolicy => matches!(
             op,
-            "Encrypt" | "Decrypt" | "ReEncrypt" | "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" | "DescribeKey" | "CreateGrant"
+            "Encrypt"
+                | "Decrypt"
+                | "ReEncrypt"
+                | "GenerateDataKey"
+                | "GenerateDataKeyWithoutPlaintext"
+                | "DescribeKey"
+                | "CreateGrant"
         ),
         Who::ServiceWithGrant => GRANT_OPS.contains(&op) || op == "ReEncrypt",
     }
 }
 
-const CRYPTO: [&str; 6] = ["Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "CreateGrant"];
+const CRYPTO: [&str; 6] = [
+    "Encrypt",
+    "Decrypt",
+    "ReEncrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "CreateGrant",
+];
 
 /// What an allowed caller gets in `state`: `None` for success, or the error.
 fn in_state(op: &str, state: State) -> Option<&'static str> {
@@ -200,8 +240,12 @@ fn body(op: &str, arn: &str, blob: &Value) -> Value {
         "Encrypt" => json!({"KeyId": arn, "Plaintext": b64(b"y")}),
         "Decrypt" => json!({"CiphertextBlob": blob}),
         "ReEncrypt" => json!({"CiphertextBlob": blob, "DestinationKeyId": arn}),
-        "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => json!({"KeyId": arn, "KeySpec": "AES_256"}),
-        "CreateGrant" => json!({"KeyId": arn, "GranteePrincipal": "arn:aws:iam::111122223333:user/idp", "Operations": ["Decrypt"]}),
+        "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => {
+            json!({"KeyId": arn, "KeySpec": "AES_256"})
+        }
+        "CreateGrant" => {
+            json!({"KeyId": arn, "GranteePrincipal": "arn:aws:iam::111122223333:user/idp", "Operations": ["Decrypt"]})
+        }
         "UpdateKeyDescription" => json!({"KeyId": arn, "Description": "d"}),
         "TagResource" => json!({"KeyId": arn, "Tags": [{"TagKey": "k", "TagValue": "v"}]}),
         "ScheduleKeyDeletion" => json!({"KeyId": arn, "PendingWindowInDays": 7}),
@@ -231,24 +275,41 @@ const OPS: [&str; 15] = [
 fn authorization_matrix() {
     let w = world();
     let mut cells = 0;
-    for state in [State::Enabled, State::Disabled, State::PendingDeletion, State::PendingImport] {
+    for state in [
+        State::Enabled,
+        State::Disabled,
+        State::PendingDeletion,
+        State::PendingImport,
+    ] {
         for who in WHO {
             for op in OPS {
                 // A fresh key per cell: operations change state.
                 let (arn, blob) = w.key(state, who != Who::OtherAccountWithout);
                 let result = w.e.call(w.caller(who), op, body(op, &arn, &blob));
-                let expected = if may(who, op) { in_state(op, state) } else { Some("AccessDeniedException") };
+                let expected = if may(who, op) {
+                    in_state(op, state)
+                } else {
+                    Some("AccessDeniedException")
+                };
                 match (expected, &result) {
                     (None, Ok(_)) => {}
                     (Some(want), Err(err)) => {
                         assert_eq!(err.aws_type(), want, "{op} by {who:?} on {state:?}: {err}");
                         if want == "AccessDeniedException" {
                             let msg = err.to_string();
-                            assert!(msg.starts_with(&format!("User: {} is not authorized to perform: kms:", w.caller(who).principal_arn())), "{msg}");
+                            assert!(
+                                msg.starts_with(&format!(
+                                    "User: {} is not authorized to perform: kms:",
+                                    w.caller(who).principal_arn()
+                                )),
+                                "{msg}"
+                            );
                             assert!(msg.contains(&arn), "names the key: {msg}");
                         }
                     }
-                    _ => panic!("{op} by {who:?} on {state:?}: expected {expected:?}, got {result:?}"),
+                    _ => panic!(
+                        "{op} by {who:?} on {state:?}: expected {expected:?}, got {result:?}"
+                    ),
                 }
                 cells += 1;
             }
@@ -260,31 +321,82 @@ fn authorization_matrix() {
 #[test]
 fn lockout_check_and_policy_operations() {
     let w = world();
-    let arn = w.as_owner("CreateKey", json!({}))["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
-    let p = w.as_owner("GetKeyPolicy", json!({"KeyId": arn, "PolicyName": "default"}));
+    let arn = w.as_owner("CreateKey", json!({}))["KeyMetadata"]["Arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let p = w.as_owner(
+        "GetKeyPolicy",
+        json!({"KeyId": arn, "PolicyName": "default"}),
+    );
     assert_eq!(p["PolicyName"], "default");
     let doc: Value = serde_json::from_str(p["Policy"].as_str().unwrap()).unwrap();
-    assert_eq!(doc["Statement"][0]["Principal"]["AWS"], format!("arn:aws:iam::{A}:root"));
-    assert_eq!(w.as_owner("ListKeyPolicies", json!({"KeyId": arn}))["PolicyNames"], json!(["default"]));
-    assert_eq!(w.e.call(w.owner(), "GetKeyPolicy", json!({"KeyId": arn, "PolicyName": "other"})).unwrap_err().aws_type(), "NotFoundException");
+    assert_eq!(
+        doc["Statement"][0]["Principal"]["AWS"],
+        format!("arn:aws:iam::{A}:root")
+    );
+    assert_eq!(
+        w.as_owner("ListKeyPolicies", json!({"KeyId": arn}))["PolicyNames"],
+        json!(["default"])
+    );
+    assert_eq!(
+        w.e.call(
+            w.owner(),
+            "GetKeyPolicy",
+            json!({"KeyId": arn, "PolicyName": "other"})
+        )
+        .unwrap_err()
+        .aws_type(),
+        "NotFoundException"
+    );
 
     // A policy that would lock the caller out is refused...
     let lockout = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{A}:user/kp")}, "Action": "kms:*", "Resource": "*"}]}).to_string();
-    let err = w.e.call(w.owner(), "PutKeyPolicy", json!({"KeyId": arn, "Policy": lockout})).unwrap_err();
+    let err =
+        w.e.call(
+            w.owner(),
+            "PutKeyPolicy",
+            json!({"KeyId": arn, "Policy": lockout}),
+        )
+        .unwrap_err();
     assert_eq!(err.aws_type(), "MalformedPolicyDocumentException");
-    assert!(err.to_string().contains("will not allow you to update the key policy"), "{err}");
-    let err = w.e.call(w.owner(), "CreateKey", json!({"Policy": lockout})).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("will not allow you to update the key policy"),
+        "{err}"
+    );
+    let err =
+        w.e.call(w.owner(), "CreateKey", json!({"Policy": lockout}))
+            .unwrap_err();
     assert_eq!(err.aws_type(), "MalformedPolicyDocumentException");
     // ...unless bypassed; then the owner has indeed lost access and kp has it.
-    w.as_owner("PutKeyPolicy", json!({"KeyId": arn, "Policy": lockout, "BypassPolicyLockoutSafetyCheck": true}));
-    assert_eq!(w.e.call(w.owner(), "DescribeKey", json!({"KeyId": arn})).unwrap_err().aws_type(), "AccessDeniedException");
-    w.e.call(&w.callers["kp"], "DescribeKey", json!({"KeyId": arn})).unwrap();
+    w.as_owner(
+        "PutKeyPolicy",
+        json!({"KeyId": arn, "Policy": lockout, "BypassPolicyLockoutSafetyCheck": true}),
+    );
+    assert_eq!(
+        w.e.call(w.owner(), "DescribeKey", json!({"KeyId": arn}))
+            .unwrap_err()
+            .aws_type(),
+        "AccessDeniedException"
+    );
+    w.e.call(&w.callers["kp"], "DescribeKey", json!({"KeyId": arn}))
+        .unwrap();
 
     // Malformed documents say what is wrong.
     let err = w.e.call(&w.callers["kp"], "PutKeyPolicy", json!({"KeyId": arn, "Policy": r#"{"Statement":[{"Effect":"Permit","Principal":"*","Action":"kms:*","Resource":"*"}]}"#})).unwrap_err();
     assert_eq!(err.aws_type(), "MalformedPolicyDocumentException");
     assert!(err.to_string().contains("Effect"), "{err}");
-    assert_eq!(w.e.call(&w.callers["kp"], "PutKeyPolicy", json!({"KeyId": arn, "Policy": "x".repeat(40_000)})).unwrap_err().aws_type(), "MalformedPolicyDocumentException");
+    assert_eq!(
+        w.e.call(
+            &w.callers["kp"],
+            "PutKeyPolicy",
+            json!({"KeyId": arn, "Policy": "x".repeat(40_000)})
+        )
+        .unwrap_err()
+        .aws_type(),
+        "MalformedPolicyDocumentException"
+    );
 }
 
 #[test]
@@ -295,20 +407,57 @@ fn explicit_deny_wins_everywhere() {
         {"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{A}:user/kp")}, "Action": "kms:*", "Resource": "*"},
         {"Effect": "Deny", "Principal": {"AWS": format!("arn:aws:iam::{A}:user/kp")}, "Action": "kms:Encrypt", "Resource": "*"}
     ]}).to_string();
-    let arn = w.as_owner("CreateKey", json!({"Policy": deny_encrypt}))["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
-    let err = w.e.call(&w.callers["kp"], "Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")})).unwrap_err();
-    assert!(err.to_string().contains("explicit deny in a resource-based policy"), "{err}");
-    w.e.call(&w.callers["kp"], "GenerateDataKey", json!({"KeyId": arn, "KeySpec": "AES_256"})).unwrap();
+    let arn = w.as_owner("CreateKey", json!({"Policy": deny_encrypt}))["KeyMetadata"]["Arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err =
+        w.e.call(
+            &w.callers["kp"],
+            "Encrypt",
+            json!({"KeyId": arn, "Plaintext": b64(b"x")}),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("explicit deny in a resource-based policy"),
+        "{err}"
+    );
+    w.e.call(
+        &w.callers["kp"],
+        "GenerateDataKey",
+        json!({"KeyId": arn, "KeySpec": "AES_256"}),
+    )
+    .unwrap();
 
     // A Deny in an identity policy beats the key policy naming the user.
     let root_a = w.owner().clone();
     with_call(&root_a, |c| w.e.kms.put_user_policy(c, A, "kp", "no-decrypt", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"kms:GenerateDataKey","Resource":"*"}]}"#)).unwrap();
-    let err = w.e.call(&w.callers["kp"], "GenerateDataKey", json!({"KeyId": arn, "KeySpec": "AES_256"})).unwrap_err();
-    assert!(err.to_string().contains("explicit deny in an identity-based policy"), "{err}");
+    let err =
+        w.e.call(
+            &w.callers["kp"],
+            "GenerateDataKey",
+            json!({"KeyId": arn, "KeySpec": "AES_256"}),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("explicit deny in an identity-based policy"),
+        "{err}"
+    );
     // A grant cannot override a Deny either.
     let g = w.as_owner("CreateGrant", json!({"KeyId": arn, "GranteePrincipal": format!("arn:aws:iam::{A}:user/kp"), "Operations": ["Encrypt"]}));
     assert!(g["GrantId"].is_string());
-    assert_eq!(w.e.call(&w.callers["kp"], "Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")})).unwrap_err().aws_type(), "AccessDeniedException");
+    assert_eq!(
+        w.e.call(
+            &w.callers["kp"],
+            "Encrypt",
+            json!({"KeyId": arn, "Plaintext": b64(b"x")})
+        )
+        .unwrap_err()
+        .aws_type(),
+        "AccessDeniedException"
+    );
 }
 
 #[test]
@@ -322,37 +471,110 @@ fn conditions_on_context_via_service_and_caller_account() {
         {"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{A}:root")}, "Action": "kms:Decrypt", "Resource": "*",
          "Condition": {"StringEquals": {"kms:EncryptionContext:app": "billing"}}}
     ]}).to_string();
-    let arn = w.as_owner("CreateKey", json!({"Policy": cmek}))["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
+    let arn = w.as_owner("CreateKey", json!({"Policy": cmek}))["KeyMetadata"]["Arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Directly: no.
-    let err = w.e.call(w.owner(), "Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")})).unwrap_err();
+    let err =
+        w.e.call(
+            w.owner(),
+            "Encrypt",
+            json!({"KeyId": arn, "Plaintext": b64(b"x")}),
+        )
+        .unwrap_err();
     assert_eq!(err.aws_type(), "AccessDeniedException");
     // Through the disk service: yes; through another service: no.
     let disk = w.e.kms.service_session("disk", "us-east-1").unwrap();
     let rds = w.e.kms.service_session("rds", "us-east-1").unwrap();
-    let blob = disk.call_for(w.owner(), Operation::Encrypt, &json!({"KeyId": arn, "Plaintext": b64(b"x"), "EncryptionContext": {"app": "billing"}})).unwrap()["CiphertextBlob"].clone();
-    assert_eq!(rds.call_for(w.owner(), Operation::Encrypt, &json!({"KeyId": arn, "Plaintext": b64(b"x")})).unwrap_err().aws_type(), "AccessDeniedException");
+    let blob = disk
+        .call_for(
+            w.owner(),
+            Operation::Encrypt,
+            &json!({"KeyId": arn, "Plaintext": b64(b"x"), "EncryptionContext": {"app": "billing"}}),
+        )
+        .unwrap()["CiphertextBlob"]
+        .clone();
+    assert_eq!(
+        rds.call_for(
+            w.owner(),
+            Operation::Encrypt,
+            &json!({"KeyId": arn, "Plaintext": b64(b"x")})
+        )
+        .unwrap_err()
+        .aws_type(),
+        "AccessDeniedException"
+    );
     // Another account through the disk service: CallerAccount does not match.
-    assert_eq!(disk.call_for(&w.callers["x"], Operation::Encrypt, &json!({"KeyId": arn, "Plaintext": b64(b"x")})).unwrap_err().aws_type(), "AccessDeniedException");
+    assert_eq!(
+        disk.call_for(
+            &w.callers["x"],
+            Operation::Encrypt,
+            &json!({"KeyId": arn, "Plaintext": b64(b"x")})
+        )
+        .unwrap_err()
+        .aws_type(),
+        "AccessDeniedException"
+    );
     // Decrypt directly only with the right context value.
-    let d = w.e.call(w.owner(), "Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": {"app": "billing"}})).unwrap();
+    let d =
+        w.e.call(
+            w.owner(),
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": {"app": "billing"}}),
+        )
+        .unwrap();
     assert_eq!(unb64(&d["Plaintext"]), b"x");
-    let blob2 = disk.call_for(w.owner(), Operation::Encrypt, &json!({"KeyId": arn, "Plaintext": b64(b"x"), "EncryptionContext": {"app": "other"}})).unwrap()["CiphertextBlob"].clone();
-    assert_eq!(w.e.call(w.owner(), "Decrypt", json!({"CiphertextBlob": blob2, "EncryptionContext": {"app": "other"}})).unwrap_err().aws_type(), "AccessDeniedException");
+    let blob2 = disk
+        .call_for(
+            w.owner(),
+            Operation::Encrypt,
+            &json!({"KeyId": arn, "Plaintext": b64(b"x"), "EncryptionContext": {"app": "other"}}),
+        )
+        .unwrap()["CiphertextBlob"]
+        .clone();
+    assert_eq!(
+        w.e.call(
+            w.owner(),
+            "Decrypt",
+            json!({"CiphertextBlob": blob2, "EncryptionContext": {"app": "other"}})
+        )
+        .unwrap_err()
+        .aws_type(),
+        "AccessDeniedException"
+    );
 }
 
 #[test]
 fn suspension_stops_crypto_and_loses_nothing() {
     let w = world();
     let adm = admin(&w.e);
-    let arn = w.as_owner("CreateKey", json!({"Policy": policy(true)}))["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
-    let blobs: Vec<Value> = (0..5).map(|i| w.as_owner("Encrypt", json!({"KeyId": arn, "Plaintext": b64(&[i])}))["CiphertextBlob"].clone()).collect();
+    let arn = w.as_owner("CreateKey", json!({"Policy": policy(true)}))["KeyMetadata"]["Arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blobs: Vec<Value> = (0..5)
+        .map(|i| {
+            w.as_owner("Encrypt", json!({"KeyId": arn, "Plaintext": b64(&[i])}))["CiphertextBlob"]
+                .clone()
+        })
+        .collect();
     with_call(&adm, |c| w.e.kms.set_suspended(c, A, true)).unwrap();
     for (op, b) in [
         ("Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")})),
         ("Decrypt", json!({"CiphertextBlob": blobs[0]})),
-        ("GenerateDataKey", json!({"KeyId": arn, "KeySpec": "AES_256"})),
-        ("GenerateDataKeyWithoutPlaintext", json!({"KeyId": arn, "KeySpec": "AES_256"})),
-        ("ReEncrypt", json!({"CiphertextBlob": blobs[0], "DestinationKeyId": arn})),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": arn, "KeySpec": "AES_256"}),
+        ),
+        (
+            "GenerateDataKeyWithoutPlaintext",
+            json!({"KeyId": arn, "KeySpec": "AES_256"}),
+        ),
+        (
+            "ReEncrypt",
+            json!({"CiphertextBlob": blobs[0], "DestinationKeyId": arn}),
+        ),
         ("GenerateRandom", json!({"NumberOfBytes": 8})),
         ("CreateKey", json!({})),
     ] {
@@ -361,14 +583,32 @@ fn suspension_stops_crypto_and_loses_nothing() {
         assert!(err.to_string().contains(A), "{err}");
     }
     // For the account too: another account using its key is refused.
-    let err = w.e.call(&w.callers["x"], "Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")})).unwrap_err();
+    let err =
+        w.e.call(
+            &w.callers["x"],
+            "Encrypt",
+            json!({"KeyId": arn, "Plaintext": b64(b"x")}),
+        )
+        .unwrap_err();
+    assert_eq!(err.aws_type(), "AccountSuspendedException");
+    // No service key is made for it either.
+    let disk = w.e.kms.service_session("disk", "us-east-1").unwrap();
+    let err = disk.service_key(&AccountId::parse(A).unwrap()).unwrap_err();
     assert_eq!(err.aws_type(), "AccountSuspendedException");
     // Management reads still work; nothing was lost.
     w.as_owner("DescribeKey", json!({"KeyId": arn}));
     let non_admin = w.owner().clone();
-    assert_eq!(with_call(&non_admin, |c| w.e.kms.set_suspended(c, A, false)).unwrap_err().aws_type(), "AccessDeniedException");
+    assert_eq!(
+        with_call(&non_admin, |c| w.e.kms.set_suspended(c, A, false))
+            .unwrap_err()
+            .aws_type(),
+        "AccessDeniedException"
+    );
     with_call(&adm, |c| w.e.kms.set_suspended(c, A, false)).unwrap();
     for (i, b) in blobs.iter().enumerate() {
-        assert_eq!(unb64(&w.as_owner("Decrypt", json!({"CiphertextBlob": b}))["Plaintext"]), vec![i as u8]);
+        assert_eq!(
+            unb64(&w.as_owner("Decrypt", json!({"CiphertextBlob": b}))["Plaintext"]),
+            vec![i as u8]
+        );
     }
 }
