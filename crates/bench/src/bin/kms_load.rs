@@ -77,6 +77,24 @@ struct Args {
     /// Keep the started server's log (stdout and stderr) at this path.
     #[arg(long)]
     server_log: Option<PathBuf>,
+    /// Who sends the measured requests. Not `owner` needs the credentials
+    /// to be an account root that may create users (the admin's are), and
+    /// a key created by kms-load (no --key-id).
+    #[arg(long, value_enum, default_value = "owner")]
+    caller: CallerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CallerKind {
+    /// The account root, on a key with the default key policy.
+    Owner,
+    /// A user of the same account allowed by an identity policy with a
+    /// condition, on a key whose policy adds a conditional Deny: both
+    /// policies are evaluated on every request.
+    User,
+    /// A user with no identity policy for the key, allowed only by a grant
+    /// (its token is sent with every request), on the same key policy.
+    Grantee,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -291,20 +309,172 @@ fn str_field<'a>(v: &'a serde_json::Value, path: &[&str]) -> anyhow::Result<&'a 
         .with_context(|| format!("{} is not a string", path.join(".")))
 }
 
+/// The benchmark user's name, for `--caller user` and `grantee`.
+const USER: &str = "kms-load";
+
+/// Creates the benchmark key and returns its id and account. For a user or
+/// grantee, its policy then becomes the default statement plus a Deny of
+/// every call from another account (never matches here, always evaluated).
+async fn create_key(owner: &Client, caller: CallerKind) -> anyhow::Result<(String, String)> {
+    let created = kms_json(
+        owner,
+        "CreateKey",
+        &serde_json::json!({"Description": "kms-load benchmark key"}),
+    )
+    .await?;
+    let key_id = str_field(&created, &["KeyMetadata", "KeyId"])?.to_owned();
+    let account = str_field(&created, &["KeyMetadata", "AWSAccountId"])?.to_owned();
+    if caller != CallerKind::Owner {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "Enable IAM User Permissions",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": format!("arn:aws:iam::{account}:root")},
+                    "Action": "kms:*",
+                    "Resource": "*"
+                },
+                {
+                    "Sid": "Only this account",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "kms:*",
+                    "Resource": "*",
+                    "Condition": {"StringNotEquals": {"kms:CallerAccount": account}}
+                }
+            ]
+        });
+        kms_json(
+            owner,
+            "PutKeyPolicy",
+            &serde_json::json!({"KeyId": key_id, "PolicyName": "default", "Policy": policy.to_string()}),
+        )
+        .await?;
+    }
+    Ok((key_id, account))
+}
+
+async fn rest_json(
+    client: &Client,
+    method: http::Method,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let r = client.rest(method.clone(), path, Some(body)).await?;
+    ensure!(
+        r.status.is_success(),
+        "{method} {path} failed: HTTP {}: {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    Ok(r.json())
+}
+
+/// The client that sends the measured requests, and the grant token to send.
+async fn caller_client(
+    owner: &Client,
+    endpoint: &str,
+    args: &Args,
+    key_id: &str,
+    account: &str,
+) -> anyhow::Result<(Client, Option<String>)> {
+    if args.caller == CallerKind::Owner {
+        return Ok((owner.clone(), None));
+    }
+    let users = format!("/v1/accounts/{account}/users");
+    rest_json(
+        owner,
+        http::Method::POST,
+        &users,
+        &serde_json::json!({"name": USER}),
+    )
+    .await?;
+    let key_arn = format!("arn:aws:kms:{}:{account}:key/{key_id}", args.region);
+    let mut token = None;
+    match args.caller {
+        CallerKind::Owner => {}
+        CallerKind::User => {
+            let policy = serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Action": ["kms:GenerateDataKey", "kms:Decrypt", "kms:Encrypt"],
+                    "Resource": key_arn,
+                    "Condition": {"StringEquals": {"kms:CallerAccount": account}}
+                }, {
+                    "Effect": "Allow",
+                    "Action": "kms:GenerateRandom",
+                    "Resource": "*"
+                }]
+            });
+            rest_json(
+                owner,
+                http::Method::PUT,
+                &format!("{users}/{USER}/policies/main"),
+                &serde_json::json!({"document": policy}),
+            )
+            .await?;
+        }
+        CallerKind::Grantee => {
+            // GenerateRandom takes no key, so no grant can allow it.
+            ensure!(
+                !args.ops.contains(&Op::GenerateRandom),
+                "a grantee cannot call GenerateRandom (it names no key)"
+            );
+            let grant = kms_json(
+                owner,
+                "CreateGrant",
+                &serde_json::json!({
+                    "KeyId": key_id,
+                    "GranteePrincipal": format!("arn:aws:iam::{account}:user/{USER}"),
+                    "Operations": ["GenerateDataKey", "Decrypt", "Encrypt"],
+                }),
+            )
+            .await?;
+            token = Some(str_field(&grant, &["GrantToken"])?.to_owned());
+        }
+    }
+    let key = rest_json(
+        owner,
+        http::Method::POST,
+        &format!("/v1/accounts/{account}/access-keys"),
+        &serde_json::json!({"user": USER}),
+    )
+    .await?;
+    let creds = atrest_client::Credentials {
+        access_key_id: str_field(&key, &["access_key_id"])?.to_owned(),
+        secret_access_key: atrest_client::secret(str_field(&key, &["secret_access_key"])?),
+    };
+    Ok((Client::new(endpoint, creds, &args.region, None)?, token))
+}
+
 /// Builds the request bodies, checking along the way that GenerateDataKey's
 /// blob decrypts to its plaintext.
-async fn prepare(client: &Client, key_id: &str, ops: &[Op]) -> anyhow::Result<Vec<Prepared>> {
-    let gdk_body = serde_json::json!({"KeyId": key_id, "KeySpec": "AES_256"});
+async fn prepare(
+    client: &Client,
+    key_id: &str,
+    ops: &[Op],
+    grant_token: Option<&str>,
+) -> anyhow::Result<Vec<Prepared>> {
+    let tokens = |mut v: serde_json::Value| {
+        if let Some(t) = grant_token {
+            v["GrantTokens"] = serde_json::json!([t]);
+        }
+        v
+    };
+    let gdk_body = tokens(serde_json::json!({"KeyId": key_id, "KeySpec": "AES_256"}));
     let gdk = kms_json(client, "GenerateDataKey", &gdk_body).await?;
     let blob = str_field(&gdk, &["CiphertextBlob"])?;
     let plaintext = str_field(&gdk, &["Plaintext"])?;
-    let decrypt_body = serde_json::json!({ "CiphertextBlob": blob });
+    let decrypt_body = tokens(serde_json::json!({ "CiphertextBlob": blob }));
     let dec = kms_json(client, "Decrypt", &decrypt_body).await?;
     ensure!(
         str_field(&dec, &["Plaintext"])? == plaintext,
         "Decrypt did not return GenerateDataKey's plaintext"
     );
-    let encrypt_body = serde_json::json!({"KeyId": key_id, "Plaintext": B64.encode([7u8; 32])});
+    let encrypt_body =
+        tokens(serde_json::json!({"KeyId": key_id, "Plaintext": B64.encode([7u8; 32])}));
     Ok(ops
         .iter()
         .map(|&op| Prepared {
@@ -532,20 +702,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     wait_healthy(&plain, &healthz_url, server.as_mut(), &log).await?;
 
     let creds = load_shared_credentials(&creds_file, &args.profile)?;
-    let client = Client::new(&endpoint, creds, &args.region, None)?;
-    let key_id = match &args.key_id {
-        Some(k) => k.clone(),
+    let owner = Client::new(&endpoint, creds, &args.region, None)?;
+    ensure!(
+        args.caller == CallerKind::Owner || args.key_id.is_none(),
+        "--caller {:?} sets up its own key; leave out --key-id",
+        args.caller
+    );
+    let (client, key_id, grant_token) = match &args.key_id {
+        Some(k) => (owner, k.clone(), None),
         None => {
-            let created = kms_json(
-                &client,
-                "CreateKey",
-                &serde_json::json!({"Description": "kms-load benchmark key"}),
-            )
-            .await?;
-            str_field(&created, &["KeyMetadata", "KeyId"])?.to_owned()
+            let (key_id, account) = create_key(&owner, args.caller).await?;
+            let (client, token) =
+                caller_client(&owner, &endpoint, &args, &key_id, &account).await?;
+            (client, key_id, token)
         }
     };
-    let prepared = prepare(&client, &key_id, &args.ops).await?;
+    let prepared = prepare(&client, &key_id, &args.ops, grant_token.as_deref()).await?;
     let target = Target {
         kms: client,
         plain,
@@ -560,11 +732,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!();
     println!("machine: {}", machine_description());
     println!(
-        "endpoint: {endpoint} ({}); key {key_id}",
+        "endpoint: {endpoint} ({}); key {key_id}; caller: {}",
         if server.is_some() {
             "started by kms-load"
         } else {
             "external"
+        },
+        match args.caller {
+            CallerKind::Owner => "the account root (default key policy)",
+            CallerKind::User =>
+                "a user allowed by a conditional identity policy (key policy with a conditional Deny)",
+            CallerKind::Grantee =>
+                "a user allowed by a grant, token sent (key policy with a conditional Deny)",
         }
     );
     println!(
