@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `--audit-commit-delay-us`'s default: the audit crate's.
+#[expect(clippy::cast_possible_truncation, reason = "a constant of 1000 µs")]
+const DEFAULT_AUDIT_COMMIT_DELAY_US: u64 = atrest_audit::DEFAULT_COMMIT_INTERVAL.as_micros() as u64;
+
 /// Encryption at rest with keys you control: an AWS KMS-compatible key
 /// service (and, in later releases, encrypted disks and databases).
 #[derive(Debug, Parser)]
@@ -114,6 +118,12 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, env = "ATREST_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Group commit of the audit trail: how long, at most, a commit waits
+    /// after the previous one for more records to share its sync, in
+    /// microseconds (0: commit as soon as the previous sync ends). Like
+    /// PostgreSQL's `commit_delay`; see `docs/benchmarks.md`.
+    #[arg(long, default_value_t = DEFAULT_AUDIT_COMMIT_DELAY_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub audit_commit_delay_us: u64,
     /// Testing only: shift the clock of rotation and deletion schedules by
     /// this many days (request signing still uses the real clock).
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]

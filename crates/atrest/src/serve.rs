@@ -53,7 +53,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         lifecycle_clock_offset: time::Duration::days(args.lifecycle_clock_offset_days),
         max_body_bytes: atrest_server::config::DEFAULT_MAX_BODY,
         metrics_listen: args.metrics_listen,
-        audit_faults: None,
+        audit: atrest_audit::Options {
+            commit_interval: Duration::from_micros(args.audit_commit_delay_us),
+            ..atrest_audit::Options::default()
+        },
     };
     let server = atrest_server::start(config)
         .await

@@ -337,7 +337,13 @@ impl Default for Options {
 }
 
 /// [`Options::commit_interval`]'s default.
-pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_micros(1000);
+///
+/// Zero: in the key service, waiting for company cost more (latency, and idle
+/// CPUs woken again) than the syncs it saved. With `atrest serve
+/// --audit-commit-delay-us 1000` instead of 0, `kms-load` measured 25 % to
+/// 40 % fewer ops/s at 4 to 16 concurrent requests and no gain at 64
+/// (`docs/benchmarks.md`, section 2).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::ZERO;
 /// [`Options::commit_batch`]'s default.
 pub const DEFAULT_COMMIT_BATCH: usize = 32;
 /// [`Options::preallocate`]'s default.

@@ -37,8 +37,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     pub metrics_listen: Option<SocketAddr>,
-    /// Testing only: inject I/O failures into the audit log.
-    pub audit_faults: Option<atrest_audit::Faults>,
+    /// How the audit trail commits (group-commit pacing, head sync; tests
+    /// may inject I/O failures).
+    pub audit: atrest_audit::Options,
 }
 
 /// Default listen address.

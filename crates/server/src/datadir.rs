@@ -68,7 +68,7 @@ pub fn open(
     root: RootSource,
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
-    audit_faults: Option<&atrest_audit::Faults>,
+    audit: &atrest_audit::Options,
 ) -> Result<DataDir, DataDirError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -115,11 +115,7 @@ pub fn open(
     let audit_key = kms
         .audit_key()
         .map_err(|e| DataDirError::Kms(e.to_string()))?;
-    let options = atrest_audit::Options {
-        faults: audit_faults.cloned(),
-        ..atrest_audit::Options::default()
-    };
-    let log = atrest_audit::AuditLog::open_with_options(&audit_dir, &audit_key, &options)
+    let log = atrest_audit::AuditLog::open_with_options(&audit_dir, &audit_key, audit)
         .map_err(|e| DataDirError::Io(format!("audit trail: {e}")))?;
     let trail = Arc::new(crate::trail::Trail::new(log, &audit_dir).map_err(DataDirError::Io)?);
     kms.set_audit_sink(trail.clone());

@@ -67,9 +67,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         Arc::new(OffsetClock(config.lifecycle_clock_offset))
     };
     let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
-    let faults = config.audit_faults.clone();
+    let audit = config.audit.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        crate::datadir::open(&data_dir, root, regions, clock, faults.as_ref())
+        crate::datadir::open(&data_dir, root, regions, clock, &audit)
     })
     .await
     .map_err(|e| e.to_string())?

@@ -27,7 +27,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         lifecycle_clock_offset: time::Duration::ZERO,
         max_body_bytes: 64 * 1024,
         metrics_listen: None,
-        audit_faults: None,
+        audit: atrest_audit::Options::default(),
     }
 }
 
