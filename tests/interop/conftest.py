@@ -336,6 +336,15 @@ def kms_raw(server):
 # -- assertions ----------------------------------------------------------
 
 
+def code_of(fn, *a, **kw) -> str | None:
+    """The AWS error code `fn(*a, **kw)` raises, or None if it succeeds."""
+    try:
+        fn(*a, **kw)
+    except ClientError as e:
+        return e.response["Error"]["Code"]
+    return None
+
+
 def expect_error(code: str, fn, *args, status: int = 400, **kwargs) -> dict:
     """Calls fn, which must fail with AWS error `code` and HTTP `status`."""
     with pytest.raises(ClientError) as ei:

@@ -32,6 +32,7 @@ import json
 from botocore.exceptions import ClientError
 
 from conftest import (
+    code_of,
     REGION,
     expect_denied,
     expect_error,
@@ -56,14 +57,6 @@ def tamper(token: str) -> str:
 
 def grants_of(kms, key_id, **kw) -> list[dict]:
     return kms.list_grants(KeyId=key_id, **kw)["Grants"]
-
-
-def code_of(fn, *a, **kw):
-    try:
-        fn(*a, **kw)
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
 
 
 def test_grant_use_tokens_listing_retire_and_revoke(server):

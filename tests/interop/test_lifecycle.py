@@ -18,17 +18,9 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import expect_error
+from conftest import code_of, expect_error
 
 UTC = datetime.timezone.utc
-
-
-def code_of(fn, *a, **kw):
-    try:
-        fn(*a, **kw)
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
 
 
 def test_schedule_runs_in_the_server(make_server):

@@ -39,7 +39,12 @@ macro_rules! operations {
             /// The operation an `X-Amz-Target` value names.
             #[must_use]
             pub fn from_target(target: &str) -> Option<Self> {
-                let name = target.strip_prefix("TrentService.")?;
+                Self::from_name(target.strip_prefix("TrentService.")?)
+            }
+
+            /// The operation of this name (as [`Operation::name`] gives it).
+            #[must_use]
+            pub fn from_name(name: &str) -> Option<Self> {
                 match name { $(stringify!($name) => Some(Operation::$name),)* _ => None }
             }
         }

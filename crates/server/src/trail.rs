@@ -43,7 +43,7 @@ pub struct Usage {
 fn metered_operation(operation: &str) -> String {
     let known = operation.starts_with("admin:")
         || operation.starts_with("http:")
-        || atrest_kms::Operation::from_target(&format!("TrentService.{operation}")).is_some();
+        || atrest_kms::Operation::from_name(operation).is_some();
     if known {
         operation.to_owned()
     } else {
@@ -51,17 +51,25 @@ fn metered_operation(operation: &str) -> String {
     }
 }
 
+/// What a record is counted under: account, region, operation, success.
+type MeterKey = (String, String, String, bool);
+
 impl Metering {
-    fn count(&self, entry: &Entry) {
+    /// The row `entry` counts in; records without an account or region
+    /// (refused before authentication) are not metered.
+    fn key(entry: &Entry) -> Option<MeterKey> {
         let (Some(account), Some(region)) = (&entry.account, &entry.region) else {
-            return;
+            return None;
         };
-        let key = (
+        Some((
             account.clone(),
             region.clone(),
             metered_operation(&entry.operation),
             entry.result == "Success",
-        );
+        ))
+    }
+
+    fn add(&self, key: MeterKey) {
         if let Some(c) = self
             .counts
             .read()
@@ -150,26 +158,33 @@ impl Trail {
         let metering = Metering::default();
         let records = atrest_audit::query(dir, &atrest_audit::Filter::default())
             .map_err(|e| e.to_string())?;
-        for r in &records {
-            metering.count(&r.entry);
+        for key in records.iter().filter_map(|r| Metering::key(&r.entry)) {
+            metering.add(key);
         }
         Ok(Self { log, metering })
     }
 
+    /// Counts a record once it is in the log.
+    fn meter(&self, key: Option<MeterKey>) {
+        if let Some(key) = key {
+            self.metering.add(key);
+        }
+    }
+
     /// Appends and counts; resolves once durable.
     pub async fn record(&self, entry: Entry) -> Result<(), String> {
-        let counted = entry.clone();
+        let key = Metering::key(&entry);
         self.log.append(entry).await.map_err(|e| e.to_string())?;
-        self.metering.count(&counted);
+        self.meter(key);
         Ok(())
     }
 }
 
 impl atrest_kms::AuditSink for Trail {
     fn record_blocking(&self, entry: Entry) -> Result<(), String> {
-        let counted = entry.clone();
+        let key = Metering::key(&entry);
         self.log.append_blocking(entry).map_err(|e| e.to_string())?;
-        self.metering.count(&counted);
+        self.meter(key);
         Ok(())
     }
 }

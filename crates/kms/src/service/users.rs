@@ -65,6 +65,26 @@ impl KeyService {
         })
     }
 
+    /// Stores a user whose policies changed, under a new policy version (so
+    /// cached evaluations of the old ones are not used again), and commits.
+    fn save_user_policies(
+        &self,
+        mut tx: Box<dyn atrest_store::WriteTx + '_>,
+        call: &Call<'_>,
+        account: &AccountId,
+        user: &str,
+        mut u: UserRecord,
+    ) -> Result<(), KmsError> {
+        u.policy_version += 1;
+        records::put(
+            &mut *tx,
+            records::USERS,
+            &records::user_key(account.as_str(), user),
+            &u,
+        )?;
+        self.commit(tx, call)
+    }
+
     /// Creates a user.
     pub fn create_user(
         &self,
@@ -147,19 +167,11 @@ impl KeyService {
         }
         PolicyDocument::parse(document, PolicyKind::Identity)
             .map_err(|e| KmsError::MalformedPolicyDocument(e.to_string()))?;
-        let mut tx = self.store.write()?;
+        let tx = self.store.write()?;
         let mut u = Self::load_user(&*tx, &account, user)?;
         u.policies
             .insert(policy_name.to_owned(), document.to_owned());
-        u.policy_version += 1;
-        records::put(
-            &mut *tx,
-            records::USERS,
-            &records::user_key(account.as_str(), user),
-            &u,
-        )?;
-        self.commit(tx, call)?;
-        Ok(())
+        self.save_user_policies(tx, call, &account, user, u)
     }
 
     /// Removes an identity policy of a user.
@@ -172,22 +184,14 @@ impl KeyService {
     ) -> Result<(), KmsError> {
         call.set_operation("admin:DeleteUserPolicy");
         let account = Self::require_manager(call, account)?;
-        let mut tx = self.store.write()?;
+        let tx = self.store.write()?;
         let mut u = Self::load_user(&*tx, &account, user)?;
         if u.policies.remove(policy_name).is_none() {
             return Err(KmsError::NotFound(format!(
                 "User {user} has no policy named {policy_name}"
             )));
         }
-        u.policy_version += 1;
-        records::put(
-            &mut *tx,
-            records::USERS,
-            &records::user_key(account.as_str(), user),
-            &u,
-        )?;
-        self.commit(tx, call)?;
-        Ok(())
+        self.save_user_policies(tx, call, &account, user, u)
     }
 
     /// An identity policy of a user.
