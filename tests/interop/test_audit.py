@@ -24,6 +24,10 @@
   leave one record each too.
 * Queries filter by key, principal, operation and time, return the most
   recent N, and show a non-admin only its own account's records.
+* Killing the server (SIGKILL) loses no record of an answer it gave, in
+  both `--audit-sync` modes, even with a sync interval longer than the
+  test: the records are written before the answers; the log verifies after
+  restart.
 * Fail closed: with the log made unwritable (`chattr +i`), CreateKey,
   Encrypt, DisableKey (and then everything) fail with HTTP 500
   KMSInternalException and nothing changes (key count and key states the
@@ -496,3 +500,31 @@ def test_fail_closed_when_the_log_cannot_be_written(make_server):
     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
     p = atrest_client_cmd(srv, "audit", "verify")
     assert p.returncode == 0 and "audit trail verified" in p.stdout
+
+
+@pytest.mark.parametrize("mode", ["changes", "every"])
+def test_a_killed_server_loses_no_record_of_an_answer(make_server, mode):
+    # A sync interval far longer than the test: with `changes`, the answers
+    # to Encrypt, Decrypt and DescribeKey go out before any sync of their
+    # records; with `every`, after it.
+    srv = make_server().start("--audit-sync", mode, "--audit-sync-interval-ms", "10000")
+    kms = srv.client()
+    key = kms.create_key(Description=f"killed-{mode}")["KeyMetadata"]["KeyId"]
+    ids = []
+    for i in range(40):
+        out = kms.encrypt(KeyId=key, Plaintext=f"m{i}".encode())
+        ids.append(request_id(out))
+        ids.append(request_id(kms.decrypt(CiphertextBlob=out["CiphertextBlob"])))
+    ids.append(request_id(kms.describe_key(KeyId=key)))
+    r = expect_error("NotFoundException", kms.describe_key, KeyId=str(uuid.uuid4()))
+    ids.append(r["ResponseMetadata"]["RequestId"])
+    assert srv.kill() != 0
+    recorded = {json.loads(line)["request_id"] for line in audit_lines(audit_log_path(srv))}
+    missing = [i for i in ids if i not in recorded]
+    assert not missing, f"{len(missing)} answered requests have no record: {missing[:3]}"
+    srv.start()
+    p = atrest_client_cmd(srv, "audit", "verify")
+    assert p.returncode == 0 and "audit trail verified" in p.stdout, (p.stdout, p.stderr)
+    srv.stop()
+    p = verify_offline(srv.data_dir, srv.root_key_file)
+    assert p.returncode == 0, (p.stdout, p.stderr)

@@ -6,8 +6,21 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// `--audit-commit-delay-us`'s default: the audit crate's.
-#[expect(clippy::cast_possible_truncation, reason = "a constant of 1000 µs")]
+#[expect(clippy::cast_possible_truncation, reason = "a constant under a second")]
 const DEFAULT_AUDIT_COMMIT_DELAY_US: u64 = atrest_audit::DEFAULT_COMMIT_INTERVAL.as_micros() as u64;
+
+/// `--audit-sync-interval-ms`'s default: the audit crate's.
+#[expect(clippy::cast_possible_truncation, reason = "a constant under a second")]
+const DEFAULT_AUDIT_SYNC_INTERVAL_MS: u64 = atrest_audit::DEFAULT_SYNC_INTERVAL.as_millis() as u64;
+
+/// Which answers wait until their audit record is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditSync {
+    /// Requests that change stored state; others once written.
+    Changes,
+    /// Every request.
+    Every,
+}
 
 /// Encryption at rest with keys you control: an AWS KMS-compatible key
 /// service (and, in later releases, encrypted disks and databases).
@@ -118,10 +131,22 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, env = "ATREST_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Group commit of the audit trail: how long, at most, a commit waits
-    /// after the previous one for more records to share its sync, in
-    /// microseconds (0: commit as soon as the previous sync ends). Like
-    /// PostgreSQL's `commit_delay`; see `docs/benchmarks.md`.
+    /// Which answers wait until their audit record is durable: `changes`
+    /// (a request that changes stored state commits only once its record is
+    /// synced; any other request is answered once its record is written to
+    /// the log file, which is synced within --audit-sync-interval-ms) or
+    /// `every` (no answer before its record is synced). See
+    /// `docs/design.md`, "Audit trail".
+    #[arg(long, value_enum, default_value_t = AuditSync::Changes)]
+    pub audit_sync: AuditSync,
+    /// The most time, in milliseconds, a record answered before its sync
+    /// waits for that sync: what a power loss can lose at most.
+    #[arg(long, default_value_t = DEFAULT_AUDIT_SYNC_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub audit_sync_interval_ms: u64,
+    /// Group commit of the audit trail: how long, at most, a sync that
+    /// answers wait for starts after the previous one, so that more records
+    /// share it, in microseconds (0: as soon as the previous sync ends).
+    /// Like PostgreSQL's `commit_delay`; see `docs/benchmarks.md`.
     #[arg(long, default_value_t = DEFAULT_AUDIT_COMMIT_DELAY_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub audit_commit_delay_us: u64,
     /// Testing only: shift the clock of rotation and deletion schedules by

@@ -55,7 +55,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         audit: atrest_audit::Options {
             commit_interval: Duration::from_micros(args.audit_commit_delay_us),
+            sync_interval: Duration::from_millis(args.audit_sync_interval_ms),
             ..atrest_audit::Options::default()
+        },
+        audit_sync: match args.audit_sync {
+            crate::cli::AuditSync::Changes => atrest_server::config::AuditSync::Changes,
+            crate::cli::AuditSync::Every => atrest_server::config::AuditSync::Every,
         },
     };
     let server = atrest_server::start(config)

@@ -4,12 +4,14 @@
 //! first burns US microseconds of CPU per operation, emulating the key
 //! service (about 58 µs per request of server plus load-generator CPU on the
 //! reference machine, where both share 2 cores); compare with `--no-audit`
-//! to see what the audit trail costs.
+//! to see what the audit trail costs. With `--written`, appends are
+//! answered once written ([`AuditLog::append_written`]) instead of once
+//! durable.
 //!
 //! ```sh
 //! cargo run --release -p atrest-audit --example append_rate -- \
 //!     [--appenders 64] [--seconds 5] [--work 0 | --units N] [--no-audit] \
-//!     [--commit-us 1000] [--commit-batch 32] [--head-sync-ms 1000] [--dir DIR]
+//!     [--written] [--commit-us 0] [--sync-us 10000] [--head-sync-ms 1000] [--dir DIR]
 //! ```
 //!
 //! DIR defaults to a fresh temporary directory under `target/tmp` (on the
@@ -96,6 +98,7 @@ struct Args {
     work_us: f64,
     units: Option<u64>,
     audit: bool,
+    written: bool,
     options: Options,
     dir: Option<String>,
 }
@@ -107,6 +110,7 @@ fn args() -> Args {
         work_us: 0.0,
         units: None,
         audit: true,
+        written: false,
         options: Options::default(),
         dir: None,
     };
@@ -122,7 +126,10 @@ fn args() -> Args {
             "--commit-us" => {
                 a.options.commit_interval = Duration::from_micros(val().parse().unwrap());
             }
-            "--commit-batch" => a.options.commit_batch = val().parse().unwrap(),
+            "--sync-us" => {
+                a.options.sync_interval = Duration::from_micros(val().parse().unwrap());
+            }
+            "--written" => a.written = true,
             "--head-sync-ms" => {
                 a.options.head_sync_interval = Duration::from_millis(val().parse().unwrap());
             }
@@ -167,13 +174,17 @@ fn main() {
                 .map(|n| {
                     let log = Arc::clone(&log);
                     let audit = a.audit;
+                    let written = a.written;
                     tokio::spawn(async move {
                         let mut lat = Vec::new();
                         let mut i = n << 32;
                         while Instant::now() < deadline {
                             let t = Instant::now();
                             black_box(burn(units));
-                            if audit {
+                            if audit && written {
+                                log.append_written(&entry(i)).unwrap();
+                                tokio::task::yield_now().await;
+                            } else if audit {
                                 log.append(entry(i)).await.unwrap();
                             } else {
                                 black_box(entry(i));
@@ -216,7 +227,7 @@ fn main() {
     let (n, batches, elapsed, cpu, writer, p50, p99, max_batch) = run(a.seconds);
     let batch = if batches > 0 {
         format!(
-            "{batches} batches ({:.0}/s), mean batch {:.1}, max {max_batch}, writer thread CPU \
+            "{batches} batches ({:.0}/s), mean batch {:.1}, max {max_batch}, syncer thread CPU \
              {:.1} µs/op {:.0} µs/batch",
             batches as f64 / elapsed.as_secs_f64(),
             n as f64 / batches as f64,
@@ -227,12 +238,17 @@ fn main() {
         "no audit".to_string()
     };
     eprintln!(
-        "{} appenders, work {} µs ({units} units), commit {:?}/{}, head sync {:?}: {:.0} ops/s, {batch}, \
+        "{} appenders, work {} µs ({units} units), {}, commit {:?}, sync {:?}, head sync {:?}: {:.0} ops/s, {batch}, \
          latency p50 {:.3} ms p99 {:.3} ms, CPU {:.1} µs/op",
         a.appenders,
         a.work_us,
+        if a.written {
+            "answered once written"
+        } else {
+            "answered once durable"
+        },
         a.options.commit_interval,
-        a.options.commit_batch,
+        a.options.sync_interval,
         a.options.head_sync_interval,
         n as f64 / elapsed.as_secs_f64(),
         p50.as_secs_f64() * 1e3,

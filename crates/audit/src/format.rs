@@ -54,7 +54,7 @@ struct Body<'a> {
 }
 
 /// The JSON of an entry's fields, without the braces: the middle of its
-/// record line. Done by the appender, off the writer thread.
+/// record line. Done by the appender before it takes the tail lock.
 pub(crate) fn encode_body(entry: &Entry) -> Result<Vec<u8>, String> {
     let body = Body {
         time: &entry.time,

@@ -9,7 +9,7 @@
 //! INTERFACE CONTRACT (fixed; the implementation fills it in):
 //! * [`AuditLog::open`] opens or creates the log, repairs a torn final line
 //!   left by a crash (a record that was never acknowledged), checks the tail
-//!   against the head file, and starts the writer.
+//!   against the head file, and starts the syncer.
 //! * [`AuditLog::append`] / [`AuditLog::append_blocking`] return only once
 //!   the record is durable (written and fsynced), or an error; a caller must
 //!   not let the request take effect on error (fail closed).
@@ -31,7 +31,7 @@
 //!   "mac":"3f1c..."}`.
 //! * `audit.head`: one fixed-length line (172 bytes, within one disk sector),
 //!   `atrest-audit-head v1 <seq as 20 digits> <mac> <tag>\n`, naming the last
-//!   record the writer has made durable. `tag` is the hex HMAC-SHA256 under
+//!   record the syncer has made durable. `tag` is the hex HMAC-SHA256 under
 //!   the audit key of the bytes before ` <tag>`. It is rewritten in place
 //!   (same offset, same length) and fsynced after every batch. The head is
 //!   what makes deleting records from the *end* of the log detectable; its
@@ -57,25 +57,39 @@
 //!
 //! # Group commit
 //!
-//! [`AuditLog::append`] sends the entry to a dedicated writer thread over an
-//! unbounded channel (never blocking) and awaits a one-shot reply;
-//! [`AuditLog::append_blocking`] does the same and blocks on a std channel
-//! (for synchronous code and `spawn_blocking` threads; it does not panic on a
-//! runtime thread, but blocks it, so async code should use `append`). The
-//! writer takes every entry already queued (up to 1024), assigns seq, prev
-//! and mac, writes the batch with one write, `fdatasync`s the log, rewrites
-//! and `fdatasync`s the head, and only then replies `Ok(seq)` to each
-//! appender, in seq order: the order of records is the order of
-//! acknowledgement. Entries arriving during a commit form the next batch,
-//! so one pair of syncs serves everything that arrived during the last.
+//! An append does its own write, in the caller's thread: under the tail
+//! lock it assigns seq, prev and mac and writes the line with one
+//! `write_at` at the end of the log (over preallocated zeros), so the order
+//! of the lines is the order of the appends, and a killed process loses no
+//! record an append returned. A dedicated syncer thread makes the writes
+//! durable: it snapshots the end of what is written, `fdatasync`s the log
+//! without holding the lock (appends go on meanwhile), rewrites the head to
+//! name the last record the sync covered (syncing the head too when
+//! [`Options::head_sync_interval`] is zero), and only then replies `Ok(seq)`
+//! to every durable append the sync covered, in seq order.
 //!
-//! Fail closed: if a write or sync fails, every entry of the batch gets
-//! [`AuditError::Io`], the writer tries (best effort) to cut the log back to
-//! its last acknowledged record, and from then on every append gets
-//! [`AuditError::Closed`] until the log is reopened. It never continues after
-//! a failure: the file may end in a torn record, and after a failed fsync the
-//! page cache no longer says what is on disk. An appender that stops waiting
-//! (its future dropped) does not withdraw its entry.
+//! * A durable append ([`AuditLog::append`] awaits a one-shot reply,
+//!   [`AuditLog::append_blocking`] blocks on a std channel) wakes the syncer,
+//!   which starts a sync at once, or [`Options::commit_interval`] after the
+//!   last one began. Records written while a sync runs share the next one.
+//! * A written append ([`AuditLog::append_written`]) returns as soon as its
+//!   line is written; the syncer syncs it within [`Options::sync_interval`]
+//!   together with everything written meanwhile (or sooner, with the next
+//!   durable append's sync). A power loss or kernel crash before that sync
+//!   can lose such records, from the end only: recovery keeps every record up
+//!   to the last one made durable, and cuts a torn tail.
+//!
+//! Fail closed: if a write fails, that append gets [`AuditError::Io`]; if a
+//! sync or the head update fails, every append waiting for it does. Either
+//! way the log tries (best effort) to cut the file back to the end of the
+//! last record it acknowledged (synced, or returned by a written append),
+//! and from then on every append gets [`AuditError::Closed`] until the log is
+//! reopened. It never continues after a failure: the file may end in a torn
+//! record, and after a failed fsync the page cache no longer says what is on
+//! disk, so records already returned by written appends may be lost, and a
+//! record whose durable append failed may remain in the log (a record of a
+//! refused request, never a request without its record). An appender that
+//! stops waiting (its future dropped) does not withdraw its record.
 //!
 //! # Opening and recovery
 //!
@@ -83,17 +97,17 @@
 //! for an empty log and synced, then the directory synced), takes an
 //! exclusive lock on `audit.log` (a second writer, in this process or another,
 //! is refused), reads the head, and reads the whole log checking the chain.
-//! Because the head is synced only after the log, and appends are
-//! acknowledged only after the head, every acknowledged record is at or
-//! before the head. Hence:
+//! Because the head is written only after the log is synced, every record it
+//! names is durable; records after it are durable ones whose head update did
+//! not happen, or written ones the page cache kept (a killed process), or
+//! the torn remains of unsynced writes (a power loss). Hence:
 //!
 //! * every record up to the head's seq must be present and good, and the
 //!   head's record must have the head's mac; otherwise the log is
 //!   [`AuditError::Damaged`] (whose `seq` is the first bad line, or 0 for
 //!   the head file itself) and does not open;
-//! * after the head's record, good records are kept (they were made durable
-//!   by a sync whose head update did not happen: a crash or a failed head
-//!   write) and the head is advanced to them;
+//! * after the head's record, good records are kept (their MACs prove the
+//!   audit key wrote them) and the head is advanced to them;
 //! * everything from the first bad line after the head on was never
 //!   acknowledged and is cut away, with a `tracing::warn!`, if that line is
 //!   what a crash during a write leaves: a line cut short (no final `\n`) or
@@ -153,7 +167,7 @@ pub use storage::{Faults, Faulty, FileStorage, Storage};
 
 use format::{HEAD_LEN, ZERO_MAC, decode_head, encode_head};
 use scan::{missing_reason, scan};
-use writer::{Ack, Pending, Shared, Writer};
+use writer::{Ack, Core, Syncer};
 
 /// The log file's name in the directory.
 pub const LOG_FILE: &str = "audit.log";
@@ -241,7 +255,7 @@ pub enum AuditError {
         /// What is wrong.
         reason: String,
     },
-    /// The writer has stopped (after an I/O error it refuses all appends
+    /// The log has stopped (after an I/O error it refuses all appends
     /// until the log is reopened).
     #[error("audit log is not accepting records: {0}")]
     Closed(String),
@@ -274,40 +288,46 @@ pub struct Filter {
     pub limit: Option<usize>,
 }
 
-/// What the writer has done since the log was opened.
+/// What the log has done since it was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditStats {
-    /// Records committed (acknowledged).
+    /// Records written.
     pub records: u64,
-    /// Batches committed (each one write and one sync of the log).
+    /// Batches committed (each one sync of the log).
     pub batches: u64,
-    /// The most records one batch committed.
+    /// The most records one sync covered.
     pub max_batch: u64,
     /// The seq of the last record in the log.
     pub last_seq: u64,
-    /// Why the writer stopped, if it did (appends then fail).
+    /// The seq of the last record known durable.
+    pub synced_seq: u64,
+    /// Why the log stopped, if it did (appends then fail).
     pub failed: Option<String>,
 }
 
-/// How the writer trades latency for CPU. The defaults suit the key
+/// How the log trades latency and durability for CPU. The defaults suit the key
 /// service (see the module documentation for the measurements).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The least time between the starts of two commits. Entries arriving
-    /// meanwhile wait and share the next commit, so this bounds the syncs
-    /// per second, which cost CPU (about 100 µs of system time each on the
-    /// reference machine). An append arriving when the log has been idle for
-    /// longer does not wait. Zero commits as soon as the last one is done.
+    /// The least time between the starts of two syncs that durable appends
+    /// ([`AuditLog::append`], [`AuditLog::append_blocking`]) wait for.
+    /// Appends arriving meanwhile wait and share the next sync, so this
+    /// bounds the syncs per second, which cost CPU (about 100 µs of system
+    /// time each on the reference machine). An append arriving when the log
+    /// has been idle for longer does not wait. Zero syncs as soon as the
+    /// last sync is done.
     pub commit_interval: Duration,
-    /// Commit before `commit_interval` has passed once this many entries
-    /// are waiting.
-    pub commit_batch: usize,
-    /// How often the head is synced. Zero syncs it after every batch, before
-    /// the batch is acknowledged. Otherwise the head is still written after
-    /// every batch before acknowledging (so it names every acknowledged
-    /// record for any reader and across a process crash), but synced only
-    /// when this much time has passed since its last sync, when the writer
-    /// is idle past that, and when the log is closed; a power loss can then
+    /// The most time a record appended with [`AuditLog::append_written`]
+    /// (answered once written, before it is durable) waits for the sync
+    /// that makes it durable. Records written meanwhile share that sync.
+    pub sync_interval: Duration,
+    /// How often the head is synced. Zero syncs it after every sync of the
+    /// log, before the durable appends it covered are acknowledged.
+    /// Otherwise the head is still written after every sync of the log
+    /// before acknowledging (so it names every durable record for any
+    /// reader and across a process crash), but synced only when this much
+    /// time has passed since its last sync, when the syncer is idle past
+    /// that, and when the log is closed; a power loss can then
     /// leave it naming an older record, which recovery handles (the records
     /// after it are durable and kept) at the cost of not detecting, for
     /// those records only, a truncation made before the next open.
@@ -328,7 +348,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
-            commit_batch: DEFAULT_COMMIT_BATCH,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
             head_sync_interval: DEFAULT_HEAD_SYNC_INTERVAL,
             preallocate: DEFAULT_PREALLOCATE,
             faults: None,
@@ -344,8 +364,11 @@ impl Default for Options {
 /// 40 % fewer ops/s at 4 to 16 concurrent requests and no gain at 64
 /// (`docs/benchmarks.md`, section 2).
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::ZERO;
-/// [`Options::commit_batch`]'s default.
-pub const DEFAULT_COMMIT_BATCH: usize = 32;
+/// [`Options::sync_interval`]'s default: a power loss can take at most
+/// about this much of the records answered before their sync, and the
+/// syncs it costs (100 a second at most) take about 1 % of a core on the
+/// reference machine.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// [`Options::preallocate`]'s default.
 pub const DEFAULT_PREALLOCATE: u64 = 1 << 20;
 /// [`Options::head_sync_interval`]'s default.
@@ -353,9 +376,8 @@ pub const DEFAULT_HEAD_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The audit log, open for appending.
 pub struct AuditLog {
-    tx: Option<mpsc::Sender<Pending>>,
+    core: Arc<Core>,
     thread: Option<JoinHandle<()>>,
-    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -452,7 +474,7 @@ impl AuditLog {
 
     /// Opens the log on the given storages: `log` holds `audit.log`, `head`
     /// holds `audit.head` (with `options.faults`, both are wrapped in
-    /// [`Faulty`]). Recovers as [`AuditLog::open`] does and starts the writer
+    /// [`Faulty`]). Recovers as [`AuditLog::open`] does and starts the syncer
     /// thread, which owns both from then on.
     pub fn open_with<L: Storage, H: Storage>(
         log: L,
@@ -478,96 +500,97 @@ impl AuditLog {
         options: &Options,
     ) -> Result<Self, AuditError> {
         let (seq, prev, len) = recover(&mut log, &mut head, key)?;
-        let shared = Arc::new(Shared::default());
-        shared.last_seq.store(seq, Ordering::Release);
-        shared.target.store(1, Ordering::Release);
-        let writer = Writer::new(
-            log,
-            head,
+        let core = Arc::new(Core::new(
+            Box::new(log),
             key.duplicate(),
             (len, seq, prev),
-            Arc::clone(&shared),
-            (options.commit_interval, options.commit_batch.max(1)),
-            (options.head_sync_interval, options.preallocate),
+            options.preallocate,
+        ));
+        let syncer = Syncer::new(
+            Arc::clone(&core),
+            head,
+            options.commit_interval,
+            options.sync_interval,
+            options.head_sync_interval,
         );
-        let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("atrest-audit".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| AuditError::Closed(format!("cannot start the audit writer: {e}")))?;
+            .spawn(move || syncer.run())
+            .map_err(|e| AuditError::Closed(format!("cannot start the audit syncer: {e}")))?;
         Ok(Self {
-            tx: Some(tx),
+            core,
             thread: Some(thread),
-            shared,
         })
     }
 
-    fn submit(&self, entry: Entry, ack: Ack) -> Result<(), AuditError> {
-        if let Some(reason) = self.shared.failed.get() {
-            return Err(AuditError::Closed(reason.clone()));
+    /// Writes `entry`'s record; `ack`, if given, gets the reply once it is
+    /// durable.
+    fn write(&self, entry: &Entry, ack: Option<Ack>) -> Result<u64, AuditError> {
+        if self.core.failed.get().is_some() {
+            return Err(self.stopped());
         }
-        let body = format::encode_body(&entry).map_err(|reason| AuditError::Io {
+        let body = format::encode_body(entry).map_err(|reason| AuditError::Io {
             path: LOG_FILE.into(),
             reason,
         })?;
-        drop(entry);
-        let Some(tx) = &self.tx else {
-            return Err(AuditError::Closed("the audit log is closed".into()));
-        };
-        // Counted before it is sent, so that the writer never takes more
-        // than were counted.
-        let queued = self.shared.queued.fetch_add(1, Ordering::AcqRel) + 1;
-        if tx.send(Pending { body, ack }).is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(self.stopped());
-        }
-        if queued == self.shared.target.load(Ordering::Acquire)
-            && let Some(t) = &self.thread
-        {
-            t.thread().unpark();
-        }
-        Ok(())
+        self.core.append(&body, ack)
     }
 
     fn stopped(&self) -> AuditError {
-        match self.shared.failed.get() {
+        match self.core.failed.get() {
             Some(reason) => AuditError::Closed(reason.clone()),
-            None => AuditError::Closed("the audit writer has stopped".into()),
+            None => AuditError::Closed("the audit syncer has stopped".into()),
         }
     }
 
     /// Appends `entry`; resolves once it is durable. Returns its `seq`.
     pub async fn append(&self, entry: Entry) -> Result<u64, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(entry, Ack::Async(tx))?;
+        self.write(&entry, Some(Ack::Async(tx)))?;
+        drop(entry);
         rx.await.map_err(|_| self.stopped())?
     }
 
     /// [`AuditLog::append`] for synchronous callers.
     pub fn append_blocking(&self, entry: Entry) -> Result<u64, AuditError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(entry, Ack::Blocking(tx))?;
+        self.write(&entry, Some(Ack::Blocking(tx)))?;
+        drop(entry);
         rx.recv().map_err(|_| self.stopped())?
     }
 
-    /// What the writer has done since open.
+    /// Appends `entry` and returns its `seq` once its record is written to
+    /// the log file, before it is durable: it is then in the kernel's page
+    /// cache, so that a killed process loses nothing, and the syncer makes
+    /// it durable within [`Options::sync_interval`]. A power loss or kernel
+    /// crash before that sync can lose it. An error means the record is not
+    /// in the log (fail closed, as for [`AuditLog::append`]). It does one
+    /// positioned write under a short lock and never waits for the disk, so
+    /// async code may call it directly.
+    pub fn append_written(&self, entry: &Entry) -> Result<u64, AuditError> {
+        self.write(entry, None)
+    }
+
+    /// What the log has done since open.
     #[must_use]
     pub fn stats(&self) -> AuditStats {
+        let c = &self.core;
         AuditStats {
-            records: self.shared.records.load(Ordering::Relaxed),
-            batches: self.shared.batches.load(Ordering::Relaxed),
-            max_batch: self.shared.max_batch.load(Ordering::Relaxed),
-            last_seq: self.shared.last_seq.load(Ordering::Acquire),
-            failed: self.shared.failed.get().cloned(),
+            records: c.records.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            max_batch: c.max_batch.load(Ordering::Relaxed),
+            last_seq: c.last_seq.load(Ordering::Acquire),
+            synced_seq: c.synced_seq.load(Ordering::Acquire),
+            failed: c.failed.get().cloned(),
         }
     }
 }
 
 impl Drop for AuditLog {
-    /// Lets the writer commit what is queued, then waits for it to stop (so
-    /// the files are closed and the lock released when this returns).
+    /// Syncs what is written, then waits for the syncer to stop (so the
+    /// files are closed and the lock released when this returns).
     fn drop(&mut self) {
-        self.tx.take();
+        self.core.close();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -12,51 +12,52 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One file of the audit log (`audit.log` or `audit.head`).
 ///
-/// The log only ever calls these from one thread at a time (open, then the
-/// writer thread). Writes need not be durable until [`Storage::sync`]
+/// The log calls these from several threads at once: appenders write at
+/// the end of `audit.log` (one at a time) while the syncer thread syncs it.
+/// Writes need not be durable until [`Storage::sync`]
 /// returns `Ok`; a crash may lose or tear any write made since the last
 /// successful sync, and recovery copes with that. An `Err` from any method
 /// makes the log fail closed.
-pub trait Storage: Send + 'static {
+pub trait Storage: Send + Sync + 'static {
     /// Current length in bytes.
-    fn len(&mut self) -> io::Result<u64>;
+    fn len(&self) -> io::Result<u64>;
 
     /// Whether the file is empty.
-    fn is_empty(&mut self) -> io::Result<bool> {
+    fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were
     /// read (0 at or past the end).
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
     /// Writes all of `data` at `offset`, extending the file if needed.
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
 
     /// Truncates (or extends with zeros) to `len` bytes.
-    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
 
     /// Makes every completed write and `set_len` durable (`fdatasync`).
-    fn sync(&mut self) -> io::Result<()>;
+    fn sync(&self) -> io::Result<()>;
 
     /// A name for error messages (the path, for files).
     fn name(&self) -> String;
 }
 
 impl Storage for Box<dyn Storage> {
-    fn len(&mut self) -> io::Result<u64> {
+    fn len(&self) -> io::Result<u64> {
         (**self).len()
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         (**self).read_at(offset, buf)
     }
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         (**self).write_at(offset, data)
     }
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         (**self).set_len(len)
     }
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         (**self).sync()
     }
     fn name(&self) -> String {
@@ -112,11 +113,11 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
-    fn len(&mut self) -> io::Result<u64> {
+    fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.file.read_at(buf, offset) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -125,15 +126,15 @@ impl Storage for FileStorage {
         }
     }
 
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
     }
 
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 
@@ -194,25 +195,25 @@ impl<S: Storage> Faulty<S> {
 }
 
 impl<S: Storage> Storage for Faulty<S> {
-    fn len(&mut self) -> io::Result<u64> {
+    fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read_at(offset, buf)
     }
 
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults.check(&self.faults.0.writes, "write")?;
         self.inner.write_at(offset, data)
     }
 
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         self.faults.check(&self.faults.0.writes, "write")?;
         self.inner.set_len(len)
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         self.faults.check(&self.faults.0.syncs, "sync")?;
         self.inner.sync()
     }
@@ -224,12 +225,12 @@ impl<S: Storage> Storage for Faulty<S> {
 
 /// Reads a [`Storage`] sequentially from an offset (for `BufReader`).
 pub(crate) struct StorageReader<'a, S: ?Sized> {
-    storage: &'a mut S,
+    storage: &'a S,
     offset: u64,
 }
 
 impl<'a, S: Storage + ?Sized> StorageReader<'a, S> {
-    pub(crate) fn new(storage: &'a mut S) -> Self {
+    pub(crate) fn new(storage: &'a S) -> Self {
         Self { storage, offset: 0 }
     }
 }

@@ -1,25 +1,32 @@
-//! The writer thread: group commit.
+//! The write path: appends in the caller's thread, syncs in one syncer
+//! thread (group commit).
 //!
-//! Appenders send a [`Pending`] over an unbounded channel (sending never
-//! blocks) and wait on their own one-shot reply. The thread blocks for the
-//! first pending entry, then takes whatever else is already queued (up to
-//! [`MAX_BATCH`]), and commits the batch: it assigns seq, prev and mac to
-//! each, writes all the lines with one `write_at` at the end of the log,
-//! syncs the log, rewrites the head in place and syncs it, and only then
-//! replies `Ok(seq)` to each appender, in seq order. While it commits, new
-//! entries queue up and form the next batch, so the batch size adapts to
-//! the load: one fsync pair serves every request that arrived during the
-//! previous one.
+//! An append takes the tail lock, gives the record its seq, prev and mac,
+//! writes its line with one `write_at` at the end of the log, and lets the
+//! lock go: records are in the file in seq order, and every record the
+//! caller was told of is in the kernel's page cache (a killed process loses
+//! none). What happens next depends on the caller:
 //!
-//! Any error while writing or syncing fails every entry of the batch and
-//! stops the log for good (fail closed): the file may now end in a torn or
-//! unacknowledged record, and after a failed fsync the kernel's page cache no
-//! longer says what is on disk. Before stopping it tries, best effort, to cut
-//! the log back to its last acknowledged record; whether or not that works,
-//! reopening the log cuts everything after the head away.
+//! * a durable append ([`Core::append`] with an [`Ack`]) leaves its ack with
+//!   the tail and wakes the syncer, which syncs the log, rewrites the head,
+//!   and only then acks every waiting record the sync covered, in seq order.
+//!   Records written while a sync runs share the next one, so one `fdatasync`
+//!   serves every request that arrived during the last;
+//! * a written append (no ack) is answered at once; the syncer syncs it
+//!   within [`crate::Options::sync_interval`], together with whatever else
+//!   arrived meanwhile.
+//!
+//! Fail closed: an error writing a record fails that append; an error
+//! syncing the log, or writing or syncing the head, fails every waiting
+//! append. Either way the log stops for good: every later append is refused
+//! ([`AuditError::Closed`]). The file may end in a torn or unacknowledged
+//! record, and after a failed fsync the page cache no longer says what is on
+//! disk. Before stopping it tries, best effort, to cut the log back to the
+//! end of the last record it acknowledged; whether or not that works,
+//! reopening the log cuts away a torn tail.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use atrest_crypto::SecretKey;
@@ -29,15 +36,9 @@ use crate::AuditError;
 use crate::format::{encode_head, encode_line};
 use crate::storage::Storage;
 
-/// The most entries one batch takes (about 0.5 MB of records).
-pub(crate) const MAX_BATCH: usize = 1024;
-
-/// How many past batch sizes set the next batch's target.
-const RECENT: usize = 8;
-
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
-/// How an appender waits for its reply.
+/// How a durable appender waits for its reply.
 pub(crate) enum Ack {
     Async(oneshot::Sender<Result<u64, AuditError>>),
     Blocking(mpsc::SyncSender<Result<u64, AuditError>>),
@@ -46,7 +47,7 @@ pub(crate) enum Ack {
 impl Ack {
     fn send(self, r: Result<u64, AuditError>) {
         // An appender that stopped waiting (a dropped future) is not an
-        // error: its record, if written, stays.
+        // error: its record stays.
         match self {
             Ack::Async(tx) => {
                 let _ = tx.send(r);
@@ -58,262 +59,389 @@ impl Ack {
     }
 }
 
-/// One entry waiting to be committed: its fields already encoded by the
-/// appender ([`crate::format::encode_body`]).
-pub(crate) struct Pending {
-    pub(crate) body: Vec<u8>,
-    pub(crate) ack: Ack,
-}
-
-/// State shared between the writer and the handle.
-#[derive(Default)]
-pub(crate) struct Shared {
-    /// Set once when the writer fails; appends are refused from then on.
-    pub(crate) failed: OnceLock<String>,
-    /// Records committed (acknowledged) since open.
-    pub(crate) records: AtomicU64,
-    /// Batches committed since open.
-    pub(crate) batches: AtomicU64,
-    /// The largest batch committed since open.
-    pub(crate) max_batch: AtomicU64,
-    /// The seq of the last committed record.
-    pub(crate) last_seq: AtomicU64,
-    /// Entries sent and not yet taken by the writer.
-    pub(crate) queued: AtomicUsize,
-    /// How many waiting entries end the wait for the next commit early
-    /// (the appender that makes `queued` reach it unparks the writer).
-    pub(crate) target: AtomicUsize,
-}
-
-pub(crate) struct Writer<L, H> {
-    pub(crate) log: L,
-    pub(crate) head: H,
-    pub(crate) key: SecretKey<32>,
-    /// Length of the log's acknowledged part.
-    pub(crate) len: u64,
-    /// The log file's length: `len` and then zeros.
+/// The end of the log, as appenders and the syncer share it.
+struct Tail {
+    /// Length of the written part of the log: every record written so far.
+    len: u64,
+    /// The file's length: `len` and then zeros.
     allocated: u64,
-    pub(crate) seq: u64,
-    pub(crate) prev: [u8; 64],
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) commit_interval: Duration,
-    pub(crate) commit_batch: usize,
-    pub(crate) head_sync_interval: Duration,
-    pub(crate) preallocate: u64,
-    /// The sizes of the last batches.
-    recent: [usize; RECENT],
-    recent_at: usize,
-    /// The head was written since its last sync.
-    head_dirty: bool,
-    last_head_sync: Instant,
-    last_commit: Option<Instant>,
+    /// The last written record's seq and mac.
+    seq: u64,
+    prev: [u8; 64],
+    /// The last sync covered the log up to here.
+    synced_seq: u64,
+    synced_len: u64,
+    /// The end and seq of the last record answered before its sync.
+    answered_len: u64,
+    answered_seq: u64,
+    /// When the oldest record not covered by a sync was written, if it was
+    /// answered at once (durable appends wait in `waiters` instead).
+    unsynced_since: Option<Instant>,
+    /// Durable appends waiting for a sync, in seq order.
+    waiters: Vec<(u64, Ack)>,
+    /// The line being encoded (kept to reuse its allocation).
+    buf: Vec<u8>,
+    /// The log is being closed: sync what is written, then stop.
+    closing: bool,
 }
 
-impl<L: Storage, H: Storage> Writer<L, H> {
-    #[allow(clippy::too_many_arguments, reason = "one private constructor")]
+/// What appenders, the syncer and the handle share.
+pub(crate) struct Core {
+    log: Box<dyn Storage>,
+    key: SecretKey<32>,
+    preallocate: u64,
+    tail: Mutex<Tail>,
+    /// Wakes the syncer.
+    wake: Condvar,
+    /// Set once when the log fails; appends are refused from then on.
+    pub(crate) failed: OnceLock<String>,
+    /// Records written since open.
+    pub(crate) records: AtomicU64,
+    /// Syncs of the log since open.
+    pub(crate) batches: AtomicU64,
+    /// The most records one sync covered.
+    pub(crate) max_batch: AtomicU64,
+    /// The seq of the last written record.
+    pub(crate) last_seq: AtomicU64,
+    /// The seq of the last record a sync covered.
+    pub(crate) synced_seq: AtomicU64,
+}
+
+impl Core {
+    /// A core for a log recovered to `len` bytes ending in record `seq`
+    /// with mac `prev` (all of it durable).
     pub(crate) fn new(
-        log: L,
-        head: H,
+        log: Box<dyn Storage>,
         key: SecretKey<32>,
         (len, seq, prev): (u64, u64, [u8; 64]),
-        shared: Arc<Shared>,
-        (commit_interval, commit_batch): (Duration, usize),
-        (head_sync_interval, preallocate): (Duration, u64),
+        preallocate: u64,
     ) -> Self {
         Self {
             log,
-            head,
             key,
-            len,
-            allocated: len,
-            seq,
-            prev,
-            shared,
-            commit_interval,
-            commit_batch,
-            head_sync_interval,
             preallocate,
-            recent: [1; RECENT],
-            recent_at: 0,
-            head_dirty: false,
-            last_head_sync: Instant::now(),
-            last_commit: None,
+            tail: Mutex::new(Tail {
+                len,
+                allocated: len,
+                seq,
+                prev,
+                synced_seq: seq,
+                synced_len: len,
+                answered_len: len,
+                answered_seq: seq,
+                unsynced_since: None,
+                waiters: Vec::new(),
+                buf: Vec::with_capacity(1024),
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            failed: OnceLock::new(),
+            records: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            max_batch: AtomicU64::new(0),
+            last_seq: AtomicU64::new(seq),
+            synced_seq: AtomicU64::new(seq),
         }
     }
 
-    /// The next entry; meanwhile syncs the head when it is due.
-    fn next(&mut self, rx: &mpsc::Receiver<Pending>) -> Option<Pending> {
-        loop {
-            if !self.head_dirty {
-                return rx.recv().ok();
-            }
-            let due = self.last_head_sync + self.head_sync_interval;
-            match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                Ok(p) => return Some(p),
-                Err(mpsc::RecvTimeoutError::Timeout) => self.sync_head(),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-            }
-        }
+    fn lock(&self) -> MutexGuard<'_, Tail> {
+        // A panic while holding the lock cannot leave the tail half
+        // updated: it is updated only after the write succeeded.
+        self.tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn run(mut self, rx: mpsc::Receiver<Pending>) {
-        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut acks: Vec<(Ack, u64)> = Vec::with_capacity(MAX_BATCH);
-        // `recv` keeps returning what is queued after the handle is dropped,
-        // so every accepted entry gets its reply before the thread ends.
-        while let Some(first) = self.next(&rx) {
-            batch.push(first);
-            // Bound the syncs per second: what arrives meanwhile shares the
-            // next one.
-            self.pace();
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+    fn closed(&self) -> AuditError {
+        AuditError::Closed(
+            self.failed
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the audit log is closed".into()),
+        )
+    }
+
+    /// Writes one record whose fields `body` holds
+    /// ([`crate::format::encode_body`]) and returns its seq. With `ack`, the
+    /// record waits for a sync and `ack` gets the reply; without, it was
+    /// answered by this return and is synced within the sync interval.
+    pub(crate) fn append(&self, body: &[u8], ack: Option<Ack>) -> Result<u64, AuditError> {
+        let mut t = self.lock();
+        if self.failed.get().is_some() || t.closing {
+            return Err(self.closed());
+        }
+        let seq = t.seq + 1;
+        let mut buf = std::mem::take(&mut t.buf);
+        buf.clear();
+        let mac = encode_line(&self.key, seq, body, &t.prev, &mut buf);
+        let at = t.len;
+        let end = at + buf.len() as u64;
+        let written = self
+            .preallocate_to(&mut t, end)
+            .and_then(|()| self.log.write_at(at, &buf));
+        t.buf = buf;
+        if let Err(e) = written {
+            let reason = format!("cannot write: {e}");
+            let waiters = self.fail(&mut t, &self.log.name(), &reason, true);
+            drop(t);
+            self.wake.notify_all();
+            fail_all(waiters, &self.log.name(), &reason);
+            return Err(AuditError::Io {
+                path: self.log.name(),
+                reason,
+            });
+        }
+        t.len = end;
+        t.seq = seq;
+        t.prev = mac;
+        self.records.fetch_add(1, Ordering::Relaxed);
+        self.last_seq.store(seq, Ordering::Release);
+        // The syncer sleeps until the earliest thing due; wake it only when
+        // this record makes something due earlier.
+        let wake = match ack {
+            None => {
+                t.answered_len = end;
+                t.answered_seq = seq;
+                let first = t.unsynced_since.is_none();
+                if first {
+                    t.unsynced_since = Some(Instant::now());
                 }
+                first && t.waiters.is_empty()
             }
-            self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-            self.recent[self.recent_at] = batch.len();
-            self.recent_at = (self.recent_at + 1) % RECENT;
-            let target = self.recent.iter().copied().max().unwrap_or(1);
-            self.shared
-                .target
-                .store(target.clamp(1, self.commit_batch), Ordering::Release);
-            if let Some(reason) = self.shared.failed.get() {
-                for p in batch.drain(..) {
-                    p.ack.send(Err(AuditError::Closed(reason.clone())));
-                }
-                continue;
+            Some(ack) => {
+                t.waiters.push((seq, ack));
+                t.waiters.len() == 1
             }
-            self.last_commit = Some(Instant::now());
-            self.commit(&mut batch, &mut buf, &mut acks);
-            if self.head_dirty && self.last_head_sync.elapsed() >= self.head_sync_interval {
-                self.sync_head();
-            }
+        };
+        drop(t);
+        if wake {
+            self.wake.notify_one();
         }
-        if self.head_dirty {
-            self.sync_head();
-        }
-        // Leave the file at rest without its zero tail.
-        if self.allocated > self.len && self.shared.failed.get().is_none() {
-            let _ = self.log.set_len(self.len).and_then(|()| self.log.sync());
-        }
+        Ok(seq)
     }
 
-    /// Makes the file at least `end` long, extending it with zeros.
-    fn preallocate(&mut self, end: u64) -> std::io::Result<()> {
-        if end <= self.allocated || self.preallocate == 0 {
+    /// Makes the file at least `end` long, extending it with written zeros.
+    fn preallocate_to(&self, t: &mut Tail, end: u64) -> std::io::Result<()> {
+        if end <= t.allocated || self.preallocate == 0 {
             return Ok(());
         }
         let target = end.div_ceil(self.preallocate) * self.preallocate;
-        while self.allocated < target {
-            let n = (target - self.allocated).min(ZEROS.len() as u64);
-            self.log.write_at(self.allocated, &ZEROS[..n as usize])?;
-            self.allocated += n;
+        while t.allocated < target {
+            let n = (target - t.allocated).min(ZEROS.len() as u64);
+            self.log.write_at(t.allocated, &ZEROS[..n as usize])?;
+            t.allocated += n;
         }
         Ok(())
     }
 
-    /// Waits, before a commit, until as many entries are waiting as the
-    /// largest of the last few batches had (capped at `commit_batch`), or
-    /// until `commit_interval` has passed since the last commit began. Under
-    /// light load the batches, and so the target, are 1: no wait. Under a
-    /// closed loop of N clients, the target is N: the commit starts as soon
-    /// as all of them have sent. Under heavy load the interval bounds the
-    /// syncs per second. The sleep is a park; the appender whose entry
-    /// reaches the target unparks it.
-    fn pace(&self) {
-        let Some(last) = self.last_commit else {
-            return;
-        };
-        let due = last + self.commit_interval;
-        let target = self.shared.target.load(Ordering::Acquire);
-        loop {
-            let wait = due.saturating_duration_since(Instant::now());
-            if wait.is_zero() || self.shared.queued.load(Ordering::Acquire) >= target {
-                return;
+    /// Stops the log: every later append is refused. With `cut`, tries to
+    /// cut the log back to the end of the last acknowledged record (not
+    /// after a head failure: the head may already name later records).
+    /// Returns the waiting appends, which the caller fails outside the lock.
+    fn fail(&self, t: &mut Tail, path: &str, reason: &str, cut: bool) -> Vec<(u64, Ack)> {
+        tracing::error!(path = %path, %reason, "audit log failed; refusing all further records");
+        let _ = self.failed.set(format!("{path}: {reason}"));
+        if cut {
+            let (keep, keep_seq) = if t.answered_len > t.synced_len {
+                (t.answered_len, t.answered_seq)
+            } else {
+                (t.synced_len, t.synced_seq)
+            };
+            if self.log.set_len(keep).is_ok() {
+                let _ = self.log.sync();
+                t.allocated = keep;
+                t.len = keep;
+                t.seq = keep_seq;
+                self.last_seq.store(keep_seq, Ordering::Release);
             }
-            std::thread::park_timeout(wait);
+        }
+        t.unsynced_since = None;
+        std::mem::take(&mut t.waiters)
+    }
+
+    /// Asks the syncer to sync what is written and stop.
+    pub(crate) fn close(&self) {
+        self.lock().closing = true;
+        self.wake.notify_all();
+    }
+}
+
+fn fail_all(waiters: Vec<(u64, Ack)>, path: &str, reason: &str) {
+    for (_, ack) in waiters {
+        ack.send(Err(AuditError::Io {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        }));
+    }
+}
+
+/// The syncer thread's state: it alone touches the head.
+pub(crate) struct Syncer<H> {
+    core: Arc<Core>,
+    head: H,
+    /// The least time between the starts of two syncs for durable appends.
+    commit_interval: Duration,
+    /// The most time a record answered at once waits for its sync.
+    sync_interval: Duration,
+    /// How often the head is synced (zero: with every sync of the log).
+    head_sync_interval: Duration,
+    last_sync: Option<Instant>,
+    /// The head was written since its last sync.
+    head_dirty: bool,
+    last_head_sync: Instant,
+}
+
+impl<H: Storage> Syncer<H> {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        head: H,
+        commit_interval: Duration,
+        sync_interval: Duration,
+        head_sync_interval: Duration,
+    ) -> Self {
+        Self {
+            core,
+            head,
+            commit_interval,
+            sync_interval,
+            head_sync_interval,
+            last_sync: None,
+            head_dirty: false,
+            last_head_sync: Instant::now(),
         }
     }
 
-    /// Syncs a head written without syncing (acknowledged records are
+    /// When the next sync of the log is due, if one is.
+    fn sync_due(&self, t: &Tail, now: Instant) -> Option<Instant> {
+        if !t.waiters.is_empty() {
+            return Some(self.last_sync.map_or(now, |l| l + self.commit_interval));
+        }
+        t.unsynced_since.map(|s| s + self.sync_interval)
+    }
+
+    pub(crate) fn run(mut self) {
+        let core = Arc::clone(&self.core);
+        let mut t = core.lock();
+        loop {
+            if core.failed.get().is_some() {
+                if t.closing {
+                    break;
+                }
+                t = core
+                    .wake
+                    .wait(t)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            if t.closing {
+                if t.seq > t.synced_seq {
+                    t = self.sync(&core, t);
+                    continue;
+                }
+                break;
+            }
+            let now = Instant::now();
+            let sync_due = self.sync_due(&t, now);
+            if sync_due.is_some_and(|d| d <= now) {
+                t = self.sync(&core, t);
+                continue;
+            }
+            let head_due = self
+                .head_dirty
+                .then(|| self.last_head_sync + self.head_sync_interval);
+            if head_due.is_some_and(|d| d <= now) {
+                drop(t);
+                self.sync_head();
+                t = core.lock();
+                continue;
+            }
+            t = match [sync_due, head_due].into_iter().flatten().min() {
+                Some(due) => {
+                    core.wake
+                        .wait_timeout(t, due - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0
+                }
+                None => core
+                    .wake
+                    .wait(t)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            };
+        }
+        let (len, allocated) = (t.len, t.allocated);
+        drop(t);
+        if self.head_dirty {
+            self.sync_head();
+        }
+        // Leave the file at rest without its zero tail.
+        if allocated > len && core.failed.get().is_none() {
+            let _ = core.log.set_len(len).and_then(|()| core.log.sync());
+        }
+    }
+
+    /// Syncs the log up to what is written now, rewrites the head to name
+    /// it, and acks the durable appends the sync covered. The lock is let go
+    /// during the I/O, so appends go on meanwhile.
+    fn sync<'a>(&mut self, core: &'a Core, mut t: MutexGuard<'a, Tail>) -> MutexGuard<'a, Tail> {
+        let (seq, prev, len) = (t.seq, t.prev, t.len);
+        t.unsynced_since = None;
+        drop(t);
+        self.last_sync = Some(Instant::now());
+        // Every write that returned before the snapshot above is covered.
+        let strict = self.head_sync_interval.is_zero();
+        let result = core
+            .log
+            .sync()
+            .map_err(|e| (core.log.name(), format!("cannot sync: {e}"), true))
+            .and_then(|()| {
+                self.head
+                    .write_at(0, &encode_head(&core.key, seq, &prev))
+                    .and_then(|()| if strict { self.head.sync() } else { Ok(()) })
+                    .map_err(|e| {
+                        (
+                            self.head.name(),
+                            format!("cannot write or sync: {e}"),
+                            false,
+                        )
+                    })
+            });
+        let mut t = core.lock();
+        if let Err((path, reason, cut)) = result {
+            let waiters = core.fail(&mut t, &path, &reason, cut);
+            drop(t);
+            fail_all(waiters, &path, &reason);
+            return core.lock();
+        }
+        self.head_dirty = !strict;
+        let n = seq - t.synced_seq;
+        t.synced_seq = seq;
+        t.synced_len = len;
+        let covered = t.waiters.partition_point(|(s, _)| *s <= seq);
+        let acks: Vec<(u64, Ack)> = t.waiters.drain(..covered).collect();
+        drop(t);
+        core.batches.fetch_add(1, Ordering::Relaxed);
+        core.max_batch.fetch_max(n, Ordering::Relaxed);
+        core.synced_seq.store(seq, Ordering::Release);
+        for (s, ack) in acks {
+            ack.send(Ok(s));
+        }
+        core.lock()
+    }
+
+    /// Syncs a head written without syncing (the records it names are
     /// already durable in the log; a failure still stops the log).
     fn sync_head(&mut self) {
         self.head_dirty = false;
         self.last_head_sync = Instant::now();
-        if self.shared.failed.get().is_some() {
+        if self.core.failed.get().is_some() {
             return;
         }
         if let Err(e) = self.head.sync() {
-            self.fail(
-                &mut Vec::new(),
-                self.head.name(),
-                format!("cannot sync: {e}"),
-            );
-        }
-    }
-
-    fn commit(&mut self, batch: &mut Vec<Pending>, buf: &mut Vec<u8>, acks: &mut Vec<(Ack, u64)>) {
-        buf.clear();
-        acks.clear();
-        let mut seq = self.seq;
-        let mut prev = self.prev;
-        for p in batch.drain(..) {
-            seq += 1;
-            prev = encode_line(&self.key, seq, &p.body, &prev, buf);
-            acks.push((p.ack, seq));
-        }
-        if acks.is_empty() {
-            return;
-        }
-
-        let logged = self
-            .preallocate(self.len + buf.len() as u64)
-            .and_then(|()| self.log.write_at(self.len, buf))
-            .and_then(|()| self.log.sync());
-        if let Err(e) = logged {
-            // Best effort: take the unacknowledged bytes away again.
-            let _ = self.log.set_len(self.len).and_then(|()| self.log.sync());
-            self.fail(acks, self.log.name(), format!("cannot write or sync: {e}"));
-            return;
-        }
-        let head = encode_head(&self.key, seq, &prev);
-        let strict = self.head_sync_interval.is_zero();
-        let headed = self
-            .head
-            .write_at(0, &head)
-            .and_then(|()| if strict { self.head.sync() } else { Ok(()) });
-        if let Err(e) = headed {
-            // The log must stay as it is: the head may already name the new
-            // records. Reopening settles it (the head decides).
-            self.fail(acks, self.head.name(), format!("cannot write or sync: {e}"));
-            return;
-        }
-
-        self.head_dirty = !strict;
-        self.len += buf.len() as u64;
-        self.seq = seq;
-        self.prev = prev;
-        let n = acks.len() as u64;
-        self.shared.records.fetch_add(n, Ordering::Relaxed);
-        self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        self.shared.max_batch.fetch_max(n, Ordering::Relaxed);
-        self.shared.last_seq.store(seq, Ordering::Release);
-        for (ack, s) in acks.drain(..) {
-            ack.send(Ok(s));
-        }
-    }
-
-    fn fail(&self, acks: &mut Vec<(Ack, u64)>, path: String, reason: String) {
-        tracing::error!(path = %path, %reason, "audit log failed; refusing all further records");
-        let _ = self.shared.failed.set(format!("{path}: {reason}"));
-        for (ack, _) in acks.drain(..) {
-            ack.send(Err(AuditError::Io {
-                path: path.clone(),
-                reason: reason.clone(),
-            }));
+            let reason = format!("cannot sync: {e}");
+            let mut t = self.core.lock();
+            let waiters = self.core.fail(&mut t, &self.head.name(), &reason, false);
+            drop(t);
+            fail_all(waiters, &self.head.name(), &reason);
         }
     }
 }

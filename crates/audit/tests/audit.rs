@@ -69,7 +69,7 @@ fn small(i: usize) -> Entry {
 fn strict() -> Options {
     Options {
         commit_interval: Duration::ZERO,
-        commit_batch: 1,
+        sync_interval: Duration::from_millis(1),
         head_sync_interval: Duration::ZERO,
         preallocate: 4096,
         faults: None,
@@ -684,11 +684,11 @@ fn power_off() -> io::Error {
 }
 
 impl Storage for Mem {
-    fn len(&mut self) -> io::Result<u64> {
+    fn len(&self) -> io::Result<u64> {
         Ok(self.state.0.lock().unwrap().current.len() as u64)
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let s = self.state.0.lock().unwrap();
         let off = (offset as usize).min(s.current.len());
         let n = buf.len().min(s.current.len() - off);
@@ -696,7 +696,7 @@ impl Storage for Mem {
         Ok(n)
     }
 
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if !self.tick() {
             return Err(power_off());
         }
@@ -715,7 +715,7 @@ impl Storage for Mem {
         }
     }
 
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         if !self.tick() || self.dead() {
             return Err(power_off());
         }
@@ -726,7 +726,7 @@ impl Storage for Mem {
         Ok(())
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         {
             let (lock, cvar) = &*self.state;
             let mut s = lock.lock().unwrap();
@@ -785,8 +785,9 @@ fn torn_last_write_at_every_byte_recovers_every_acknowledged_record() {
     for i in 0..3 {
         log.append_blocking(small(i)).unwrap();
     }
-    // Hold the writer in the log sync of record 4, queue five more, release:
-    // the five form the last batch, written with one write.
+    // Hold the syncer in the log sync of record 4, append five more,
+    // release: the five, written one after the other meanwhile, form the
+    // last batch, made durable by one sync.
     log_mem.set_hold(true);
     let writes_before = log_mem.state.0.lock().unwrap().writes.len();
     std::thread::scope(|s| {
@@ -805,10 +806,22 @@ fn torn_last_write_at_every_byte_recovers_every_acknowledged_record() {
     assert_eq!(log.stats().last_seq, 9);
     drop(log);
 
+    // The bytes the last five record writes put down, one after the other
+    // (a crash keeps a prefix of them, or tears a hole in them).
     let (pre, last) = {
         let s = log_mem.state.0.lock().unwrap();
-        let (off, data) = s.writes.last().unwrap().clone();
-        (s.current[..off as usize].to_vec(), data)
+        let records: Vec<&(u64, Vec<u8>)> = s
+            .writes
+            .iter()
+            .filter(|(_, d)| d.first() == Some(&b'{'))
+            .collect();
+        let five = &records[records.len() - 5..];
+        for w in five.windows(2) {
+            assert_eq!(w[0].0 + w[0].1.len() as u64, w[1].0, "not contiguous");
+        }
+        let off = five[0].0 as usize;
+        let last: Vec<u8> = five.iter().flat_map(|(_, d)| d.clone()).collect();
+        (s.current[..off].to_vec(), last)
     };
     assert_eq!(
         count_lines(&last),
@@ -935,19 +948,22 @@ fn power_cut_at_any_operation_loses_no_acknowledged_record() {
         let head_mem = Mem::new("audit.head", &p, Vec::new());
         // Half the trials sync the head before acknowledging; the others
         // sync it lazily (soon, so that it happens during the trial) and
-        // sometimes pace commits.
-        let options = if trial % 2 == 0 {
+        // sometimes pace commits. In those, half the appenders are answered
+        // once their record is written, before it is durable.
+        let lazy = trial % 2 == 1;
+        let options = if !lazy {
             strict()
         } else {
             Options {
                 commit_interval: Duration::from_micros(rng.below(2) * 500),
-                commit_batch: 1 + rng.below(8) as usize,
+                sync_interval: Duration::from_micros(100 + rng.below(2000)),
                 head_sync_interval: Duration::from_micros(100 + rng.below(1000)),
                 preallocate: [0, 512, 4096][rng.below(3) as usize],
                 faults: None,
             }
         };
-        let acked: Vec<(u64, String)> =
+        // (seq, request id, answered only once durable)
+        let acked: Vec<(u64, String, bool)> =
             match AuditLog::open_with(log_mem.clone(), head_mem.clone(), &key(), &options) {
                 Err(_) => Vec::new(),
                 Ok(log) => {
@@ -959,13 +975,19 @@ fn power_cut_at_any_operation_loses_no_acknowledged_record() {
                                 s.spawn(move || {
                                     let mut ok = Vec::new();
                                     let mut failed = false;
+                                    let durable = !lazy || t % 2 == 0;
                                     for k in 0..10 {
                                         let mut e = entry(k);
                                         e.request_id = format!("t{t}-{k}");
-                                        match log.append_blocking(e.clone()) {
+                                        let r = if durable {
+                                            log.append_blocking(e.clone())
+                                        } else {
+                                            log.append_written(&e)
+                                        };
+                                        match r {
                                             Ok(seq) => {
                                                 assert!(!failed, "Ok after an error");
-                                                ok.push((seq, e.request_id));
+                                                ok.push((seq, e.request_id, durable));
                                             }
                                             Err(_) => failed = true,
                                         }
@@ -1003,7 +1025,10 @@ fn power_cut_at_any_operation_loses_no_acknowledged_record() {
         let (log, l, h) = open_images(&log_img, &head_img)
             .unwrap_or_else(|e| panic!("trial {trial}: reopen failed: {e}"));
         let last = log.stats().last_seq;
-        let max_acked = acked.iter().map(|a| a.0).max().unwrap_or(0);
+        // No record answered as durable is lost; records answered once
+        // written may be, but only from the end: every record before a
+        // durable one was durable with it.
+        let max_acked = acked.iter().filter(|a| a.2).map(|a| a.0).max().unwrap_or(0);
         assert!(
             last >= max_acked,
             "trial {trial}: lost records: {last} < {max_acked}"
@@ -1016,7 +1041,7 @@ fn power_cut_at_any_operation_loses_no_acknowledged_record() {
                 v["request_id"].as_str().unwrap().to_string()
             })
             .collect();
-        for (seq, id) in &acked {
+        for (seq, id, _) in acked.iter().filter(|a| a.0 <= last) {
             assert_eq!(&ids[*seq as usize - 1], id, "trial {trial}: record {seq}");
         }
         assert_eq!(log.append_blocking(entry(0)).unwrap(), last + 1);
@@ -1193,7 +1218,7 @@ fn the_head_is_synced_lazily_and_at_close() {
     let head_mem = Mem::new("audit.head", &p, Vec::new());
     let options = Options {
         commit_interval: Duration::ZERO,
-        commit_batch: 1,
+        sync_interval: Duration::from_millis(10),
         head_sync_interval: Duration::from_secs(3600),
         preallocate: 4096,
         faults: None,
@@ -1227,64 +1252,162 @@ fn the_head_is_synced_lazily_and_at_close() {
 }
 
 #[test]
-fn commits_are_paced_and_the_pace_adapts() {
+fn commits_are_paced() {
     let dir = tempfile::tempdir().unwrap();
     let interval = Duration::from_millis(50);
     let options = Options {
         commit_interval: interval,
-        commit_batch: 1000,
         ..Options::default()
     };
     let log = Arc::new(AuditLog::open_with_options(dir.path(), &key(), &options).unwrap());
-    // A closed loop of 32 appenders: each commit starts as soon as all 32
-    // have sent (the target follows the batch sizes), not after 50 ms.
+    // The first append after idle does not wait; the next ones wait for the
+    // interval since the last sync began.
     let t = std::time::Instant::now();
+    log.append_blocking(entry(0)).unwrap();
+    assert!(t.elapsed() < interval, "{:?}", t.elapsed());
+    for k in 1..4 {
+        log.append_blocking(entry(k)).unwrap();
+    }
+    assert!(t.elapsed() >= interval * 3, "{:?}", t.elapsed());
+    // 32 appenders at once share the syncs.
+    let before = log.stats().batches;
     std::thread::scope(|s| {
         for i in 0..32 {
             let log = Arc::clone(&log);
             s.spawn(move || {
-                for k in 0..10 {
-                    log.append_blocking(entry(i * 10 + k)).unwrap();
+                for k in 0..5 {
+                    log.append_blocking(entry(100 + i * 10 + k)).unwrap();
                 }
             });
         }
     });
     let stats = log.stats();
-    assert_eq!(stats.records, 320);
-    assert!(stats.batches <= 40, "{stats:?}");
-    assert!(t.elapsed() < interval * 10, "{:?}", t.elapsed());
-    // Then one appender alone: while the recent batches were large, it
-    // waits for company until the interval has passed...
-    let t = std::time::Instant::now();
-    for k in 0..4 {
-        log.append_blocking(entry(1000 + k)).unwrap();
-    }
-    assert!(t.elapsed() >= interval * 3, "{:?}", t.elapsed());
-    for k in 0..8 {
-        log.append_blocking(entry(2000 + k)).unwrap();
-    }
-    // ... and once they were all single, it no longer waits.
-    let t = std::time::Instant::now();
-    for k in 0..4 {
-        log.append_blocking(entry(3000 + k)).unwrap();
-    }
-    assert!(t.elapsed() < interval * 4, "{:?}", t.elapsed());
+    assert_eq!(stats.records, 4 + 160);
+    assert!(stats.batches - before <= 12, "{stats:?}");
+}
+
+/// Opens a log on fresh memory storages with `options`.
+fn mem_log(options: &Options) -> (AuditLog, Mem, Mem) {
+    let p = fresh_power();
+    let log_mem = Mem::new("audit.log", &p, Vec::new());
+    let head_mem = Mem::new("audit.head", &p, Vec::new());
+    let log = AuditLog::open_with(log_mem.clone(), head_mem.clone(), &key(), options).unwrap();
+    (log, log_mem, head_mem)
 }
 
 #[test]
-fn commit_batch_1_turns_pacing_off() {
-    let dir = tempfile::tempdir().unwrap();
+fn written_appends_are_answered_before_the_sync_and_synced_within_the_interval() {
     let options = Options {
-        commit_interval: Duration::from_secs(10),
-        commit_batch: 1,
+        sync_interval: Duration::from_millis(30),
+        ..strict()
+    };
+    let (log, log_mem, head_mem) = mem_log(&options);
+    // With syncs held, written appends are still answered, in order...
+    log_mem.set_hold(true);
+    for i in 0..5 {
+        assert_eq!(log.append_written(&entry(i)).unwrap(), i as u64 + 1);
+    }
+    assert_eq!(log.stats().synced_seq, 0);
+    // ... and a killed process loses none of them: the page cache holds them.
+    let (again, _, _) = open_images(&log_mem.current(), &head_mem.current()).unwrap();
+    assert_eq!(again.stats().last_seq, 5);
+    drop(again);
+    // A power loss before their sync may lose them, and recovery copes.
+    let (again, _, _) = open_images(
+        &log_mem.crash_image(0, None),
+        &head_mem.crash_image(0, None),
+    )
+    .unwrap();
+    assert_eq!(again.stats().last_seq, 0);
+    drop(again);
+    // A durable append behind them waits for the sync, which covers them
+    // all.
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| log.append_blocking(entry(5)).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!h.is_finished());
+        log_mem.set_hold(false);
+        assert_eq!(h.join().unwrap(), 6);
+    });
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    assert_eq!(log.stats().synced_seq, 6);
+    // Written appends alone are synced within the interval.
+    for i in 6..9 {
+        log.append_written(&entry(i)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(log.stats().synced_seq, 9);
+    let (again, _, _) = open_images(
+        &log_mem.crash_image(0, None),
+        &head_mem.crash_image(0, None),
+    )
+    .unwrap();
+    assert_eq!(again.stats().last_seq, 9);
+    drop(again);
+    // Closing syncs what is written.
+    log.append_written(&entry(9)).unwrap();
+    drop(log);
+    let (lb, hb) = (log_mem.crash_image(0, None), head_mem.crash_image(0, None));
+    assert_eq!(verify_images(&lb, &hb), ok_report(10));
+}
+
+#[test]
+fn a_failed_write_refuses_a_written_append_and_stops_the_log() {
+    let dir = make_log(3);
+    let faults = Faults::new();
+    let options = Options {
+        faults: Some(faults.clone()),
         ..Options::default()
     };
     let log = AuditLog::open_with_options(dir.path(), &key(), &options).unwrap();
+    assert_eq!(log.append_written(&entry(3)).unwrap(), 4);
+    faults.fail_writes(true);
+    assert!(matches!(
+        log.append_written(&entry(4)),
+        Err(AuditError::Io { .. })
+    ));
+    faults.fail_writes(false);
+    assert!(matches!(
+        log.append_written(&entry(5)),
+        Err(AuditError::Closed(_))
+    ));
+    assert!(matches!(
+        log.append_blocking(entry(5)),
+        Err(AuditError::Closed(_))
+    ));
+    drop(log);
+    // The record answered before the failure stays.
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(4));
+}
+
+#[test]
+fn a_failed_sync_after_written_appends_stops_the_log_and_keeps_what_was_answered() {
+    let dir = make_log(3);
+    let faults = Faults::new();
+    let options = Options {
+        faults: Some(faults.clone()),
+        sync_interval: Duration::from_millis(5),
+        ..Options::default()
+    };
+    let log = AuditLog::open_with_options(dir.path(), &key(), &options).unwrap();
+    faults.fail_syncs(true);
+    assert_eq!(log.append_written(&entry(3)).unwrap(), 4);
+    // The sync due 5 ms later fails: the log stops.
     let t = std::time::Instant::now();
-    for k in 0..5 {
-        log.append_blocking(entry(k)).unwrap();
+    while log.stats().failed.is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the sync never ran");
+        std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(matches!(
+        log.append_written(&entry(4)),
+        Err(AuditError::Closed(_))
+    ));
+    faults.fail_syncs(false);
+    drop(log);
+    // The answered record was not cut away.
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    assert_eq!(log.stats().last_seq, 4);
 }
 
 #[test]

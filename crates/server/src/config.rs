@@ -37,9 +37,29 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     pub metrics_listen: Option<SocketAddr>,
-    /// How the audit trail commits (group-commit pacing, head sync; tests
-    /// may inject I/O failures).
+    /// How the audit trail commits (group-commit pacing, sync interval,
+    /// head sync; tests may inject I/O failures).
     pub audit: atrest_audit::Options,
+    /// Which answers wait until their audit record is durable.
+    pub audit_sync: AuditSync,
+}
+
+/// Which answers wait until their audit record is durable (on disk, synced)
+/// rather than written (in the log file, which a killed process cannot
+/// lose). Either way a record that cannot be written refuses its request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuditSync {
+    /// A request that changes stored state (a new key, a policy, a grant, a
+    /// state change, an account) commits only once its record is durable.
+    /// Any other request (cryptographic operations, reads, refusals) is
+    /// answered once its record is written; the log is synced within
+    /// [`atrest_audit::Options::sync_interval`], so a power loss or kernel
+    /// crash can lose the records of that last interval, never the record
+    /// of a change that took effect.
+    #[default]
+    Changes,
+    /// Every answer waits until its record is durable.
+    Every,
 }
 
 /// Default listen address.

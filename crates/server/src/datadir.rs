@@ -68,7 +68,7 @@ pub fn open(
     root: RootSource,
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
-    audit: &atrest_audit::Options,
+    (audit, audit_sync): (&atrest_audit::Options, crate::config::AuditSync),
 ) -> Result<DataDir, DataDirError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -117,7 +117,8 @@ pub fn open(
         .map_err(|e| DataDirError::Kms(e.to_string()))?;
     let log = atrest_audit::AuditLog::open_with_options(&audit_dir, &audit_key, audit)
         .map_err(|e| DataDirError::Io(format!("audit trail: {e}")))?;
-    let trail = Arc::new(crate::trail::Trail::new(log, &audit_dir).map_err(DataDirError::Io)?);
+    let trail =
+        Arc::new(crate::trail::Trail::new(log, &audit_dir, audit_sync).map_err(DataDirError::Io)?);
     kms.set_audit_sink(trail.clone());
     Ok(DataDir {
         kms: Arc::new(kms),

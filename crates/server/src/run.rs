@@ -68,8 +68,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     };
     let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
     let audit = config.audit.clone();
+    let audit_sync = config.audit_sync;
     let opened = tokio::task::spawn_blocking(move || {
-        crate::datadir::open(&data_dir, root, regions, clock, &audit)
+        crate::datadir::open(&data_dir, root, regions, clock, (&audit, audit_sync))
     })
     .await
     .map_err(|e| e.to_string())?

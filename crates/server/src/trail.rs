@@ -1,9 +1,12 @@
 //! The audit trail and metering, as the server runs them.
 //!
-//! Every request leaves one record in the audit log (`atrest-audit`): writes
-//! record inside the key service before they commit; everything else is
-//! recorded here before its response is sent. A record that cannot be made
-//! durable turns a success into an error (fail closed).
+//! Every request leaves one record in the audit log (`atrest-audit`).
+//! Requests that change stored state record inside the key service, and
+//! commit only once the record is durable. Everything else is recorded here
+//! before its response is sent: written to the log file, and durable within
+//! the log's sync interval (or durable before the answer, with
+//! [`AuditSync::Every`]). A record that cannot be written turns a success
+//! into an error (fail closed).
 //!
 //! Metering (K9) counts records by account, region, operation and outcome.
 //! The counts are rebuilt from the audit log at start, so they are exactly
@@ -14,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use atrest_audit::{AuditLog, Entry};
+
+use crate::config::AuditSync;
 use serde::Serialize;
 
 /// Counts by (account, region, operation, outcome).
@@ -148,20 +153,25 @@ fn escape(s: &str) -> String {
 /// The audit log and metering together; the key service's audit sink.
 pub struct Trail {
     log: AuditLog,
+    sync: AuditSync,
     /// Counts of what the log holds.
     pub metering: Metering,
 }
 
 impl Trail {
     /// Wraps an open log, rebuilding the counts from `dir`'s records.
-    pub fn new(log: AuditLog, dir: &std::path::Path) -> Result<Self, String> {
+    pub fn new(log: AuditLog, dir: &std::path::Path, sync: AuditSync) -> Result<Self, String> {
         let metering = Metering::default();
         let records = atrest_audit::query(dir, &atrest_audit::Filter::default())
             .map_err(|e| e.to_string())?;
         for key in records.iter().filter_map(|r| Metering::key(&r.entry)) {
             metering.add(key);
         }
-        Ok(Self { log, metering })
+        Ok(Self {
+            log,
+            sync,
+            metering,
+        })
     }
 
     /// Counts a record once it is in the log.
@@ -171,15 +181,24 @@ impl Trail {
         }
     }
 
-    /// Appends and counts; resolves once durable.
+    /// Appends and counts the record of a request that changed no stored
+    /// state; resolves once the record is written, or durable with
+    /// [`AuditSync::Every`].
     pub async fn record(&self, entry: Entry) -> Result<(), String> {
         let key = Metering::key(&entry);
-        self.log.append(entry).await.map_err(|e| e.to_string())?;
+        match self.sync {
+            AuditSync::Changes => self.log.append_written(&entry).map(drop),
+            AuditSync::Every => self.log.append(entry).await.map(drop),
+        }
+        .map_err(|e| e.to_string())?;
         self.meter(key);
         Ok(())
     }
 }
 
+/// The key service records here the requests that change stored state
+/// (before they commit) and the calls of services in process: always
+/// durable.
 impl atrest_kms::AuditSink for Trail {
     fn record_blocking(&self, entry: Entry) -> Result<(), String> {
         let key = Metering::key(&entry);

@@ -28,6 +28,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         max_body_bytes: 64 * 1024,
         metrics_listen: None,
         audit: atrest_audit::Options::default(),
+        audit_sync: atrest_server::config::AuditSync::default(),
     }
 }
 
