@@ -1,0 +1,955 @@
+//! The engine: disks, snapshots and layers in memory, their commit to the
+//! store, and the data path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use atrest_crypto::XtsKey;
+use atrest_crypto::xts::Xts256;
+use atrest_store::{ReadTx, Store, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::{CHUNK, DiskError, DiskInfo, DiskSpec, KeyInfo, SnapshotInfo, Storage, check_size};
+
+const DISKS: Table = Table::new("disk.disks");
+const SNAPSHOTS: Table = Table::new("disk.snapshots");
+const LAYERS: Table = Table::new("disk.layers");
+/// Key: layer (8 bytes BE) then chunk index (8 bytes BE); value: pool chunk
+/// (8 bytes BE), [`ZERO`] for a chunk that reads as zeros.
+const MAP: Table = Table::new("disk.map");
+/// Key: a free pool chunk below `next_chunk` (8 bytes BE); empty value.
+const FREE: Table = Table::new("disk.free");
+/// `next_chunk` and `next_layer` (8 bytes BE each).
+const META: Table = Table::new("disk.meta");
+
+/// The map value of a chunk that reads as zeros.
+const ZERO: u64 = u64::MAX;
+const CHUNK_LEN: usize = CHUNK as usize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Owner {
+    Disk(String),
+    Snapshot(String),
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LayerRecord {
+    parent: Option<u64>,
+    /// The parent chain shows through only below this offset.
+    limit: u64,
+    /// Layers whose parent this is.
+    children: u32,
+    owner: Owner,
+}
+
+#[derive(Debug)]
+struct Layer {
+    rec: LayerRecord,
+    map: BTreeMap<u64, u64>,
+}
+
+/// A record changed since the last commit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    Disk(String),
+    Snapshot(String),
+    Layer(u64),
+    Map(u64, u64),
+    Free(u64),
+    Meta,
+}
+
+#[derive(Default)]
+struct State {
+    disks: BTreeMap<String, DiskInfo>,
+    snapshots: BTreeMap<String, SnapshotInfo>,
+    layers: BTreeMap<u64, Layer>,
+    free: BTreeSet<u64>,
+    next_chunk: u64,
+    next_layer: u64,
+    dirty: BTreeSet<Dirty>,
+    /// Chunks freed since the last commit: reusable once it is durable.
+    pending_free: BTreeSet<u64>,
+    /// Open handles per disk.
+    open: BTreeMap<String, u32>,
+    failed: Option<String>,
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn map_key(layer: u64, idx: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&be(layer));
+    k[8..].copy_from_slice(&be(idx));
+    k
+}
+
+fn u64_of(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+/// Every entry of `table`, read in pages.
+fn scan_all(tx: &dyn ReadTx, table: Table) -> Result<Vec<atrest_store::Entry>, DiskError> {
+    const PAGE: usize = 4096;
+    let mut out: Vec<atrest_store::Entry> = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.clone());
+        let page = tx
+            .scan(table, b"", after.as_deref(), PAGE)
+            .map_err(failed)?;
+        let n = page.len();
+        out.extend(page);
+        if n < PAGE {
+            return Ok(out);
+        }
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> DiskError {
+    DiskError::Failed(e.to_string())
+}
+
+fn damaged(what: impl std::fmt::Display) -> DiskError {
+    DiskError::Failed(format!("disk metadata is damaged: {what}"))
+}
+
+fn not_found(kind: &'static str, id: &str) -> DiskError {
+    DiskError::NotFound {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+/// The disk engine over a metadata store and a pool.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    pool: Arc<dyn Storage>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn layer(&self, id: u64) -> Result<&Layer, DiskError> {
+        self.layers
+            .get(&id)
+            .ok_or_else(|| damaged(format!("layer {id} is missing")))
+    }
+
+    fn layer_mut(&mut self, id: u64) -> Result<&mut Layer, DiskError> {
+        self.layers
+            .get_mut(&id)
+            .ok_or_else(|| damaged(format!("layer {id} is missing")))
+    }
+
+    fn disk(&self, id: &str) -> Result<&DiskInfo, DiskError> {
+        self.disks.get(id).ok_or_else(|| not_found("disk", id))
+    }
+
+    fn snapshot(&self, id: &str) -> Result<&SnapshotInfo, DiskError> {
+        self.snapshots
+            .get(id)
+            .ok_or_else(|| not_found("snapshot", id))
+    }
+
+    fn check(&self) -> Result<(), DiskError> {
+        match &self.failed {
+            Some(r) => Err(DiskError::Failed(r.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn new_layer(
+        &mut self,
+        parent: Option<u64>,
+        limit: u64,
+        owner: Owner,
+    ) -> Result<u64, DiskError> {
+        let id = self.next_layer;
+        self.next_layer += 1;
+        self.dirty.insert(Dirty::Meta);
+        if let Some(p) = parent {
+            self.layer_mut(p)?.rec.children += 1;
+            self.dirty.insert(Dirty::Layer(p));
+        }
+        self.layers.insert(
+            id,
+            Layer {
+                rec: LayerRecord {
+                    parent,
+                    limit,
+                    children: 0,
+                    owner,
+                },
+                map: BTreeMap::new(),
+            },
+        );
+        self.dirty.insert(Dirty::Layer(id));
+        Ok(id)
+    }
+
+    /// Takes `layer`'s owner away and frees it, and then its ancestors, as
+    /// long as they have neither owner nor children.
+    fn release(&mut self, layer: u64) -> Result<(), DiskError> {
+        self.layer_mut(layer)?.rec.owner = Owner::None;
+        self.dirty.insert(Dirty::Layer(layer));
+        let mut cur = Some(layer);
+        while let Some(id) = cur {
+            let l = self.layer(id)?;
+            if l.rec.owner != Owner::None || l.rec.children > 0 {
+                break;
+            }
+            let Some(l) = self.layers.remove(&id) else {
+                break;
+            };
+            for (idx, phys) in l.map {
+                self.dirty.insert(Dirty::Map(id, idx));
+                self.free_chunk(phys);
+            }
+            self.dirty.insert(Dirty::Layer(id));
+            cur = l.rec.parent;
+            if let Some(p) = cur {
+                let pl = self.layer_mut(p)?;
+                pl.rec.children = pl.rec.children.saturating_sub(1);
+                self.dirty.insert(Dirty::Layer(p));
+            }
+        }
+        Ok(())
+    }
+
+    fn free_chunk(&mut self, phys: u64) {
+        if phys != ZERO {
+            self.pending_free.insert(phys);
+            self.dirty.insert(Dirty::Free(phys));
+        }
+    }
+
+    fn alloc(&mut self) -> u64 {
+        let p = match self.free.pop_first() {
+            Some(p) => p,
+            None => {
+                let p = self.next_chunk;
+                self.next_chunk += 1;
+                self.dirty.insert(Dirty::Meta);
+                p
+            }
+        };
+        self.dirty.insert(Dirty::Free(p));
+        p
+    }
+
+    /// Where chunk `idx` of the chain topped by `top` is: `Some((phys,
+    /// visible))` with `visible` the bytes of it the chain shows (the rest
+    /// reads as zeros), or `None` if it reads as zeros.
+    fn find(&self, top: u64, idx: u64) -> Result<Option<(u64, usize)>, DiskError> {
+        let start = idx * CHUNK;
+        let mut limit = u64::MAX;
+        let mut cur = Some(top);
+        while let Some(id) = cur {
+            if start >= limit {
+                return Ok(None);
+            }
+            let l = self.layer(id)?;
+            if let Some(&p) = l.map.get(&idx) {
+                if p == ZERO {
+                    return Ok(None);
+                }
+                let visible = (limit - start).min(CHUNK);
+                return Ok(Some((p, visible as usize)));
+            }
+            limit = limit.min(l.rec.limit);
+            cur = l.rec.parent;
+        }
+        Ok(None)
+    }
+
+    fn is_ancestor(&self, ancestor: u64, of: u64) -> Result<bool, DiskError> {
+        let mut cur = Some(of);
+        while let Some(id) = cur {
+            if id == ancestor {
+                return Ok(true);
+            }
+            cur = self.layer(id)?.rec.parent;
+        }
+        Ok(false)
+    }
+}
+
+impl Engine {
+    /// Opens the engine on `store` and `pool`, loading the last committed
+    /// state (what a crash left is exactly that).
+    pub fn open(store: Arc<dyn Store>, pool: Arc<dyn Storage>) -> Result<Arc<Self>, DiskError> {
+        let mut st = State::default();
+        {
+            let tx = store.read().map_err(failed)?;
+            for (k, v) in scan_all(&*tx, DISKS)? {
+                let d: DiskInfo = serde_json::from_slice(&v).map_err(damaged)?;
+                if d.id.as_bytes() != k.as_slice() {
+                    return Err(damaged("a disk record under another id"));
+                }
+                st.disks.insert(d.id.clone(), d);
+            }
+            for (_, v) in scan_all(&*tx, SNAPSHOTS)? {
+                let s: SnapshotInfo = serde_json::from_slice(&v).map_err(damaged)?;
+                st.snapshots.insert(s.id.clone(), s);
+            }
+            for (k, v) in scan_all(&*tx, LAYERS)? {
+                let id = u64_of(&k).ok_or_else(|| damaged("layer key"))?;
+                let rec: LayerRecord = serde_json::from_slice(&v).map_err(damaged)?;
+                st.layers.insert(
+                    id,
+                    Layer {
+                        rec,
+                        map: BTreeMap::new(),
+                    },
+                );
+            }
+            for (k, v) in scan_all(&*tx, MAP)? {
+                let (Some(layer), Some(idx), Some(phys)) = (
+                    k.get(..8).and_then(u64_of),
+                    k.get(8..).and_then(u64_of),
+                    u64_of(&v),
+                ) else {
+                    return Err(damaged("map entry"));
+                };
+                st.layer_mut(layer)?.map.insert(idx, phys);
+            }
+            for (k, _) in scan_all(&*tx, FREE)? {
+                st.free
+                    .insert(u64_of(&k).ok_or_else(|| damaged("free entry"))?);
+            }
+            let meta = |name: &[u8]| -> Result<u64, DiskError> {
+                match tx.get(META, name).map_err(failed)? {
+                    Some(v) => u64_of(&v).ok_or_else(|| damaged("meta entry")),
+                    None => Ok(0),
+                }
+            };
+            st.next_chunk = meta(b"next_chunk")?;
+            st.next_layer = meta(b"next_layer")?;
+        }
+        for d in st.disks.values() {
+            st.layer(d.top)?;
+        }
+        for s in st.snapshots.values() {
+            st.layer(s.layer)?;
+        }
+        Ok(Arc::new(Self {
+            store,
+            pool,
+            state: Mutex::new(st),
+        }))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, DiskError> {
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.check()?;
+        Ok(st)
+    }
+
+    /// Makes the state durable (the commit protocol of the crate docs).
+    fn commit(&self, st: &mut State) -> Result<(), DiskError> {
+        if let Err(reason) = self.commit_inner(st) {
+            st.failed = Some(reason.clone());
+            return Err(DiskError::Failed(reason));
+        }
+        Ok(())
+    }
+
+    fn commit_inner(&self, st: &mut State) -> Result<(), String> {
+        self.pool
+            .sync()
+            .map_err(|e| format!("syncing the pool: {e}"))?;
+        if st.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.write().map_err(|e| e.to_string())?;
+        let put_json = |tx: &mut Box<dyn atrest_store::WriteTx + '_>,
+                        table: Table,
+                        key: &[u8],
+                        v: Option<Vec<u8>>|
+         -> Result<(), String> {
+            match v {
+                Some(v) => tx.put(table, key, &v).map_err(|e| e.to_string()),
+                None => tx.delete(table, key).map(drop).map_err(|e| e.to_string()),
+            }
+        };
+        for d in &st.dirty {
+            match d {
+                Dirty::Disk(id) => {
+                    let v = st.disks.get(id).map(serde_json::to_vec).transpose();
+                    put_json(&mut tx, DISKS, id.as_bytes(), v.map_err(|e| e.to_string())?)?;
+                }
+                Dirty::Snapshot(id) => {
+                    let v = st.snapshots.get(id).map(serde_json::to_vec).transpose();
+                    put_json(
+                        &mut tx,
+                        SNAPSHOTS,
+                        id.as_bytes(),
+                        v.map_err(|e| e.to_string())?,
+                    )?;
+                }
+                Dirty::Layer(id) => {
+                    let v = st
+                        .layers
+                        .get(id)
+                        .map(|l| serde_json::to_vec(&l.rec))
+                        .transpose();
+                    put_json(&mut tx, LAYERS, &be(*id), v.map_err(|e| e.to_string())?)?;
+                }
+                Dirty::Map(layer, idx) => {
+                    let v = st
+                        .layers
+                        .get(layer)
+                        .and_then(|l| l.map.get(idx))
+                        .map(|p| be(*p).to_vec());
+                    put_json(&mut tx, MAP, &map_key(*layer, *idx), v)?;
+                }
+                Dirty::Free(p) => {
+                    let free = st.free.contains(p) || st.pending_free.contains(p);
+                    put_json(&mut tx, FREE, &be(*p), free.then(Vec::new))?;
+                }
+                Dirty::Meta => {
+                    put_json(
+                        &mut tx,
+                        META,
+                        b"next_chunk",
+                        Some(be(st.next_chunk).to_vec()),
+                    )?;
+                    put_json(
+                        &mut tx,
+                        META,
+                        b"next_layer",
+                        Some(be(st.next_layer).to_vec()),
+                    )?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        st.dirty.clear();
+        let freed = std::mem::take(&mut st.pending_free);
+        st.free.extend(freed);
+        Ok(())
+    }
+
+    /// Makes every acknowledged write and change durable.
+    pub fn flush(&self) -> Result<(), DiskError> {
+        let mut st = self.lock()?;
+        self.commit(&mut st)
+    }
+
+    /// Creates a disk.
+    pub fn create_disk(&self, id: &str, spec: &DiskSpec) -> Result<DiskInfo, DiskError> {
+        check_size(spec.size)?;
+        if spec.block_size != 512 && spec.block_size != 4096 {
+            return Err(DiskError::Invalid(format!(
+                "the logical block size must be 512 or 4096, not {}",
+                spec.block_size
+            )));
+        }
+        check_id(id)?;
+        let mut st = self.lock()?;
+        if st.disks.contains_key(id) {
+            return Err(DiskError::Exists {
+                kind: "disk",
+                id: id.to_owned(),
+            });
+        }
+        let top = st.new_layer(None, 0, Owner::Disk(id.to_owned()))?;
+        let d = DiskInfo {
+            id: id.to_owned(),
+            size: spec.size,
+            block_size: spec.block_size,
+            key: spec.key.clone(),
+            origin: None,
+            top,
+        };
+        st.disks.insert(id.to_owned(), d.clone());
+        st.dirty.insert(Dirty::Disk(id.to_owned()));
+        self.commit(&mut st)?;
+        Ok(d)
+    }
+
+    /// A disk's record.
+    pub fn disk(&self, id: &str) -> Result<DiskInfo, DiskError> {
+        Ok(self.lock()?.disk(id)?.clone())
+    }
+
+    /// A snapshot's record.
+    pub fn snapshot(&self, id: &str) -> Result<SnapshotInfo, DiskError> {
+        Ok(self.lock()?.snapshot(id)?.clone())
+    }
+
+    /// Every disk, by id.
+    pub fn disks(&self) -> Result<Vec<DiskInfo>, DiskError> {
+        Ok(self.lock()?.disks.values().cloned().collect())
+    }
+
+    /// Every snapshot, by id.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, DiskError> {
+        Ok(self.lock()?.snapshots.values().cloned().collect())
+    }
+
+    /// Snapshots `disk` as `id`: O(1), no data copied. Writes acknowledged
+    /// before it are in the snapshot.
+    pub fn snapshot_disk(&self, disk: &str, id: &str) -> Result<SnapshotInfo, DiskError> {
+        check_id(id)?;
+        let mut st = self.lock()?;
+        let d = st.disk(disk)?.clone();
+        if st.snapshots.contains_key(id) {
+            return Err(DiskError::Exists {
+                kind: "snapshot",
+                id: id.to_owned(),
+            });
+        }
+        st.layer_mut(d.top)?.rec.owner = Owner::Snapshot(id.to_owned());
+        st.dirty.insert(Dirty::Layer(d.top));
+        let top = st.new_layer(Some(d.top), d.size, Owner::Disk(disk.to_owned()))?;
+        let s = SnapshotInfo {
+            id: id.to_owned(),
+            disk: disk.to_owned(),
+            size: d.size,
+            block_size: d.block_size,
+            key: d.key.clone(),
+            layer: d.top,
+        };
+        st.snapshots.insert(id.to_owned(), s.clone());
+        st.dirty.insert(Dirty::Snapshot(id.to_owned()));
+        if let Some(dm) = st.disks.get_mut(disk) {
+            dm.top = top;
+        }
+        st.dirty.insert(Dirty::Disk(disk.to_owned()));
+        self.commit(&mut st)?;
+        Ok(s)
+    }
+
+    /// Creates disk `id` from `snapshot`: same size, block size and data key
+    /// (`key`, if given, must wrap that same data key, for instance under
+    /// another master key); no data copied.
+    pub fn clone_snapshot(
+        &self,
+        snapshot: &str,
+        id: &str,
+        key: Option<KeyInfo>,
+    ) -> Result<DiskInfo, DiskError> {
+        check_id(id)?;
+        let mut st = self.lock()?;
+        let s = st.snapshot(snapshot)?.clone();
+        if st.disks.contains_key(id) {
+            return Err(DiskError::Exists {
+                kind: "disk",
+                id: id.to_owned(),
+            });
+        }
+        if s.key.is_some() != key.is_some() && key.is_some() {
+            return Err(DiskError::Invalid(
+                "a clone of an unencrypted snapshot is unencrypted; encrypting needs a copy into a new disk".into(),
+            ));
+        }
+        let top = st.new_layer(Some(s.layer), s.size, Owner::Disk(id.to_owned()))?;
+        let d = DiskInfo {
+            id: id.to_owned(),
+            size: s.size,
+            block_size: s.block_size,
+            key: key.or(s.key),
+            origin: Some(snapshot.to_owned()),
+            top,
+        };
+        st.disks.insert(id.to_owned(), d.clone());
+        st.dirty.insert(Dirty::Disk(id.to_owned()));
+        self.commit(&mut st)?;
+        Ok(d)
+    }
+
+    /// Rolls `disk` back to `snapshot` (one taken of this disk's current
+    /// chain): its contents and size become the snapshot's. The disk must
+    /// not be open.
+    pub fn rollback(&self, disk: &str, snapshot: &str) -> Result<DiskInfo, DiskError> {
+        let mut st = self.lock()?;
+        let d = st.disk(disk)?.clone();
+        let s = st.snapshot(snapshot)?.clone();
+        if st.open.get(disk).copied().unwrap_or(0) > 0 {
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is open; detach it before rolling it back"
+            )));
+        }
+        if !st.is_ancestor(s.layer, d.top)? {
+            return Err(DiskError::Invalid(format!(
+                "snapshot {snapshot} is not a snapshot of disk {disk}'s current contents"
+            )));
+        }
+        let top = st.new_layer(Some(s.layer), s.size, Owner::Disk(disk.to_owned()))?;
+        st.release(d.top)?;
+        let dm = st
+            .disks
+            .get_mut(disk)
+            .ok_or_else(|| not_found("disk", disk))?;
+        dm.top = top;
+        dm.size = s.size;
+        let out = dm.clone();
+        st.dirty.insert(Dirty::Disk(disk.to_owned()));
+        self.commit(&mut st)?;
+        Ok(out)
+    }
+
+    /// Grows `disk` to `size` (never shrinks). An attached user sees the new
+    /// size after attaching again.
+    pub fn resize(&self, disk: &str, size: u64) -> Result<DiskInfo, DiskError> {
+        check_size(size)?;
+        let mut st = self.lock()?;
+        let d = st.disk(disk)?;
+        if size < d.size {
+            return Err(DiskError::Invalid(format!(
+                "disk {disk} is {} bytes; it can only grow",
+                d.size
+            )));
+        }
+        let dm = st
+            .disks
+            .get_mut(disk)
+            .ok_or_else(|| not_found("disk", disk))?;
+        dm.size = size;
+        let out = dm.clone();
+        st.dirty.insert(Dirty::Disk(disk.to_owned()));
+        self.commit(&mut st)?;
+        Ok(out)
+    }
+
+    /// Replaces the wrapped data key of `disk` (the same data key, wrapped
+    /// under another master key): O(1), no data touched.
+    pub fn rewrap(&self, disk: &str, key: KeyInfo) -> Result<DiskInfo, DiskError> {
+        let mut st = self.lock()?;
+        let dm = st
+            .disks
+            .get_mut(disk)
+            .ok_or_else(|| not_found("disk", disk))?;
+        if dm.key.is_none() {
+            return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")));
+        }
+        dm.key = Some(key);
+        let out = dm.clone();
+        st.dirty.insert(Dirty::Disk(disk.to_owned()));
+        self.commit(&mut st)?;
+        Ok(out)
+    }
+
+    /// Deletes `disk` (not while open); its space is reclaimed unless a
+    /// snapshot still refers to it.
+    pub fn delete_disk(&self, disk: &str) -> Result<(), DiskError> {
+        let mut st = self.lock()?;
+        let d = st.disk(disk)?.clone();
+        if st.open.get(disk).copied().unwrap_or(0) > 0 {
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is open; detach it before deleting it"
+            )));
+        }
+        st.release(d.top)?;
+        st.disks.remove(disk);
+        st.dirty.insert(Dirty::Disk(disk.to_owned()));
+        self.commit(&mut st)
+    }
+
+    /// Deletes `snapshot`; its space is reclaimed once no clone or later
+    /// snapshot stands on it.
+    pub fn delete_snapshot(&self, snapshot: &str) -> Result<(), DiskError> {
+        let mut st = self.lock()?;
+        let s = st.snapshot(snapshot)?.clone();
+        st.release(s.layer)?;
+        st.snapshots.remove(snapshot);
+        st.dirty.insert(Dirty::Snapshot(snapshot.to_owned()));
+        self.commit(&mut st)
+    }
+
+    /// Pool chunks in use (for tests and space accounting).
+    pub fn chunks_in_use(&self) -> Result<u64, DiskError> {
+        let st = self.lock()?;
+        Ok(st.next_chunk - st.free.len() as u64 - st.pending_free.len() as u64)
+    }
+
+    /// Opens `disk` for I/O. `key` is its plaintext data key, which an
+    /// encrypted disk needs and an unencrypted one refuses.
+    pub fn open_disk(
+        self: &Arc<Self>,
+        disk: &str,
+        key: Option<&XtsKey>,
+    ) -> Result<OpenDisk, DiskError> {
+        let mut st = self.lock()?;
+        let d = st.disk(disk)?.clone();
+        let cipher = match (&d.key, key) {
+            (Some(_), Some(k)) => {
+                Some(Xts256::new(k).map_err(|e| DiskError::Invalid(format!("data key: {e}")))?)
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(DiskError::Invalid(format!(
+                    "disk {disk} is encrypted: its data key is needed to open it"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")));
+            }
+        };
+        *st.open.entry(disk.to_owned()).or_insert(0) += 1;
+        Ok(OpenDisk {
+            engine: Arc::clone(self),
+            id: d.id,
+            size: d.size,
+            block_size: d.block_size,
+            cipher: Mutex::new(cipher),
+        })
+    }
+}
+
+fn check_id(id: &str) -> Result<(), DiskError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(DiskError::Invalid(format!(
+            "an id is 1 to 64 letters, digits, '-' or '_', not {id:?}"
+        )))
+    }
+}
+
+/// An open disk: reads, writes, flushes. Its size is the disk's size when it
+/// was opened. Dropping it closes the disk and drops its key schedule.
+pub struct OpenDisk {
+    engine: Arc<Engine>,
+    id: String,
+    size: u64,
+    block_size: u32,
+    cipher: Mutex<Option<Xts256>>,
+}
+
+impl std::fmt::Debug for OpenDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenDisk")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for OpenDisk {
+    fn drop(&mut self) {
+        let mut st = self
+            .engine
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = st.open.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.open.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl OpenDisk {
+    /// The disk's id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Size in bytes.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Logical block size.
+    #[must_use]
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn check_io(&self, offset: u64, len: usize) -> Result<(), DiskError> {
+        let bs = u64::from(self.block_size);
+        if !offset.is_multiple_of(bs) || !(len as u64).is_multiple_of(bs) {
+            return Err(DiskError::Invalid(format!(
+                "I/O at {offset} of {len} bytes is not aligned to the {bs}-byte block size"
+            )));
+        }
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(DiskError::Invalid(format!(
+                "I/O at {offset} of {len} bytes is beyond the disk's {} bytes",
+                self.size
+            )));
+        }
+        Ok(())
+    }
+
+    fn crypt(&self, first_sector: u64, data: &mut [u8], encrypt: bool) -> Result<(), DiskError> {
+        let mut c = self
+            .cipher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = c.as_mut() {
+            let r = if encrypt {
+                c.encrypt_sectors(first_sector, self.block_size as usize, data)
+            } else {
+                c.decrypt_sectors(first_sector, self.block_size as usize, data)
+            };
+            r.map_err(|e| DiskError::Io(format!("sector encryption: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (both multiples of the block
+    /// size, within the disk).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.check_io(offset, buf.len())?;
+        let st = self.engine.lock()?;
+        let top = st.disk(&self.id)?.top;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let off = offset + done as u64;
+            let idx = off / CHUNK;
+            let within = (off % CHUNK) as usize;
+            let n = (CHUNK_LEN - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            match st.find(top, idx)? {
+                None => out.fill(0),
+                Some((phys, visible)) => {
+                    self.engine
+                        .pool
+                        .read_at(phys * CHUNK + within as u64, out)
+                        .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
+                    self.crypt(off / u64::from(self.block_size), out, false)?;
+                    if within + n > visible {
+                        let from = visible.saturating_sub(within);
+                        out[from..].fill(0);
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` (both multiples of the block size, within
+    /// the disk). Durable after the next [`OpenDisk::flush`], or at once with
+    /// `fua`.
+    pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DiskError> {
+        self.check_io(offset, data.len())?;
+        let bs = u64::from(self.block_size);
+        let mut enc = data.to_vec();
+        self.crypt(offset / bs, &mut enc, true)?;
+        let mut st = self.engine.lock()?;
+        let top = st.disk(&self.id)?.top;
+        let mut done = 0usize;
+        while done < enc.len() {
+            let off = offset + done as u64;
+            let idx = off / CHUNK;
+            let within = (off % CHUNK) as usize;
+            let n = (CHUNK_LEN - within).min(enc.len() - done);
+            let piece = &enc[done..done + n];
+            let owned = st.layer(top)?.map.get(&idx).copied().filter(|p| *p != ZERO);
+            if let Some(phys) = owned {
+                self.engine
+                    .pool
+                    .write_at(phys * CHUNK + within as u64, piece)
+                    .map_err(|e| DiskError::Io(format!("writing: {e}")))?;
+            } else {
+                let mut chunk = vec![0u8; CHUNK_LEN];
+                if n < CHUNK_LEN {
+                    self.fill_from_chain(&st, top, idx, &mut chunk)?;
+                }
+                chunk[within..within + n].copy_from_slice(piece);
+                let phys = st.alloc();
+                if let Err(e) = self.engine.pool.write_at(phys * CHUNK, &chunk) {
+                    // Not referred to by anything: give it back.
+                    st.free.insert(phys);
+                    return Err(DiskError::Io(format!("writing: {e}")));
+                }
+                if let Some(old) = st.layer_mut(top)?.map.insert(idx, phys) {
+                    st.free_chunk(old);
+                }
+                st.dirty.insert(Dirty::Map(top, idx));
+            }
+            done += n;
+        }
+        if fua {
+            self.engine.commit(&mut st)?;
+        }
+        Ok(())
+    }
+
+    /// The ciphertext chunk `idx` of the chain reads as, for copy-on-write:
+    /// the chain's bytes where it shows them, encrypted zeros elsewhere.
+    fn fill_from_chain(
+        &self,
+        st: &State,
+        top: u64,
+        idx: u64,
+        chunk: &mut [u8],
+    ) -> Result<(), DiskError> {
+        let bs = u64::from(self.block_size);
+        let first = idx * CHUNK / bs;
+        match st.find(top, idx)? {
+            None => self.crypt(first, chunk, true),
+            Some((phys, visible)) => {
+                self.engine
+                    .pool
+                    .read_at(phys * CHUNK, &mut chunk[..visible])
+                    .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
+                if visible < chunk.len() {
+                    let tail = &mut chunk[visible..];
+                    tail.fill(0);
+                    self.crypt(first + visible as u64 / bs, tail, true)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the range read as zeros and frees what only the top layer held
+    /// (whole chunks only; partial chunks are written with zeros).
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        let len_usize =
+            usize::try_from(len).map_err(|_| DiskError::Invalid("length too large".into()))?;
+        self.check_io(offset, len_usize)?;
+        let mut done = 0u64;
+        while done < len {
+            let off = offset + done;
+            let within = off % CHUNK;
+            let n = (CHUNK - within).min(len - done);
+            if within == 0 && n == CHUNK {
+                let mut st = self.engine.lock()?;
+                let top = st.disk(&self.id)?.top;
+                let idx = off / CHUNK;
+                if let Some(old) = st.layer_mut(top)?.map.insert(idx, ZERO) {
+                    st.free_chunk(old);
+                }
+                st.dirty.insert(Dirty::Map(top, idx));
+            } else {
+                self.write(off, &vec![0u8; n as usize], false)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes every write acknowledged so far durable.
+    pub fn flush(&self) -> Result<(), DiskError> {
+        self.engine.flush()
+    }
+}

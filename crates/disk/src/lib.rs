@@ -1,0 +1,197 @@
+//! The disk engine: thin-provisioned virtual block devices, encrypted with
+//! AES-256-XTS under a per-disk data key, with constant-time snapshots and
+//! clones (copy-on-write), rollback, growth and deletion with space reclaimed
+//! once nothing refers to it.
+//!
+//! Owns: the layout of disk data in the pool file, the metadata that maps
+//! disks to it, the commit protocol that makes flushes and metadata changes
+//! atomic and durable, and sector encryption. Knows nothing of keys beyond
+//! the plaintext data key it is handed to open a disk and the wrapped key it
+//! stores ([`KeyInfo`], opaque here): the disk service gets and unwraps keys
+//! through the key service.
+//!
+//! # Layout
+//!
+//! All disks share one pool of [`CHUNK`]-sized (64 KiB) chunks in one file
+//! behind [`Storage`]: chunk `p` is bytes `p * CHUNK .. (p + 1) * CHUNK`.
+//! A disk's contents are a chain of *layers*. A layer maps chunk indexes
+//! (logical offset / `CHUNK`) to pool chunks, or to the zero marker (reads
+//! as zeros, from a trim). Reading a chunk looks in the disk's top layer,
+//! then its parent, and so on; a chunk no layer maps reads as zeros. A layer
+//! only shows its parent's data below its `limit` (the size the disk had
+//! when the layer began), so data beyond a snapshot's size never shows
+//! through. A layer's chunks belong to it alone: writes go to the top layer
+//! in place if it already maps the chunk, and otherwise to a fresh chunk
+//! filled from the chain (copy-on-write).
+//!
+//! * A snapshot freezes the disk's top layer (now owned by the snapshot) and
+//!   gives the disk a new, empty top layer on it: O(1), no data copied.
+//! * A clone is a new disk whose empty top layer sits on a snapshot's layer.
+//! * A rollback drops the disk's top layer and puts a new one on the
+//!   snapshot's layer (which must be in the disk's chain).
+//! * Deleting a disk or snapshot releases its layer; a layer with no owner
+//!   and no child layers is freed (its chunks return to the pool) and its
+//!   parent is released in turn. A deleted snapshot's layer that clones
+//!   still stand on stays, hidden, until they are gone.
+//!
+//! Data is stored encrypted, sector by sector (the disk's logical block
+//! size), with the logical sector number as the XTS tweak, so a chunk shared
+//! by a snapshot and its clones decrypts in each of them, and copy-on-write
+//! copies ciphertext without decrypting it. Unwritten parts of a chunk that
+//! copy-on-write fills are encrypted zeros. A disk created without a key is
+//! stored in plaintext; a snapshot or clone of an encrypted disk is always
+//! encrypted with the same data key.
+//!
+//! # Metadata and the commit protocol
+//!
+//! Disks, snapshots, layers, the layer maps and the free chunks live in a
+//! transactional [`Store`] (redb in the server). Changes to them are made in
+//! memory and committed together by [`Engine::flush`] and by every metadata
+//! operation:
+//!
+//! 1. sync the pool (every chunk written so far is durable);
+//! 2. commit one store transaction with every changed record, map entry and
+//!    free-list entry;
+//! 3. only then return chunks freed by this commit to the in-memory free
+//!    list, so that a chunk the last durable state refers to is never
+//!    overwritten.
+//!
+//! A chunk allocated since the last commit is referred to by no durable
+//! state, so writing it is safe whatever happens; an overwrite in place of a
+//! chunk the top layer already owns is an ordinary unflushed block write. So
+//! after a power loss at any point, reopening gives exactly the state of the
+//! last successful commit, plus any subset of in-place writes made since
+//! (block-device semantics: an acknowledged write survives only after a
+//! flush, or when written with FUA). A failed sync or commit stops the
+//! engine (every later call fails) until it is reopened from disk.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod engine;
+mod storage;
+
+pub use engine::{Engine, OpenDisk};
+pub use storage::{FileStorage, Storage};
+
+use serde::{Deserialize, Serialize};
+
+/// The pool's allocation unit, and the copy-on-write granule.
+pub const CHUNK: u64 = 64 * 1024;
+/// The largest disk: 64 TiB.
+pub const MAX_SIZE: u64 = 64 << 40;
+
+/// Errors. Every one leaves the engine's state unchanged, except
+/// [`DiskError::Failed`] (the engine stopped on an I/O error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiskError {
+    /// No disk or snapshot with this id.
+    #[error("{kind} {id} does not exist")]
+    NotFound {
+        /// `disk` or `snapshot`.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// A disk or snapshot with this id exists already.
+    #[error("{kind} {id} already exists")]
+    Exists {
+        /// `disk` or `snapshot`.
+        kind: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// A size, offset, length or argument that is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation conflicts with the disk's state (open, for example).
+    #[error("{0}")]
+    Conflict(String),
+    /// The pool or the metadata store failed; the engine has stopped.
+    #[error("disk engine stopped: {0}")]
+    Failed(String),
+    /// An I/O error on a data write or read (the engine goes on).
+    #[error("disk I/O: {0}")]
+    Io(String),
+}
+
+/// The wrapped data key of an encrypted disk, as the disk service stored it:
+/// opaque to the engine, which only keeps it with the disk and its
+/// snapshots.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The master key the data key is wrapped under (a key ARN).
+    pub key_arn: String,
+    /// The key service's ciphertext blob of the 64-byte XTS data key.
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyInfo")
+            .field("key_arn", &self.key_arn)
+            .field("wrapped_len", &self.wrapped.len())
+            .finish()
+    }
+}
+
+/// What a new disk is.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    /// Size in bytes: a positive multiple of 4 KiB, at most [`MAX_SIZE`].
+    pub size: u64,
+    /// Logical block size: 512 or 4096.
+    pub block_size: u32,
+    /// The wrapped data key, or `None` for an unencrypted disk.
+    pub key: Option<KeyInfo>,
+}
+
+/// A disk, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// Its id.
+    pub id: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// The wrapped data key (absent: unencrypted).
+    pub key: Option<KeyInfo>,
+    /// The snapshot it was cloned from, if any.
+    pub origin: Option<String>,
+    /// Its top layer.
+    pub(crate) top: u64,
+}
+
+/// A snapshot, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: String,
+    /// The disk it was taken of.
+    pub disk: String,
+    /// The disk's size then.
+    pub size: u64,
+    /// The disk's logical block size.
+    pub block_size: u32,
+    /// The disk's wrapped data key then (absent: unencrypted).
+    pub key: Option<KeyInfo>,
+    /// Its (frozen) layer.
+    pub(crate) layer: u64,
+}
+
+/// Checks a disk size: positive, a multiple of 4 KiB, at most [`MAX_SIZE`].
+pub fn check_size(size: u64) -> Result<(), DiskError> {
+    if size == 0 || !size.is_multiple_of(4096) {
+        return Err(DiskError::Invalid(format!(
+            "a disk size must be a positive multiple of 4096 bytes, not {size}"
+        )));
+    }
+    if size > MAX_SIZE {
+        return Err(DiskError::Invalid(format!(
+            "a disk size must be at most {MAX_SIZE} bytes (64 TiB), not {size}"
+        )));
+    }
+    Ok(())
+}
