@@ -150,6 +150,7 @@ pub struct Faults(Arc<FaultState>);
 #[derive(Debug, Default)]
 struct FaultState {
     writes: AtomicBool,
+    data_writes: AtomicBool,
     syncs: AtomicBool,
 }
 
@@ -163,6 +164,12 @@ impl Faults {
     /// From now on, `write_at` and `set_len` fail (`on`) or work again.
     pub fn fail_writes(&self, on: bool) {
         self.0.writes.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on, `write_at` fails (`on`) or works again, while
+    /// `set_len` keeps working (a full disk, say).
+    pub fn fail_data_writes(&self, on: bool) {
+        self.0.data_writes.store(on, Ordering::SeqCst);
     }
 
     /// From now on, `sync` fails (`on`) or works again.
@@ -205,6 +212,7 @@ impl<S: Storage> Storage for Faulty<S> {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults.check(&self.faults.0.writes, "write")?;
+        self.faults.check(&self.faults.0.data_writes, "write")?;
         self.inner.write_at(offset, data)
     }
 

@@ -71,6 +71,9 @@ struct Tail {
     /// The last sync covered the log up to here.
     synced_seq: u64,
     synced_len: u64,
+    /// The end and seq a sync in progress covers: the head may be rewritten
+    /// to name them at any moment, so a cut must not go below them.
+    syncing: Option<(u64, u64)>,
     /// The end and seq of the last record answered before its sync.
     answered_len: u64,
     answered_seq: u64,
@@ -127,6 +130,7 @@ impl Core {
                 prev,
                 synced_seq: seq,
                 synced_len: len,
+                syncing: None,
                 answered_len: len,
                 answered_seq: seq,
                 unsynced_since: None,
@@ -235,18 +239,23 @@ impl Core {
     }
 
     /// Stops the log: every later append is refused. With `cut`, tries to
-    /// cut the log back to the end of the last acknowledged record (not
-    /// after a head failure: the head may already name later records).
+    /// cut the log back to the end of the last acknowledged record, or of
+    /// the records a sync in progress covers (the head may be rewritten to
+    /// name them); not at all after a head failure (the head may already
+    /// name later records).
     /// Returns the waiting appends, which the caller fails outside the lock.
     fn fail(&self, t: &mut Tail, path: &str, reason: &str, cut: bool) -> Vec<(u64, Ack)> {
         tracing::error!(path = %path, %reason, "audit log failed; refusing all further records");
         let _ = self.failed.set(format!("{path}: {reason}"));
         if cut {
-            let (keep, keep_seq) = if t.answered_len > t.synced_len {
-                (t.answered_len, t.answered_seq)
-            } else {
-                (t.synced_len, t.synced_seq)
-            };
+            let (keep, keep_seq) = [
+                (t.answered_len, t.answered_seq),
+                (t.synced_len, t.synced_seq),
+                t.syncing.unwrap_or((0, 0)),
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or((t.synced_len, t.synced_seq));
             if self.log.set_len(keep).is_ok() {
                 let _ = self.log.sync();
                 t.allocated = keep;
@@ -385,6 +394,7 @@ impl<H: Storage> Syncer<H> {
     fn sync<'a>(&mut self, core: &'a Core, mut t: MutexGuard<'a, Tail>) -> MutexGuard<'a, Tail> {
         let (seq, prev, len) = (t.seq, t.prev, t.len);
         t.unsynced_since = None;
+        t.syncing = Some((len, seq));
         drop(t);
         self.last_sync = Some(Instant::now());
         // Every write that returned before the snapshot above is covered.
@@ -406,6 +416,9 @@ impl<H: Storage> Syncer<H> {
                     })
             });
         let mut t = core.lock();
+        // The head is written (or will never be, on an error): from here a
+        // cut may go back to the last sync that succeeded.
+        t.syncing = None;
         if let Err((path, reason, cut)) = result {
             let waiters = core.fail(&mut t, &path, &reason, cut);
             drop(t);

@@ -1181,6 +1181,48 @@ fn a_failed_head_update_fails_closed_and_reopen_keeps_the_durable_record() {
 }
 
 #[test]
+fn a_failed_write_during_a_sync_keeps_what_the_head_may_name() {
+    let p = fresh_power();
+    let log_mem = Mem::new("audit.log", &p, Vec::new());
+    let head_mem = Mem::new("audit.head", &p, Vec::new());
+    let faults = Faults::new();
+    let log = AuditLog::open_with(
+        Faulty::new(log_mem.clone(), faults.clone()),
+        head_mem.clone(),
+        &key(),
+        &strict(),
+    )
+    .unwrap();
+    // The syncer is held in the log sync of record 1 when another append's
+    // write fails (a full disk: the cut back still works).
+    log_mem.set_hold(true);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| log.append_blocking(entry(0)));
+        while log_mem.state.0.lock().unwrap().writes.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        faults.fail_data_writes(true);
+        // The failing append's cut syncs the log too: release the hold soon.
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            log_mem.set_hold(false);
+        });
+        assert!(matches!(
+            log.append_written(&entry(1)),
+            Err(AuditError::Io { .. })
+        ));
+        faults.fail_data_writes(false);
+        assert!(h.join().unwrap().is_err());
+    });
+    drop(log);
+    // The sync went on and the head names record 1: the cut kept it, so the
+    // log reopens (a head naming a missing record would be damage).
+    let (again, _, _) = open_images(&log_mem.current(), &head_mem.current()).unwrap();
+    assert_eq!(again.stats().last_seq, 1);
+}
+
+#[test]
 fn a_failed_lazy_head_sync_stops_the_log() {
     let dir = make_log(2);
     let (log_file, _) = FileStorage::open(&dir.path().join(LOG_FILE)).unwrap();

@@ -550,7 +550,7 @@ impl Engine {
                 id: id.to_owned(),
             });
         }
-        if s.key.is_some() != key.is_some() && key.is_some() {
+        if s.key.is_none() && key.is_some() {
             return Err(DiskError::Invalid(
                 "a clone of an unencrypted snapshot is unencrypted; encrypting needs a copy into a new disk".into(),
             ));
