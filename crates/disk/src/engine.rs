@@ -9,7 +9,9 @@ use atrest_crypto::xts::Xts256;
 use atrest_store::{ReadTx, Store, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::{CHUNK, DiskError, DiskInfo, DiskSpec, KeyInfo, SnapshotInfo, Storage, check_size};
+use crate::{
+    CHUNK, DiskError, DiskInfo, DiskSpec, KeyInfo, Labels, SnapshotInfo, Storage, check_size,
+};
 
 const DISKS: Table = Table::new("disk.disks");
 const SNAPSHOTS: Table = Table::new("disk.snapshots");
@@ -471,6 +473,7 @@ impl Engine {
             block_size: spec.block_size,
             key: spec.key.clone(),
             origin: None,
+            labels: spec.labels.clone(),
             top,
         };
         st.disks.insert(id.to_owned(), d.clone());
@@ -500,8 +503,16 @@ impl Engine {
     }
 
     /// Snapshots `disk` as `id`: O(1), no data copied. Writes acknowledged
-    /// before it are in the snapshot.
-    pub fn snapshot_disk(&self, disk: &str, id: &str) -> Result<SnapshotInfo, DiskError> {
+    /// before it are in the snapshot. `key`, if given, must wrap the disk's
+    /// data key (for instance under a context naming the snapshot); without
+    /// it the snapshot keeps the disk's wrapped key.
+    pub fn snapshot_disk(
+        &self,
+        disk: &str,
+        id: &str,
+        key: Option<KeyInfo>,
+        labels: Labels,
+    ) -> Result<SnapshotInfo, DiskError> {
         check_id(id)?;
         let mut st = self.lock()?;
         let d = st.disk(disk)?.clone();
@@ -511,6 +522,11 @@ impl Engine {
                 id: id.to_owned(),
             });
         }
+        if d.key.is_none() && key.is_some() {
+            return Err(DiskError::Invalid(format!(
+                "disk {disk} is not encrypted, so neither is a snapshot of it"
+            )));
+        }
         st.layer_mut(d.top)?.rec.owner = Owner::Snapshot(id.to_owned());
         st.dirty.insert(Dirty::Layer(d.top));
         let top = st.new_layer(Some(d.top), d.size, Owner::Disk(disk.to_owned()))?;
@@ -519,7 +535,8 @@ impl Engine {
             disk: disk.to_owned(),
             size: d.size,
             block_size: d.block_size,
-            key: d.key.clone(),
+            key: key.or_else(|| d.key.clone()),
+            labels,
             layer: d.top,
         };
         st.snapshots.insert(id.to_owned(), s.clone());
@@ -540,6 +557,7 @@ impl Engine {
         snapshot: &str,
         id: &str,
         key: Option<KeyInfo>,
+        labels: Labels,
     ) -> Result<DiskInfo, DiskError> {
         check_id(id)?;
         let mut st = self.lock()?;
@@ -562,6 +580,7 @@ impl Engine {
             block_size: s.block_size,
             key: key.or(s.key),
             origin: Some(snapshot.to_owned()),
+            labels,
             top,
         };
         st.disks.insert(id.to_owned(), d.clone());
@@ -676,7 +695,8 @@ impl Engine {
     }
 
     /// Opens `disk` for I/O. `key` is its plaintext data key, which an
-    /// encrypted disk needs and an unencrypted one refuses.
+    /// encrypted disk needs and an unencrypted one refuses. A disk has one
+    /// open handle at a time (share it to serve several users).
     pub fn open_disk(
         self: &Arc<Self>,
         disk: &str,
@@ -684,6 +704,11 @@ impl Engine {
     ) -> Result<OpenDisk, DiskError> {
         let mut st = self.lock()?;
         let d = st.disk(disk)?.clone();
+        if st.open.contains_key(disk) {
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is open already; share the open handle"
+            )));
+        }
         let cipher = match (&d.key, key) {
             (Some(_), Some(k)) => {
                 Some(Xts256::new(k).map_err(|e| DiskError::Invalid(format!("data key: {e}")))?)

@@ -125,6 +125,9 @@ pub struct KeyInfo {
     pub key_arn: String,
     /// The key service's ciphertext blob of the 64-byte XTS data key.
     pub wrapped: Vec<u8>,
+    /// The grant that lets the disk service unwrap it, if any.
+    #[serde(default)]
+    pub grant_id: Option<String>,
 }
 
 impl std::fmt::Debug for KeyInfo {
@@ -132,6 +135,7 @@ impl std::fmt::Debug for KeyInfo {
         f.debug_struct("KeyInfo")
             .field("key_arn", &self.key_arn)
             .field("wrapped_len", &self.wrapped.len())
+            .field("grant_id", &self.grant_id)
             .finish()
     }
 }
@@ -145,7 +149,14 @@ pub struct DiskSpec {
     pub block_size: u32,
     /// The wrapped data key, or `None` for an unencrypted disk.
     pub key: Option<KeyInfo>,
+    /// The caller's labels (owner, creation time, ...), opaque here.
+    pub labels: Labels,
 }
+
+/// Labels a caller keeps with a disk or snapshot (the disk service keeps
+/// the owning account and region there), opaque to the engine and
+/// committed atomically with the record.
+pub type Labels = std::collections::BTreeMap<String, String>;
 
 /// A disk, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +171,9 @@ pub struct DiskInfo {
     pub key: Option<KeyInfo>,
     /// The snapshot it was cloned from, if any.
     pub origin: Option<String>,
+    /// The caller's labels.
+    #[serde(default)]
+    pub labels: Labels,
     /// Its top layer.
     pub(crate) top: u64,
 }
@@ -175,8 +189,11 @@ pub struct SnapshotInfo {
     pub size: u64,
     /// The disk's logical block size.
     pub block_size: u32,
-    /// The disk's wrapped data key then (absent: unencrypted).
+    /// Its wrapped data key (the disk's data key; absent: unencrypted).
     pub key: Option<KeyInfo>,
+    /// The caller's labels.
+    #[serde(default)]
+    pub labels: Labels,
     /// Its (frozen) layer.
     pub(crate) layer: u64,
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use atrest_crypto::XtsKey;
-use atrest_disk::{CHUNK, DiskError, DiskSpec, Engine, FileStorage, KeyInfo, Storage};
+use atrest_disk::{CHUNK, DiskError, DiskSpec, Engine, FileStorage, KeyInfo, Labels, Storage};
 use atrest_store::{Entry, MemoryStore, ReadTx, Store, StoreError, Table, WriteTx};
 
 /// A pool in memory that models power loss: writes reach `current`; a sync
@@ -182,6 +182,7 @@ fn key_info() -> KeyInfo {
     KeyInfo {
         key_arn: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
         wrapped: vec![7; 40],
+        grant_id: None,
     }
 }
 
@@ -200,7 +201,9 @@ fn check(engine: &Arc<Engine>, model: &Model, step: usize) {
     }
     for (sid, (data, _)) in &model.snapshots {
         let s = engine.snapshot(sid).unwrap();
-        engine.clone_snapshot(sid, "probe", None).unwrap();
+        engine
+            .clone_snapshot(sid, "probe", None, Labels::new())
+            .unwrap();
         let got = read_all(engine, "probe", s.key.is_some());
         engine.delete_disk("probe").unwrap();
         assert!(got == *data, "step {step}: snapshot {sid} differs");
@@ -254,6 +257,7 @@ fn run_model(seed: u64, steps: usize) {
                     size,
                     block_size: bs,
                     key: enc.then(key_info),
+                    labels: Labels::new(),
                 };
                 engine.create_disk(&id, &spec).unwrap();
                 model.disks.insert(id, (vec![0; size as usize], bs, enc));
@@ -309,7 +313,9 @@ fn run_model(seed: u64, steps: usize) {
                 next_id += 1;
                 let id = format!("s{next_id}");
                 let disk = pick(&mut rng, &disks);
-                engine.snapshot_disk(&disk, &id).unwrap();
+                engine
+                    .snapshot_disk(&disk, &id, None, Labels::new())
+                    .unwrap();
                 let data = model.disks[&disk].0.clone();
                 model.snapshots.insert(id, (data, disk));
                 durable = model.clone();
@@ -319,7 +325,7 @@ fn run_model(seed: u64, steps: usize) {
                 next_id += 1;
                 let id = format!("c{next_id}");
                 let s = pick(&mut rng, &snaps);
-                let info = engine.clone_snapshot(&s, &id, None).unwrap();
+                let info = engine.clone_snapshot(&s, &id, None, Labels::new()).unwrap();
                 let (data, _) = model.snapshots[&s].clone();
                 model
                     .disks
@@ -464,14 +470,19 @@ fn snapshot_and_clone_copy_nothing_and_diverge() {
         size: 64 << 30,
         block_size: 4096,
         key: Some(key_info()),
+        labels: Labels::new(),
     };
     engine.create_disk("big", &spec).unwrap();
     let k = key();
     let d = engine.open_disk("big", Some(&k)).unwrap();
     d.write(0, &[0xAB; 8192], true).unwrap();
     let used = pool.len().unwrap();
-    engine.snapshot_disk("big", "snap").unwrap();
-    let clone = engine.clone_snapshot("snap", "copy", None).unwrap();
+    engine
+        .snapshot_disk("big", "snap", None, Labels::new())
+        .unwrap();
+    let clone = engine
+        .clone_snapshot("snap", "copy", None, Labels::new())
+        .unwrap();
     // No data was copied.
     assert_eq!(pool.len().unwrap(), used);
     assert_eq!(clone.size, 64 << 30);
@@ -503,6 +514,7 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
         size: 1 << 20,
         block_size: 512,
         key: None,
+        labels: Labels::new(),
     };
     for (size, bs) in [
         (0, 512),
@@ -514,6 +526,7 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             size,
             block_size: bs,
             key: None,
+            labels: Labels::new(),
         };
         assert!(matches!(
             engine.create_disk("x", &spec),
@@ -564,11 +577,11 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
         Err(DiskError::NotFound { .. })
     ));
     assert!(matches!(
-        engine.snapshot_disk("nope", "s"),
+        engine.snapshot_disk("nope", "s", None, Labels::new()),
         Err(DiskError::NotFound { .. })
     ));
     assert!(matches!(
-        engine.clone_snapshot("nope", "c", None),
+        engine.clone_snapshot("nope", "c", None, Labels::new()),
         Err(DiskError::NotFound { .. })
     ));
     assert!(matches!(
@@ -576,7 +589,7 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
         Err(DiskError::NotFound { .. })
     ));
     // Open: no rollback or delete.
-    engine.snapshot_disk("d", "s").unwrap();
+    engine.snapshot_disk("d", "s", None, Labels::new()).unwrap();
     assert!(matches!(
         engine.rollback("d", "s"),
         Err(DiskError::Conflict(_))
@@ -585,18 +598,28 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
         engine.delete_disk("d"),
         Err(DiskError::Conflict(_))
     ));
+    // One open handle at a time.
+    assert!(matches!(
+        engine.open_disk("d", None),
+        Err(DiskError::Conflict(_))
+    ));
+    // A clone of an unencrypted snapshot cannot be given a key, nor can a
+    // snapshot of an unencrypted disk.
+    assert!(matches!(
+        engine.clone_snapshot("s", "c", Some(key_info()), Labels::new()),
+        Err(DiskError::Invalid(_))
+    ));
+    assert!(matches!(
+        engine.snapshot_disk("d", "s2", Some(key_info()), Labels::new()),
+        Err(DiskError::Invalid(_))
+    ));
+    drop(d);
     // An encrypted disk needs its key; an unencrypted one refuses one.
     let k = key();
     assert!(matches!(
         engine.open_disk("d", Some(&k)),
         Err(DiskError::Invalid(_))
     ));
-    // A clone of an unencrypted snapshot cannot be given a key.
-    assert!(matches!(
-        engine.clone_snapshot("s", "c", Some(key_info())),
-        Err(DiskError::Invalid(_))
-    ));
-    drop(d);
     assert_eq!(engine.disk("d").unwrap().size, 1 << 20);
     assert_eq!(engine.disks().unwrap().len(), 1);
     assert_eq!(engine.snapshots().unwrap().len(), 1);
@@ -612,6 +635,7 @@ fn no_pattern_or_key_reaches_the_files() {
         size: 4 << 20,
         block_size: 512,
         key: Some(key_info()),
+        labels: Labels::new(),
     };
     engine.create_disk("d", &spec).unwrap();
     let k = key();
@@ -621,8 +645,10 @@ fn no_pattern_or_key_reaches_the_files() {
         d.write(i * 100 * 512, &pattern, false).unwrap();
     }
     d.flush().unwrap();
-    engine.snapshot_disk("d", "s").unwrap();
-    let c = engine.clone_snapshot("s", "c", None).unwrap();
+    engine.snapshot_disk("d", "s", None, Labels::new()).unwrap();
+    let c = engine
+        .clone_snapshot("s", "c", None, Labels::new())
+        .unwrap();
     let cd = engine.open_disk(&c.id, Some(&k)).unwrap();
     cd.write(512, &pattern[..1024], true).unwrap();
     let mut back = vec![0u8; pattern.len()];
