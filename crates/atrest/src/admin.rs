@@ -40,7 +40,7 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
     )?)
 }
 
-fn show(resp: &atrest_client::Response) -> anyhow::Result<()> {
+pub fn show(resp: &atrest_client::Response) -> anyhow::Result<()> {
     let body = resp.json();
     if resp.status.is_success() {
         println!("{}", serde_json::to_string_pretty(&body)?);

@@ -41,6 +41,141 @@ pub enum Command {
     Audit(AuditArgs),
     /// Key-service request counts per account, region and operation.
     Metering(MeteringArgs),
+    /// Encrypted disks: create, list, show, resize, snapshot, rollback,
+    /// clone, rekey, convert, delete.
+    Disk(DiskArgs),
+    /// Snapshots of disks: list, show, delete.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiskArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: DiskCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Create a disk (encrypted under the disk service key unless told otherwise).
+    Create {
+        /// Size: bytes, or with a suffix K, M, G, T (powers of 1024).
+        #[arg(long)]
+        size: String,
+        /// Logical block size: 512 or 4096.
+        #[arg(long, default_value_t = 512)]
+        block_size: u32,
+        /// The master key (key id, key ARN or alias) [default: alias/atrest/disk].
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Store the disk's data unencrypted.
+        #[arg(long, conflicts_with = "key_id")]
+        unencrypted: bool,
+    },
+    /// List your disks.
+    List,
+    /// Show a disk.
+    Show { id: String },
+    /// Grow a disk (a user sees the new size after attaching again).
+    Resize {
+        id: String,
+        /// The new size: bytes, or with a suffix K, M, G, T.
+        #[arg(long)]
+        size: String,
+    },
+    /// Snapshot a disk (instant, whatever its size).
+    Snapshot { id: String },
+    /// Roll a disk back to one of its snapshots.
+    Rollback {
+        id: String,
+        /// The snapshot.
+        #[arg(long)]
+        snapshot: String,
+    },
+    /// Create a disk from a snapshot (same data key, no data copied).
+    Clone {
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Change a disk's master key (re-wrap, instant) or, with --reencrypt,
+    /// re-encrypt its data under a fresh data key (a job, with progress).
+    Rekey {
+        id: String,
+        /// The new master key (key id, key ARN or alias).
+        #[arg(
+            long,
+            required_unless_present = "reencrypt",
+            conflicts_with = "reencrypt"
+        )]
+        key_id: Option<String>,
+        /// Re-encrypt the data under a fresh data key.
+        #[arg(long)]
+        reencrypt: bool,
+        /// Return at once instead of following the job.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Copy a disk into a new disk, encrypted or unencrypted (a job, with progress).
+    Convert {
+        id: String,
+        /// Make the new disk encrypted (under --key-id, default the disk service key).
+        #[arg(
+            long,
+            conflicts_with = "unencrypted",
+            required_unless_present = "unencrypted"
+        )]
+        encrypted: bool,
+        /// Make the new disk unencrypted.
+        #[arg(long)]
+        unencrypted: bool,
+        /// The new disk's master key.
+        #[arg(long, conflicts_with = "unencrypted")]
+        key_id: Option<String>,
+        /// Return at once instead of following the job.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Let the disk service use a disk's key again after its grant was revoked.
+    Regrant { id: String },
+    /// Delete a disk (its space is reclaimed once no snapshot refers to it).
+    Delete { id: String },
+    /// Show a job (re-encryption or conversion); --follow shows a progress bar until it ends.
+    Job {
+        id: String,
+        /// Follow it until it ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// List your jobs.
+    Jobs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List your snapshots.
+    List,
+    /// Show a snapshot.
+    Show { id: String },
+    /// Delete a snapshot.
+    Delete { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnKeyLoss {
+    /// Keep serving with the key already unlocked.
+    Keep,
+    /// Close the disk (dropping its key) --disk-close-after seconds after
+    /// its key became unusable.
+    Close,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +284,17 @@ pub struct ServeArgs {
     /// Like PostgreSQL's `commit_delay`; see `docs/benchmarks.md`.
     #[arg(long, default_value_t = DEFAULT_AUDIT_COMMIT_DELAY_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub audit_commit_delay_us: u64,
+    /// What an open disk does when its key becomes unusable (disabled,
+    /// pending deletion, deleted, grant revoked).
+    #[arg(long, value_enum, default_value_t = OnKeyLoss::Close)]
+    pub disk_on_key_loss: OnKeyLoss,
+    /// With `--disk-on-key-loss close`: seconds after which an open disk
+    /// whose key is unusable is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub disk_close_after: u64,
+    /// Seconds between checks of open disks' keys.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub disk_key_check_interval: u64,
     /// Testing only: shift the clock of rotation and deletion schedules by
     /// this many days (request signing still uses the real clock).
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]

@@ -9,6 +9,7 @@
 
 mod admin;
 mod cli;
+mod disks;
 mod root_args;
 mod serve;
 
@@ -39,6 +40,8 @@ fn main() -> std::process::ExitCode {
             cli::Command::Admin(args) => admin::run(args).await,
             cli::Command::Audit(args) => admin::audit(args).await,
             cli::Command::Metering(args) => admin::metering(args).await,
+            cli::Command::Disk(args) => disks::disk(args).await,
+            cli::Command::Snapshot(args) => disks::snapshot(args).await,
         }
     });
     match result {

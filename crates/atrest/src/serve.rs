@@ -62,6 +62,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             crate::cli::AuditSync::Changes => atrest_server::config::AuditSync::Changes,
             crate::cli::AuditSync::Every => atrest_server::config::AuditSync::Every,
         },
+        disks: atrest_diskservice::Config {
+            on_key_loss: match args.disk_on_key_loss {
+                crate::cli::OnKeyLoss::Keep => atrest_diskservice::OnKeyLoss::KeepServing,
+                crate::cli::OnKeyLoss::Close => atrest_diskservice::OnKeyLoss::CloseAfter(
+                    Duration::from_secs(args.disk_close_after),
+                ),
+            },
+            check_interval: Duration::from_secs(args.disk_key_check_interval),
+        },
     };
     let server = atrest_server::start(config)
         .await

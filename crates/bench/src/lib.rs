@@ -1,11 +1,13 @@
 //! Benchmarks for atrest.
 //!
-//! Two binaries use this library:
+//! Three binaries use this library:
 //!
 //! * `xts-bench`: AES-256-XTS (and AES-256-GCM) throughput per core of
 //!   [`atrest_crypto::xts::Xts256`] next to `openssl speed` and the rejected
 //!   RustCrypto candidates ([`candidates`]).
 //! * `kms-load`: a SigV4 load generator for the KMS API.
+//! * `disk-bench`: the disk engine against an unencrypted disk and a plain
+//!   file, and snapshot/clone time by disk size.
 //!
 //! This library holds what they share and what is worth a unit test: the
 //! timing harness, the parser of `openssl speed` output, exact percentiles and

@@ -24,6 +24,7 @@
 pub mod aead;
 pub mod hash;
 pub mod kdf;
+pub mod memlock;
 pub mod rand;
 pub mod secret;
 pub mod wrap;

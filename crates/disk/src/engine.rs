@@ -1,6 +1,7 @@
 //! The engine: disks, snapshots and layers in memory, their commit to the
 //! store, and the data path.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -12,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     CHUNK, DiskError, DiskInfo, DiskSpec, KeyInfo, Labels, SnapshotInfo, Storage, check_size,
 };
+
+mod rekey;
+
+use rekey::Keys;
 
 const DISKS: Table = Table::new("disk.disks");
 const SNAPSHOTS: Table = Table::new("disk.snapshots");
@@ -116,6 +121,22 @@ fn failed(e: impl std::fmt::Display) -> DiskError {
 
 fn damaged(what: impl std::fmt::Display) -> DiskError {
     DiskError::Failed(format!("disk metadata is damaged: {what}"))
+}
+
+/// The chunks of a disk of `size` bytes.
+fn chunks(size: u64) -> u64 {
+    size.div_ceil(CHUNK)
+}
+
+/// Refuses `what` on a disk that is being re-encrypted.
+fn not_rekeying(d: &DiskInfo, what: &str) -> Result<(), DiskError> {
+    if d.rekey.is_some() {
+        return Err(DiskError::Conflict(format!(
+            "disk {} is being re-encrypted; {what} it once that is finished",
+            d.id
+        )));
+    }
+    Ok(())
 }
 
 fn not_found(kind: &'static str, id: &str) -> DiskError {
@@ -226,6 +247,20 @@ impl State {
         Ok(())
     }
 
+    /// Takes one child away from `layer`, freeing it (and its ancestors, as
+    /// [`State::release`] does) if it is left with neither owner nor
+    /// children.
+    fn drop_child(&mut self, layer: u64) -> Result<(), DiskError> {
+        let l = self.layer_mut(layer)?;
+        l.rec.children = l.rec.children.saturating_sub(1);
+        let unused = l.rec.owner == Owner::None && l.rec.children == 0;
+        self.dirty.insert(Dirty::Layer(layer));
+        if unused {
+            self.release(layer)?;
+        }
+        Ok(())
+    }
+
     fn free_chunk(&mut self, phys: u64) {
         if phys != ZERO {
             self.pending_free.insert(phys);
@@ -270,6 +305,21 @@ impl State {
             cur = l.rec.parent;
         }
         Ok(None)
+    }
+
+    /// The first chunk index at or after `from` that some layer of the chain
+    /// topped by `top` maps (the chunks before it read as zeros).
+    fn next_mapped(&self, top: u64, from: u64) -> Result<Option<u64>, DiskError> {
+        let mut first: Option<u64> = None;
+        let mut cur = Some(top);
+        while let Some(id) = cur {
+            let l = self.layer(id)?;
+            if let Some((&idx, _)) = l.map.range(from..).next() {
+                first = Some(first.map_or(idx, |f| f.min(idx)));
+            }
+            cur = l.rec.parent;
+        }
+        Ok(first)
     }
 
     fn is_ancestor(&self, ancestor: u64, of: u64) -> Result<bool, DiskError> {
@@ -338,6 +388,12 @@ impl Engine {
         }
         for d in st.disks.values() {
             st.layer(d.top)?;
+            if d.rekey.is_some() && d.key.is_none() {
+                return Err(damaged(format!(
+                    "disk {} is being re-encrypted but has no key",
+                    d.id
+                )));
+            }
         }
         for s in st.snapshots.values() {
             st.layer(s.layer)?;
@@ -474,6 +530,7 @@ impl Engine {
             key: spec.key.clone(),
             origin: None,
             labels: spec.labels.clone(),
+            rekey: None,
             top,
         };
         st.disks.insert(id.to_owned(), d.clone());
@@ -516,6 +573,7 @@ impl Engine {
         check_id(id)?;
         let mut st = self.lock()?;
         let d = st.disk(disk)?.clone();
+        not_rekeying(&d, "snapshot")?;
         if st.snapshots.contains_key(id) {
             return Err(DiskError::Exists {
                 kind: "snapshot",
@@ -581,6 +639,7 @@ impl Engine {
             key: key.or(s.key),
             origin: Some(snapshot.to_owned()),
             labels,
+            rekey: None,
             top,
         };
         st.disks.insert(id.to_owned(), d.clone());
@@ -596,6 +655,7 @@ impl Engine {
         let mut st = self.lock()?;
         let d = st.disk(disk)?.clone();
         let s = st.snapshot(snapshot)?.clone();
+        not_rekeying(&d, "roll back")?;
         if st.open.get(disk).copied().unwrap_or(0) > 0 {
             return Err(DiskError::Conflict(format!(
                 "disk {disk} is open; detach it before rolling it back"
@@ -654,6 +714,7 @@ impl Engine {
         if dm.key.is_none() {
             return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")));
         }
+        not_rekeying(dm, "rewrap")?;
         dm.key = Some(key);
         let out = dm.clone();
         st.dirty.insert(Dirty::Disk(disk.to_owned()));
@@ -688,6 +749,20 @@ impl Engine {
         self.commit(&mut st)
     }
 
+    /// Replaces the caller's labels of `disk`.
+    pub fn set_labels(&self, disk: &str, labels: Labels) -> Result<DiskInfo, DiskError> {
+        let mut st = self.lock()?;
+        let dm = st
+            .disks
+            .get_mut(disk)
+            .ok_or_else(|| not_found("disk", disk))?;
+        dm.labels = labels;
+        let out = dm.clone();
+        st.dirty.insert(Dirty::Disk(disk.to_owned()));
+        self.commit(&mut st)?;
+        Ok(out)
+    }
+
     /// Pool chunks in use (for tests and space accounting).
     pub fn chunks_in_use(&self) -> Result<u64, DiskError> {
         let st = self.lock()?;
@@ -696,7 +771,9 @@ impl Engine {
 
     /// Opens `disk` for I/O. `key` is its plaintext data key, which an
     /// encrypted disk needs and an unencrypted one refuses. A disk has one
-    /// open handle at a time (share it to serve several users).
+    /// open handle at a time (share it to serve several users). A disk that
+    /// is being re-encrypted needs both its keys:
+    /// [`Engine::open_disk_rekeying`].
     pub fn open_disk(
         self: &Arc<Self>,
         disk: &str,
@@ -704,15 +781,15 @@ impl Engine {
     ) -> Result<OpenDisk, DiskError> {
         let mut st = self.lock()?;
         let d = st.disk(disk)?.clone();
-        if st.open.contains_key(disk) {
+        check_not_open(&st, disk)?;
+        if d.rekey.is_some() {
             return Err(DiskError::Conflict(format!(
-                "disk {disk} is open already; share the open handle"
+                "disk {disk} is being re-encrypted: opening it needs both its data keys \
+                 (open_disk_rekeying)"
             )));
         }
-        let cipher = match (&d.key, key) {
-            (Some(_), Some(k)) => {
-                Some(Xts256::new(k).map_err(|e| DiskError::Invalid(format!("data key: {e}")))?)
-            }
+        let cur = match (&d.key, key) {
+            (Some(_), Some(k)) => Some(cipher(k)?),
             (None, None) => None,
             (Some(_), None) => {
                 return Err(DiskError::Invalid(format!(
@@ -723,15 +800,52 @@ impl Engine {
                 return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")));
             }
         };
-        *st.open.entry(disk.to_owned()).or_insert(0) += 1;
-        Ok(OpenDisk {
+        Ok(self.open_handle(&mut st, d, Keys::new(cur, None, 0)))
+    }
+
+    /// Opens a disk that is being re-encrypted: `key` is its current data
+    /// key, `next` the new one (see [`OpenDisk::rekey_step`]).
+    pub fn open_disk_rekeying(
+        self: &Arc<Self>,
+        disk: &str,
+        key: &XtsKey,
+        next: &XtsKey,
+    ) -> Result<OpenDisk, DiskError> {
+        let mut st = self.lock()?;
+        let d = st.disk(disk)?.clone();
+        check_not_open(&st, disk)?;
+        let Some(done) = d.rekey.as_ref().map(|r| r.done) else {
+            return Err(DiskError::Invalid(format!(
+                "disk {disk} is not being re-encrypted; open it with its data key alone"
+            )));
+        };
+        let keys = Keys::new(Some(cipher(key)?), Some(cipher(next)?), done);
+        Ok(self.open_handle(&mut st, d, keys))
+    }
+
+    fn open_handle(self: &Arc<Self>, st: &mut State, d: DiskInfo, keys: Keys) -> OpenDisk {
+        *st.open.entry(d.id.clone()).or_insert(0) += 1;
+        OpenDisk {
             engine: Arc::clone(self),
             id: d.id,
             size: d.size,
             block_size: d.block_size,
-            cipher: Mutex::new(cipher),
-        })
+            keys: Mutex::new(keys),
+        }
     }
+}
+
+fn check_not_open(st: &State, disk: &str) -> Result<(), DiskError> {
+    if st.open.contains_key(disk) {
+        return Err(DiskError::Conflict(format!(
+            "disk {disk} is open already; share the open handle"
+        )));
+    }
+    Ok(())
+}
+
+fn cipher(key: &XtsKey) -> Result<Xts256, DiskError> {
+    Xts256::new(key).map_err(|e| DiskError::Invalid(format!("data key: {e}")))
 }
 
 fn check_id(id: &str) -> Result<(), DiskError> {
@@ -749,14 +863,16 @@ fn check_id(id: &str) -> Result<(), DiskError> {
     }
 }
 
-/// An open disk: reads, writes, flushes. Its size is the disk's size when it
-/// was opened. Dropping it closes the disk and drops its key schedule.
+/// An open disk: reads, writes, flushes, re-encryption. Its size is the
+/// disk's size when it was opened. Dropping it closes the disk and drops its
+/// key schedules.
 pub struct OpenDisk {
     engine: Arc<Engine>,
     id: String,
     size: u64,
     block_size: u32,
-    cipher: Mutex<Option<Xts256>>,
+    /// Locked after the engine's state, never before it.
+    keys: Mutex<Keys>,
 }
 
 impl std::fmt::Debug for OpenDisk {
@@ -803,6 +919,12 @@ impl OpenDisk {
         self.block_size
     }
 
+    fn keys(&self) -> MutexGuard<'_, Keys> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn check_io(&self, offset: u64, len: usize) -> Result<(), DiskError> {
         let bs = u64::from(self.block_size);
         if !offset.is_multiple_of(bs) || !(len as u64).is_multiple_of(bs) {
@@ -822,20 +944,9 @@ impl OpenDisk {
         Ok(())
     }
 
-    fn crypt(&self, first_sector: u64, data: &mut [u8], encrypt: bool) -> Result<(), DiskError> {
-        let mut c = self
-            .cipher
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = c.as_mut() {
-            let r = if encrypt {
-                c.encrypt_sectors(first_sector, self.block_size as usize, data)
-            } else {
-                c.decrypt_sectors(first_sector, self.block_size as usize, data)
-            };
-            r.map_err(|e| DiskError::Io(format!("sector encryption: {e}")))?;
-        }
-        Ok(())
+    fn crypt(&self, offset: u64, data: &mut [u8], encrypt: bool) -> Result<(), DiskError> {
+        self.keys()
+            .crypt(self.block_size as usize, offset, data, encrypt)
     }
 
     /// Reads `buf.len()` bytes at `offset` (both multiples of the block
@@ -858,7 +969,7 @@ impl OpenDisk {
                         .pool
                         .read_at(phys * CHUNK + within as u64, out)
                         .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
-                    self.crypt(off / u64::from(self.block_size), out, false)?;
+                    self.crypt(off, out, false)?;
                     if within + n > visible {
                         let from = visible.saturating_sub(within);
                         out[from..].fill(0);
@@ -875,11 +986,42 @@ impl OpenDisk {
     /// `fua`.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DiskError> {
         self.check_io(offset, data.len())?;
-        let bs = u64::from(self.block_size);
-        let mut enc = data.to_vec();
-        self.crypt(offset / bs, &mut enc, true)?;
+        // Encrypted before taking the engine lock, so that the cipher runs
+        // while other users' I/O goes on. The layout it was encrypted under
+        // is checked again under the lock: a re-encryption step in between
+        // may have moved some of its chunks to the new key.
+        let (mut enc, before) = {
+            let mut keys = self.keys();
+            let before = keys.layout;
+            let enc = if keys.cur.is_some() {
+                let mut enc = data.to_vec();
+                keys.crypt(self.block_size as usize, offset, &mut enc, true)?;
+                Cow::Owned(enc)
+            } else {
+                Cow::Borrowed(data)
+            };
+            (enc, before)
+        };
         let mut st = self.engine.lock()?;
         let top = st.disk(&self.id)?.top;
+        {
+            let mut keys = self.keys();
+            if keys.layout != before {
+                let now = keys.layout;
+                let mut done = 0usize;
+                while done < data.len() {
+                    let off = offset + done as u64;
+                    let idx = off / CHUNK;
+                    let n = (CHUNK_LEN - (off % CHUNK) as usize).min(data.len() - done);
+                    if before.key(idx) != now.key(idx) {
+                        let piece = &mut enc.to_mut()[done..done + n];
+                        piece.copy_from_slice(&data[done..done + n]);
+                        keys.crypt(self.block_size as usize, off, piece, true)?;
+                    }
+                    done += n;
+                }
+            }
+        }
         let mut done = 0usize;
         while done < enc.len() {
             let off = offset + done as u64;
@@ -894,13 +1036,18 @@ impl OpenDisk {
                     .write_at(phys * CHUNK + within as u64, piece)
                     .map_err(|e| DiskError::Io(format!("writing: {e}")))?;
             } else {
-                let mut chunk = vec![0u8; CHUNK_LEN];
-                if n < CHUNK_LEN {
+                let filled;
+                let chunk = if n == CHUNK_LEN {
+                    piece
+                } else {
+                    let mut chunk = vec![0u8; CHUNK_LEN];
                     self.fill_from_chain(&st, top, idx, &mut chunk)?;
-                }
-                chunk[within..within + n].copy_from_slice(piece);
+                    chunk[within..within + n].copy_from_slice(piece);
+                    filled = chunk;
+                    &filled[..]
+                };
                 let phys = st.alloc();
-                if let Err(e) = self.engine.pool.write_at(phys * CHUNK, &chunk) {
+                if let Err(e) = self.engine.pool.write_at(phys * CHUNK, chunk) {
                     // Not referred to by anything: give it back.
                     st.free.insert(phys);
                     return Err(DiskError::Io(format!("writing: {e}")));
@@ -927,10 +1074,9 @@ impl OpenDisk {
         idx: u64,
         chunk: &mut [u8],
     ) -> Result<(), DiskError> {
-        let bs = u64::from(self.block_size);
-        let first = idx * CHUNK / bs;
+        let start = idx * CHUNK;
         match st.find(top, idx)? {
-            None => self.crypt(first, chunk, true),
+            None => self.crypt(start, chunk, true),
             Some((phys, visible)) => {
                 self.engine
                     .pool
@@ -939,7 +1085,7 @@ impl OpenDisk {
                 if visible < chunk.len() {
                     let tail = &mut chunk[visible..];
                     tail.fill(0);
-                    self.crypt(first + visible as u64 / bs, tail, true)?;
+                    self.crypt(start + visible as u64, tail, true)?;
                 }
                 Ok(())
             }

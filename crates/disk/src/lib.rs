@@ -64,6 +64,57 @@
 //! (block-device semantics: an acknowledged write survives only after a
 //! flush, or when written with FUA). A failed sync or commit stops the
 //! engine (every later call fails) until it is reopened from disk.
+//!
+//! # Re-encryption
+//!
+//! A disk moves to a fresh data key online: [`OpenDisk::start_rekey`]
+//! records the new wrapped key in the disk's record with a cursor `done`
+//! (0), and each [`OpenDisk::rekey_step`] moves the next chunks to the new
+//! key, while the same handle goes on serving reads, writes, trims and
+//! flushes.
+//!
+//! * **Which key.** Chunk index `idx < done` is under the new key, `idx >=
+//!   done` under the old one; reads, writes, the encrypted zeros of
+//!   copy-on-write and the step itself choose the cipher per chunk by that
+//!   rule. The XTS tweak stays the logical sector number. A disk being
+//!   re-encrypted opens only with both keys
+//!   ([`Engine::open_disk_rekeying`]).
+//! * **A step** takes the chunks from `done` on, one per hold of the engine
+//!   lock (indexes that no layer maps read as zeros and are passed over for
+//!   free). A chunk that reads as zeros is left alone. Otherwise its visible
+//!   ciphertext is decrypted with the old key (bytes past what the chain
+//!   shows become zeros), encrypted with the new key into a *fresh* pool
+//!   chunk, and the top layer maps the index to it; a chunk the top layer
+//!   owned before is freed like any other (reusable once the commit is
+//!   durable). Then `done` moves past it, in the disk record and in the
+//!   handle, under the same hold of the lock. The step ends with the usual
+//!   commit (pool sync, then one transaction with the map entries, free
+//!   entries and the disk record with its `done`).
+//! * **Finishing.** When `done` reaches the disk's chunk count (its size
+//!   now: a disk may grow meanwhile), every chunk that holds data is in the
+//!   top layer under the new key. In the same commit the top layer leaves
+//!   its parent (whose child count drops; an ownerless parent is freed, as
+//!   on deletion), the disk's key becomes the new one and `rekey` is
+//!   cleared; the handle then uses the new key alone. Snapshots keep their
+//!   key and layers, and so do clones of them.
+//! * **Writes racing a step.** A write is encrypted before it takes the
+//!   engine lock. It notes the handle's key layout (the keys and `done`)
+//!   first and compares it under the lock: chunks whose key changed in
+//!   between are encrypted again, from the caller's data, under the lock.
+//!   Without a re-encryption the layout never changes and the check is one
+//!   comparison.
+//! * **While it runs**, snapshots of the disk, rollback and rewrap are
+//!   refused (`Conflict`): a snapshot would share chunks under two keys.
+//!   Growing the disk is fine (the new area reads as zeros), and so are
+//!   clones of the disk's older snapshots.
+//! * **Crash.** Chunks a step wrote are named by no durable state until its
+//!   commit, and the chunks they replace are not reused before it. So a
+//!   power loss at any point leaves the last commit: either the old map
+//!   entries with the old `done`, or the new ones with the new `done`,
+//!   never a mix, and never a half-written chunk that durable metadata
+//!   names. Finishing is one commit too. Resuming is
+//!   [`Engine::open_disk_rekeying`] and more steps; the chunks of an
+//!   interrupted step are simply done again.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -174,8 +225,33 @@ pub struct DiskInfo {
     /// The caller's labels.
     #[serde(default)]
     pub labels: Labels,
+    /// The re-encryption in progress, if any.
+    #[serde(default)]
+    pub rekey: Option<RekeyInfo>,
     /// Its top layer.
     pub(crate) top: u64,
+}
+
+/// A re-encryption in progress: the disk's data moves to `key`, chunk by
+/// chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RekeyInfo {
+    /// The new wrapped data key.
+    pub key: KeyInfo,
+    /// Chunk indexes below this are under the new key.
+    pub done: u64,
+}
+
+/// Where a re-encryption stands, in chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyProgress {
+    /// Chunk indexes below this are under the new key.
+    pub done: u64,
+    /// The disk's chunks now: its size divided by [`CHUNK`], rounded up (a
+    /// disk that grows during a re-encryption has more to do).
+    pub total: u64,
+    /// The re-encryption is over: the disk is under the new key alone.
+    pub finished: bool,
 }
 
 /// A snapshot, as stored.

@@ -29,6 +29,6 @@ pub use dispatch::Operation;
 pub use error::KmsError;
 pub use service::{
     AUDIT_KEY_INFO, AccessKeyInfo, AdminBootstrap, AuditFacts, AuditSink, CachedAccessKey, Call,
-    Caller, KeyService, LifecycleReport, NewAccessKey, RequestMeta, ServiceSession, audit_time,
-    new_request_id,
+    Caller, KeyService, KeyUnusable, LifecycleReport, NewAccessKey, RequestMeta, ServiceSession,
+    audit_time, new_request_id,
 };

@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub audit: atrest_audit::Options,
     /// Which answers wait until their audit record is durable.
     pub audit_sync: AuditSync,
+    /// The disk service: what open disks do when their key is lost.
+    pub disks: atrest_diskservice::Config,
 }
 
 /// Which answers wait until their audit record is durable (on disk, synced)

@@ -6,6 +6,8 @@
 //!   kms.redb             the metadata store (sealed secrets only)
 //!   audit/audit.log      the audit trail (HMAC-chained, append-only)
 //!   audit/audit.head     the last record's position and MAC
+//!   disks/meta.redb      the disk engine's metadata (wrapped data keys only)
+//!   disks/pool           the disk engine's chunk pool (ciphertext of encrypted disks)
 //!   root.json            root-of-trust kind and check value
 //!   admin-credentials    AWS shared-credentials file of the first admin key, 0600
 //! ```
@@ -57,6 +59,8 @@ pub struct DataDir {
     pub trail: crate::trail::SharedTrail,
     /// Set on first start: the admin account and the file its key was written to.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
+    /// The disk service over `<data-dir>/disks`.
+    pub disks: Arc<atrest_diskservice::DiskService>,
 }
 
 /// The name of the admin credentials file.
@@ -69,6 +73,7 @@ pub fn open(
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
     (audit, audit_sync): (&atrest_audit::Options, crate::config::AuditSync),
+    disk_config: atrest_diskservice::Config,
 ) -> Result<DataDir, DataDirError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -120,9 +125,32 @@ pub fn open(
     let trail =
         Arc::new(crate::trail::Trail::new(log, &audit_dir, audit_sync).map_err(DataDirError::Io)?);
     kms.set_audit_sink(trail.clone());
+    let kms = Arc::new(kms);
+    let disks = open_disks(&dir.join("disks"), &kms, disk_config)?;
     Ok(DataDir {
-        kms: Arc::new(kms),
+        kms,
         trail,
         bootstrap,
+        disks,
     })
+}
+
+/// Opens the disk engine in `dir` and starts the disk service on it.
+fn open_disks(
+    dir: &Path,
+    kms: &Arc<KeyService>,
+    config: atrest_diskservice::Config,
+) -> Result<Arc<atrest_diskservice::DiskService>, DataDirError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| DataDirError::Io(format!("creating {}: {e}", dir.display())))?;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("meta.redb"))?);
+    let pool = atrest_disk::FileStorage::open(&dir.join("pool"))
+        .map_err(|e| DataDirError::Io(format!("disk pool: {e}")))?;
+    let engine = atrest_disk::Engine::open(store, Arc::new(pool))
+        .map_err(|e| DataDirError::Io(format!("disk engine: {e}")))?;
+    atrest_diskservice::DiskService::start(Arc::clone(kms), engine, config)
+        .map_err(|e| DataDirError::Io(format!("disk service: {e}")))
 }

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// The access key exists but is inactive.
     #[error("The security token included in the request is invalid.")]
     InactiveKey,
+    /// From the disk service.
+    #[error(transparent)]
+    Disk(#[from] atrest_diskservice::ServiceError),
 }
 
 impl ApiError {
@@ -78,13 +81,54 @@ impl ApiError {
                 "MethodNotAllowedException",
                 self.to_string(),
             ),
+            Self::Disk(e) => disk_parts(e),
         }
     }
 
     /// Whether the server is at fault.
     #[must_use]
     pub fn is_server_fault(&self) -> bool {
-        matches!(self, Self::Kms(KmsError::Internal(_)))
+        match self {
+            Self::Kms(KmsError::Internal(_)) => true,
+            Self::Disk(e) => e.is_server_fault(),
+            _ => false,
+        }
+    }
+}
+
+/// The disk service's errors: 404 for what does not exist (or is another
+/// account's), 409 for state conflicts and locked keys, 400 for bad input,
+/// key-service errors as the key service answers them; engine failures are
+/// server faults, with details in the log only.
+fn disk_parts(e: &atrest_diskservice::ServiceError) -> (StatusCode, &'static str, String) {
+    use atrest_disk::DiskError;
+    use atrest_diskservice::ServiceError as S;
+    match e {
+        S::Kms(k) => ApiError::Kms(k.clone()).parts(),
+        S::Disk(DiskError::NotFound { .. }) | S::NoJob(_) => {
+            (StatusCode::NOT_FOUND, "NotFoundException", e.to_string())
+        }
+        S::Disk(DiskError::Exists { .. }) => (
+            StatusCode::CONFLICT,
+            "AlreadyExistsException",
+            e.to_string(),
+        ),
+        S::Disk(DiskError::Conflict(_)) => {
+            (StatusCode::CONFLICT, "ConflictException", e.to_string())
+        }
+        S::Disk(DiskError::Invalid(_)) => (
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            e.to_string(),
+        ),
+        S::Locked { .. } | S::Closed { .. } => {
+            (StatusCode::CONFLICT, "DiskLockedException", e.to_string())
+        }
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "The disk service failed; see the server log.".into(),
+        ),
     }
 }
 

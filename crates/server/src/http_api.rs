@@ -36,6 +36,8 @@ pub(crate) struct AppState {
     pub signing_keys: atrest_sigv4::SigningKeyCache,
     /// Where the audit log lives (for queries and verification).
     pub audit_dir: std::path::PathBuf,
+    /// The disk service.
+    pub disks: Arc<atrest_diskservice::DiskService>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -63,6 +65,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/verify", post(verify_audit))
         .route("/v1/metering", get(metering))
         .route("/v1/service-keys/{service}", put(ensure_service_key))
+        .merge(crate::disks_api::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -342,7 +345,12 @@ async fn handle_kms(
 /// Runs a REST handler: authenticates (service `atrest`), reads the JSON
 /// body, runs `f` off the reactor as an audited call named `operation`, and
 /// shapes the answer.
-async fn rest<F>(st: Arc<AppState>, req: Request, operation: &'static str, f: F) -> Response
+pub(crate) async fn rest<F>(
+    st: Arc<AppState>,
+    req: Request,
+    operation: &'static str,
+    f: F,
+) -> Response
 where
     F: FnOnce(&AppState, &Call<'_>, Value) -> Result<(StatusCode, Value), ApiError>
         + Send
@@ -441,7 +449,7 @@ where
     }
 }
 
-fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -449,7 +457,7 @@ fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn required_field(v: &Value, name: &str) -> Result<String, ApiError> {
+pub(crate) fn required_field(v: &Value, name: &str) -> Result<String, ApiError> {
     string_field(v, name)?
         .ok_or_else(|| KmsError::Validation(format!("'{name}' is required")).into())
 }

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod datadir;
+mod disks_api;
 pub mod error;
 mod http_api;
 mod run;

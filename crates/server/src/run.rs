@@ -30,6 +30,8 @@ pub struct RunningServer {
     pub trail: crate::trail::SharedTrail,
     /// The key service, for in-process callers.
     pub kms: Arc<KeyService>,
+    /// The disk service.
+    pub disks: Arc<atrest_diskservice::DiskService>,
     /// On first start: the admin account and where its credentials were written.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
     stop: watch::Sender<bool>,
@@ -42,6 +44,14 @@ impl RunningServer {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Writes acknowledged without a flush are made durable at a clean
+        // stop (a crash may lose them, as a disk's cache may).
+        let disks = Arc::clone(&self.disks);
+        match tokio::task::spawn_blocking(move || disks.engine().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "flushing the disks at shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "flushing the disks at shutdown failed"),
         }
     }
 }
@@ -69,8 +79,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
     let audit = config.audit.clone();
     let audit_sync = config.audit_sync;
+    let disk_config = config.disks;
     let opened = tokio::task::spawn_blocking(move || {
-        crate::datadir::open(&data_dir, root, regions, clock, (&audit, audit_sync))
+        crate::datadir::open(
+            &data_dir,
+            root,
+            regions,
+            clock,
+            (&audit, audit_sync),
+            disk_config,
+        )
     })
     .await
     .map_err(|e| e.to_string())?
@@ -87,6 +105,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         max_body: config.max_body_bytes,
         signing_keys: atrest_sigv4::SigningKeyCache::new(),
         audit_dir: config.data_dir.join("audit"),
+        disks: Arc::clone(&opened.disks),
     });
     let mut tasks = Vec::new();
     let mut metrics_addr = None;
@@ -126,6 +145,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         addr,
         metrics_addr,
         kms,
+        disks: opened.disks,
         trail: opened.trail,
         bootstrap: opened.bootstrap,
         stop,

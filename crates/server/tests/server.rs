@@ -29,6 +29,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         metrics_listen: None,
         audit: atrest_audit::Options::default(),
         audit_sync: atrest_server::config::AuditSync::default(),
+        disks: atrest_diskservice::Config::default(),
     }
 }
 

@@ -29,6 +29,17 @@ pub fn audit_time(t: time::OffsetDateTime) -> String {
 }
 
 impl KeyService {
+    /// Makes `entry` (an event of an atrest service, such as a disk being
+    /// attached) durable in the audit trail, when there is one.
+    pub fn record_event(&self, entry: atrest_audit::Entry) -> Result<(), KmsError> {
+        match self.audit.get() {
+            Some(sink) => sink.record_blocking(entry).map_err(|e| {
+                KmsError::Internal(format!("the audit trail cannot record the event ({e})"))
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The audit entry for a call with `result` (`Success` or an error type).
     #[must_use]
     pub fn audit_entry(&self, call: &Call<'_>, result: &str) -> atrest_audit::Entry {
@@ -38,8 +49,19 @@ impl KeyService {
             time: audit_time(call.meta.time),
             request_id: call.meta.request_id.clone(),
             region: Some(c.region.clone()),
+            // A service principal acts for the owner of the key it uses:
+            // the call is that account's (metering and audit, K9).
             account: Some(
                 f.billed_account
+                    .or_else(|| {
+                        let service =
+                            matches!(c.principal.kind, atrest_policy::PrincipalKind::Service(_));
+                        f.key_arn
+                            .as_deref()
+                            .filter(|_| service)
+                            .and_then(|arn| arn.split(':').nth(4))
+                            .map(str::to_owned)
+                    })
                     .unwrap_or_else(|| c.account.as_str().to_owned()),
             ),
             principal: Some(c.principal_arn()),

@@ -170,7 +170,8 @@ impl<'a> Call<'a> {
         self.recorded.get()
     }
 
-    pub(crate) fn set_key(&self, arn: String) {
+    /// Names the key the call acted on (for its audit record).
+    pub fn set_key(&self, arn: String) {
         self.facts.borrow_mut().key_arn = Some(arn);
     }
 

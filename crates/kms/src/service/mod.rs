@@ -28,7 +28,7 @@ pub use accounts::{AccessKeyInfo, AdminBootstrap, CachedAccessKey, NewAccessKey}
 pub use audit::{AuditSink, audit_time};
 pub use call::{AuditFacts, Call, Caller, RequestMeta, new_request_id};
 pub use lifecycle::LifecycleReport;
-pub use services::ServiceSession;
+pub use services::{KeyUnusable, ServiceSession};
 
 use crate::KmsError;
 use crate::clock::{Clock, to_millis};

@@ -122,6 +122,19 @@ impl KeyService {
         op: Operation,
         body: &Value,
     ) -> Result<Value, KmsError> {
+        let out = self.call_in_process_raw(call, op, body)?;
+        serde_json::from_slice(&out)
+            .map_err(|e| KmsError::Internal(format!("decoding response: {e}")))
+    }
+
+    /// [`KeyService::call_in_process`], answering the response's JSON bytes
+    /// in a zeroizing buffer (for responses that hold plaintext).
+    pub fn call_in_process_raw(
+        &self,
+        call: &Call<'_>,
+        op: Operation,
+        body: &Value,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let result = self.call(call, op, body.to_string().as_bytes());
         if !call.recorded()
             && let Some(sink) = self.audit.get()
@@ -135,9 +148,7 @@ impl KeyService {
                     KmsError::Internal(format!("the audit trail cannot record the request ({e})"))
                 })?;
         }
-        let out: Zeroizing<Vec<u8>> = result?;
-        serde_json::from_slice(&out)
-            .map_err(|e| KmsError::Internal(format!("decoding response: {e}")))
+        result
     }
 }
 
@@ -165,6 +176,14 @@ impl ServiceSession<'_> {
         let meta = RequestMeta::in_process();
         let call = Call::new(&self.caller, &meta);
         self.kms.call_in_process(&call, op, body)
+    }
+
+    /// Calls `op` as the service principal; the response's JSON bytes, in a
+    /// zeroizing buffer (for Decrypt and other answers with plaintext).
+    pub fn call_raw(&self, op: Operation, body: &Value) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let meta = RequestMeta::in_process();
+        let call = Call::new(&self.caller, &meta);
+        self.kms.call_in_process_raw(&call, op, body)
     }
 
     /// Calls `op` as `customer` through this service (`kms:ViaService` set).
@@ -281,5 +300,83 @@ impl ServiceSession<'_> {
         kms.commit(tx, &call)?;
         tracing::info!(key = %arn, alias = %alias_arn(&region, account.as_str(), &alias), "created service key");
         Ok(arn)
+    }
+}
+
+/// Why a key a service holds a grant on cannot be used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUnusable {
+    /// The key is disabled.
+    Disabled,
+    /// The key is scheduled for deletion.
+    PendingDeletion,
+    /// The key waits for imported material (or its material expired).
+    PendingImport,
+    /// The key no longer exists.
+    Deleted,
+    /// The grant that let the service use the key was revoked or retired.
+    GrantRevoked,
+}
+
+impl KeyUnusable {
+    /// The reason in words, for error messages.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "the key is disabled",
+            Self::PendingDeletion => "the key is pending deletion",
+            Self::PendingImport => "the key has no key material (pending import)",
+            Self::Deleted => "the key was deleted",
+            Self::GrantRevoked => "the grant that let the service use the key was revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyUnusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ServiceSession<'_> {
+    /// Why `key_arn` cannot be used by this service through `grant_id` now,
+    /// or `None` if its state and the grant allow use. A diagnosis for the
+    /// service's own records, read without authorization and without
+    /// touching key material; the operations themselves still go through
+    /// the full evaluation path.
+    pub fn key_unusable(
+        &self,
+        key_arn: &str,
+        grant_id: Option<&str>,
+    ) -> Result<Option<KeyUnusable>, KmsError> {
+        let (crate::names::KeyRef::KeyArn { id, .. } | crate::names::KeyRef::Id(id)) =
+            crate::names::KeyRef::parse(key_arn)?
+        else {
+            return Err(KmsError::Validation(format!(
+                "'{key_arn}' is not a key ARN"
+            )));
+        };
+        let tx = self.kms.store.read()?;
+        let key: Option<records::KeyRecord> = records::get(&*tx, records::KEYS, id.as_bytes())?;
+        let Some(key) = key else {
+            return Ok(Some(KeyUnusable::Deleted));
+        };
+        let state = match key.state {
+            records::KeyState::Enabled => None,
+            records::KeyState::Disabled => Some(KeyUnusable::Disabled),
+            records::KeyState::PendingDeletion => Some(KeyUnusable::PendingDeletion),
+            records::KeyState::PendingImport => Some(KeyUnusable::PendingImport),
+        };
+        if state.is_some() {
+            return Ok(state);
+        }
+        if let Some(g) = grant_id
+            && tx
+                .get(records::GRANTS, &records::grant_key(&id, g))?
+                .is_none()
+        {
+            return Ok(Some(KeyUnusable::GrantRevoked));
+        }
+        Ok(None)
     }
 }

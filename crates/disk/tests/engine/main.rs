@@ -3,9 +3,12 @@
 //! and power loss (including a failure at each step of a commit); every
 //! read matches the reference and no flushed write is ever lost. Also: bad
 //! input gives typed errors and changes nothing, space is reclaimed, and no
-//! pattern or key reaches the files.
+//! pattern or key reaches the files. Re-encryption under a new key is in
+//! [`rekey`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod rekey;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -1,0 +1,251 @@
+//! `atrest disk` and `atrest snapshot`, over the REST API.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atrest_client::Client;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::admin::{client, show};
+use crate::cli::{DiskArgs, DiskCommand, SnapshotArgs, SnapshotCommand};
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024,
+/// an optional trailing `iB` or `B`).
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("'{s}' is not a size (bytes, or a number with K, M, G or T)"))?;
+    n.checked_mul(1u64 << shift)
+        .with_context(|| format!("'{s}' is too large"))
+}
+
+async fn call(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let resp = c.rest(method, path, body).await?;
+    if resp.status.is_success() {
+        Ok(resp.json())
+    } else {
+        show(&resp).map(|()| Value::Null)
+    }
+}
+
+fn print(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Follows a job with a progress bar (on a terminal; plain lines
+/// otherwise) until it ends; fails if the job failed.
+async fn follow(c: &Client, job: &Value) -> anyhow::Result<Value> {
+    let id = job
+        .get("id")
+        .and_then(Value::as_str)
+        .context("the answer names no job")?
+        .to_owned();
+    let total = job
+        .pointer("/progress/total")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let kind = job.get("kind").and_then(Value::as_str).unwrap_or("job");
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("{kind} {id}"));
+    loop {
+        let v = call(c, Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+        let j = v.get("job").cloned().unwrap_or(Value::Null);
+        let done = j
+            .pointer("/progress/done")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        bar.set_position(done);
+        match j.get("state").and_then(Value::as_str) {
+            Some("running") => tokio::time::sleep(Duration::from_millis(200)).await,
+            Some("succeeded") => {
+                bar.finish();
+                return Ok(j);
+            }
+            _ => {
+                bar.abandon();
+                let err = j
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error");
+                bail!("job {id} failed: {err}");
+            }
+        }
+    }
+}
+
+pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
+    let c = client(&args.client)?;
+    let out = match args.command {
+        DiskCommand::Create {
+            size,
+            block_size,
+            key_id,
+            unencrypted,
+        } => {
+            let body = json!({"size": parse_size(&size)?, "block_size": block_size, "encrypted": !unencrypted, "key_id": key_id});
+            call(&c, Method::POST, "/v1/disks", Some(&body)).await?
+        }
+        DiskCommand::List => call(&c, Method::GET, "/v1/disks", None).await?,
+        DiskCommand::Show { id } => call(&c, Method::GET, &format!("/v1/disks/{id}"), None).await?,
+        DiskCommand::Resize { id, size } => {
+            let body = json!({"size": parse_size(&size)?});
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/disks/{id}/resize"),
+                Some(&body),
+            )
+            .await?
+        }
+        DiskCommand::Snapshot { id } => {
+            call(
+                &c,
+                Method::POST,
+                "/v1/snapshots",
+                Some(&json!({"disk_id": id})),
+            )
+            .await?
+        }
+        DiskCommand::Rollback { id, snapshot } => {
+            let body = json!({"snapshot_id": snapshot});
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/disks/{id}/rollback"),
+                Some(&body),
+            )
+            .await?
+        }
+        DiskCommand::Clone { snapshot } => {
+            call(
+                &c,
+                Method::POST,
+                "/v1/disks",
+                Some(&json!({"snapshot_id": snapshot})),
+            )
+            .await?
+        }
+        DiskCommand::Rekey {
+            id,
+            key_id,
+            reencrypt,
+            no_wait,
+        } => {
+            let body = if reencrypt {
+                json!({"reencrypt": true})
+            } else {
+                json!({"key_id": key_id})
+            };
+            let v = call(
+                &c,
+                Method::POST,
+                &format!("/v1/disks/{id}/rekey"),
+                Some(&body),
+            )
+            .await?;
+            match v.get("job") {
+                Some(job) if !no_wait => {
+                    follow(&c, job).await?;
+                    call(&c, Method::GET, &format!("/v1/disks/{id}"), None).await?
+                }
+                _ => v,
+            }
+        }
+        DiskCommand::Convert {
+            id,
+            encrypted,
+            unencrypted: _,
+            key_id,
+            no_wait,
+        } => {
+            let body = json!({"encrypted": encrypted, "key_id": key_id});
+            let v = call(
+                &c,
+                Method::POST,
+                &format!("/v1/disks/{id}/convert"),
+                Some(&body),
+            )
+            .await?;
+            match v.get("job") {
+                Some(job) if !no_wait => {
+                    let j = follow(&c, job).await?;
+                    let target = j.get("target").and_then(Value::as_str).unwrap_or_default();
+                    call(&c, Method::GET, &format!("/v1/disks/{target}"), None).await?
+                }
+                _ => v,
+            }
+        }
+        DiskCommand::Regrant { id } => {
+            call(&c, Method::POST, &format!("/v1/disks/{id}/regrant"), None).await?
+        }
+        DiskCommand::Delete { id } => {
+            call(&c, Method::DELETE, &format!("/v1/disks/{id}"), None).await?
+        }
+        DiskCommand::Job { id, follow: f } => {
+            let v = call(&c, Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+            match v.get("job") {
+                Some(job) if f => follow(&c, job).await?,
+                _ => v,
+            }
+        }
+        DiskCommand::Jobs => call(&c, Method::GET, "/v1/jobs", None).await?,
+    };
+    print(&out)
+}
+
+pub async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let c = client(&args.client)?;
+    let out = match args.command {
+        SnapshotCommand::List => call(&c, Method::GET, "/v1/snapshots", None).await?,
+        SnapshotCommand::Show { id } => {
+            call(&c, Method::GET, &format!("/v1/snapshots/{id}"), None).await?
+        }
+        SnapshotCommand::Delete { id } => {
+            call(&c, Method::DELETE, &format!("/v1/snapshots/{id}"), None).await?
+        }
+    };
+    print(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("64GiB").unwrap(), 64 << 30);
+        assert_eq!(parse_size("10M").unwrap(), 10 << 20);
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,946 @@
+//! The disk service: customers' encrypted disks (D1, D2, D5 to D9).
+//!
+//! Owns: who a disk belongs to (an account and a region), how its data key
+//! is obtained and unlocked through the key service, which key states lock
+//! it, the open handles that serve it, and long jobs (re-encryption,
+//! conversion) with their progress. The data layout and the commit protocol
+//! are the disk engine's ([`atrest_disk`]); authorization is the key
+//! service's.
+//!
+//! # Keys
+//!
+//! The service acts as the principal `disk.atrest` through the key
+//! service's in-process path ([`atrest_kms::ServiceSession`]), exactly as
+//! an external caller would be evaluated:
+//!
+//! * Creating an encrypted disk: as the customer through the service
+//!   (`kms:ViaService = disk.<region>.atrest`), it resolves the key the
+//!   customer named (DescribeKey) and creates a grant to `disk.atrest` for
+//!   `Decrypt`, `GenerateDataKeyWithoutPlaintext`, `ReEncryptFrom` and
+//!   `ReEncryptTo`, constrained to the encryption context
+//!   `{"atrest:disk:id": "<disk>"}`. A customer who may not create grants on
+//!   the key cannot have a disk under it (the PassRole check). Then, as
+//!   `disk.atrest` under that grant, GenerateDataKeyWithoutPlaintext (64
+//!   bytes, the XTS key) with that context. Only the wrapped key and the
+//!   grant id are stored.
+//! * A snapshot gets its own grant and its own wrapping of the same data key
+//!   (ReEncrypt from the disk's context to `{"atrest:snapshot:id": ...}`); a
+//!   disk created from a snapshot likewise (ReEncrypt to the new disk's
+//!   context). So each resource is unlocked by its own grant, and revoking
+//!   one locks exactly that resource.
+//! * Opening a disk decrypts its data key (Decrypt under the grant) into a
+//!   zeroizing buffer, builds the XTS key schedule, and drops the plaintext;
+//!   the schedule lives as long as the disk is open.
+//! * Changing a disk's master key re-wraps the data key (ReEncrypt under a
+//!   new grant on the new key), O(1); re-encryption moves the data to a
+//!   fresh data key, online, resumable (a [`Job`]).
+//!
+//! # Locking (D9)
+//!
+//! Before an operation needs a key, the service asks the key service why
+//! the key might be unusable ([`KeyUnusable`]: disabled, pending deletion,
+//! deleted, grant revoked) and refuses with [`ServiceError::Locked`], which
+//! names the key and the reason. Re-enabling the key (or granting again)
+//! unlocks. An open disk follows [`OnKeyLoss`]: keep serving, or close
+//! within a configured time after its key became unusable, checked every
+//! [`Config::check_interval`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod jobs;
+mod open;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atrest_crypto::XtsKey;
+use atrest_disk::{DiskError, DiskInfo, DiskSpec, Engine, KeyInfo, Labels, SnapshotInfo};
+use atrest_kms::names::AccountId;
+use atrest_kms::{Caller, KeyService, KeyUnusable, KmsError, Operation, ServiceSession};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Serialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+pub use jobs::{Job, JobKind, JobState};
+pub use open::Attachment;
+
+/// The service's name (its principal is `disk.atrest`).
+pub const SERVICE: &str = "disk";
+/// The encryption-context key that names a disk.
+pub const DISK_CONTEXT: &str = "atrest:disk:id";
+/// The encryption-context key that names a snapshot.
+pub const SNAPSHOT_CONTEXT: &str = "atrest:snapshot:id";
+/// The operations a disk's grant allows the service.
+pub const GRANT_OPERATIONS: [&str; 4] = [
+    "Decrypt",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+];
+
+const L_ACCOUNT: &str = "account";
+const L_REGION: &str = "region";
+const L_CREATED: &str = "created";
+/// On a disk being filled by a conversion: the source disk.
+const L_CONVERTING: &str = "converting_from";
+
+/// What an open disk does when its key becomes unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnKeyLoss {
+    /// Keep serving with the key already unlocked (as AWS EBS does).
+    KeepServing,
+    /// Close the disk (dropping its key) once the key has been unusable
+    /// for this long.
+    CloseAfter(Duration),
+}
+
+/// Service configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// What open disks do when their key becomes unusable.
+    pub on_key_loss: OnKeyLoss,
+    /// How often open disks' keys are checked.
+    pub check_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            on_key_loss: OnKeyLoss::CloseAfter(Duration::from_secs(60)),
+            check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors. Client mistakes are [`ServiceError::Disk`] (not found, invalid,
+/// conflict), [`ServiceError::Kms`] (access denied, unknown key, ...) and
+/// [`ServiceError::Locked`]; the rest are server faults.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// From the disk engine.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// From the key service.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// The resource's key cannot be used.
+    #[error("{resource} is locked: its key {key_arn} cannot be used: {reason}")]
+    Locked {
+        /// `disk <id>` or `snapshot <id>`.
+        resource: String,
+        /// The master key.
+        key_arn: String,
+        /// Why.
+        reason: KeyUnusable,
+    },
+    /// An open disk was closed because its key became unusable.
+    #[error("disk {disk} was closed: {reason}")]
+    Closed {
+        /// The disk.
+        disk: String,
+        /// Why (names the key).
+        reason: String,
+    },
+    /// No such job.
+    #[error("job {0} does not exist")]
+    NoJob(String),
+}
+
+impl ServiceError {
+    /// Whether the server is at fault (rather than the request).
+    #[must_use]
+    pub fn is_server_fault(&self) -> bool {
+        match self {
+            Self::Disk(e) => matches!(e, DiskError::Failed(_) | DiskError::Io(_)),
+            Self::Kms(e) => matches!(e, KmsError::Internal(_)),
+            _ => false,
+        }
+    }
+}
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// A disk as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskView {
+    /// Id (`disk-` and 16 hex digits).
+    pub id: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Whether its data is encrypted.
+    pub encrypted: bool,
+    /// The master key its data key is wrapped under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_arn: Option<String>,
+    /// The snapshot it was created from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Owning account.
+    pub account: String,
+    /// Region.
+    pub region: String,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// `available`, `in-use` (open), `re-encrypting` or `converting`.
+    pub state: String,
+    /// A re-encryption's progress, in chunks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reencrypt: Option<Progress>,
+}
+
+/// A snapshot as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotView {
+    /// Id (`snap-` and 16 hex digits).
+    pub id: String,
+    /// The disk it was taken of.
+    pub disk: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Whether its data is encrypted.
+    pub encrypted: bool,
+    /// The master key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_arn: Option<String>,
+    /// Owning account.
+    pub account: String,
+    /// Region.
+    pub region: String,
+    /// Creation time (RFC 3339).
+    pub created: String,
+}
+
+/// Progress of a long operation.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: u64,
+}
+
+/// What a new disk is.
+#[derive(Debug, Clone, Default)]
+pub struct NewDisk {
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size (default 512).
+    pub block_size: Option<u32>,
+    /// Encrypt (default true).
+    pub encrypted: Option<bool>,
+    /// The master key (id, ARN or alias); default `alias/atrest/disk`, the
+    /// account's service key for disks.
+    pub key_id: Option<String>,
+}
+
+/// The disk service.
+pub struct DiskService {
+    kms: Arc<KeyService>,
+    engine: Arc<Engine>,
+    config: Config,
+    open: Mutex<BTreeMap<String, Arc<open::Shared>>>,
+    jobs: Mutex<BTreeMap<String, Arc<jobs::JobCell>>>,
+    /// Disks a conversion is copying from (not attachable meanwhile).
+    converting: Mutex<std::collections::BTreeSet<String>>,
+    /// Serializes metadata operations that span the key service and the
+    /// engine (grant, wrap, commit), so two cannot interleave on one disk.
+    ops: Mutex<()>,
+}
+
+impl std::fmt::Debug for DiskService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskService").finish_non_exhaustive()
+    }
+}
+
+fn new_id(prefix: &str) -> Result<String> {
+    let b = atrest_crypto::rand::array::<8>()
+        .map_err(|e| KmsError::Internal(format!("random id: {e}")))?;
+    Ok(format!("{prefix}-{}", hex::encode(b)))
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn ctx(name: &str, id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(name.to_owned(), id.to_owned())])
+}
+
+fn owner_labels(caller: &Caller) -> Labels {
+    Labels::from([
+        (L_ACCOUNT.to_owned(), caller.account.as_str().to_owned()),
+        (L_REGION.to_owned(), caller.region.clone()),
+        (L_CREATED.to_owned(), now_rfc3339()),
+    ])
+}
+
+fn owned_by(labels: &Labels, caller: &Caller) -> bool {
+    labels.get(L_ACCOUNT).map(String::as_str) == Some(caller.account.as_str())
+        && labels.get(L_REGION) == Some(&caller.region)
+}
+
+fn label(labels: &Labels, name: &str) -> String {
+    labels.get(name).cloned().unwrap_or_default()
+}
+
+fn str_field(v: &Value, name: &str) -> Result<String> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| KmsError::Internal(format!("key service response lacks {name}")).into())
+}
+
+fn blob_field(v: &Value, name: &str) -> Result<Vec<u8>> {
+    B64.decode(str_field(v, name)?).map_err(|_| {
+        KmsError::Internal(format!("key service response: {name} is not base64")).into()
+    })
+}
+
+impl DiskService {
+    /// The service over `engine`, using `kms`. Resumes re-encryptions and
+    /// conversions a crash interrupted, and starts the key check of open
+    /// disks.
+    pub fn start(kms: Arc<KeyService>, engine: Arc<Engine>, config: Config) -> Result<Arc<Self>> {
+        let svc = Arc::new(Self {
+            kms,
+            engine,
+            config,
+            open: Mutex::new(BTreeMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
+            converting: Mutex::new(std::collections::BTreeSet::new()),
+            ops: Mutex::new(()),
+        });
+        jobs::resume(&svc)?;
+        open::start_monitor(&svc);
+        Ok(svc)
+    }
+
+    /// The engine (for flushing at shutdown and for tests).
+    #[must_use]
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn session(&self, region: &str) -> Result<ServiceSession<'_>> {
+        Ok(self.kms.service_session(SERVICE, region)?)
+    }
+
+    fn lock_ops(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a service event (attach, detach, lock) in the audit trail
+    /// as an operation of `account`.
+    fn audit(&self, caller: &Caller, operation: &'static str, key_arn: Option<&str>, result: &str) {
+        let meta = atrest_kms::RequestMeta::in_process();
+        let call = atrest_kms::Call::new(caller, &meta);
+        call.set_operation(operation);
+        if let Some(k) = key_arn {
+            call.set_key(k.to_owned());
+        }
+        if let Err(e) = self.kms.record_event(self.kms.audit_entry(&call, result)) {
+            tracing::error!(operation, error = %e, "audit trail cannot record a disk event");
+        }
+    }
+
+    // ----- views and ownership -------------------------------------------
+
+    fn disk_view(&self, d: &DiskInfo) -> DiskView {
+        let open = self.is_open(&d.id);
+        let converting = d.labels.contains_key(L_CONVERTING);
+        let state = if d.rekey.is_some() {
+            "re-encrypting"
+        } else if converting {
+            "converting"
+        } else if open {
+            "in-use"
+        } else {
+            "available"
+        };
+        let reencrypt = d.rekey.as_ref().map(|r| Progress {
+            done: r.done,
+            total: d.size.div_ceil(atrest_disk::CHUNK),
+        });
+        DiskView {
+            id: d.id.clone(),
+            size: d.size,
+            block_size: d.block_size,
+            encrypted: d.key.is_some(),
+            key_arn: d.key.as_ref().map(|k| k.key_arn.clone()),
+            origin: d.origin.clone(),
+            account: label(&d.labels, L_ACCOUNT),
+            region: label(&d.labels, L_REGION),
+            created: label(&d.labels, L_CREATED),
+            state: state.to_owned(),
+            reencrypt,
+        }
+    }
+
+    fn snapshot_view(s: &SnapshotInfo) -> SnapshotView {
+        SnapshotView {
+            id: s.id.clone(),
+            disk: s.disk.clone(),
+            size: s.size,
+            block_size: s.block_size,
+            encrypted: s.key.is_some(),
+            key_arn: s.key.as_ref().map(|k| k.key_arn.clone()),
+            account: label(&s.labels, L_ACCOUNT),
+            region: label(&s.labels, L_REGION),
+            created: label(&s.labels, L_CREATED),
+        }
+    }
+
+    /// The caller's disk `id` (another account's reads as not found).
+    fn own_disk(&self, caller: &Caller, id: &str) -> Result<DiskInfo> {
+        let d = self.engine.disk(id)?;
+        if owned_by(&d.labels, caller) {
+            Ok(d)
+        } else {
+            Err(DiskError::NotFound {
+                kind: "disk",
+                id: id.to_owned(),
+            }
+            .into())
+        }
+    }
+
+    fn own_snapshot(&self, caller: &Caller, id: &str) -> Result<SnapshotInfo> {
+        let s = self.engine.snapshot(id)?;
+        if owned_by(&s.labels, caller) {
+            Ok(s)
+        } else {
+            Err(DiskError::NotFound {
+                kind: "snapshot",
+                id: id.to_owned(),
+            }
+            .into())
+        }
+    }
+
+    /// The caller's disks.
+    pub fn list_disks(&self, caller: &Caller) -> Result<Vec<DiskView>> {
+        Ok(self
+            .engine
+            .disks()?
+            .iter()
+            .filter(|d| owned_by(&d.labels, caller))
+            .map(|d| self.disk_view(d))
+            .collect())
+    }
+
+    /// One of the caller's disks.
+    pub fn describe_disk(&self, caller: &Caller, id: &str) -> Result<DiskView> {
+        Ok(self.disk_view(&self.own_disk(caller, id)?))
+    }
+
+    /// The caller's snapshots.
+    pub fn list_snapshots(&self, caller: &Caller) -> Result<Vec<SnapshotView>> {
+        Ok(self
+            .engine
+            .snapshots()?
+            .iter()
+            .filter(|s| owned_by(&s.labels, caller))
+            .map(Self::snapshot_view)
+            .collect())
+    }
+
+    /// One of the caller's snapshots.
+    pub fn describe_snapshot(&self, caller: &Caller, id: &str) -> Result<SnapshotView> {
+        Ok(Self::snapshot_view(&self.own_snapshot(caller, id)?))
+    }
+
+    // ----- keys ----------------------------------------------------------
+
+    /// Refuses with [`ServiceError::Locked`] if `key` cannot be used.
+    fn check_key(&self, region: &str, resource: &str, key: &KeyInfo) -> Result<()> {
+        let s = self.session(region)?;
+        match s.key_unusable(&key.key_arn, key.grant_id.as_deref())? {
+            None => Ok(()),
+            Some(reason) => Err(ServiceError::Locked {
+                resource: resource.to_owned(),
+                key_arn: key.key_arn.clone(),
+                reason,
+            }),
+        }
+    }
+
+    /// Maps a key-service failure on `key` to [`ServiceError::Locked`] when
+    /// the key turned unusable meanwhile.
+    fn key_failure(
+        &self,
+        region: &str,
+        resource: &str,
+        key: &KeyInfo,
+        e: KmsError,
+    ) -> ServiceError {
+        match self.check_key(region, resource, key) {
+            Err(locked @ ServiceError::Locked { .. }) => locked,
+            _ => e.into(),
+        }
+    }
+
+    /// Resolves the master key `key_id` names for the customer (default:
+    /// the account's disk service key) to its ARN.
+    fn resolve_key(&self, caller: &Caller, key_id: Option<&str>) -> Result<String> {
+        let s = self.session(&caller.region)?;
+        let key_id = match key_id {
+            Some(k) => k.to_owned(),
+            None => s.service_key(&caller.account)?,
+        };
+        let out = s.call_for(caller, Operation::DescribeKey, &json!({"KeyId": key_id}))?;
+        let meta = out
+            .get("KeyMetadata")
+            .ok_or_else(|| KmsError::Internal("DescribeKey response lacks KeyMetadata".into()))?;
+        if meta.get("KeySpec").and_then(Value::as_str) != Some("SYMMETRIC_DEFAULT") {
+            return Err(KmsError::Validation(format!(
+                "Key '{key_id}' is not a symmetric encryption key; a disk needs one"
+            ))
+            .into());
+        }
+        str_field(meta, "Arn")
+    }
+
+    /// Creates, as the customer through the service, the grant that lets
+    /// the service use `key_arn` for the resource named by `context`.
+    fn grant(
+        &self,
+        caller: &Caller,
+        key_arn: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let s = self.session(&caller.region)?;
+        let (id, _token) = s.grant_for(caller, key_arn, &GRANT_OPERATIONS, context)?;
+        Ok(id)
+    }
+
+    /// Retires a grant the service no longer needs (best effort: a revoked
+    /// grant is already gone).
+    fn retire(&self, region: &str, key: &KeyInfo) {
+        let Some(g) = &key.grant_id else { return };
+        let r = self.session(region).and_then(|s| {
+            s.call(
+                Operation::RetireGrant,
+                &json!({"KeyId": key.key_arn, "GrantId": g}),
+            )
+            .map_err(Into::into)
+        });
+        if let Err(e) = r {
+            tracing::info!(key = %key.key_arn, grant = %g, error = %e, "could not retire a disk grant");
+        }
+    }
+
+    /// A fresh data key under `key_arn` for `context`, wrapped.
+    fn new_data_key(
+        &self,
+        region: &str,
+        key_arn: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        let out = self.session(region)?.call(
+            Operation::GenerateDataKeyWithoutPlaintext,
+            &json!({"KeyId": key_arn, "NumberOfBytes": 64, "EncryptionContext": context}),
+        )?;
+        blob_field(&out, "CiphertextBlob")
+    }
+
+    /// Re-wraps `key`'s data key from `from` to `to_arn` / `to`.
+    fn rewrap(
+        &self,
+        region: &str,
+        key: &KeyInfo,
+        from: &BTreeMap<String, String>,
+        to_arn: &str,
+        to: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, KmsError> {
+        let out = self.kms_session(region)?.call(
+            Operation::ReEncrypt,
+            &json!({
+                "CiphertextBlob": B64.encode(&key.wrapped),
+                "SourceKeyId": key.key_arn,
+                "SourceEncryptionContext": from,
+                "DestinationKeyId": to_arn,
+                "DestinationEncryptionContext": to,
+            }),
+        )?;
+        let b = out
+            .get("CiphertextBlob")
+            .and_then(Value::as_str)
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or_else(|| KmsError::Internal("ReEncrypt response lacks CiphertextBlob".into()))?;
+        Ok(b)
+    }
+
+    fn kms_session(&self, region: &str) -> Result<ServiceSession<'_>, KmsError> {
+        self.kms.service_session(SERVICE, region)
+    }
+
+    /// The plaintext data key of `key` (wrapped for `context`).
+    fn unwrap_key(
+        &self,
+        region: &str,
+        key: &KeyInfo,
+        context: &BTreeMap<String, String>,
+    ) -> Result<XtsKey, KmsError> {
+        #[derive(serde::Deserialize)]
+        struct Out {
+            #[serde(rename = "Plaintext", deserialize_with = "zeroizing_string")]
+            plaintext: Zeroizing<String>,
+        }
+        let raw = self.kms_session(region)?.call_raw(
+            Operation::Decrypt,
+            &json!({
+                "CiphertextBlob": B64.encode(&key.wrapped),
+                "KeyId": key.key_arn,
+                "EncryptionContext": context,
+            }),
+        )?;
+        let out: Out = serde_json::from_slice(&raw)
+            .map_err(|e| KmsError::Internal(format!("Decrypt response: {e}")))?;
+        let bytes = Zeroizing::new(
+            B64.decode(out.plaintext.as_bytes())
+                .map_err(|_| KmsError::Internal("Decrypt response is not base64".into()))?,
+        );
+        XtsKey::from_slice(&bytes)
+            .map_err(|e| KmsError::Internal(format!("a disk data key is not 64 bytes: {e}")))
+    }
+
+    // ----- operations ----------------------------------------------------
+
+    /// Creates a disk for `caller`.
+    pub fn create_disk(&self, caller: &Caller, req: &NewDisk) -> Result<DiskView> {
+        self.create_disk_labelled(caller, req, None)
+    }
+
+    fn create_disk_labelled(
+        &self,
+        caller: &Caller,
+        req: &NewDisk,
+        extra: Option<(&str, &str)>,
+    ) -> Result<DiskView> {
+        atrest_disk::check_size(req.size)?;
+        let block_size = req.block_size.unwrap_or(512);
+        if block_size != 512 && block_size != 4096 {
+            return Err(DiskError::Invalid(format!(
+                "the logical block size must be 512 or 4096, not {block_size}"
+            ))
+            .into());
+        }
+        let encrypted = req.encrypted.unwrap_or(true);
+        if !encrypted && req.key_id.is_some() {
+            return Err(KmsError::Validation(
+                "a key was given for an unencrypted disk; leave out 'key_id' or set 'encrypted'"
+                    .into(),
+            )
+            .into());
+        }
+        let id = new_id("disk")?;
+        let _g = self.lock_ops();
+        let key = if encrypted {
+            let arn = self.resolve_key(caller, req.key_id.as_deref())?;
+            Some(self.new_key_info(caller, &arn, &ctx(DISK_CONTEXT, &id))?)
+        } else {
+            None
+        };
+        let mut labels = owner_labels(caller);
+        if let Some((k, v)) = extra {
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        let spec = DiskSpec {
+            size: req.size,
+            block_size,
+            key: key.clone(),
+            labels,
+        };
+        match self.engine.create_disk(&id, &spec) {
+            Ok(d) => {
+                tracing::info!(disk = %id, account = %caller.account, size = req.size, encrypted, "disk created");
+                Ok(self.disk_view(&d))
+            }
+            Err(e) => {
+                if let Some(k) = &key {
+                    self.retire(&caller.region, k);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A grant and a fresh wrapped data key for a new resource.
+    fn new_key_info(
+        &self,
+        caller: &Caller,
+        arn: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<KeyInfo> {
+        let grant = self.grant(caller, arn, context)?;
+        let info = KeyInfo {
+            key_arn: arn.to_owned(),
+            wrapped: Vec::new(),
+            grant_id: Some(grant),
+        };
+        match self.new_data_key(&caller.region, arn, context) {
+            Ok(wrapped) => Ok(KeyInfo { wrapped, ..info }),
+            Err(e) => {
+                self.retire(&caller.region, &info);
+                Err(e)
+            }
+        }
+    }
+
+    /// A grant and a wrapping of `key`'s data key (wrapped for `from`) for
+    /// a new resource named by `to`.
+    fn derived_key_info(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        key: &KeyInfo,
+        from: &BTreeMap<String, String>,
+        to: &BTreeMap<String, String>,
+    ) -> Result<KeyInfo> {
+        self.check_key(&caller.region, resource, key)?;
+        let grant = self.grant(caller, &key.key_arn, to)?;
+        let info = KeyInfo {
+            key_arn: key.key_arn.clone(),
+            wrapped: Vec::new(),
+            grant_id: Some(grant),
+        };
+        match self.rewrap(&caller.region, key, from, &key.key_arn, to) {
+            Ok(wrapped) => Ok(KeyInfo { wrapped, ..info }),
+            Err(e) => {
+                self.retire(&caller.region, &info);
+                Err(self.key_failure(&caller.region, resource, key, e))
+            }
+        }
+    }
+
+    /// Snapshots one of the caller's disks: O(1).
+    pub fn create_snapshot(&self, caller: &Caller, disk: &str) -> Result<SnapshotView> {
+        let _g = self.lock_ops();
+        let d = self.own_disk(caller, disk)?;
+        busy_check(&d)?;
+        let id = new_id("snap")?;
+        let key = match &d.key {
+            None => None,
+            Some(k) => Some(self.derived_key_info(
+                caller,
+                &format!("disk {disk}"),
+                k,
+                &ctx(DISK_CONTEXT, disk),
+                &ctx(SNAPSHOT_CONTEXT, &id),
+            )?),
+        };
+        match self
+            .engine
+            .snapshot_disk(disk, &id, key.clone(), owner_labels(caller))
+        {
+            Ok(s) => {
+                tracing::info!(disk, snapshot = %id, "snapshot created");
+                Ok(Self::snapshot_view(&s))
+            }
+            Err(e) => {
+                if let Some(k) = &key {
+                    self.retire(&caller.region, k);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Creates a disk from one of the caller's snapshots: same data key,
+    /// same master key, no data copied.
+    pub fn clone_snapshot(&self, caller: &Caller, snapshot: &str) -> Result<DiskView> {
+        let _g = self.lock_ops();
+        let s = self.own_snapshot(caller, snapshot)?;
+        let id = new_id("disk")?;
+        let key = match &s.key {
+            None => None,
+            Some(k) => Some(self.derived_key_info(
+                caller,
+                &format!("snapshot {snapshot}"),
+                k,
+                &ctx(SNAPSHOT_CONTEXT, snapshot),
+                &ctx(DISK_CONTEXT, &id),
+            )?),
+        };
+        match self
+            .engine
+            .clone_snapshot(snapshot, &id, key.clone(), owner_labels(caller))
+        {
+            Ok(d) => {
+                tracing::info!(snapshot, disk = %id, "disk created from snapshot");
+                Ok(self.disk_view(&d))
+            }
+            Err(e) => {
+                if let Some(k) = &key {
+                    self.retire(&caller.region, k);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Rolls one of the caller's disks back to one of its snapshots.
+    pub fn rollback(&self, caller: &Caller, disk: &str, snapshot: &str) -> Result<DiskView> {
+        let _g = self.lock_ops();
+        let d = self.own_disk(caller, disk)?;
+        let s = self.own_snapshot(caller, snapshot)?;
+        busy_check(&d)?;
+        if let Some(k) = &d.key {
+            self.check_key(&caller.region, &format!("disk {disk}"), k)?;
+        }
+        if let Some(k) = &s.key {
+            self.check_key(&caller.region, &format!("snapshot {snapshot}"), k)?;
+        }
+        let d = self.engine.rollback(disk, snapshot)?;
+        tracing::info!(disk, snapshot, "disk rolled back");
+        Ok(self.disk_view(&d))
+    }
+
+    /// Grows one of the caller's disks.
+    pub fn resize(&self, caller: &Caller, disk: &str, size: u64) -> Result<DiskView> {
+        let _g = self.lock_ops();
+        self.own_disk(caller, disk)?;
+        let d = self.engine.resize(disk, size)?;
+        Ok(self.disk_view(&d))
+    }
+
+    /// Moves one of the caller's disks to another master key of its region:
+    /// the same data key, re-wrapped, O(1). The old grant is retired.
+    pub fn change_key(&self, caller: &Caller, disk: &str, key_id: &str) -> Result<DiskView> {
+        let _g = self.lock_ops();
+        let d = self.own_disk(caller, disk)?;
+        busy_check(&d)?;
+        let Some(old) = d.key else {
+            return Err(DiskError::Invalid(format!(
+                "disk {disk} is not encrypted; convert it into a new encrypted disk instead"
+            ))
+            .into());
+        };
+        let resource = format!("disk {disk}");
+        self.check_key(&caller.region, &resource, &old)?;
+        let arn = self.resolve_key(caller, Some(key_id))?;
+        let context = ctx(DISK_CONTEXT, disk);
+        let grant = self.grant(caller, &arn, &context)?;
+        let mut new = KeyInfo {
+            key_arn: arn.clone(),
+            wrapped: Vec::new(),
+            grant_id: Some(grant),
+        };
+        match self.rewrap(&caller.region, &old, &context, &arn, &context) {
+            Ok(w) => new.wrapped = w,
+            Err(e) => {
+                self.retire(&caller.region, &new);
+                return Err(self.key_failure(&caller.region, &resource, &old, e));
+            }
+        }
+        let d = match self.engine.rewrap(disk, new.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.retire(&caller.region, &new);
+                return Err(e.into());
+            }
+        };
+        if old.grant_id != new.grant_id {
+            self.retire(&caller.region, &old);
+        }
+        tracing::info!(disk, from = %old.key_arn, to = %arn, "disk master key changed");
+        Ok(self.disk_view(&d))
+    }
+
+    /// Lets the service use a disk's key again after its grant was revoked:
+    /// a new grant, as the customer (who must be allowed to create it).
+    pub fn regrant(&self, caller: &Caller, disk: &str) -> Result<DiskView> {
+        let _g = self.lock_ops();
+        let d = self.own_disk(caller, disk)?;
+        let Some(old) = d.key else {
+            return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")).into());
+        };
+        let grant = self.grant(caller, &old.key_arn, &ctx(DISK_CONTEXT, disk))?;
+        let new = KeyInfo {
+            grant_id: Some(grant),
+            ..old
+        };
+        let d = self.engine.rewrap(disk, new)?;
+        Ok(self.disk_view(&d))
+    }
+
+    /// Deletes one of the caller's disks (not while open); retires its
+    /// grant.
+    pub fn delete_disk(&self, caller: &Caller, disk: &str) -> Result<()> {
+        let _g = self.lock_ops();
+        let d = self.own_disk(caller, disk)?;
+        if self.is_open(disk) {
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is in use; detach it (and wait for its jobs) before deleting it"
+            ))
+            .into());
+        }
+        self.engine.delete_disk(disk)?;
+        if let Some(k) = &d.key {
+            self.retire(&caller.region, k);
+            if let Some(r) = &d.rekey
+                && r.key.grant_id != k.grant_id
+            {
+                self.retire(&caller.region, &r.key);
+            }
+        }
+        tracing::info!(disk, "disk deleted");
+        Ok(())
+    }
+
+    /// Deletes one of the caller's snapshots; retires its grant.
+    pub fn delete_snapshot(&self, caller: &Caller, snapshot: &str) -> Result<()> {
+        let _g = self.lock_ops();
+        let s = self.own_snapshot(caller, snapshot)?;
+        self.engine.delete_snapshot(snapshot)?;
+        if let Some(k) = &s.key {
+            self.retire(&caller.region, k);
+        }
+        tracing::info!(snapshot, "snapshot deleted");
+        Ok(())
+    }
+}
+
+/// Deserializes a string straight into a zeroizing buffer.
+fn zeroizing_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Zeroizing<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Zeroizing::new)
+}
+
+/// Refuses metadata changes while a re-encryption or conversion runs.
+fn busy_check(d: &DiskInfo) -> Result<()> {
+    if d.rekey.is_some() {
+        return Err(DiskError::Conflict(format!(
+            "disk {} is being re-encrypted; wait for the job to finish",
+            d.id
+        ))
+        .into());
+    }
+    if d.labels.contains_key(L_CONVERTING) {
+        return Err(DiskError::Conflict(format!(
+            "disk {} is being filled by a conversion; wait for the job to finish",
+            d.id
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The account a disk belongs to, for service-internal callers.
+fn owner_caller(labels: &Labels) -> Option<Caller> {
+    let account = AccountId::parse(labels.get(L_ACCOUNT)?)?;
+    Some(Caller::root(account, labels.get(L_REGION)?))
+}

@@ -1,0 +1,333 @@
+//! Open disks: one engine handle per disk, shared by its attachments and
+//! jobs, closed when the last one goes or when its key is lost (D9).
+
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
+
+use atrest_disk::{DiskError, KeyInfo, OpenDisk};
+use atrest_kms::Caller;
+
+use crate::{
+    DISK_CONTEXT, DiskService, L_CONVERTING, OnKeyLoss, Result, ServiceError, ctx, owner_caller,
+};
+
+/// One open disk.
+pub(crate) struct Shared {
+    disk: String,
+    region: String,
+    handle: RwLock<Option<OpenDisk>>,
+    /// Why it was closed under its users (names the key).
+    closed: Mutex<Option<String>>,
+    /// Since when its key has been unusable, as the monitor saw it.
+    unusable_since: Mutex<Option<Instant>>,
+    users: Mutex<usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A user's (or a job's) hold on an open disk. I/O goes through it; dropping
+/// it detaches, and the last detach closes the disk and drops its key.
+pub struct Attachment {
+    svc: Arc<DiskService>,
+    shared: Arc<Shared>,
+    /// The customer, for the audit record of the detach; `None` for jobs.
+    caller: Option<Caller>,
+    key_arn: Option<String>,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("disk", &self.shared.disk)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attachment {
+    /// The disk's id.
+    #[must_use]
+    pub fn disk(&self) -> &str {
+        &self.shared.disk
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&OpenDisk) -> Result<T, DiskError>) -> Result<T> {
+        let h = self
+            .shared
+            .handle
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match h.as_ref() {
+            Some(d) => Ok(f(d)?),
+            None => Err(ServiceError::Closed {
+                disk: self.shared.disk.clone(),
+                reason: lock(&self.shared.closed)
+                    .clone()
+                    .unwrap_or_else(|| "closed".into()),
+            }),
+        }
+    }
+
+    /// Size in bytes (as when the disk was opened).
+    pub fn size(&self) -> Result<u64> {
+        self.with(|d| Ok(d.size()))
+    }
+
+    /// Logical block size.
+    pub fn block_size(&self) -> Result<u32> {
+        self.with(|d| Ok(d.block_size()))
+    }
+
+    /// Reads at `offset`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.with(|d| d.read(offset, buf))
+    }
+
+    /// Writes at `offset`; durable at the next flush, or at once with `fua`.
+    pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        self.with(|d| d.write(offset, data, fua))
+    }
+
+    /// Makes a range read as zeros.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.with(|d| d.trim(offset, len))
+    }
+
+    /// Makes every acknowledged write durable.
+    pub fn flush(&self) -> Result<()> {
+        self.with(OpenDisk::flush)
+    }
+
+    pub(crate) fn handle<T>(&self, f: impl FnOnce(&OpenDisk) -> Result<T, DiskError>) -> Result<T> {
+        self.with(f)
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.svc.release(&self.shared);
+        if let Some(c) = &self.caller {
+            self.svc
+                .audit(c, "disk:DetachDisk", self.key_arn.as_deref(), "Success");
+        }
+    }
+}
+
+impl DiskService {
+    pub(crate) fn is_open(&self, disk: &str) -> bool {
+        lock(&self.open).contains_key(disk)
+    }
+
+    /// Attaches one of the caller's disks: unlocks its data key (refusing
+    /// if the key cannot be used) or shares the handle already open. The
+    /// attach is audited and metered; so is the detach, when the
+    /// [`Attachment`] is dropped.
+    pub fn attach(self: &Arc<Self>, caller: &Caller, disk: &str) -> Result<Attachment> {
+        let d = self.own_disk(caller, disk)?;
+        if d.labels.contains_key(L_CONVERTING) {
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is being filled by a conversion; attach it when the job is done"
+            ))
+            .into());
+        }
+        if lock(&self.converting).contains(disk) {
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is being copied by a conversion; attach it when the job is done"
+            ))
+            .into());
+        }
+        let key_arn = d.key.as_ref().map(|k| k.key_arn.clone());
+        let r = self.open_shared(disk, &caller.region);
+        let result = match &r {
+            Ok(_) => "Success",
+            Err(ServiceError::Locked { .. }) => "DiskLockedException",
+            Err(_) => "Failed",
+        };
+        let meta = atrest_kms::RequestMeta::in_process();
+        let call = atrest_kms::Call::new(caller, &meta);
+        call.set_operation("disk:AttachDisk");
+        if let Some(k) = &key_arn {
+            call.set_key(k.clone());
+        }
+        let recorded = self.kms.record_event(self.kms.audit_entry(&call, result));
+        let shared = r?;
+        if let Err(e) = recorded {
+            self.release(&shared);
+            return Err(e.into());
+        }
+        tracing::info!(disk, principal = %caller.principal_arn(), "disk attached");
+        Ok(Attachment {
+            svc: Arc::clone(self),
+            shared,
+            caller: Some(caller.clone()),
+            key_arn,
+        })
+    }
+
+    /// Opens a disk for a job of the service (not audited as an attach).
+    pub(crate) fn attach_internal(self: &Arc<Self>, disk: &str) -> Result<Attachment> {
+        let d = self.engine.disk(disk)?;
+        let owner = owner_caller(&d.labels)
+            .ok_or_else(|| DiskError::Failed(format!("disk {disk} has no owner label")))?;
+        let shared = self.open_shared(disk, &owner.region)?;
+        Ok(Attachment {
+            svc: Arc::clone(self),
+            shared,
+            caller: None,
+            key_arn: None,
+        })
+    }
+
+    fn open_shared(&self, disk: &str, region: &str) -> Result<Arc<Shared>> {
+        let mut open = lock(&self.open);
+        if let Some(s) = open.get(disk) {
+            let alive = s
+                .handle
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some();
+            if alive {
+                *lock(&s.users) += 1;
+                return Ok(Arc::clone(s));
+            }
+        }
+        let d = self.engine.disk(disk)?;
+        let resource = format!("disk {disk}");
+        let handle = match &d.key {
+            None => self.engine.open_disk(disk, None)?,
+            Some(k) => {
+                self.check_key(region, &resource, k)?;
+                let context = ctx(DISK_CONTEXT, disk);
+                let unwrap = |k: &KeyInfo| {
+                    self.unwrap_key(region, k, &context)
+                        .map_err(|e| self.key_failure(region, &resource, k, e))
+                };
+                let key = unwrap(k)?;
+                match &d.rekey {
+                    None => self.engine.open_disk(disk, Some(&key))?,
+                    Some(r) => {
+                        let next = unwrap(&r.key)?;
+                        self.engine.open_disk_rekeying(disk, &key, &next)?
+                    }
+                }
+            }
+        };
+        let shared = Arc::new(Shared {
+            disk: disk.to_owned(),
+            region: region.to_owned(),
+            handle: RwLock::new(Some(handle)),
+            closed: Mutex::new(None),
+            unusable_since: Mutex::new(None),
+            users: Mutex::new(1),
+        });
+        // A handle closed for key loss whose users are still around is
+        // replaced; they keep failing with the reason.
+        open.insert(disk.to_owned(), Arc::clone(&shared));
+        Ok(shared)
+    }
+
+    /// One user fewer; the last closes the disk (dropping its key).
+    fn release(&self, shared: &Arc<Shared>) {
+        let last = {
+            let mut u = lock(&shared.users);
+            *u = u.saturating_sub(1);
+            *u == 0
+        };
+        if !last {
+            return;
+        }
+        let mut open = lock(&self.open);
+        if open
+            .get(&shared.disk)
+            .is_some_and(|s| Arc::ptr_eq(s, shared))
+        {
+            open.remove(&shared.disk);
+        }
+        drop(open);
+        let h = shared
+            .handle
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = h
+            && let Err(e) = h.flush()
+        {
+            tracing::error!(disk = %shared.disk, error = %e, "flushing a disk at close failed");
+        }
+    }
+
+    /// One pass of the key check over open disks.
+    pub fn check_open_disks(&self) {
+        let open: Vec<Arc<Shared>> = lock(&self.open).values().cloned().collect();
+        for s in open {
+            let Ok(d) = self.engine.disk(&s.disk) else {
+                continue;
+            };
+            let keys = d.key.iter().chain(d.rekey.iter().map(|r| &r.key));
+            let mut unusable = None;
+            for k in keys {
+                if let Ok(Some(reason)) = self
+                    .session(&s.region)
+                    .and_then(|ss| Ok(ss.key_unusable(&k.key_arn, k.grant_id.as_deref())?))
+                {
+                    unusable = Some(format!("its key {} cannot be used: {reason}", k.key_arn));
+                    break;
+                }
+            }
+            let mut since = lock(&s.unusable_since);
+            let Some(reason) = unusable else {
+                *since = None;
+                continue;
+            };
+            let first = *since.get_or_insert_with(Instant::now);
+            drop(since);
+            let OnKeyLoss::CloseAfter(grace) = self.config.on_key_loss else {
+                tracing::warn!(disk = %s.disk, %reason, "open disk keeps serving although its key cannot be used");
+                continue;
+            };
+            if first.elapsed() < grace {
+                continue;
+            }
+            let h = s
+                .handle
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(h) = h {
+                *lock(&s.closed) = Some(reason.clone());
+                if let Err(e) = h.flush() {
+                    tracing::error!(disk = %s.disk, error = %e, "flushing a disk at close failed");
+                }
+                drop(h);
+                tracing::warn!(disk = %s.disk, %reason, "closed an open disk: its key cannot be used");
+                if let Some(owner) = owner_caller(&d.labels) {
+                    self.audit(
+                        &owner,
+                        "disk:CloseDisk",
+                        d.key.as_ref().map(|k| k.key_arn.as_str()),
+                        "KeyUnavailable",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Starts the periodic key check of open disks; it ends with the service.
+pub(crate) fn start_monitor(svc: &Arc<DiskService>) {
+    let weak: Weak<DiskService> = Arc::downgrade(svc);
+    let interval = svc.config.check_interval;
+    let spawned = std::thread::Builder::new()
+        .name("disk-key-check".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(svc) = weak.upgrade() else { return };
+                svc.check_open_disks();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the disk key check");
+    }
+}
