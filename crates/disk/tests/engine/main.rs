@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod atomic;
 mod rekey;
 
 use std::collections::BTreeMap;
