@@ -213,3 +213,24 @@ def test_bad_disk_requests_get_typed_errors_and_create_nothing(server):
     assert rest_call(server, "GET", "/v1/disks", creds=other).json()["disks"] == []
     shown = rest_call(server, "GET", f"/v1/disks/{d['id']}", creds=creds).json()
     assert shown["size"] == 4096, shown
+
+
+def test_disks_survive_a_restart_and_a_kill(server):
+    creds = new_account(server, A)
+    kms = server.client(creds=creds)
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    d = disk_cmd(server, creds, "create", "--size", "8M", "--key-id", key)
+    s = disk_cmd(server, creds, "snapshot", d["id"])
+    c = disk_cmd(server, creds, "clone", s["id"])
+    before = (disk_cmd(server, creds, "list")["disks"], snap_cmd(server, creds, "list")["snapshots"])
+    assert server.stop() == 0
+    server.start()
+    assert (disk_cmd(server, creds, "list")["disks"], snap_cmd(server, creds, "list")["snapshots"]) == before
+    # Every change is committed before it is answered: a SIGKILL loses none.
+    g = disk_cmd(server, creds, "resize", c["id"], "--size", "16M")
+    server.kill()
+    server.start()
+    assert disk_cmd(server, creds, "show", c["id"])["size"] == g["size"] == 16 << 20
+    assert disk_cmd(server, creds, "show", d["id"])["key_arn"] == key
+    # The disk service keeps exactly its two files (docs/design.md, 4F).
+    assert {p.name for p in (server.data_dir / "disks").iterdir()} == {"pool", "meta.redb"}

@@ -682,3 +682,114 @@ fn bad_requests_get_typed_errors() {
     drop(a);
     assert_eq!(svc.list_disks(&e.alice).unwrap().len(), 1);
 }
+
+#[test]
+fn a_conversion_cut_short_by_a_crash_restarts_and_completes() {
+    let e = kms_env();
+    let size = 4u64 << 20;
+    let mut data = vec![0u8; size as usize];
+    // Data with holes, so the copy must keep them zero.
+    data[..1 << 20].copy_from_slice(&pattern(9, 1 << 20));
+    data[3 << 20..].copy_from_slice(&pattern(10, 1 << 20));
+    let src;
+    {
+        let svc = e.service(config());
+        src = svc
+            .create_disk(
+                &e.alice,
+                &NewDisk {
+                    size,
+                    encrypted: Some(false),
+                    ..NewDisk::default()
+                },
+            )
+            .unwrap()
+            .id;
+        let a = svc.attach(&e.alice, &src).unwrap();
+        a.write(0, &data, true).unwrap();
+    }
+    let target;
+    {
+        // The pool's syncs fail after the target is created: the copy's
+        // flush fails, as if the power went during the copy.
+        let pool: Arc<dyn Storage> = Arc::new(Failing {
+            inner: FileStorage::open(&e.dir.path().join("pool")).unwrap(),
+            syncs_left: AtomicI64::new(1),
+        });
+        let svc = DiskService::start(Arc::clone(&e.kms), e.engine(Some(pool)), config()).unwrap();
+        let job = svc.convert(&e.alice, &src, true, None).unwrap();
+        target = job.target.clone().unwrap();
+        let j = wait_job(&svc, &e.alice, &job.id);
+        assert_eq!(j.state, JobState::Failed, "{j:?}");
+        // Meanwhile the source could not be attached, nor the target.
+    }
+    let svc = e.service(config());
+    let view = svc.describe_disk(&e.alice, &target).unwrap();
+    assert!(view.encrypted, "{view:?}");
+    let jobs = svc.list_jobs(&e.alice);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].target.as_deref(), Some(target.as_str()));
+    let j = wait_job(&svc, &e.alice, &jobs[0].id);
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    assert_eq!(
+        svc.describe_disk(&e.alice, &target).unwrap().state,
+        "available"
+    );
+    assert!(read_all(&svc, &e.alice, &target) == data);
+}
+
+#[test]
+fn a_disk_being_converted_cannot_be_attached_nor_its_target_used() {
+    let e = kms_env();
+    let svc = e.service(config());
+    let src = svc
+        .create_disk(
+            &e.alice,
+            &NewDisk {
+                size: 64 << 20,
+                encrypted: Some(false),
+                ..NewDisk::default()
+            },
+        )
+        .unwrap()
+        .id;
+    {
+        let a = svc.attach(&e.alice, &src).unwrap();
+        a.write(0, &pattern(3, 32 << 20), false).unwrap();
+        a.flush().unwrap();
+        // In use: no conversion.
+        assert!(matches!(
+            svc.convert(&e.alice, &src, true, None),
+            Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(_)))
+        ));
+    }
+    let job = svc.convert(&e.alice, &src, true, None).unwrap();
+    let target = job.target.clone().unwrap();
+    // Until the copy's last commit, neither the source nor the target can
+    // be attached and the target cannot be snapshotted. (An attach that
+    // succeeds came after that commit, before the job's state changed.)
+    let (mut refused, mut tries) = (0, 0);
+    while svc.job(&e.alice, &job.id).unwrap().state == JobState::Running {
+        tries += 1;
+        for disk in [&src, &target] {
+            match svc.attach(&e.alice, disk) {
+                Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(_))) => refused += 1,
+                Ok(_) => assert_ne!(
+                    svc.describe_disk(&e.alice, &target).unwrap().state,
+                    "converting"
+                ),
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        if let Err(e2) = svc.create_snapshot(&e.alice, &target) {
+            assert!(matches!(
+                e2,
+                ServiceError::Disk(atrest_disk::DiskError::Conflict(_))
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(refused > 0, "{tries} tries while the job ran");
+    assert_eq!(wait_job(&svc, &e.alice, &job.id).state, JobState::Succeeded);
+    assert!(read_all(&svc, &e.alice, &target)[..32 << 20] == pattern(3, 32 << 20)[..]);
+}
