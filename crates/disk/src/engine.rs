@@ -684,19 +684,32 @@ impl Engine {
     /// size after attaching again.
     pub fn resize(&self, disk: &str, size: u64) -> Result<DiskInfo, DiskError> {
         check_size(size)?;
-        let mut st = self.lock()?;
-        let d = st.disk(disk)?;
-        if size < d.size {
-            return Err(DiskError::Invalid(format!(
-                "disk {disk} is {} bytes; it can only grow",
-                d.size
-            )));
-        }
+        let st = self.lock()?;
+        self.update_disk(st, disk, |d| {
+            if size < d.size {
+                return Err(DiskError::Invalid(format!(
+                    "disk {disk} is {} bytes; it can only grow",
+                    d.size
+                )));
+            }
+            d.size = size;
+            Ok(())
+        })
+    }
+
+    /// Changes `disk`'s record with `f` and commits it; nothing changes if
+    /// `f` refuses.
+    fn update_disk(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        disk: &str,
+        f: impl FnOnce(&mut DiskInfo) -> Result<(), DiskError>,
+    ) -> Result<DiskInfo, DiskError> {
         let dm = st
             .disks
             .get_mut(disk)
             .ok_or_else(|| not_found("disk", disk))?;
-        dm.size = size;
+        f(dm)?;
         let out = dm.clone();
         st.dirty.insert(Dirty::Disk(disk.to_owned()));
         self.commit(&mut st)?;
@@ -706,20 +719,15 @@ impl Engine {
     /// Replaces the wrapped data key of `disk` (the same data key, wrapped
     /// under another master key): O(1), no data touched.
     pub fn rewrap(&self, disk: &str, key: KeyInfo) -> Result<DiskInfo, DiskError> {
-        let mut st = self.lock()?;
-        let dm = st
-            .disks
-            .get_mut(disk)
-            .ok_or_else(|| not_found("disk", disk))?;
-        if dm.key.is_none() {
-            return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")));
-        }
-        not_rekeying(dm, "rewrap")?;
-        dm.key = Some(key);
-        let out = dm.clone();
-        st.dirty.insert(Dirty::Disk(disk.to_owned()));
-        self.commit(&mut st)?;
-        Ok(out)
+        let st = self.lock()?;
+        self.update_disk(st, disk, |dm| {
+            if dm.key.is_none() {
+                return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")));
+            }
+            not_rekeying(dm, "rewrap")?;
+            dm.key = Some(key);
+            Ok(())
+        })
     }
 
     /// Deletes `disk` (not while open); its space is reclaimed unless a
@@ -751,16 +759,11 @@ impl Engine {
 
     /// Replaces the caller's labels of `disk`.
     pub fn set_labels(&self, disk: &str, labels: Labels) -> Result<DiskInfo, DiskError> {
-        let mut st = self.lock()?;
-        let dm = st
-            .disks
-            .get_mut(disk)
-            .ok_or_else(|| not_found("disk", disk))?;
-        dm.labels = labels;
-        let out = dm.clone();
-        st.dirty.insert(Dirty::Disk(disk.to_owned()));
-        self.commit(&mut st)?;
-        Ok(out)
+        let st = self.lock()?;
+        self.update_disk(st, disk, |d| {
+            d.labels = labels;
+            Ok(())
+        })
     }
 
     /// Pool chunks in use (for tests and space accounting).

@@ -295,17 +295,18 @@ fn label(labels: &Labels, name: &str) -> String {
     labels.get(name).cloned().unwrap_or_default()
 }
 
-fn str_field(v: &Value, name: &str) -> Result<String> {
+fn str_field(v: &Value, name: &str) -> Result<String, KmsError> {
     v.get(name)
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| KmsError::Internal(format!("key service response lacks {name}")).into())
+        .ok_or_else(|| KmsError::Internal(format!("key service response lacks {name}")))
 }
 
-fn blob_field(v: &Value, name: &str) -> Result<Vec<u8>> {
-    B64.decode(str_field(v, name)?).map_err(|_| {
-        KmsError::Internal(format!("key service response: {name} is not base64")).into()
-    })
+/// A base64 member of a key-service response (ciphertext blobs only; a
+/// plaintext is decoded into zeroizing buffers in `unwrap_key`).
+fn blob_field(v: &Value, name: &str) -> Result<Vec<u8>, KmsError> {
+    B64.decode(str_field(v, name)?)
+        .map_err(|_| KmsError::Internal(format!("key service response: {name} is not base64")))
 }
 
 impl DiskService {
@@ -511,7 +512,7 @@ impl DiskService {
             ))
             .into());
         }
-        str_field(meta, "Arn")
+        Ok(str_field(meta, "Arn")?)
     }
 
     /// Creates, as the customer through the service, the grant that lets
@@ -554,7 +555,7 @@ impl DiskService {
             Operation::GenerateDataKeyWithoutPlaintext,
             &json!({"KeyId": key_arn, "NumberOfBytes": 64, "EncryptionContext": context}),
         )?;
-        blob_field(&out, "CiphertextBlob")
+        Ok(blob_field(&out, "CiphertextBlob")?)
     }
 
     /// Re-wraps `key`'s data key from `from` to `to_arn` / `to`.
@@ -576,12 +577,7 @@ impl DiskService {
                 "DestinationEncryptionContext": to,
             }),
         )?;
-        let b = out
-            .get("CiphertextBlob")
-            .and_then(Value::as_str)
-            .and_then(|s| B64.decode(s).ok())
-            .ok_or_else(|| KmsError::Internal("ReEncrypt response lacks CiphertextBlob".into()))?;
-        Ok(b)
+        blob_field(&out, "CiphertextBlob")
     }
 
     fn kms_session(&self, region: &str) -> Result<ServiceSession<'_>, KmsError> {
@@ -608,8 +604,9 @@ impl DiskService {
                 "EncryptionContext": context,
             }),
         )?;
-        let out: Out = serde_json::from_slice(&raw)
-            .map_err(|e| KmsError::Internal(format!("Decrypt response: {e}")))?;
+        let out: Out = serde_json::from_slice(&raw).map_err(|_| {
+            KmsError::Internal("the Decrypt response has no usable Plaintext".into())
+        })?;
         let bytes = Zeroizing::new(
             B64.decode(out.plaintext.as_bytes())
                 .map_err(|_| KmsError::Internal("Decrypt response is not base64".into()))?,

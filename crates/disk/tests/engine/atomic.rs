@@ -136,36 +136,44 @@ const WRITES: [(&str, Op); 2] = [
     ("FUA write", |e| write_op(e, true)),
 ];
 
-/// 0: the pool sync fails; 1: the store commit fails; 2: both succeed.
-fn run(op: Op, fault: u32, rng: &mut Rng) -> (Seen, Seen, Seen) {
+/// One operation under one fault, then a power cut.
+struct Trial {
+    /// The state before the operation.
+    before: Seen,
+    /// What the operation answered.
+    result: Result<(), DiskError>,
+    /// The state right after a successful operation.
+    live: Option<Seen>,
+    /// The state after the power cut and a reopen.
+    crashed: Seen,
+}
+
+/// Runs `op` on a fresh [`setup`] with `fault` (0: the pool sync fails;
+/// 1: the store commit fails; 2: both succeed), then cuts the power and
+/// reopens. A failed commit must stop the engine until it is reopened.
+fn trial(op: Op, fault: u32, rng: &mut Rng) -> Trial {
     let (store, pool, e) = setup(rng);
     let before = observe(&e);
     pool.fail_sync.store(fault == 0, Ordering::SeqCst);
     store.fail_commit.store(fault == 1, Ordering::SeqCst);
-    let r = op(&e);
+    let result = op(&e);
     pool.fail_sync.store(false, Ordering::SeqCst);
     store.fail_commit.store(false, Ordering::SeqCst);
-    let after = if fault == 2 {
-        r.unwrap();
-        observe(&e)
+    let live = if result.is_ok() {
+        Some(observe(&e))
     } else {
-        assert!(matches!(r, Err(DiskError::Failed(_))), "{r:?}");
-        // Stopped until reopened.
+        assert!(matches!(result, Err(DiskError::Failed(_))), "{result:?}");
         assert!(matches!(e.disks(), Err(DiskError::Failed(_))));
-        before_placeholder()
+        None
     };
+    assert_eq!(result.is_ok(), fault == 2, "fault {fault}: {result:?}");
     drop(e);
-    let crashed = Arc::new(pool.crash(rng));
-    let e = Engine::open(store, crashed).unwrap();
-    (before, after, observe(&e))
-}
-
-fn before_placeholder() -> Seen {
-    Seen {
-        disks: Vec::new(),
-        snapshots: Vec::new(),
-        contents: Vec::new(),
-        chunks: 0,
+    let e = Engine::open(store, Arc::new(pool.crash(rng))).unwrap();
+    Trial {
+        before,
+        result,
+        live,
+        crashed: observe(&e),
     }
 }
 
@@ -175,12 +183,19 @@ fn each_metadata_operation_is_all_or_nothing_at_every_step_of_its_commit() {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         for (name, op) in METADATA {
             for fault in 0..3 {
-                let (before, after, got) = run(op, fault, &mut rng);
-                if fault == 2 {
-                    assert_eq!(got, after, "{name}: committed, then the power was cut");
-                    assert_ne!(after, before, "{name} changed nothing");
-                } else {
-                    assert_eq!(got, before, "{name}: fault {fault}, then the power was cut");
+                let t = trial(op, fault, &mut rng);
+                match &t.live {
+                    Some(after) => {
+                        assert_eq!(
+                            &t.crashed, after,
+                            "{name}: committed, then the power was cut"
+                        );
+                        assert_ne!(after, &t.before, "{name} changed nothing");
+                    }
+                    None => assert_eq!(
+                        t.crashed, t.before,
+                        "{name}: fault {fault}, then the power was cut"
+                    ),
                 }
             }
         }
@@ -193,21 +208,12 @@ fn a_flushed_or_fua_write_survives_and_an_unflushed_one_is_per_sector_old_or_new
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         for (name, op) in WRITES {
             for fault in 0..3 {
-                let (store, pool, e) = setup(&mut rng);
-                let before = observe(&e);
-                pool.fail_sync.store(fault == 0, Ordering::SeqCst);
-                store.fail_commit.store(fault == 1, Ordering::SeqCst);
-                let r = op(&e);
-                pool.fail_sync.store(false, Ordering::SeqCst);
-                store.fail_commit.store(false, Ordering::SeqCst);
-                // What the write meant the disk to read as.
-                let mut new =
-                    before.contents[before.disks.iter().position(|d| d.id == "d").unwrap()].clone();
-                new[4096..4096 + 8192].fill(0xA5);
-                new[2 * 65536 + 512..2 * 65536 + 512 + 4096].fill(0x5A);
-                drop(e);
-                let e = Engine::open(store, Arc::new(pool.crash(&mut rng))).unwrap();
-                let got = observe(&e);
+                let Trial {
+                    before,
+                    result,
+                    crashed: got,
+                    ..
+                } = trial(op, fault, &mut rng);
                 assert_eq!(got.disks, before.disks, "{name} {fault}");
                 assert_eq!(got.snapshots, before.snapshots, "{name} {fault}");
                 let i = got.disks.iter().position(|d| d.id == "d").unwrap();
@@ -217,9 +223,12 @@ fn a_flushed_or_fua_write_survives_and_an_unflushed_one_is_per_sector_old_or_new
                         assert!(c == &before.contents[j], "{name} {fault}: disk {j} changed");
                     }
                 }
+                // What the write meant the disk to read as.
                 let old = &before.contents[i];
-                if r.is_ok() {
-                    assert_eq!(fault, 2);
+                let mut new = old.clone();
+                new[4096..4096 + 8192].fill(0xA5);
+                new[2 * 65536 + 512..2 * 65536 + 512 + 4096].fill(0x5A);
+                if result.is_ok() {
                     assert!(got.contents[i] == new, "{name}: acknowledged, then lost");
                 } else {
                     for (s, ((g, o), n)) in got.contents[i]
