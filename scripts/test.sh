@@ -25,7 +25,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # --- Dependencies -----------------------------------------------------------
 step "system packages"
-APT_PACKAGES=(openssl ca-certificates softhsm2)
+# openssl, softhsm2: root-of-trust tests. qemu-utils, libnbd-bin, nbdkit,
+# fio, gnutls-bin: the NBD interop suite (qemu-io, qemu-img, nbdinfo,
+# nbdcopy, fio's nbd engine, GnuTLS PSK and certificate clients).
+# libssl-dev, pkg-config: atrest-tlspsk links OpenSSL for TLS-PSK.
+# fuse3, e2fsprogs, util-linux: local attach (FUSE file, loop device, mkfs).
+APT_PACKAGES=(openssl ca-certificates softhsm2 qemu-utils libnbd-bin nbdkit fio gnutls-bin
+  libssl-dev pkg-config fuse3 e2fsprogs util-linux)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,11 +12,13 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
             Ok(Err(refusal)) => assert_ne!(refusal.errno, 0),
             Ok(Ok(r)) => {
+                let sent = u16::from_be_bytes([header[4], header[5]]);
                 let (ty, flags) = match r.command {
-                    Command::Read => (cmd::READ, 0),
+                    // FUA is accepted and ignored on READ and FLUSH.
+                    Command::Read => (cmd::READ, sent & cflag::FUA),
                     Command::Write { fua } => (cmd::WRITE, if fua { cflag::FUA } else { 0 }),
                     Command::Disc => (cmd::DISC, 0),
-                    Command::Flush => (cmd::FLUSH, 0),
+                    Command::Flush => (cmd::FLUSH, sent & cflag::FUA),
                     Command::Trim { fua } => (cmd::TRIM, if fua { cflag::FUA } else { 0 }),
                     Command::WriteZeroes {
                         fua,
@@ -28,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
                             | (if no_hole { cflag::NO_HOLE } else { 0 })
                             | (if fast_zero { cflag::FAST_ZERO } else { 0 }),
                     ),
-                    Command::Unsupported(t) => (t, u16::from_be_bytes([header[4], header[5]])),
+                    Command::Unsupported(t) => (t, sent),
                 };
                 assert_eq!(
                     Request::encode(flags, ty, r.cookie, r.offset, r.length)[..],

@@ -534,6 +534,16 @@ def make_tls_files(directory: Path) -> dict[str, Path]:
         )
     )
     paths["key"].chmod(0o600)
+    # The CA's key, for tests that issue client certificates.
+    paths["ca_key"] = directory / "ca.key"
+    paths["ca_key"].write_bytes(
+        ca_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths["ca_key"].chmod(0o600)
     return paths
 
 

@@ -13,31 +13,37 @@ use crate::cli::{
 };
 
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    let creds = match (
-        std::env::var("AWS_ACCESS_KEY_ID"),
-        std::env::var("AWS_SECRET_ACCESS_KEY"),
-    ) {
-        (Ok(id), Ok(secret)) if !id.is_empty() => Credentials {
-            access_key_id: id,
-            secret_access_key: atrest_client::secret(&secret),
-        },
-        _ => {
-            let path = match &args.credentials_file {
-                Some(p) => p.clone(),
-                None => {
-                    std::path::PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
-                        .join(".aws/credentials")
-                }
-            };
-            atrest_client::load_shared_credentials(&path, &args.profile)?
-        }
-    };
     Ok(Client::new(
         &args.endpoint,
-        creds,
+        credentials(args)?,
         &args.region,
         args.ca_file.as_deref(),
     )?)
+}
+
+/// The caller's credentials: the environment's, or the credentials file's.
+pub fn credentials(args: &ClientArgs) -> anyhow::Result<Credentials> {
+    Ok(
+        match (
+            std::env::var("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Ok(id), Ok(secret)) if !id.is_empty() => Credentials {
+                access_key_id: id,
+                secret_access_key: atrest_client::secret(&secret),
+            },
+            _ => {
+                let path = match &args.credentials_file {
+                    Some(p) => p.clone(),
+                    None => std::path::PathBuf::from(
+                        std::env::var_os("HOME").context("HOME is not set")?,
+                    )
+                    .join(".aws/credentials"),
+                };
+                atrest_client::load_shared_credentials(&path, &args.profile)?
+            }
+        },
+    )
 }
 
 pub fn show(resp: &atrest_client::Response) -> anyhow::Result<()> {

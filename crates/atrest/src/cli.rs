@@ -46,6 +46,29 @@ pub enum Command {
     Disk(DiskArgs),
     /// Snapshots of disks: list, show, delete.
     Snapshot(SnapshotArgs),
+    /// NBD client settings: the TLS pre-shared key of your access key.
+    Nbd(NbdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NbdArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: NbdCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NbdCommand {
+    /// Write the TLS pre-shared key of your access key as a PSK file
+    /// (`IDENTITY:HEXKEY`, the format of qemu's `keys.psk` and libnbd's
+    /// `tls-psk-file`). It is derived from the secret access key, computed
+    /// here, and never sent.
+    Psk {
+        /// Where to write it (mode 0600); `-` for standard output.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +95,10 @@ pub enum DiskCommand {
         /// Store the disk's data unencrypted.
         #[arg(long, conflicts_with = "key_id")]
         unencrypted: bool,
+        /// Let several clients attach the disk read-write at once (they
+        /// must coordinate, as with a cluster file system).
+        #[arg(long)]
+        shareable: bool,
     },
     /// List your disks.
     List,
@@ -140,6 +167,18 @@ pub enum DiskCommand {
     Regrant { id: String },
     /// Delete a disk (its space is reclaimed once no snapshot refers to it).
     Delete { id: String },
+    /// Attach a disk as a block device of the server's host (a loop device
+    /// on a FUSE file; the server must run on this host, as root). Remote
+    /// hosts and VMs attach over NBD instead: nbd://SERVER:PORT/DISK-ID.
+    Attach {
+        id: String,
+        /// Attach to this host (required: the only kind of attach the CLI does).
+        #[arg(long, required = true)]
+        local: bool,
+    },
+    /// Detach a locally attached disk: flushes it and removes its block
+    /// device (refused while a file system on it is mounted).
+    Detach { id: String },
     /// Show a job (re-encryption or conversion); --follow shows a progress bar until it ends.
     Job {
         id: String,
@@ -295,6 +334,25 @@ pub struct ServeArgs {
     /// Seconds between checks of open disks' keys.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub disk_key_check_interval: u64,
+    /// Serve disks over NBD on this address (the IANA NBD port is 10809).
+    #[arg(long)]
+    pub nbd_listen: Option<SocketAddr>,
+    /// The NBD listener's TLS certificate chain (PEM) [default: --tls-cert].
+    #[arg(long, requires = "nbd_listen")]
+    pub nbd_tls_cert: Option<PathBuf>,
+    /// The NBD listener's TLS private key (PEM) [default: --tls-key].
+    #[arg(long, requires = "nbd_listen")]
+    pub nbd_tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) whose client certificates NBD accepts; the
+    /// principal is the certificate's `arn:` URI SAN or its common name.
+    /// Pre-shared keys (`atrest nbd psk`) are accepted either way.
+    #[arg(long, requires = "nbd_listen")]
+    pub nbd_tls_client_ca: Option<PathBuf>,
+    /// Accept plaintext NBD (loopback only), acting as this principal
+    /// (`arn:aws:iam::ACCOUNT:root` or `...:user/NAME`); without it, NBD
+    /// requires TLS before anything else.
+    #[arg(long, requires = "nbd_listen")]
+    pub nbd_plaintext_principal: Option<String>,
     /// Testing only: shift the clock of rotation and deletion schedules by
     /// this many days (request signing still uses the real clock).
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]

@@ -108,8 +108,9 @@ pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
             block_size,
             key_id,
             unencrypted,
+            shareable,
         } => {
-            let body = json!({"size": parse_size(&size)?, "block_size": block_size, "encrypted": !unencrypted, "key_id": key_id});
+            let body = json!({"size": parse_size(&size)?, "block_size": block_size, "encrypted": !unencrypted, "key_id": key_id, "shareable": shareable});
             call(&c, Method::POST, "/v1/disks", Some(&body)).await?
         }
         DiskCommand::List => call(&c, Method::GET, "/v1/disks", None).await?,
@@ -208,6 +209,24 @@ pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
         DiskCommand::Delete { id } => {
             call(&c, Method::DELETE, &format!("/v1/disks/{id}"), None).await?
         }
+        DiskCommand::Attach { id, local: _ } => {
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/disks/{id}/attach-local"),
+                Some(&json!({})),
+            )
+            .await?
+        }
+        DiskCommand::Detach { id } => {
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/disks/{id}/detach-local"),
+                Some(&json!({})),
+            )
+            .await?
+        }
         DiskCommand::Job { id, follow: f } => {
             let v = call(&c, Method::GET, &format!("/v1/jobs/{id}"), None).await?;
             match v.get("job") {
@@ -232,6 +251,37 @@ pub async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         }
     };
     print(&out)
+}
+
+/// `atrest nbd`.
+pub fn nbd(args: &crate::cli::NbdArgs) -> anyhow::Result<()> {
+    match &args.command {
+        crate::cli::NbdCommand::Psk { out } => {
+            let creds = crate::admin::credentials(&args.client)?;
+            let key = atrest_server::nbd::psk_for_secret(creds.secret_access_key.expose());
+            let line = zeroize::Zeroizing::new(format!(
+                "{}:{}\n",
+                creds.access_key_id,
+                hex::encode(&*key)
+            ));
+            if out.as_os_str() == "-" {
+                print!("{}", &*line);
+                return Ok(());
+            }
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            f.write_all(line.as_bytes())
+                .with_context(|| format!("writing {}", out.display()))?;
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Metering(args) => admin::metering(args).await,
             cli::Command::Disk(args) => disks::disk(args).await,
             cli::Command::Snapshot(args) => disks::snapshot(args).await,
+            cli::Command::Nbd(args) => disks::nbd(&args),
         }
     });
     match result {

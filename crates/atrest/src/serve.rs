@@ -71,6 +71,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             check_interval: Duration::from_secs(args.disk_key_check_interval),
         },
+        nbd: nbd_config(&args)?,
     };
     let server = atrest_server::start(config)
         .await
@@ -85,6 +86,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  root:     {root_shown}");
     if let Some(m) = server.metrics_addr {
         println!("  metrics:  http://{m}/metrics");
+    }
+    if let Some(n) = server.nbd_addr {
+        let mode = if args.nbd_plaintext_principal.is_some() {
+            "plaintext on loopback allowed"
+        } else {
+            "TLS required"
+        };
+        println!("  nbd:      nbd://{n}/DISK-ID ({mode})");
     }
     if let Some((boot, path)) = &server.bootstrap {
         println!();
@@ -106,6 +115,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+fn nbd_config(args: &ServeArgs) -> anyhow::Result<Option<atrest_server::nbd::NbdConfig>> {
+    let Some(listen) = args.nbd_listen else {
+        return Ok(None);
+    };
+    let cert = args.nbd_tls_cert.clone().or_else(|| args.tls_cert.clone());
+    let key = args.nbd_tls_key.clone().or_else(|| args.tls_key.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(atrest_server::nbd::NbdTls {
+            cert,
+            key,
+            client_ca: args.nbd_tls_client_ca.clone(),
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("NBD TLS needs both a certificate and a key"),
+    };
+    if tls.is_none() && args.nbd_tls_client_ca.is_some() {
+        anyhow::bail!(
+            "--nbd-tls-client-ca needs a server certificate (--nbd-tls-cert and --nbd-tls-key)"
+        );
+    }
+    Ok(Some(atrest_server::nbd::NbdConfig {
+        listen,
+        tls,
+        plaintext_principal: args.nbd_plaintext_principal.clone(),
+    }))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

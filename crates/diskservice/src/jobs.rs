@@ -252,6 +252,7 @@ impl DiskService {
                 block_size: Some(src.block_size),
                 encrypted: Some(encrypted),
                 key_id: key_id.map(str::to_owned),
+                shareable: Some(src.labels.contains_key(crate::L_SHAREABLE)),
             },
             Some((L_CONVERTING, disk)),
         )?;

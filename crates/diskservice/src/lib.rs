@@ -87,6 +87,8 @@ const L_REGION: &str = "region";
 const L_CREATED: &str = "created";
 /// On a disk being filled by a conversion: the source disk.
 const L_CONVERTING: &str = "converting_from";
+/// On a disk that several clients may attach read-write at once.
+const L_SHAREABLE: &str = "shareable";
 
 /// What an open disk does when its key becomes unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +192,8 @@ pub struct DiskView {
     pub created: String,
     /// `available`, `in-use` (open), `re-encrypting` or `converting`.
     pub state: String,
+    /// Whether several clients may attach it read-write at once.
+    pub shareable: bool,
     /// A re-encryption's progress, in chunks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reencrypt: Option<Progress>,
@@ -240,6 +244,9 @@ pub struct NewDisk {
     /// The master key (id, ARN or alias); default `alias/atrest/disk`, the
     /// account's service key for disks.
     pub key_id: Option<String>,
+    /// Whether several clients may attach it read-write at once (default
+    /// false: one client at a time, as an EBS volume without Multi-Attach).
+    pub shareable: Option<bool>,
 }
 
 /// The disk service.
@@ -387,6 +394,7 @@ impl DiskService {
             region: label(&d.labels, L_REGION),
             created: label(&d.labels, L_CREATED),
             state: state.to_owned(),
+            shareable: d.labels.contains_key(L_SHAREABLE),
             reencrypt,
         }
     }
@@ -406,6 +414,19 @@ impl DiskService {
     }
 
     /// The caller's disk `id` (another account's reads as not found).
+    /// The region a disk is in, for callers that name a disk without one
+    /// (NBD clients); the attach that follows checks the owner.
+    pub fn disk_region(&self, id: &str) -> Result<String> {
+        let d = self.engine.disk(id)?;
+        d.labels.get(L_REGION).cloned().ok_or_else(|| {
+            DiskError::NotFound {
+                kind: "disk",
+                id: id.to_owned(),
+            }
+            .into()
+        })
+    }
+
     fn own_disk(&self, caller: &Caller, id: &str) -> Result<DiskInfo> {
         let d = self.engine.disk(id)?;
         if owned_by(&d.labels, caller) {
@@ -655,6 +676,9 @@ impl DiskService {
         let mut labels = owner_labels(caller);
         if let Some((k, v)) = extra {
             labels.insert(k.to_owned(), v.to_owned());
+        }
+        if req.shareable == Some(true) {
+            labels.insert(L_SHAREABLE.to_owned(), "true".to_owned());
         }
         let spec = DiskSpec {
             size: req.size,

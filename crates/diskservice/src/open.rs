@@ -1,6 +1,7 @@
 //! Open disks: one engine handle per disk, shared by its attachments and
 //! jobs, closed when the last one goes or when its key is lost (D9).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
@@ -8,7 +9,8 @@ use atrest_disk::{DiskError, KeyInfo, OpenDisk};
 use atrest_kms::Caller;
 
 use crate::{
-    DISK_CONTEXT, DiskService, L_CONVERTING, OnKeyLoss, Result, ServiceError, ctx, owner_caller,
+    DISK_CONTEXT, DiskService, L_CONVERTING, L_SHAREABLE, OnKeyLoss, Result, ServiceError, ctx,
+    owner_caller,
 };
 
 /// One open disk.
@@ -21,6 +23,12 @@ pub(crate) struct Shared {
     /// Since when its key has been unusable, as the monitor saw it.
     unusable_since: Mutex<Option<Instant>>,
     users: Mutex<usize>,
+    /// The clients attached to it and how many attachments each holds;
+    /// a disk that is not shareable has at most one.
+    holders: Mutex<BTreeMap<String, usize>>,
+    /// Serializes the read-modify-write of I/O that is not aligned to the
+    /// block size, so two of them cannot lose each other's bytes.
+    rmw: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -35,6 +43,8 @@ pub struct Attachment {
     /// The customer, for the audit record of the detach; `None` for jobs.
     caller: Option<Caller>,
     key_arn: Option<String>,
+    /// The client holding it; `None` for jobs.
+    holder: Option<String>,
 }
 
 impl std::fmt::Debug for Attachment {
@@ -79,19 +89,51 @@ impl Attachment {
         self.with(|d| Ok(d.block_size()))
     }
 
-    /// Reads at `offset`.
+    /// Reads at `offset`, any offset and length within the disk.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.with(|d| d.read(offset, buf))
+        self.with(|d| {
+            let Some((start, end)) = widen(d, offset, buf.len() as u64)? else {
+                return d.read(offset, buf);
+            };
+            let mut whole = vec![0u8; to_len(end - start)?];
+            d.read(start, &mut whole)?;
+            let from = to_len(offset - start)?;
+            buf.copy_from_slice(&whole[from..from + buf.len()]);
+            Ok(())
+        })
     }
 
-    /// Writes at `offset`; durable at the next flush, or at once with `fua`.
+    /// Writes at `offset`, any offset and length within the disk; durable
+    /// at the next flush, or at once with `fua`. Writes that do not cover
+    /// whole blocks read the blocks' other bytes first.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        self.with(|d| d.write(offset, data, fua))
+        self.with(|d| write_any(d, &self.shared.rmw, offset, data, fua))
     }
 
-    /// Makes a range read as zeros.
+    /// Makes a range read as zeros: any offset and length within the disk.
+    /// The whole blocks in it are trimmed (their space freed where only
+    /// this disk held it); partial blocks at its ends are written.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.with(|d| d.trim(offset, len))
+        self.with(|d| {
+            if widen(d, offset, len)?.is_none() {
+                return d.trim(offset, len);
+            }
+            let bs = u64::from(d.block_size());
+            let first = offset.next_multiple_of(bs);
+            let last = (offset + len) / bs * bs;
+            let rmw = &self.shared.rmw;
+            if first >= last {
+                return zero_any(d, rmw, offset, len, false);
+            }
+            zero_any(d, rmw, offset, first - offset, false)?;
+            d.trim(first, last - first)?;
+            zero_any(d, rmw, last, offset + len - last, false)
+        })
+    }
+
+    /// Writes zeros over `len` bytes at `offset` (allocating them).
+    pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.with(|d| zero_any(d, &self.shared.rmw, offset, len, fua))
     }
 
     /// Makes every acknowledged write durable.
@@ -104,8 +146,84 @@ impl Attachment {
     }
 }
 
+/// For I/O that is not aligned to the disk's block size, the aligned range
+/// around it (`None`: aligned already). Checks the range is in the disk.
+fn widen(d: &OpenDisk, offset: u64, len: u64) -> Result<Option<(u64, u64)>, DiskError> {
+    let end = offset
+        .checked_add(len)
+        .filter(|e| *e <= d.size())
+        .ok_or_else(|| {
+            DiskError::Invalid(format!(
+                "I/O at {offset} of {len} bytes is beyond the disk's {} bytes",
+                d.size()
+            ))
+        })?;
+    let bs = u64::from(d.block_size());
+    if offset.is_multiple_of(bs) && len.is_multiple_of(bs) {
+        return Ok(None);
+    }
+    Ok(Some((offset / bs * bs, end.next_multiple_of(bs))))
+}
+
+/// A write at any offset and length within the disk.
+fn write_any(
+    d: &OpenDisk,
+    rmw: &Mutex<()>,
+    offset: u64,
+    data: &[u8],
+    fua: bool,
+) -> Result<(), DiskError> {
+    let Some((start, end)) = widen(d, offset, data.len() as u64)? else {
+        return d.write(offset, data, fua);
+    };
+    let _rmw = lock(rmw);
+    let bs = to_len(u64::from(d.block_size()))?;
+    let mut whole = vec![0u8; to_len(end - start)?];
+    let last = whole.len() - bs;
+    d.read(start, &mut whole[..bs])?;
+    if whole.len() > bs {
+        d.read(end - bs as u64, &mut whole[last..])?;
+    }
+    let from = to_len(offset - start)?;
+    whole[from..from + data.len()].copy_from_slice(data);
+    d.write(start, &whole, fua)
+}
+
+/// Zeros written over `len` bytes at `offset`, a megabyte at a time.
+fn zero_any(
+    d: &OpenDisk,
+    rmw: &Mutex<()>,
+    offset: u64,
+    len: u64,
+    fua: bool,
+) -> Result<(), DiskError> {
+    const PIECE: u64 = 1 << 20;
+    widen(d, offset, len)?;
+    let zeros = vec![0u8; to_len(len.min(PIECE))?];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(PIECE);
+        write_any(d, rmw, offset + done, &zeros[..to_len(n)?], fua)?;
+        done += n;
+    }
+    Ok(())
+}
+
+fn to_len(n: u64) -> Result<usize, DiskError> {
+    usize::try_from(n).map_err(|_| DiskError::Invalid(format!("{n} bytes is too long")))
+}
+
 impl Drop for Attachment {
     fn drop(&mut self) {
+        if let Some(h) = &self.holder {
+            let mut holders = lock(&self.shared.holders);
+            if let Some(n) = holders.get_mut(h) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    holders.remove(h);
+                }
+            }
+        }
         self.svc.release(&self.shared);
         if let Some(c) = &self.caller {
             self.svc
@@ -119,11 +237,25 @@ impl DiskService {
         lock(&self.open).contains_key(disk)
     }
 
-    /// Attaches one of the caller's disks: unlocks its data key (refusing
-    /// if the key cannot be used) or shares the handle already open. The
-    /// attach is audited and metered; so is the detach, when the
-    /// [`Attachment`] is dropped.
+    /// Attaches one of the caller's disks for the caller itself (the client
+    /// is the caller's principal); see [`DiskService::attach_as`].
     pub fn attach(self: &Arc<Self>, caller: &Caller, disk: &str) -> Result<Attachment> {
+        self.attach_as(caller, disk, &caller.principal_arn())
+    }
+
+    /// Attaches one of the caller's disks for the client `holder` (for
+    /// NBD, the principal and the peer's host): unlocks its data key
+    /// (refusing if the key cannot be used) or shares the handle already
+    /// open. A disk that is not shareable is attached by one client at a
+    /// time; the same client may attach it again (several connections of
+    /// one NBD client). The attach is audited and metered; so is the
+    /// detach, when the [`Attachment`] is dropped.
+    pub fn attach_as(
+        self: &Arc<Self>,
+        caller: &Caller,
+        disk: &str,
+        holder: &str,
+    ) -> Result<Attachment> {
         let d = self.own_disk(caller, disk)?;
         if d.labels.contains_key(L_CONVERTING) {
             return Err(DiskError::Conflict(format!(
@@ -156,12 +288,28 @@ impl DiskService {
             self.release(&shared);
             return Err(e.into());
         }
-        tracing::info!(disk, principal = %caller.principal_arn(), "disk attached");
+        {
+            let mut holders = lock(&shared.holders);
+            let other = holders.keys().find(|h| h.as_str() != holder).cloned();
+            if let Some(other) = other
+                && !d.labels.contains_key(L_SHAREABLE)
+            {
+                drop(holders);
+                self.release(&shared);
+                return Err(DiskError::Conflict(format!(
+                    "disk {disk} is attached by {other}; detach it there first, or create the disk shareable"
+                ))
+                .into());
+            }
+            *holders.entry(holder.to_owned()).or_default() += 1;
+        }
+        tracing::info!(disk, principal = %caller.principal_arn(), holder, "disk attached");
         Ok(Attachment {
             svc: Arc::clone(self),
             shared,
             caller: Some(caller.clone()),
             key_arn,
+            holder: Some(holder.to_owned()),
         })
     }
 
@@ -176,6 +324,7 @@ impl DiskService {
             shared,
             caller: None,
             key_arn: None,
+            holder: None,
         })
     }
 
@@ -220,6 +369,8 @@ impl DiskService {
             closed: Mutex::new(None),
             unusable_since: Mutex::new(None),
             users: Mutex::new(1),
+            holders: Mutex::new(BTreeMap::new()),
+            rmw: Mutex::new(()),
         });
         // A handle closed for key loss whose users are still around is
         // replaced; they keep failing with the reason.

@@ -1,18 +1,21 @@
 //! The NBD protocol, fixed newstyle (the protocol document of the NBD
-//! project, `doc/proto.md`): the messages of the handshake, of option
-//! negotiation and of the transmission phase, parsed from bytes into typed
-//! values and encoded back, with no I/O.
+//! project, `doc/proto.md`), and a server for it.
 //!
-//! Owns: the wire format only. Knows nothing of sockets, TLS, disks or
-//! keys; the server (issue 5) reads bytes, hands them here, and acts on the
-//! typed result. Every parser takes untrusted bytes and answers a
-//! [`ProtoError`] for anything malformed, never panics, and never
-//! allocates more than the limits below allow.
+//! Owns: the wire format ([`negotiate`], [`transmit`]: the messages of the
+//! handshake, of option negotiation and of the transmission phase, parsed
+//! from bytes into typed values and encoded back, with no I/O) and the
+//! protocol's state machine over a socket ([`server`]). Knows nothing of
+//! disks, keys, principals or certificates: exports come from a
+//! [`server::Backend`], and TLS from a [`server::StartTls`]. Every parser
+//! takes untrusted bytes and answers a [`ProtoError`] for anything
+//! malformed, never panics, and never allocates more than the limits below
+//! allow.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod negotiate;
+pub mod server;
 pub mod transmit;
 
 /// `NBDMAGIC`, the first 8 bytes the server sends.

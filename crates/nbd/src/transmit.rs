@@ -169,7 +169,10 @@ impl Request {
         let allowed = match ty {
             cmd::WRITE | cmd::TRIM => cflag::FUA,
             cmd::WRITE_ZEROES => cflag::FUA | cflag::NO_HOLE | cflag::FAST_ZERO,
-            cmd::READ | cmd::DISC | cmd::FLUSH => 0,
+            // FUA is valid on every command once SEND_FUA is advertised
+            // (clients send it on READ and FLUSH; it changes nothing there).
+            cmd::READ | cmd::FLUSH => cflag::FUA,
+            cmd::DISC => 0,
             _ => cflag::FUA | cflag::NO_HOLE | cflag::DF | cflag::REQ_ONE | cflag::FAST_ZERO,
         };
         if flags & !allowed != 0 {
@@ -297,13 +300,28 @@ mod tests {
                 .command,
             Command::Unsupported(cmd::BLOCK_STATUS)
         );
-        // FUA on a read, NO_HOLE on a write, unknown bits: EINVAL, and a
-        // refused write says how much payload to skip.
+        // FUA on a read or a flush is accepted (and changes nothing).
+        assert_eq!(
+            Request::parse(&Request::encode(cflag::FUA, cmd::READ, 9, 0, 1))
+                .unwrap()
+                .unwrap()
+                .command,
+            Command::Read
+        );
+        assert_eq!(
+            Request::parse(&Request::encode(cflag::FUA, cmd::FLUSH, 9, 0, 0))
+                .unwrap()
+                .unwrap()
+                .command,
+            Command::Flush
+        );
+        // NO_HOLE on a read or a write, unknown bits: EINVAL, and a refused
+        // write says how much payload to skip.
         let bad = Request::parse(&Request::encode(cflag::NO_HOLE, cmd::WRITE, 9, 0, 100)).unwrap();
         assert_eq!(bad.as_ref().unwrap_err().skip, 100);
         assert_eq!(bad.unwrap_err().errno, errno::EINVAL);
         assert!(
-            Request::parse(&Request::encode(cflag::FUA, cmd::READ, 9, 0, 1))
+            Request::parse(&Request::encode(cflag::NO_HOLE, cmd::READ, 9, 0, 1))
                 .unwrap()
                 .is_err()
         );

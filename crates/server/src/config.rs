@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub audit_sync: AuditSync,
     /// The disk service: what open disks do when their key is lost.
     pub disks: atrest_diskservice::Config,
+    /// Serve disks over NBD.
+    pub nbd: Option<crate::nbd::NbdConfig>,
 }
 
 /// Which answers wait until their audit record is durable (on disk, synced)

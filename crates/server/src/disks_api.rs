@@ -27,6 +27,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/disks/{id}/rekey", post(rekey_disk))
         .route("/v1/disks/{id}/regrant", post(regrant_disk))
         .route("/v1/disks/{id}/convert", post(convert_disk))
+        .route("/v1/disks/{id}/attach-local", post(attach_local))
+        .route("/v1/disks/{id}/detach-local", post(detach_local))
         .route("/v1/snapshots", get(list_snapshots).post(create_snapshot))
         .route(
             "/v1/snapshots/{id}",
@@ -91,15 +93,22 @@ async fn create_disk(State(st): State<Arc<AppState>>, req: Request) -> Response 
     rest(st, req, "disk:CreateDisk", |st, call, body| {
         known_fields(
             &body,
-            &["size", "block_size", "encrypted", "key_id", "snapshot_id"],
+            &[
+                "size",
+                "block_size",
+                "encrypted",
+                "key_id",
+                "snapshot_id",
+                "shareable",
+            ],
         )?;
         if let Some(snap) = string_field(&body, "snapshot_id")? {
-            if ["size", "block_size", "encrypted", "key_id"]
+            if ["size", "block_size", "encrypted", "key_id", "shareable"]
                 .iter()
                 .any(|f| body.get(*f).is_some_and(|v| !v.is_null()))
             {
                 return Err(KmsError::Validation(
-                    "a disk created from a snapshot takes its size, block size and key from it; give only 'snapshot_id'".into(),
+                    "a disk created from a snapshot takes its size, block size and key from it; give only 'snapshot_id' (and 'shareable' is not taken either)".into(),
                 )
                 .into());
             }
@@ -122,6 +131,7 @@ async fn create_disk(State(st): State<Arc<AppState>>, req: Request) -> Response 
                 block_size,
                 encrypted: bool_field(&body, "encrypted")?,
                 key_id: string_field(&body, "key_id")?,
+                shareable: bool_field(&body, "shareable")?,
             },
         )?;
         answer(call, StatusCode::CREATED, d.key_arn.as_ref(), &d)
@@ -312,6 +322,36 @@ async fn describe_job(
     rest(st, req, "disk:DescribeJob", move |st, call, _| {
         let job = st.disks.job(call.caller, &id)?;
         Ok((StatusCode::OK, json!({"job": job})))
+    })
+    .await
+}
+
+/// `POST /v1/disks/{id}/attach-local`: the disk as a block device of the
+/// server's host (answers the device path).
+async fn attach_local(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "disk:AttachLocal", move |st, call, body| {
+        known_fields(&body, &[])?;
+        let v = st.local.attach(call.caller, &id)?;
+        answer(call, StatusCode::OK, None, &v)
+    })
+    .await
+}
+
+/// `POST /v1/disks/{id}/detach-local`: flushes the disk and removes its
+/// block device (409 while it is mounted).
+async fn detach_local(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "disk:DetachLocal", move |st, call, body| {
+        known_fields(&body, &[])?;
+        let v = st.local.detach(call.caller, &id)?;
+        answer(call, StatusCode::OK, None, &v)
     })
     .await
 }

@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     pub audit_dir: std::path::PathBuf,
     /// The disk service.
     pub disks: Arc<atrest_diskservice::DiskService>,
+    /// Disks attached as block devices of this host.
+    pub local: Arc<crate::local::LocalDisks>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {

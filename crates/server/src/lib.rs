@@ -2,7 +2,8 @@
 //!
 //! Owns: the listener (plain HTTP on loopback, or TLS with rustls), the AWS
 //! KMS JSON 1.1 endpoint (`POST /` with `X-Amz-Target: TrentService.*`),
-//! the REST API under `/v1`, SigV4 authentication of every request, the
+//! the REST API under `/v1`, the NBD listener for disks ([`nbd`]), SigV4
+//! authentication of every request, the
 //! mapping of every error to an HTTP status and AWS error type (one function,
 //! [`error::ApiError::parts`]), the data dir, and the background lifecycle
 //! task. Owns no key logic: that is `atrest-kms`.
@@ -14,6 +15,8 @@ pub mod datadir;
 mod disks_api;
 pub mod error;
 mod http_api;
+mod local;
+pub mod nbd;
 mod run;
 mod tls;
 pub mod trail;

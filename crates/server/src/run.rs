@@ -26,12 +26,15 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The metrics listener's address, if one was configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// The NBD listener's address, if one was configured.
+    pub nbd_addr: Option<SocketAddr>,
     /// The audit trail and metering.
     pub trail: crate::trail::SharedTrail,
     /// The key service, for in-process callers.
     pub kms: Arc<KeyService>,
     /// The disk service.
     pub disks: Arc<atrest_diskservice::DiskService>,
+    local: Arc<crate::local::LocalDisks>,
     /// On first start: the admin account and where its credentials were written.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
     stop: watch::Sender<bool>,
@@ -44,6 +47,10 @@ impl RunningServer {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        let local = Arc::clone(&self.local);
+        if let Err(e) = tokio::task::spawn_blocking(move || local.detach_all()).await {
+            tracing::error!(error = %e, "detaching local attachments at shutdown failed");
         }
         // Writes acknowledged without a flush are made durable at a clean
         // stop (a crash may lose them, as a disk's cache may).
@@ -99,6 +106,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = watch::channel(false);
+    let local = {
+        let (dir, disks) = (
+            config.data_dir.join("run").join("local"),
+            Arc::clone(&opened.disks),
+        );
+        Arc::new(
+            tokio::task::spawn_blocking(move || crate::local::LocalDisks::open(dir, disks))
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    };
     let state = Arc::new(AppState {
         kms: Arc::clone(&kms),
         trail: Arc::clone(&opened.trail),
@@ -106,6 +124,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         signing_keys: atrest_sigv4::SigningKeyCache::new(),
         audit_dir: config.data_dir.join("audit"),
         disks: Arc::clone(&opened.disks),
+        local: Arc::clone(&local),
     });
     let mut tasks = Vec::new();
     let mut metrics_addr = None;
@@ -129,6 +148,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         );
         tasks.push(tokio::spawn(accept_loop(l, None, app, stopped.clone())));
     }
+    let mut nbd_addr = None;
+    if let Some(nbd) = &config.nbd {
+        let (addr, task) = crate::nbd::start(
+            nbd,
+            Arc::clone(&kms),
+            Arc::clone(&opened.disks),
+            stopped.clone(),
+        )
+        .await?;
+        nbd_addr = Some(addr);
+        tasks.push(task);
+    }
     tasks.push(tokio::spawn(accept_loop(
         listener,
         tls,
@@ -144,6 +175,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     Ok(RunningServer {
         addr,
         metrics_addr,
+        nbd_addr,
+        local,
         kms,
         disks: opened.disks,
         trail: opened.trail,

@@ -7,8 +7,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::TlsFiles;
 
-/// Builds a rustls server config (TLS 1.2 and 1.3, AWS-LC provider).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+/// Reads a PEM certificate chain and its private key.
+pub(crate) fn load(
+    files: &TlsFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| format!("reading certificate {}: {e}", files.cert.display()))?
         .collect::<Result<_, _>>()
@@ -18,6 +20,12 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, Stri
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("reading private key {}: {e}", files.key.display()))?;
+    Ok((certs, key))
+}
+
+/// Builds a rustls server config (TLS 1.2 and 1.3, AWS-LC provider).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    let (certs, key) = load(files)?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

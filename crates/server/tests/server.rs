@@ -30,6 +30,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         audit: atrest_audit::Options::default(),
         audit_sync: atrest_server::config::AuditSync::default(),
         disks: atrest_diskservice::Config::default(),
+        nbd: None,
     }
 }
 

@@ -1,0 +1,173 @@
+//! Local attach (D3): a disk as a block device of this host. The kernel
+//! here has no NBD client, so the disk is a file on a FUSE mount under
+//! `<data-dir>/run/local/<disk>/` with a loop device on it
+//! (`atrest-localattach`). The mount holds no data: every byte goes
+//! through the disk's [`Attachment`], so it is encrypted before it reaches
+//! the pool, and flushes from the file system on the loop device reach the
+//! disk engine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use atrest_diskservice::{Attachment, DiskService, ServiceError};
+use atrest_kms::{Caller, KmsError};
+use atrest_localattach::{BlockDevice, LocalAttachment};
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+/// The local attachments of this server.
+pub(crate) struct LocalDisks {
+    run_dir: PathBuf,
+    disks: Arc<DiskService>,
+    attached: Mutex<BTreeMap<String, LocalAttachment>>,
+}
+
+/// What `attach-local` answers.
+#[derive(Debug, Serialize)]
+pub(crate) struct LocalView {
+    /// The disk.
+    pub disk: String,
+    /// The block device to format and mount.
+    pub device: String,
+}
+
+/// An attached disk as a block device.
+struct Device {
+    att: Attachment,
+    size: u64,
+    block_size: u32,
+}
+
+fn io(e: ServiceError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl BlockDevice for Device {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.att.read(offset, buf).map_err(io)
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+        self.att.write(offset, data, fua).map_err(io)
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.att.trim(offset, len).map_err(io)
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        self.att.flush().map_err(io)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LocalDisks {
+    /// Cleans up what a crash left under `run_dir` (loop devices, FUSE
+    /// mounts).
+    pub(crate) fn open(run_dir: PathBuf, disks: Arc<DiskService>) -> Self {
+        if run_dir.exists() {
+            match atrest_localattach::cleanup_stale(&run_dir) {
+                Ok(gone) if !gone.is_empty() => {
+                    tracing::warn!(?gone, "cleaned up local attachments a crash left");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cleaning up stale local attachments failed"),
+            }
+        }
+        Self {
+            run_dir,
+            disks,
+            attached: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Attaches one of the caller's disks as a block device of this host.
+    pub(crate) fn attach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ApiError> {
+        let mut attached = lock(&self.attached);
+        if let Some(a) = attached.get(disk) {
+            // Same disk: only its owner learns that it is attached.
+            self.disks.describe_disk(caller, disk)?;
+            return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(format!(
+                "disk {disk} is already attached locally as {}",
+                a.loop_device().display()
+            )))
+            .into());
+        }
+        let holder = format!("{} at this host", caller.principal_arn());
+        let att = self.disks.attach_as(caller, disk, &holder)?;
+        let size = att.size()?;
+        let block_size = att.block_size()?;
+        std::fs::create_dir_all(&self.run_dir)
+            .map_err(|e| KmsError::Internal(format!("creating the run dir: {e}")))?;
+        let dev = Arc::new(Device {
+            att,
+            size,
+            block_size,
+        });
+        let local = LocalAttachment::attach(dev, &self.run_dir, disk)
+            .map_err(|e| KmsError::Internal(format!("attaching {disk} locally: {e}")))?;
+        let view = LocalView {
+            disk: disk.to_owned(),
+            device: local.loop_device().display().to_string(),
+        };
+        tracing::info!(disk, device = %view.device, "disk attached locally");
+        attached.insert(disk.to_owned(), local);
+        Ok(view)
+    }
+
+    /// Detaches a local attachment: the loop device goes (refused while
+    /// it is mounted or open), the disk is flushed and the mount removed.
+    pub(crate) fn detach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ApiError> {
+        self.disks.describe_disk(caller, disk)?;
+        let mut attached = lock(&self.attached);
+        let Some(local) = attached.remove(disk) else {
+            return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(format!(
+                "disk {disk} is not attached locally"
+            )))
+            .into());
+        };
+        let view = LocalView {
+            disk: disk.to_owned(),
+            device: local.loop_device().display().to_string(),
+        };
+        match local.detach() {
+            Ok(()) => {
+                tracing::info!(disk, device = %view.device, "disk detached locally");
+                Ok(view)
+            }
+            Err(atrest_localattach::Error::Busy(busy)) => {
+                let msg = format!(
+                    "{} is in use ({}): unmount it first",
+                    view.device,
+                    busy.reason()
+                );
+                attached.insert(disk.to_owned(), busy.into_attachment());
+                Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(msg)).into())
+            }
+            Err(e) => Err(KmsError::Internal(format!("detaching {disk}: {e}")).into()),
+        }
+    }
+
+    /// Detaches everything (at shutdown); what is still mounted stays.
+    pub(crate) fn detach_all(&self) {
+        let all = std::mem::take(&mut *lock(&self.attached));
+        for (disk, local) in all {
+            if let Err(e) = local.detach() {
+                tracing::error!(disk, error = %e, "detaching a local attachment at shutdown failed");
+            }
+        }
+    }
+}
