@@ -14,6 +14,18 @@
 # one starts rotates), so drift on the machine falls on all of them alike.
 # The table shows the median over the rounds: MB/s (10^6 bytes/s) and IOPS.
 #
+# The page cache is put in a known state before every fio run: the three
+# backing files (atrest's pool, the raw file, the LUKS image) are synced, so
+# one run's dirty pages are not written back during the next, and the
+# target's file is read once, so reads come from the page cache (on a
+# machine that reclaims idle page cache proactively, as DAMON does in the
+# kernel of the VM this was written on, they otherwise come from the device
+# or not depending on the order of the runs). With --qemu-cache none the qemu-nbd files are not
+# read: qemu-nbd reads them with O_DIRECT. --cold adds the two read cases
+# with the target's file dropped from the page cache first
+# (POSIX_FADV_DONTNEED through `dd iflag=nocache`); the sequential one reads
+# one pass at most, so it does not read back what it cached.
+#
 # Needs: fio with the nbd engine, qemu-nbd, qemu-img, python3.
 set -euo pipefail
 
@@ -34,6 +46,8 @@ usage: scripts/bench-nbd.sh [options]
   --block-size N      logical block size of the atrest disk, 512 or 4096
                       (default: atrest's default, 512; qemu's LUKS uses
                       512-byte sectors)
+  --cold              also run both read cases from the device (the
+                      target's file dropped from the page cache first)
   --keep-logs DIR     copy the server logs and fio JSON outputs to DIR
 EOF
 }
@@ -48,6 +62,7 @@ PARENT=/var/tmp
 QEMU_CACHE=writeback
 KEEP_LOGS=
 BLOCK_SIZE=
+COLD=0
 ACCOUNT=111122223333
 while (($#)); do
     case $1 in
@@ -60,6 +75,7 @@ while (($#)); do
         --qemu-cache) QEMU_CACHE=$2; shift 2 ;;
         --keep-logs) KEEP_LOGS=$2; shift 2 ;;
         --block-size) BLOCK_SIZE=$2; shift 2 ;;
+        --cold) COLD=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -213,6 +229,9 @@ declare -A URI=(
     [luks]="nbd://127.0.0.1:$LUKS_PORT/bench"
 )
 declare -A PID_OF=([atrest]=$ATREST_PID [raw]=$RAW_PID [luks]=$LUKS_PID)
+# The file holding each target's data.
+declare -A FILE_OF=([atrest]=$TMP/atrest-data/disks/pool [raw]=$TMP/raw.img [luks]=$TMP/luks.img)
+[[ -f ${FILE_OF[atrest]} ]] || die "atrest's pool is not at ${FILE_OF[atrest]}"
 if command -v nbdinfo >/dev/null; then
     for t in "${TARGETS[@]}"; do
         got=$(nbdinfo --size "${URI[$t]}")
@@ -241,6 +260,18 @@ machine_ticks() {
     local cpu user nice system idle iowait irq softirq rest
     read -r cpu user nice system idle iowait irq softirq rest </proc/stat
     echo $((user + nice + system + irq + softirq))
+}
+
+# prepare TARGET warm|cold: syncs the three backing files, then reads the
+# target's file into the page cache (warm) or drops it from it (cold).
+prepare() {
+    local f=${FILE_OF[$1]}
+    sync "${FILE_OF[@]}"
+    if [[ $2 == cold ]]; then
+        dd if="$f" iflag=nocache count=0 status=none
+    elif [[ $1 == atrest || $QEMU_CACHE == writeback ]]; then
+        cat "$f" >/dev/null
+    fi
 }
 
 # run_fio TARGET CASE IODEPTH ROUND RW BS [extra fio args...]
@@ -289,13 +320,17 @@ EOF
 echo
 echo "filling each target: one pass of 1 MiB sequential writes, iodepth 16"
 for t in "${TARGETS[@]}"; do
+    sync "${FILE_OF[@]}"
     run_fio "$t" fill 16 0 write 1M
     tail -1 "$RESULTS" | awk -F'\t' '{printf "  %-7s %8.0f MB/s\n", $3, $5}'
 done
 
 CASES=(seqwrite seqread randwrite randread)
-declare -A RW=([seqwrite]=write [seqread]=read [randwrite]=randwrite [randread]=randread)
-declare -A BS=([seqwrite]=1M [seqread]=1M [randwrite]=4k [randread]=4k)
+((COLD)) && CASES+=(seqread-cold randread-cold)
+declare -A RW=([seqwrite]=write [seqread]=read [randwrite]=randwrite [randread]=randread
+    [seqread-cold]=read [randread-cold]=randread)
+declare -A BS=([seqwrite]=1M [seqread]=1M [randwrite]=4k [randread]=4k
+    [seqread-cold]=1M [randread-cold]=4k)
 IFS=, read -r -a DEPTHS <<<"$IODEPTHS"
 
 echo
@@ -306,9 +341,19 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for depth in "${DEPTHS[@]}"; do
             for ((i = 0; i < 3; i++)); do
                 t=${TARGETS[$(((k + round + i) % 3))]}
-                run_fio "$t" "$c" "$depth" "$round" "${RW[$c]}" "${BS[$c]}" \
-                    --time_based --runtime="$RUNTIME"
-                tail -1 "$RESULTS" | awk -F'\t' '{printf "  round %s %-9s qd%-3s %-7s %8.1f MB/s %9.0f IOPS  server %.2f cores, fio %.2f, other %.2f\n", $4, $1, $2, $3, $5, $6, $7, $8, $9}'
+                if [[ $c == *-cold ]]; then
+                    prepare "$t" cold
+                else
+                    prepare "$t" warm
+                fi
+                if [[ $c == seqread-cold ]]; then
+                    # One pass at most: a second would read the page cache.
+                    run_fio "$t" "$c" "$depth" "$round" "${RW[$c]}" "${BS[$c]}" --runtime="$RUNTIME"
+                else
+                    run_fio "$t" "$c" "$depth" "$round" "${RW[$c]}" "${BS[$c]}" \
+                        --time_based --runtime="$RUNTIME"
+                fi
+                tail -1 "$RESULTS" | awk -F'\t' '{printf "  round %s %-13s qd%-3s %-7s %8.1f MB/s %9.0f IOPS  server %.2f cores, fio %.2f, other %.2f\n", $4, $1, $2, $3, $5, $6, $7, $8, $9}'
             done
             k=$((k + 1))
         done
@@ -334,8 +379,10 @@ names = {
     "seqread": "1 MiB seq read",
     "randwrite": "4 KiB random write",
     "randread": "4 KiB random read",
+    "seqread-cold": "1 MiB seq read, from the device",
+    "randread-cold": "4 KiB random read, from the device",
 }
-order = ["fill", "seqwrite", "seqread", "randwrite", "randread"]
+order = ["fill", "seqwrite", "seqread", "randwrite", "randread", "seqread-cold", "randread-cold"]
 keys = sorted({(c, d) for c, d, _ in rows}, key=lambda k: (order.index(k[0]), k[1]))
 med = lambda xs: statistics.median(xs)
 
@@ -380,8 +427,11 @@ if rounds > 1:
 
 worst = max(x["other"] for rs in rows.values() for x in rs)
 print()
+# Busy CPU of the machine not charged to the server or fio: other
+# processes, and kernel work charged to no process (interrupts, writeback).
 if worst > 0.2:
-    print(f"WARNING: other processes used up to {worst:.2f} cores during a job; the figures may be low")
+    print(f"WARNING: up to {worst:.2f} cores were busy outside the server and fio during a job "
+          "(other processes, or kernel work such as interrupts and writeback); the figures may be low")
 else:
-    print(f"other processes used at most {worst:.2f} cores during any job")
+    print(f"at most {worst:.2f} cores were busy outside the server and fio during any job")
 EOF

@@ -394,6 +394,10 @@ def test_a_locked_disk_refuses_to_attach_and_unlocks(nbd_env):
     assert ("disk:DetachDisk", "Success") in outcomes, outcomes
     assert all(key in json.dumps(r) for r in recs
                if r["operation"] == "disk:AttachDisk" and r["result"] == "DiskLockedException"), recs
+    # Metered to the disk's account.
+    usage = json.loads(atrest_client_cmd(e.server, "metering", env_creds=e.creds).stdout)["usage"]
+    metered = {u["operation"] for u in usage if u["account"] == A}
+    assert {"disk:AttachDisk", "disk:DetachDisk"} <= metered, metered
 
 
 def test_one_client_at_a_time_unless_shareable(nbd_env):

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use atrest_crypto::XtsKey;
 use atrest_crypto::xts::Xts256;
@@ -151,6 +151,11 @@ pub struct Engine {
     store: Arc<dyn Store>,
     pool: Arc<dyn Storage>,
     state: Mutex<State>,
+    /// Reads look up their chunks under the state lock, then read and
+    /// decrypt them outside it holding this gate shared; a commit holds it
+    /// exclusively while it makes freed chunks reusable, so no chunk a read
+    /// is about to read is reused (overwritten with other data) under it.
+    reuse: RwLock<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -402,6 +407,7 @@ impl Engine {
             store,
             pool,
             state: Mutex::new(st),
+            reuse: RwLock::new(()),
         }))
     }
 
@@ -495,7 +501,13 @@ impl Engine {
         tx.commit().map_err(|e| e.to_string())?;
         st.dirty.clear();
         let freed = std::mem::take(&mut st.pending_free);
-        st.free.extend(freed);
+        if !freed.is_empty() {
+            let _no_reads_in_flight = self
+                .reuse
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.free.extend(freed);
+        }
         Ok(())
     }
 
@@ -953,35 +965,63 @@ impl OpenDisk {
     }
 
     /// Reads `buf.len()` bytes at `offset` (both multiples of the block
-    /// size, within the disk).
+    /// size, within the disk). Only the lookup of its chunks holds the
+    /// engine lock: the pool reads and the decryption run outside it, so
+    /// reads of all disks proceed in parallel (see [`Engine`]'s `reuse`).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check_io(offset, buf.len())?;
-        let st = self.engine.lock()?;
-        let top = st.disk(&self.id)?.top;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let off = offset + done as u64;
-            let idx = off / CHUNK;
-            let within = (off % CHUNK) as usize;
-            let n = (CHUNK_LEN - within).min(buf.len() - done);
-            let out = &mut buf[done..done + n];
-            match st.find(top, idx)? {
-                None => out.fill(0),
-                Some((phys, visible)) => {
-                    self.engine
-                        .pool
-                        .read_at(phys * CHUNK + within as u64, out)
-                        .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
-                    self.crypt(off, out, false)?;
-                    if within + n > visible {
-                        let from = visible.saturating_sub(within);
-                        out[from..].fill(0);
-                    }
-                }
-            }
-            done += n;
-        }
+        // A re-encryption step that moved keys between the lookup and the
+        // decryption makes the lookup stale: look up again.
+        while !self.read_once(offset, buf)? {}
         Ok(())
+    }
+
+    /// One attempt at a read; `false` if the key layout changed under it.
+    fn read_once(&self, offset: u64, buf: &mut [u8]) -> Result<bool, DiskError> {
+        let mut plan = Vec::new();
+        let (layout, _gate) = {
+            let st = self.engine.lock()?;
+            let top = st.disk(&self.id)?.top;
+            let mut done = 0usize;
+            while done < buf.len() {
+                let off = offset + done as u64;
+                let within = (off % CHUNK) as usize;
+                let n = (CHUNK_LEN - within).min(buf.len() - done);
+                plan.push((done, n, within, st.find(top, off / CHUNK)?));
+                done += n;
+            }
+            let layout = self.keys().layout;
+            let gate = self
+                .engine
+                .reuse
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (layout, gate)
+        };
+        for (done, n, within, found) in plan {
+            let off = offset + done as u64;
+            let out = &mut buf[done..done + n];
+            let Some((phys, visible)) = found else {
+                out.fill(0);
+                continue;
+            };
+            self.engine
+                .pool
+                .read_at(phys * CHUNK + within as u64, out)
+                .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
+            {
+                let mut keys = self.keys();
+                if keys.layout != layout {
+                    return Ok(false);
+                }
+                keys.crypt(self.block_size as usize, off, out, false)?;
+            }
+            if within + n > visible {
+                let from = visible.saturating_sub(within);
+                out[from..].fill(0);
+            }
+        }
+        Ok(true)
     }
 
     /// Writes `data` at `offset` (both multiples of the block size, within
