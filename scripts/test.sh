@@ -66,7 +66,7 @@ step "unit and integration tests"
 cargo test --workspace --locked
 
 # --- Interop: real third-party clients against the real binary ------------------
-step "interop tests (boto3, aws CLI)"
+step "interop tests (boto3, aws CLI, qemu, libnbd, fio)"
 cargo build -p atrest --locked
 ATREST_BIN="$ROOT/target/debug/atrest" PATH="$VENV/bin:$PATH" \
   "$VENV/bin/python" -m pytest tests/interop -q
