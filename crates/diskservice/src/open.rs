@@ -213,16 +213,21 @@ fn to_len(n: u64) -> Result<usize, DiskError> {
     usize::try_from(n).map_err(|_| DiskError::Invalid(format!("{n} bytes is too long")))
 }
 
+/// One attachment fewer for `holder`.
+fn unclaim(shared: &Shared, holder: &str) {
+    let mut holders = lock(&shared.holders);
+    if let Some(n) = holders.get_mut(holder) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            holders.remove(holder);
+        }
+    }
+}
+
 impl Drop for Attachment {
     fn drop(&mut self) {
         if let Some(h) = &self.holder {
-            let mut holders = lock(&self.shared.holders);
-            if let Some(n) = holders.get_mut(h) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    holders.remove(h);
-                }
-            }
+            unclaim(&self.shared, h);
         }
         self.svc.release(&self.shared);
         if let Some(c) = &self.caller {
@@ -270,10 +275,14 @@ impl DiskService {
             .into());
         }
         let key_arn = d.key.as_ref().map(|k| k.key_arn.clone());
-        let r = self.open_shared(disk, &caller.region);
+        let shareable = d.labels.contains_key(L_SHAREABLE);
+        let r = self
+            .open_shared(disk, &caller.region)
+            .and_then(|shared| self.claim(shared, disk, holder, shareable));
         let result = match &r {
             Ok(_) => "Success",
             Err(ServiceError::Locked { .. }) => "DiskLockedException",
+            Err(ServiceError::Disk(DiskError::Conflict(_))) => "ConflictException",
             Err(_) => "Failed",
         };
         let meta = atrest_kms::RequestMeta::in_process();
@@ -285,23 +294,9 @@ impl DiskService {
         let recorded = self.kms.record_event(self.kms.audit_entry(&call, result));
         let shared = r?;
         if let Err(e) = recorded {
+            unclaim(&shared, holder);
             self.release(&shared);
             return Err(e.into());
-        }
-        {
-            let mut holders = lock(&shared.holders);
-            let other = holders.keys().find(|h| h.as_str() != holder).cloned();
-            if let Some(other) = other
-                && !d.labels.contains_key(L_SHAREABLE)
-            {
-                drop(holders);
-                self.release(&shared);
-                return Err(DiskError::Conflict(format!(
-                    "disk {disk} is attached by {other}; detach it there first, or create the disk shareable"
-                ))
-                .into());
-            }
-            *holders.entry(holder.to_owned()).or_default() += 1;
         }
         tracing::info!(disk, principal = %caller.principal_arn(), holder, "disk attached");
         Ok(Attachment {
@@ -311,6 +306,32 @@ impl DiskService {
             key_arn,
             holder: Some(holder.to_owned()),
         })
+    }
+
+    /// Makes `holder` one of an open disk's clients; refused (and the open
+    /// released) if another client holds a disk that is not shareable.
+    fn claim(
+        &self,
+        shared: Arc<Shared>,
+        disk: &str,
+        holder: &str,
+        shareable: bool,
+    ) -> Result<Arc<Shared>> {
+        let mut holders = lock(&shared.holders);
+        let other = holders.keys().find(|h| h.as_str() != holder).cloned();
+        if let Some(other) = other
+            && !shareable
+        {
+            drop(holders);
+            self.release(&shared);
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is attached by {other}; detach it there first, or create the disk shareable"
+            ))
+            .into());
+        }
+        *holders.entry(holder.to_owned()).or_default() += 1;
+        drop(holders);
+        Ok(shared)
     }
 
     /// Opens a disk for a job of the service (not audited as an attach).

@@ -841,6 +841,19 @@ fn one_client_at_a_time_unless_shareable_and_io_at_any_offset() {
     drop((a, a2));
     // Once the first client detached, the second may attach.
     drop(svc.attach_as(&e.alice, &d.id, "client-2").unwrap());
+    // The refused attach is audited as refused; every successful attach
+    // has its detach.
+    {
+        let recs = e.records.0.lock().unwrap();
+        let count = |op: &str, result: &str| {
+            recs.iter()
+                .filter(|r| r.operation == op && (result.is_empty() || r.result == result))
+                .count()
+        };
+        assert_eq!(count("disk:AttachDisk", "ConflictException"), 1);
+        assert_eq!(count("disk:AttachDisk", "Success"), 3);
+        assert_eq!(count("disk:DetachDisk", ""), 3);
+    }
 
     let shared = svc
         .create_disk(
