@@ -484,6 +484,12 @@ def test_local_attach_mkfs_mount_detach_reattach(make_server):
         (mnt / "sub").mkdir()
         (mnt / "sub" / "b.bin").write_bytes(os.urandom(1 << 20))
         digest = run("sha256sum", str(mnt / "sub" / "b.bin")).stdout.split()[0]
+        # While it is attached and mounted, nothing under the data dir shows
+        # the plaintext (the FUSE mount lives outside it).
+        run("sync")
+        for path in server.data_dir.rglob("*"):
+            if path.is_file():
+                assert b"ATREST-LOCAL-ATTACH-PLAINTEXT-" not in path.read_bytes(), path
         # Detaching while mounted is refused and changes nothing.
         p = disk_cmd(server, creds, "detach", d["id"], check=False)
         assert p.returncode != 0 and "unmount" in p.stderr, p.stderr

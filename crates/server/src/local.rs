@@ -1,7 +1,9 @@
 //! Local attach (D3): a disk as a block device of this host. The kernel
 //! here has no NBD client, so the disk is a file on a FUSE mount under
-//! `<data-dir>/run/local/<disk>/` with a loop device on it
-//! (`atrest-localattach`). The mount holds no data: every byte goes
+//! `/run/atrest/<data-dir hash>/local/<disk>/` with a loop device on it
+//! (`atrest-localattach`). The mount is outside the data dir, so copying
+//! or scanning the data dir never reads a disk's plaintext through it. It
+//! holds no data: every byte goes
 //! through the disk's [`Attachment`], so it is encrypted before it reaches
 //! the pool, and flushes from the file system on the loop device reach the
 //! disk engine.
@@ -16,6 +18,17 @@ use atrest_localattach::{BlockDevice, LocalAttachment};
 use serde::Serialize;
 
 use crate::error::ApiError;
+
+/// Where a server over `data_dir` mounts its local attachments: under
+/// `/run` (a tmpfs, emptied at boot), named by a hash of the data dir so
+/// that a restart finds what a crash left, and two servers never share it.
+pub(crate) fn run_dir(data_dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let h = atrest_crypto::hash::sha256(canonical.as_os_str().as_bytes());
+    let name: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+    PathBuf::from("/run/atrest").join(name).join("local")
+}
 
 /// The local attachments of this server.
 pub(crate) struct LocalDisks {
@@ -168,6 +181,12 @@ impl LocalDisks {
             if let Err(e) = local.detach() {
                 tracing::error!(disk, error = %e, "detaching a local attachment at shutdown failed");
             }
+        }
+        // Empty now unless something stayed mounted: leave nothing in /run.
+        if std::fs::remove_dir(&self.run_dir).is_ok()
+            && let Some(parent) = self.run_dir.parent()
+        {
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }

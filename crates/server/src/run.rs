@@ -108,7 +108,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     let (stop, stopped) = watch::channel(false);
     let local = {
         let (dir, disks) = (
-            config.data_dir.join("run").join("local"),
+            crate::local::run_dir(&config.data_dir),
             Arc::clone(&opened.disks),
         );
         Arc::new(
