@@ -48,6 +48,64 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// NBD client settings: the TLS pre-shared key of your access key.
     Nbd(NbdArgs),
+    /// Encrypted PostgreSQL instances: create, list, show, start, stop,
+    /// restart, delete.
+    Db(DbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: DbCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create an instance: an encrypted disk, a file system on it, initdb,
+    /// and a running PostgreSQL server on 127.0.0.1.
+    Create {
+        /// Name (a-z, 0-9, '-').
+        name: String,
+        /// The customer key (id, ARN or alias) its disk is encrypted under.
+        #[arg(long, conflicts_with_all = ["service_key", "unencrypted"])]
+        key: Option<String>,
+        /// Use the account's database service key (alias/atrest/db).
+        #[arg(long, conflicts_with = "unencrypted")]
+        service_key: bool,
+        /// No encryption (class disk only; it can be enabled later).
+        #[arg(long)]
+        unencrypted: bool,
+        /// tde (encrypted from creation, for good) or disk.
+        #[arg(long, default_value = "tde")]
+        class: String,
+        /// Disk size (bytes, or with K, M, G, T).
+        #[arg(long)]
+        size: Option<String>,
+        /// Port on 127.0.0.1 (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The superuser clients log in as.
+        #[arg(long, default_value = "postgres")]
+        master_username: String,
+        /// A file holding the superuser's password (default: generated and
+        /// printed once).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List instances.
+    List,
+    /// Show an instance: state, encryption, key, disk, port.
+    Show { name: String },
+    /// Start an instance (unlocking its disk's key first).
+    Start { name: String },
+    /// Stop an instance cleanly and lock its disk.
+    Stop { name: String },
+    /// Restart an instance.
+    Restart { name: String },
+    /// Delete an instance and its disk.
+    Delete { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +411,17 @@ pub struct ServeArgs {
     /// requires TLS before anything else.
     #[arg(long, requires = "nbd_listen")]
     pub nbd_plaintext_principal: Option<String>,
+    /// The directory of PostgreSQL's programs (initdb, pg_ctl, postgres,
+    /// pg_basebackup); default: initdb's directory on PATH, or the newest
+    /// /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "ATREST_DB_PG_BIN")]
+    pub db_pg_bin: Option<PathBuf>,
+    /// The OS user database instances run as (PostgreSQL refuses root).
+    #[arg(long, default_value = "postgres")]
+    pub db_os_user: String,
+    /// Backup storage for database instances (default: DATA_DIR/backups).
+    #[arg(long)]
+    pub db_backup_dir: Option<PathBuf>,
     /// Testing only: shift the clock of rotation and deletion schedules by
     /// this many days (request signing still uses the real clock).
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]

@@ -12,7 +12,7 @@ use crate::cli::{DiskArgs, DiskCommand, SnapshotArgs, SnapshotCommand};
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024,
 /// an optional trailing `iB` or `B`).
-fn parse_size(s: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim();
     let t = t
         .strip_suffix("iB")
@@ -33,7 +33,7 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("'{s}' is too large"))
 }
 
-async fn call(
+pub(crate) async fn call(
     c: &Client,
     method: Method,
     path: &str,
@@ -47,7 +47,7 @@ async fn call(
     }
 }
 
-fn print(v: &Value) -> anyhow::Result<()> {
+pub(crate) fn print(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 mod admin;
 mod cli;
+mod db;
 mod disks;
 mod root_args;
 mod serve;
@@ -43,6 +44,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Disk(args) => disks::disk(args).await,
             cli::Command::Snapshot(args) => disks::snapshot(args).await,
             cli::Command::Nbd(args) => disks::nbd(&args),
+            cli::Command::Db(args) => db::db(args).await,
         }
     });
     match result {

@@ -72,6 +72,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             check_interval: Duration::from_secs(args.disk_key_check_interval),
         },
         nbd: nbd_config(&args)?,
+        db: atrest_server::DbSettings {
+            pg_bin: args.db_pg_bin.clone(),
+            os_user: args.db_os_user.clone(),
+            backup_dir: args.db_backup_dir.clone(),
+            ..atrest_server::DbSettings::default()
+        },
     };
     let server = atrest_server::start(config)
         .await

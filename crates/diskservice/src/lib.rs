@@ -487,6 +487,17 @@ impl DiskService {
 
     // ----- keys ----------------------------------------------------------
 
+    /// Refuses with [`ServiceError::Locked`] (naming the key and the
+    /// reason) when the caller's disk `id` is encrypted under a key that
+    /// cannot be used now. For services built on disks (databases).
+    pub fn check_disk_key(&self, caller: &Caller, id: &str) -> Result<()> {
+        let d = self.own_disk(caller, id)?;
+        match &d.key {
+            Some(k) => self.check_key(&caller.region, &format!("disk {id}"), k),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses with [`ServiceError::Locked`] if `key` cannot be used.
     fn check_key(&self, region: &str, resource: &str, key: &KeyInfo) -> Result<()> {
         let s = self.session(region)?;

@@ -46,6 +46,33 @@ pub struct ServerConfig {
     pub disks: atrest_diskservice::Config,
     /// Serve disks over NBD.
     pub nbd: Option<crate::nbd::NbdConfig>,
+    /// The database service.
+    pub db: DbSettings,
+}
+
+/// How the database service runs PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// The directory of PostgreSQL's programs (default: found on PATH or
+    /// under `/usr/lib/postgresql`).
+    pub pg_bin: Option<PathBuf>,
+    /// The OS user PostgreSQL runs as.
+    pub os_user: String,
+    /// Backup storage (default `<data dir>/backups`).
+    pub backup_dir: Option<PathBuf>,
+    /// Default disk size of a new instance, in bytes.
+    pub default_size: u64,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        Self {
+            pg_bin: None,
+            os_user: "postgres".into(),
+            backup_dir: None,
+            default_size: 4 << 30,
+        }
+    }
 }
 
 /// Which answers wait until their audit record is durable (on disk, synced)

@@ -38,7 +38,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/jobs/{id}", get(describe_job))
 }
 
-fn u64_field(v: &Value, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn u64_field(v: &Value, name: &str) -> Result<Option<u64>, ApiError> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
@@ -48,7 +48,7 @@ fn u64_field(v: &Value, name: &str) -> Result<Option<u64>, ApiError> {
     }
 }
 
-fn bool_field(v: &Value, name: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn bool_field(v: &Value, name: &str) -> Result<Option<bool>, ApiError> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -58,7 +58,7 @@ fn bool_field(v: &Value, name: &str) -> Result<Option<bool>, ApiError> {
 
 /// Refuses members the operation does not know (a misspelt option must not
 /// be silently ignored).
-fn known_fields(v: &Value, known: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn known_fields(v: &Value, known: &[&str]) -> Result<(), ApiError> {
     let Some(obj) = v.as_object() else {
         return Err(
             KmsError::Serialization("the request body must be a JSON object".into()).into(),
@@ -75,7 +75,7 @@ fn known_fields(v: &Value, known: &[&str]) -> Result<(), ApiError> {
 }
 
 /// The answer, with the acted-on key named in the audit record.
-fn answer<T: Serialize>(
+pub(crate) fn answer<T: Serialize>(
     call: &Call<'_>,
     status: StatusCode,
     key_arn: Option<&String>,

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// From the disk service.
     #[error(transparent)]
     Disk(#[from] atrest_diskservice::ServiceError),
+    /// From the database service.
+    #[error(transparent)]
+    Db(#[from] atrest_dbservice::DbError),
 }
 
 impl ApiError {
@@ -82,6 +85,7 @@ impl ApiError {
                 self.to_string(),
             ),
             Self::Disk(e) => disk_parts(e),
+            Self::Db(e) => db_parts(e),
         }
     }
 
@@ -91,6 +95,7 @@ impl ApiError {
         match self {
             Self::Kms(KmsError::Internal(_)) => true,
             Self::Disk(e) => e.is_server_fault(),
+            Self::Db(e) => e.is_server_fault(),
             _ => false,
         }
     }
@@ -128,6 +133,38 @@ fn disk_parts(e: &atrest_diskservice::ServiceError) -> (StatusCode, &'static str
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalFailure",
             "The disk service failed; see the server log.".into(),
+        ),
+    }
+}
+
+/// The database service's errors: as the disk service's, plus 503 when
+/// this host cannot run PostgreSQL (a configuration fault, named).
+fn db_parts(e: &atrest_dbservice::DbError) -> (StatusCode, &'static str, String) {
+    use atrest_dbservice::DbError as D;
+    match e {
+        D::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFoundException", e.to_string()),
+        D::Invalid(_) => (
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            e.to_string(),
+        ),
+        D::Conflict(_) => (StatusCode::CONFLICT, "ConflictException", e.to_string()),
+        D::Locked { .. } => (
+            StatusCode::CONFLICT,
+            "InstanceLockedException",
+            e.to_string(),
+        ),
+        D::Disk(d) => disk_parts(d),
+        D::Kms(k) => ApiError::Kms(k.clone()).parts(),
+        D::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            e.to_string(),
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "The database service failed; see the server log.".into(),
         ),
     }
 }

@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     pub disks: Arc<atrest_diskservice::DiskService>,
     /// Disks attached as block devices of this host.
     pub local: Arc<crate::local::LocalDisks>,
+    /// The database service.
+    pub db: Arc<atrest_dbservice::DbService>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -68,6 +70,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/metering", get(metering))
         .route("/v1/service-keys/{service}", put(ensure_service_key))
         .merge(crate::disks_api::routes())
+        .merge(crate::db_api::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)

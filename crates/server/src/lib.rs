@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod datadir;
+mod db_api;
 mod disks_api;
 pub mod error;
 mod http_api;
@@ -21,7 +22,7 @@ mod run;
 mod tls;
 pub mod trail;
 
-pub use config::{ServerConfig, TlsFiles};
+pub use config::{DbSettings, ServerConfig, TlsFiles};
 
 /// The SigV4 service name of the REST API.
 pub const REST_SERVICE: &str = "atrest";

@@ -17,17 +17,21 @@ use atrest_kms::{Caller, KmsError};
 use atrest_localattach::{BlockDevice, LocalAttachment};
 use serde::Serialize;
 
-use crate::error::ApiError;
-
-/// Where a server over `data_dir` mounts its local attachments: under
-/// `/run` (a tmpfs, emptied at boot), named by a hash of the data dir so
-/// that a restart finds what a crash left, and two servers never share it.
-pub(crate) fn run_dir(data_dir: &std::path::Path) -> PathBuf {
+/// Where a server over `data_dir` keeps what lives only while it runs
+/// (local attachments, database mounts and sockets): under `/run` (a
+/// tmpfs, emptied at boot), named by a hash of the data dir so that a
+/// restart finds what a crash left, and two servers never share it.
+pub(crate) fn run_base(data_dir: &std::path::Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
     let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let h = atrest_crypto::hash::sha256(canonical.as_os_str().as_bytes());
     let name: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
-    PathBuf::from("/run/atrest").join(name).join("local")
+    PathBuf::from("/run/atrest").join(name)
+}
+
+/// Where local attachments are mounted.
+pub(crate) fn run_dir(data_dir: &std::path::Path) -> PathBuf {
+    run_base(data_dir).join("local")
 }
 
 /// The local attachments of this server.
@@ -108,16 +112,17 @@ impl LocalDisks {
     }
 
     /// Attaches one of the caller's disks as a block device of this host.
-    pub(crate) fn attach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ApiError> {
+    pub(crate) fn attach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ServiceError> {
         let mut attached = lock(&self.attached);
         if let Some(a) = attached.get(disk) {
             // Same disk: only its owner learns that it is attached.
             self.disks.describe_disk(caller, disk)?;
-            return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(format!(
-                "disk {disk} is already attached locally as {}",
-                a.loop_device().display()
-            )))
-            .into());
+            return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(
+                format!(
+                    "disk {disk} is already attached locally as {}",
+                    a.loop_device().display()
+                ),
+            )));
         }
         let holder = format!("{} at this host", caller.principal_arn());
         let att = self.disks.attach_as(caller, disk, &holder)?;
@@ -143,14 +148,13 @@ impl LocalDisks {
 
     /// Detaches a local attachment: the loop device goes (refused while
     /// it is mounted or open), the disk is flushed and the mount removed.
-    pub(crate) fn detach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ApiError> {
+    pub(crate) fn detach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ServiceError> {
         self.disks.describe_disk(caller, disk)?;
         let mut attached = lock(&self.attached);
         let Some(local) = attached.remove(disk) else {
-            return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(format!(
-                "disk {disk} is not attached locally"
-            )))
-            .into());
+            return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(
+                format!("disk {disk} is not attached locally"),
+            )));
         };
         let view = LocalView {
             disk: disk.to_owned(),
@@ -168,7 +172,7 @@ impl LocalDisks {
                     busy.reason()
                 );
                 attached.insert(disk.to_owned(), busy.into_attachment());
-                Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(msg)).into())
+                Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(msg)))
             }
             Err(e) => Err(KmsError::Internal(format!("detaching {disk}: {e}")).into()),
         }
@@ -188,5 +192,15 @@ impl LocalDisks {
         {
             let _ = std::fs::remove_dir(parent);
         }
+    }
+}
+
+impl atrest_dbservice::Volumes for LocalDisks {
+    fn attach(&self, caller: &Caller, disk: &str) -> Result<PathBuf, ServiceError> {
+        LocalDisks::attach(self, caller, disk).map(|v| PathBuf::from(v.device))
+    }
+
+    fn detach(&self, caller: &Caller, disk: &str) -> Result<(), ServiceError> {
+        LocalDisks::detach(self, caller, disk).map(drop)
     }
 }

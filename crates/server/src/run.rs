@@ -35,6 +35,8 @@ pub struct RunningServer {
     /// The disk service.
     pub disks: Arc<atrest_diskservice::DiskService>,
     local: Arc<crate::local::LocalDisks>,
+    /// The database service.
+    pub db: Arc<atrest_dbservice::DbService>,
     /// On first start: the admin account and where its credentials were written.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
     stop: watch::Sender<bool>,
@@ -47,6 +49,10 @@ impl RunningServer {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        let db = Arc::clone(&self.db);
+        if let Err(e) = tokio::task::spawn_blocking(move || db.shutdown()).await {
+            tracing::error!(error = %e, "stopping the database instances at shutdown failed");
         }
         let local = Arc::clone(&self.local);
         if let Err(e) = tokio::task::spawn_blocking(move || local.detach_all()).await {
@@ -106,16 +112,52 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = watch::channel(false);
+    let db_run = crate::local::run_base(&config.data_dir).join("db");
     let local = {
-        let (dir, disks) = (
+        let (dir, disks, db_run) = (
             crate::local::run_dir(&config.data_dir),
             Arc::clone(&opened.disks),
+            db_run.clone(),
         );
         Arc::new(
-            tokio::task::spawn_blocking(move || crate::local::LocalDisks::open(dir, disks))
-                .await
-                .map_err(|e| e.to_string())?,
+            tokio::task::spawn_blocking(move || {
+                // PostgreSQL servers and mounts a crash left go before the
+                // local attachments under them.
+                atrest_dbservice::DbService::cleanup_stale(&db_run);
+                crate::local::LocalDisks::open(dir, disks)
+            })
+            .await
+            .map_err(|e| e.to_string())?,
         )
+    };
+    let db = {
+        let db_config = atrest_dbservice::Config {
+            pg_bin: config.db.pg_bin.clone(),
+            os_user: config.db.os_user.clone(),
+            state_dir: config.data_dir.join("db"),
+            run_dir: db_run,
+            backup_dir: config
+                .db
+                .backup_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("backups")),
+            agent_program: std::env::current_exe()
+                .map_err(|e| format!("finding the atrest program: {e}"))?,
+            on_key_loss: config.disks.on_key_loss,
+            check_interval: config.disks.check_interval,
+            default_size: config.db.default_size,
+        };
+        let (kms, disks, volumes) = (
+            Arc::clone(&kms),
+            Arc::clone(&opened.disks),
+            Arc::clone(&local) as Arc<dyn atrest_dbservice::Volumes>,
+        );
+        tokio::task::spawn_blocking(move || {
+            atrest_dbservice::DbService::open(kms, disks, volumes, db_config)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
     };
     let state = Arc::new(AppState {
         kms: Arc::clone(&kms),
@@ -125,6 +167,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         audit_dir: config.data_dir.join("audit"),
         disks: Arc::clone(&opened.disks),
         local: Arc::clone(&local),
+        db: Arc::clone(&db),
     });
     let mut tasks = Vec::new();
     let mut metrics_addr = None;
@@ -166,6 +209,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         router(state),
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(db_loop(Arc::clone(&db), stopped.clone())));
     tasks.push(tokio::spawn(lifecycle_loop(
         Arc::clone(&kms),
         config.lifecycle_interval,
@@ -177,6 +221,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         metrics_addr,
         nbd_addr,
         local,
+        db,
         kms,
         disks: opened.disks,
         trail: opened.trail,
@@ -314,6 +359,29 @@ async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watc
             ),
             Ok(Err(e)) => tracing::error!(error = ?e, "lifecycle tick failed"),
             Err(e) => tracing::error!(error = %e, "lifecycle task failed"),
+        }
+    }
+}
+
+/// Starts the instances that should run, then checks running instances'
+/// keys at the configured interval.
+async fn db_loop(db: Arc<atrest_dbservice::DbService>, mut stopped: watch::Receiver<bool>) {
+    let d = Arc::clone(&db);
+    let resume = tokio::task::spawn_blocking(move || d.resume());
+    tokio::select! {
+        r = resume => if let Err(e) = r { tracing::error!(error = %e, "starting the database instances failed") },
+        _ = stopped.changed() => return,
+    }
+    let mut tick = tokio::time::interval(db.check_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let d = Arc::clone(&db);
+        if let Err(e) = tokio::task::spawn_blocking(move || d.check()).await {
+            tracing::error!(error = %e, "the database check failed");
         }
     }
 }

@@ -31,6 +31,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         audit_sync: atrest_server::config::AuditSync::default(),
         disks: atrest_diskservice::Config::default(),
         nbd: None,
+        db: atrest_server::DbSettings::default(),
     }
 }
 

@@ -39,10 +39,26 @@ fn valid_service(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
+/// The services a service key is usable through: its own, and those that
+/// store its service's data (a database's data is on a disk, so the
+/// database service key is usable through the disk service too).
+fn service_key_via(service: &str, region: &str) -> String {
+    let through: &[&str] = match service {
+        "db" => &["db", "disk"],
+        _ => &[service],
+    };
+    let names: Vec<String> = through
+        .iter()
+        .map(|s| format!("\"{s}.{region}.atrest\""))
+        .collect();
+    format!("[{}]", names.join(","))
+}
+
 /// The key policy of a service key.
 fn service_key_policy(account: &str, service: &str, region: &str) -> String {
+    let via = service_key_via(service, region);
     format!(
-        r#"{{"Version":"2012-10-17","Id":"atrest-service-key-{service}","Statement":[{{"Sid":"Allow access through {service} for all principals in the account that are authorized to use {service}","Effect":"Allow","Principal":{{"AWS":"*"}},"Action":["kms:Encrypt","kms:Decrypt","kms:ReEncrypt*","kms:GenerateDataKey*","kms:CreateGrant","kms:DescribeKey"],"Resource":"*","Condition":{{"StringEquals":{{"kms:CallerAccount":"{account}","kms:ViaService":"{service}.{region}.atrest"}}}}}},{{"Sid":"Allow direct access to key metadata to the account","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{account}:root"}},"Action":["kms:Describe*","kms:Get*","kms:List*","kms:RevokeGrant","kms:EnableKeyRotation","kms:DisableKeyRotation"],"Resource":"*"}}]}}"#
+        r#"{{"Version":"2012-10-17","Id":"atrest-service-key-{service}","Statement":[{{"Sid":"Allow access through {service} for all principals in the account that are authorized to use {service}","Effect":"Allow","Principal":{{"AWS":"*"}},"Action":["kms:Encrypt","kms:Decrypt","kms:ReEncrypt*","kms:GenerateDataKey*","kms:CreateGrant","kms:DescribeKey"],"Resource":"*","Condition":{{"StringEquals":{{"kms:CallerAccount":"{account}","kms:ViaService":{via}}}}}}},{{"Sid":"Allow direct access to key metadata to the account","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{account}:root"}},"Action":["kms:Describe*","kms:Get*","kms:List*","kms:RevokeGrant","kms:EnableKeyRotation","kms:DisableKeyRotation"],"Resource":"*"}}]}}"#
     )
 }
 

@@ -1,0 +1,96 @@
+//! `atrest db`, over the REST API (`/v1/instances`).
+
+use anyhow::Context;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::admin::client;
+use crate::cli::{DbArgs, DbCommand};
+use crate::disks::{call, parse_size, print};
+
+/// Path segment of an instance name (names are a-z, 0-9 and '-'; anything
+/// else is passed percent-encoded and refused by the server).
+fn seg(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub async fn db(args: DbArgs) -> anyhow::Result<()> {
+    let c = client(&args.client)?;
+    let out: Value = match args.command {
+        DbCommand::Create {
+            name,
+            key,
+            service_key,
+            unencrypted,
+            class,
+            size,
+            port,
+            master_username,
+            password_file,
+        } => {
+            let password = match password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading {}", f.display()))?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let size = size.as_deref().map(parse_size).transpose()?;
+            let body = json!({
+                "name": name,
+                "class": class,
+                "key_id": key,
+                "service_key": service_key,
+                "unencrypted": unencrypted,
+                "size": size,
+                "port": port,
+                "master_username": master_username,
+                "master_password": password,
+            });
+            call(&c, Method::POST, "/v1/instances", Some(&body)).await?
+        }
+        DbCommand::List => call(&c, Method::GET, "/v1/instances", None).await?,
+        DbCommand::Show { name } => {
+            call(
+                &c,
+                Method::GET,
+                &format!("/v1/instances/{}", seg(&name)),
+                None,
+            )
+            .await?
+        }
+        DbCommand::Start { name } => action(&c, &name, "start").await?,
+        DbCommand::Stop { name } => action(&c, &name, "stop").await?,
+        DbCommand::Restart { name } => action(&c, &name, "restart").await?,
+        DbCommand::Delete { name } => {
+            call(
+                &c,
+                Method::DELETE,
+                &format!("/v1/instances/{}", seg(&name)),
+                None,
+            )
+            .await?
+        }
+    };
+    print(&out)
+}
+
+async fn action(c: &atrest_client::Client, name: &str, what: &str) -> anyhow::Result<Value> {
+    call(
+        c,
+        Method::POST,
+        &format!("/v1/instances/{}/{what}", seg(name)),
+        Some(&json!({})),
+    )
+    .await
+}

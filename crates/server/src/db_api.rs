@@ -1,0 +1,145 @@
+//! The REST API of the database service: `/v1/instances`. Authenticated
+//! like the rest of `/v1`; every request acts for the caller's account and
+//! region and leaves an audit record named `db:<Operation>`, metered to the
+//! account, with the instance's key when it has one.
+
+use std::sync::Arc;
+
+use atrest_dbservice::{InstanceView, NewInstance};
+use atrest_kms::{Call, KmsError};
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::disks_api::{answer, bool_field, known_fields, u64_field};
+use crate::error::ApiError;
+use crate::http_api::{AppState, rest, string_field};
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/instances", get(list).post(create))
+        .route("/v1/instances/{name}", get(describe).delete(delete))
+        .route("/v1/instances/{name}/start", post(start))
+        .route("/v1/instances/{name}/stop", post(stop))
+        .route("/v1/instances/{name}/restart", post(restart))
+}
+
+fn view(
+    call: &Call<'_>,
+    status: StatusCode,
+    v: &InstanceView,
+) -> Result<(StatusCode, Value), ApiError> {
+    answer(call, status, v.key_arn.as_ref(), v)
+}
+
+async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    rest(st, req, "db:CreateInstance", |st, call, body| {
+        known_fields(
+            &body,
+            &[
+                "name",
+                "class",
+                "key_id",
+                "service_key",
+                "unencrypted",
+                "size",
+                "port",
+                "master_username",
+                "master_password",
+            ],
+        )?;
+        let name = crate::http_api::required_field(&body, "name")?;
+        let class = string_field(&body, "class")?
+            .map(|c| c.parse())
+            .transpose()?;
+        let port = u64_field(&body, "port")?
+            .map(|p| {
+                u16::try_from(p)
+                    .map_err(|_| KmsError::Validation("'port' must be 1024 to 65535".into()))
+            })
+            .transpose()?;
+        let v = st.db.create(
+            call.caller,
+            &NewInstance {
+                name,
+                class,
+                key_id: string_field(&body, "key_id")?,
+                service_key: bool_field(&body, "service_key")?.unwrap_or(false),
+                unencrypted: bool_field(&body, "unencrypted")?.unwrap_or(false),
+                size: u64_field(&body, "size")?,
+                port,
+                master_username: string_field(&body, "master_username")?,
+                master_password: string_field(&body, "master_password")?,
+            },
+        )?;
+        view(call, StatusCode::CREATED, &v)
+    })
+    .await
+}
+
+async fn list(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    rest(st, req, "db:ListInstances", |st, call, _| {
+        Ok((
+            StatusCode::OK,
+            json!({"instances": st.db.list(call.caller)}),
+        ))
+    })
+    .await
+}
+
+async fn describe(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:DescribeInstance", move |st, call, _| {
+        let v = st.db.describe(call.caller, &name)?;
+        view(call, StatusCode::OK, &v)
+    })
+    .await
+}
+
+async fn delete(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:DeleteInstance", move |st, call, _| {
+        let key = st.db.describe(call.caller, &name)?.key_arn;
+        st.db.delete(call.caller, &name)?;
+        if let Some(k) = key {
+            call.set_key(k);
+        }
+        Ok((StatusCode::OK, json!({"deleted": name})))
+    })
+    .await
+}
+
+macro_rules! lifecycle {
+    ($fn:ident, $op:literal, $method:ident) => {
+        async fn $fn(
+            State(st): State<Arc<AppState>>,
+            Path(name): Path<String>,
+            req: Request,
+        ) -> Response {
+            rest(st, req, $op, move |st, call, body| {
+                known_fields(&body, &[])?;
+                if let Ok(v) = st.db.describe(call.caller, &name) {
+                    if let Some(k) = v.key_arn {
+                        call.set_key(k);
+                    }
+                }
+                let v = st.db.$method(call.caller, &name)?;
+                view(call, StatusCode::OK, &v)
+            })
+            .await
+        }
+    };
+}
+
+lifecycle!(start, "db:StartInstance", start);
+lifecycle!(stop, "db:StopInstance", stop);
+lifecycle!(restart, "db:RestartInstance", restart);
