@@ -713,3 +713,52 @@ def audit_lines(path: Path) -> list[bytes]:
 
 def audit_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in audit_lines(path)]
+
+
+# -- database instances (issue 6) --------------------------------------------
+
+DB_PASSWORD = "interop-Pass-1"
+
+
+def db_cmd(server: Server, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`atrest db <args>` against `server` as its admin."""
+    return atrest_run(
+        "db",
+        "--endpoint", server.url,
+        "--region", server.regions[0],
+        "--credentials-file", str(server.credentials_file),
+        *args,
+        check=check,
+        timeout=timeout,
+    )
+
+
+def db_json(server: Server, *args: str, timeout: float = 600) -> dict:
+    """`atrest db <args>`, which must succeed, parsed."""
+    return json.loads(db_cmd(server, *args, timeout=timeout).stdout)
+
+
+def create_db(server: Server, name: str, *extra: str, password: str = DB_PASSWORD) -> dict:
+    """Creates and starts an instance with a known master password."""
+    pw = server.workdir / f"{name}.pw"
+    pw.write_text(password + "\n")
+    return db_json(server, "create", name, "--password-file", str(pw), *extra)
+
+
+def psql(port: int, sql: str, *, password: str = DB_PASSWORD, user: str = "postgres",
+         dbname: str = "postgres", check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs SQL through the real psql over TCP (unaligned, tuples only)."""
+    env = subprocess_env(PGPASSWORD=password, PGCONNECT_TIMEOUT="10")
+    p = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", dbname,
+         "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if check:
+        assert p.returncode == 0, f"psql failed ({p.returncode}): {p.stderr}"
+    return p
+
+
+def sql_value(port: int, sql: str, **kw) -> str:
+    """The output of one query, stripped."""
+    return psql(port, sql, **kw).stdout.strip()
