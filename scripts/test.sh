@@ -29,9 +29,12 @@ step "system packages"
 # fio, gnutls-bin: the NBD interop suite (qemu-io, qemu-img, nbdinfo,
 # nbdcopy, fio's nbd engine, GnuTLS PSK and certificate clients).
 # libssl-dev, pkg-config: atrest-tlspsk links OpenSSL for TLS-PSK.
-# fuse3, e2fsprogs, util-linux: local attach (FUSE file, loop device, mkfs).
+# fuse3, e2fsprogs, util-linux: local attach (FUSE file, loop device, mkfs,
+# setpriv). postgresql, postgresql-client, postgresql-contrib: database
+# instances (initdb, pg_ctl, pg_basebackup, psql, pgbench).
 APT_PACKAGES=(openssl ca-certificates softhsm2 qemu-utils libnbd-bin nbdkit fio gnutls-bin
-  libssl-dev pkg-config fuse3 e2fsprogs util-linux)
+  libssl-dev pkg-config fuse3 e2fsprogs util-linux postgresql postgresql-client
+  postgresql-contrib)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

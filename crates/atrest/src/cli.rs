@@ -106,6 +106,63 @@ pub enum DbCommand {
     Restart { name: String },
     /// Delete an instance and its disk.
     Delete { name: String },
+    /// Streaming replicas.
+    Replica {
+        #[command(subcommand)]
+        command: DbReplicaCommand,
+    },
+    /// Promote a replica; its primary becomes its standby.
+    Switchover { replica: String },
+    /// Change an instance's encryption (class disk: enable, disable;
+    /// any encrypted instance: set-key). Restarts the instance.
+    Encryption {
+        name: String,
+        #[command(subcommand)]
+        action: DbEncryptionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbReplicaCommand {
+    /// Create a streaming standby of PRIMARY on its own disk, under the
+    /// primary's key.
+    Create {
+        primary: String,
+        /// The replica's name (default PRIMARY-replica-N).
+        #[arg(long)]
+        name: Option<String>,
+        /// Its port on 127.0.0.1 (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbEncryptionCommand {
+    /// Encrypt the instance's data (copies it to a new disk).
+    Enable {
+        #[arg(
+            long,
+            conflicts_with = "service_key",
+            required_unless_present = "service_key"
+        )]
+        key: Option<String>,
+        #[arg(long)]
+        service_key: bool,
+    },
+    /// Stop encrypting it (class disk only; copies it to a new disk).
+    Disable,
+    /// Re-wrap its data key under another key (replicas follow).
+    SetKey {
+        #[arg(
+            long,
+            conflicts_with = "service_key",
+            required_unless_present = "service_key"
+        )]
+        key: Option<String>,
+        #[arg(long)]
+        service_key: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::admin::client;
-use crate::cli::{DbArgs, DbCommand};
+use crate::cli::{DbArgs, DbCommand, DbEncryptionCommand, DbReplicaCommand};
 use crate::disks::{call, parse_size, print};
 
 /// Path segment of an instance name (names are a-z, 0-9 and '-'; anything
@@ -78,6 +78,45 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
                 Method::DELETE,
                 &format!("/v1/instances/{}", seg(&name)),
                 None,
+            )
+            .await?
+        }
+        DbCommand::Replica {
+            command:
+                DbReplicaCommand::Create {
+                    primary,
+                    name,
+                    port,
+                },
+        } => {
+            let body = json!({"name": name, "port": port});
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/instances/{}/replicas", seg(&primary)),
+                Some(&body),
+            )
+            .await?
+        }
+        DbCommand::Switchover { replica } => action(&c, &replica, "switchover").await?,
+        DbCommand::Encryption {
+            name,
+            action: change,
+        } => {
+            let body = match change {
+                DbEncryptionCommand::Enable { key, service_key } => {
+                    json!({"action": "enable", "key_id": key, "service_key": service_key})
+                }
+                DbEncryptionCommand::Disable => json!({"action": "disable"}),
+                DbEncryptionCommand::SetKey { key, service_key } => {
+                    json!({"action": "set-key", "key_id": key, "service_key": service_key})
+                }
+            };
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/instances/{}/encryption", seg(&name)),
+                Some(&body),
             )
             .await?
         }

@@ -35,8 +35,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod encryption;
 mod host;
 mod pg;
+mod replica;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,7 @@ pub trait Volumes: Send + Sync {
 
 /// What a running instance does when its key becomes unusable.
 pub use atrest_diskservice::OnKeyLoss;
+pub use encryption::EncryptionChange;
 
 /// Service configuration.
 #[derive(Debug, Clone)]
@@ -607,15 +610,7 @@ impl DbService {
         let bin = self.bin()?;
         let user = self.os_user()?;
         let _ops = lock(&self.ops);
-        if lock(&self.records)
-            .values()
-            .any(|r| r.owned_by(caller) && r.name == req.name)
-        {
-            return Err(DbError::Conflict(format!(
-                "an instance named '{}' already exists",
-                req.name
-            )));
-        }
+        self.check_new_name(caller, &req.name)?;
         let port = self.choose_port(req.port)?;
         let key_id = if req.service_key {
             Some(
@@ -675,6 +670,25 @@ impl DbService {
             v.master_password = Some(password.to_string());
         }
         Ok(v)
+    }
+
+    /// Refuses a name that is invalid or taken in the caller's account
+    /// and region.
+    fn check_new_name(&self, caller: &Caller, name: &str) -> Result<()> {
+        if !valid_name(name) {
+            return Err(DbError::Invalid(format!(
+                "'{name}' is not a valid instance name: 1 to 63 of a-z, 0-9 and '-', starting with a letter"
+            )));
+        }
+        if lock(&self.records)
+            .values()
+            .any(|r| r.owned_by(caller) && r.name == name)
+        {
+            return Err(DbError::Conflict(format!(
+                "an instance named '{name}' already exists"
+            )));
+        }
+        Ok(())
     }
 
     fn choose_port(&self, port: Option<u16>) -> Result<u16> {
@@ -776,6 +790,7 @@ impl DbService {
             extra: self.extra_settings(rec),
         };
         pg::write_settings(user, &layout, &settings)?;
+        self.mark_standby(user, rec)?;
         let pid = pg::start(bin, user, &layout, rec.port, START_WAIT)?;
         let pidfile = self.config.run_dir.join(&rec.id).join("postmaster.pid");
         std::fs::write(&pidfile, pid.to_string())
@@ -787,15 +802,18 @@ impl DbService {
         Ok(())
     }
 
-    /// Settings beyond port and sockets (archiving, replication); filled
-    /// in by the backup and replica modules.
-    fn extra_settings(&self, _rec: &Record) -> Vec<(String, String)> {
-        vec![
+    /// Settings beyond port and sockets: replication (every instance can
+    /// have standbys; a standby's primary), archiving.
+    fn extra_settings(&self, rec: &Record) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = vec![
             ("wal_level".into(), "replica".into()),
             ("max_wal_senders".into(), "10".into()),
             ("max_replication_slots".into(), "10".into()),
+            ("wal_keep_size".into(), pg::quote("256MB")),
             ("hot_standby".into(), "on".into()),
-        ]
+        ];
+        v.extend(self.standby_settings(rec));
+        v
     }
 
     /// Stops PostgreSQL (if running), unmounts and detaches.

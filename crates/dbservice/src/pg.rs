@@ -120,7 +120,7 @@ pub(crate) struct Settings {
     pub extra: Vec<(String, String)>,
 }
 
-fn quote(v: &str) -> String {
+pub(crate) fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
 }
 
@@ -326,4 +326,82 @@ pub(crate) fn query(
         "psql",
     )
     .map(|s| s.trim().to_owned())
+}
+
+/// Runs SQL given on stdin as the superuser over the socket (for
+/// statements that carry a secret, which must not appear in a process's
+/// arguments).
+pub(crate) fn query_stdin(
+    bin: &PgBin,
+    user: &OsUser,
+    layout: &Layout,
+    port: u16,
+    superuser: &str,
+    sql: &str,
+) -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = bin
+        .command("psql", user, &layout.mnt)
+        .arg("-h")
+        .arg(&layout.sock)
+        .args(["-p", &port.to_string(), "-U", superuser, "-d", "postgres"])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| DbError::Failed(format!("cannot run psql: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(sql.as_bytes())
+            .map_err(|e| DbError::Failed(format!("writing to psql: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| DbError::Failed(format!("psql: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DbError::Failed(format!(
+            "psql failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Promotes a standby and waits until it accepts writes.
+pub(crate) fn promote(bin: &PgBin, user: &OsUser, layout: &Layout) -> Result<()> {
+    run(
+        bin.command("pg_ctl", user, &layout.mnt)
+            .arg("promote")
+            .arg("-D")
+            .arg(layout.pgdata())
+            .args(["-w", "-t", "120", "-s"]),
+        "pg_ctl promote",
+    )
+    .map(drop)
+}
+
+/// The latest checkpoint's location of a stopped server (pg_controldata).
+pub(crate) fn checkpoint_lsn(bin: &PgBin, user: &OsUser, layout: &Layout) -> Result<String> {
+    let out = run(
+        bin.command("pg_controldata", user, &layout.mnt)
+            .arg("-D")
+            .arg(layout.pgdata()),
+        "pg_controldata",
+    )?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| DbError::Failed("pg_controldata shows no checkpoint location".into()))
+}
+
+/// [`run`] with extra environment variables (secrets for the child only).
+pub(crate) fn run_with_env(cmd: &mut Command, env: &[(&str, &str)], what: &str) -> Result<String> {
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(cmd, what)
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use atrest_dbservice::{InstanceView, NewInstance};
+use atrest_dbservice::{EncryptionChange, InstanceView, NewInstance};
 use atrest_kms::{Call, KmsError};
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -25,6 +25,102 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/instances/{name}/start", post(start))
         .route("/v1/instances/{name}/stop", post(stop))
         .route("/v1/instances/{name}/restart", post(restart))
+        .route("/v1/instances/{name}/replicas", post(create_replica))
+        .route("/v1/instances/{name}/switchover", post(switchover))
+        .route("/v1/instances/{name}/encryption", post(change_encryption))
+}
+
+fn port_field(body: &Value) -> Result<Option<u16>, ApiError> {
+    u64_field(body, "port")?
+        .map(|p| {
+            u16::try_from(p)
+                .map_err(|_| KmsError::Validation("'port' must be 1024 to 65535".into()).into())
+        })
+        .transpose()
+}
+
+/// Sets the audit record's key to the instance's (when it has one).
+fn audit_key(st: &AppState, call: &Call<'_>, name: &str) {
+    if let Ok(v) = st.db.describe(call.caller, name)
+        && let Some(k) = v.key_arn
+    {
+        call.set_key(k);
+    }
+}
+
+async fn create_replica(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:CreateReplica", move |st, call, body| {
+        known_fields(&body, &["name", "port"])?;
+        audit_key(st, call, &name);
+        let replica = string_field(&body, "name")?;
+        let v = st
+            .db
+            .create_replica(call.caller, &name, replica.as_deref(), port_field(&body)?)?;
+        view(call, StatusCode::CREATED, &v)
+    })
+    .await
+}
+
+async fn switchover(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:Switchover", move |st, call, body| {
+        known_fields(&body, &[])?;
+        audit_key(st, call, &name);
+        let v = st.db.switchover(call.caller, &name)?;
+        view(call, StatusCode::OK, &v)
+    })
+    .await
+}
+
+async fn change_encryption(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:ChangeEncryption", move |st, call, body| {
+        known_fields(&body, &["action", "key_id", "service_key"])?;
+        audit_key(st, call, &name);
+        let action = crate::http_api::required_field(&body, "action")?;
+        let key_id = string_field(&body, "key_id")?;
+        let service_key = bool_field(&body, "service_key")?.unwrap_or(false);
+        let change = match action.as_str() {
+            "enable" | "set-key" => {
+                if key_id.is_some() == service_key {
+                    return Err(KmsError::Validation(format!(
+                        "'{action}' takes exactly one of 'key_id' and 'service_key'"
+                    ))
+                    .into());
+                }
+                if action == "enable" {
+                    EncryptionChange::Enable { key_id }
+                } else {
+                    EncryptionChange::SetKey { key_id }
+                }
+            }
+            "disable" => {
+                if key_id.is_some() || service_key {
+                    return Err(KmsError::Validation("'disable' takes no key".into()).into());
+                }
+                EncryptionChange::Disable
+            }
+            other => {
+                return Err(KmsError::Validation(format!(
+                    "'{other}' is not an encryption action; use enable, disable or set-key"
+                ))
+                .into());
+            }
+        };
+        let v = st.db.change_encryption(call.caller, &name, &change)?;
+        view(call, StatusCode::OK, &v)
+    })
+    .await
 }
 
 fn view(
@@ -55,12 +151,7 @@ async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
         let class = string_field(&body, "class")?
             .map(|c| c.parse())
             .transpose()?;
-        let port = u64_field(&body, "port")?
-            .map(|p| {
-                u16::try_from(p)
-                    .map_err(|_| KmsError::Validation("'port' must be 1024 to 65535".into()))
-            })
-            .transpose()?;
+        let port = port_field(&body)?;
         let v = st.db.create(
             call.caller,
             &NewInstance {
@@ -127,11 +218,7 @@ macro_rules! lifecycle {
         ) -> Response {
             rest(st, req, $op, move |st, call, body| {
                 known_fields(&body, &[])?;
-                if let Ok(v) = st.db.describe(call.caller, &name) {
-                    if let Some(k) = v.key_arn {
-                        call.set_key(k);
-                    }
-                }
+                audit_key(st, call, &name);
                 let v = st.db.$method(call.caller, &name)?;
                 view(call, StatusCode::OK, &v)
             })
