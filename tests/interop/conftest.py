@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import configparser
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -250,6 +251,49 @@ class Server:
                 p.wait(timeout=timeout)
         return p.returncode
 
+    @property
+    def run_base(self) -> Path:
+        """Where this server mounts disks and runs databases while it runs
+        (`/run/atrest/<first 8 bytes of SHA-256 of the data dir, hex>`)."""
+        real = os.path.realpath(self.data_dir)
+        return Path("/run/atrest") / hashlib.sha256(real.encode()).digest()[:8].hex()
+
+    def release_host(self) -> list[str]:
+        """After the server is gone: what it left on the host (a test that
+        failed mid-way, a server killed during its shutdown) is undone:
+        PostgreSQL servers on its mounts killed by pid, mounts lazily
+        unmounted, loop devices detached, the run dir removed. Returns what
+        was found."""
+        base = str(self.run_base)
+        found = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"postgres" in cmd.split(b"\0")[0] and base.encode() in cmd:
+                found.append(f"postgres {d.name}")
+                try:
+                    os.kill(int(d.name), signal.SIGKILL)
+                except OSError:
+                    pass
+        if found:
+            time.sleep(0.2)
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(base)]
+        for m in sorted(mounts, key=len, reverse=True):
+            found.append(f"mount {m}")
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        for line in loops.splitlines():
+            if base in line:
+                found.append(f"loop {line.split(':')[0]}")
+                subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+        return found
+
     def kill(self) -> int:
         """SIGKILL (no chance to flush or clean up)."""
         assert self.proc is not None
@@ -307,10 +351,14 @@ def make_server():
     finally:
         for s in servers:
             try:
-                s.stop()
+                # Stopping database instances takes a while: wait for it.
+                s.stop(timeout=90)
             except Exception:  # keep tearing down the others
                 if s.proc is not None and s.proc.poll() is None:
                     s.proc.kill()
+            left = s.release_host()
+            if left:
+                print(f"teardown: {s.name} left {left}")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -762,3 +810,16 @@ def psql(port: int, sql: str, *, password: str = DB_PASSWORD, user: str = "postg
 def sql_value(port: int, sql: str, **kw) -> str:
     """The output of one query, stripped."""
     return psql(port, sql, **kw).stdout.strip()
+
+
+def scan_for(root: Path, marker: bytes) -> list[Path]:
+    """The files under `root` whose bytes hold `marker`."""
+    hits = []
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                if marker in p.read_bytes():
+                    hits.append(p)
+            except OSError:
+                pass
+    return hits

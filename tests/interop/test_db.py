@@ -6,7 +6,8 @@ PostgreSQL 15 server, psql, pgbench and psycopg (issue 6).
   a marker row is in plaintext in no file under the data dir.
 * SIGKILL of the postmaster, and separately of the atrest server, during a
   pgbench load: every transaction the client saw committed (a ledger kept
-  client-side) is there after the restart.
+  client-side) is there after the restart (the service restarts a dead
+  postmaster by itself, and its instances with the server).
 * A disabled key: restart, start and replica creation are refused, each
   naming the key; enabling it unlocks. With the close policy a running
   instance stops within the check period.
@@ -37,11 +38,14 @@ import pytest
 from conftest import (
     DB_PASSWORD,
     atrest_client_cmd,
+    audit_log_path,
+    audit_records,
     create_db,
     db_cmd,
     db_json,
     psql,
     rest_call,
+    scan_for,
     sql_value,
     subprocess_env,
 )
@@ -88,18 +92,6 @@ def wait_sql(port: int, sql: str, want: str, timeout: float = 60) -> None:
             return
         time.sleep(0.3)
     raise AssertionError(f"{sql!r} gave {got!r}, not {want!r}")
-
-
-def scan_for(root: Path, marker: bytes) -> list[Path]:
-    hits = []
-    for p in root.rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            try:
-                if marker in p.read_bytes():
-                    hits.append(p)
-            except OSError:
-                pass
-    return hits
 
 
 def disks(server) -> list[dict]:
@@ -161,6 +153,20 @@ def test_create_load_restart_show_the_key_and_no_plaintext_at_rest(server):
     db_cmd(server, "delete", "gen")
     assert all(d["id"] != g["disk"] for d in disks(server))
     assert db_cmd(server, "show", "gen", check=False).returncode != 0
+
+    # Audited and metered as the account's, with the key named.
+    account = v["account"]
+    recs = audit_records(audit_log_path(server))
+    ops = {r["operation"] for r in recs if r.get("account") == account}
+    for op in ("db:CreateInstance", "db:StopInstance", "db:StartInstance", "db:RestartInstance",
+               "db:ListInstances", "db:DescribeInstance", "db:DeleteInstance",
+               "disk:AttachDisk", "disk:DetachDisk", "CreateGrant", "Decrypt"):
+        assert op in ops, (op, sorted(ops))
+    create = [r for r in recs if r["operation"] == "db:CreateInstance" and r.get("key_arn") == key]
+    assert create and create[0]["result"] == "Success", create
+    usage = json.loads(atrest_client_cmd(server, "metering").stdout)["usage"]
+    metered = {u["operation"] for u in usage if u["account"] == account}
+    assert {"db:CreateInstance", "db:StartInstance", "db:DeleteInstance", "disk:AttachDisk"} <= metered, metered
 
 
 class Ledger(threading.Thread):
@@ -224,8 +230,9 @@ def test_committed_transactions_survive_sigkill_of_postgres_and_of_atrest(server
     # 1. The postmaster is killed.
     pid = postmaster_pid(v["id"])
     acked = load_then(port, lambda: os.kill(pid, signal.SIGKILL))
-    assert db_json(server, "show", "bank")["state"] == "failed"
-    assert db_json(server, "start", "bank")["state"] == "running"
+    # The service starts it again (crash recovery) at its next check.
+    wait_state(server, "bank", "running", timeout=90)
+    assert postmaster_pid(v["id"]) != pid
     have = {int(x) for x in sql_value(port, "SELECT id FROM ledger").split()}
     missing = set(acked) - have
     assert not missing, f"{len(missing)} acknowledged commits lost, e.g. {sorted(missing)[:5]}"
@@ -262,6 +269,9 @@ def test_a_disabled_key_refuses_start_restart_and_replicas_and_enabling_unlocks(
     # Refused before stopping anything: it keeps serving (policy keep).
     assert sql_value(port, "SELECT x FROM t") == "42"
     refused("replica", "create", "locked")
+    refused("clone", "locked", "--as", "copy")
+    refused("resize", "locked", "--size", "1G")
+    refused("set", "locked", "work_mem=8MB")
     assert [i["name"] for i in db_json(server, "list")["instances"]] == ["locked"]
     db_json(server, "stop", "locked")
     err = refused("start", "locked")
@@ -271,6 +281,43 @@ def test_a_disabled_key_refuses_start_restart_and_replicas_and_enabling_unlocks(
     kms.enable_key(KeyId=key)
     assert db_json(server, "start", "locked")["state"] == "running"
     assert sql_value(port, "SELECT x FROM t") == "42"
+
+
+def test_parameters_resize_and_clone(server):
+    v = create_db(server, "shape", "--service-key", "--size", "256M")
+    port = v["port"]
+    psql(port, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x")
+    s = db_json(server, "set", "shape", "work_mem=12MB", "max_connections=50")
+    assert s["state"] == "running"
+    assert sql_value(port, "SHOW work_mem") == "12MB"
+    assert sql_value(port, "SHOW max_connections") == "50"
+    # A value PostgreSQL refuses: the instance runs on with the old ones.
+    bad = db_cmd(server, "set", "shape", "shared_buffers=lots", check=False)
+    assert bad.returncode != 0 and "previous" in bad.stderr, bad.stderr
+    assert sql_value(port, "SHOW work_mem") == "12MB"
+    for managed in ("port=1", "archive_command=x", "primary_conninfo=x"):
+        p = db_cmd(server, "set", "shape", managed, check=False)
+        assert p.returncode != 0 and "managed by atrest" in p.stderr, p.stderr
+    db_json(server, "set", "shape", "work_mem=")
+    assert sql_value(port, "SHOW work_mem") == "4MB"
+
+    r = db_json(server, "resize", "shape", "--size", "1G")
+    assert r["state"] == "running"
+    disk = [d for d in disks(server) if d["id"] == v["disk"]][0]
+    assert disk["size"] == 1 << 30
+    # The file system grew with the disk: write more than the old size.
+    psql(port, "CREATE TABLE big AS SELECT repeat('y', 1000) AS pad FROM generate_series(1, 250000)",
+         timeout=300)
+    assert sql_value(port, "SELECT count(*) FROM big") == "250000"
+    p = db_cmd(server, "resize", "shape", "--size", "128M", check=False)
+    assert p.returncode != 0 and "only grow" in p.stderr
+
+    c = db_json(server, "clone", "shape", "--as", "shape-copy")
+    assert c["name"] == "shape-copy" and c["key_arn"] == v["key_arn"] and c["disk"] != v["disk"]
+    assert c["port"] != port and c["state"] == "running"
+    assert sql_value(c["port"], "SELECT count(*) FROM t") == "1000"
+    psql(c["port"], "INSERT INTO t VALUES (0)")
+    assert sql_value(port, "SELECT count(*) FROM t") == "1000", "the copy is independent"
 
 
 def test_the_close_policy_stops_a_running_instance_when_its_key_goes(make_server):

@@ -51,6 +51,10 @@ pub enum Command {
     /// Encrypted PostgreSQL instances: create, list, show, start, stop,
     /// restart, delete.
     Db(DbArgs),
+    /// PostgreSQL's archive_command and restore_command (run by the
+    /// server's instances, not by hand).
+    #[command(hide = true)]
+    DbAgent(crate::db_agent::DbAgentArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +110,27 @@ pub enum DbCommand {
     Restart { name: String },
     /// Delete an instance and its disk.
     Delete { name: String },
+    /// Take an encrypted backup of an instance (a base backup; its WAL is
+    /// archived continuously).
+    Backup { name: String },
+    /// List backups (of one instance, if named).
+    Backups { name: Option<String> },
+    /// Show a backup.
+    BackupShow { id: String },
+    /// Delete a backup (and the archived WAL no other backup needs).
+    BackupDelete { id: String },
+    /// Restore a backup into a new instance, to a point in time if given.
+    Restore {
+        /// The backup's id.
+        backup: String,
+        /// The new instance's name.
+        #[arg(long = "as")]
+        new_name: String,
+        /// Recover up to this time (RFC 3339 with a time zone, such as
+        /// 2024-05-01T12:00:00Z); default: all archived WAL.
+        #[arg(long)]
+        to_time: Option<String>,
+    },
     /// Streaming replicas.
     Replica {
         #[command(subcommand)]
@@ -113,6 +138,30 @@ pub enum DbCommand {
     },
     /// Promote a replica; its primary becomes its standby.
     Switchover { replica: String },
+    /// Set PostgreSQL parameters (NAME=VALUE; NAME= resets one), with a
+    /// restart.
+    Set {
+        name: String,
+        #[arg(required = true)]
+        parameters: Vec<String>,
+    },
+    /// Grow an instance's disk and file system (a restart).
+    Resize {
+        name: String,
+        /// The new size (bytes, or with K, M, G, T).
+        #[arg(long)]
+        size: String,
+    },
+    /// A new instance from an instant, crash-consistent copy of this one.
+    Clone {
+        name: String,
+        /// The new instance's name.
+        #[arg(long = "as")]
+        new_name: String,
+        /// Its port (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Change an instance's encryption (class disk: enable, disable;
     /// any encrypted instance: set-key). Restarts the instance.
     Encryption {

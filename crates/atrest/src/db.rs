@@ -81,6 +81,37 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
             )
             .await?
         }
+        DbCommand::Backup { name } => action(&c, &name, "backups").await?,
+        DbCommand::Backups { name } => {
+            let q = name.map_or_else(String::new, |n| format!("?instance={}", seg(&n)));
+            call(&c, Method::GET, &format!("/v1/backups{q}"), None).await?
+        }
+        DbCommand::BackupShow { id } => {
+            call(&c, Method::GET, &format!("/v1/backups/{}", seg(&id)), None).await?
+        }
+        DbCommand::BackupDelete { id } => {
+            call(
+                &c,
+                Method::DELETE,
+                &format!("/v1/backups/{}", seg(&id)),
+                None,
+            )
+            .await?
+        }
+        DbCommand::Restore {
+            backup,
+            new_name,
+            to_time,
+        } => {
+            let body = json!({"name": new_name, "to_time": to_time});
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/backups/{}/restore", seg(&backup)),
+                Some(&body),
+            )
+            .await?
+        }
         DbCommand::Replica {
             command:
                 DbReplicaCommand::Create {
@@ -94,6 +125,51 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
                 &c,
                 Method::POST,
                 &format!("/v1/instances/{}/replicas", seg(&primary)),
+                Some(&body),
+            )
+            .await?
+        }
+        DbCommand::Set { name, parameters } => {
+            let mut params = serde_json::Map::new();
+            for p in parameters {
+                let (k, v) = p
+                    .split_once('=')
+                    .with_context(|| format!("'{p}' is not NAME=VALUE"))?;
+                let v = if v.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(v.to_owned())
+                };
+                params.insert(k.to_owned(), v);
+            }
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/instances/{}/parameters", seg(&name)),
+                Some(&json!({"parameters": params})),
+            )
+            .await?
+        }
+        DbCommand::Resize { name, size } => {
+            let body = json!({"size": parse_size(&size)?});
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/instances/{}/resize", seg(&name)),
+                Some(&body),
+            )
+            .await?
+        }
+        DbCommand::Clone {
+            name,
+            new_name,
+            port,
+        } => {
+            let body = json!({"name": new_name, "port": port});
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/instances/{}/clone", seg(&name)),
                 Some(&body),
             )
             .await?

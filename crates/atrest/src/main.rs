@@ -10,6 +10,7 @@
 mod admin;
 mod cli;
 mod db;
+mod db_agent;
 mod disks;
 mod root_args;
 mod serve;
@@ -45,6 +46,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Snapshot(args) => disks::snapshot(args).await,
             cli::Command::Nbd(args) => disks::nbd(&args),
             cli::Command::Db(args) => db::db(args).await,
+            cli::Command::DbAgent(args) => db_agent::run(&args),
         }
     });
     match result {

@@ -35,8 +35,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
+mod artifact;
+mod backup;
 mod encryption;
 mod host;
+mod manage;
 mod pg;
 mod replica;
 
@@ -67,6 +71,7 @@ pub trait Volumes: Send + Sync {
 
 /// What a running instance does when its key becomes unusable.
 pub use atrest_diskservice::OnKeyLoss;
+pub use backup::BackupView;
 pub use encryption::EncryptionChange;
 
 /// Service configuration.
@@ -201,6 +206,10 @@ pub(crate) struct Record {
     /// The grant that lets `db.atrest` use the instance's key for backups.
     #[serde(default)]
     pub backup_grant: Option<String>,
+    /// The customer's PostgreSQL parameters, written into `atrest.conf`
+    /// at every start.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
 }
 
 impl Record {
@@ -287,6 +296,8 @@ pub struct NewInstance {
 #[derive(Debug)]
 struct Live {
     layout: Layout,
+    /// The block device the file system is on.
+    device: PathBuf,
     pid: Option<u32>,
     /// When its key was first seen unusable.
     unusable_since: Option<Instant>,
@@ -302,6 +313,8 @@ pub struct DbService {
     live: Mutex<BTreeMap<String, Live>>,
     /// Serializes operations that change an instance's state.
     ops: Mutex<()>,
+    /// Backups, WAL archiving and restores ([`backup`]).
+    backup: backup::State,
 }
 
 impl std::fmt::Debug for DbService {
@@ -365,9 +378,11 @@ impl DbService {
             records: Mutex::new(BTreeMap::new()),
             live: Mutex::new(BTreeMap::new()),
             ops: Mutex::new(()),
+            backup: backup::State::default(),
             config,
         });
         svc.load()?;
+        svc.open_backups()?;
         Ok(svc)
     }
 
@@ -424,14 +439,28 @@ impl DbService {
         Ok(())
     }
 
+    /// Saves `r`. The backup fields (agent token, backup grant) are the
+    /// backup module's: a save keeps the stored values, so that a copy of
+    /// the record taken before they changed does not undo them.
     fn save(&self, r: &Record) -> Result<()> {
+        let mut records = lock(&self.records);
+        let mut r = r.clone();
+        if let Some(stored) = records.get(&r.id) {
+            r.agent_token_sha256.clone_from(&stored.agent_token_sha256);
+            r.backup_grant.clone_from(&stored.backup_grant);
+        }
+        self.write_record(&r)?;
+        records.insert(r.id.clone(), r);
+        Ok(())
+    }
+
+    /// Writes `r` to its file (atomically).
+    fn write_record(&self, r: &Record) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(r)
             .map_err(|e| DbError::Failed(format!("encoding a record: {e}")))?;
         let path = self.records_dir().join(format!("{}.json", r.id));
         atrest_kms::root::write_atomically(&path, &bytes, 0o600)
-            .map_err(|e| DbError::Failed(format!("saving {}: {e}", path.display())))?;
-        lock(&self.records).insert(r.id.clone(), r.clone());
-        Ok(())
+            .map_err(|e| DbError::Failed(format!("saving {}: {e}", path.display())))
     }
 
     fn forget(&self, id: &str) -> Result<()> {
@@ -631,45 +660,92 @@ impl DbService {
                 shareable: Some(false),
             },
         )?;
-        let mut rec = Record {
-            id: format!("db-{}", random_hex(8)?),
-            name: req.name.clone(),
-            account: caller.account.as_str().to_owned(),
-            region: caller.region.clone(),
-            class,
-            disk: disk.id,
-            port,
-            master_username: master.clone(),
-            phase: "creating".into(),
-            running: true,
-            primary: None,
-            created: now_rfc3339(),
-            agent_token_sha256: None,
-            backup_grant: None,
-        };
+        let rec = self.new_record(caller, &req.name, class, disk.id, port, &master, None)?;
         let generated = req.master_password.is_none();
         let password = match &req.master_password {
             Some(p) => zeroize::Zeroizing::new(p.clone()),
             None => zeroize::Zeroizing::new(random_hex(16)?),
         };
-        let r = self.save(&rec).and_then(|()| {
-            let layout = self.mount_new(caller, &rec)?;
-            pg::initdb(&bin, &user, &layout, &master, &password)?;
-            self.start_locked(&bin, &user, &rec)?;
-            rec.phase = "ready".into();
-            self.save(&rec)
-        });
-        if let Err(e) = r {
-            tracing::error!(instance = %rec.name, error = %e, "creating an instance failed; rolling back");
-            self.roll_back(&bin, &user, &rec);
-            return Err(e);
-        }
+        let rec = self.provision(
+            &bin,
+            &user,
+            &rec,
+            true,
+            |layout| pg::initdb(&bin, &user, layout, &master, &password),
+            |_| Ok(()),
+        )?;
         tracing::info!(instance = %rec.name, id = %rec.id, port, "instance created");
         let mut v = self.view(&rec);
         if generated {
             v.master_password = Some(password.to_string());
         }
         Ok(v)
+    }
+
+    /// The record of a new instance on `disk` (phase `creating`).
+    #[expect(clippy::too_many_arguments, reason = "the fields of a new record")]
+    fn new_record(
+        &self,
+        caller: &Caller,
+        name: &str,
+        class: Class,
+        disk: String,
+        port: u16,
+        master: &str,
+        primary: Option<String>,
+    ) -> Result<Record> {
+        Ok(Record {
+            id: format!("db-{}", random_hex(8)?),
+            name: name.to_owned(),
+            account: caller.account.as_str().to_owned(),
+            region: caller.region.clone(),
+            class,
+            disk,
+            port,
+            master_username: master.to_owned(),
+            phase: "creating".into(),
+            running: true,
+            primary,
+            created: now_rfc3339(),
+            agent_token_sha256: None,
+            backup_grant: None,
+            parameters: BTreeMap::new(),
+        })
+    }
+
+    /// Builds a new instance on its new disk: saves its record (phase
+    /// `creating`), makes (when `fresh`; a clone's disk has one) and mounts
+    /// its file system, `fill`s it (initdb,
+    /// a base backup, a restore), starts PostgreSQL, runs `started` and
+    /// marks it `ready`. Any failure rolls everything back.
+    fn provision(
+        &self,
+        bin: &PgBin,
+        user: &OsUser,
+        rec: &Record,
+        fresh: bool,
+        fill: impl FnOnce(&Layout) -> Result<()>,
+        started: impl FnOnce(&Record) -> Result<()>,
+    ) -> Result<Record> {
+        let r = self.save(rec).and_then(|()| {
+            let layout = if fresh {
+                self.mount_new(&rec.caller()?, rec)?
+            } else {
+                self.mount_existing(rec)?
+            };
+            fill(&layout)?;
+            self.start_locked(bin, user, rec)?;
+            started(rec)?;
+            let mut ready = rec.clone();
+            ready.phase = "ready".into();
+            self.save(&ready)?;
+            Ok(lock(&self.records).get(&rec.id).cloned().unwrap_or(ready))
+        });
+        if let Err(e) = &r {
+            tracing::error!(instance = %rec.name, error = %e, "creating an instance failed; rolling back");
+            self.roll_back(bin, user, rec);
+        }
+        r
     }
 
     /// Refuses a name that is invalid or taken in the caller's account
@@ -725,6 +801,7 @@ impl DbService {
             rec.id.clone(),
             Live {
                 layout: layout.clone(),
+                device: device.clone(),
                 pid: None,
                 unusable_since: None,
             },
@@ -759,6 +836,7 @@ impl DbService {
             rec.id.clone(),
             Live {
                 layout: layout.clone(),
+                device: device.clone(),
                 pid: None,
                 unusable_since: None,
             },
@@ -813,6 +891,12 @@ impl DbService {
             ("hot_standby".into(), "on".into()),
         ];
         v.extend(self.standby_settings(rec));
+        v.extend(self.archive_settings(rec));
+        v.extend(
+            rec.parameters
+                .iter()
+                .map(|(k, val)| (k.clone(), pg::quote(val))),
+        );
         v
     }
 
@@ -835,6 +919,11 @@ impl DbService {
         let _ = std::fs::remove_file(self.config.run_dir.join(&rec.id).join("postmaster.pid"));
         if let Err(e) = host::unmount(&layout.mnt) {
             tracing::error!(instance = %rec.name, error = %e, "unmounting failed");
+        } else {
+            // Nothing of a stopped instance stays under /run.
+            let _ = std::fs::remove_dir_all(&layout.sock);
+            let _ = std::fs::remove_dir(&layout.mnt);
+            let _ = std::fs::remove_dir(self.config.run_dir.join(&rec.id));
         }
         if live.is_some()
             && let Ok(caller) = rec.caller()
@@ -975,37 +1064,60 @@ impl DbService {
                 self.shut(bin.as_ref(), user.as_ref(), &rec);
             }
         }
+        // Empty now unless something stayed mounted.
+        let _ = std::fs::remove_dir(&self.config.run_dir);
+        self.close_backups();
     }
 
-    /// One pass of the check of running instances: a key unusable for
-    /// longer than the policy allows stops the instance (R5).
+    /// One pass of the check of running instances (R5): a key unusable
+    /// for longer than the policy allows stops the instance; a PostgreSQL
+    /// server that died (killed, crashed) is started again, with crash
+    /// recovery, as long as its key can be used.
     pub fn check(&self) {
-        let OnKeyLoss::CloseAfter(after) = self.config.on_key_loss else {
-            return;
-        };
         let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
         for id in ids {
             let Some(rec) = lock(&self.records).get(&id).cloned() else {
                 continue;
             };
+            if rec.phase != "ready" {
+                continue;
+            }
             let unusable = matches!(self.check_key(&rec), Err(DbError::Locked { .. }));
-            let due = {
+            let (due, dead) = {
                 let mut live = lock(&self.live);
                 let Some(l) = live.get_mut(&id) else { continue };
-                if unusable {
-                    let since = *l.unusable_since.get_or_insert_with(Instant::now);
-                    since.elapsed() >= after
-                } else {
-                    l.unusable_since = None;
-                    false
-                }
-            };
-            if due {
-                let Ok(_ops) = self.ops.try_lock() else {
-                    continue;
+                let dead = l.pid.is_some_and(|p| !host::is_postgres(p));
+                let due = match (unusable, self.config.on_key_loss) {
+                    (true, OnKeyLoss::CloseAfter(after)) => {
+                        let since = *l.unusable_since.get_or_insert_with(Instant::now);
+                        since.elapsed() >= after
+                    }
+                    (true, OnKeyLoss::KeepServing) => false,
+                    (false, _) => {
+                        l.unusable_since = None;
+                        false
+                    }
                 };
+                (due, dead)
+            };
+            if !(due || (dead && rec.running)) {
+                continue;
+            }
+            let Ok(_ops) = self.ops.try_lock() else {
+                continue;
+            };
+            let (bin, user) = (self.bin().ok(), self.os_user().ok());
+            if due {
                 tracing::warn!(instance = %rec.name, "stopping the instance: its key has been unusable longer than the policy allows");
-                self.shut(self.bin().ok().as_ref(), self.os_user().ok().as_ref(), &rec);
+                self.shut(bin.as_ref(), user.as_ref(), &rec);
+            } else if unusable {
+                tracing::warn!(instance = %rec.name, "PostgreSQL died and the key cannot be used: not started again");
+                self.shut(bin.as_ref(), user.as_ref(), &rec);
+            } else if let (Some(b), Some(u)) = (&bin, &user) {
+                tracing::warn!(instance = %rec.name, "PostgreSQL died; starting it again");
+                if let Err(e) = self.start_locked(b, u, &rec) {
+                    tracing::error!(instance = %rec.name, error = %e, "starting PostgreSQL again failed");
+                }
             }
         }
     }
@@ -1014,5 +1126,77 @@ impl DbService {
     #[must_use]
     pub fn check_interval(&self) -> Duration {
         self.config.check_interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_classes_and_users_are_checked() {
+        for good in ["a", "orders", "app-2", &"x".repeat(63)] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "2app",
+            "App",
+            "a_b",
+            "a.b",
+            "-a",
+            &"x".repeat(64),
+            "a/b",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        for good in ["postgres", "_admin", "app_1"] {
+            assert!(valid_username(good), "{good}");
+        }
+        for bad in ["", "pg_admin", "Admin", "a-b", "1a", "a b"] {
+            assert!(!valid_username(bad), "{bad}");
+        }
+        assert_eq!("tde".parse::<Class>().ok(), Some(Class::Tde));
+        assert_eq!("disk".parse::<Class>().ok(), Some(Class::Disk));
+        assert!(matches!("TDE".parse::<Class>(), Err(DbError::Invalid(_))));
+    }
+
+    #[test]
+    fn configuration_values_are_quoted() {
+        assert_eq!(pg::quote("a"), "'a'");
+        assert_eq!(pg::quote("it's"), "'it''s'");
+        assert_eq!(pg::quote("a\\b"), "'a\\\\b'");
+    }
+
+    #[test]
+    fn client_errors_are_not_server_faults() {
+        let client = [
+            DbError::NotFound {
+                kind: "instance",
+                id: "x".into(),
+            },
+            DbError::Invalid("x".into()),
+            DbError::Conflict("x".into()),
+            DbError::Unavailable("x".into()),
+            DbError::Locked {
+                instance: "x".into(),
+                key_arn: "arn".into(),
+                reason: KeyUnusable::Disabled,
+            },
+        ];
+        for e in client {
+            assert!(!e.is_server_fault(), "{e:?}");
+        }
+        assert!(DbError::Failed("x".into()).is_server_fault());
+        let locked = DbError::Locked {
+            instance: "orders".into(),
+            key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+            reason: KeyUnusable::Disabled,
+        }
+        .to_string();
+        assert!(
+            locked.contains("orders") && locked.contains("key/k"),
+            "{locked}"
+        );
     }
 }

@@ -169,12 +169,14 @@ pub(crate) fn initdb(
 }
 
 /// The access rules: the OS user PostgreSQL runs as may connect over the
-/// instance's socket as the superuser (atrest's own connections); every
-/// TCP connection, replication included, needs a password (SCRAM).
+/// instance's socket as the superuser (atrest's own connections, base
+/// backups included); every TCP connection, replication included, needs a
+/// password (SCRAM).
 pub(crate) fn write_hba(user: &OsUser, layout: &Layout, superuser: &str) -> Result<()> {
     let data = layout.pgdata();
     let hba = "# Managed by atrest.\n\
 local   all          all                     peer map=atrest\n\
+local   replication  all                     peer map=atrest\n\
 host    all          all        127.0.0.1/32 scram-sha-256\n\
 host    all          all        ::1/128      scram-sha-256\n\
 host    replication  all        127.0.0.1/32 scram-sha-256\n\
@@ -260,8 +262,20 @@ pub(crate) fn start(
 /// encrypted disk and is read only while it is mounted).
 pub(crate) fn log_tail(layout: &Layout) -> String {
     let text = std::fs::read_to_string(layout.log()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(5);
+    // The last FATAL or PANIC says why the server stopped, even when the
+    // lines of its shutdown follow it.
+    let why = lines[..from]
+        .iter()
+        .rev()
+        .take(20)
+        .find(|l| l.contains("FATAL:") || l.contains("PANIC:"));
+    why.into_iter()
+        .chain(&lines[from..])
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// Removes `postmaster.pid` (and the socket lock) when the process it
@@ -287,13 +301,13 @@ pub(crate) fn postmaster_pid(layout: &Layout) -> Option<u32> {
 /// Stops the server: `fast` (clients disconnected, a clean checkpoint),
 /// then `immediate`, then SIGKILL.
 pub(crate) fn stop(bin: &PgBin, user: &OsUser, layout: &Layout, pid: Option<u32>) {
-    for mode in ["fast", "immediate"] {
+    for (mode, wait) in [("fast", "30"), ("immediate", "10")] {
         let r = run(
             bin.command("pg_ctl", user, &layout.mnt)
                 .arg("stop")
                 .arg("-D")
                 .arg(layout.pgdata())
-                .args(["-m", mode, "-w", "-t", "60", "-s"]),
+                .args(["-m", mode, "-w", "-t", wait, "-s"]),
             "pg_ctl stop",
         );
         match r {

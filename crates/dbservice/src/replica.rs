@@ -19,7 +19,7 @@ use atrest_kms::Caller;
 
 use crate::host::OsUser;
 use crate::pg::{self, Layout, PgBin};
-use crate::{DbError, DbService, InstanceView, Record, Result, lock, now_rfc3339, random_hex};
+use crate::{DbError, DbService, InstanceView, Record, Result, lock, random_hex};
 
 /// The role standbys connect as.
 pub(crate) const REPLICATION_ROLE: &str = "atrest_replication";
@@ -170,51 +170,41 @@ impl DbService {
                 shareable: Some(false),
             },
         )?;
-        let rec = Record {
-            id: format!("db-{}", random_hex(8)?),
-            name,
-            account: p.account.clone(),
-            region: p.region.clone(),
-            class: p.class,
-            disk: disk.id,
+        let mut rec = self.new_record(
+            caller,
+            &name,
+            p.class,
+            disk.id,
             port,
-            master_username: p.master_username.clone(),
-            phase: "creating".into(),
-            running: true,
-            primary: Some(p.id.clone()),
-            created: now_rfc3339(),
-            agent_token_sha256: None,
-            backup_grant: None,
-        };
-        let r = self.save(&rec).and_then(|()| {
-            let layout = self.mount_new(caller, &rec)?;
-            let own = layout.own();
-            std::fs::create_dir_all(&own)
-                .map_err(|e| DbError::Failed(format!("creating {}: {e}", own.display())))?;
-            user.chown(&layout.mnt)?;
-            user.chown(&own)?;
-            write_root_only(&replication_pw_path(&layout), &pw)?;
-            pg::run_with_env(
-                bin.command("pg_basebackup", &user, &layout.mnt)
-                    .args(["-h", "127.0.0.1", "-p", &p.port.to_string()])
-                    .args(["-U", REPLICATION_ROLE, "-D"])
-                    .arg(layout.pgdata())
-                    .args(["-X", "stream", "-c", "fast", "--no-password"]),
-                &[("PGPASSWORD", pw.as_str())],
-                "pg_basebackup",
-            )?;
-            self.start_locked(&bin, &user, &rec)?;
-            self.wait_streaming(&bin, &user, &p, &rec)?;
-            let mut rec = rec.clone();
-            rec.phase = "ready".into();
-            self.save(&rec)
-        });
-        if let Err(e) = r {
-            tracing::error!(replica = %rec.name, error = %e, "creating a replica failed; rolling back");
-            self.roll_back(&bin, &user, &rec);
-            return Err(e);
-        }
-        let rec = lock(&self.records).get(&rec.id).cloned().unwrap_or(rec);
+            &p.master_username,
+            Some(p.id.clone()),
+        )?;
+        rec.parameters = p.parameters.clone();
+        let rec = self.provision(
+            &bin,
+            &user,
+            &rec,
+            true,
+            |layout| {
+                let own = layout.own();
+                std::fs::create_dir_all(&own)
+                    .map_err(|e| DbError::Failed(format!("creating {}: {e}", own.display())))?;
+                user.chown(&layout.mnt)?;
+                user.chown(&own)?;
+                write_root_only(&replication_pw_path(layout), &pw)?;
+                pg::run_with_env(
+                    bin.command("pg_basebackup", &user, &layout.mnt)
+                        .args(["-h", "127.0.0.1", "-p", &p.port.to_string()])
+                        .args(["-U", REPLICATION_ROLE, "-D"])
+                        .arg(layout.pgdata())
+                        .args(["-X", "stream", "-c", "fast", "--no-password"]),
+                    &[("PGPASSWORD", pw.as_str())],
+                    "pg_basebackup",
+                )
+                .map(drop)
+            },
+            |rec| self.wait_streaming(&bin, &user, &p, rec),
+        )?;
         tracing::info!(replica = %rec.name, primary = %p.name, "replica created");
         Ok(self.view(&rec))
     }

@@ -28,6 +28,78 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/instances/{name}/replicas", post(create_replica))
         .route("/v1/instances/{name}/switchover", post(switchover))
         .route("/v1/instances/{name}/encryption", post(change_encryption))
+        .route("/v1/instances/{name}/parameters", post(set_parameters))
+        .route("/v1/instances/{name}/resize", post(resize))
+        .route("/v1/instances/{name}/clone", post(clone_instance))
+}
+
+async fn set_parameters(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:SetParameters", move |st, call, body| {
+        known_fields(&body, &["parameters"])?;
+        audit_key(st, call, &name);
+        let Some(obj) = body.get("parameters").and_then(Value::as_object) else {
+            return Err(KmsError::Validation(
+                "'parameters' (an object of name to string, or null to reset) is required".into(),
+            )
+            .into());
+        };
+        let mut params = std::collections::BTreeMap::new();
+        for (k, v) in obj {
+            let v = match v {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_owned()),
+                _ => {
+                    return Err(KmsError::Serialization(format!(
+                        "parameter '{k}' must be a string, number, boolean or null"
+                    ))
+                    .into());
+                }
+            };
+            params.insert(k.clone(), v);
+        }
+        let v = st.db.set_parameters(call.caller, &name, &params)?;
+        view(call, StatusCode::OK, &v)
+    })
+    .await
+}
+
+async fn resize(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:ResizeInstance", move |st, call, body| {
+        known_fields(&body, &["size"])?;
+        audit_key(st, call, &name);
+        let size = u64_field(&body, "size")?
+            .ok_or_else(|| KmsError::Validation("'size' (bytes) is required".into()))?;
+        let v = st.db.resize(call.caller, &name, size)?;
+        view(call, StatusCode::OK, &v)
+    })
+    .await
+}
+
+async fn clone_instance(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "db:CloneInstance", move |st, call, body| {
+        known_fields(&body, &["name", "port"])?;
+        audit_key(st, call, &name);
+        let new = crate::http_api::required_field(&body, "name")?;
+        let v = st
+            .db
+            .clone_instance(call.caller, &name, &new, port_field(&body)?)?;
+        view(call, StatusCode::CREATED, &v)
+    })
+    .await
 }
 
 fn port_field(body: &Value) -> Result<Option<u16>, ApiError> {

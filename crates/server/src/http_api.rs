@@ -71,6 +71,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/service-keys/{service}", put(ensure_service_key))
         .merge(crate::disks_api::routes())
         .merge(crate::db_api::routes())
+        .merge(crate::db_backups_api::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -448,7 +449,12 @@ where
                 .into_response()
         }
         Err(err) => {
-            tracing::info!(request_id = %meta.request_id, %method, path, error = %err.parts().1, "rest request refused");
+            if err.is_server_fault() {
+                // The details stay here; the client sees only that it failed.
+                tracing::error!(request_id = %meta.request_id, %method, path, error = %err, "rest request failed");
+            } else {
+                tracing::info!(request_id = %meta.request_id, %method, path, error = %err.parts().1, "rest request refused");
+            }
             rest_error_response(&err, &meta.request_id)
         }
     }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod datadir;
 mod db_api;
+mod db_backups_api;
 mod disks_api;
 pub mod error;
 mod http_api;

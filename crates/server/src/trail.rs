@@ -47,7 +47,8 @@ pub struct Usage {
 /// authenticated caller cannot grow the table without bound.
 fn metered_operation(operation: &str) -> String {
     let known = operation.starts_with("admin:")
-        || (operation.starts_with("disk:") && operation.len() <= 40)
+        || ((operation.starts_with("disk:") || operation.starts_with("db:"))
+            && operation.len() <= 40)
         || operation.starts_with("http:")
         || atrest_kms::Operation::from_name(operation).is_some();
     if known {

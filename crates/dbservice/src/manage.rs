@@ -1,0 +1,241 @@
+//! Changes to a running instance's shape: parameters, disk size, and
+//! clones (all refused while its key is unusable, R5).
+
+use std::collections::BTreeMap;
+
+use atrest_kms::Caller;
+
+use crate::host;
+use crate::{DbError, DbService, InstanceView, Result, lock};
+
+/// Parameters atrest sets itself (connections, files, replication,
+/// archiving); a customer's value would break the instance.
+const MANAGED: [&str; 22] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "unix_socket_permissions",
+    "unix_socket_group",
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "external_pid_file",
+    "include",
+    "include_dir",
+    "include_if_exists",
+    "logging_collector",
+    "wal_level",
+    "archive_mode",
+    "archive_command",
+    "archive_library",
+    "restore_command",
+    "primary_conninfo",
+    "primary_slot_name",
+    "hot_standby",
+];
+
+fn valid_parameter(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
+fn check_parameters(params: &BTreeMap<String, Option<String>>) -> Result<()> {
+    if params.is_empty() {
+        return Err(DbError::Invalid("give at least one parameter".into()));
+    }
+    for (k, v) in params {
+        if !valid_parameter(k) {
+            return Err(DbError::Invalid(format!(
+                "'{k}' is not a PostgreSQL parameter name"
+            )));
+        }
+        if MANAGED.contains(&k.as_str()) || k.starts_with("recovery_") || k.starts_with("ssl") {
+            return Err(DbError::Invalid(format!(
+                "'{k}' is managed by atrest and cannot be set"
+            )));
+        }
+        if let Some(v) = v
+            && (v.len() > 1024 || v.chars().any(char::is_control))
+        {
+            return Err(DbError::Invalid(format!(
+                "the value of '{k}' must be at most 1024 characters, none of them control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl DbService {
+    /// Sets (`Some`) or resets (`None`) PostgreSQL parameters and restarts
+    /// the instance so that each takes effect. A value PostgreSQL refuses
+    /// leaves the instance on its previous parameters.
+    pub fn set_parameters(
+        &self,
+        caller: &Caller,
+        name: &str,
+        params: &BTreeMap<String, Option<String>>,
+    ) -> Result<InstanceView> {
+        check_parameters(params)?;
+        let bin = self.bin()?;
+        let user = self.os_user()?;
+        let _ops = lock(&self.ops);
+        let mut rec = self.own(caller, name)?;
+        self.check_key(&rec)?;
+        let before = rec.clone();
+        for (k, v) in params {
+            match v {
+                Some(v) => rec.parameters.insert(k.clone(), v.clone()),
+                None => rec.parameters.remove(k),
+            };
+        }
+        if rec.running {
+            self.shut(Some(&bin), Some(&user), &rec);
+            if let Err(e) = self.bring_up(&bin, &user, &rec) {
+                tracing::warn!(instance = %rec.name, error = %e, "new parameters refused; starting with the previous ones");
+                self.bring_up(&bin, &user, &before)?;
+                return Err(DbError::Invalid(format!(
+                    "PostgreSQL did not start with these parameters; the instance runs with its previous ones ({e})"
+                )));
+            }
+        }
+        self.save(&rec)?;
+        Ok(self.view(&rec))
+    }
+
+    /// Grows the instance's disk and its file system (a restart).
+    pub fn resize(&self, caller: &Caller, name: &str, size: u64) -> Result<InstanceView> {
+        let bin = self.bin()?;
+        let user = self.os_user()?;
+        let _ops = lock(&self.ops);
+        let rec = self.own(caller, name)?;
+        self.check_key(&rec)?;
+        let disk = self.disks.describe_disk(caller, &rec.disk)?;
+        if size <= disk.size {
+            return Err(DbError::Invalid(format!(
+                "the new size must be larger than the disk's {} bytes (disks only grow)",
+                disk.size
+            )));
+        }
+        let was_running = rec.running;
+        self.shut(Some(&bin), Some(&user), &rec);
+        let resized = self.disks.resize(caller, &rec.disk, size);
+        self.mount_existing(&rec)?;
+        let grown = resized.map_err(DbError::from).and_then(|_| {
+            let device = lock(&self.live)
+                .get(&rec.id)
+                .map(|l| l.device.clone())
+                .ok_or_else(|| DbError::Failed("the instance's device is gone".into()))?;
+            // Offline: online growth needs a kernel that allows it here.
+            let mnt = self.layout(&rec.id).mnt;
+            host::unmount(&mnt)?;
+            let grown = host::run(
+                std::process::Command::new("e2fsck")
+                    .args(["-f", "-p"])
+                    .arg(&device),
+                "e2fsck",
+            )
+            .and_then(|_| {
+                host::run(
+                    std::process::Command::new("resize2fs").arg(&device),
+                    "resize2fs",
+                )
+            });
+            host::mount(&device, &mnt)?;
+            grown.map(drop)
+        });
+        if was_running {
+            if let Err(e) = self.start_locked(&bin, &user, &rec) {
+                self.shut(Some(&bin), Some(&user), &rec);
+                return Err(e);
+            }
+        } else {
+            self.shut(Some(&bin), Some(&user), &rec);
+        }
+        grown?;
+        Ok(self.view(&rec))
+    }
+
+    /// A new instance from a crash-consistent, instant copy of this one's
+    /// disk (a snapshot and a clone: no data is copied), under the same
+    /// key; it starts with crash recovery as a primary of its own.
+    pub fn clone_instance(
+        &self,
+        caller: &Caller,
+        name: &str,
+        new_name: &str,
+        port: Option<u16>,
+    ) -> Result<InstanceView> {
+        let bin = self.bin()?;
+        let user = self.os_user()?;
+        let _ops = lock(&self.ops);
+        let src = self.own(caller, name)?;
+        self.check_key(&src)?;
+        self.check_new_name(caller, new_name)?;
+        let port = self.choose_port(port)?;
+        let snap = self.disks.create_snapshot(caller, &src.disk)?;
+        let disk = self.disks.clone_snapshot(caller, &snap.id);
+        if let Err(e) = self.disks.delete_snapshot(caller, &snap.id) {
+            tracing::warn!(snapshot = %snap.id, error = %e, "deleting a clone's snapshot failed");
+        }
+        let disk = disk?;
+        let mut rec = self.new_record(
+            caller,
+            new_name,
+            src.class,
+            disk.id,
+            port,
+            &src.master_username,
+            None,
+        )?;
+        rec.parameters = src.parameters.clone();
+        let rec = self.provision(
+            &bin,
+            &user,
+            &rec,
+            false,
+            |layout| {
+                // A copy of a running server: its lock file names the
+                // source's postmaster, and a replica's copy must not follow
+                // its primary.
+                for f in ["postmaster.pid", "standby.signal", "recovery.signal"] {
+                    let _ = std::fs::remove_file(layout.pgdata().join(f));
+                }
+                let _ = std::fs::remove_file(layout.own().join("agent.token"));
+                Ok(())
+            },
+            |_| Ok(()),
+        )?;
+        tracing::info!(source = %src.name, clone = %rec.name, "instance cloned");
+        Ok(self.view(&rec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_checked() {
+        let one = |k: &str, v: Option<&str>| BTreeMap::from([(k.to_owned(), v.map(str::to_owned))]);
+        assert!(check_parameters(&one("work_mem", Some("64MB"))).is_ok());
+        assert!(check_parameters(&one("pg_stat_statements.max", Some("1000"))).is_ok());
+        assert!(check_parameters(&one("work_mem", None)).is_ok());
+        assert!(check_parameters(&BTreeMap::new()).is_err());
+        for bad in [
+            "port",
+            "archive_command",
+            "recovery_target_time",
+            "ssl_cert_file",
+            "Work_mem",
+            "a b",
+            "",
+        ] {
+            assert!(check_parameters(&one(bad, Some("1"))).is_err(), "{bad}");
+        }
+        assert!(check_parameters(&one("work_mem", Some("1\n2"))).is_err());
+    }
+}
