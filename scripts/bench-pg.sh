@@ -104,9 +104,9 @@ for r in $(seq "$ROUNDS"); do
         t=${TARGETS[$(( (i + r - 1) % 3 ))]}
         sync
         psql -h 127.0.0.1 -p "${PORTS[$t]}" -U postgres -d postgres -qAtc "CHECKPOINT" >/dev/null
-        echo "round $r: $t, $CLIENTS clients, ${TIME}s" >&2
         tps=$(pgbench -h 127.0.0.1 -p "${PORTS[$t]}" -U postgres -c "$CLIENTS" -j 2 -T "$TIME" -n postgres 2>&1 |
             sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+        echo "round $r: $t: $tps TPS" >&2
         RESULTS[$t]="${RESULTS[$t]:-} $tps"
     done
 done

@@ -257,6 +257,7 @@ def test_a_disabled_key_refuses_start_restart_and_replicas_and_enabling_unlocks(
     v = create_db(server, "locked", "--key", key, "--size", "512M")
     port = v["port"]
     psql(port, "CREATE TABLE t AS SELECT 42 AS x")
+    db_json(server, "replica", "create", "locked", "--name", "locked-standby")
     kms.disable_key(KeyId=key)
 
     def refused(*args):
@@ -269,10 +270,12 @@ def test_a_disabled_key_refuses_start_restart_and_replicas_and_enabling_unlocks(
     # Refused before stopping anything: it keeps serving (policy keep).
     assert sql_value(port, "SELECT x FROM t") == "42"
     refused("replica", "create", "locked")
+    refused("switchover", "locked-standby")
     refused("clone", "locked", "--as", "copy")
     refused("resize", "locked", "--size", "1G")
     refused("set", "locked", "work_mem=8MB")
-    assert [i["name"] for i in db_json(server, "list")["instances"]] == ["locked"]
+    assert sorted(i["name"] for i in db_json(server, "list")["instances"]) == ["locked", "locked-standby"]
+    assert db_json(server, "show", "locked")["role"] == "primary"
     db_json(server, "stop", "locked")
     err = refused("start", "locked")
     assert "InstanceLockedException" in err or "locked" in err

@@ -1064,9 +1064,10 @@ impl DbService {
                 self.shut(bin.as_ref(), user.as_ref(), &rec);
             }
         }
-        // Empty now unless something stayed mounted.
-        let _ = std::fs::remove_dir(&self.config.run_dir);
+        // The WAL agent's socket goes; then the run dir is empty unless
+        // something stayed mounted.
         self.close_backups();
+        let _ = std::fs::remove_dir(&self.config.run_dir);
     }
 
     /// One pass of the check of running instances (R5): a key unusable
