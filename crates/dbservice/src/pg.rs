@@ -377,10 +377,18 @@ pub(crate) fn query_stdin(
     if out.status.success() {
         Ok(())
     } else {
+        // psql quotes the failing statement ("LINE 1: ..."), which carries
+        // the secret: only the error lines themselves are kept.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("ERROR:") || l.contains("FATAL:"))
+            .filter(|l| !l.to_ascii_uppercase().contains("PASSWORD '"))
+            .collect();
         Err(DbError::Failed(format!(
             "psql failed ({}): {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            errors.join(" | ")
         )))
     }
 }
