@@ -456,3 +456,50 @@ def test_bad_input_gets_clear_errors_and_leaves_nothing_behind(make_server):
     assert "initdb was not found in /nonexistent/pg/bin" in r.json()["message"]
     assert [i["name"] for i in db_json(server, "list")["instances"]] == ["dup"]
     assert len(disks(server)) == 1
+
+
+def test_a_server_not_run_as_root_serves_everything_but_instances():
+    """The README's first command as an ordinary user: the server starts and
+    serves; creating an instance answers 503 saying why."""
+    import pwd
+    import shutil
+    import tempfile
+    import urllib.request
+
+    from conftest import ATREST_BIN, free_port
+
+    nobody = pwd.getpwnam("nobody")
+    top = Path(tempfile.mkdtemp(prefix="atrest-nonroot-"))
+    top.chmod(0o755)
+    home = top / "home"
+    home.mkdir()
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    data = home / "data"
+    port = free_port()
+    proc = subprocess.Popen(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--",
+         str(ATREST_BIN), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert r.read().decode().strip() == "ok"
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "not ready"
+                time.sleep(0.1)
+        from conftest import atrest_run
+        p = atrest_run("db", "--endpoint", f"http://127.0.0.1:{port}", "--credentials-file",
+                       str(data / "admin-credentials"), "create", "x", "--service-key", check=False)
+        assert p.returncode != 0 and "ServiceUnavailableException" in p.stderr, p.stderr
+        assert "run atrest as root" in p.stderr
+        p = atrest_run("db", "--endpoint", f"http://127.0.0.1:{port}", "--credentials-file",
+                       str(data / "admin-credentials"), "list")
+        assert json.loads(p.stdout)["instances"] == []
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(top, ignore_errors=True)

@@ -313,6 +313,8 @@ pub struct DbService {
     live: Mutex<BTreeMap<String, Live>>,
     /// Serializes operations that change an instance's state.
     ops: Mutex<()>,
+    /// Why this host cannot run instances (no run dir), if it cannot.
+    host_error: Option<String>,
     /// Backups, WAL archiving and restores ([`backup`]).
     backup: backup::State,
 }
@@ -367,10 +369,20 @@ impl DbService {
         volumes: Arc<dyn Volumes>,
         config: Config,
     ) -> Result<Arc<Self>> {
-        for d in [config.state_dir.join("instances"), config.run_dir.clone()] {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| DbError::Failed(format!("creating {}: {e}", d.display())))?;
-        }
+        let records = config.state_dir.join("instances");
+        std::fs::create_dir_all(&records)
+            .map_err(|e| DbError::Failed(format!("creating {}: {e}", records.display())))?;
+        // Without its run dir (a server not run as root) the service
+        // answers every operation that needs the host with this; the rest
+        // of atrest serves as usual.
+        let host_error = std::fs::create_dir_all(&config.run_dir).err().map(|e| {
+            let msg = format!(
+                "database instances are not available on this server: it cannot create {} ({e}); run atrest as root, which mounts file systems and runs PostgreSQL as its own user",
+                config.run_dir.display()
+            );
+            tracing::warn!("{msg}");
+            msg
+        });
         let svc = Arc::new(Self {
             kms,
             disks,
@@ -379,10 +391,13 @@ impl DbService {
             live: Mutex::new(BTreeMap::new()),
             ops: Mutex::new(()),
             backup: backup::State::default(),
+            host_error,
             config,
         });
         svc.load()?;
-        svc.open_backups()?;
+        if svc.host_error.is_none() {
+            svc.open_backups()?;
+        }
         Ok(svc)
     }
 
@@ -488,6 +503,9 @@ impl DbService {
     }
 
     fn os_user(&self) -> Result<OsUser> {
+        if let Some(e) = &self.host_error {
+            return Err(DbError::Unavailable(e.clone()));
+        }
         OsUser::lookup(&self.config.os_user)
     }
 
