@@ -186,10 +186,11 @@ impl LocalDisks {
                 tracing::error!(disk, error = %e, "detaching a local attachment at shutdown failed");
             }
         }
-        // Empty now unless something stayed mounted: leave nothing in /run.
-        if std::fs::remove_dir(&self.run_dir).is_ok()
-            && let Some(parent) = self.run_dir.parent()
-        {
+        // Empty now unless something stayed mounted: leave nothing in /run
+        // (the parent also held the database service's run dir, gone by
+        // now, and may exist without this one).
+        let _ = std::fs::remove_dir(&self.run_dir);
+        if let Some(parent) = self.run_dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }
     }
