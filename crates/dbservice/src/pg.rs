@@ -241,6 +241,7 @@ pub(crate) fn start(
         .map_err(|e| DbError::Failed(format!("creating {}: {e}", layout.sock.display())))?;
     user.chown(&layout.sock)?;
     clear_stale_pid(layout, port);
+    let log_start = std::fs::metadata(layout.log()).map_or(0, |m| m.len());
     let r = run(
         bin.command("pg_ctl", user, &layout.mnt)
             .arg("start")
@@ -252,7 +253,10 @@ pub(crate) fn start(
         "pg_ctl start",
     );
     if let Err(e) = r {
-        return Err(DbError::Failed(format!("{e}; log: {}", log_tail(layout))));
+        return Err(DbError::Failed(format!(
+            "{e}; log: {}",
+            log_tail_since(layout, log_start)
+        )));
     }
     postmaster_pid(layout)
         .ok_or_else(|| DbError::Failed("PostgreSQL started but wrote no postmaster.pid".into()))
@@ -261,7 +265,21 @@ pub(crate) fn start(
 /// The last lines of the instance's log (for errors; it lives on the
 /// encrypted disk and is read only while it is mounted).
 pub(crate) fn log_tail(layout: &Layout) -> String {
-    let text = std::fs::read_to_string(layout.log()).unwrap_or_default();
+    log_tail_since(layout, 0)
+}
+
+/// [`log_tail`] of what was written from byte `offset` on (one start's
+/// lines: earlier ones may quote user data, which must not reach atrest's
+/// own log).
+pub(crate) fn log_tail_since(layout: &Layout, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(layout.log()) {
+        let _ = f
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_to_end(&mut bytes));
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(5);
     // The last FATAL or PANIC says why the server stopped, even when the
