@@ -189,29 +189,24 @@ pub enum DbReplicaCommand {
 #[derive(Debug, Subcommand)]
 pub enum DbEncryptionCommand {
     /// Encrypt the instance's data (copies it to a new disk).
-    Enable {
-        #[arg(
-            long,
-            conflicts_with = "service_key",
-            required_unless_present = "service_key"
-        )]
-        key: Option<String>,
-        #[arg(long)]
-        service_key: bool,
-    },
+    Enable(KeyChoice),
     /// Stop encrypting it (class disk only; copies it to a new disk).
     Disable,
     /// Re-wrap its data key under another key (replicas follow).
-    SetKey {
-        #[arg(
-            long,
-            conflicts_with = "service_key",
-            required_unless_present = "service_key"
-        )]
-        key: Option<String>,
-        #[arg(long)]
-        service_key: bool,
-    },
+    SetKey(KeyChoice),
+}
+
+/// A customer key, or the database service key.
+#[derive(Debug, Args)]
+pub struct KeyChoice {
+    #[arg(
+        long,
+        conflicts_with = "service_key",
+        required_unless_present = "service_key"
+    )]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub service_key: bool,
 }
 
 #[derive(Debug, Args)]

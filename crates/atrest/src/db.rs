@@ -180,12 +180,12 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
             action: change,
         } => {
             let body = match change {
-                DbEncryptionCommand::Enable { key, service_key } => {
-                    json!({"action": "enable", "key_id": key, "service_key": service_key})
+                DbEncryptionCommand::Enable(k) => {
+                    json!({"action": "enable", "key_id": k.key, "service_key": k.service_key})
                 }
                 DbEncryptionCommand::Disable => json!({"action": "disable"}),
-                DbEncryptionCommand::SetKey { key, service_key } => {
-                    json!({"action": "set-key", "key_id": key, "service_key": service_key})
+                DbEncryptionCommand::SetKey(k) => {
+                    json!({"action": "set-key", "key_id": k.key, "service_key": k.service_key})
                 }
             };
             call(

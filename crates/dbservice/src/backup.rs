@@ -714,8 +714,7 @@ impl DbService {
         }
         let _busy = lock(&self.backup.busy);
         let _taking = Taking::new(&self.backup.taking, &rec.id);
-        let layout = self.layout(&rec.id);
-        let q = |sql: &str| pg::query(&bin, &user, &layout, rec.port, &rec.master_username, sql);
+        let q = |sql: &str| self.sql(&bin, &user, &rec, sql);
         if q("SHOW archive_mode")? != "on" {
             return Err(DbError::Conflict(format!(
                 "instance {} does not archive its WAL yet; restart it",
@@ -729,7 +728,7 @@ impl DbService {
         let file = format!("{id}.tar.enc");
         let art = format!("{}/base/{id}.tar", rec.id);
         let (size, data_size) = self.write_artifact(&rec, &key_arn, &dir, &file, &art, |s| {
-            stream_base_backup(&bin, &user, &layout, &rec, s)
+            stream_base_backup(&bin, &user, &self.layout(&rec.id), &rec, s)
         })?;
         let end_time = now_rfc3339();
         let done = q("SELECT pg_walfile_name(pg_switch_wal())")
@@ -1011,8 +1010,7 @@ impl DbService {
     /// a commit record newer than any target in the past exists), a WAL
     /// switch, and a wait for it to be archived.
     fn flush_archive(&self, bin: &PgBin, user: &OsUser, s: &Record) -> Result<()> {
-        let layout = self.layout(&s.id);
-        let q = |sql: &str| pg::query(bin, user, &layout, s.port, &s.master_username, sql);
+        let q = |sql: &str| self.sql(bin, user, s, sql);
         if q("SHOW archive_mode")? != "on" {
             return Ok(());
         }
@@ -1093,14 +1091,7 @@ impl DbService {
         let layout = self.layout(&rec.id);
         let deadline = Instant::now() + RECOVERY_WAIT;
         loop {
-            match pg::query(
-                bin,
-                user,
-                &layout,
-                rec.port,
-                &rec.master_username,
-                "SELECT pg_is_in_recovery()",
-            ) {
+            match self.sql(bin, user, rec, "SELECT pg_is_in_recovery()") {
                 Ok(v) if v == "f" => return Ok(()),
                 Ok(_) => {}
                 Err(e) if !self.is_running(rec) => {

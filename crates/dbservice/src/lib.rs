@@ -810,20 +810,64 @@ impl DbService {
         }
     }
 
-    /// Attaches the new instance's disk, makes its file system and mounts
-    /// it.
-    fn mount_new(&self, caller: &Caller, rec: &Record) -> Result<Layout> {
-        let device = self.volumes.attach(caller, &rec.disk)?;
+    /// Runs one SQL statement on the instance as its superuser, over its
+    /// socket (unaligned, tuples only).
+    pub(crate) fn sql(
+        &self,
+        bin: &PgBin,
+        user: &OsUser,
+        rec: &Record,
+        sql: &str,
+    ) -> Result<String> {
+        pg::query(
+            bin,
+            user,
+            &self.layout(&rec.id),
+            rec.port,
+            &rec.master_username,
+            sql,
+        )
+    }
+
+    /// [`DbService::sql`] with the statement on stdin (it carries a secret).
+    pub(crate) fn sql_stdin(
+        &self,
+        bin: &PgBin,
+        user: &OsUser,
+        rec: &Record,
+        sql: &str,
+    ) -> Result<()> {
+        pg::query_stdin(
+            bin,
+            user,
+            &self.layout(&rec.id),
+            rec.port,
+            &rec.master_username,
+            sql,
+        )
+    }
+
+    /// Records that the instance's disk is attached as `device` (so that
+    /// stopping detaches it); answers its layout.
+    fn track(&self, rec: &Record, device: &Path) -> Layout {
         let layout = self.layout(&rec.id);
         lock(&self.live).insert(
             rec.id.clone(),
             Live {
                 layout: layout.clone(),
-                device: device.clone(),
+                device: device.to_path_buf(),
                 pid: None,
                 unusable_since: None,
             },
         );
+        layout
+    }
+
+    /// Attaches the new instance's disk, makes its file system and mounts
+    /// it.
+    fn mount_new(&self, caller: &Caller, rec: &Record) -> Result<Layout> {
+        let device = self.volumes.attach(caller, &rec.disk)?;
+        let layout = self.track(rec, &device);
         host::mkfs(&device)?;
         host::mount(&device, &layout.mnt)?;
         Ok(layout)
@@ -850,15 +894,7 @@ impl DbService {
             }
             Err(e) => return Err(e.into()),
         };
-        lock(&self.live).insert(
-            rec.id.clone(),
-            Live {
-                layout: layout.clone(),
-                device: device.clone(),
-                pid: None,
-                unusable_since: None,
-            },
-        );
+        self.track(rec, &device);
         if let Err(e) = host::mount(&device, &layout.mnt) {
             lock(&self.live).remove(&rec.id);
             let _ = self.volumes.detach(&caller, &rec.disk);

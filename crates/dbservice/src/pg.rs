@@ -190,6 +190,12 @@ host    replication  all        ::1/128      scram-sha-256\n";
 
 /// Writes a file only `user` can read.
 pub(crate) fn write_private(user: &OsUser, path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_0600(path, bytes)?;
+    user.chown(path)
+}
+
+/// Writes (and syncs) a file of mode 0600, owned by whoever runs atrest.
+pub(crate) fn write_file_0600(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -201,8 +207,7 @@ pub(crate) fn write_private(user: &OsUser, path: &Path, bytes: &[u8]) -> Result<
         .map_err(|e| DbError::Failed(format!("writing {}: {e}", path.display())))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| DbError::Failed(format!("writing {}: {e}", path.display())))?;
-    user.chown(path)
+        .map_err(|e| DbError::Failed(format!("writing {}: {e}", path.display())))
 }
 
 /// Writes `atrest.conf` for this start.

@@ -40,21 +40,6 @@ pub(crate) fn replication_password(layout: &Layout) -> Option<zeroize::Zeroizing
         .filter(|s| !s.is_empty())
 }
 
-fn write_root_only(path: &std::path::Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| DbError::Failed(format!("writing {}: {e}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| DbError::Failed(format!("writing {}: {e}", path.display())))
-}
-
 impl DbService {
     /// Settings of a standby: where its primary is.
     pub(crate) fn standby_settings(&self, rec: &Record) -> Vec<(String, String)> {
@@ -108,15 +93,8 @@ impl DbService {
              ALTER ROLE {REPLICATION_ROLE} WITH REPLICATION LOGIN PASSWORD '{}';\n",
             pw.as_str()
         ));
-        pg::query_stdin(
-            bin,
-            user,
-            &layout,
-            primary.port,
-            &primary.master_username,
-            &sql,
-        )?;
-        write_root_only(&replication_pw_path(&layout), &pw)?;
+        self.sql_stdin(bin, user, primary, &sql)?;
+        pg::write_file_0600(&replication_pw_path(&layout), pw.as_bytes())?;
         Ok(pw)
     }
 
@@ -191,7 +169,7 @@ impl DbService {
                     .map_err(|e| DbError::Failed(format!("creating {}: {e}", own.display())))?;
                 user.chown(&layout.mnt)?;
                 user.chown(&own)?;
-                write_root_only(&replication_pw_path(layout), &pw)?;
+                pg::write_file_0600(&replication_pw_path(layout), pw.as_bytes())?;
                 pg::run_with_env(
                     bin.command("pg_basebackup", &user, &layout.mnt)
                         .args(["-h", "127.0.0.1", "-p", &p.port.to_string()])
@@ -224,21 +202,13 @@ impl DbService {
         primary: &Record,
         standby: &Record,
     ) -> Result<()> {
-        let layout = self.layout(&primary.id);
         let sql = format!(
             "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'",
             standby.id
         );
         let deadline = Instant::now() + CATCH_UP;
         loop {
-            let n = pg::query(
-                bin,
-                user,
-                &layout,
-                primary.port,
-                &primary.master_username,
-                &sql,
-            )?;
+            let n = self.sql(bin, user, primary, &sql)?;
             if n == "1" {
                 return Ok(());
             }
@@ -299,14 +269,7 @@ impl DbService {
         let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
         let deadline = Instant::now() + CATCH_UP;
         loop {
-            let v = pg::query(
-                &bin,
-                &user,
-                &r_layout,
-                r.port,
-                &r.master_username,
-                &caught_up,
-            )?;
+            let v = self.sql(&bin, &user, &r, &caught_up)?;
             if v == "t" {
                 break;
             }
