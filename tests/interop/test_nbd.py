@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -292,12 +291,21 @@ def fio_job(e, n: Nbd, export: str) -> None:
     helper = None
     if n.transport != "plain":
         sock = e.work / f"fio-{n.transport}.sock"
-        pidfile = e.work / f"nbdkit-{n.transport}.pid"
         tls = ([f"tls-certificates={n.tls_dir}"] if n.transport == "cert"
                else [f"tls-psk={n.psk_file}", f"tls-username={n.psk_user}"])
-        run("nbdkit", "--unix", str(sock), "--pidfile", str(pidfile),
-            "nbd", "hostname=127.0.0.1", f"port={n.port}", f"export={export}", "tls=require", *tls)
-        helper = int(pidfile.read_text())
+        # In the foreground, as our own child: its pid is known from the
+        # start (a daemonized nbdkit's pidfile may not exist yet when the
+        # parent returns).
+        helper = subprocess.Popen(
+            ["nbdkit", "-f", "--unix", str(sock), "nbd", "hostname=127.0.0.1", f"port={n.port}",
+             f"export={export}", "tls=require", *tls],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if helper.poll() is not None:
+                raise AssertionError(f"nbdkit exited: {helper.stderr.read().decode()}")
+            assert time.monotonic() < deadline, "nbdkit did not create its socket"
+            time.sleep(0.05)
         uri = f"nbd+unix:///?socket={sock}"
     try:
         p = run("fio", "--name=nbd", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite",
@@ -305,7 +313,8 @@ def fio_job(e, n: Nbd, export: str) -> None:
                 "--verify_state_save=0", "--output-format=json", timeout=300, cwd=e.work)
     finally:
         if helper:
-            os.kill(helper, signal.SIGTERM)
+            helper.terminate()
+            helper.communicate(timeout=30)
     res = json.loads(p.stdout[p.stdout.index("{"):])
     job = res["jobs"][0]
     assert job["error"] == 0 and job["write"]["io_bytes"] >= 8 << 20, job["error"]
