@@ -66,7 +66,9 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "unit and integration tests"
-cargo test --workspace --locked
+# The key-provider tests start the Azure Key Vault and Vault transit fakes
+# (tests/interop/fakes) with the venv's Python.
+ATREST_TEST_PYTHON="$VENV/bin/python" cargo test --workspace --locked
 
 # --- Interop: real third-party clients against the real binary ------------------
 step "interop tests (boto3, aws CLI, qemu, libnbd, fio)"

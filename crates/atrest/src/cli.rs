@@ -38,7 +38,7 @@ pub enum Command {
     /// Administer accounts, users, policies and access keys on a running server.
     Admin(AdminArgs),
     /// Query the audit trail (by key, principal, operation, time), or verify it.
-    Audit(AuditArgs),
+    Audit(Box<AuditArgs>),
     /// Key-service request counts per account, region and operation.
     Metering(MeteringArgs),
     /// Encrypted disks: create, list, show, resize, snapshot, rollback,
@@ -55,6 +55,8 @@ pub enum Command {
     /// server's instances, not by hand).
     #[command(hide = true)]
     DbAgent(crate::db_agent::DbAgentArgs),
+    /// Key providers (keys held in another KMS): test a configuration.
+    Provider(crate::provider::ProviderArgs),
 }
 
 #[derive(Debug, Args)]
@@ -493,6 +495,10 @@ pub struct ServeArgs {
     /// Seconds between checks of open disks' keys.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub disk_key_check_interval: u64,
+    /// Seconds between checks of every external key (EXTERNAL_KMS) at its
+    /// key provider; a refusal there locks the key within this period.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub key_provider_check_interval: u64,
     /// Serve disks over NBD on this address (the IANA NBD port is 10809).
     #[arg(long)]
     pub nbd_listen: Option<SocketAddr>,
@@ -749,4 +755,24 @@ pub struct RootArgs {
         requires = "root_pkcs11_module"
     )]
     pub root_pkcs11_pin_file: Option<PathBuf>,
+    /// The key providers file (JSON; keys held in another KMS: AWS KMS,
+    /// KMIP, Azure Key Vault, Vault transit). Each provider is a custom key
+    /// store customers create EXTERNAL_KMS keys in, and may hold the root
+    /// key (--root-provider).
+    #[arg(long, env = "ATREST_KEY_PROVIDERS")]
+    pub key_providers: Option<PathBuf>,
+    /// Seal the data dir with a key held by this provider of
+    /// --key-providers (auto-unseal) instead of a key file.
+    #[arg(
+        long,
+        env = "ATREST_ROOT_PROVIDER",
+        requires_all = ["key_providers", "root_provider_key"],
+        conflicts_with_all = ["root_key_file", "root_passphrase_file", "root_pkcs11_module"]
+    )]
+    pub root_provider: Option<String>,
+    /// The provider's key that wraps the root key (an ARN or key id, a KMIP
+    /// unique identifier, an Azure key name, a transit key name). Only read
+    /// at first start; root.json records it.
+    #[arg(long, env = "ATREST_ROOT_PROVIDER_KEY", requires = "root_provider")]
+    pub root_provider_key: Option<String>,
 }

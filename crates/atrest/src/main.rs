@@ -12,6 +12,7 @@ mod cli;
 mod db;
 mod db_agent;
 mod disks;
+mod provider;
 mod root_args;
 mod serve;
 
@@ -40,13 +41,14 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             cli::Command::Serve(args) => serve::run(*args).await,
             cli::Command::Admin(args) => admin::run(args).await,
-            cli::Command::Audit(args) => admin::audit(args).await,
+            cli::Command::Audit(args) => admin::audit(*args).await,
             cli::Command::Metering(args) => admin::metering(args).await,
             cli::Command::Disk(args) => disks::disk(args).await,
             cli::Command::Snapshot(args) => disks::snapshot(args).await,
             cli::Command::Nbd(args) => disks::nbd(&args),
             cli::Command::Db(args) => db::db(args).await,
             cli::Command::DbAgent(args) => db_agent::run(&args),
+            cli::Command::Provider(args) => provider::run(args).await,
         }
     });
     match result {

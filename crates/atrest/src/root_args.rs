@@ -93,10 +93,46 @@ fn pkcs11_root_source(
     ))
 }
 
+/// The key providers of `--key-providers`, opened (no network yet).
+pub fn providers(
+    args: &RootArgs,
+) -> anyhow::Result<
+    std::collections::BTreeMap<String, std::sync::Arc<dyn atrest_keyprovider::KeyProvider>>,
+> {
+    let Some(path) = &args.key_providers else {
+        return Ok(std::collections::BTreeMap::new());
+    };
+    let file = atrest_keyprovider::ProvidersFile::load(path)?;
+    file.providers
+        .iter()
+        .map(|(name, config)| {
+            atrest_keyprovider::open(config)
+                .map(|p| (name.clone(), p))
+                .with_context(|| format!("key provider {name} in {}", path.display()))
+        })
+        .collect()
+}
+
 pub fn root_source(
     args: &RootArgs,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(RootSource, String)> {
+    if let Some(name) = &args.root_provider {
+        let mut all = providers(args)?;
+        let Some(provider) = all.remove(name) else {
+            bail!("--root-provider {name}: no provider of that name in --key-providers");
+        };
+        let key = args.root_provider_key.clone().unwrap_or_default();
+        let shown = format!("key {key} of key provider {name} ({})", provider.kind());
+        return Ok((
+            RootSource::Provider {
+                provider,
+                name: name.clone(),
+                key,
+            },
+            shown,
+        ));
+    }
     if let Some(module) = &args.root_pkcs11_module {
         return pkcs11_root_source(args, module);
     }

@@ -34,6 +34,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _log_guard = init_logging(args.log_format);
     let data_dir = crate::root_args::data_dir(&args.root)?;
     let (root, root_shown) = crate::root_args::root_source(&args.root, &data_dir)?;
+    let providers = crate::root_args::providers(&args.root)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -78,6 +79,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             backup_dir: args.db_backup_dir.clone(),
             ..atrest_server::DbSettings::default()
         },
+        providers,
+        provider_check_interval: Duration::from_secs(args.key_provider_check_interval),
     };
     let server = atrest_server::start(config)
         .await

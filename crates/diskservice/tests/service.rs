@@ -357,7 +357,8 @@ fn lock_key(e: &Env, key: &str, reason: KeyUnusable, grant: &str) -> Option<Unlo
             e.ok("RevokeGrant", json!({"KeyId": key, "GrantId": grant}));
             None
         }
-        KeyUnusable::PendingImport => unreachable!(),
+        // Proven against real providers in tests/interop/test_external_keys.py.
+        KeyUnusable::PendingImport | KeyUnusable::ExternalKeyRefused => unreachable!(),
     }
 }
 

@@ -232,7 +232,12 @@ macro_rules! transport {
         }
     )*};
 }
-transport!(AwsKmsConfig, KmipConfig, AzureKeyVaultConfig, VaultTransitConfig);
+transport!(
+    AwsKmsConfig,
+    KmipConfig,
+    AzureKeyVaultConfig,
+    VaultTransitConfig
+);
 
 /// One provider.
 #[derive(Debug, Deserialize)]
@@ -268,8 +273,8 @@ impl ProvidersFile {
 
     /// Parses a providers file's bytes.
     pub fn parse(bytes: &[u8]) -> Result<Self, ProviderError> {
-        let providers: BTreeMap<String, ProviderConfig> = serde_json::from_slice(bytes)
-            .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let providers: BTreeMap<String, ProviderConfig> =
+            serde_json::from_slice(bytes).map_err(|e| ProviderError::Config(e.to_string()))?;
         for name in providers.keys() {
             valid_name(name)?;
         }
@@ -318,7 +323,7 @@ mod tests {
         };
         assert_eq!(a.timeout_ms, 100);
         assert_eq!(a.retries, 2);
-        assert_eq!(format!("{a:?}").contains("s3cret"), false, "secret printed");
+        assert!(!format!("{a:?}").contains("s3cret"), "secret printed");
 
         let bad = ProvidersFile::parse(
             br#"{"a": {"type": "aws-kms", "region": "us-east-1", "endpont": "x"}}"#,
@@ -330,7 +335,10 @@ mod tests {
         let bad = ProvidersFile::parse(br#"{"a b": {"type": "kmip"}}"#);
         assert!(bad.is_err());
         let bad = ProvidersFile::parse(br#"{"a": {"type": "gcp-kms"}}"#);
-        assert!(matches!(&bad, Err(ProviderError::Config(m)) if m.contains("gcp-kms")), "{bad:?}");
+        assert!(
+            matches!(&bad, Err(ProviderError::Config(m)) if m.contains("gcp-kms")),
+            "{bad:?}"
+        );
     }
 
     #[test]

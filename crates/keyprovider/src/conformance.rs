@@ -84,7 +84,9 @@ pub fn run(p: &dyn KeyProvider, key: &str, missing: &str) -> Vec<Check> {
         (|| {
             let dk = SecretBytes::random(32).map_err(|e| e.to_string())?;
             let w = p.wrap(key, dk.expose()).map_err(|e| e.to_string())?;
-            if w.windows(16).any(|win| dk.expose().windows(16).any(|d| d == win)) {
+            if w.windows(16)
+                .any(|win| dk.expose().windows(16).any(|d| d == win))
+            {
                 return Err("16 bytes of the data key appear in the wrapped key".into());
             }
             Ok(format!("{} bytes wrapped", w.len()))
@@ -123,7 +125,9 @@ pub fn run(p: &dyn KeyProvider, key: &str, missing: &str) -> Vec<Check> {
                 match p.unwrap(key, &bad) {
                     Err(ProviderError::InvalidCiphertext(_)) => {}
                     Ok(_) => return Err(format!("the {what} wrapped key was accepted")),
-                    Err(e) => return Err(format!("the {what} wrapped key: {e} (expected invalid)")),
+                    Err(e) => {
+                        return Err(format!("the {what} wrapped key: {e} (expected invalid)"));
+                    }
                 }
             }
             Ok(String::new())

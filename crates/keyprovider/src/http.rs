@@ -160,7 +160,10 @@ impl HttpClient {
         let target = format!(
             "{}://{}",
             req.uri().scheme_str().unwrap_or("http"),
-            req.uri().authority().map(|a| a.as_str()).unwrap_or_default()
+            req.uri()
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_default()
         );
         let client = self.client.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -276,7 +279,9 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) >= Duration::from_millis(100) && backoff(0) <= Duration::from_millis(151));
+        assert!(
+            backoff(0) >= Duration::from_millis(100) && backoff(0) <= Duration::from_millis(151)
+        );
         assert!(backoff(3) >= Duration::from_millis(800));
         assert!(backoff(30) <= Duration::from_millis(7_501));
     }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod conformance;
 pub mod http;
 pub mod kmip;
+pub mod ttlv;
 pub mod vault;
 
 use std::collections::BTreeMap;
@@ -129,8 +130,8 @@ pub trait KeyProvider: Send + Sync {
                 described.id, described.state
             )));
         }
-        let probe = SecretBytes::random(32)
-            .map_err(|e| ProviderError::Protocol(format!("random: {e}")))?;
+        let probe =
+            SecretBytes::random(32).map_err(|e| ProviderError::Protocol(format!("random: {e}")))?;
         let wrapped = self.wrap(key, probe.expose())?;
         let back = self.unwrap(key, &wrapped)?;
         if back != probe {

@@ -302,6 +302,24 @@ pub struct KeyMetadata {
     /// For EXTERNAL keys whose material expires: when, epoch seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_to: Option<f64>,
+    /// For EXTERNAL_KMS keys: the key provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_key_store_id: Option<String>,
+    /// For EXTERNAL_KMS keys: the key at the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xks_key_configuration: Option<XksKeyConfiguration>,
+    /// For EXTERNAL_KMS keys (atrest's addition): what the provider said
+    /// at the last use or health check, with its words when it refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_key_status: Option<crate::ExternalKeyStatus>,
+}
+
+/// `{"Id": remote key id}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct XksKeyConfiguration {
+    /// The key's id at the provider.
+    pub id: String,
 }
 
 /// `{"KeyMetadata": ...}`.

@@ -18,6 +18,14 @@
 //! additional authenticated data is the 49-byte header followed by the
 //! canonical encryption context ([`canonical_context`]), so neither the header
 //! nor the context can be changed without failing authentication.
+//!
+//! Version 2 is the blob of an `EXTERNAL_KMS` key: after the key version
+//! comes a u16 length and the data key the key provider wrapped (1 to
+//! [`MAX_WRAPPED`] bytes), then salt and nonce as above. The message key is
+//! derived from both the key version's material and the unwrapped data key
+//! ([`combine`]), so opening a blob needs atrest *and* the provider (double
+//! encryption, as AWS KMS does for external key stores). The whole header,
+//! wrapped key included, is authenticated.
 
 use std::collections::BTreeMap;
 
@@ -29,7 +37,11 @@ use crate::KmsError;
 
 /// The format version this code writes.
 pub const VERSION: u8 = 1;
-/// Header length.
+/// The format version of blobs of keys held in another KMS.
+pub const VERSION_EXTERNAL: u8 = 2;
+/// The largest wrapped data key a version-2 blob carries.
+pub const MAX_WRAPPED: usize = 1024;
+/// Header length (version 1).
 pub const HEADER_LEN: usize = 1 + 16 + 4 + 16 + NONCE_LEN;
 /// Bytes a blob adds to its plaintext.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
@@ -78,6 +90,8 @@ pub struct Header<'a> {
     pub key_id: Uuid,
     /// The key version.
     pub version: u32,
+    /// The provider-wrapped data key (version 2 blobs only).
+    pub wrapped: Option<&'a [u8]>,
     bytes: &'a [u8],
 }
 
@@ -90,22 +104,42 @@ pub fn parse(blob: &[u8]) -> Result<(Header<'_>, &[u8]), KmsError> {
     if blob.len() < OVERHEAD {
         return Err(invalid());
     }
-    let (header, body) = blob.split_at(HEADER_LEN);
-    if header[0] != VERSION {
-        return Err(invalid());
-    }
     let mut id = [0u8; 16];
-    id.copy_from_slice(&header[1..17]);
+    id.copy_from_slice(&blob[1..17]);
     let mut ver = [0u8; 4];
-    ver.copy_from_slice(&header[17..21]);
+    ver.copy_from_slice(&blob[17..21]);
+    let (header_len, wrapped) = match blob[0] {
+        VERSION => (HEADER_LEN, None),
+        VERSION_EXTERNAL => {
+            let n = usize::from(u16::from_be_bytes([blob[21], blob[22]]));
+            let len = HEADER_LEN + 2 + n;
+            if n == 0 || n > MAX_WRAPPED || blob.len() < len + TAG_LEN {
+                return Err(invalid());
+            }
+            (len, Some(&blob[23..23 + n]))
+        }
+        _ => return Err(invalid()),
+    };
+    let (header, body) = blob.split_at(header_len);
     Ok((
         Header {
             key_id: Uuid::from_bytes(id),
             version: u32::from_be_bytes(ver),
+            wrapped,
             bytes: header,
         },
         body,
     ))
+}
+
+/// The message-key material of an external key's blob: HKDF-SHA256 over the
+/// key version's material and the provider-unwrapped data key.
+pub fn combine(material: &Aes256Key, data_key: &[u8]) -> Result<Aes256Key, KmsError> {
+    Ok(atrest_crypto::kdf::hkdf_sha256(
+        material.expose(),
+        data_key,
+        &[b"atrest/kms/blob/external/v2"],
+    )?)
 }
 
 fn message_key(material: &Aes256Key, salt: &[u8]) -> Result<Aes256Key, KmsError> {
@@ -124,15 +158,43 @@ pub fn seal(
     context: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, KmsError> {
+    seal_wrapped(key_id, version, material, None, context, plaintext)
+}
+
+/// [`seal`], writing a version-2 blob when `wrapped` (the provider-wrapped
+/// data key) is given; `material` is then [`combine`]'s output.
+pub fn seal_wrapped(
+    key_id: &Uuid,
+    version: u32,
+    material: &Aes256Key,
+    wrapped: Option<&[u8]>,
+    context: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, KmsError> {
     let salt = atrest_crypto::rand::array::<16>()?;
     let nonce = atrest_crypto::rand::array::<NONCE_LEN>()?;
-    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-    out.push(VERSION);
+    let extra = wrapped.map_or(0, |w| 2 + w.len());
+    let mut out = Vec::with_capacity(OVERHEAD + extra + plaintext.len());
+    out.push(if wrapped.is_some() {
+        VERSION_EXTERNAL
+    } else {
+        VERSION
+    });
     out.extend_from_slice(key_id.as_bytes());
     out.extend_from_slice(&version.to_be_bytes());
+    if let Some(w) = wrapped {
+        let n = u16::try_from(w.len())
+            .ok()
+            .filter(|n| *n > 0 && usize::from(*n) <= MAX_WRAPPED)
+            .ok_or_else(|| {
+                KmsError::Internal(format!("a wrapped data key of {} bytes", w.len()))
+            })?;
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(w);
+    }
     out.extend_from_slice(&salt);
     out.extend_from_slice(&nonce);
-    let mut aad = Vec::with_capacity(HEADER_LEN + context.len());
+    let mut aad = Vec::with_capacity(out.len() + context.len());
     aad.extend_from_slice(&out);
     aad.extend_from_slice(context);
     let gcm = Aes256Gcm::new(&message_key(material, &salt)?)?;
@@ -147,10 +209,12 @@ pub fn open(
     material: &Aes256Key,
     context: &[u8],
 ) -> Result<SecretBytes, KmsError> {
-    let salt = &header.bytes[21..37];
+    // Salt and nonce are the header's last 28 bytes in both versions.
+    let n = header.bytes.len();
+    let salt = &header.bytes[n - 16 - NONCE_LEN..n - NONCE_LEN];
     let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&header.bytes[37..HEADER_LEN]);
-    let mut aad = Vec::with_capacity(HEADER_LEN + context.len());
+    nonce.copy_from_slice(&header.bytes[n - NONCE_LEN..]);
+    let mut aad = Vec::with_capacity(n + context.len());
     aad.extend_from_slice(header.bytes);
     aad.extend_from_slice(context);
     let gcm = Aes256Gcm::new(&message_key(material, salt)?)?;
@@ -224,5 +288,38 @@ mod tests {
         let mut v2 = vec![2u8; OVERHEAD + 4];
         v2[0] = 2;
         assert!(parse(&v2).is_err());
+    }
+
+    #[test]
+    fn external_blobs_carry_and_authenticate_the_wrapped_key() {
+        let id = Uuid::new_v4();
+        let material = Aes256Key::generate().unwrap();
+        let dk = [9u8; 32];
+        let k = combine(&material, &dk).unwrap();
+        let wrapped = vec![0xAB; 300];
+        let blob = seal_wrapped(&id, 1, &k, Some(&wrapped), b"ctx", b"secret").unwrap();
+        assert_eq!(blob[0], VERSION_EXTERNAL);
+        let (h, body) = parse(&blob).unwrap();
+        assert_eq!(
+            (h.key_id, h.version, h.wrapped),
+            (id, 1, Some(&wrapped[..]))
+        );
+        assert_eq!(open(&h, body, &k, b"ctx").unwrap().expose(), b"secret");
+        // Another data key (or material alone) does not open it.
+        let other = combine(&material, &[8u8; 32]).unwrap();
+        assert!(open(&h, body, &other, b"ctx").is_err());
+        assert!(open(&h, body, &material, b"ctx").is_err());
+        // The wrapped key is authenticated.
+        let mut t = blob.clone();
+        t[40] ^= 1;
+        let (h, body) = parse(&t).unwrap();
+        assert!(open(&h, body, &k, b"ctx").is_err());
+        // Lengths that do not fit are refused, never a panic.
+        for n in [0u16, 1025, 400] {
+            let mut b = blob.clone();
+            b[21..23].copy_from_slice(&n.to_be_bytes());
+            assert!(parse(&b).is_err(), "length {n}");
+        }
+        assert!(parse(&blob[..HEADER_LEN + 2 + 300 + TAG_LEN - 1]).is_err());
     }
 }

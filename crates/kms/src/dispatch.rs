@@ -90,6 +90,28 @@ operations! {
     GetParametersForImport => false,
     ImportKeyMaterial => false,
     DeleteImportedKeyMaterial => false,
+    DescribeCustomKeyStores => true,
+    CreateCustomKeyStore => true,
+    UpdateCustomKeyStore => true,
+    DeleteCustomKeyStore => true,
+    ConnectCustomKeyStore => true,
+    DisconnectCustomKeyStore => true,
+}
+
+impl Operation {
+    /// Whether the operation may call a key provider (a key held in
+    /// another KMS), which blocks on the network.
+    #[must_use]
+    pub fn may_call_provider(self) -> bool {
+        matches!(
+            self,
+            Self::Encrypt
+                | Self::Decrypt
+                | Self::ReEncrypt
+                | Self::GenerateDataKey
+                | Self::GenerateDataKeyWithoutPlaintext
+        )
+    }
 }
 
 /// Parses a request body, which must be a JSON object (AWS JSON 1.1). An
@@ -172,6 +194,17 @@ impl KeyService {
             O::DeleteImportedKeyMaterial => {
                 respond(&self.delete_imported_key_material(call, parse(body)?)?)
             }
+            O::DescribeCustomKeyStores => {
+                respond(&self.describe_custom_key_stores(call, parse(body)?)?)
+            }
+            O::CreateCustomKeyStore
+            | O::UpdateCustomKeyStore
+            | O::DeleteCustomKeyStore
+            | O::ConnectCustomKeyStore
+            | O::DisconnectCustomKeyStore => Err(KmsError::UnsupportedOperation(format!(
+                "atrest's custom key stores are the key providers its operator configures (serve --key-providers); {} is not available through the API.",
+                op.name()
+            ))),
         }
     }
 }

@@ -80,6 +80,21 @@ pub enum KmsError {
     /// The account's use of keys is suspended.
     #[error("{0}")]
     AccountSuspended(String),
+    /// No key provider (custom key store) has this name.
+    #[error("{0}")]
+    CustomKeyStoreNotFound(String),
+    /// The key provider cannot be used now (unreachable, misconfigured).
+    #[error("{0}")]
+    CustomKeyStoreInvalidState(String),
+    /// The key provider has no such key.
+    #[error("{0}")]
+    XksKeyNotFound(String),
+    /// The key provider's key cannot serve (disabled, access refused).
+    #[error("{0}")]
+    XksKeyInvalidConfiguration(String),
+    /// A key provider did not answer in time; retry later.
+    #[error("{0}")]
+    DependencyTimeout(String),
     /// The request would have succeeded; `DryRun` was set.
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
@@ -118,6 +133,11 @@ impl KmsError {
             Self::InvalidImportToken(_) => "InvalidImportTokenException",
             Self::InvalidGrantId(_) => "InvalidGrantIdException",
             Self::AccountSuspended(_) => "AccountSuspendedException",
+            Self::CustomKeyStoreNotFound(_) => "CustomKeyStoreNotFoundException",
+            Self::CustomKeyStoreInvalidState(_) => "CustomKeyStoreInvalidStateException",
+            Self::XksKeyNotFound(_) => "XksKeyNotFoundException",
+            Self::XksKeyInvalidConfiguration(_) => "XksKeyInvalidConfigurationException",
+            Self::DependencyTimeout(_) => "DependencyTimeoutException",
             Self::DryRun => "DryRunOperationException",
             Self::Internal(_) => "KMSInternalException",
         }

@@ -29,6 +29,7 @@ pub use dispatch::Operation;
 pub use error::KmsError;
 pub use service::{
     AUDIT_KEY_INFO, AccessKeyInfo, AdminBootstrap, AuditFacts, AuditSink, CachedAccessKey, Call,
-    Caller, KeyService, KeyUnusable, LifecycleReport, NewAccessKey, RequestMeta, ServiceSession,
-    audit_time, new_request_id,
+    Caller, CustomKeyStore, ExternalHealth, ExternalKeyStatus, ExternalReport, KeyService,
+    KeyUnusable, LifecycleReport, LocalKeyService, NewAccessKey, Providers, RequestMeta, ServiceSession,
+    XksProxyConfiguration, audit_time, new_request_id,
 };

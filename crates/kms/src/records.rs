@@ -206,6 +206,19 @@ pub struct KeyRecord {
     /// The state to return to when imported material arrives (PendingImport keys).
     #[serde(default)]
     pub state_after_import: Option<KeyState>,
+    /// For EXTERNAL_KMS keys: the key in another KMS that wraps every data
+    /// key of this key's ciphertexts.
+    #[serde(default)]
+    pub external: Option<ExternalKey>,
+}
+
+/// A key in another KMS, reached through a configured key provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalKey {
+    /// The provider's name (shown as the custom key store id).
+    pub store: String,
+    /// The remote key (shown as the XKS key id).
+    pub key: String,
 }
 
 /// Where a key's material comes from.
@@ -216,6 +229,8 @@ pub enum KeyOrigin {
     AwsKms,
     /// Imported by the customer (BYOK).
     External,
+    /// Held in another KMS (a key provider); atrest never has it.
+    ExternalKms,
 }
 
 impl KeyOrigin {
@@ -225,6 +240,7 @@ impl KeyOrigin {
         match self {
             Self::AwsKms => "AWS_KMS",
             Self::External => "EXTERNAL",
+            Self::ExternalKms => "EXTERNAL_KMS",
         }
     }
 }

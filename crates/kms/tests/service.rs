@@ -10,6 +10,8 @@ use std::sync::Arc;
 mod authorization;
 #[path = "service/byok.rs"]
 mod byok;
+#[path = "service/external.rs"]
+mod external;
 #[path = "service/grants_and_services.rs"]
 mod grants_and_services;
 
@@ -1239,7 +1241,7 @@ fn request_bodies_that_are_not_requests() {
     assert!(with_call(&e.alice, |c| e.kms.call(c, Operation::ListKeys, b"")).is_ok());
     assert_eq!(Operation::from_target("TrentService.Nope"), None);
     assert_eq!(Operation::from_target("Other.ListKeys"), None);
-    assert_eq!(Operation::ALL.len(), 37);
+    assert_eq!(Operation::ALL.len(), 43);
 }
 
 #[test]

@@ -48,6 +48,11 @@ pub struct ServerConfig {
     pub nbd: Option<crate::nbd::NbdConfig>,
     /// The database service.
     pub db: DbSettings,
+    /// Key providers (keys held in another KMS), by name.
+    pub providers:
+        std::collections::BTreeMap<String, std::sync::Arc<dyn atrest_keyprovider::KeyProvider>>,
+    /// How often every external key is checked at its provider.
+    pub provider_check_interval: Duration,
 }
 
 /// How the database service runs PostgreSQL.

@@ -53,6 +53,8 @@ impl ApiError {
                 let status = match e {
                     KmsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
                     KmsError::DryRun => StatusCode::PRECONDITION_FAILED,
+                    // AWS answers 503 when a dependency times out: retry.
+                    KmsError::DependencyTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 (status, e.aws_type(), e.to_string())

@@ -333,15 +333,16 @@ async fn handle_kms(
             (result, entry)
         }
     };
-    let (result, entry) = if op.is_read_only() {
-        run()
-    } else {
-        // Writes wait for fsyncs; keep them off the reactor threads.
-        match tokio::task::spawn_blocking(run).await {
-            Ok(x) => x,
-            Err(e) => (Err(KmsError::Internal(format!("worker failed: {e}"))), None),
-        }
-    };
+    let (result, entry) =
+        if op.is_read_only() && !(op.may_call_provider() && st.kms.has_providers()) {
+            run()
+        } else {
+            // Writes wait for fsyncs; keep them off the reactor threads.
+            match tokio::task::spawn_blocking(run).await {
+                Ok(x) => x,
+                Err(e) => (Err(KmsError::Internal(format!("worker failed: {e}"))), None),
+            }
+        };
     Outcome {
         result: result.map(|out| (op, caller, out)).map_err(ApiError::from),
         entry,

@@ -107,6 +107,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     let kms = opened.kms;
+    let has_providers = !config.providers.is_empty();
+    kms.set_providers(atrest_kms::Providers::new(config.providers.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
@@ -210,6 +212,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(db_loop(Arc::clone(&db), stopped.clone())));
+    if has_providers {
+        tasks.push(tokio::spawn(provider_loop(
+            Arc::clone(&kms),
+            config.provider_check_interval,
+            stopped.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(lifecycle_loop(
         Arc::clone(&kms),
         config.lifecycle_interval,
@@ -359,6 +368,33 @@ async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watc
             ),
             Ok(Err(e)) => tracing::error!(error = ?e, "lifecycle tick failed"),
             Err(e) => tracing::error!(error = %e, "lifecycle task failed"),
+        }
+    }
+}
+
+/// Checks every external key at its provider now and then on the period:
+/// a refusal makes the key unusable (disks and instances follow their
+/// key-loss policy), an acceptance makes it usable again.
+async fn provider_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let k = Arc::clone(&kms);
+        match tokio::task::spawn_blocking(move || k.check_external_keys()).await {
+            Ok(Ok(r)) if r.refused.is_empty() && r.restored.is_empty() => {}
+            Ok(Ok(r)) => tracing::info!(
+                checked = r.checked,
+                refused = r.refused.len(),
+                restored = r.restored.len(),
+                unreachable = r.unreachable.len(),
+                "external key check"
+            ),
+            Ok(Err(e)) => tracing::error!(error = ?e, "external key check failed"),
+            Err(e) => tracing::error!(error = %e, "external key check task failed"),
         }
     }
 }

@@ -32,6 +32,8 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         disks: atrest_diskservice::Config::default(),
         nbd: None,
         db: atrest_server::DbSettings::default(),
+        providers: Default::default(),
+        provider_check_interval: Duration::from_secs(60),
     }
 }
 

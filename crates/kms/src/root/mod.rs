@@ -9,6 +9,11 @@
 //! * a **PKCS#11 token** (an HSM, or SoftHSM2): the root key is random and
 //!   stored in `root.json` encrypted by a non-extractable AES-256 wrapping
 //!   key that never leaves the token (see [`pkcs11`]).
+//! * a **key provider** (a key in another KMS: AWS KMS, KMIP, Azure Key
+//!   Vault, Vault transit; auto-unseal): the root key is random and stored
+//!   in `root.json` wrapped by the provider's key, unwrapped there at every
+//!   start. Revoking that key at the provider stops the server from
+//!   starting.
 //!
 //! `root.json` also holds a check value, HMAC-SHA256(root, "atrest root key
 //! check v1"), which reveals nothing about the key but lets a start with the
@@ -48,6 +53,15 @@ pub enum RootSource {
         /// The label of the AES-256 wrapping key in the token.
         key_label: String,
     },
+    /// A key in another KMS.
+    Provider {
+        /// The provider.
+        provider: std::sync::Arc<dyn atrest_keyprovider::KeyProvider>,
+        /// Its name in the providers file.
+        name: String,
+        /// The remote key that wraps the root key.
+        key: String,
+    },
 }
 
 impl RootSource {
@@ -57,6 +71,7 @@ impl RootSource {
             Self::KeyFile(_) => KIND_KEY_FILE,
             Self::Passphrase(_) => KIND_PASSPHRASE,
             Self::Pkcs11 { .. } => KIND_PKCS11,
+            Self::Provider { .. } => KIND_PROVIDER,
         }
     }
 }
@@ -64,6 +79,7 @@ impl RootSource {
 const KIND_KEY_FILE: &str = "key-file";
 const KIND_PASSPHRASE: &str = "passphrase";
 const KIND_PKCS11: &str = "pkcs11";
+const KIND_PROVIDER: &str = "provider";
 
 /// How a kind is named in messages.
 fn kind_name(kind: &str) -> Option<&'static str> {
@@ -71,6 +87,7 @@ fn kind_name(kind: &str) -> Option<&'static str> {
         KIND_KEY_FILE => Some("key-file"),
         KIND_PASSPHRASE => Some("passphrase"),
         KIND_PKCS11 => Some("PKCS#11 token"),
+        KIND_PROVIDER => Some("key provider"),
         _ => None,
     }
 }
@@ -112,6 +129,14 @@ pub enum RootError {
     /// The PKCS#11 token could not open (or create) the root of trust.
     #[error(transparent)]
     Pkcs11(#[from] Pkcs11Error),
+    /// The key provider could not wrap or unwrap the root key.
+    #[error("key provider {name}: {error}")]
+    Provider {
+        /// The provider's name.
+        name: String,
+        /// What it said.
+        error: atrest_keyprovider::ProviderError,
+    },
 }
 
 /// The unsealed root key, held only in memory.
@@ -138,6 +163,20 @@ struct Descriptor {
     passphrase: Option<PassphraseWrap>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pkcs11: Option<pkcs11::Pkcs11Wrap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provider: Option<ProviderWrap>,
+}
+
+/// The root key as a key provider wrapped it.
+#[derive(Serialize, Deserialize)]
+struct ProviderWrap {
+    /// The provider's name and type when it was wrapped (informative).
+    name: String,
+    kind: String,
+    /// The remote key.
+    key: String,
+    /// The wrapped root key (base64).
+    wrapped: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -237,12 +276,55 @@ impl RootKey {
                 given: kind_name(given).unwrap_or(given),
             });
         }
+        let mut provider_wrap = None;
         let (root, wrap, pkcs11_wrap) = match source {
             RootSource::KeyFile(path) => (
                 Self::from_key(load_or_create_key_file(&path, existing.is_none())?),
                 None,
                 None,
             ),
+            RootSource::Provider {
+                provider,
+                name,
+                key,
+            } => {
+                let failed = |error| RootError::Provider {
+                    name: name.clone(),
+                    error,
+                };
+                match existing.as_ref() {
+                    Some(d) => {
+                        let w = d.provider.as_ref().ok_or_else(|| {
+                            RootError::Corrupt(
+                                desc_path.display().to_string(),
+                                "kind provider without its provider section".to_owned(),
+                            )
+                        })?;
+                        let wrapped = B64.decode(&w.wrapped).map_err(|e| {
+                            RootError::Corrupt(desc_path.display().to_string(), e.to_string())
+                        })?;
+                        // The key recorded at first start wraps the root key;
+                        // a different --root-provider-key would not open it.
+                        let secret = provider.unwrap(&w.key, &wrapped).map_err(failed)?;
+                        (
+                            Self::from_key(Aes256Key::from_secret_bytes(&secret)?),
+                            None,
+                            None,
+                        )
+                    }
+                    None => {
+                        let k = Aes256Key::generate()?;
+                        let wrapped = provider.wrap(&key, k.expose()).map_err(failed)?;
+                        provider_wrap = Some(ProviderWrap {
+                            name: name.clone(),
+                            kind: provider.kind().to_owned(),
+                            key,
+                            wrapped: B64.encode(wrapped),
+                        });
+                        (Self::from_key(k), None, None)
+                    }
+                }
+            }
             RootSource::Passphrase(pass) => {
                 match existing.as_ref().and_then(|d| d.passphrase.as_ref()) {
                     Some(w) => (
@@ -298,6 +380,7 @@ impl RootKey {
                     return Err(RootError::Mismatch(match given {
                         KIND_PASSPHRASE => "passphrase",
                         KIND_PKCS11 => "PKCS#11 wrapping key",
+                        KIND_PROVIDER => "key provider's key",
                         _ => "root key file",
                     }));
                 }
@@ -309,6 +392,7 @@ impl RootKey {
                     check: root.check.clone(),
                     passphrase: wrap,
                     pkcs11: pkcs11_wrap,
+                    provider: provider_wrap,
                 };
                 let bytes = serde_json::to_vec_pretty(&d)
                     .map_err(|e| RootError::Io(format!("encoding root.json: {e}")))?;

@@ -119,13 +119,37 @@ impl KeyService {
         Ok((key, material))
     }
 
+    /// Seals under the key's current material; for a key held in another
+    /// KMS, also under a fresh data key the provider wraps.
     fn seal_with(
+        &self,
         key: &KeyRecord,
         material: &Material,
         ctx: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KmsError> {
-        blob::seal(&key.id, key.current_version, &material.key, ctx, plaintext)
+        let Some(ext) = &key.external else {
+            return blob::seal(&key.id, key.current_version, &material.key, ctx, plaintext);
+        };
+        let data_key = SecretBytes::random(32)?;
+        let wrapped = self.with_provider(ext, |p| p.wrap(&ext.key, data_key.expose()))?;
+        if wrapped.is_empty() || wrapped.len() > blob::MAX_WRAPPED {
+            return Err(KmsError::CustomKeyStoreInvalidState(format!(
+                "The custom key store {} returned a wrapped key of {} bytes (at most {} fit a ciphertext).",
+                ext.store,
+                wrapped.len(),
+                blob::MAX_WRAPPED
+            )));
+        }
+        let k = blob::combine(&material.key, data_key.expose())?;
+        blob::seal_wrapped(
+            &key.id,
+            key.current_version,
+            &k,
+            Some(&wrapped),
+            ctx,
+            plaintext,
+        )
     }
 
     /// Authenticates and decrypts `ciphertext` for `caller`. `key_id`, when
@@ -187,7 +211,15 @@ impl KeyService {
         let material = self
             .material(tx, &key, header.version)?
             .ok_or_else(unknown)?;
-        let plaintext = blob::open(&header, body, &material.key, ctx)?;
+        let plaintext = match (&key.external, header.wrapped) {
+            (None, None) => blob::open(&header, body, &material.key, ctx)?,
+            (Some(ext), Some(wrapped)) => {
+                let data_key = self.with_provider(ext, |p| p.unwrap(&ext.key, wrapped))?;
+                let k = blob::combine(&material.key, data_key.expose())?;
+                blob::open(&header, body, &k, ctx)?
+            }
+            _ => return Err(unknown()),
+        };
         Ok(Opened {
             key,
             plaintext,
@@ -224,7 +256,7 @@ impl KeyService {
             req.encryption_context.as_ref(),
         )?;
         dry_run(req.dry_run)?;
-        let blob = Self::seal_with(&key, &material, &ctx, plaintext.0.expose())?;
+        let blob = self.seal_with(&key, &material, &ctx, plaintext.0.expose())?;
         Ok(EncryptResponse {
             ciphertext_blob: Blob(blob),
             key_id: Self::arn(&key),
@@ -311,7 +343,7 @@ impl KeyService {
             req.destination_encryption_context.as_ref(),
         )?;
         dry_run(req.dry_run)?;
-        let blob = Self::seal_with(&dest, &material, &dest_ctx, opened.plaintext.expose())?;
+        let blob = self.seal_with(&dest, &material, &dest_ctx, opened.plaintext.expose())?;
         Ok(ReEncryptResponse {
             ciphertext_blob: Blob(blob),
             source_key_id: Self::arn(&opened.key),
@@ -374,7 +406,7 @@ impl KeyService {
         )?;
         dry_run(req.dry_run)?;
         let data_key = SecretBytes::random(len)?;
-        let blob = Self::seal_with(&key, &material, &ctx, data_key.expose())?;
+        let blob = self.seal_with(&key, &material, &ctx, data_key.expose())?;
         Ok(DataKeyResponse {
             ciphertext_blob: Blob(blob),
             plaintext: with_plaintext.then_some(SecretBlob(data_key)),

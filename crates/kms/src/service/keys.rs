@@ -43,7 +43,7 @@ const KEY_USAGES: [&str; 4] = [
     "GENERATE_VERIFY_MAC",
     "KEY_AGREEMENT",
 ];
-const ORIGINS: [&str; 4] = ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
+const ORIGINS: [&str; 4] = ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KMS"];
 
 /// Checks an enum member: a value AWS knows but atrest does not support is
 /// `UnsupportedOperationException`; a value AWS does not know is a
@@ -87,7 +87,7 @@ pub(crate) fn parse_key_policy(text: &str) -> Result<PolicyDocument, KmsError> {
 }
 
 impl KeyService {
-    pub(crate) fn metadata(key: &KeyRecord) -> KeyMetadata {
+    pub(crate) fn metadata(&self, key: &KeyRecord) -> KeyMetadata {
         let external = key.origin == KeyOrigin::External;
         KeyMetadata {
             aws_account_id: key.account.clone(),
@@ -121,6 +121,12 @@ impl KeyService {
                 .as_ref()
                 .and_then(|i| i.valid_to)
                 .map(epoch_seconds),
+            custom_key_store_id: key.external.as_ref().map(|e| e.store.clone()),
+            xks_key_configuration: key
+                .external
+                .as_ref()
+                .map(|e| api::XksKeyConfiguration { id: e.key.clone() }),
+            external_key_status: self.external_status(key),
         }
     }
 
@@ -158,7 +164,7 @@ impl KeyService {
             created: self.now_ms(),
             description,
             state: match origin {
-                KeyOrigin::AwsKms => KeyState::Enabled,
+                KeyOrigin::AwsKms | KeyOrigin::ExternalKms => KeyState::Enabled,
                 KeyOrigin::External => KeyState::PendingImport,
             },
             deletion_date: None,
@@ -173,6 +179,7 @@ impl KeyService {
             policy_version: 0,
             import: None,
             state_after_import: None,
+            external: None,
         }
     }
 
@@ -207,13 +214,38 @@ impl KeyService {
             req.origin.as_deref(),
             "origin",
             &ORIGINS,
-            &["AWS_KMS", "EXTERNAL"],
+            &["AWS_KMS", "EXTERNAL", "EXTERNAL_KMS"],
         )?;
-        if req.custom_key_store_id.is_some() || req.xks_key_id.is_some() {
-            return Err(KmsError::UnsupportedOperation(
-                "Custom key stores are not supported by this atrest version.".into(),
-            ));
-        }
+        let external = match (
+            req.origin.as_deref(),
+            req.custom_key_store_id,
+            req.xks_key_id,
+        ) {
+            (Some("EXTERNAL_KMS"), Some(store), Some(remote)) => {
+                api::length(&store, "customKeyStoreId", 1, 64)?;
+                api::length(&remote, "xksKeyId", 1, 128)?;
+                Some(records::ExternalKey { store, key: remote })
+            }
+            (Some("EXTERNAL_KMS"), None, _) => {
+                return Err(KmsError::Validation(
+                    "A key with Origin EXTERNAL_KMS needs a CustomKeyStoreId (the key provider)."
+                        .into(),
+                ));
+            }
+            (Some("EXTERNAL_KMS"), Some(_), None) => {
+                return Err(KmsError::Validation(
+                    "A key with Origin EXTERNAL_KMS needs an XksKeyId (the key at the provider)."
+                        .into(),
+                ));
+            }
+            (_, None, None) => None,
+            (_, _, _) => {
+                return Err(KmsError::UnsupportedOperation(
+                    "atrest's custom key stores are external key stores: CustomKeyStoreId and XksKeyId need Origin EXTERNAL_KMS."
+                        .into(),
+                ));
+            }
+        };
         if req.multi_region == Some(true) {
             return Err(KmsError::UnsupportedOperation(
                 "Multi-Region keys are not supported: an atrest key lives in exactly one region."
@@ -222,9 +254,18 @@ impl KeyService {
         }
         let origin = match req.origin.as_deref() {
             Some("EXTERNAL") => KeyOrigin::External,
+            Some("EXTERNAL_KMS") => KeyOrigin::ExternalKms,
             _ => KeyOrigin::AwsKms,
         };
         let tags = super::tags::validate_tags(req.tags.unwrap_or_default(), Vec::new())?;
+        if let Some(ext) = &external {
+            // Authorize before calling anyone else's KMS on the caller's word.
+            let tx = self.store.read()?;
+            self.authorize_identity(&*tx, call, "CreateKey", "*")?;
+            self.require_not_suspended(&*tx, caller.account.as_str())?;
+            drop(tx);
+            self.check_new_external(&ext.store, &ext.key)?;
+        }
         let mut tx = self.store.write()?;
         self.authorize_identity(&*tx, call, "CreateKey", "*")?;
         self.require_not_suspended(&*tx, caller.account.as_str())?;
@@ -246,15 +287,21 @@ impl KeyService {
             }
             None => default_key_policy(caller.account.as_str()),
         };
-        if origin == KeyOrigin::AwsKms {
+        // An external key also has atrest material: a blob needs both it and
+        // the provider's unwrap (double encryption).
+        if matches!(origin, KeyOrigin::AwsKms | KeyOrigin::ExternalKms) {
             key.current_material_id =
                 self.add_version(&mut *tx, &key.id, 1, VersionOrigin::Initial, key.created)?;
             key.current_version = 1;
         }
+        key.external = external;
         Self::insert_key(&mut *tx, &key, &policy)?;
         self.commit(tx, call)?;
+        if key.external.is_some() {
+            self.note_usable(key.id);
+        }
         Ok(KeyMetadataResponse {
-            key_metadata: Self::metadata(&key),
+            key_metadata: self.metadata(&key),
         })
     }
 
@@ -280,7 +327,7 @@ impl KeyService {
             },
         )?;
         Ok(KeyMetadataResponse {
-            key_metadata: Self::metadata(&key),
+            key_metadata: self.metadata(&key),
         })
     }
 

@@ -178,7 +178,7 @@ impl KeyService {
 
     /// The caller and metadata under which the schedule acts on `key`: the
     /// key's account, with the system principal `atrest`.
-    fn system_call(&self, key: &KeyRecord, operation: &'static str) -> SystemCall {
+    pub(super) fn system_call(&self, key: &KeyRecord, operation: &'static str) -> SystemCall {
         let mut caller = match crate::names::AccountId::parse(&key.account) {
             Some(a) => super::Caller::root(a, &key.region),
             None => super::Caller::root(
@@ -198,7 +198,7 @@ impl KeyService {
 }
 
 /// A system action's caller and metadata, owned.
-struct SystemCall {
+pub(super) struct SystemCall {
     caller: super::Caller,
     meta: super::RequestMeta,
     operation: &'static str,
@@ -206,7 +206,7 @@ struct SystemCall {
 }
 
 impl SystemCall {
-    fn call(&self) -> super::Call<'_> {
+    pub(super) fn call(&self) -> super::Call<'_> {
         let c = super::Call::new(&self.caller, &self.meta);
         c.set_operation(self.operation);
         c.set_key(self.key_arn.clone());

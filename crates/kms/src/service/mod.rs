@@ -6,6 +6,8 @@ mod audit;
 mod authz;
 mod call;
 mod crypto;
+mod external;
+mod local_provider;
 mod grants;
 mod import;
 mod keys;
@@ -27,7 +29,12 @@ use uuid::Uuid;
 pub use accounts::{AccessKeyInfo, AdminBootstrap, CachedAccessKey, NewAccessKey};
 pub use audit::{AuditSink, audit_time};
 pub use call::{AuditFacts, Call, Caller, RequestMeta, new_request_id};
+pub use external::{
+    CustomKeyStore, ExternalHealth, ExternalKeyStatus, ExternalReport, Providers,
+    XksProxyConfiguration,
+};
 pub use lifecycle::LifecycleReport;
+pub use local_provider::LocalKeyService;
 pub use services::{KeyUnusable, ServiceSession};
 
 use crate::KmsError;
@@ -58,6 +65,8 @@ pub struct KeyService {
     audit: OnceLock<Arc<dyn AuditSink>>,
     /// Keys derived from the root key for purposes other than sealing.
     derived: DerivedKeys,
+    /// Key providers for keys held in another KMS (set by the server).
+    providers: RwLock<Arc<Providers>>,
 }
 
 /// Keys derived from the root key once at start.
@@ -172,6 +181,7 @@ impl KeyService {
             suspended: RwLock::new(suspended),
             audit: OnceLock::new(),
             derived,
+            providers: RwLock::new(Arc::new(Providers::default())),
         })
     }
 

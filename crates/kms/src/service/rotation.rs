@@ -41,6 +41,12 @@ fn require_generated(key: &KeyRecord) -> Result<(), KmsError> {
             KeyService::arn(key)
         )));
     }
+    if key.origin == records::KeyOrigin::ExternalKms {
+        return Err(KmsError::UnsupportedOperation(format!(
+            "{} is held in a custom key store; rotate the key at its provider (atrest needs no change).",
+            KeyService::arn(key)
+        )));
+    }
     Ok(())
 }
 

@@ -332,6 +332,9 @@ pub enum KeyUnusable {
     Deleted,
     /// The grant that let the service use the key was revoked or retired.
     GrantRevoked,
+    /// The key is held in another KMS, which refused it (disabled, revoked,
+    /// access removed, deleted there). DescribeKey shows the provider's words.
+    ExternalKeyRefused,
 }
 
 impl KeyUnusable {
@@ -344,6 +347,9 @@ impl KeyUnusable {
             Self::PendingImport => "the key has no key material (pending import)",
             Self::Deleted => "the key was deleted",
             Self::GrantRevoked => "the grant that let the service use the key was revoked",
+            Self::ExternalKeyRefused => {
+                "the key's provider (custom key store) refused the key; DescribeKey shows why"
+            }
         }
     }
 }
@@ -385,6 +391,9 @@ impl ServiceSession<'_> {
         };
         if state.is_some() {
             return Ok(state);
+        }
+        if self.kms.external_refused(&key) {
+            return Ok(Some(KeyUnusable::ExternalKeyRefused));
         }
         if let Some(g) = grant_id
             && tx
