@@ -155,9 +155,7 @@ impl core::fmt::Debug for AzureKeyVault {
     }
 }
 
-fn cfg_err(e: impl core::fmt::Display) -> ProviderError {
-    ProviderError::Config(e.to_string())
-}
+use crate::cfg_err;
 
 /// A base URL without its trailing slashes; it must be http(s).
 fn base_url(what: &str, url: &str) -> Result<String, ProviderError> {

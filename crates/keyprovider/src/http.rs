@@ -169,7 +169,10 @@ impl HttpClient {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rt.spawn(async move {
             let fut = async {
-                let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+                let resp = client
+                    .request(req)
+                    .await
+                    .map_err(|e| atrest_client::error_chain(&e))?;
                 let status = resp.status().as_u16();
                 let body = resp
                     .into_body()
@@ -206,17 +209,6 @@ pub fn backoff(attempt: u32) -> Duration {
         .map(|d| u64::from(d.subsec_nanos()))
         .unwrap_or(0);
     Duration::from_millis(base + nanos % (base / 2 + 1))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -153,6 +153,11 @@ pub fn open(config: &ProviderConfig) -> Result<Arc<dyn KeyProvider>, ProviderErr
     })
 }
 
+/// A configuration error from anything printable.
+pub(crate) fn cfg_err(e: impl core::fmt::Display) -> ProviderError {
+    ProviderError::Config(e.to_string())
+}
+
 /// The longest data key a provider must wrap.
 pub const MAX_DATA_KEY: usize = 64;
 

@@ -58,9 +58,7 @@ impl core::fmt::Debug for VaultTransit {
     }
 }
 
-fn cfg_err(e: impl core::fmt::Display) -> ProviderError {
-    ProviderError::Config(e.to_string())
-}
+use crate::cfg_err;
 
 /// A transit key name: letters, digits, `-`, `_`, `.` (no `/`).
 fn check_name(key: &str) -> Result<&str, ProviderError> {
