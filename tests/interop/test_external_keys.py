@@ -168,7 +168,8 @@ def test_external_key_use_revocation_and_recovery(remote_and_local):
     assert e.value.response["Error"]["Code"] == "KMSInvalidStateException"
     resp = rest_call(local, "POST", "/v1/snapshots", {"disk_id": d["id"]}, creds=creds)
     assert resp.status_code == 409 and resp.json()["code"] == "DiskLockedException", resp.text
-    assert "provider" in resp.json()["message"], resp.text
+    msg = resp.json()["message"]
+    assert key in msg and "provider" in msg and "disabled" in msg.lower(), msg
     recs = audit_records(audit_log_path(local))
     refused = [r for r in recs if r["operation"] == "ExternalKeyCheck" and r.get("key_arn") == key]
     assert refused and refused[-1]["result"].startswith("ExternalKeyRefused") and "disabled" in refused[-1]["result"].lower(), refused
@@ -181,6 +182,14 @@ def test_external_key_use_revocation_and_recovery(remote_and_local):
     assert rest_call(local, "POST", "/v1/snapshots", {"disk_id": d["id"]}, creds=creds).status_code == 201
     recs = audit_records(audit_log_path(local))
     assert any(r["operation"] == "ExternalKeyCheck" and r["result"] == "ExternalKeyRestored" for r in recs)
+
+    # The customer rotates the key in their KMS: nothing changes here; old
+    # and new ciphertexts decrypt.
+    rkms.rotate_key_on_demand(KeyId=rkey)
+    assert len(rkms.list_key_rotations(KeyId=rkey)["Rotations"]) == 1
+    assert kms.decrypt(CiphertextBlob=ct, EncryptionContext={"app": "x"})["Plaintext"] == b"external secret"
+    ct2 = kms.encrypt(KeyId=key, Plaintext=b"after rotation")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=ct2)["Plaintext"] == b"after rotation"
 
     # Bad requests: typed errors.
     for kwargs, code in [
@@ -367,7 +376,7 @@ def test_an_instance_on_an_external_key_stops_when_the_customer_revokes_it(make_
 
     rkms.disable_key(KeyId=rkey)
     s = wait_state(local, "ext", "locked", timeout=60)
-    assert key in s["reason"] and "provider" in s["reason"], s
+    assert key in s["reason"] and "provider" in s["reason"] and "disabled" in s["reason"].lower(), s
     assert psql(v["port"], "SELECT 1", check=False).returncode != 0
 
     rkms.enable_key(KeyId=rkey)

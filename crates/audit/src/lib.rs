@@ -179,7 +179,7 @@ const READ_BUF: usize = 64 * 1024;
 
 /// What a caller submits: one request's facts. Never a secret: no
 /// plaintext, key material, access key secret or encryption-context value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     /// When the request was received, RFC 3339 UTC with milliseconds.
     pub time: String,
@@ -220,7 +220,8 @@ pub struct Entry {
 
 /// A record as stored: the entry, its sequence number (from 1), and the
 /// chain fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuditRecord)]
 pub struct Record {
     /// Position in the log, from 1, without gaps.
     pub seq: u64,

@@ -82,7 +82,7 @@ struct Restoring {
 }
 
 /// A backup, as the API shows it and as its manifest stores it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupView {
     /// Id (`bk-` and 16 hex digits).
     pub id: String,

@@ -158,7 +158,7 @@ impl DbError {
 type Result<T, E = DbError> = std::result::Result<T, E>;
 
 /// An instance's class (R2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Class {
     /// Encrypted from creation; encryption can never be turned off.
@@ -225,7 +225,7 @@ impl Record {
 }
 
 /// An instance as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceView {
     /// Id (`db-` and 16 hex digits).
     pub id: String,

@@ -21,7 +21,7 @@ const REKEY_BATCH: u64 = 16;
 const COPY_STEP: usize = 1 << 20;
 
 /// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     /// Re-encrypt a disk under a fresh data key.
@@ -31,7 +31,7 @@ pub enum JobKind {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobState {
     /// Working.
@@ -44,7 +44,7 @@ pub enum JobState {
 }
 
 /// A job, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Job {
     /// Id (`job-` and 16 hex digits).
     pub id: String,

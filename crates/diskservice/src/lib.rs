@@ -168,7 +168,7 @@ impl ServiceError {
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 /// A disk as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DiskView {
     /// Id (`disk-` and 16 hex digits).
     pub id: String,
@@ -200,7 +200,7 @@ pub struct DiskView {
 }
 
 /// A snapshot as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     /// Id (`snap-` and 16 hex digits).
     pub id: String,
@@ -224,7 +224,7 @@ pub struct SnapshotView {
 }
 
 /// Progress of a long operation.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Progress {
     /// Units done.
     pub done: u64,

@@ -358,7 +358,7 @@ fn lock_key(e: &Env, key: &str, reason: KeyUnusable, grant: &str) -> Option<Unlo
             None
         }
         // Proven against real providers in tests/interop/test_external_keys.py.
-        KeyUnusable::PendingImport | KeyUnusable::ExternalKeyRefused => unreachable!(),
+        KeyUnusable::PendingImport | KeyUnusable::ExternalKeyRefused(_) => unreachable!(),
     }
 }
 
@@ -411,7 +411,7 @@ fn every_lock_reason_refuses_every_operation_and_naming_the_key() {
         // the disk's for the rest.
         let disk_grant = grant_of(&e, &key, "atrest:disk:id", &d.id);
         let snap_grant = grant_of(&e, &key, "atrest:snapshot:id", &snap.id);
-        let unlock = lock_key(&e, &key, reason, &disk_grant);
+        let unlock = lock_key(&e, &key, reason.clone(), &disk_grant);
         if reason == KeyUnusable::GrantRevoked {
             e.ok("RevokeGrant", json!({"KeyId": key, "GrantId": snap_grant}));
         }

@@ -31,5 +31,5 @@ pub use service::{
     AUDIT_KEY_INFO, AccessKeyInfo, AdminBootstrap, AuditFacts, AuditSink, CachedAccessKey, Call,
     Caller, CustomKeyStore, ExternalHealth, ExternalKeyStatus, ExternalReport, KeyService,
     KeyUnusable, LifecycleReport, LocalKeyService, NewAccessKey, Providers, RequestMeta,
-    ServiceSession, XksProxyConfiguration, audit_time, new_request_id,
+    ServiceSession, UserInfo, XksProxyConfiguration, audit_time, new_request_id,
 };

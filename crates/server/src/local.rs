@@ -42,7 +42,7 @@ pub(crate) struct LocalDisks {
 }
 
 /// What `attach-local` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct LocalView {
     /// The disk.
     pub disk: String,

@@ -28,7 +28,7 @@ pub struct Metering {
 }
 
 /// One metering row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Usage {
     /// Account.
     pub account: String,

@@ -63,7 +63,7 @@ impl CachedAccessKey {
 }
 
 /// An access key as listings show it (no secret).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AccessKeyInfo {
     /// The access key id.
     pub access_key_id: String,

@@ -261,13 +261,13 @@ impl KeyService {
         })
     }
 
-    /// Whether the provider refused the key at its last use or check.
-    pub(crate) fn external_refused(&self, key: &KeyRecord) -> bool {
-        key.external.is_some()
-            && matches!(
-                self.providers().status(&key.id).map(|s| s.health),
-                Some(ExternalHealth::Refused(_))
-            )
+    /// The provider's words, if its last check refused the key.
+    pub(crate) fn external_refusal(&self, key: &KeyRecord) -> Option<String> {
+        key.external.as_ref()?;
+        match self.providers().status(&key.id)?.health {
+            ExternalHealth::Refused(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// The configured providers as custom key stores.

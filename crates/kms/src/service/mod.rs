@@ -36,6 +36,7 @@ pub use external::{
 pub use lifecycle::LifecycleReport;
 pub use local_provider::LocalKeyService;
 pub use services::{KeyUnusable, ServiceSession};
+pub use users::UserInfo;
 
 use crate::KmsError;
 use crate::clock::{Clock, to_millis};

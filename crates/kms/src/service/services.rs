@@ -320,7 +320,7 @@ impl ServiceSession<'_> {
 }
 
 /// Why a key a service holds a grant on cannot be used now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyUnusable {
     /// The key is disabled.
     Disabled,
@@ -333,30 +333,32 @@ pub enum KeyUnusable {
     /// The grant that let the service use the key was revoked or retired.
     GrantRevoked,
     /// The key is held in another KMS, which refused it (disabled, revoked,
-    /// access removed, deleted there). DescribeKey shows the provider's words.
-    ExternalKeyRefused,
+    /// access removed, deleted there): the provider's words.
+    ExternalKeyRefused(String),
 }
 
 impl KeyUnusable {
-    /// The reason in words, for error messages.
+    /// The reason in words, for error messages (without the provider's
+    /// words, which [`std::fmt::Display`] adds).
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::Disabled => "the key is disabled",
             Self::PendingDeletion => "the key is pending deletion",
             Self::PendingImport => "the key has no key material (pending import)",
             Self::Deleted => "the key was deleted",
             Self::GrantRevoked => "the grant that let the service use the key was revoked",
-            Self::ExternalKeyRefused => {
-                "the key's provider (custom key store) refused the key; DescribeKey shows why"
-            }
+            Self::ExternalKeyRefused(_) => "the key's provider (custom key store) refused it",
         }
     }
 }
 
 impl std::fmt::Display for KeyUnusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            Self::ExternalKeyRefused(why) => write!(f, "{} ({why})", self.as_str()),
+            other => f.write_str(other.as_str()),
+        }
     }
 }
 
@@ -392,8 +394,8 @@ impl ServiceSession<'_> {
         if state.is_some() {
             return Ok(state);
         }
-        if self.kms.external_refused(&key) {
-            return Ok(Some(KeyUnusable::ExternalKeyRefused));
+        if let Some(why) = self.kms.external_refusal(&key) {
+            return Ok(Some(KeyUnusable::ExternalKeyRefused(why)));
         }
         if let Some(g) = grant_id
             && tx

@@ -11,7 +11,7 @@ use crate::names::AccountId;
 use crate::records::{self, AccountRecord, UserRecord};
 
 /// A user as listings show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
     /// The account.
     pub account: String,
