@@ -9,8 +9,10 @@ have their own files: test_provider_kmip.py, test_provider_fakes.py):
   the conformance suite (`atrest provider check`), EXTERNAL_KMS keys used
   through boto3, revocation at the remote side (DisableKey there) seen by
   the health check within its period (the key turns unusable, a disk under
-  it locks, the reason is shown by DescribeKey and audited), and recovery
-  when the remote key is enabled again;
+  it locks, and so does a PostgreSQL instance under the close policy; the
+  reason is shown by DescribeKey and the locks, and audited), recovery when
+  the remote key is enabled again, and a rotation there that needs no
+  change here;
 * moto's server (a third-party AWS KMS implementation): the conformance
   suite, and an EXTERNAL_KMS key used end to end (moto does not enforce key
   states, so it proves wrap and unwrap only);
