@@ -144,6 +144,11 @@ def test_external_key_use_revocation_and_recovery(remote_and_local):
     remote_ops = [r["operation"] for r in audit_records(audit_log_path(remote)) if r.get("key_arn") == rkey]
     assert remote_ops.count("Encrypt") >= 2 and remote_ops.count("Decrypt") >= 2, remote_ops
 
+    # A CMEK project can use it: its provider is the custom key store.
+    pid = json.loads(atrest_client_cmd(local, "project", "create", "ext", "--cmek", env_creds=creds).stdout)["id"]
+    p = json.loads(atrest_client_cmd(local, "project", "set-key", pid, "--key", key, env_creds=creds).stdout)
+    assert p["keys"]["us-east-1"] == {**p["keys"]["us-east-1"], "key_arn": key, "provider": "corp"}, p
+
     # Rotation is the provider's business.
     with pytest.raises(ClientError) as e:
         kms.enable_key_rotation(KeyId=key)

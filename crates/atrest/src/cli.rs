@@ -57,6 +57,95 @@ pub enum Command {
     DbAgent(crate::db_agent::DbAgentArgs),
     /// Key providers (keys held in another KMS): test a configuration.
     Provider(crate::provider::ProviderArgs),
+    /// Projects: resources bound to customer-managed keys per region (CMEK).
+    Project(ProjectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: ProjectCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project; CMEK is chosen now and never changes.
+    Create {
+        /// Name (a-z, 0-9, '-').
+        name: String,
+        /// Use customer-managed keys (one per region, configured with set-key).
+        #[arg(long)]
+        cmek: bool,
+        /// When a key becomes unusable: keep serving until paused, or stop.
+        #[arg(long, default_value = "keep")]
+        revocation: String,
+        /// With --revocation stop: seconds a key may be unusable before the
+        /// project pauses by itself.
+        #[arg(long)]
+        stop_after: Option<u64>,
+        /// Idempotency token: a retry with it answers the first project.
+        #[arg(long)]
+        client_token: Option<String>,
+    },
+    /// List your projects.
+    List,
+    /// Show a project: keys per region, resources, state.
+    Show { id: String },
+    /// Delete an empty project.
+    Delete { id: String },
+    /// The key policy to attach to your key for a region.
+    KeyPolicy {
+        id: String,
+        /// Region [default: --region].
+        #[arg(long = "key-region")]
+        region: Option<String>,
+    },
+    /// Test a key (as the disk and database services will use it) and save
+    /// it as the project's key for a region.
+    SetKey {
+        id: String,
+        /// The key (id, ARN or alias) in that region.
+        #[arg(long)]
+        key: String,
+        /// Region [default: --region].
+        #[arg(long = "key-region")]
+        region: Option<String>,
+    },
+    /// Create a disk in the project (in --region, under its key there).
+    CreateDisk {
+        id: String,
+        /// Size: bytes, or with K, M, G, T.
+        #[arg(long)]
+        size: String,
+        /// Logical block size (512 or 4096).
+        #[arg(long)]
+        block_size: Option<u32>,
+        /// Several clients may attach it at once.
+        #[arg(long)]
+        shareable: bool,
+    },
+    /// Create a PostgreSQL instance in the project (in --region, under its key there).
+    CreateDb {
+        id: String,
+        /// Instance name.
+        name: String,
+        /// Disk size (bytes, or with K, M, G, T).
+        #[arg(long)]
+        size: Option<String>,
+        /// Port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// File holding the master password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Stop the project's instances.
+    Pause { id: String },
+    /// Test the project's keys, then start its instances; fails naming the
+    /// key while one is unusable.
+    Resume { id: String },
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod cli;
 mod db;
 mod db_agent;
 mod disks;
+mod projects;
 mod provider;
 mod root_args;
 mod serve;
@@ -49,6 +50,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Db(args) => db::db(args).await,
             cli::Command::DbAgent(args) => db_agent::run(&args),
             cli::Command::Provider(args) => provider::run(args).await,
+            cli::Command::Project(args) => projects::project(args).await,
         }
     });
     match result {

@@ -5,18 +5,20 @@
 
 use std::sync::Arc;
 
-use atrest_dbservice::{EncryptionChange, InstanceView, NewInstance};
+use atrest_dbservice::{Class, EncryptionChange, InstanceView, NewInstance};
 use atrest_kms::{Call, KmsError};
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use crate::disks_api::{answer, bool_field, known_fields, u64_field};
-use crate::error::ApiError;
-use crate::http_api::{AppState, rest, string_field};
+use crate::disks_api::{EmptyRequest, answer, bool_field, known_fields_of, u64_field};
+use crate::error::{ApiError, ErrorBody};
+use crate::http_api::{AppState, Deleted, RestPath, reply, rest, string_field};
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -33,13 +35,170 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/instances/{name}/clone", post(clone_instance))
 }
 
-async fn set_parameters(
+/// `POST /v1/instances/{name}/parameters`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct SetParametersRequest {
+    /// PostgreSQL settings: name to value (a string, number or boolean), or
+    /// null to reset one to its default.
+    parameters: std::collections::BTreeMap<String, ParameterValue>,
+}
+
+/// A PostgreSQL setting's value.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) enum ParameterValue {
+    /// As text.
+    Text(String),
+    /// A number.
+    Number(f64),
+    /// A boolean (`on` or `off`).
+    Bool(bool),
+    /// Null: reset the setting to its default.
+    Reset,
+}
+
+/// `POST /v1/instances/{name}/resize`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct ResizeInstanceRequest {
+    /// The new disk size in bytes (disks only grow).
+    size: u64,
+}
+
+/// `POST /v1/instances/{name}/clone`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CloneInstanceRequest {
+    /// The new instance's name.
+    name: String,
+    /// Its port (1024 to 65535; default: a free one).
+    #[schema(minimum = 1024, maximum = 65535)]
+    port: Option<u16>,
+}
+
+/// `POST /v1/instances/{name}/replicas`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CreateReplicaRequest {
+    /// The replica's name (default: derived from the primary's).
+    name: Option<String>,
+    /// Its port (1024 to 65535; default: a free one).
+    #[schema(minimum = 1024, maximum = 65535)]
+    port: Option<u16>,
+}
+
+/// What `POST /v1/instances/{name}/encryption` does.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) enum EncryptionAction {
+    /// Encrypt the instance's disk.
+    Enable,
+    /// Decrypt it (class `disk` only).
+    Disable,
+    /// Move it to another key.
+    SetKey,
+}
+
+/// `POST /v1/instances/{name}/encryption`: the body. `enable` and
+/// `set-key` take exactly one of `key_id` and `service_key: true`;
+/// `disable` takes neither.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct ChangeEncryptionRequest {
+    /// The change.
+    action: EncryptionAction,
+    /// The customer's key (id, ARN or alias).
+    key_id: Option<String>,
+    /// Use the account's database service key.
+    service_key: Option<bool>,
+}
+
+/// `POST /v1/instances`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CreateInstanceRequest {
+    /// Name: 1 to 63 of a-z, 0-9 and '-', starting with a letter.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,62}$")]
+    name: String,
+    /// Class (default `tde`).
+    class: Option<Class>,
+    /// The customer's key (id, ARN or alias).
+    key_id: Option<String>,
+    /// Use the account's database service key.
+    service_key: Option<bool>,
+    /// No encryption (class `disk` only).
+    unencrypted: Option<bool>,
+    /// Disk size in bytes.
+    size: Option<u64>,
+    /// Port (1024 to 65535; default: a free one).
+    #[schema(minimum = 1024, maximum = 65535)]
+    port: Option<u16>,
+    /// The superuser's name.
+    master_username: Option<String>,
+    /// The superuser's password (default: generated and answered once).
+    master_password: Option<String>,
+}
+
+/// The caller's instances.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct InstanceList {
+    /// The instances.
+    instances: Vec<InstanceView>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{name}/parameters",
+    tag = "databases",
+    operation_id = "SetParameters",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = SetParametersRequest,
+    responses(
+        (status = 200, description = "The instance", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_parameters(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:SetParameters", move |st, call, body| {
-        known_fields(&body, &["parameters"])?;
+        known_fields_of::<SetParametersRequest>(&body)?;
         audit_key(st, call, &name);
         let Some(obj) = body.get("parameters").and_then(Value::as_object) else {
             return Err(KmsError::Validation(
@@ -69,13 +228,26 @@ async fn set_parameters(
     .await
 }
 
-async fn resize(
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{name}/resize",
+    tag = "databases",
+    operation_id = "ResizeInstance",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = ResizeInstanceRequest,
+    responses(
+        (status = 200, description = "The instance", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn resize(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:ResizeInstance", move |st, call, body| {
-        known_fields(&body, &["size"])?;
+        known_fields_of::<ResizeInstanceRequest>(&body)?;
         audit_key(st, call, &name);
         let size = u64_field(&body, "size")?
             .ok_or_else(|| KmsError::Validation("'size' (bytes) is required".into()))?;
@@ -85,13 +257,26 @@ async fn resize(
     .await
 }
 
-async fn clone_instance(
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{name}/clone",
+    tag = "databases",
+    operation_id = "CloneInstance",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = CloneInstanceRequest,
+    responses(
+        (status = 201, description = "Created", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn clone_instance(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:CloneInstance", move |st, call, body| {
-        known_fields(&body, &["name", "port"])?;
+        known_fields_of::<CloneInstanceRequest>(&body)?;
         audit_key(st, call, &name);
         let new = crate::http_api::required_field(&body, "name")?;
         let v = st
@@ -120,13 +305,26 @@ fn audit_key(st: &AppState, call: &Call<'_>, name: &str) {
     }
 }
 
-async fn create_replica(
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{name}/replicas",
+    tag = "databases",
+    operation_id = "CreateReplica",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = CreateReplicaRequest,
+    responses(
+        (status = 201, description = "Created", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_replica(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:CreateReplica", move |st, call, body| {
-        known_fields(&body, &["name", "port"])?;
+        known_fields_of::<CreateReplicaRequest>(&body)?;
         audit_key(st, call, &name);
         let replica = string_field(&body, "name")?;
         let v = st
@@ -137,13 +335,26 @@ async fn create_replica(
     .await
 }
 
-async fn switchover(
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{name}/switchover",
+    tag = "databases",
+    operation_id = "Switchover",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = EmptyRequest,
+    responses(
+        (status = 200, description = "The instance", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn switchover(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:Switchover", move |st, call, body| {
-        known_fields(&body, &[])?;
+        known_fields_of::<EmptyRequest>(&body)?;
         audit_key(st, call, &name);
         let v = st.db.switchover(call.caller, &name)?;
         view(call, StatusCode::OK, &v)
@@ -151,13 +362,26 @@ async fn switchover(
     .await
 }
 
-async fn change_encryption(
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{name}/encryption",
+    tag = "databases",
+    operation_id = "ChangeEncryption",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = ChangeEncryptionRequest,
+    responses(
+        (status = 200, description = "The instance", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn change_encryption(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:ChangeEncryption", move |st, call, body| {
-        known_fields(&body, &["action", "key_id", "service_key"])?;
+        known_fields_of::<ChangeEncryptionRequest>(&body)?;
         audit_key(st, call, &name);
         let action = crate::http_api::required_field(&body, "action")?;
         let key_id = string_field(&body, "key_id")?;
@@ -203,22 +427,21 @@ fn view(
     answer(call, status, v.key_arn.as_ref(), v)
 }
 
-async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    post,
+    path = "/v1/instances",
+    tag = "databases",
+    operation_id = "CreateInstance",
+    request_body = CreateInstanceRequest,
+    responses(
+        (status = 201, description = "Created", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "db:CreateInstance", |st, call, body| {
-        known_fields(
-            &body,
-            &[
-                "name",
-                "class",
-                "key_id",
-                "service_key",
-                "unencrypted",
-                "size",
-                "port",
-                "master_username",
-                "master_password",
-            ],
-        )?;
+        known_fields_of::<CreateInstanceRequest>(&body)?;
         let name = crate::http_api::required_field(&body, "name")?;
         let class = string_field(&body, "class")?
             .map(|c| c.parse())
@@ -243,19 +466,40 @@ async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
     .await
 }
 
-async fn list(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/instances",
+    tag = "databases",
+    operation_id = "ListInstances",
+    responses(
+        (status = 200, description = "The caller's instances", body = InstanceList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "db:ListInstances", |st, call, _| {
-        Ok((
-            StatusCode::OK,
-            json!({"instances": st.db.list(call.caller)}),
-        ))
+        let instances = st.db.list(call.caller);
+        reply(StatusCode::OK, &InstanceList { instances })
     })
     .await
 }
 
-async fn describe(
+#[utoipa::path(
+    get,
+    path = "/v1/instances/{name}",
+    tag = "databases",
+    operation_id = "DescribeInstance",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 200, description = "The instance", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn describe(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:DescribeInstance", move |st, call, _| {
@@ -265,9 +509,21 @@ async fn describe(
     .await
 }
 
-async fn delete(
+#[utoipa::path(
+    delete,
+    path = "/v1/instances/{name}",
+    tag = "databases",
+    operation_id = "DeleteInstance",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:DeleteInstance", move |st, call, _| {
@@ -276,20 +532,33 @@ async fn delete(
         if let Some(k) = key {
             call.set_key(k);
         }
-        Ok((StatusCode::OK, json!({"deleted": name})))
+        reply(StatusCode::OK, &Deleted { deleted: name })
     })
     .await
 }
 
 macro_rules! lifecycle {
-    ($fn:ident, $op:literal, $method:ident) => {
-        async fn $fn(
+    ($fn:ident, $op:literal, $method:ident, $path:literal, $id:literal, $what:literal) => {
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "databases",
+            operation_id = $id,
+            params(("name" = String, Path, description = "Instance name")),
+            request_body = EmptyRequest,
+            responses(
+                (status = 200, description = $what, body = InstanceView),
+                (status = "4XX", description = "Refused", body = ErrorBody),
+                (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+            )
+        )]
+        pub(crate) async fn $fn(
             State(st): State<Arc<AppState>>,
-            Path(name): Path<String>,
+            RestPath(name): RestPath<String>,
             req: Request,
         ) -> Response {
             rest(st, req, $op, move |st, call, body| {
-                known_fields(&body, &[])?;
+                known_fields_of::<EmptyRequest>(&body)?;
                 audit_key(st, call, &name);
                 let v = st.db.$method(call.caller, &name)?;
                 view(call, StatusCode::OK, &v)
@@ -299,6 +568,27 @@ macro_rules! lifecycle {
     };
 }
 
-lifecycle!(start, "db:StartInstance", start);
-lifecycle!(stop, "db:StopInstance", stop);
-lifecycle!(restart, "db:RestartInstance", restart);
+lifecycle!(
+    start,
+    "db:StartInstance",
+    start,
+    "/v1/instances/{name}/start",
+    "StartInstance",
+    "Started"
+);
+lifecycle!(
+    stop,
+    "db:StopInstance",
+    stop,
+    "/v1/instances/{name}/stop",
+    "StopInstance",
+    "Stopped"
+);
+lifecycle!(
+    restart,
+    "db:RestartInstance",
+    restart,
+    "/v1/instances/{name}/restart",
+    "RestartInstance",
+    "Restarted"
+);

@@ -7,16 +7,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use atrest_dbservice::{BackupView, InstanceView};
 use atrest_kms::KmsError;
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::StatusCode;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use crate::disks_api::{answer, known_fields};
-use crate::http_api::{AppState, required_field, rest, string_field};
+use crate::disks_api::{EmptyRequest, answer, known_fields_of};
+use crate::error::ErrorBody;
+use crate::http_api::{
+    AppState, Deleted, RestPath, RestQuery, reply, required_field, rest, string_field,
+};
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -26,13 +31,47 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/backups/{id}/restore", post(restore))
 }
 
-async fn create(
+/// `POST /v1/backups/{id}/restore`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct RestoreBackupRequest {
+    /// The new instance's name.
+    name: String,
+    /// Restore to this time (RFC 3339; default the latest archived).
+    to_time: Option<String>,
+}
+
+/// The caller's backups.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BackupList {
+    /// The backups.
+    backups: Vec<BackupView>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{name}/backups",
+    tag = "databases",
+    operation_id = "CreateBackup",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = EmptyRequest,
+    responses(
+        (status = 201, description = "Created", body = BackupView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create(
     State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    RestPath(name): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:CreateBackup", move |st, call, body| {
-        known_fields(&body, &[])?;
+        known_fields_of::<EmptyRequest>(&body)?;
         if let Some(k) = st
             .db
             .describe(call.caller, &name)
@@ -47,9 +86,21 @@ async fn create(
     .await
 }
 
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/v1/backups",
+    tag = "databases",
+    operation_id = "ListBackups",
+    params(("instance" = Option<String>, Query, description = "Only this instance's backups")),
+    responses(
+        (status = 200, description = "The caller's backups", body = BackupList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
     State(st): State<Arc<AppState>>,
-    Query(q): Query<BTreeMap<String, String>>,
+    RestQuery(q): RestQuery<BTreeMap<String, String>>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:ListBackups", move |st, call, _| {
@@ -62,14 +113,26 @@ async fn list(
         let v = st
             .db
             .list_backups(call.caller, q.get("instance").map(String::as_str))?;
-        Ok((StatusCode::OK, json!({"backups": v})))
+        reply(StatusCode::OK, &BackupList { backups: v })
     })
     .await
 }
 
-async fn describe(
+#[utoipa::path(
+    get,
+    path = "/v1/backups/{id}",
+    tag = "databases",
+    operation_id = "DescribeBackup",
+    params(("id" = String, Path, description = "Backup id")),
+    responses(
+        (status = 200, description = "The backup", body = BackupView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn describe(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:DescribeBackup", move |st, call, _| {
@@ -79,22 +142,51 @@ async fn describe(
     .await
 }
 
-async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>, req: Request) -> Response {
+#[utoipa::path(
+    delete,
+    path = "/v1/backups/{id}",
+    tag = "databases",
+    operation_id = "DeleteBackup",
+    params(("id" = String, Path, description = "Backup id")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete(
+    State(st): State<Arc<AppState>>,
+    RestPath(id): RestPath<String>,
+    req: Request,
+) -> Response {
     rest(st, req, "db:DeleteBackup", move |st, call, _| {
         let v = st.db.delete_backup(call.caller, &id)?;
         call.set_key(v.key_arn);
-        Ok((StatusCode::OK, json!({"deleted": id})))
+        reply(StatusCode::OK, &Deleted { deleted: id })
     })
     .await
 }
 
-async fn restore(
+#[utoipa::path(
+    post,
+    path = "/v1/backups/{id}/restore",
+    tag = "databases",
+    operation_id = "RestoreBackup",
+    params(("id" = String, Path, description = "Backup id")),
+    request_body = RestoreBackupRequest,
+    responses(
+        (status = 201, description = "The restored instance", body = InstanceView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault (503: this host cannot run PostgreSQL)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn restore(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "db:RestoreBackup", move |st, call, body| {
-        known_fields(&body, &["name", "to_time"])?;
+        known_fields_of::<RestoreBackupRequest>(&body)?;
         let name = required_field(&body, "name")?;
         let to_time = string_field(&body, "to_time")?;
         if let Ok(b) = st.db.describe_backup(call.caller, &id) {

@@ -5,18 +5,20 @@
 
 use std::sync::Arc;
 
-use atrest_diskservice::NewDisk;
+use atrest_diskservice::{DiskView, Job, NewDisk, SnapshotView};
 use atrest_kms::{Call, KmsError};
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::StatusCode;
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
-use crate::http_api::{AppState, rest, string_field};
+use crate::error::{ApiError, ErrorBody};
+use crate::http_api::{AppState, Deleted, RestPath, reply, rest, string_field};
+use crate::local::LocalView;
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -74,6 +76,13 @@ pub(crate) fn known_fields(v: &Value, known: &[&str]) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses members the operation's body type `T` does not declare.
+pub(crate) fn known_fields_of<T: utoipa::PartialSchema>(v: &Value) -> Result<(), ApiError> {
+    let names = crate::openapi::property_names::<T>();
+    let known: Vec<&str> = names.iter().map(String::as_str).collect();
+    known_fields(v, &known)
+}
+
 /// The answer, with the acted-on key named in the audit record.
 pub(crate) fn answer<T: Serialize>(
     call: &Call<'_>,
@@ -89,19 +98,142 @@ pub(crate) fn answer<T: Serialize>(
     Ok((status, v))
 }
 
-async fn create_disk(State(st): State<Arc<AppState>>, req: Request) -> Response {
+/// `POST /v1/disks`: the body. Either `size` (and options), or only
+/// `snapshot_id` to create the disk from a snapshot.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CreateDiskRequest {
+    /// Size in bytes (required unless `snapshot_id` is given).
+    size: Option<u64>,
+    /// Logical block size: 512 or 4096.
+    block_size: Option<u32>,
+    /// Whether the data is encrypted (default true).
+    encrypted: Option<bool>,
+    /// The master key (id, ARN or alias; default the account's disk service key).
+    key_id: Option<String>,
+    /// Create the disk as a copy of this snapshot (nothing else may be given).
+    snapshot_id: Option<String>,
+    /// Whether several clients may attach it read-write at once.
+    shareable: Option<bool>,
+}
+
+/// `POST /v1/disks/{id}/resize`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct ResizeDiskRequest {
+    /// The new size in bytes (disks only grow).
+    size: u64,
+}
+
+/// `POST /v1/disks/{id}/rollback`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct RollbackDiskRequest {
+    /// The snapshot (of this disk) to roll back to.
+    snapshot_id: String,
+}
+
+/// `POST /v1/disks/{id}/rekey`: the body: exactly one of `key_id` and
+/// `reencrypt: true`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct RekeyDiskRequest {
+    /// Move the disk to this master key (re-wraps its data key).
+    key_id: Option<String>,
+    /// Re-encrypt the disk under a fresh data key (a job).
+    reencrypt: Option<bool>,
+}
+
+/// `POST /v1/disks/{id}/convert`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct ConvertDiskRequest {
+    /// Whether the new disk is encrypted.
+    encrypted: bool,
+    /// Its master key (when encrypted; default the disk service key).
+    key_id: Option<String>,
+}
+
+/// `POST /v1/snapshots`: the body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CreateSnapshotRequest {
+    /// The disk to snapshot.
+    disk_id: String,
+}
+
+/// A body that must be empty or `{}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmptyRequest {}
+
+/// The caller's disks.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DiskList {
+    /// The disks.
+    disks: Vec<DiskView>,
+}
+
+/// The caller's snapshots.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SnapshotList {
+    /// The snapshots.
+    snapshots: Vec<SnapshotView>,
+}
+
+/// A job.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobAnswer {
+    /// The job.
+    job: Job,
+}
+
+/// The caller's jobs.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobList {
+    /// The jobs.
+    jobs: Vec<Job>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/disks",
+    tag = "disks",
+    operation_id = "CreateDisk",
+    request_body = CreateDiskRequest,
+    responses(
+        (status = 201, description = "Created", body = DiskView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_disk(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "disk:CreateDisk", |st, call, body| {
-        known_fields(
-            &body,
-            &[
-                "size",
-                "block_size",
-                "encrypted",
-                "key_id",
-                "snapshot_id",
-                "shareable",
-            ],
-        )?;
+        known_fields_of::<CreateDiskRequest>(&body)?;
         if let Some(snap) = string_field(&body, "snapshot_id")? {
             if ["size", "block_size", "encrypted", "key_id", "shareable"]
                 .iter()
@@ -139,17 +271,40 @@ async fn create_disk(State(st): State<Arc<AppState>>, req: Request) -> Response 
     .await
 }
 
-async fn list_disks(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/disks",
+    tag = "disks",
+    operation_id = "ListDisks",
+    responses(
+        (status = 200, description = "The caller's disks", body = DiskList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_disks(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "disk:ListDisks", |st, call, _| {
         let disks = st.disks.list_disks(call.caller)?;
-        Ok((StatusCode::OK, json!({"disks": disks})))
+        reply(StatusCode::OK, &DiskList { disks })
     })
     .await
 }
 
-async fn describe_disk(
+#[utoipa::path(
+    get,
+    path = "/v1/disks/{id}",
+    tag = "disks",
+    operation_id = "DescribeDisk",
+    params(("id" = String, Path, description = "Disk id")),
+    responses(
+        (status = 200, description = "The disk", body = DiskView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn describe_disk(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:DescribeDisk", move |st, call, _| {
@@ -159,25 +314,50 @@ async fn describe_disk(
     .await
 }
 
-async fn delete_disk(
+#[utoipa::path(
+    delete,
+    path = "/v1/disks/{id}",
+    tag = "disks",
+    operation_id = "DeleteDisk",
+    params(("id" = String, Path, description = "Disk id")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_disk(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:DeleteDisk", move |st, call, _| {
         st.disks.delete_disk(call.caller, &id)?;
-        Ok((StatusCode::OK, json!({"deleted": id})))
+        reply(StatusCode::OK, &Deleted { deleted: id })
     })
     .await
 }
 
-async fn resize_disk(
+#[utoipa::path(
+    post,
+    path = "/v1/disks/{id}/resize",
+    tag = "disks",
+    operation_id = "ResizeDisk",
+    params(("id" = String, Path, description = "Disk id")),
+    request_body = ResizeDiskRequest,
+    responses(
+        (status = 200, description = "Resized", body = DiskView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn resize_disk(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:ResizeDisk", move |st, call, body| {
-        known_fields(&body, &["size"])?;
+        known_fields_of::<ResizeDiskRequest>(&body)?;
         let size = u64_field(&body, "size")?
             .ok_or_else(|| KmsError::Validation("'size' (bytes) is required".into()))?;
         let d = st.disks.resize(call.caller, &id, size)?;
@@ -186,13 +366,26 @@ async fn resize_disk(
     .await
 }
 
-async fn rollback_disk(
+#[utoipa::path(
+    post,
+    path = "/v1/disks/{id}/rollback",
+    tag = "disks",
+    operation_id = "RollbackDisk",
+    params(("id" = String, Path, description = "Disk id")),
+    request_body = RollbackDiskRequest,
+    responses(
+        (status = 200, description = "Rolled back", body = DiskView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn rollback_disk(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:RollbackDisk", move |st, call, body| {
-        known_fields(&body, &["snapshot_id"])?;
+        known_fields_of::<RollbackDiskRequest>(&body)?;
         let snap = crate::http_api::required_field(&body, "snapshot_id")?;
         let d = st.disks.rollback(call.caller, &id, &snap)?;
         answer(call, StatusCode::OK, d.key_arn.as_ref(), &d)
@@ -203,13 +396,27 @@ async fn rollback_disk(
 /// `POST /v1/disks/{id}/rekey`: `{"key_id": K}` moves the disk to master key
 /// K (re-wrap, O(1)); `{"reencrypt": true}` starts re-encrypting it under a
 /// fresh data key and answers the job (202).
-async fn rekey_disk(
+#[utoipa::path(
+    post,
+    path = "/v1/disks/{id}/rekey",
+    tag = "disks",
+    operation_id = "RekeyDisk",
+    params(("id" = String, Path, description = "Disk id")),
+    request_body = RekeyDiskRequest,
+    responses(
+        (status = 200, description = "Moved to the new master key", body = DiskView),
+        (status = 202, description = "Re-encryption started", body = JobAnswer),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn rekey_disk(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:RekeyDisk", move |st, call, body| {
-        known_fields(&body, &["key_id", "reencrypt"])?;
+        known_fields_of::<RekeyDiskRequest>(&body)?;
         let key = string_field(&body, "key_id")?;
         let reencrypt = bool_field(&body, "reencrypt")?.unwrap_or(false);
         match (key, reencrypt) {
@@ -219,7 +426,7 @@ async fn rekey_disk(
             }
             (None, true) => {
                 let job = st.disks.reencrypt(call.caller, &id)?;
-                Ok((StatusCode::ACCEPTED, json!({"job": job})))
+                reply(StatusCode::ACCEPTED, &JobAnswer { job })
             }
             _ => Err(KmsError::Validation(
                 "give either 'key_id' (a new master key) or 'reencrypt': true (a new data key)"
@@ -231,9 +438,21 @@ async fn rekey_disk(
     .await
 }
 
-async fn regrant_disk(
+#[utoipa::path(
+    post,
+    path = "/v1/disks/{id}/regrant",
+    tag = "disks",
+    operation_id = "RegrantDisk",
+    params(("id" = String, Path, description = "Disk id")),
+    responses(
+        (status = 200, description = "Its grant renewed", body = DiskView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn regrant_disk(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:RegrantDisk", move |st, call, _| {
@@ -243,13 +462,26 @@ async fn regrant_disk(
     .await
 }
 
-async fn convert_disk(
+#[utoipa::path(
+    post,
+    path = "/v1/disks/{id}/convert",
+    tag = "disks",
+    operation_id = "ConvertDisk",
+    params(("id" = String, Path, description = "Disk id")),
+    request_body = ConvertDiskRequest,
+    responses(
+        (status = 202, description = "Conversion started", body = JobAnswer),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn convert_disk(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:ConvertDisk", move |st, call, body| {
-        known_fields(&body, &["encrypted", "key_id"])?;
+        known_fields_of::<ConvertDiskRequest>(&body)?;
         let encrypted = bool_field(&body, "encrypted")?.ok_or_else(|| {
             KmsError::Validation("'encrypted' (what the new disk is to be) is required".into())
         })?;
@@ -257,14 +489,26 @@ async fn convert_disk(
         let job = st
             .disks
             .convert(call.caller, &id, encrypted, key.as_deref())?;
-        Ok((StatusCode::ACCEPTED, json!({"job": job})))
+        reply(StatusCode::ACCEPTED, &JobAnswer { job })
     })
     .await
 }
 
-async fn create_snapshot(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    post,
+    path = "/v1/snapshots",
+    tag = "disks",
+    operation_id = "CreateSnapshot",
+    request_body = CreateSnapshotRequest,
+    responses(
+        (status = 201, description = "Created", body = SnapshotView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_snapshot(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "disk:CreateSnapshot", |st, call, body| {
-        known_fields(&body, &["disk_id"])?;
+        known_fields_of::<CreateSnapshotRequest>(&body)?;
         let disk = crate::http_api::required_field(&body, "disk_id")?;
         let s = st.disks.create_snapshot(call.caller, &disk)?;
         answer(call, StatusCode::CREATED, s.key_arn.as_ref(), &s)
@@ -272,17 +516,40 @@ async fn create_snapshot(State(st): State<Arc<AppState>>, req: Request) -> Respo
     .await
 }
 
-async fn list_snapshots(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots",
+    tag = "disks",
+    operation_id = "ListSnapshots",
+    responses(
+        (status = 200, description = "The caller's snapshots", body = SnapshotList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_snapshots(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "disk:ListSnapshots", |st, call, _| {
-        let snaps = st.disks.list_snapshots(call.caller)?;
-        Ok((StatusCode::OK, json!({"snapshots": snaps})))
+        let snapshots = st.disks.list_snapshots(call.caller)?;
+        reply(StatusCode::OK, &SnapshotList { snapshots })
     })
     .await
 }
 
-async fn describe_snapshot(
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots/{id}",
+    tag = "disks",
+    operation_id = "DescribeSnapshot",
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses(
+        (status = 200, description = "The snapshot", body = SnapshotView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn describe_snapshot(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:DescribeSnapshot", move |st, call, _| {
@@ -292,49 +559,95 @@ async fn describe_snapshot(
     .await
 }
 
-async fn delete_snapshot(
+#[utoipa::path(
+    delete,
+    path = "/v1/snapshots/{id}",
+    tag = "disks",
+    operation_id = "DeleteSnapshot",
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_snapshot(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:DeleteSnapshot", move |st, call, _| {
         st.disks.delete_snapshot(call.caller, &id)?;
-        Ok((StatusCode::OK, json!({"deleted": id})))
+        reply(StatusCode::OK, &Deleted { deleted: id })
     })
     .await
 }
 
-async fn list_jobs(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "disks",
+    operation_id = "ListJobs",
+    responses(
+        (status = 200, description = "The caller's jobs", body = JobList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_jobs(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "disk:ListJobs", |st, call, _| {
-        Ok((
-            StatusCode::OK,
-            json!({"jobs": st.disks.list_jobs(call.caller)}),
-        ))
+        let jobs = st.disks.list_jobs(call.caller);
+        reply(StatusCode::OK, &JobList { jobs })
     })
     .await
 }
 
-async fn describe_job(
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "disks",
+    operation_id = "DescribeJob",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobAnswer),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn describe_job(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:DescribeJob", move |st, call, _| {
         let job = st.disks.job(call.caller, &id)?;
-        Ok((StatusCode::OK, json!({"job": job})))
+        reply(StatusCode::OK, &JobAnswer { job })
     })
     .await
 }
 
 /// `POST /v1/disks/{id}/attach-local`: the disk as a block device of the
 /// server's host (answers the device path).
-async fn attach_local(
+#[utoipa::path(
+    post,
+    path = "/v1/disks/{id}/attach-local",
+    tag = "disks",
+    operation_id = "AttachLocal",
+    params(("id" = String, Path, description = "Disk id")),
+    request_body = EmptyRequest,
+    responses(
+        (status = 200, description = "Attached", body = LocalView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn attach_local(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:AttachLocal", move |st, call, body| {
-        known_fields(&body, &[])?;
+        known_fields_of::<EmptyRequest>(&body)?;
         let v = st.local.attach(call.caller, &id)?;
         answer(call, StatusCode::OK, None, &v)
     })
@@ -343,13 +656,26 @@ async fn attach_local(
 
 /// `POST /v1/disks/{id}/detach-local`: flushes the disk and removes its
 /// block device (409 while it is mounted).
-async fn detach_local(
+#[utoipa::path(
+    post,
+    path = "/v1/disks/{id}/detach-local",
+    tag = "disks",
+    operation_id = "DetachLocal",
+    params(("id" = String, Path, description = "Disk id")),
+    request_body = EmptyRequest,
+    responses(
+        (status = 200, description = "Detached", body = LocalView),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn detach_local(
     State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    RestPath(id): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "disk:DetachLocal", move |st, call, body| {
-        known_fields(&body, &[])?;
+        known_fields_of::<EmptyRequest>(&body)?;
         let v = st.local.detach(call.caller, &id)?;
         answer(call, StatusCode::OK, None, &v)
     })

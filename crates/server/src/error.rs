@@ -36,12 +36,19 @@ pub enum ApiError {
     /// The access key exists but is inactive.
     #[error("The security token included in the request is invalid.")]
     InactiveKey,
+    /// A path segment or the query string of a REST request could not be
+    /// read as the route declares it (bad percent-encoding, wrong type).
+    #[error("{0}")]
+    BadRequestParts(String),
     /// From the disk service.
     #[error(transparent)]
     Disk(#[from] atrest_diskservice::ServiceError),
     /// From the database service.
     #[error(transparent)]
     Db(#[from] atrest_dbservice::DbError),
+    /// From the control plane (projects).
+    #[error(transparent)]
+    Control(#[from] atrest_control::ControlError),
 }
 
 impl ApiError {
@@ -80,6 +87,11 @@ impl ApiError {
                 "UnknownOperationException",
                 self.to_string(),
             ),
+            Self::BadRequestParts(_) => (
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                self.to_string(),
+            ),
             Self::NoRoute(_) => (StatusCode::NOT_FOUND, "NotFoundException", self.to_string()),
             Self::WrongMethod(..) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -88,6 +100,20 @@ impl ApiError {
             ),
             Self::Disk(e) => disk_parts(e),
             Self::Db(e) => db_parts(e),
+            Self::Control(e) => control_parts(e),
+        }
+    }
+
+    /// Status, code and message as the REST API answers them: as
+    /// [`Self::parts`], except that a request that failed authentication
+    /// (no, malformed or wrong signature; unknown or inactive access key) is
+    /// 401, as HTTP means it; the KMS endpoint keeps AWS KMS's 400.
+    #[must_use]
+    pub fn rest_parts(&self) -> (StatusCode, &'static str, String) {
+        let (status, code, message) = self.parts();
+        match self {
+            Self::Auth(_) | Self::InactiveKey => (StatusCode::UNAUTHORIZED, code, message),
+            _ => (status, code, message),
         }
     }
 
@@ -98,6 +124,10 @@ impl ApiError {
             Self::Kms(KmsError::Internal(_)) => true,
             Self::Disk(e) => e.is_server_fault(),
             Self::Db(e) => e.is_server_fault(),
+            Self::Control(atrest_control::ControlError::Store(_)) => true,
+            Self::Control(atrest_control::ControlError::Disk(e)) => e.is_server_fault(),
+            Self::Control(atrest_control::ControlError::Db(e)) => e.is_server_fault(),
+            Self::Control(atrest_control::ControlError::Kms(KmsError::Internal(_))) => true,
             _ => false,
         }
     }
@@ -171,6 +201,56 @@ fn db_parts(e: &atrest_dbservice::DbError) -> (StatusCode, &'static str, String)
     }
 }
 
+/// The control plane's errors: 404 for an unknown project, 409 for state
+/// conflicts and unconfigured regions, 400 for bad input and for a key the
+/// services may not use (the customer's configuration).
+fn control_parts(e: &atrest_control::ControlError) -> (StatusCode, &'static str, String) {
+    use atrest_control::ControlError as C;
+    match e {
+        C::NotFound(_) => (StatusCode::NOT_FOUND, "NotFoundException", e.to_string()),
+        C::Invalid(_) => (
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            e.to_string(),
+        ),
+        C::Conflict(_) => (StatusCode::CONFLICT, "ConflictException", e.to_string()),
+        C::RegionNotConfigured { .. } => (
+            StatusCode::CONFLICT,
+            "RegionNotConfiguredException",
+            e.to_string(),
+        ),
+        C::KeyAccess { .. } => (
+            StatusCode::BAD_REQUEST,
+            "KeyAccessDeniedException",
+            e.to_string(),
+        ),
+        C::Kms(k) => ApiError::Kms(k.clone()).parts(),
+        C::Disk(d) => disk_parts(d),
+        C::Db(d) => db_parts(d),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "The control plane failed; see the server log.".into(),
+        ),
+    }
+}
+
+/// The body of every REST API error (4xx and 5xx): a stable code (an AWS
+/// error type such as `ValidationException`), a message for humans, and
+/// the request id (also in the audit trail).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Stable error code, e.g. `ValidationException`, `NotFoundException`,
+    /// `AccessDeniedException`, `InternalFailure`.
+    #[schema(example = "ValidationException")]
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+    /// The request's id, as recorded in the audit trail.
+    pub request_id: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +272,7 @@ mod tests {
             ApiError::NoRoute("/x".into()),
             ApiError::WrongMethod("GET".into(), "/v1/metering".into()),
             ApiError::InactiveKey,
+            ApiError::BadRequestParts("x".into()),
         ];
         for e in client_errors {
             let (status, ty, msg) = e.parts();

@@ -10,17 +10,19 @@ use std::time::Instant;
 use atrest_kms::{Call, Caller, KeyService, KmsError, Operation, RequestMeta};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::trail::SharedTrail;
 
 /// The peer of a connection, inserted by the accept loop.
@@ -42,12 +44,15 @@ pub(crate) struct AppState {
     pub local: Arc<crate::local::LocalDisks>,
     /// The database service.
     pub db: Arc<atrest_dbservice::DbService>,
+    /// The control plane (projects).
+    pub projects: Arc<atrest_control::Projects>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", any(kms_endpoint))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/v1/accounts", get(list_accounts).post(create_account))
         .route(
             "/v1/accounts/{account}/access-keys",
@@ -72,6 +77,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(crate::disks_api::routes())
         .merge(crate::db_api::routes())
         .merge(crate::db_backups_api::routes())
+        .merge(crate::projects_api::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -116,9 +122,23 @@ fn close_if_body_unread(err: &ApiError, mut resp: Response) -> Response {
 }
 
 fn rest_error_response(err: &ApiError, request_id: &str) -> Response {
-    let (status, ty, message) = err.parts();
-    let body = json!({"code": ty, "message": message, "requestId": request_id}).to_string();
-    let resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let (status, code, message) = err.rest_parts();
+    let body = ErrorBody {
+        code: code.to_owned(),
+        message,
+        request_id: request_id.to_owned(),
+    };
+    let body = serde_json::to_string(&body).unwrap_or_else(|_| {
+        r#"{"code":"InternalFailure","message":"The error could not be encoded.","requestId":""}"#
+            .to_owned()
+    });
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("AWS4-HMAC-SHA256"),
+        );
+    }
     close_if_body_unread(err, resp)
 }
 
@@ -393,7 +413,16 @@ where
             json!({})
         } else {
             match serde_json::from_slice(&body) {
-                Ok(v) => v,
+                Ok(v @ Value::Object(_)) => v,
+                Ok(_) => {
+                    let err: ApiError =
+                        KmsError::Serialization("The request body must be a JSON object.".into())
+                            .into();
+                    return Outcome {
+                        entry: Some(refused_entry(&meta, operation, Some(&caller), &err)),
+                        result: Err(err),
+                    };
+                }
                 Err(e) => {
                     let err: ApiError =
                         KmsError::Serialization(format!("The request body is not valid JSON: {e}"))
@@ -474,7 +503,80 @@ pub(crate) fn required_field(v: &Value, name: &str) -> Result<String, ApiError> 
         .ok_or_else(|| KmsError::Validation(format!("'{name}' is required")).into())
 }
 
-async fn create_account(State(st): State<Arc<AppState>>, req: Request) -> Response {
+/// `POST /v1/accounts` (admins): the body. With no `id`, a fresh
+/// 12-digit id is chosen.
+#[derive(Deserialize, ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CreateAccountRequest {
+    /// The new account's id (12 digits).
+    #[schema(pattern = "^[0-9]{12}$")]
+    id: Option<String>,
+    /// Whether the account's root is an administrator (default false).
+    admin: Option<bool>,
+}
+
+/// A created account.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AccountCreated {
+    /// The account id.
+    id: String,
+    /// Whether its root is an administrator.
+    admin: bool,
+}
+
+/// One account of a listing.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AccountSummary {
+    /// The account id.
+    id: String,
+    /// Whether its root is an administrator.
+    admin: bool,
+    /// Whether it is suspended.
+    suspended: bool,
+    /// Creation time, epoch seconds.
+    created: f64,
+}
+
+/// Every account.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AccountList {
+    /// The accounts.
+    accounts: Vec<AccountSummary>,
+}
+
+/// The answer of a deletion.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Deleted {
+    /// What was deleted (its id or name).
+    pub deleted: String,
+}
+
+/// The JSON answer of a REST handler, with its status.
+pub(crate) fn reply<T: Serialize>(
+    status: StatusCode,
+    v: &T,
+) -> Result<(StatusCode, Value), ApiError> {
+    let v = serde_json::to_value(v)
+        .map_err(|e| KmsError::Internal(format!("encoding a response: {e}")))?;
+    Ok((status, v))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    tag = "admin",
+    operation_id = "CreateAccount",
+    request_body(content = CreateAccountRequest, description = "The account; `{}` or no body for a fresh id"),
+    responses(
+        (status = 201, description = "Created", body = AccountCreated),
+        (status = "4XX", description = "Refused (`AlreadyExistsException`, `AccessDeniedException`, `ValidationException`, ...)", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_account(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "admin:CreateAccount", |st, call, body| {
         let id = string_field(&body, "id")?;
         let admin = match body.get("admin") {
@@ -485,33 +587,102 @@ async fn create_account(State(st): State<Arc<AppState>>, req: Request) -> Respon
             }
         };
         let account = st.kms.create_account(call, id.as_deref(), admin)?;
-        Ok((
+        reply(
             StatusCode::CREATED,
-            json!({"id": account.as_str(), "admin": admin}),
-        ))
+            &AccountCreated {
+                id: account.as_str().to_owned(),
+                admin,
+            },
+        )
     })
     .await
 }
 
-async fn list_accounts(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/accounts",
+    tag = "admin",
+    operation_id = "ListAccounts",
+    responses(
+        (status = 200, description = "Every account (admins only)", body = AccountList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_accounts(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "admin:ListAccounts", |st, call, _| {
-        let accounts: Vec<_> = st
+        let accounts = st
             .kms
             .list_accounts(call.caller)?
             .into_iter()
-            .map(|(id, admin, suspended, created)| json!({"id": id, "admin": admin, "suspended": suspended, "created": created}))
+            .map(|(id, admin, suspended, created)| AccountSummary {
+                id,
+                admin,
+                suspended,
+                created,
+            })
             .collect();
-        Ok((StatusCode::OK, json!({"accounts": accounts})))
+        reply(StatusCode::OK, &AccountList { accounts })
     })
     .await
+}
+
+/// `POST /v1/accounts/{account}/access-keys`: the body. With no
+/// `access_key_id`, a key is created; with `access_key_id` and
+/// `secret_access_key`, they are imported.
+#[derive(Deserialize, ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CreateAccessKeyRequest {
+    /// The user the key is for (default: the account's root).
+    user: Option<String>,
+    /// An access key id to import.
+    access_key_id: Option<String>,
+    /// Its secret (with `access_key_id`).
+    secret_access_key: Option<String>,
+}
+
+/// A created or imported access key, with its secret (answered once).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AccessKeyCreated {
+    /// The account.
+    account: String,
+    /// The user it belongs to; null for the account's root.
+    user: Option<String>,
+    /// The access key id.
+    access_key_id: String,
+    /// The secret access key.
+    secret_access_key: String,
+}
+
+/// An account's access keys (no secrets).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AccessKeyList {
+    /// The keys.
+    access_keys: Vec<atrest_kms::AccessKeyInfo>,
 }
 
 /// `POST /v1/accounts/{account}/access-keys`: with no `access_key_id`,
 /// creates a key (for the account's root, or for `user`) and returns its
 /// secret once; with `access_key_id` and `secret_access_key`, imports them.
-async fn create_access_key(
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account}/access-keys",
+    tag = "admin",
+    operation_id = "CreateAccessKey",
+    params(("account" = String, Path, description = "Account id (12 digits)")),
+    request_body(content = CreateAccessKeyRequest, description = "`{}` or no body to create a root key"),
+    responses(
+        (status = 201, description = "Created", body = AccessKeyCreated),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_access_key(
     State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
+    RestPath(account): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:CreateAccessKey", move |st, call, body| {
@@ -534,58 +705,183 @@ async fn create_access_key(
                 .into());
             }
         };
-        let secret = Zeroizing::new(String::from_utf8_lossy(key.secret_access_key.expose()).into_owned());
-        Ok((
-            StatusCode::CREATED,
-            json!({"account": key.account.as_str(), "user": user, "access_key_id": key.access_key_id, "secret_access_key": secret.as_str()}),
-        ))
+        let created = AccessKeyCreated {
+            account: key.account.as_str().to_owned(),
+            user,
+            access_key_id: key.access_key_id.clone(),
+            secret_access_key: String::from_utf8_lossy(key.secret_access_key.expose()).into_owned(),
+        };
+        let answer = reply(StatusCode::CREATED, &created);
+        // The secret's copy is wiped; the answer's is sent once.
+        drop(Zeroizing::new(created.secret_access_key));
+        answer
     })
     .await
 }
 
-async fn list_access_keys(
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account}/access-keys",
+    tag = "admin",
+    operation_id = "ListAccessKeys",
+    params(("account" = String, Path, description = "Account id (12 digits)")),
+    responses(
+        (status = 200, description = "The account's access keys", body = AccessKeyList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_access_keys(
     State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
+    RestPath(account): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:ListAccessKeys", move |st, call, _| {
-        let keys = st.kms.list_access_keys(call, &account)?;
-        Ok((StatusCode::OK, json!({"access_keys": keys})))
+        let access_keys = st.kms.list_access_keys(call, &account)?;
+        reply(StatusCode::OK, &AccessKeyList { access_keys })
     })
     .await
 }
 
-async fn create_user(
+/// `POST /v1/accounts/{account}/users`: the body.
+#[derive(Deserialize, ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct CreateUserRequest {
+    /// The user name: 1 to 64 of letters, digits and `+=,.@_-`.
+    #[schema(pattern = "^[A-Za-z0-9+=,.@_-]{1,64}$")]
+    name: String,
+}
+
+/// An account's users.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UserList {
+    /// The users.
+    users: Vec<atrest_kms::UserInfo>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account}/users",
+    tag = "admin",
+    operation_id = "CreateUser",
+    params(("account" = String, Path, description = "Account id (12 digits)")),
+    request_body = CreateUserRequest,
+    responses(
+        (status = 201, description = "Created", body = atrest_kms::UserInfo),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_user(
     State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
+    RestPath(account): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:CreateUser", move |st, call, body| {
         let name = required_field(&body, "name")?;
         let user = st.kms.create_user(call, &account, &name)?;
-        Ok((
-            StatusCode::CREATED,
-            serde_json::to_value(user).unwrap_or_default(),
-        ))
+        reply(StatusCode::CREATED, &user)
     })
     .await
 }
 
-async fn list_users(
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account}/users",
+    tag = "admin",
+    operation_id = "ListUsers",
+    params(("account" = String, Path, description = "Account id (12 digits)")),
+    responses(
+        (status = 200, description = "The account's users", body = UserList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_users(
     State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
+    RestPath(account): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:ListUsers", move |st, call, _| {
         let users = st.kms.list_users(call, &account)?;
-        Ok((StatusCode::OK, json!({"users": users})))
+        reply(StatusCode::OK, &UserList { users })
     })
     .await
 }
 
-async fn put_user_policy(
+/// A policy document: an IAM-style JSON object, or that object as a
+/// string.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) enum PolicyDocument {
+    /// The document as a JSON string.
+    Text(String),
+    /// The document as a JSON object.
+    Object(std::collections::BTreeMap<String, Value>),
+}
+
+/// `PUT /v1/accounts/{account}/users/{user}/policies/{policy}`: the body.
+#[derive(Deserialize, ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read member by member"
+)]
+pub(crate) struct PutUserPolicyRequest {
+    /// The policy.
+    document: PolicyDocument,
+}
+
+/// A user policy, named.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UserPolicyRef {
+    /// The account.
+    account: String,
+    /// The user.
+    user: String,
+    /// The policy name.
+    policy: String,
+}
+
+/// A user policy and its document.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UserPolicy {
+    /// The account.
+    account: String,
+    /// The user.
+    user: String,
+    /// The policy name.
+    policy: String,
+    /// The policy document (JSON text).
+    document: String,
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/accounts/{account}/users/{user}/policies/{policy}",
+    tag = "admin",
+    operation_id = "PutUserPolicy",
+    params(
+        ("account" = String, Path, description = "Account id (12 digits)"),
+        ("user" = String, Path, description = "User name"),
+        ("policy" = String, Path, description = "Policy name"),
+    ),
+    request_body = PutUserPolicyRequest,
+    responses(
+        (status = 200, description = "Stored", body = UserPolicyRef),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn put_user_policy(
     State(st): State<Arc<AppState>>,
-    Path((account, user, policy)): Path<(String, String, String)>,
+    RestPath((account, user, policy)): RestPath<(String, String, String)>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:PutUserPolicy", move |st, call, body| {
@@ -601,87 +897,222 @@ async fn put_user_policy(
         };
         st.kms
             .put_user_policy(call, &account, &user, &policy, &document)?;
-        Ok((
+        reply(
             StatusCode::OK,
-            json!({"account": account, "user": user, "policy": policy}),
-        ))
+            &UserPolicyRef {
+                account,
+                user,
+                policy,
+            },
+        )
     })
     .await
 }
 
-async fn get_user_policy(
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account}/users/{user}/policies/{policy}",
+    tag = "admin",
+    operation_id = "GetUserPolicy",
+    params(
+        ("account" = String, Path, description = "Account id (12 digits)"),
+        ("user" = String, Path, description = "User name"),
+        ("policy" = String, Path, description = "Policy name"),
+    ),
+    responses(
+        (status = 200, description = "The policy", body = UserPolicy),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_user_policy(
     State(st): State<Arc<AppState>>,
-    Path((account, user, policy)): Path<(String, String, String)>,
+    RestPath((account, user, policy)): RestPath<(String, String, String)>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:GetUserPolicy", move |st, call, _| {
         let document = st.kms.get_user_policy(call, &account, &user, &policy)?;
-        Ok((
+        reply(
             StatusCode::OK,
-            json!({"account": account, "user": user, "policy": policy, "document": document}),
-        ))
+            &UserPolicy {
+                account,
+                user,
+                policy,
+                document,
+            },
+        )
     })
     .await
 }
 
-async fn delete_user_policy(
+#[utoipa::path(
+    delete,
+    path = "/v1/accounts/{account}/users/{user}/policies/{policy}",
+    tag = "admin",
+    operation_id = "DeleteUserPolicy",
+    params(
+        ("account" = String, Path, description = "Account id (12 digits)"),
+        ("user" = String, Path, description = "User name"),
+        ("policy" = String, Path, description = "Policy name"),
+    ),
+    responses(
+        (status = 200, description = "Deleted (answers the policy name)", body = Deleted),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_user_policy(
     State(st): State<Arc<AppState>>,
-    Path((account, user, policy)): Path<(String, String, String)>,
+    RestPath((account, user, policy)): RestPath<(String, String, String)>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:DeleteUserPolicy", move |st, call, _| {
         st.kms.delete_user_policy(call, &account, &user, &policy)?;
-        Ok((StatusCode::OK, json!({"deleted": policy})))
+        reply(StatusCode::OK, &Deleted { deleted: policy })
     })
     .await
 }
 
-async fn suspend_account(
+/// Whether an account is suspended.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AccountSuspension {
+    /// The account id.
+    id: String,
+    /// Whether it is now suspended.
+    suspended: bool,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account}/suspend",
+    tag = "admin",
+    operation_id = "SuspendAccount",
+    params(("account" = String, Path, description = "Account id (12 digits)")),
+    responses(
+        (status = 200, description = "Suspended", body = AccountSuspension),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn suspend_account(
     State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
+    RestPath(account): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:SuspendAccount", move |st, call, _| {
         st.kms.set_suspended(call, &account, true)?;
-        Ok((StatusCode::OK, json!({"id": account, "suspended": true})))
+        reply(
+            StatusCode::OK,
+            &AccountSuspension {
+                id: account,
+                suspended: true,
+            },
+        )
     })
     .await
 }
 
-async fn resume_account(
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account}/resume",
+    tag = "admin",
+    operation_id = "ResumeAccount",
+    params(("account" = String, Path, description = "Account id (12 digits)")),
+    responses(
+        (status = 200, description = "Resumed", body = AccountSuspension),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn resume_account(
     State(st): State<Arc<AppState>>,
-    Path(account): Path<String>,
+    RestPath(account): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:ResumeAccount", move |st, call, _| {
         st.kms.set_suspended(call, &account, false)?;
-        Ok((StatusCode::OK, json!({"id": account, "suspended": false})))
+        reply(
+            StatusCode::OK,
+            &AccountSuspension {
+                id: account,
+                suspended: false,
+            },
+        )
     })
     .await
 }
 
+/// `GET /v1/audit`: the filters (every one that is given must match); the
+/// operation's `params` document them.
+#[derive(Deserialize)]
+pub(crate) struct AuditQuery {
+    /// A key ARN.
+    key: Option<String>,
+    /// A principal ARN.
+    principal: Option<String>,
+    /// An operation (`Encrypt`, `disk:CreateDisk`, ...).
+    operation: Option<String>,
+    /// Records at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Records before this time (RFC 3339).
+    until: Option<String>,
+    /// At most this many records, the latest (default 1000, at most 100000).
+    limit: Option<String>,
+}
+
+/// Audit records.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditRecords {
+    /// The records, oldest first.
+    records: Vec<atrest_audit::Record>,
+}
+
 /// `GET /v1/audit`: records by key, principal, operation and time. An
 /// admin sees every account's; anyone else only their own account's.
-async fn query_audit(
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    operation_id = "QueryAudit",
+    params(
+        ("key" = Option<String>, Query, description = "A key ARN"),
+        ("principal" = Option<String>, Query, description = "A principal ARN"),
+        ("operation" = Option<String>, Query, description = "An operation (`Encrypt`, `disk:CreateDisk`, ...)"),
+        ("since" = Option<String>, Query, description = "Records at or after this time (RFC 3339)"),
+        ("until" = Option<String>, Query, description = "Records before this time (RFC 3339)"),
+        ("limit" = Option<i64>, Query, minimum = 0, description = "At most this many records, the latest (default 1000; more than 100000 means 100000)"),
+    ),
+    responses(
+        (status = 200, description = "Matching records", body = AuditRecords),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn query_audit(
     State(st): State<Arc<AppState>>,
-    Query(q): Query<std::collections::BTreeMap<String, String>>,
+    RestQuery(q): RestQuery<AuditQuery>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:QueryAudit", move |st, call, _| {
-        let limit = match q.get("limit") {
+        let limit = match &q.limit {
             None => Some(1000),
+            // An int64 as documented; above 100000 means 100000.
             Some(l) => Some(
-                l.parse::<usize>()
-                    .map_err(|_| KmsError::Validation("'limit' must be a number".into()))?
+                l.parse::<i64>()
+                    .ok()
+                    .and_then(|l| usize::try_from(l).ok())
+                    .ok_or_else(|| {
+                        KmsError::Validation("'limit' must be a non-negative number".into())
+                    })?
                     .min(100_000),
             ),
         };
         let filter = atrest_audit::Filter {
-            key_arn: q.get("key").cloned(),
-            principal: q.get("principal").cloned(),
-            operation: q.get("operation").cloned(),
-            since: q.get("since").cloned(),
-            until: q.get("until").cloned(),
+            key_arn: q.key,
+            principal: q.principal,
+            operation: q.operation,
+            since: q.since,
+            until: q.until,
             limit: None,
         };
         let mine = call.caller.account.as_str().to_owned();
@@ -696,33 +1127,100 @@ async fn query_audit(
         {
             records.drain(..records.len() - l);
         }
-        Ok((StatusCode::OK, json!({"records": records})))
+        reply(StatusCode::OK, &AuditRecords { records })
     })
     .await
 }
 
+/// The first record that failed verification.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BadRecord {
+    /// Its line number (from 1).
+    record: u64,
+    /// What is wrong with it.
+    reason: String,
+}
+
+/// The result of verifying the audit chain.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditVerification {
+    /// Whether the whole log verified.
+    verified: bool,
+    /// Records that verified, before the first bad one.
+    good_records: u64,
+    /// The first bad record, if any.
+    first_bad: Option<BadRecord>,
+}
+
 /// `POST /v1/audit/verify` (admins): checks the whole chain.
-async fn verify_audit(State(st): State<Arc<AppState>>, req: Request) -> Response {
+#[utoipa::path(
+    post,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    operation_id = "VerifyAudit",
+    responses(
+        (status = 200, description = "The verification's result", body = AuditVerification),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn verify_audit(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "admin:VerifyAudit", move |st, call, _| {
         KeyService::require_admin_caller(call.caller)?;
         let key = st.kms.audit_key()?;
-        let report = atrest_audit::verify(&st.audit_dir, &key).map_err(|e| KmsError::Internal(e.to_string()))?;
-        let first_bad = report.first_bad.map(|(line, reason)| json!({"record": line, "reason": reason}));
-        Ok((StatusCode::OK, json!({"verified": first_bad.is_none(), "good_records": report.good, "first_bad": first_bad})))
+        let report = atrest_audit::verify(&st.audit_dir, &key)
+            .map_err(|e| KmsError::Internal(e.to_string()))?;
+        let first_bad = report
+            .first_bad
+            .map(|(record, reason)| BadRecord { record, reason });
+        reply(
+            StatusCode::OK,
+            &AuditVerification {
+                verified: first_bad.is_none(),
+                good_records: report.good,
+                first_bad,
+            },
+        )
     })
     .await
+}
+
+/// `GET /v1/metering`: the account to report on.
+#[derive(Deserialize)]
+pub(crate) struct MeteringQuery {
+    /// The account (admins: default every account; others: only their own).
+    account: Option<String>,
+}
+
+/// Request counts.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MeteringReport {
+    /// One row per account, region and operation.
+    usage: Vec<crate::trail::Usage>,
 }
 
 /// `GET /v1/metering[?account=ID]`: request counts. Admins may see every
 /// account; anyone else only their own.
-async fn metering(
+#[utoipa::path(
+    get,
+    path = "/v1/metering",
+    tag = "audit",
+    operation_id = "Metering",
+    params(("account" = Option<String>, Query, description = "The account (admins: default every account; others: only their own)")),
+    responses(
+        (status = 200, description = "Request counts", body = MeteringReport),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn metering(
     State(st): State<Arc<AppState>>,
-    Query(q): Query<std::collections::BTreeMap<String, String>>,
+    RestQuery(q): RestQuery<MeteringQuery>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:Metering", move |st, call, _| {
-        let account = match (call.caller.admin, q.get("account")) {
-            (true, a) => a.cloned(),
+        let account = match (call.caller.admin, q.account) {
+            (true, a) => a,
             (false, Some(a)) if a != call.caller.account.as_str() => {
                 return Err(KmsError::AccessDenied(format!(
                     "User: {} may read only its own account's metering",
@@ -732,31 +1230,103 @@ async fn metering(
             }
             (false, _) => Some(call.caller.account.as_str().to_owned()),
         };
-        Ok((
+        reply(
             StatusCode::OK,
-            json!({"usage": st.trail.metering.usage(account.as_deref())}),
-        ))
+            &MeteringReport {
+                usage: st.trail.metering.usage(account.as_deref()),
+            },
+        )
     })
     .await
+}
+
+/// A service key of the caller's account.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ServiceKey {
+    /// The service.
+    service: String,
+    /// The key's ARN.
+    key_arn: String,
+    /// Its alias (`alias/atrest/<service>`).
+    alias: String,
 }
 
 /// `PUT /v1/service-keys/{service}`: makes sure the caller's account has
 /// the service key of `service` in the signed region, creating it the first
 /// time, as a service does when it first needs one. Returns its ARN.
-async fn ensure_service_key(
+#[utoipa::path(
+    put,
+    path = "/v1/service-keys/{service}",
+    tag = "admin",
+    operation_id = "EnsureServiceKey",
+    params(("service" = String, Path, description = "The service's name")),
+    responses(
+        (status = 200, description = "The service key", body = ServiceKey),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn ensure_service_key(
     State(st): State<Arc<AppState>>,
-    Path(service): Path<String>,
+    RestPath(service): RestPath<String>,
     req: Request,
 ) -> Response {
     rest(st, req, "admin:EnsureServiceKey", move |st, call, _| {
         let session = st.kms.service_session(&service, &call.caller.region)?;
-        let arn = session.service_key(&call.caller.account)?;
-        Ok((
+        let key_arn = session.service_key(&call.caller.account)?;
+        let alias = format!("alias/atrest/{service}");
+        reply(
             StatusCode::OK,
-            json!({"service": service, "key_arn": arn, "alias": format!("alias/atrest/{service}")}),
-        ))
+            &ServiceKey {
+                service,
+                key_arn,
+                alias,
+            },
+        )
     })
     .await
+}
+
+/// A path extractor whose rejection (a segment that is not valid
+/// percent-encoded UTF-8, say) is answered in the REST error shape and
+/// recorded in the audit trail, like every other refusal.
+pub(crate) struct RestPath<T>(pub T);
+
+impl<T> FromRequestParts<Arc<AppState>> for RestPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, st).await {
+            Ok(Path(v)) => Ok(Self(v)),
+            Err(e) => Err(refuse_parts(st, parts, ApiError::BadRequestParts(e.body_text())).await),
+        }
+    }
+}
+
+/// A query-string extractor, answering its rejections like [`RestPath`].
+pub(crate) struct RestQuery<T>(pub T);
+
+impl<T> FromRequestParts<Arc<AppState>> for RestQuery<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, st).await {
+            Ok(Query(v)) => Ok(Self(v)),
+            Err(e) => Err(refuse_parts(st, parts, ApiError::BadRequestParts(e.body_text())).await),
+        }
+    }
 }
 
 async fn no_route(State(st): State<Arc<AppState>>, req: Request) -> Response {
@@ -772,18 +1342,26 @@ async fn wrong_method(State(st): State<Arc<AppState>>, req: Request) -> Response
 /// Answers a request no handler takes, after recording it in the audit
 /// trail (probing unknown paths is worth seeing there).
 async fn unrouted(st: &AppState, req: Request, err: ApiError) -> Response {
+    let (parts, body) = req.into_parts();
+    drop(body);
+    refuse_parts(st, &parts, err).await
+}
+
+/// Refuses a request before its handler runs (no route, wrong method, a
+/// path or query the route cannot read): records it in the audit trail and
+/// answers the REST error shape.
+async fn refuse_parts(st: &AppState, parts: &Parts, err: ApiError) -> Response {
     let mut meta = RequestMeta::in_process();
-    meta.source = req
-        .extensions()
+    meta.source = parts
+        .extensions
         .get::<Peer>()
         .map_or_else(|| "unknown".into(), |p| p.0.to_string());
-    let method: String = req.method().as_str().chars().take(16).collect();
-    let path = req.uri().path().to_owned();
-    drop(req);
+    let method: String = parts.method.as_str().chars().take(16).collect();
+    let path = parts.uri.path();
     let entry = refused_entry(&meta, &format!("http:{method}"), None, &err);
     if let Err(e) = st.trail.record(entry).await {
         tracing::error!(request_id = %meta.request_id, error = %e, "audit trail unavailable");
     }
-    tracing::info!(request_id = %meta.request_id, source = %meta.source, path = %path, status = err.parts().0.as_u16(), "request refused: no route");
+    tracing::info!(request_id = %meta.request_id, source = %meta.source, path = %path, status = err.rest_parts().0.as_u16(), "request refused before its handler");
     rest_error_response(&err, &meta.request_id)
 }

@@ -19,6 +19,8 @@ pub mod error;
 mod http_api;
 mod local;
 pub mod nbd;
+mod openapi;
+mod projects_api;
 mod run;
 mod tls;
 pub mod trail;

@@ -161,6 +161,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?
     };
+    let projects = {
+        let store: Arc<dyn atrest_store::Store> = Arc::new(
+            atrest_store::RedbStore::open(&config.data_dir.join("control.redb"))
+                .map_err(|e| format!("project store: {e}"))?,
+        );
+        Arc::new(atrest_control::Projects::new(
+            store,
+            Arc::clone(&kms),
+            Arc::clone(&opened.disks),
+            Arc::clone(&db),
+        ))
+    };
     let state = Arc::new(AppState {
         kms: Arc::clone(&kms),
         trail: Arc::clone(&opened.trail),
@@ -170,6 +182,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         disks: Arc::clone(&opened.disks),
         local: Arc::clone(&local),
         db: Arc::clone(&db),
+        projects: Arc::clone(&projects),
     });
     let mut tasks = Vec::new();
     let mut metrics_addr = None;
@@ -212,6 +225,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(db_loop(Arc::clone(&db), stopped.clone())));
+    tasks.push(tokio::spawn(project_loop(
+        projects,
+        config.disks.check_interval,
+        stopped.clone(),
+    )));
     if has_providers {
         tasks.push(tokio::spawn(provider_loop(
             Arc::clone(&kms),
@@ -395,6 +413,29 @@ async fn provider_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watch
             ),
             Ok(Err(e)) => tracing::error!(error = ?e, "external key check failed"),
             Err(e) => tracing::error!(error = %e, "external key check task failed"),
+        }
+    }
+}
+
+/// Applies the projects' revocation policies on the disks' check period.
+async fn project_loop(
+    projects: Arc<atrest_control::Projects>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let p = Arc::clone(&projects);
+        match tokio::task::spawn_blocking(move || p.check()).await {
+            Ok(Ok(paused)) if paused.is_empty() => {}
+            Ok(Ok(paused)) => tracing::warn!(?paused, "paused projects whose key is unusable"),
+            Ok(Err(e)) => tracing::error!(error = %e, "project check failed"),
+            Err(e) => tracing::error!(error = %e, "project check task failed"),
         }
     }
 }

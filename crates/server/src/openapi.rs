@@ -1,0 +1,180 @@
+//! The OpenAPI 3 document of the REST API (`GET /v1/openapi.json`),
+//! generated from the handlers' `#[utoipa::path]` annotations and the
+//! request and response types' `ToSchema` derives. The KMS JSON endpoint
+//! (`POST /`) is the AWS KMS protocol, documented by AWS, and is not in it.
+
+use std::sync::OnceLock;
+
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{db_api, db_backups_api, disks_api, http_api, projects_api};
+
+/// Declares the `sigv4` security scheme every operation requires.
+struct SigV4;
+
+impl Modify for SigV4 {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "sigv4",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "AWS Signature Version 4 (`AWS4-HMAC-SHA256`), service name `atrest`, the \
+                 server's region (default `us-east-1`), signed with an atrest access key. \
+                 The signature covers `X-Amz-Date` (and `X-Amz-Content-Sha256` when sent), \
+                 which must be sent with it.",
+            ))),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "atrest REST API",
+        description = "Accounts, users and access keys; the audit trail and metering; \
+                       service keys; disks, snapshots and jobs; database instances and \
+                       backups. Every operation is authenticated with AWS SigV4 (service \
+                       `atrest`). Every error (4xx and 5xx) answers the `ErrorBody` shape. \
+                       The AWS KMS JSON API is served at `POST /` and documented by AWS.",
+    ),
+    modifiers(&SigV4),
+    security(("sigv4" = [])),
+    paths(
+        serve,
+        http_api::create_account,
+        http_api::list_accounts,
+        http_api::create_access_key,
+        http_api::list_access_keys,
+        http_api::create_user,
+        http_api::list_users,
+        http_api::put_user_policy,
+        http_api::get_user_policy,
+        http_api::delete_user_policy,
+        http_api::suspend_account,
+        http_api::resume_account,
+        http_api::query_audit,
+        http_api::verify_audit,
+        http_api::metering,
+        http_api::ensure_service_key,
+        disks_api::create_disk,
+        disks_api::list_disks,
+        disks_api::describe_disk,
+        disks_api::delete_disk,
+        disks_api::resize_disk,
+        disks_api::rollback_disk,
+        disks_api::rekey_disk,
+        disks_api::regrant_disk,
+        disks_api::convert_disk,
+        disks_api::attach_local,
+        disks_api::detach_local,
+        disks_api::create_snapshot,
+        disks_api::list_snapshots,
+        disks_api::describe_snapshot,
+        disks_api::delete_snapshot,
+        disks_api::list_jobs,
+        disks_api::describe_job,
+        db_api::create,
+        db_api::list,
+        db_api::describe,
+        db_api::delete,
+        db_api::start,
+        db_api::stop,
+        db_api::restart,
+        db_api::create_replica,
+        db_api::switchover,
+        db_api::change_encryption,
+        db_api::set_parameters,
+        db_api::resize,
+        db_api::clone_instance,
+        db_backups_api::create,
+        db_backups_api::list,
+        db_backups_api::describe,
+        db_backups_api::delete,
+        db_backups_api::restore,
+        projects_api::create,
+        projects_api::list,
+        projects_api::describe,
+        projects_api::delete,
+        projects_api::key_policy,
+        projects_api::set_key,
+        projects_api::create_disk,
+        projects_api::create_instance,
+        projects_api::pause,
+        projects_api::resume,
+    ),
+    tags(
+        (name = "admin", description = "Accounts, users, access keys, policies, service keys"),
+        (name = "audit", description = "The audit trail and metering"),
+        (name = "disks", description = "Disks, snapshots and jobs"),
+        (name = "databases", description = "Database instances and their backups"),
+        (name = "projects", description = "Projects: a key per region, and the disks and instances under it"),
+        (name = "meta", description = "This document"),
+    )
+)]
+pub(crate) struct ApiDoc;
+
+/// The document as JSON, built once.
+pub(crate) fn document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned())
+    })
+}
+
+/// The property names of a request body's schema: the members the
+/// operation takes (what it refuses otherwise), so the document and the
+/// check cannot disagree.
+pub(crate) fn property_names<T: utoipa::PartialSchema>() -> Vec<String> {
+    use utoipa::openapi::{RefOr, Schema};
+    match T::schema() {
+        RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `GET /v1/openapi.json`: the document (unauthenticated, like `/healthz`).
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    operation_id = "GetOpenApiDocument",
+    security(()),
+    responses(
+        (status = 200, description = "This OpenAPI document", content_type = "application/json", body = Object),
+    )
+)]
+pub(crate) async fn serve() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        document(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_is_openapi_3_with_every_operation() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        assert_eq!(
+            doc["components"]["securitySchemes"]["sigv4"]["name"],
+            "Authorization"
+        );
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.contains_key("/v1/disks/{id}/rekey"));
+        assert!(paths.contains_key("/v1/backups/{id}/restore"));
+        assert!(!paths.contains_key("/"));
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    }
+}
