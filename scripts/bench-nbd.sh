@@ -57,6 +57,8 @@ RUNTIME=10
 ROUNDS=1
 IODEPTHS=16,32
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The script reads the CLI's JSON answers.
+export ATREST_OUTPUT=json
 ATREST_BIN=$ROOT/target/release/atrest
 PARENT=/var/tmp
 QEMU_CACHE=writeback

@@ -26,6 +26,8 @@ CLIENTS=4
 TIME=60
 ROUNDS=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The script reads the CLI's JSON answers.
+export ATREST_OUTPUT=json
 ATREST_BIN=$ROOT/target/release/atrest
 DIR=/var/tmp
 while [ $# -gt 0 ]; do

@@ -92,6 +92,8 @@ def _isolated_aws_environment():
 def subprocess_env(**extra: str) -> dict[str, str]:
     """A clean environment for a child process, plus `extra`."""
     env = _scrubbed(dict(os.environ))
+    # The CLI prints tables for people by default; the tests read its JSON.
+    env["ATREST_OUTPUT"] = "json"
     env.update(extra)
     return env
 
@@ -418,11 +420,12 @@ def raw_request(
     path: str = "/",
     content_type: str | None = "application/x-amz-json-1.1",
     sign: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> requests.Response:
     """Sends one request, SigV4-signed by botocore unless sign=False."""
     if isinstance(body, str):
         body = body.encode()
-    headers = {}
+    headers = dict(headers or {})
     if content_type is not None:
         headers["Content-Type"] = content_type
     if target is not None:
@@ -610,6 +613,7 @@ def rest_call(
     *,
     creds: tuple[str, str] | None = None,
     region: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> requests.Response:
     """One botocore-signed request to atrest's REST API (SigV4 service `atrest`)."""
     data = json.dumps(body).encode() if body is not None else b""
@@ -623,6 +627,7 @@ def rest_call(
         region=region or server.regions[0],
         content_type="application/json" if body is not None else None,
         creds=creds,
+        headers=headers,
     )
 
 

@@ -73,6 +73,9 @@ def test_cmek_project_end_to_end(make_server):
     assert RB in msg, msg
     d = ok(rest_call(server, "POST", f"/v1/projects/{pid}/disks", {"size": 1 << 20}, creds=creds, region=RA), 201)
     assert d["encrypted"] is True and d["key_arn"] == key, d
+    # Its snapshots are under the same key (P4).
+    s = ok(rest_call(server, "POST", "/v1/snapshots", {"disk_id": d["id"]}, creds=creds, region=RA), 201)
+    assert s["key_arn"] == key, s
     # A project's resource cannot choose another key.
     err(rest_call(server, "POST", f"/v1/projects/{pid}/disks", {"size": 1 << 20, "key_id": key}, creds=creds,
                   region=RA), 400, "ValidationException")
@@ -222,3 +225,90 @@ def test_the_stop_policy_pauses_a_project_whose_key_is_disabled(make_server):
     kms.enable_key(KeyId=key)
     assert project_cmd(server, creds, "resume", p["id"])["paused"] is False
     assert sql_value(v["port"], "SELECT 1") == "1"
+
+
+def test_the_cli_prints_tables_reads_profiles_and_completes(make_server, tmp_path):
+    """O1's CLI: human tables by default and `--output json`, a profile file
+    so the endpoint and region are not repeated, and shell completions."""
+    from conftest import ATREST_BIN, subprocess_env
+    import subprocess
+
+    server = make_server().start()
+    creds = new_account(server, A)
+    project_cmd(server, creds, "create", "alpha")
+    project_cmd(server, creds, "create", "beta", "--cmek")
+    config = tmp_path / "config"
+    config.write_text(f"# atrest profiles\n[default]\nendpoint = http://127.0.0.1:1\n\n"
+                      f"[profile test]\nendpoint = {server.url}\nregion = {RA}\n")
+    env = subprocess_env(AWS_ACCESS_KEY_ID=creds[0], AWS_SECRET_ACCESS_KEY=creds[1],
+                         ATREST_CONFIG_FILE=str(config))
+    del env["ATREST_OUTPUT"]
+
+    def run(*args):
+        return subprocess.run([str(ATREST_BIN), *args], env=env, capture_output=True, text=True, timeout=60)
+
+    p = run("project", "list", "--profile", "test")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert {"ID", "NAME", "CMEK", "PAUSED"} <= set(lines[0].split()), p.stdout
+    assert any(" alpha " in f" {line} " for line in lines) and any("beta" in line for line in lines), p.stdout
+    p = run("project", "list", "--profile", "test", "--output", "json")
+    assert sorted(x["name"] for x in json.loads(p.stdout)["projects"]) == ["alpha", "beta"], p.stdout
+    # The default profile points nowhere: the flag wins over it.
+    p = run("project", "list")
+    assert p.returncode != 0 and "127.0.0.1:1" in p.stderr, p.stderr
+    p = run("project", "list", "--endpoint", server.url, "--output", "json")
+    assert p.returncode == 0, p.stderr
+    # A misspelt setting is refused, naming it.
+    config.write_text("[default]\nendpont = x\n")
+    p = run("project", "list")
+    assert p.returncode != 0 and "endpont" in p.stderr, p.stderr
+
+    for shell in ("bash", "zsh", "fish"):
+        p = run("completions", shell)
+        assert p.returncode == 0 and "project" in p.stdout and "create-disk" in p.stdout, (shell, p.stderr)
+
+
+def test_every_create_takes_an_idempotency_key_and_every_list_pages(make_server):
+    server = make_server().start()
+    creds = new_account(server, A)
+    key = {"Idempotency-Key": "create-disk-1"}
+    d1 = ok(rest_call(server, "POST", "/v1/disks", {"size": 1 << 20}, creds=creds, headers=key), 201)
+    d2 = ok(rest_call(server, "POST", "/v1/disks", {"size": 1 << 20}, creds=creds, headers=key), 201)
+    assert d1 == d2, "a retry with the same key answers the first disk"
+    assert len(ok(rest_call(server, "GET", "/v1/disks", creds=creds))["disks"]) == 1
+    msg = err(rest_call(server, "POST", "/v1/disks", {"size": 2 << 20}, creds=creds, headers=key),
+              409, "ConflictException")
+    assert "create-disk-1" in msg, msg
+    # Another account's key space is its own.
+    other = new_account(server, "444455556666")
+    ok(rest_call(server, "POST", "/v1/disks", {"size": 1 << 20}, creds=other, headers=key), 201)
+    err(rest_call(server, "POST", "/v1/disks", {"size": 1 << 20}, creds=creds,
+                  headers={"Idempotency-Key": "bad key with spaces"}), 400, "ValidationException")
+    # A replay does not repeat a secret shown once.
+    admin = server.credentials()
+    k = {"Idempotency-Key": "ak-1"}
+    first = ok(rest_call(server, "POST", f"/v1/accounts/{A}/access-keys", {}, creds=admin, headers=k), 201)
+    again = ok(rest_call(server, "POST", f"/v1/accounts/{A}/access-keys", {}, creds=admin, headers=k), 201)
+    assert first["secret_access_key"] and "secret_access_key" not in again, again
+    assert again["access_key_id"] == first["access_key_id"]
+
+    # Pages of disks, in id order.
+    for _ in range(4):
+        ok(rest_call(server, "POST", "/v1/disks", {"size": 1 << 20}, creds=creds), 201)
+    seen, token = [], None
+    while True:
+        q = "?limit=2" + (f"&next_token={token}" if token else "")
+        page = ok(rest_call(server, "GET", "/v1/disks" + q, creds=creds))
+        assert len(page["disks"]) <= 2
+        seen += [x["id"] for x in page["disks"]]
+        token = page.get("next_token")
+        if not token:
+            break
+    assert len(seen) == 5 and seen == sorted(seen), seen
+    err(rest_call(server, "GET", "/v1/disks?limit=5000", creds=creds), 400, "ValidationException")
+    doc = ok(rest_call(server, "GET", "/v1/openapi.json", creds=creds))
+    params = {p["name"] for p in doc["paths"]["/v1/disks"]["get"]["parameters"]}
+    assert {"limit", "next_token"} <= params, params
+    params = {p["name"] for p in doc["paths"]["/v1/disks"]["post"]["parameters"]}
+    assert "Idempotency-Key" in params, params

@@ -13,16 +13,21 @@ use crate::cli::{
 };
 
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+    let s = crate::output::settings(args)?;
+    crate::output::set_format(args.output);
     Ok(Client::new(
-        &args.endpoint,
-        credentials(args)?,
-        &args.region,
-        args.ca_file.as_deref(),
+        &s.endpoint,
+        credentials(args, &s)?,
+        &s.region,
+        s.ca_file.as_deref(),
     )?)
 }
 
 /// The caller's credentials: the environment's, or the credentials file's.
-pub fn credentials(args: &ClientArgs) -> anyhow::Result<Credentials> {
+pub fn credentials(
+    args: &ClientArgs,
+    settings: &crate::output::Settings,
+) -> anyhow::Result<Credentials> {
     Ok(
         match (
             std::env::var("AWS_ACCESS_KEY_ID"),
@@ -33,7 +38,7 @@ pub fn credentials(args: &ClientArgs) -> anyhow::Result<Credentials> {
                 secret_access_key: atrest_client::secret(&secret),
             },
             _ => {
-                let path = match &args.credentials_file {
+                let path = match &settings.credentials_file {
                     Some(p) => p.clone(),
                     None => std::path::PathBuf::from(
                         std::env::var_os("HOME").context("HOME is not set")?,
@@ -49,8 +54,7 @@ pub fn credentials(args: &ClientArgs) -> anyhow::Result<Credentials> {
 pub fn show(resp: &atrest_client::Response) -> anyhow::Result<()> {
     let body = resp.json();
     if resp.status.is_success() {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-        Ok(())
+        crate::output::emit(&body)
     } else {
         let code = body.get("code").and_then(Value::as_str).unwrap_or("Error");
         let msg = body.get("message").and_then(Value::as_str).unwrap_or("");
@@ -66,6 +70,14 @@ fn q(v: &str) -> String {
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     let resp = match args.command {
+        AdminCommand::ServiceKey { service } => {
+            c.rest(
+                Method::PUT,
+                &format!("/v1/service-keys/{}", q(&service)),
+                None,
+            )
+            .await?
+        }
         AdminCommand::Account(AccountCommand::Create { id, admin }) => {
             c.rest(
                 Method::POST,

@@ -59,6 +59,12 @@ pub enum Command {
     Provider(crate::provider::ProviderArgs),
     /// Projects: resources bound to customer-managed keys per region (CMEK).
     Project(ProjectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -626,20 +632,22 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The server's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "ATREST_ENDPOINT",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub endpoint: String,
-    /// Region to sign requests for.
-    #[arg(long, global = true, env = "AWS_REGION", default_value = atrest_server::config::DEFAULT_REGION)]
-    pub region: String,
-    /// Profile in the credentials file.
+    /// The server's URL [default: the profile's `endpoint`, else
+    /// http://127.0.0.1:7070].
+    #[arg(long, global = true, env = "ATREST_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Region to sign requests for [default: the profile's `region`, else
+    /// us-east-1].
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Profile: a section of the atrest config file
+    /// (`~/.config/atrest/config`, or ATREST_CONFIG_FILE) and of the
+    /// credentials file.
     #[arg(long, global = true, env = "AWS_PROFILE", default_value = "default")]
     pub profile: String,
+    /// How answers are printed: `table` for people, `json` for programs.
+    #[arg(long, global = true, env = "ATREST_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     /// AWS shared-credentials file [default: ~/.aws/credentials]. The
     /// variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY take precedence.
     #[arg(long, global = true, env = "AWS_SHARED_CREDENTIALS_FILE")]
@@ -647,6 +655,15 @@ pub struct ClientArgs {
     /// PEM file of the CA certificates to trust for an https endpoint.
     #[arg(long, global = true)]
     pub ca_file: Option<PathBuf>,
+}
+
+/// How answers are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns (lists) or field and value lines (one resource).
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -668,6 +685,13 @@ pub enum AdminCommand {
     /// Users of an account and their identity policies.
     #[command(subcommand)]
     User(UserCommand),
+    /// Make sure your account has a service's key (`alias/atrest/SERVICE`)
+    /// in the region, creating it as the service would on first need.
+    #[command(name = "service-key")]
+    ServiceKey {
+        /// The service (`disk`, `db`).
+        service: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,7 +39,20 @@ pub(crate) async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<Value> {
-    let resp = c.rest(method, path, body).await?;
+    // Creating an instance, a backup or a restore takes a while: a spinner
+    // on a terminal says it is under way (nothing when output is piped).
+    let spinner = (method != Method::GET && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(|| {
+            let s = indicatif::ProgressBar::new_spinner();
+            s.set_message(format!("{method} {path}"));
+            s.enable_steady_tick(Duration::from_millis(120));
+            s
+        });
+    let resp = c.rest(method, path, body).await;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let resp = resp?;
     if resp.status.is_success() {
         Ok(resp.json())
     } else {
@@ -48,8 +61,7 @@ pub(crate) async fn call(
 }
 
 pub(crate) fn print(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    crate::output::emit(v)
 }
 
 /// Follows a job with a progress bar (on a terminal; plain lines
@@ -257,7 +269,8 @@ pub async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 pub fn nbd(args: &crate::cli::NbdArgs) -> anyhow::Result<()> {
     match &args.command {
         crate::cli::NbdCommand::Psk { out } => {
-            let creds = crate::admin::credentials(&args.client)?;
+            let settings = crate::output::settings(&args.client)?;
+            let creds = crate::admin::credentials(&args.client, &settings)?;
             let key = atrest_server::nbd::psk_for_secret(creds.secret_access_key.expose());
             let line = zeroize::Zeroizing::new(format!(
                 "{}:{}\n",

@@ -12,6 +12,7 @@ mod cli;
 mod db;
 mod db_agent;
 mod disks;
+mod output;
 mod projects;
 mod provider;
 mod root_args;
@@ -51,6 +52,16 @@ fn main() -> std::process::ExitCode {
             cli::Command::DbAgent(args) => db_agent::run(&args),
             cli::Command::Provider(args) => provider::run(args).await,
             cli::Command::Project(args) => projects::project(args).await,
+            cli::Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut cli::Cli::command(),
+                    "atrest",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     });
     match result {

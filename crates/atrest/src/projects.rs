@@ -36,7 +36,10 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         ProjectCommand::Show { id } => call(&c, Method::GET, &p(&id, ""), None).await?,
         ProjectCommand::Delete { id } => call(&c, Method::DELETE, &p(&id, ""), None).await?,
         ProjectCommand::KeyPolicy { id, region } => {
-            let region = region.unwrap_or_else(|| args.client.region.clone());
+            let region = region.map_or_else(
+                || crate::output::settings(&args.client).map(|s| s.region),
+                Ok,
+            )?;
             call(
                 &c,
                 Method::GET,
@@ -46,7 +49,10 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<()> {
             .await?
         }
         ProjectCommand::SetKey { id, key, region } => {
-            let region = region.unwrap_or_else(|| args.client.region.clone());
+            let region = region.map_or_else(
+                || crate::output::settings(&args.client).map(|s| s.region),
+                Ok,
+            )?;
             call(
                 &c,
                 Method::PUT,

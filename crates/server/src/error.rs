@@ -49,6 +49,10 @@ pub enum ApiError {
     /// From the control plane (projects).
     #[error(transparent)]
     Control(#[from] atrest_control::ControlError),
+    /// The request conflicts with an earlier one (an idempotency key reused
+    /// for another request).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApiError {
@@ -101,6 +105,7 @@ impl ApiError {
             Self::Disk(e) => disk_parts(e),
             Self::Db(e) => db_parts(e),
             Self::Control(e) => control_parts(e),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "ConflictException", self.to_string()),
         }
     }
 

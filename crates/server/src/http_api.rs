@@ -46,6 +46,8 @@ pub(crate) struct AppState {
     pub db: Arc<atrest_dbservice::DbService>,
     /// The control plane (projects).
     pub projects: Arc<atrest_control::Projects>,
+    /// Answers of recent `POST`s with an `Idempotency-Key`.
+    pub idempotency: crate::rest_extras::Idempotency,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -409,6 +411,28 @@ where
             }
         };
         meta.access_key_id = Some(akid);
+        let extras = (|| {
+            let idem = if method == Method::POST {
+                crate::rest_extras::idempotency_key(&parts.headers)?
+            } else {
+                None
+            };
+            let paging = (method == Method::GET
+                && operation.contains(":List")
+                && operation != "project:ListProjects")
+                .then(|| crate::rest_extras::page(&parts.uri))
+                .transpose()?;
+            Ok::<_, ApiError>((idem, paging))
+        })();
+        let (idem, paging) = match extras {
+            Ok(x) => x,
+            Err(e) => {
+                return Outcome {
+                    entry: Some(refused_entry(&meta, operation, Some(&caller), &e)),
+                    result: Err(e),
+                };
+            }
+        };
         let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {
@@ -434,11 +458,31 @@ where
                 }
             }
         };
-        let (st2, meta2) = (Arc::clone(&st), meta.clone());
+        let (st2, meta2, path2) = (Arc::clone(&st), meta.clone(), path.clone());
         let joined = tokio::task::spawn_blocking(move || {
             let call = Call::new(&caller, &meta2);
             call.set_operation(operation);
-            let result = f(&st2, &call, value);
+            let account = caller.account.as_str().to_owned();
+            let result = match &idem {
+                None => f(&st2, &call, value),
+                Some(k) => match st2.idempotency.seen(&account, &path2, k, &body) {
+                    Err(e) => Err(e),
+                    Ok(crate::rest_extras::Seen::Replay(s, v)) => Ok((s, v)),
+                    Ok(crate::rest_extras::Seen::New) => {
+                        let r = f(&st2, &call, value);
+                        if let Ok((s, v)) = &r {
+                            st2.idempotency.keep(&account, &path2, k, &body, *s, v);
+                        }
+                        r
+                    }
+                },
+            };
+            let result = match (result, &paging) {
+                (Ok((s, v)), Some((limit, after))) => {
+                    Ok((s, crate::rest_extras::paginate(v, *limit, after.as_deref())))
+                }
+                (r, _) => r,
+            };
             let entry = (!call.recorded()).then(|| {
                 let outcome = match &result {
                     Ok(_) => "Success",

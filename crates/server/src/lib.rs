@@ -21,6 +21,7 @@ mod local;
 pub mod nbd;
 mod openapi;
 mod projects_api;
+mod rest_extras;
 mod run;
 mod tls;
 pub mod trail;

@@ -12,6 +12,72 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{db_api, db_backups_api, disks_api, http_api, projects_api};
 
+/// Documents what every create and list shares (`rest_extras`): the
+/// `Idempotency-Key` header on each `POST`, and `limit` and `next_token` on
+/// each `List*` operation.
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::Required;
+        use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let param =
+            |name: &str, place: ParameterIn, schema: ObjectBuilder, what: &str| -> Parameter {
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(place)
+                    .required(Required::False)
+                    .description(Some(what))
+                    .schema(Some(schema))
+                    .build()
+            };
+        for (path, item) in &mut doc.paths.paths {
+            if path == "/v1/openapi.json" {
+                continue;
+            }
+            if let Some(op) = item.post.as_mut() {
+                op.parameters.get_or_insert_with(Vec::new).push(param(
+                    "Idempotency-Key",
+                    ParameterIn::Header,
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(64))
+                        .pattern(Some("^[!-~]+$")),
+                    "A retry with the same key (24 hours) gets the first answer; another body with it is refused (409)",
+                ));
+            }
+            if let Some(op) = item.get.as_mut()
+                && op
+                    .operation_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with("List"))
+            {
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                if params.iter().any(|p| p.name == "limit") {
+                    continue;
+                }
+                params.push(param(
+                    "limit",
+                    ParameterIn::Query,
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1))
+                        .maximum(Some(1000)),
+                    "At most this many (default 1000)",
+                ));
+                params.push(param(
+                    "next_token",
+                    ParameterIn::Query,
+                    ObjectBuilder::new().schema_type(Type::String),
+                    "Where the previous page ended (its `next_token`)",
+                ));
+            }
+        }
+    }
+}
+
 /// Declares the `sigv4` security scheme every operation requires.
 struct SigV4;
 
@@ -42,7 +108,7 @@ impl Modify for SigV4 {
                        `atrest`). Every error (4xx and 5xx) answers the `ErrorBody` shape. \
                        The AWS KMS JSON API is served at `POST /` and documented by AWS.",
     ),
-    modifiers(&SigV4),
+    modifiers(&SigV4, &Conventions),
     security(("sigv4" = [])),
     paths(
         serve,
