@@ -40,7 +40,7 @@ PIN = "interop-pin-4917"
 SO_PIN = "so-pin-5678"
 # The metadata store (and the audit trail beside it) change as the server
 # runs; every other file in the data dir is written once, at first start.
-STORE_FILES = {"kms.redb"}
+STORE_FILES = {"kms.redb", "control.redb"}  # the key service's and the control plane's stores
 STORE_DIRS = ("audit/", "disks/")  # the audit trail and the disk engine's store and pool
 
 
