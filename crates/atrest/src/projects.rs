@@ -11,6 +11,8 @@ use crate::disks::{call, parse_size, print};
 pub async fn project(args: ProjectArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     let p = |id: &str, rest: &str| format!("/v1/projects/{id}{rest}");
+    // `--key-region` defaults to the region requests are signed for.
+    let default_region = crate::output::settings(&args.client)?.region;
     let v = match args.command {
         ProjectCommand::Create {
             name,
@@ -36,10 +38,7 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         ProjectCommand::Show { id } => call(&c, Method::GET, &p(&id, ""), None).await?,
         ProjectCommand::Delete { id } => call(&c, Method::DELETE, &p(&id, ""), None).await?,
         ProjectCommand::KeyPolicy { id, region } => {
-            let region = region.map_or_else(
-                || crate::output::settings(&args.client).map(|s| s.region),
-                Ok,
-            )?;
+            let region = region.unwrap_or_else(|| default_region.clone());
             call(
                 &c,
                 Method::GET,
@@ -49,10 +48,7 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<()> {
             .await?
         }
         ProjectCommand::SetKey { id, key, region } => {
-            let region = region.map_or_else(
-                || crate::output::settings(&args.client).map(|s| s.region),
-                Ok,
-            )?;
+            let region = region.unwrap_or_else(|| default_region.clone());
             call(
                 &c,
                 Method::PUT,

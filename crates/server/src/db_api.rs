@@ -287,7 +287,7 @@ pub(crate) async fn clone_instance(
     .await
 }
 
-fn port_field(body: &Value) -> Result<Option<u16>, ApiError> {
+pub(crate) fn port_field(body: &Value) -> Result<Option<u16>, ApiError> {
     u64_field(body, "port")?
         .map(|p| {
             u16::try_from(p)

@@ -50,6 +50,16 @@ pub(crate) fn u64_field(v: &Value, name: &str) -> Result<Option<u64>, ApiError> 
     }
 }
 
+/// `block_size` of a new disk (its value is checked by the disk service).
+pub(crate) fn block_size_field(v: &Value) -> Result<Option<u32>, ApiError> {
+    u64_field(v, "block_size")?
+        .map(|b| {
+            u32::try_from(b)
+                .map_err(|_| KmsError::Validation("'block_size' must be 512 or 4096".into()).into())
+        })
+        .transpose()
+}
+
 pub(crate) fn bool_field(v: &Value, name: &str) -> Result<Option<bool>, ApiError> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(None),
@@ -249,13 +259,7 @@ pub(crate) async fn create_disk(State(st): State<Arc<AppState>>, req: Request) -
         }
         let size = u64_field(&body, "size")?
             .ok_or_else(|| KmsError::Validation("'size' (bytes) is required".into()))?;
-        let block_size = u64_field(&body, "block_size")?
-            .map(|b| {
-                u32::try_from(b).map_err(|_| {
-                    KmsError::Validation("'block_size' must be 512 or 4096".into())
-                })
-            })
-            .transpose()?;
+        let block_size = block_size_field(&body)?;
         let d = st.disks.create_disk(
             call.caller,
             &NewDisk {

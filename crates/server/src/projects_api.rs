@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::disks_api::{answer, bool_field, known_fields_of, u64_field};
+use crate::disks_api::{answer, block_size_field, bool_field, known_fields_of, u64_field};
 use crate::error::{ApiError, ErrorBody};
 use crate::http_api::{AppState, reply, required_field, rest, string_field};
 
@@ -169,47 +169,16 @@ pub(crate) async fn create(State(st): State<Arc<AppState>>, req: Request) -> Res
     .await
 }
 
-/// `?limit=` (1 to 1000, default 100) and `?next_token=`.
+/// `?limit=` (1 to 1000, default 1000) and `?next_token=` (read by
+/// `rest_extras::page`, as for every list).
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code, reason = "documents the query, which is read by hand")]
 pub(crate) struct PageQuery {
-    /// At most this many (1 to 1000; default 100).
+    /// At most this many (1 to 1000; default 1000).
     limit: Option<u32>,
     /// Where the previous page ended.
     next_token: Option<String>,
-}
-
-fn page_query(uri: &http::Uri) -> Result<(usize, Option<String>), ApiError> {
-    let mut limit = 100usize;
-    let mut next = None;
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        KmsError::Validation("'limit' must be an integer from 1 to 1000".into())
-                    })?;
-            }
-            "next_token" => next = Some(v.to_owned()),
-            other => {
-                return Err(KmsError::Validation(format!(
-                    "unknown query parameter '{other}'; this operation takes limit, next_token"
-                ))
-                .into());
-            }
-        }
-    }
-    Ok((limit, next))
 }
 
 #[utoipa::path(
@@ -225,7 +194,7 @@ fn page_query(uri: &http::Uri) -> Result<(usize, Option<String>), ApiError> {
     )
 )]
 pub(crate) async fn list(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    let query = page_query(req.uri());
+    let query = crate::rest_extras::page(req.uri());
     rest(st, req, "project:ListProjects", move |st, call, _| {
         let (limit, after) = query?;
         let (projects, next_token) = st.projects.list(call.caller, limit, after.as_deref())?;
@@ -371,12 +340,7 @@ pub(crate) async fn create_disk(
         known_fields_of::<CreateProjectDiskRequest>(&body)?;
         let size = u64_field(&body, "size")?
             .ok_or_else(|| KmsError::Validation("'size' (bytes) is required".into()))?;
-        let block_size = u64_field(&body, "block_size")?
-            .map(|b| {
-                u32::try_from(b)
-                    .map_err(|_| KmsError::Validation("'block_size' must be 512 or 4096".into()))
-            })
-            .transpose()?;
+        let block_size = block_size_field(&body)?;
         let d = st.projects.create_disk(
             call.caller,
             &id,
@@ -413,12 +377,7 @@ pub(crate) async fn create_instance(
 ) -> Response {
     rest(st, req, "project:CreateInstance", move |st, call, body| {
         known_fields_of::<CreateProjectInstanceRequest>(&body)?;
-        let port = u64_field(&body, "port")?
-            .map(|p| {
-                u16::try_from(p)
-                    .map_err(|_| KmsError::Validation("'port' must be 1024 to 65535".into()))
-            })
-            .transpose()?;
+        let port = crate::db_api::port_field(&body)?;
         let v = st.projects.create_instance(
             call.caller,
             &id,
