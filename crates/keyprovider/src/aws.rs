@@ -247,9 +247,7 @@ impl KeyProvider for AwsKms {
                 "EncryptionContext": Self::context(),
             }),
         )?;
-        let mut plain = b64_field(&out, "Plaintext", "Decrypt")?;
-        let secret = SecretBytes::new(std::mem::take(&mut plain));
-        Ok(secret)
+        Ok(SecretBytes::new(b64_field(&out, "Plaintext", "Decrypt")?))
     }
 
     fn describe(&self, key: &str) -> Result<RemoteKey, ProviderError> {

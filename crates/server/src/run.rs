@@ -369,7 +369,18 @@ async fn serve_connection(
     }
 }
 
-async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watch::Receiver<bool>) {
+/// Runs `job` on a blocking thread now and then every `every` until the
+/// server stops; `report` logs what a round found. The schedule of the
+/// key service, the external keys' health check, the projects' revocation
+/// policies and the database check all run this way.
+async fn periodic<T: Send + 'static>(
+    what: &'static str,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+    job: impl Fn() -> T + Send + Sync + 'static,
+    report: impl Fn(T),
+) {
+    let job = Arc::new(job);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -377,68 +388,76 @@ async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watc
             _ = tick.tick() => {}
             _ = stopped.changed() => return,
         }
-        let k = Arc::clone(&kms);
-        match tokio::task::spawn_blocking(move || k.run_due()).await {
-            Ok(Ok(report)) if report.rotated.is_empty() && report.deleted.is_empty() => {}
-            Ok(Ok(report)) => tracing::info!(
-                rotated = report.rotated.len(),
-                deleted = report.deleted.len(),
-                "lifecycle tick"
-            ),
-            Ok(Err(e)) => tracing::error!(error = ?e, "lifecycle tick failed"),
-            Err(e) => tracing::error!(error = %e, "lifecycle task failed"),
+        let j = Arc::clone(&job);
+        match tokio::task::spawn_blocking(move || j()).await {
+            Ok(out) => report(out),
+            Err(e) => tracing::error!(error = %e, task = what, "periodic task failed"),
         }
     }
 }
 
-/// Checks every external key at its provider now and then on the period:
-/// a refusal makes the key unusable (disks and instances follow their
-/// key-loss policy), an acceptance makes it usable again.
-async fn provider_loop(kms: Arc<KeyService>, every: Duration, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.changed() => return,
-        }
-        let k = Arc::clone(&kms);
-        match tokio::task::spawn_blocking(move || k.check_external_keys()).await {
-            Ok(Ok(r)) if r.refused.is_empty() && r.restored.is_empty() => {}
-            Ok(Ok(r)) => tracing::info!(
+/// Runs the rotations, deletions and expiries that are due.
+async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Receiver<bool>) {
+    periodic(
+        "lifecycle",
+        every,
+        stopped,
+        move || kms.run_due(),
+        |r| match r {
+            Ok(report) if report.rotated.is_empty() && report.deleted.is_empty() => {}
+            Ok(report) => tracing::info!(
+                rotated = report.rotated.len(),
+                deleted = report.deleted.len(),
+                "lifecycle tick"
+            ),
+            Err(e) => tracing::error!(error = ?e, "lifecycle tick failed"),
+        },
+    )
+    .await;
+}
+
+/// Checks every external key at its provider: a refusal makes the key
+/// unusable (disks and instances follow their key-loss policy), an
+/// acceptance makes it usable again.
+async fn provider_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Receiver<bool>) {
+    periodic(
+        "external key check",
+        every,
+        stopped,
+        move || kms.check_external_keys(),
+        |r| match r {
+            Ok(r) if r.refused.is_empty() && r.restored.is_empty() => {}
+            Ok(r) => tracing::info!(
                 checked = r.checked,
                 refused = r.refused.len(),
                 restored = r.restored.len(),
                 unreachable = r.unreachable.len(),
                 "external key check"
             ),
-            Ok(Err(e)) => tracing::error!(error = ?e, "external key check failed"),
-            Err(e) => tracing::error!(error = %e, "external key check task failed"),
-        }
-    }
+            Err(e) => tracing::error!(error = ?e, "external key check failed"),
+        },
+    )
+    .await;
 }
 
 /// Applies the projects' revocation policies on the disks' check period.
 async fn project_loop(
     projects: Arc<atrest_control::Projects>,
     every: Duration,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.changed() => return,
-        }
-        let p = Arc::clone(&projects);
-        match tokio::task::spawn_blocking(move || p.check()).await {
-            Ok(Ok(paused)) if paused.is_empty() => {}
-            Ok(Ok(paused)) => tracing::warn!(?paused, "paused projects whose key is unusable"),
-            Ok(Err(e)) => tracing::error!(error = %e, "project check failed"),
-            Err(e) => tracing::error!(error = %e, "project check task failed"),
-        }
-    }
+    periodic(
+        "project check",
+        every,
+        stopped,
+        move || projects.check(),
+        |r| match r {
+            Ok(paused) if paused.is_empty() => {}
+            Ok(paused) => tracing::warn!(?paused, "paused projects whose key is unusable"),
+            Err(e) => tracing::error!(error = %e, "project check failed"),
+        },
+    )
+    .await;
 }
 
 /// Starts the instances that should run, then checks running instances'
@@ -450,16 +469,13 @@ async fn db_loop(db: Arc<atrest_dbservice::DbService>, mut stopped: watch::Recei
         r = resume => if let Err(e) = r { tracing::error!(error = %e, "starting the database instances failed") },
         _ = stopped.changed() => return,
     }
-    let mut tick = tokio::time::interval(db.check_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.changed() => return,
-        }
-        let d = Arc::clone(&db);
-        if let Err(e) = tokio::task::spawn_blocking(move || d.check()).await {
-            tracing::error!(error = %e, "the database check failed");
-        }
-    }
+    let every = db.check_interval();
+    periodic(
+        "database check",
+        every,
+        stopped,
+        move || db.check(),
+        |()| {},
+    )
+    .await;
 }

@@ -341,7 +341,7 @@ impl KeyService {
     /// off the reactor, as they may wait on the network).
     #[must_use]
     pub fn has_providers(&self) -> bool {
-        !self.providers().is_empty()
+        !super::read_lock(&self.providers).is_empty()
     }
 
     /// Every key whose material is in another KMS.
