@@ -10,7 +10,7 @@
 
 use atrest_crypto::SecretKey;
 use atrest_crypto::ct_eq;
-use atrest_crypto::hash::hmac_sha256;
+use atrest_crypto::hash::HmacSha256Key;
 use serde::{Deserialize, Serialize};
 
 use crate::{Entry, Record};
@@ -85,7 +85,7 @@ pub(crate) fn encode_body(entry: &Entry) -> Result<Vec<u8>, String> {
 /// Appends the line of record `seq` with the entry `body` (from
 /// [`encode_body`]) to `out`, `\n` included, and returns its MAC in hex.
 pub(crate) fn encode_line(
-    key: &SecretKey<32>,
+    key: &HmacSha256Key,
     seq: u64,
     body: &[u8],
     prev: &[u8; 64],
@@ -108,8 +108,8 @@ pub(crate) fn encode_line(
     mac
 }
 
-fn mac_hex(key: &SecretKey<32>, data: &[u8]) -> [u8; 64] {
-    let tag = hmac_sha256(key.expose(), data);
+fn mac_hex(key: &HmacSha256Key, data: &[u8]) -> [u8; 64] {
+    let tag = key.sign(data);
     let mut out = [0u8; 64];
     // 32 bytes always encode to 64 hex digits.
     if hex::encode_to_slice(tag, &mut out).is_err() {
@@ -123,18 +123,18 @@ fn is_lower_hex(b: &[u8]) -> bool {
 }
 
 /// The chain state while reading a log: what the next line must be.
-pub(crate) struct Chain<'k> {
-    key: &'k SecretKey<32>,
+pub(crate) struct Chain {
+    key: HmacSha256Key,
     /// The seq the next record must have.
     pub(crate) next_seq: u64,
     /// The mac of the last good record (`ZERO_MAC` before the first).
     pub(crate) prev: [u8; 64],
 }
 
-impl<'k> Chain<'k> {
-    pub(crate) fn new(key: &'k SecretKey<32>) -> Self {
+impl Chain {
+    pub(crate) fn new(key: &SecretKey<32>) -> Self {
         Self {
-            key,
+            key: HmacSha256Key::new(key.expose()),
             next_seq: 1,
             prev: ZERO_MAC,
         }
@@ -169,7 +169,7 @@ impl<'k> Chain<'k> {
         let Some(seq) = seq.filter(|_| digits.get(len) == Some(&b',')) else {
             return Err(shape_err());
         };
-        if !ct_eq(&mac_hex(self.key, signed), mac) {
+        if !ct_eq(&mac_hex(&self.key, signed), mac) {
             return Err("bad MAC (the record was edited, or forged without the key)".into());
         }
         if seq != self.next_seq {
@@ -199,7 +199,7 @@ const HEAD_MAGIC: &[u8] = b"atrest-audit-head v1 ";
 const HEAD_SIGNED_LEN: usize = 21 + 20 + 1 + 64;
 pub(crate) const HEAD_LEN: usize = HEAD_SIGNED_LEN + 1 + 64 + 1;
 
-pub(crate) fn encode_head(key: &SecretKey<32>, seq: u64, mac: &[u8; 64]) -> Vec<u8> {
+pub(crate) fn encode_head(key: &HmacSha256Key, seq: u64, mac: &[u8; 64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEAD_LEN);
     out.extend_from_slice(HEAD_MAGIC);
     out.extend_from_slice(format!("{seq:020}").as_bytes());
@@ -232,7 +232,10 @@ pub(crate) fn decode_head(key: &SecretKey<32>, bytes: &[u8]) -> Result<(u64, [u8
     let Some(seq) = seq.filter(|_| is_lower_hex(mac) && is_lower_hex(tag)) else {
         return Err("audit.head is not a head record".into());
     };
-    if !ct_eq(&mac_hex(key, &bytes[..HEAD_SIGNED_LEN]), tag) {
+    if !ct_eq(
+        &mac_hex(&HmacSha256Key::new(key.expose()), &bytes[..HEAD_SIGNED_LEN]),
+        tag,
+    ) {
         return Err("audit.head has a bad tag (it was edited)".into());
     }
     let mut out = [0u8; 64];
@@ -300,6 +303,10 @@ pub(crate) fn parse_record(line: &[u8]) -> Result<Record, serde_json::Error> {
 mod tests {
     use super::*;
 
+    fn mac_key() -> HmacSha256Key {
+        HmacSha256Key::new(key().expose())
+    }
+
     fn key() -> SecretKey<32> {
         SecretKey::from_slice(&[7u8; 32]).unwrap()
     }
@@ -325,7 +332,7 @@ mod tests {
     fn line_of(entry: &Entry, seq: u64, prev: &[u8; 64]) -> (Vec<u8>, [u8; 64]) {
         let mut out = Vec::new();
         let body = encode_body(entry).unwrap();
-        let mac = encode_line(&key(), seq, &body, prev, &mut out);
+        let mac = encode_line(&mac_key(), seq, &body, prev, &mut out);
         (out, mac)
     }
 
@@ -347,7 +354,7 @@ mod tests {
             assert_eq!(via_public, rec);
             // And the MAC is over exactly the bytes before `,"mac":"`.
             let cut = body.len() - MAC_TAIL_LEN;
-            assert_eq!(mac, mac_hex(&key(), &body[..cut]));
+            assert_eq!(mac, mac_hex(&mac_key(), &body[..cut]));
         }
     }
 
@@ -467,11 +474,11 @@ mod tests {
     #[test]
     fn head_round_trip_and_tamper() {
         let mac = [b'a'; 64];
-        let h = encode_head(&key(), 42, &mac);
+        let h = encode_head(&mac_key(), 42, &mac);
         assert_eq!(h.len(), HEAD_LEN);
         assert_eq!(decode_head(&key(), &h).unwrap(), (42, mac));
         assert_eq!(
-            decode_head(&key(), &encode_head(&key(), 0, &ZERO_MAC))
+            decode_head(&key(), &encode_head(&mac_key(), 0, &ZERO_MAC))
                 .unwrap()
                 .0,
             0
@@ -487,7 +494,7 @@ mod tests {
         let other = SecretKey::from_slice(&[8u8; 32]).unwrap();
         assert!(decode_head(&other, &h).is_err());
         assert_eq!(
-            decode_head(&key(), &encode_head(&key(), u64::MAX, &mac))
+            decode_head(&key(), &encode_head(&mac_key(), u64::MAX, &mac))
                 .unwrap()
                 .0,
             u64::MAX

@@ -155,6 +155,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use atrest_crypto::SecretKey;
+use atrest_crypto::hash::HmacSha256Key;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -677,7 +678,7 @@ fn write_head<H: Storage>(
     seq: u64,
     mac: &[u8; 64],
 ) -> Result<(), AuditError> {
-    let bytes = encode_head(key, seq, mac);
+    let bytes = encode_head(&HmacSha256Key::new(key.expose()), seq, mac);
     debug_assert_eq!(bytes.len(), HEAD_LEN);
     head.write_at(0, &bytes)
         .and_then(|()| head.set_len(HEAD_LEN as u64))

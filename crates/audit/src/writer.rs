@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use atrest_crypto::SecretKey;
+use atrest_crypto::hash::HmacSha256Key;
 use tokio::sync::oneshot;
 
 use crate::AuditError;
@@ -91,7 +92,8 @@ struct Tail {
 /// What appenders, the syncer and the handle share.
 pub(crate) struct Core {
     log: Box<dyn Storage>,
-    key: SecretKey<32>,
+    /// The audit key, prepared for HMAC.
+    key: HmacSha256Key,
     preallocate: u64,
     tail: Mutex<Tail>,
     /// Wakes the syncer.
@@ -121,7 +123,7 @@ impl Core {
     ) -> Self {
         Self {
             log,
-            key,
+            key: HmacSha256Key::new(key.expose()),
             preallocate,
             tail: Mutex::new(Tail {
                 len,

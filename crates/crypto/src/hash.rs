@@ -24,6 +24,33 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; SHA256_LEN] {
     out
 }
 
+/// An HMAC-SHA256 key prepared once for many tags: the hashes of its inner
+/// and outer pads are computed at construction instead of for every tag.
+/// AWS-LC wipes the prepared state when it is dropped (`HMAC_CTX_cleanup`).
+pub struct HmacSha256Key(hmac::Key);
+
+impl HmacSha256Key {
+    /// Prepares `key`.
+    #[must_use]
+    pub fn new(key: &[u8]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, key))
+    }
+
+    /// The tag of `data`; equal to [`hmac_sha256`] under the same key.
+    #[must_use]
+    pub fn sign(&self, data: &[u8]) -> [u8; SHA256_LEN] {
+        let mut out = [0u8; SHA256_LEN];
+        out.copy_from_slice(hmac::sign(&self.0, data).as_ref());
+        out
+    }
+}
+
+impl std::fmt::Debug for HmacSha256Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacSha256Key(..)")
+    }
+}
+
 /// HMAC-SHA256 over several parts, as if concatenated.
 #[must_use]
 pub fn hmac_sha256_parts(key: &[u8], parts: &[&[u8]]) -> [u8; SHA256_LEN] {
@@ -64,6 +91,16 @@ impl Sha256 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepared_keys_sign_as_one_shot_hmac() {
+        let k = HmacSha256Key::new(b"audit key");
+        for data in [&b""[..], b"one record", &[7u8; 1000]] {
+            assert_eq!(k.sign(data), hmac_sha256(b"audit key", data));
+        }
+        assert_ne!(k.sign(b"x"), hmac_sha256(b"other key", b"x"));
+        assert_eq!(format!("{k:?}"), "HmacSha256Key(..)");
+    }
 
     #[test]
     fn wycheproof_hmac_sha256() {

@@ -327,6 +327,74 @@ pub fn get<T: DeserializeOwned>(
     tx.get(table, key)?.map(|b| decode(table, &b)).transpose()
 }
 
+/// Decoded records of one table, reused while their stored bytes stay the
+/// same. Every hit compares the bytes just read with those the record was
+/// decoded from, so no write needs to invalidate anything: a changed record
+/// reads as other bytes and is decoded again. It saves the JSON decoding
+/// (about 2 µs for a key record) on every cryptographic request.
+pub(crate) struct DecodeCache<T> {
+    table: Table,
+    /// Record key -> (the stored bytes, the record decoded from them).
+    entries: std::sync::RwLock<std::collections::HashMap<Vec<u8>, Decoded<T>>>,
+}
+
+type Decoded<T> = (Vec<u8>, std::sync::Arc<T>);
+
+impl<T: DeserializeOwned> DecodeCache<T> {
+    /// Entries kept before the cache starts again from empty.
+    const LIMIT: usize = 100_000;
+
+    pub(crate) fn new(table: Table) -> Self {
+        Self {
+            table,
+            entries: std::sync::RwLock::default(),
+        }
+    }
+
+    /// [`get`] through the cache, shared.
+    pub(crate) fn get_shared(
+        &self,
+        tx: &(impl ReadTx + ?Sized),
+        key: &[u8],
+    ) -> Result<Option<std::sync::Arc<T>>, KmsError> {
+        let Some(bytes) = tx.get(self.table, key)? else {
+            return Ok(None);
+        };
+        {
+            let entries = self
+                .entries
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((seen, value)) = entries.get(key)
+                && *seen == bytes
+            {
+                return Ok(Some(std::sync::Arc::clone(value)));
+            }
+        }
+        let value = std::sync::Arc::new(decode::<T>(self.table, &bytes)?);
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= Self::LIMIT {
+            entries.clear();
+        }
+        entries.insert(key.to_vec(), (bytes, std::sync::Arc::clone(&value)));
+        Ok(Some(value))
+    }
+}
+
+impl<T: DeserializeOwned + Clone> DecodeCache<T> {
+    /// [`get`] through the cache.
+    pub(crate) fn get(
+        &self,
+        tx: &(impl ReadTx + ?Sized),
+        key: &[u8],
+    ) -> Result<Option<T>, KmsError> {
+        Ok(self.get_shared(tx, key)?.map(|v| T::clone(&v)))
+    }
+}
+
 /// Encodes and writes one record.
 pub fn put<T: Serialize>(
     tx: &mut (impl WriteTx + ?Sized),

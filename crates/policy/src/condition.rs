@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use crate::json::Json;
 use crate::pattern::Pattern;
 use crate::values::{self, Instant};
-use crate::{Context, PolicyError};
+use crate::{ConditionKeys, PolicyError};
 
 /// One condition: an operator applied to one key.
 #[derive(Debug, Clone, PartialEq)]
@@ -286,8 +286,8 @@ fn parse_values(
 
 impl Condition {
     /// Whether the condition holds for `ctx`.
-    pub(crate) fn matches(&self, ctx: &Context) -> bool {
-        let request = ctx.get(&self.key).filter(|v| !v.is_empty());
+    pub(crate) fn matches(&self, ctx: &dyn ConditionKeys) -> bool {
+        let request = ctx.values(&self.key).filter(|v| !v.is_empty());
         if let Values::Nulls(expected) = &self.values {
             let is_null = request.is_none();
             return expected.contains(&is_null);
@@ -311,7 +311,7 @@ impl Condition {
     /// Whether one request value satisfies the operator: a positive
     /// operator needs one listed value to match, a negated one needs every
     /// listed value not to match.
-    fn value_matches(&self, request: &str, ctx: &Context) -> bool {
+    fn value_matches(&self, request: &str, ctx: &dyn ConditionKeys) -> bool {
         let negated = self.op.negated;
         match (&self.values, self.op.base) {
             (Values::Patterns(ps), base) => {
@@ -413,12 +413,13 @@ impl Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
 
     fn block(json: &str) -> Result<Vec<Condition>, PolicyError> {
         parse_block(&Json::parse(json).unwrap(), "Statement[0].Condition", true)
     }
 
-    fn holds(json: &str, ctx: &Context) -> bool {
+    fn holds(json: &str, ctx: &dyn ConditionKeys) -> bool {
         block(json).unwrap().iter().all(|c| c.matches(ctx))
     }
 

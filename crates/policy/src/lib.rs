@@ -141,6 +141,27 @@ impl Context {
     }
 }
 
+/// Where a request's condition keys get their values: a [`Context`], or one
+/// built only when a policy first asks ([`std::cell::LazyCell`] of a
+/// context). Most policies (the default key policy among them) have no
+/// condition and no policy variable, so their requests never build one.
+pub trait ConditionKeys: std::fmt::Debug {
+    /// The values of `key` (compared case-insensitively), if present.
+    fn values(&self, key: &str) -> Option<&[String]>;
+}
+
+impl ConditionKeys for Context {
+    fn values(&self, key: &str) -> Option<&[String]> {
+        self.get(key)
+    }
+}
+
+impl<F: FnOnce() -> Context> ConditionKeys for std::cell::LazyCell<Context, F> {
+    fn values(&self, key: &str) -> Option<&[String]> {
+        std::cell::LazyCell::force(self).get(key)
+    }
+}
+
 /// One request to evaluate.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
@@ -153,7 +174,7 @@ pub struct Request<'a> {
     /// Condition key values. The evaluator adds nothing itself: the caller
     /// sets `aws:PrincipalArn`, `aws:PrincipalAccount`, `kms:CallerAccount`
     /// and the request's own keys.
-    pub context: &'a Context,
+    pub context: &'a dyn ConditionKeys,
 }
 
 /// What one policy says about one request.

@@ -6,7 +6,9 @@
 //! literally), and a variable's value is always literal text: a user named
 //! `a*` does not turn into a wildcard.
 
-use crate::Context;
+use std::borrow::Cow;
+
+use crate::ConditionKeys;
 
 /// One element of a compiled pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,9 @@ enum RTok {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pattern {
     toks: Vec<Tok>,
+    /// The tokens, resolved once, when the pattern has no variable (most
+    /// patterns): matching then allocates nothing for the pattern.
+    fixed: Option<Vec<RTok>>,
 }
 
 impl Pattern {
@@ -66,7 +71,16 @@ impl Pattern {
             });
             i += 1;
         }
-        Self { toks }
+        let fixed = toks
+            .iter()
+            .map(|t| match t {
+                Tok::Lit(c) => Some(RTok::Lit(*c)),
+                Tok::One => Some(RTok::One),
+                Tok::Any => Some(RTok::Any),
+                Tok::Var { .. } => None,
+            })
+            .collect();
+        Self { toks, fixed }
     }
 
     /// The number of literal `:` separators outside variables.
@@ -76,7 +90,10 @@ impl Pattern {
 
     /// Substitutes variables from `ctx`; `None` when a variable has no
     /// single value and no default (AWS: the comparison then fails).
-    fn resolve(&self, ctx: &Context) -> Option<Vec<RTok>> {
+    fn resolve(&self, ctx: &dyn ConditionKeys) -> Option<Cow<'_, [RTok]>> {
+        if let Some(fixed) = &self.fixed {
+            return Some(Cow::Borrowed(fixed));
+        }
         let mut out = Vec::with_capacity(self.toks.len());
         for t in &self.toks {
             match t {
@@ -84,7 +101,7 @@ impl Pattern {
                 Tok::One => out.push(RTok::One),
                 Tok::Any => out.push(RTok::Any),
                 Tok::Var { key, default } => {
-                    let value = match ctx.get(key) {
+                    let value = match ctx.values(key) {
                         Some([one]) => one.as_str(),
                         _ => default.as_deref()?,
                     };
@@ -92,11 +109,11 @@ impl Pattern {
                 }
             }
         }
-        Some(out)
+        Some(Cow::Owned(out))
     }
 
     /// Whether `value` matches the whole pattern; `fold`: ignore case.
-    pub(crate) fn matches(&self, value: &str, fold: bool, ctx: &Context) -> bool {
+    pub(crate) fn matches(&self, value: &str, fold: bool, ctx: &dyn ConditionKeys) -> bool {
         let Some(toks) = self.resolve(ctx) else {
             return false;
         };
@@ -108,11 +125,11 @@ impl Pattern {
     /// colon-separated parts (`arn:partition:service:region:account:resource`,
     /// the last may contain colons) and each part matches on its own, so a
     /// `*` never spans a colon in the first five parts. Case-sensitive.
-    pub(crate) fn matches_arn(&self, value: &str, ctx: &Context) -> bool {
+    pub(crate) fn matches_arn(&self, value: &str, ctx: &dyn ConditionKeys) -> bool {
         let Some(toks) = self.resolve(ctx) else {
             return false;
         };
-        if toks == [RTok::Any] {
+        if *toks == [RTok::Any] {
             return true;
         }
         let pattern_parts: Vec<&[RTok]> = split_parts(&toks);
@@ -226,6 +243,7 @@ fn glob(pattern: &[RTok], value: &[char], fold: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
 
     fn like(p: &str, v: &str) -> bool {
         Pattern::compile(p, true, false).matches(v, false, &Context::new())

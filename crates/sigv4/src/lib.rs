@@ -19,8 +19,8 @@ mod error;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use atrest_crypto::hash::{hmac_sha256, sha256};
-use atrest_crypto::{SecretBytes, SecretKey};
+use atrest_crypto::SecretBytes;
+use atrest_crypto::hash::{HmacSha256Key, hmac_sha256, sha256};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use time::{Duration, OffsetDateTime, format_description::FormatItem, macros::format_description};
 use zeroize::Zeroizing;
@@ -36,7 +36,6 @@ pub const MAX_SKEW: Duration = Duration::minutes(5);
 
 const AMZ_DATE: &[FormatItem<'static>] =
     format_description!("[year][month][day]T[hour][minute][second]Z");
-const SCOPE_DATE: &[FormatItem<'static>] = format_description!("[year][month][day]");
 
 /// Formats a time as SigV4's `YYYYMMDDTHHMMSSZ`.
 #[must_use]
@@ -61,7 +60,8 @@ pub struct Credentials<'a> {
 }
 
 /// The derived key for one (secret, date, region, service).
-fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> SecretKey<32> {
+/// The signing key of a scope, prepared for HMAC (see [`HmacSha256Key`]).
+fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> HmacSha256Key {
     let mut first = SecretBytes::new(Vec::with_capacity(4 + secret.len()));
     first.expose_mut().extend_from_slice(b"AWS4");
     first.expose_mut().extend_from_slice(secret);
@@ -69,30 +69,31 @@ fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> Secret
     let k_region = Zeroizing::new(hmac_sha256(&*k_date, region.as_bytes()));
     let k_service = Zeroizing::new(hmac_sha256(&*k_region, service.as_bytes()));
     let k = Zeroizing::new(hmac_sha256(&*k_service, b"aws4_request"));
-    SecretKey::from_slice(&*k).unwrap_or_else(|_| unreachable!("HMAC-SHA256 output is 32 bytes"))
+    HmacSha256Key::new(&*k)
 }
 
 /// Derived signing keys, one per access key for its most recent scope
 /// (date, region, service). Deriving takes four HMACs; a client or server
 /// sending many requests under one key derives once a day. An entry is used
-/// only for the same secret (checked by a SHA-256 fingerprint), so a changed
-/// secret can never be verified with a stale key.
+/// only for the same secret (compared in constant time with a copy held in
+/// a zeroizing buffer), so a changed secret can never be verified with a
+/// stale key.
 #[derive(Default)]
 pub struct SigningKeyCache {
     entries: RwLock<HashMap<String, CacheEntry>>,
 }
 
 struct CacheEntry {
+    /// `date/region/service`.
     scope: String,
-    fingerprint: [u8; 32],
-    key: Arc<SecretKey<32>>,
+    secret: SecretBytes,
+    key: Arc<HmacSha256Key>,
 }
 
-fn fingerprint(secret: &[u8]) -> [u8; 32] {
-    let mut h = atrest_crypto::hash::Sha256::default();
-    h.update(b"atrest/sigv4/cache-fingerprint/v1");
-    h.update(secret);
-    h.finish()
+/// Whether `scope` is `date/region/service` (without building that string).
+fn same_scope(scope: &str, date: &str, region: &str, service: &str) -> bool {
+    let mut parts = scope.splitn(3, '/');
+    parts.next() == Some(date) && parts.next() == Some(region) && parts.next() == Some(service)
 }
 
 impl core::fmt::Debug for SigningKeyCache {
@@ -118,16 +119,14 @@ impl SigningKeyCache {
         date: &str,
         region: &str,
         service: &str,
-    ) -> Arc<SecretKey<32>> {
-        let scope = format!("{date}/{region}/{service}");
-        let fp = fingerprint(secret);
+    ) -> Arc<HmacSha256Key> {
         if let Some(e) = self
             .entries
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(access_key_id)
-            && e.scope == scope
-            && atrest_crypto::ct_eq(&e.fingerprint, &fp)
+            && same_scope(&e.scope, date, region, service)
+            && atrest_crypto::ct_eq(e.secret.expose(), secret)
         {
             return Arc::clone(&e.key);
         }
@@ -142,8 +141,8 @@ impl SigningKeyCache {
         map.insert(
             access_key_id.to_owned(),
             CacheEntry {
-                scope,
-                fingerprint: fp,
+                scope: [date, region, service].join("/"),
+                secret: SecretBytes::new(secret.to_vec()),
                 key: Arc::clone(&key),
             },
         );
@@ -160,10 +159,25 @@ impl SigningKeyCache {
 }
 
 fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(sha256(canonical_request))
-    )
+    let hash = hex_sha256(canonical_request);
+    let mut out = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
+    for part in [ALGORITHM, "\n", amz_date, "\n", scope, "\n", &hash] {
+        out.push_str(part);
+    }
+    out
+}
+
+/// SHA-256 of `data` in lowercase hex (`hex::encode` builds its string a
+/// character at a time, several times slower; this runs on every request).
+fn hex_sha256(data: &[u8]) -> String {
+    hex_lower(&sha256(data))
+}
+
+fn hex_lower(bytes: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    // 32 bytes always fit 64 hex digits, which are ASCII.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The credential scope and time a request is signed for.
@@ -222,7 +236,7 @@ pub fn sign_cached(
             "a Host header is required to sign a request".into(),
         ));
     }
-    let payload_hash = hex::encode(sha256(body));
+    let payload_hash = hex_sha256(body);
     let canonical = canonical::canonical_request(method, uri, headers, &signed, &payload_hash)?;
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let sts = string_to_sign(&amz_date, &scope, &canonical);
@@ -236,7 +250,7 @@ pub fn sign_cached(
         ),
         None => Arc::new(signing_key(creds.secret_access_key, &date, region, service)),
     };
-    let signature = hex::encode(hmac_sha256(key.expose(), sts.as_bytes()));
+    let signature = hex_lower(&key.sign(sts.as_bytes()));
     let value = format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={signature}",
         creds.access_key_id,
@@ -421,7 +435,7 @@ impl ParsedRequest {
             Some(c) => c.get(&a.access_key_id, secret, &a.date, &a.region, &a.service),
             None => Arc::new(signing_key(secret, &a.date, &a.region, &a.service)),
         };
-        let expected = hmac_sha256(key.expose(), self.string_to_sign.as_bytes());
+        let expected = key.sign(self.string_to_sign.as_bytes());
         if atrest_crypto::ct_eq(&expected, &self.auth.signature) {
             Ok(())
         } else {
@@ -460,7 +474,8 @@ pub fn parse_request(
             "X-Amz-Date must be in the ISO8601 basic format YYYYMMDD'T'HHMMSS'Z', got '{amz_date}'."
         )));
     };
-    let request_day = time.format(SCOPE_DATE).unwrap_or_default();
+    // The basic format parsed, so its first eight characters are the day.
+    let request_day = amz_date.get(..8).unwrap_or_default();
     if auth.date != request_day {
         return Err(AuthError::InvalidSignature(format!(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{request_day}', from '{amz_date}'.",
@@ -504,7 +519,7 @@ pub fn parse_request(
             "'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.".into(),
         ));
     }
-    let body_hash = hex::encode(sha256(body));
+    let body_hash = hex_sha256(body);
     let payload_hash = match headers.get("x-amz-content-sha256") {
         None => body_hash,
         Some(v) if v.as_bytes() == body_hash.as_bytes() => body_hash,
@@ -517,10 +532,13 @@ pub fn parse_request(
     };
     let canonical =
         canonical::canonical_request(method, uri, headers, &auth.signed_headers, &payload_hash)?;
-    let scope = format!(
-        "{}/{}/{}/aws4_request",
-        auth.date, auth.region, auth.service
-    );
+    let scope = [
+        auth.date.as_str(),
+        auth.region.as_str(),
+        auth.service.as_str(),
+        "aws4_request",
+    ]
+    .join("/");
     let string_to_sign = string_to_sign(amz_date, &scope, &canonical);
     Ok(ParsedRequest {
         auth,

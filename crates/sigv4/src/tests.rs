@@ -166,6 +166,15 @@ fn known_answers_sign_and_verify() {
         )
         .unwrap();
         assert_eq!(h2.get("authorization"), h.get("authorization"));
+        // A secret that changed is never verified with the key cached for
+        // the old one.
+        let other = SigningKeyCache::new();
+        parsed.verify_cached(SECRET, Some(&other)).unwrap();
+        assert!(
+            parsed
+                .verify_cached(b"rotated secret", Some(&other))
+                .is_err()
+        );
         // A wrong secret is never accepted, and does not poison the cache.
         assert!(parsed.verify_cached(b"wrong secret", Some(&cache)).is_err());
         parsed.verify_cached(SECRET, Some(&cache)).unwrap();
@@ -269,6 +278,19 @@ fn rejections_name_the_aws_error() {
         check(&nodate, now).unwrap_err().aws_type(),
         "IncompleteSignatureException"
     );
+
+    // A credential scope dated another day than X-Amz-Date.
+    let mut other_day = ok.clone();
+    let auth = other_day.2["authorization"]
+        .to_str()
+        .unwrap()
+        .replace("/20250304/", "/20250303/");
+    other_day
+        .2
+        .insert("authorization", HeaderValue::from_str(&auth).unwrap());
+    let e = check(&other_day, now).unwrap_err();
+    assert_eq!(e.aws_type(), "InvalidSignatureException");
+    assert!(e.to_string().contains("'20250303' != '20250304'"), "{e}");
 
     // Body, target and header tampering all break the signature.
     let mut body = ok.clone();

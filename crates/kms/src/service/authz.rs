@@ -10,6 +10,7 @@
 //! * Otherwise a grant allows it, if one names the caller as grantee, lists
 //!   the operation, and its constraints hold for the request's context.
 
+use std::cell::LazyCell;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -19,21 +20,30 @@ use atrest_store::ReadTx;
 use super::{Call, KeyService, read_lock, write_lock};
 use crate::KmsError;
 use crate::blob::EncryptionContext;
-use crate::records::{self, KeyRecord, UserRecord};
+use crate::records::{self, KeyRecord};
 
 /// Parsed policies, by a key that changes whenever the text does.
 #[derive(Default)]
 pub(crate) struct PolicyCache {
-    docs: RwLock<HashMap<String, Arc<PolicyDocument>>>,
+    docs: RwLock<HashMap<PolicyId, Arc<PolicyDocument>>>,
+}
+
+/// Which policy text a cached document was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PolicyId {
+    /// A key policy: the key and its policy version.
+    Key(uuid::Uuid, u64),
+    /// An identity policy: account, user, the user's policy version, name.
+    Identity(String),
 }
 
 impl PolicyCache {
     fn get(
         &self,
-        id: &str,
+        id: PolicyId,
         load: impl FnOnce() -> Result<PolicyDocument, KmsError>,
     ) -> Result<Arc<PolicyDocument>, KmsError> {
-        if let Some(d) = read_lock(&self.docs).get(id) {
+        if let Some(d) = read_lock(&self.docs).get(&id) {
             return Ok(Arc::clone(d));
         }
         let doc = Arc::new(load()?);
@@ -41,7 +51,7 @@ impl PolicyCache {
         if map.len() > 100_000 {
             map.clear();
         }
-        map.insert(id.to_owned(), Arc::clone(&doc));
+        map.insert(id, Arc::clone(&doc));
         Ok(doc)
     }
 }
@@ -78,7 +88,9 @@ fn deny(call: &Call<'_>, action: &str, resource: &str, why: &str) -> KmsError {
 }
 
 impl KeyService {
-    /// The condition-key values of a request.
+    /// The condition-key values of a request. Built lazily (see
+    /// [`atrest_policy::ConditionKeys`]): only a policy with a condition or a
+    /// policy variable asks for them.
     fn condition_context(
         &self,
         call: &Call<'_>,
@@ -133,8 +145,8 @@ impl KeyService {
         tx: &dyn ReadTx,
         key: &KeyRecord,
     ) -> Result<Arc<PolicyDocument>, KmsError> {
-        let cache_id = format!("key/{}/{}", key.id, key.policy_version);
-        self.policies.get(&cache_id, || {
+        let cache_id = PolicyId::Key(key.id, key.policy_version);
+        self.policies.get(cache_id, || {
             let text = tx
                 .get(records::KEY_POLICIES, key.id.as_bytes())?
                 .ok_or_else(|| {
@@ -170,21 +182,19 @@ impl KeyService {
             }
             PrincipalKind::User(n) | PrincipalKind::Role(n) => n,
         };
-        let user: UserRecord = records::get(
-            tx,
-            records::USERS,
-            &records::user_key(c.account.as_str(), name),
-        )?
-        .ok_or_else(|| {
-            KmsError::AccessDenied(format!("User: {} no longer exists", c.principal_arn()))
-        })?;
+        let user = self
+            .user_records
+            .get_shared(tx, &records::user_key(c.account.as_str(), name))?
+            .ok_or_else(|| {
+                KmsError::AccessDenied(format!("User: {} no longer exists", c.principal_arn()))
+            })?;
         let mut out = Evaluation::default();
         for (policy_name, text) in &user.policies {
-            let cache_id = format!(
-                "user/{}/{name}/{}/{policy_name}",
+            let cache_id = PolicyId::Identity(format!(
+                "{}/{name}/{}/{policy_name}",
                 c.account, user.policy_version
-            );
-            let doc = self.policies.get(&cache_id, || {
+            ));
+            let doc = self.policies.get(cache_id, || {
                 PolicyDocument::parse(text, PolicyKind::Identity).map_err(|e| {
                     KmsError::Internal(format!(
                         "stored identity policy {policy_name} does not parse: {e}"
@@ -211,8 +221,8 @@ impl KeyService {
     ) -> Result<Allowed, KmsError> {
         let arn = Self::arn(key);
         call.set_key(arn.clone());
-        let full_action = format!("kms:{action}");
-        let ctx = self.condition_context(call, Some(key), facts);
+        let full_action = ["kms:", action].concat();
+        let ctx = LazyCell::new(|| self.condition_context(call, Some(key), facts));
         let request = Request {
             principal: &call.caller.principal,
             action: &full_action,
@@ -276,8 +286,8 @@ impl KeyService {
         action: &str,
         resource: &str,
     ) -> Result<(), KmsError> {
-        let full_action = format!("kms:{action}");
-        let ctx = self.condition_context(call, None, &Facts::default());
+        let full_action = ["kms:", action].concat();
+        let ctx = LazyCell::new(|| self.condition_context(call, None, &Facts::default()));
         let request = Request {
             principal: &call.caller.principal,
             action: &full_action,
@@ -313,7 +323,7 @@ impl KeyService {
         key_arn: &str,
         doc: &PolicyDocument,
     ) -> Result<(), KmsError> {
-        let ctx = self.condition_context(call, None, &Facts::default());
+        let ctx = LazyCell::new(|| self.condition_context(call, None, &Facts::default()));
         let request = Request {
             principal: &call.caller.principal,
             action: "kms:PutKeyPolicy",

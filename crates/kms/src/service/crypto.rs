@@ -15,7 +15,7 @@ use crate::api::{
 use crate::blob;
 use crate::blob::EncryptionContext;
 use crate::names::KeyRef;
-use crate::records::{self, KeyRecord};
+use crate::records::KeyRecord;
 
 const ALGORITHM: &str = "SYMMETRIC_DEFAULT";
 const ALGORITHMS: [&str; 4] = [
@@ -179,7 +179,9 @@ impl KeyService {
                 "The ciphertext refers to a key that does not exist in this region.".into(),
             )
         };
-        let key: KeyRecord = records::get(tx, records::KEYS, header.key_id.as_bytes())?
+        let key: KeyRecord = self
+            .key_records
+            .get(tx, header.key_id.as_bytes())?
             .filter(|k: &KeyRecord| k.region == caller.region)
             .ok_or_else(unknown)?;
         let mut alias = None;

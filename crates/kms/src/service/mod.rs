@@ -60,6 +60,10 @@ pub struct KeyService {
     secrets: RwLock<HashMap<String, Arc<CachedAccessKey>>>,
     /// Parsed key and identity policies.
     policies: authz::PolicyCache,
+    /// Decoded key records (see [`records::DecodeCache`]).
+    key_records: records::DecodeCache<KeyRecord>,
+    /// Decoded users, for the identity policies of every request they send.
+    user_records: records::DecodeCache<records::UserRecord>,
     /// Accounts whose use of keys is suspended (mirrors the store).
     suspended: RwLock<std::collections::HashSet<String>>,
     /// Where audit records go (set once by the server).
@@ -179,6 +183,8 @@ impl KeyService {
             materials: RwLock::new(HashMap::new()),
             secrets: RwLock::new(HashMap::new()),
             policies: authz::PolicyCache::default(),
+            key_records: records::DecodeCache::new(records::KEYS),
+            user_records: records::DecodeCache::new(records::USERS),
             suspended: RwLock::new(suspended),
             audit: OnceLock::new(),
             derived,
@@ -259,7 +265,7 @@ impl KeyService {
                 return self.resolve_alias(tx, region, account, name);
             }
         };
-        let key: Option<KeyRecord> = records::get(tx, records::KEYS, id.as_bytes())?;
+        let key: Option<KeyRecord> = self.key_records.get(tx, id.as_bytes())?;
         match key {
             Some(k) if k.region == caller.region && k.account == expected_account => Ok(k),
             _ => Err(not_found(&caller.region, &expected_account, &id)),
@@ -285,7 +291,7 @@ impl KeyService {
             &records::alias_key(region, account, name),
         )?
         .ok_or_else(not_found)?;
-        let key: Option<KeyRecord> = records::get(tx, records::KEYS, alias.target.as_bytes())?;
+        let key: Option<KeyRecord> = self.key_records.get(tx, alias.target.as_bytes())?;
         key.ok_or_else(not_found)
     }
 
