@@ -77,7 +77,7 @@ fn dry_run(flag: Option<bool>) -> Result<(), KmsError> {
 
 /// A ciphertext that has been authenticated and decrypted.
 struct Opened {
-    key: KeyRecord,
+    key: std::sync::Arc<KeyRecord>,
     plaintext: SecretBytes,
     material_id: String,
 }
@@ -179,10 +179,10 @@ impl KeyService {
                 "The ciphertext refers to a key that does not exist in this region.".into(),
             )
         };
-        let key: KeyRecord = self
+        let key = self
             .key_records
-            .get(tx, header.key_id.as_bytes())?
-            .filter(|k: &KeyRecord| k.region == caller.region)
+            .get_shared(tx, header.key_id.as_bytes())?
+            .filter(|k| k.region == caller.region)
             .ok_or_else(unknown)?;
         let mut alias = None;
         if let Some(raw) = key_id {
