@@ -183,7 +183,33 @@ impl Xts256 {
         sector_len: usize,
         data: &mut [u8],
     ) -> Result<(), CryptoError> {
-        Self::sectors(self.enc, true, first_sector, sector_len, data)
+        Self::sectors(self.enc, true, first_sector, sector_len, Io::InPlace(data))
+    }
+
+    /// Encrypts consecutive sectors of `src` into `dst` (of the same
+    /// length), the first being sector number `first_sector`: the same
+    /// ciphertext as [`Xts256::encrypt_sectors`] on a copy of `src`, without
+    /// the copy.
+    pub fn encrypt_sectors_to(
+        &mut self,
+        first_sector: u64,
+        sector_len: usize,
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        if src.len() != dst.len() {
+            return Err(CryptoError::InputLength {
+                len: dst.len(),
+                reason: "the output must be as long as the input",
+            });
+        }
+        Self::sectors(
+            self.enc,
+            true,
+            first_sector,
+            sector_len,
+            Io::Apart(src, dst),
+        )
     }
 
     /// Decrypts consecutive sectors in place; the inverse of
@@ -194,7 +220,7 @@ impl Xts256 {
         sector_len: usize,
         data: &mut [u8],
     ) -> Result<(), CryptoError> {
-        Self::sectors(self.dec, false, first_sector, sector_len, data)
+        Self::sectors(self.dec, false, first_sector, sector_len, Io::InPlace(data))
     }
 
     fn sectors(
@@ -202,8 +228,9 @@ impl Xts256 {
         encrypt: bool,
         first_sector: u64,
         sector_len: usize,
-        data: &mut [u8],
+        mut io: Io<'_>,
     ) -> Result<(), CryptoError> {
+        let len = io.len();
         if sector_len < BLOCK_LEN
             || !sector_len.is_multiple_of(BLOCK_LEN)
             || sector_len > MAX_DATA_UNIT
@@ -213,22 +240,29 @@ impl Xts256 {
                 reason: "sector length must be a multiple of 16 between 16 bytes and 16 MiB",
             });
         }
-        if !data.len().is_multiple_of(sector_len) {
+        if !len.is_multiple_of(sector_len) {
             return Err(CryptoError::InputLength {
-                len: data.len(),
+                len,
                 reason: "data must be a whole number of sectors",
             });
         }
-        let count = (data.len() / sector_len) as u64;
+        let count = (len / sector_len) as u64;
         if count > 0 && first_sector.checked_add(count - 1).is_none() {
             return Err(CryptoError::InputLength {
-                len: data.len(),
+                len,
                 reason: "sector numbers overflow 64 bits",
             });
         }
-        for (i, sector) in data.chunks_exact_mut(sector_len).enumerate() {
+        for i in 0..len / sector_len {
             let tweak = u128::from(first_sector + i as u64).to_le_bytes();
-            Self::apply(ctx, encrypt, &tweak, sector)?;
+            let at = i * sector_len;
+            let unit = match &mut io {
+                Io::InPlace(data) => Io::InPlace(&mut data[at..at + sector_len]),
+                Io::Apart(src, dst) => {
+                    Io::Apart(&src[at..at + sector_len], &mut dst[at..at + sector_len])
+                }
+            };
+            Self::apply_io(ctx, encrypt, &tweak, unit)?;
         }
         Ok(())
     }
@@ -239,21 +273,37 @@ impl Xts256 {
         tweak: &[u8; 16],
         data: &mut [u8],
     ) -> Result<(), CryptoError> {
-        if data.len() < BLOCK_LEN || data.len() > MAX_DATA_UNIT {
+        Self::apply_io(ctx, encrypt, tweak, Io::InPlace(data))
+    }
+
+    fn apply_io(
+        ctx: NonNull<ffi::EVP_CIPHER_CTX>,
+        encrypt: bool,
+        tweak: &[u8; 16],
+        io: Io<'_>,
+    ) -> Result<(), CryptoError> {
+        let n = io.len();
+        if !(BLOCK_LEN..=MAX_DATA_UNIT).contains(&n) {
             return Err(CryptoError::InputLength {
-                len: data.len(),
+                len: n,
                 reason: "an XTS data unit is 16 bytes to 16 MiB",
             });
         }
         // MAX_DATA_UNIT < c_int::MAX, so the cast is exact.
-        let len = data.len() as c_int;
+        let len = n as c_int;
         let mut out_len: c_int = 0;
-        let p = data.as_mut_ptr();
+        let (input, p): (*const u8, *mut u8) = match io {
+            Io::InPlace(data) => (data.as_ptr(), data.as_mut_ptr()),
+            Io::Apart(src, dst) => (src.as_ptr(), dst.as_mut_ptr()),
+        };
         // SAFETY: `ctx` is a live context owned by the caller's `Xts256`, keyed
         // at construction; only the IV (16 bytes at `tweak`) is replaced here.
-        // `p` is valid for reads and writes of `len` bytes; AWS-LC permits the
-        // input and output to be the same buffer (exact aliasing), and writes
-        // exactly `len` bytes for XTS, which it reports in `out_len`.
+        // `input` is valid for reads and `p` for writes of `len` bytes (both
+        // slices have length `n`, checked by `Io::len` for `Apart`). They are
+        // either the same buffer (exact aliasing, which AWS-LC permits) or two
+        // buffers that cannot overlap (a shared and an exclusive borrow).
+        // AWS-LC writes exactly `len` bytes for XTS and reports them in
+        // `out_len`.
         let ok = unsafe {
             if encrypt {
                 ffi::EVP_EncryptInit_ex(
@@ -263,7 +313,7 @@ impl Xts256 {
                     ptr::null(),
                     tweak.as_ptr(),
                 ) == 1
-                    && ffi::EVP_EncryptUpdate(ctx.as_ptr(), p, &mut out_len, p, len) == 1
+                    && ffi::EVP_EncryptUpdate(ctx.as_ptr(), p, &mut out_len, input, len) == 1
             } else {
                 ffi::EVP_DecryptInit_ex(
                     ctx.as_ptr(),
@@ -272,13 +322,31 @@ impl Xts256 {
                     ptr::null(),
                     tweak.as_ptr(),
                 ) == 1
-                    && ffi::EVP_DecryptUpdate(ctx.as_ptr(), p, &mut out_len, p, len) == 1
+                    && ffi::EVP_DecryptUpdate(ctx.as_ptr(), p, &mut out_len, input, len) == 1
             }
         };
         if ok && out_len == len {
             Ok(())
         } else {
             Err(CryptoError::Library("EVP aes-256-xts"))
+        }
+    }
+}
+
+/// Where a call reads and writes: one buffer, or a source and a destination
+/// of the same length.
+enum Io<'a> {
+    InPlace(&'a mut [u8]),
+    Apart(&'a [u8], &'a mut [u8]),
+}
+
+impl Io<'_> {
+    /// The length of the data; for `Apart`, the shorter of the two (callers
+    /// check that they are equal first).
+    fn len(&self) -> usize {
+        match self {
+            Io::InPlace(d) => d.len(),
+            Io::Apart(s, d) => s.len().min(d.len()),
         }
     }
 }
@@ -353,6 +421,19 @@ mod tests {
                 .unwrap();
             assert_eq!(one, multi[i * 4096..(i + 1) * 4096]);
         }
+        // Out of place: the same ciphertext, the source untouched.
+        let mut apart = vec![0u8; plain.len()];
+        x.encrypt_sectors_to(1000, 4096, &plain, &mut apart)
+            .unwrap();
+        assert_eq!(apart, multi);
+        assert!(
+            x.encrypt_sectors_to(1000, 4096, &plain, &mut apart[..4096])
+                .is_err()
+        );
+        assert!(
+            x.encrypt_sectors_to(0, 4096, &plain[..100], &mut apart[..100])
+                .is_err()
+        );
         // A clone on another thread decrypts what this one encrypted.
         let mut clone = x.try_clone().unwrap();
         let handle = std::thread::spawn(move || {

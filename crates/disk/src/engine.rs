@@ -1,7 +1,6 @@
 //! The engine: disks, snapshots and layers in memory, their commit to the
 //! store, and the data path.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -16,7 +15,7 @@ use crate::{
 
 mod rekey;
 
-use rekey::Keys;
+use rekey::{Keys, Layout};
 
 const DISKS: Table = Table::new("disk.disks");
 const SNAPSHOTS: Table = Table::new("disk.snapshots");
@@ -156,7 +155,14 @@ pub struct Engine {
     /// exclusively while it makes freed chunks reusable, so no chunk a read
     /// is about to read is reused (overwritten with other data) under it.
     reuse: RwLock<()>,
+    /// Buffers that writes encrypt into, kept for the next write: a fresh
+    /// 1 MiB allocation costs page faults and zeroing on every write.
+    scratch: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Scratch buffers kept, and the largest kept (bigger writes allocate).
+const SCRATCH_KEPT: usize = 8;
+const SCRATCH_MAX: usize = 4 << 20;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -408,7 +414,38 @@ impl Engine {
             pool,
             state: Mutex::new(st),
             reuse: RwLock::new(()),
+            scratch: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// A buffer of at least `len` bytes to encrypt a write into. Its
+    /// contents are whatever the last write left (ciphertext); the caller
+    /// overwrites the part it uses.
+    fn take_scratch(&self, len: usize) -> Vec<u8> {
+        let kept = self
+            .scratch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut buf = kept.unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    /// Keeps `buf` for a later write, unless enough are kept or it is large.
+    fn give_scratch(&self, buf: Vec<u8>) {
+        if buf.len() > SCRATCH_MAX {
+            return;
+        }
+        let mut kept = self
+            .scratch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < SCRATCH_KEPT {
+            kept.push(buf);
+        }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, DiskError> {
@@ -1055,38 +1092,66 @@ impl OpenDisk {
         // while other users' I/O goes on. The layout it was encrypted under
         // is checked again under the lock: a re-encryption step in between
         // may have moved some of its chunks to the new key.
-        let (mut enc, before) = {
+        let mut scratch = None;
+        let before = {
             let mut keys = self.keys();
-            let before = keys.layout;
-            let enc = if keys.cur.is_some() {
-                let mut enc = data.to_vec();
-                keys.crypt(self.block_size as usize, offset, &mut enc, true)?;
-                Cow::Owned(enc)
-            } else {
-                Cow::Borrowed(data)
-            };
-            (enc, before)
+            if keys.cur.is_some() {
+                let mut buf = self.engine.take_scratch(data.len());
+                keys.crypt_to(
+                    self.block_size as usize,
+                    offset,
+                    data,
+                    &mut buf[..data.len()],
+                )?;
+                scratch = Some(buf);
+            }
+            keys.layout
         };
+        let result = self.store_write(offset, data, scratch.as_deref_mut(), before, fua);
+        if let Some(buf) = scratch {
+            self.engine.give_scratch(buf);
+        }
+        result
+    }
+
+    /// The part of [`OpenDisk::write`] under the engine lock: `enc` is the
+    /// data encrypted under the key layout `before` (`None`: unencrypted).
+    fn store_write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        enc: Option<&mut [u8]>,
+        before: Layout,
+        fua: bool,
+    ) -> Result<(), DiskError> {
         let mut st = self.engine.lock()?;
         let top = st.disk(&self.id)?.top;
-        {
-            let mut keys = self.keys();
-            if keys.layout != before {
-                let now = keys.layout;
-                let mut done = 0usize;
-                while done < data.len() {
-                    let off = offset + done as u64;
-                    let idx = off / CHUNK;
-                    let n = (CHUNK_LEN - (off % CHUNK) as usize).min(data.len() - done);
-                    if before.key(idx) != now.key(idx) {
-                        let piece = &mut enc.to_mut()[done..done + n];
-                        piece.copy_from_slice(&data[done..done + n]);
-                        keys.crypt(self.block_size as usize, off, piece, true)?;
+        let enc: &[u8] = match enc {
+            None => data,
+            Some(enc) => {
+                let enc = &mut enc[..data.len()];
+                let mut keys = self.keys();
+                if keys.layout != before {
+                    let now = keys.layout;
+                    let mut done = 0usize;
+                    while done < data.len() {
+                        let off = offset + done as u64;
+                        let idx = off / CHUNK;
+                        let n = (CHUNK_LEN - (off % CHUNK) as usize).min(data.len() - done);
+                        if before.key(idx) != now.key(idx) {
+                            keys.crypt_to(
+                                self.block_size as usize,
+                                off,
+                                &data[done..done + n],
+                                &mut enc[done..done + n],
+                            )?;
+                        }
+                        done += n;
                     }
-                    done += n;
                 }
+                enc
             }
-        }
+        };
         let mut done = 0usize;
         while done < enc.len() {
             let off = offset + done as u64;

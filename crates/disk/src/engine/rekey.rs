@@ -49,6 +49,15 @@ impl Keys {
         }
     }
 
+    /// How many of `len` bytes at `offset` lie in chunks already moved to
+    /// the new key (the keys split the disk at one offset).
+    fn below_boundary(&self, offset: u64, len: usize) -> usize {
+        let boundary = self.layout.done.saturating_mul(CHUNK);
+        usize::try_from(boundary.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(len)
+    }
+
     /// En- or decrypts `data`, which starts at byte `offset` of the disk,
     /// each chunk under its key (the keys split the disk at one offset).
     pub(super) fn crypt(
@@ -58,10 +67,7 @@ impl Keys {
         data: &mut [u8],
         encrypt: bool,
     ) -> Result<(), DiskError> {
-        let boundary = self.layout.done.saturating_mul(CHUNK);
-        let low = usize::try_from(boundary.saturating_sub(offset))
-            .unwrap_or(usize::MAX)
-            .min(data.len());
+        let low = self.below_boundary(offset, data.len());
         let (below, above) = data.split_at_mut(low);
         if !below.is_empty() {
             let Some(next) = self.next.as_mut() else {
@@ -71,6 +77,36 @@ impl Keys {
         }
         if let (Some(cur), false) = (self.cur.as_mut(), above.is_empty()) {
             sectors(cur, block_size, offset + low as u64, above, encrypt)?;
+        }
+        Ok(())
+    }
+}
+
+impl Keys {
+    /// Encrypts `src`, which starts at byte `offset` of the disk, into `dst`
+    /// (as long), each chunk under its key; [`Keys::crypt`] without a copy.
+    pub(super) fn crypt_to(
+        &mut self,
+        block_size: usize,
+        offset: u64,
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), DiskError> {
+        let low = self.below_boundary(offset, src.len());
+        let (src_below, src_above) = src.split_at(low);
+        let (dst_below, dst_above) = dst.split_at_mut(low.min(dst.len()));
+        let encrypt = |c: &mut Xts256, offset: u64, src: &[u8], dst: &mut [u8]| {
+            c.encrypt_sectors_to(offset / block_size as u64, block_size, src, dst)
+                .map_err(|e| DiskError::Io(format!("sector encryption: {e}")))
+        };
+        if !src_below.is_empty() {
+            let Some(next) = self.next.as_mut() else {
+                return Err(DiskError::Io("no key for re-encrypted chunks".into()));
+            };
+            encrypt(next, offset, src_below, dst_below)?;
+        }
+        if let (Some(cur), false) = (self.cur.as_mut(), src_above.is_empty()) {
+            encrypt(cur, offset + low as u64, src_above, dst_above)?;
         }
         Ok(())
     }
