@@ -80,9 +80,7 @@ impl Keys {
         }
         Ok(())
     }
-}
 
-impl Keys {
     /// Encrypts `src`, which starts at byte `offset` of the disk, into `dst`
     /// (as long), each chunk under its key; [`Keys::crypt`] without a copy.
     pub(super) fn crypt_to(
