@@ -531,11 +531,7 @@ impl AuditLog {
         if self.core.failed.get().is_some() {
             return Err(self.stopped());
         }
-        let body = format::encode_body(entry).map_err(|reason| AuditError::Io {
-            path: LOG_FILE.into(),
-            reason,
-        })?;
-        self.core.append(&body, ack)
+        self.core.append(&format::encode_body(entry), ack)
     }
 
     fn stopped(&self) -> AuditError {

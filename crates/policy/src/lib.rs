@@ -98,9 +98,15 @@ impl Principal {
     #[must_use]
     pub fn arn(&self) -> String {
         match &self.kind {
-            PrincipalKind::Root => format!("arn:aws:iam::{}:root", self.account),
-            PrincipalKind::User(n) => format!("arn:aws:iam::{}:user/{n}", self.account),
-            PrincipalKind::Role(n) => format!("arn:aws:iam::{}:role/{n}", self.account),
+            // Every audited request names its principal: `concat` is a
+            // fraction of `format!`'s cost.
+            PrincipalKind::Root => ["arn:aws:iam::", self.account.as_str(), ":root"].concat(),
+            PrincipalKind::User(n) => {
+                ["arn:aws:iam::", self.account.as_str(), ":user/", n].concat()
+            }
+            PrincipalKind::Role(n) => {
+                ["arn:aws:iam::", self.account.as_str(), ":role/", n].concat()
+            }
             PrincipalKind::Service(s) => s.clone(),
         }
     }

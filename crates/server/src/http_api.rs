@@ -231,6 +231,24 @@ fn refused_entry(
     }
 }
 
+/// The `X-Amz-Target` header, for logs and the records of refused requests.
+fn target_header(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-amz-target")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// The operation a refused request is recorded under: the target without
+/// its `TrentService.` prefix, at most 64 characters, or `unknown`.
+fn refused_operation(target: Option<&str>) -> String {
+    target
+        .and_then(|t| t.strip_prefix("TrentService."))
+        .unwrap_or("unknown")
+        .chars()
+        .take(64)
+        .collect()
+}
+
 /// The outcome of a call, with what its audit record needs.
 struct Outcome<T> {
     result: Result<T, ApiError>,
@@ -243,18 +261,7 @@ async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response
     let mut meta = RequestMeta::in_process();
     meta.source = peer.map_or_else(|| "unknown".into(), |p| p.to_string());
     let (parts, body) = req.into_parts();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let operation = target
-        .as_deref()
-        .and_then(|t| t.strip_prefix("TrentService."))
-        .unwrap_or("unknown")
-        .chars()
-        .take(64)
-        .collect::<String>();
-    let outcome = handle_kms(&st, &parts, body, &mut meta, &operation).await;
+    let outcome = handle_kms(&st, &parts, body, &mut meta).await;
     // Record before answering; a success that cannot be recorded is not given.
     let mut result = outcome.result;
     if let Some(entry) = outcome.entry
@@ -291,6 +298,7 @@ async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) -> Response
         }
         Err(err) => {
             let (status, ty, _) = err.parts();
+            let target = target_header(&parts.headers);
             if err.is_server_fault() {
                 tracing::error!(request_id = %id, peer = ?peer, target = ?target, error = ?err, "kms request failed (server fault)");
             } else {
@@ -306,10 +314,14 @@ async fn handle_kms(
     parts: &Parts,
     body: Body,
     meta: &mut RequestMeta,
-    operation: &str,
 ) -> Outcome<(Operation, Caller, Zeroizing<Vec<u8>>)> {
     let refused = |meta: &RequestMeta, caller: Option<&Caller>, err: ApiError| Outcome {
-        entry: Some(refused_entry(meta, operation, caller, &err)),
+        entry: Some(refused_entry(
+            meta,
+            &refused_operation(target_header(&parts.headers).as_deref()),
+            caller,
+            &err,
+        )),
         result: Err(err),
     };
     if parts.method != Method::POST {
@@ -340,27 +352,15 @@ async fn handle_kms(
     if let Err(e) = content_type_ok(parts) {
         return refused(meta, Some(&caller), e);
     }
-    let run = {
-        let (kms, caller, meta) = (Arc::clone(&st.kms), caller.clone(), meta.clone());
-        move || {
-            let call = Call::new(&caller, &meta);
-            let result = kms.call(&call, op, &body);
-            let entry = (!call.recorded()).then(|| {
-                let outcome = match &result {
-                    Ok(_) => "Success",
-                    Err(e) => e.aws_type(),
-                };
-                kms.audit_entry(&call, outcome)
-            });
-            (result, entry)
-        }
-    };
     let (result, entry) =
         if op.is_read_only() && !(op.may_call_provider() && st.kms.has_providers()) {
-            run()
+            run_kms_call(&st.kms, &caller, meta, op, &body)
         } else {
             // Writes wait for fsyncs; keep them off the reactor threads.
-            match tokio::task::spawn_blocking(run).await {
+            let (kms, caller, meta) = (Arc::clone(&st.kms), caller.clone(), meta.clone());
+            match tokio::task::spawn_blocking(move || run_kms_call(&kms, &caller, &meta, op, &body))
+                .await
+            {
                 Ok(x) => x,
                 Err(e) => (Err(KmsError::Internal(format!("worker failed: {e}"))), None),
             }
@@ -369,6 +369,30 @@ async fn handle_kms(
         result: result.map(|out| (op, caller, out)).map_err(ApiError::from),
         entry,
     }
+}
+
+/// Runs one key-service call and, unless the key service recorded it
+/// itself (a write), builds its audit entry.
+fn run_kms_call(
+    kms: &KeyService,
+    caller: &Caller,
+    meta: &RequestMeta,
+    op: Operation,
+    body: &[u8],
+) -> (
+    Result<Zeroizing<Vec<u8>>, KmsError>,
+    Option<atrest_audit::Entry>,
+) {
+    let call = Call::new(caller, meta);
+    let result = kms.call(&call, op, body);
+    let entry = (!call.recorded()).then(|| {
+        let outcome = match &result {
+            Ok(_) => "Success",
+            Err(e) => e.aws_type(),
+        };
+        kms.audit_entry(&call, outcome)
+    });
+    (result, entry)
 }
 
 /// Runs a REST handler: authenticates (service `atrest`), reads the JSON

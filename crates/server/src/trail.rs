@@ -12,9 +12,12 @@
 //! The counts are rebuilt from the audit log at start, so they are exactly
 //! the log's, and survive restarts without a store of their own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use hashbrown::{Equivalent, HashMap};
 
 use atrest_audit::{AuditLog, Entry};
 
@@ -24,7 +27,9 @@ use serde::Serialize;
 /// Counts by (account, region, operation, outcome).
 #[derive(Default)]
 pub struct Metering {
-    counts: RwLock<HashMap<(String, String, String, bool), AtomicU64>>,
+    /// Looked up by a borrowed [`MeterRef`], so that counting a request
+    /// allocates nothing once its row exists.
+    counts: RwLock<HashMap<MeterKey, AtomicU64, RandomState>>,
 }
 
 /// One metering row.
@@ -45,38 +50,71 @@ pub struct Usage {
 /// The operation name a record is metered under. Names a client made up
 /// (an unknown `X-Amz-Target`) are counted together as `unknown`, so an
 /// authenticated caller cannot grow the table without bound.
-fn metered_operation(operation: &str) -> String {
+fn metered_operation(operation: &str) -> &str {
     let known = operation.starts_with("admin:")
         || ((operation.starts_with("disk:") || operation.starts_with("db:"))
             && operation.len() <= 40)
         || operation.starts_with("http:")
         || atrest_kms::Operation::from_name(operation).is_some();
-    if known {
-        operation.to_owned()
-    } else {
-        "unknown".to_owned()
-    }
+    if known { operation } else { "unknown" }
 }
 
 /// What a record is counted under: account, region, operation, success.
-type MeterKey = (String, String, String, bool);
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MeterKey {
+    account: String,
+    region: String,
+    operation: String,
+    success: bool,
+}
+
+/// A [`MeterKey`] borrowed from a record. Its derived `Hash` feeds the
+/// hasher what `MeterKey`'s does (a `&str` hashes as the `String` it
+/// equals), which is what [`Equivalent`] lookups need.
+#[derive(Debug, Clone, Copy, Hash)]
+struct MeterRef<'a> {
+    account: &'a str,
+    region: &'a str,
+    operation: &'a str,
+    success: bool,
+}
+
+impl MeterRef<'_> {
+    fn to_owned(self) -> MeterKey {
+        MeterKey {
+            account: self.account.to_owned(),
+            region: self.region.to_owned(),
+            operation: self.operation.to_owned(),
+            success: self.success,
+        }
+    }
+}
+
+impl Equivalent<MeterKey> for MeterRef<'_> {
+    fn equivalent(&self, key: &MeterKey) -> bool {
+        self.account == key.account
+            && self.region == key.region
+            && self.operation == key.operation
+            && self.success == key.success
+    }
+}
 
 impl Metering {
     /// The row `entry` counts in; records without an account or region
     /// (refused before authentication) are not metered.
-    fn key(entry: &Entry) -> Option<MeterKey> {
+    fn key(entry: &Entry) -> Option<MeterRef<'_>> {
         let (Some(account), Some(region)) = (&entry.account, &entry.region) else {
             return None;
         };
-        Some((
-            account.clone(),
-            region.clone(),
-            metered_operation(&entry.operation),
-            entry.result == "Success",
-        ))
+        Some(MeterRef {
+            account,
+            region,
+            operation: metered_operation(&entry.operation),
+            success: entry.result == "Success",
+        })
     }
 
-    fn add(&self, key: MeterKey) {
+    fn add(&self, key: MeterRef<'_>) {
         if let Some(c) = self
             .counts
             .read()
@@ -89,7 +127,7 @@ impl Metering {
         self.counts
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(key)
+            .entry(key.to_owned())
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -102,20 +140,24 @@ impl Metering {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut rows: BTreeMap<(String, String, String), Usage> = BTreeMap::new();
-        for ((acct, region, op, ok), n) in map.iter() {
-            if account.is_some_and(|a| a != acct) {
+        for (key, n) in map.iter() {
+            if account.is_some_and(|a| a != key.account) {
                 continue;
             }
             let row = rows
-                .entry((acct.clone(), region.clone(), op.clone()))
+                .entry((
+                    key.account.clone(),
+                    key.region.clone(),
+                    key.operation.clone(),
+                ))
                 .or_insert_with(|| Usage {
-                    account: acct.clone(),
-                    region: region.clone(),
-                    operation: op.clone(),
+                    account: key.account.clone(),
+                    region: key.region.clone(),
+                    operation: key.operation.clone(),
                     success: 0,
                     error: 0,
                 });
-            if *ok {
+            if key.success {
                 row.success += n.load(Ordering::Relaxed);
             } else {
                 row.error += n.load(Ordering::Relaxed);
@@ -176,25 +218,36 @@ impl Trail {
         })
     }
 
-    /// Counts a record once it is in the log.
-    fn meter(&self, key: Option<MeterKey>) {
-        if let Some(key) = key {
-            self.metering.add(key);
-        }
-    }
-
     /// Appends and counts the record of a request that changed no stored
     /// state; resolves once the record is written, or durable with
     /// [`AuditSync::Every`].
     pub async fn record(&self, entry: Entry) -> Result<(), String> {
-        let key = Metering::key(&entry);
         match self.sync {
-            AuditSync::Changes => self.log.append_written(&entry).map(drop),
-            AuditSync::Every => self.log.append(entry).await.map(drop),
+            AuditSync::Changes => {
+                self.log.append_written(&entry).map_err(|e| e.to_string())?;
+                if let Some(key) = Metering::key(&entry) {
+                    self.metering.add(key);
+                }
+            }
+            AuditSync::Every => {
+                let key = Metering::key(&entry).map(MeterRef::to_owned);
+                self.log.append(entry).await.map_err(|e| e.to_string())?;
+                self.meter_owned(key.as_ref());
+            }
         }
-        .map_err(|e| e.to_string())?;
-        self.meter(key);
         Ok(())
+    }
+
+    /// Counts a record, by a key taken before the entry went to the log.
+    fn meter_owned(&self, key: Option<&MeterKey>) {
+        if let Some(k) = key {
+            self.metering.add(MeterRef {
+                account: &k.account,
+                region: &k.region,
+                operation: &k.operation,
+                success: k.success,
+            });
+        }
     }
 }
 
@@ -203,9 +256,9 @@ impl Trail {
 /// durable.
 impl atrest_kms::AuditSink for Trail {
     fn record_blocking(&self, entry: Entry) -> Result<(), String> {
-        let key = Metering::key(&entry);
+        let key = Metering::key(&entry).map(MeterRef::to_owned);
         self.log.append_blocking(entry).map_err(|e| e.to_string())?;
-        self.meter(key);
+        self.meter_owned(key.as_ref());
         Ok(())
     }
 }
@@ -215,7 +268,50 @@ pub type SharedTrail = Arc<Trail>;
 
 #[cfg(test)]
 mod tests {
-    use super::metered_operation;
+    use super::{Entry, Metering, Usage, metered_operation};
+
+    #[test]
+    fn borrowed_keys_find_the_rows_they_made() {
+        let m = Metering::default();
+        let entry = |account: &str, operation: &str, result: &str| Entry {
+            account: Some(account.into()),
+            region: Some("us-east-1".into()),
+            operation: operation.into(),
+            result: result.into(),
+            ..Entry::default()
+        };
+        for e in [
+            entry("111122223333", "Decrypt", "Success"),
+            entry("111122223333", "Decrypt", "Success"),
+            entry("111122223333", "Decrypt", "AccessDeniedException"),
+            entry("111122223333", "Encrypt", "Success"),
+            entry("444455556666", "Decrypt", "Success"),
+            Entry {
+                region: None,
+                ..entry("444455556666", "Decrypt", "Success")
+            },
+        ] {
+            if let Some(k) = Metering::key(&e) {
+                m.add(k);
+            }
+        }
+        let row = |account: &str, operation: &str, success, error| Usage {
+            account: account.into(),
+            region: "us-east-1".into(),
+            operation: operation.into(),
+            success,
+            error,
+        };
+        assert_eq!(
+            m.usage(None),
+            vec![
+                row("111122223333", "Decrypt", 2, 1),
+                row("111122223333", "Encrypt", 1, 0),
+                row("444455556666", "Decrypt", 1, 0),
+            ]
+        );
+        assert_eq!(m.counts.read().unwrap().len(), 4);
+    }
 
     #[test]
     fn made_up_operation_names_are_metered_as_unknown() {

@@ -124,7 +124,7 @@ pub(crate) fn canonical_request(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    signed_headers: &[String],
+    signed_headers: &str,
     payload_hash: &str,
 ) -> Result<Vec<u8>, AuthError> {
     let mut out = Vec::with_capacity(512);
@@ -134,8 +134,8 @@ pub(crate) fn canonical_request(
     out.push(b'\n');
     out.extend_from_slice(canonical_query(uri).as_bytes());
     out.push(b'\n');
-    for name in signed_headers {
-        let mut values = headers.get_all(name.as_str()).iter().peekable();
+    for name in signed_headers.split(';') {
+        let mut values = headers.get_all(name).iter().peekable();
         if values.peek().is_none() {
             return Err(AuthError::InvalidSignature(format!(
                 "Header '{name}' is listed in SignedHeaders but absent from the request."
@@ -154,7 +154,7 @@ pub(crate) fn canonical_request(
         out.push(b'\n');
     }
     out.push(b'\n');
-    out.extend_from_slice(signed_headers.join(";").as_bytes());
+    out.extend_from_slice(signed_headers.as_bytes());
     out.push(b'\n');
     out.extend_from_slice(payload_hash.as_bytes());
     Ok(out)

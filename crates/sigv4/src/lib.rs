@@ -46,9 +46,28 @@ pub fn format_amz_date(t: OffsetDateTime) -> String {
 }
 
 fn parse_amz_date(s: &str) -> Option<OffsetDateTime> {
-    time::PrimitiveDateTime::parse(s, AMZ_DATE)
-        .ok()
-        .map(time::PrimitiveDateTime::assume_utc)
+    // `YYYYMMDDTHHMMSSZ`, read by hand: every request carries one, and the
+    // format-description parser costs several times as much.
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let year = i32::try_from(num(0..4)?).ok()?;
+    let month = time::Month::try_from(u8::try_from(num(4..6)?).ok()?).ok()?;
+    let day = u8::try_from(num(6..8)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    let clock = time::Time::from_hms(
+        u8::try_from(num(9..11)?).ok()?,
+        u8::try_from(num(11..13)?).ok()?,
+        u8::try_from(num(13..15)?).ok()?,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, clock).assume_utc())
 }
 
 /// Access key id and secret for signing.
@@ -158,10 +177,27 @@ impl SigningKeyCache {
     }
 }
 
-fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
+/// The string to sign for the scope `date/region/service/aws4_request`.
+fn string_to_sign(
+    amz_date: &str,
+    [date, region, service]: [&str; 3],
+    canonical_request: &[u8],
+) -> String {
     let hash = hex_sha256(canonical_request);
-    let mut out = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
-    for part in [ALGORITHM, "\n", amz_date, "\n", scope, "\n", &hash] {
+    let mut out = String::with_capacity(128 + amz_date.len() + region.len() + service.len());
+    for part in [
+        ALGORITHM,
+        "\n",
+        amz_date,
+        "\n",
+        date,
+        "/",
+        region,
+        "/",
+        service,
+        "/aws4_request\n",
+        &hash,
+    ] {
         out.push_str(part);
     }
     out
@@ -177,7 +213,7 @@ fn hex_lower(bytes: &[u8; 32]) -> String {
     let mut out = [0u8; 64];
     // 32 bytes always fit 64 hex digits, which are ASCII.
     let _ = hex::encode_to_slice(bytes, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// The credential scope and time a request is signed for.
@@ -237,9 +273,9 @@ pub fn sign_cached(
         ));
     }
     let payload_hash = hex_sha256(body);
+    let signed = signed.join(";");
     let canonical = canonical::canonical_request(method, uri, headers, &signed, &payload_hash)?;
-    let scope = format!("{date}/{region}/{service}/aws4_request");
-    let sts = string_to_sign(&amz_date, &scope, &canonical);
+    let sts = string_to_sign(&amz_date, [&date, region, service], &canonical);
     let key = match cache {
         Some(c) => c.get(
             creds.access_key_id,
@@ -252,9 +288,8 @@ pub fn sign_cached(
     };
     let signature = hex_lower(&key.sign(sts.as_bytes()));
     let value = format!(
-        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={signature}",
+        "{ALGORITHM} Credential={}/{date}/{region}/{service}/aws4_request, SignedHeaders={signed}, Signature={signature}",
         creds.access_key_id,
-        signed.join(";")
     );
     headers.insert(
         http::header::AUTHORIZATION,
@@ -265,21 +300,64 @@ pub fn sign_cached(
     Ok(())
 }
 
-/// The `Authorization` header, parsed.
+/// The `Authorization` header, parsed: one copy of the (trimmed) value and
+/// where its parts lie in it, so that parsing allocates once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authorization {
+    value: String,
+    /// Byte ranges in `value`: access key id, date, region, service, and
+    /// the `;`-separated signed header names.
+    parts: [(usize, usize); 5],
+    signature: [u8; 32],
+}
+
+impl Authorization {
+    fn part(&self, i: usize) -> &str {
+        let (start, end) = self.parts[i];
+        self.value.get(start..end).unwrap_or_default()
+    }
+
     /// The access key id of the credential.
-    pub access_key_id: String,
+    #[must_use]
+    pub fn access_key_id(&self) -> &str {
+        self.part(0)
+    }
+
     /// The credential scope's date, `YYYYMMDD`.
-    pub date: String,
+    #[must_use]
+    pub fn date(&self) -> &str {
+        self.part(1)
+    }
+
     /// The credential scope's region.
-    pub region: String,
+    #[must_use]
+    pub fn region(&self) -> &str {
+        self.part(2)
+    }
+
     /// The credential scope's service.
-    pub service: String,
-    /// Signed header names, as listed.
-    pub signed_headers: Vec<String>,
+    #[must_use]
+    pub fn service(&self) -> &str {
+        self.part(3)
+    }
+
+    /// The signed header names as listed, `;`-separated.
+    #[must_use]
+    pub fn signed_headers(&self) -> &str {
+        self.part(4)
+    }
+
     /// The signature bytes.
-    pub signature: [u8; 32],
+    #[must_use]
+    pub fn signature(&self) -> &[u8; 32] {
+        &self.signature
+    }
+}
+
+/// Where `part`, a subslice of `whole`, lies in it.
+fn range_in(whole: &str, part: &str) -> (usize, usize) {
+    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    (start, start + part.len())
 }
 
 /// Parses an `Authorization` header value.
@@ -335,8 +413,15 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
             "{missing}Authorization={value}"
         )));
     };
-    let parts: Vec<&str> = credential.split('/').collect();
-    let [akid, date, region, service, terminator] = parts[..] else {
+    let mut parts = credential.split('/');
+    let (Some(akid), Some(date), Some(region), Some(service), Some(terminator), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(AuthError::IncompleteSignature(format!(
             "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
         )));
@@ -356,9 +441,8 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
             "Credential date must be YYYYMMDD, got '{date}'."
         )));
     }
-    let signed_headers: Vec<String> = signed.split(';').map(str::to_owned).collect();
-    if signed_headers
-        .iter()
+    if signed
+        .split(';')
         .any(|h| h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()))
     {
         return Err(AuthError::IncompleteSignature(format!(
@@ -372,11 +456,8 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
         ));
     }
     Ok(Authorization {
-        access_key_id: akid.to_owned(),
-        date: date.to_owned(),
-        region: region.to_owned(),
-        service: service.to_owned(),
-        signed_headers,
+        parts: [akid, date, region, service, signed].map(|p| range_in(value, p)),
+        value: value.to_owned(),
         signature: sig,
     })
 }
@@ -404,13 +485,13 @@ impl ParsedRequest {
     /// The access key id the request claims.
     #[must_use]
     pub fn access_key_id(&self) -> &str {
-        &self.auth.access_key_id
+        self.auth.access_key_id()
     }
 
     /// The region of the credential scope (one the server serves).
     #[must_use]
     pub fn region(&self) -> &str {
-        &self.auth.region
+        self.auth.region()
     }
 
     /// The request time from `X-Amz-Date`.
@@ -432,11 +513,11 @@ impl ParsedRequest {
     ) -> Result<(), AuthError> {
         let (a, secret) = (&self.auth, secret_access_key);
         let key = match cache {
-            Some(c) => c.get(&a.access_key_id, secret, &a.date, &a.region, &a.service),
-            None => Arc::new(signing_key(secret, &a.date, &a.region, &a.service)),
+            Some(c) => c.get(a.access_key_id(), secret, a.date(), a.region(), a.service()),
+            None => Arc::new(signing_key(secret, a.date(), a.region(), a.service())),
         };
         let expected = key.sign(self.string_to_sign.as_bytes());
-        if atrest_crypto::ct_eq(&expected, &self.auth.signature) {
+        if atrest_crypto::ct_eq(&expected, self.auth.signature()) {
             Ok(())
         } else {
             Err(AuthError::signature_mismatch())
@@ -476,22 +557,22 @@ pub fn parse_request(
     };
     // The basic format parsed, so its first eight characters are the day.
     let request_day = amz_date.get(..8).unwrap_or_default();
-    if auth.date != request_day {
+    if auth.date() != request_day {
         return Err(AuthError::InvalidSignature(format!(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{request_day}', from '{amz_date}'.",
-            auth.date
+            auth.date()
         )));
     }
-    if auth.service != policy.service {
+    if auth.service() != policy.service {
         return Err(AuthError::InvalidSignature(format!(
             "Credential should be scoped to correct service: '{}'.",
             policy.service
         )));
     }
-    if !policy.regions.contains(&auth.region) {
+    if !policy.regions.iter().any(|r| r == auth.region()) {
         return Err(AuthError::InvalidSignature(format!(
             "Credential should be scoped to a valid region, not '{}'. This server serves: {}.",
-            auth.region,
+            auth.region(),
             policy.regions.join(", ")
         )));
     }
@@ -509,12 +590,12 @@ pub fn parse_request(
             format_amz_date(policy.now)
         )));
     }
-    if !auth.signed_headers.iter().any(|h| h == "host") {
+    if !auth.signed_headers().split(';').any(|h| h == "host") {
         return Err(AuthError::InvalidSignature(
             "'Host' must be a 'SignedHeader' in the AWS Authorization.".into(),
         ));
     }
-    if !auth.signed_headers.iter().any(|h| h == "x-amz-date") {
+    if !auth.signed_headers().split(';').any(|h| h == "x-amz-date") {
         return Err(AuthError::InvalidSignature(
             "'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.".into(),
         ));
@@ -531,15 +612,12 @@ pub fn parse_request(
         }
     };
     let canonical =
-        canonical::canonical_request(method, uri, headers, &auth.signed_headers, &payload_hash)?;
-    let scope = [
-        auth.date.as_str(),
-        auth.region.as_str(),
-        auth.service.as_str(),
-        "aws4_request",
-    ]
-    .join("/");
-    let string_to_sign = string_to_sign(amz_date, &scope, &canonical);
+        canonical::canonical_request(method, uri, headers, auth.signed_headers(), &payload_hash)?;
+    let string_to_sign = string_to_sign(
+        amz_date,
+        [auth.date(), auth.region(), auth.service()],
+        &canonical,
+    );
     Ok(ParsedRequest {
         auth,
         string_to_sign,

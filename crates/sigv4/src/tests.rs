@@ -396,7 +396,67 @@ fn canonical_uri_and_query_rules() {
     );
 }
 
+#[test]
+fn authorization_parts_are_where_the_header_says() {
+    let a = parse_authorization(&format!(
+        "  AWS4-HMAC-SHA256 Credential=AKID/20250304/eu-west-1/kms/aws4_request,SignedHeaders=host;x-amz-date, Signature={}  ",
+        "0a".repeat(32)
+    ))
+    .unwrap();
+    assert_eq!(a.access_key_id(), "AKID");
+    assert_eq!(a.date(), "20250304");
+    assert_eq!(a.region(), "eu-west-1");
+    assert_eq!(a.service(), "kms");
+    assert_eq!(a.signed_headers(), "host;x-amz-date");
+    assert_eq!(a.signature(), &[0x0a; 32]);
+    for bad in [
+        "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request/x, SignedHeaders=host, Signature=00",
+        "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/aws4_request, SignedHeaders=host, Signature=00",
+        "AWS4-HMAC-SHA256 Credential=A/20250304/us-east-1/kms/aws4_request, SignedHeaders=host;;x-amz-date, Signature=00",
+    ] {
+        assert_eq!(
+            parse_authorization(bad).unwrap_err().aws_type(),
+            "IncompleteSignatureException",
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn amz_dates_outside_the_calendar_are_refused() {
+    for bad in [
+        "20250230T000000Z",
+        "20251301T000000Z",
+        "20250304T240000Z",
+        "20250304T236000Z",
+        "20250304T000000",
+        "20250304 000000Z",
+        "2025030T0000000Z",
+        "+2025030T000000Z",
+        "20250304T000000Z ",
+        "",
+    ] {
+        assert!(parse_amz_date(bad).is_none(), "{bad:?}");
+    }
+    assert_eq!(
+        parse_amz_date("20240229T235959Z").unwrap(),
+        time::macros::datetime!(2024-02-29 23:59:59 UTC)
+    );
+}
+
 proptest! {
+    /// The hand-written `X-Amz-Date` parser agrees with the time crate's
+    /// parser of the same format, on dates and on near-misses.
+    #[test]
+    fn amz_date_parser_agrees_with_the_format_description(
+        s in "[0-9]{8}T[0-9]{6}Z|[0-9+-]{4}[0-9]{4}T[0-9 ]{6}Z|[0-9TZ]{14,17}",
+    ) {
+        let reference = time::PrimitiveDateTime::parse(&s, AMZ_DATE)
+            .ok()
+            .map(time::PrimitiveDateTime::assume_utc);
+        prop_assert_eq!(parse_amz_date(&s), reference);
+    }
+
     #[test]
     fn parse_authorization_never_panics(s in "\\PC{0,200}") {
         let _ = parse_authorization(&s);
