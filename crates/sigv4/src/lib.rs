@@ -413,15 +413,17 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
             "{missing}Authorization={value}"
         )));
     };
+    // Five elements and no sixth, without collecting them.
     let mut parts = credential.split('/');
-    let (Some(akid), Some(date), Some(region), Some(service), Some(terminator), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let [
+        Some(akid),
+        Some(date),
+        Some(region),
+        Some(service),
+        Some(terminator),
+        None,
+    ] = std::array::from_fn::<_, 6, _>(|_| parts.next())
+    else {
         return Err(AuthError::IncompleteSignature(format!(
             "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
         )));
