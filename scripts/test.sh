@@ -23,6 +23,16 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# A fresh run builds the workspace three ways (debug, clippy, the fuzz
+# targets' release build) and needs about 8 GiB under target/. Incremental
+# compilation state would add several more GiB that a one-off run never
+# reuses, so it is off here.
+export CARGO_INCREMENTAL=0
+avail_kib=$(df -Pk "$ROOT" | awk 'NR==2 {print $4}')
+if [ "${avail_kib:-0}" -lt $((10 * 1024 * 1024)) ]; then
+  echo "warning: $((avail_kib / 1024)) MiB free under $ROOT; a full run needs about 10 GiB" >&2
+fi
+
 # --- Dependencies -----------------------------------------------------------
 step "system packages"
 # openssl, softhsm2: root-of-trust tests. qemu-utils, libnbd-bin, nbdkit,
