@@ -68,6 +68,17 @@ struct MeterKey {
     success: bool,
 }
 
+impl MeterKey {
+    fn borrowed(&self) -> MeterRef<'_> {
+        MeterRef {
+            account: &self.account,
+            region: &self.region,
+            operation: &self.operation,
+            success: self.success,
+        }
+    }
+}
+
 /// A [`MeterKey`] borrowed from a record. Its derived `Hash` feeds the
 /// hasher what `MeterKey`'s does (a `&str` hashes as the `String` it
 /// equals), which is what [`Equivalent`] lookups need.
@@ -241,12 +252,7 @@ impl Trail {
     /// Counts a record, by a key taken before the entry went to the log.
     fn meter_owned(&self, key: Option<&MeterKey>) {
         if let Some(k) = key {
-            self.metering.add(MeterRef {
-                account: &k.account,
-                region: &k.region,
-                operation: &k.operation,
-                success: k.success,
-            });
+            self.metering.add(k.borrowed());
         }
     }
 }
@@ -310,7 +316,15 @@ mod tests {
                 row("444455556666", "Decrypt", 1, 0),
             ]
         );
-        assert_eq!(m.counts.read().unwrap().len(), 4);
+        let counts = m.counts.read().unwrap();
+        assert_eq!(counts.len(), 4);
+        // The rows are found by the borrowed form, as `add`'s read-locked
+        // path needs (a hash that disagreed would send every request to
+        // the write lock, and the counts above would not show it).
+        for key in counts.keys() {
+            let borrowed = key.borrowed();
+            assert!(counts.get(&borrowed).is_some(), "{borrowed:?}");
+        }
     }
 
     #[test]
