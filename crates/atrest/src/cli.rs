@@ -618,9 +618,10 @@ pub struct ServeArgs {
     /// /usr/lib/postgresql/*/bin.
     #[arg(long, env = "ATREST_DB_PG_BIN")]
     pub db_pg_bin: Option<PathBuf>,
-    /// The OS user database instances run as (PostgreSQL refuses root).
-    #[arg(long, default_value = "postgres")]
-    pub db_os_user: String,
+    /// The uids of database instances' own OS users (one user and group
+    /// per instance, `atrest-<instance id>`, made and removed by atrest).
+    #[arg(long, value_name = "START-END", default_value = "70000-79999", value_parser = atrest_dbservice::parse_uid_range)]
+    pub db_uid_range: std::ops::RangeInclusive<u32>,
     /// Backup storage for database instances (default: DATA_DIR/backups).
     #[arg(long)]
     pub db_backup_dir: Option<PathBuf>,

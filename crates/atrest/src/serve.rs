@@ -75,7 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         nbd: nbd_config(&args)?,
         db: atrest_server::DbSettings {
             pg_bin: args.db_pg_bin.clone(),
-            os_user: args.db_os_user.clone(),
+            uid_range: args.db_uid_range.clone(),
             backup_dir: args.db_backup_dir.clone(),
             ..atrest_server::DbSettings::default()
         },

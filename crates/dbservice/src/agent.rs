@@ -14,11 +14,13 @@
 //!
 //! # Who may connect
 //!
-//! The socket is mode 0666, but the server serves only peers whose uid
-//! (SO_PEERCRED) is the OS user PostgreSQL runs as or root, and only
-//! requests carrying the instance's token: 32 random bytes, kept in
-//! `atrest/agent.token` on the instance's encrypted disk (readable by that
-//! OS user only); the server keeps its SHA-256 in the instance's record.
+//! The socket is mode 0666, but the server serves a request for an
+//! instance only when the peer's uid (SO_PEERCRED) is that instance's own
+//! OS user (or root) and the request carries the instance's token: 32
+//! random bytes, kept in `agent/agent.token` on the instance's encrypted
+//! disk (readable by that OS user only); the server keeps its SHA-256 in
+//! the instance's record. Both are checked before anything after the
+//! request line is read: a refused client costs one line.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -63,16 +65,22 @@ struct Answer {
 
 /// What the server side does with requests (the database service).
 pub(crate) trait Handler: Send + Sync {
+    /// Whether a client of uid `peer` presenting `token` may act for
+    /// `instance` (checked before the request's body is read).
+    fn authorize(&self, instance: &str, token: &str, peer: u32) -> Result<(), String>;
     /// Stores `data` as WAL file `name` of `instance`.
     fn wal_push(&self, instance: &str, token: &str, name: &str, data: &[u8]) -> Result<(), String>;
     /// WAL file `name` for `instance`; `Ok(None)` if it is not archived.
     fn wal_fetch(&self, instance: &str, token: &str, name: &str)
     -> Result<Option<Vec<u8>>, String>;
-    /// The uid that may connect besides root.
-    fn agent_uid(&self) -> Option<u32>;
 }
 
 impl Handler for DbService {
+    fn authorize(&self, instance: &str, token: &str, peer: u32) -> Result<(), String> {
+        self.agent_authorize(instance, token, peer)
+            .map_err(|e| e.to_string())
+    }
+
     fn wal_push(&self, instance: &str, token: &str, name: &str, data: &[u8]) -> Result<(), String> {
         self.agent_push(instance, token, name, data)
             .map_err(|e| e.to_string())
@@ -86,10 +94,6 @@ impl Handler for DbService {
     ) -> Result<Option<Vec<u8>>, String> {
         self.agent_fetch(instance, token, name)
             .map_err(|e| e.to_string())
-    }
-
-    fn agent_uid(&self) -> Option<u32> {
-        self.os_user().ok().map(|u| u.uid)
     }
 }
 
@@ -247,17 +251,6 @@ fn serve(h: &dyn Handler, mut stream: UnixStream) {
                 return;
             }
         };
-    if uid != 0 && Some(uid) != h.agent_uid() {
-        tracing::warn!(
-            uid,
-            "refused a WAL agent connection from a user that is neither root nor PostgreSQL's"
-        );
-        let _ = reply(
-            &mut stream,
-            &failure("this user may not use the WAL agent socket", false),
-        );
-        return;
-    }
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
@@ -271,12 +264,23 @@ fn serve(h: &dyn Handler, mut stream: UnixStream) {
         Ok(req) if !valid_wal_name(&req.name) => {
             failure(&format!("'{}' is not a WAL file name", req.name), false)
         }
+        Ok(req) if h.authorize(&req.instance, &req.token, uid).is_err() => {
+            tracing::warn!(uid, instance = %req.instance, "refused a WAL agent request: not the instance's user or token");
+            failure(
+                &format!(
+                    "uid {uid} with this token may not use the WAL agent for {}",
+                    req.instance
+                ),
+                false,
+            )
+        }
         Ok(req) if req.op == "wal-push" => {
             let size = req.size.unwrap_or(0);
             if size > MAX_FILE {
                 failure("the file is too large", false)
             } else {
-                let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                // Grown as the bytes arrive: the size is the client's word.
+                let mut data = Vec::new();
                 match (&mut r).take(size).read_to_end(&mut data) {
                     Ok(n) if n as u64 == size => {
                         match h.wal_push(&req.instance, &req.token, &req.name, &data) {
@@ -476,6 +480,12 @@ mod tests {
     }
 
     impl Handler for Echo {
+        fn authorize(&self, instance: &str, token: &str, peer: u32) -> Result<(), String> {
+            if token != "secret" || instance == "db-other" {
+                return Err(format!("{peer} refused"));
+            }
+            Ok(())
+        }
         fn wal_push(
             &self,
             instance: &str,
@@ -508,9 +518,6 @@ mod tests {
                 .get(&format!("{instance}/{name}"))
                 .cloned())
         }
-        fn agent_uid(&self) -> Option<u32> {
-            None
-        }
     }
 
     #[test]
@@ -528,14 +535,16 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(&src, &data).unwrap();
         let name = "000000010000000000000001";
-        let uid = nix::unistd::getuid().as_raw();
-        if uid != 0 {
-            // Only root or PostgreSQL's user may connect.
-            assert!(wal_push(&sock, "db-1", &token, &src, name).is_err());
-            l.stop();
-            return;
-        }
         wal_push(&sock, "db-1", &token, &src, name).unwrap();
+        // Refused by authorization: nothing is stored.
+        assert!(wal_push(&sock, "db-other", &token, &src, name).is_err());
+        assert!(
+            h.store
+                .lock()
+                .unwrap()
+                .keys()
+                .all(|k| !k.starts_with("db-other"))
+        );
         let dst = dir.path().join("RECOVERYXLOG");
         wal_fetch(&sock, "db-1", &token, name, &dst).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), data);

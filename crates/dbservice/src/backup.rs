@@ -38,8 +38,8 @@ use zeroize::Zeroizing;
 
 use crate::agent::{self, Listener};
 use crate::artifact::{ArtifactError, CHUNK, Header, Opener, Sealer};
-use crate::host::OsUser;
 use crate::pg::{self, Layout, PgBin};
+use crate::users::OsUser;
 use crate::{
     Class, DbError, DbService, InstanceView, Record, Result, SERVICE, lock, now_rfc3339, random_hex,
 };
@@ -566,28 +566,52 @@ impl DbService {
     /// does not match the record, and for an instance that has none yet
     /// (a clone's disk carries its source's file).
     fn ensure_token(&self, rec: &Record) -> Result<PathBuf> {
-        let user = self.os_user()?;
-        let own = self.layout(&rec.id).own();
-        if !own.is_dir() {
-            std::fs::create_dir_all(&own).map_err(|e| io_err("creating", &own, &e))?;
-            user.chown(&own)?;
-        }
-        let path = own.join("agent.token");
+        let user = self.user_of(rec)?;
+        let layout = self.layout(&rec.id);
+        let t = layout.tree()?;
+        let err = |e: std::io::Error| DbError::Failed(format!("the WAL agent's token: {e}"));
+        t.ensure_dir(pg::AGENT_DIR, user.owner(), 0o700)
+            .map_err(err)?;
         let stored = lock(&self.records)
             .get(&rec.id)
             .and_then(|r| r.agent_token_sha256.clone());
-        let on_disk = std::fs::read_to_string(&path)
-            .map(|t| Zeroizing::new(t.trim().to_owned()))
+        // The instance's file: read through the tree (no link followed,
+        // bounded); anything unreadable is simply replaced.
+        let on_disk = t
+            .read(pg::TOKEN, 1024)
             .ok()
-            .map(|t| hex::encode(atrest_crypto::hash::sha256(t.as_bytes())));
+            .flatten()
+            .map(Zeroizing::new)
+            .map(|t| hex::encode(atrest_crypto::hash::sha256(t.trim_ascii())));
+        let path = layout.mnt.join(pg::TOKEN);
         if stored.is_some() && on_disk == stored {
             return Ok(path);
         }
         let token = Zeroizing::new(random_hex(32)?);
-        pg::write_private(&user, &path, token.as_bytes())?;
+        t.write(pg::TOKEN, token.as_bytes(), user.owner(), 0o600)
+            .map_err(err)?;
         let h = hex::encode(atrest_crypto::hash::sha256(token.as_bytes()));
         self.set_backup_fields(&rec.id, |r| r.agent_token_sha256 = Some(h))?;
         Ok(path)
+    }
+
+    /// Whether instance `id` is being restored (its recovery must end
+    /// before its roles can converge).
+    pub(crate) fn is_restoring(&self, rec: &Record) -> bool {
+        lock(&self.backup.restoring).contains_key(&rec.id)
+    }
+
+    /// Whether a WAL agent of uid `peer` presenting `token` may act for
+    /// `instance`: the token must be the instance's and the peer its OS
+    /// user (or root).
+    pub(crate) fn agent_authorize(&self, instance: &str, token: &str, peer: u32) -> Result<()> {
+        let rec = self.agent_auth(instance, token)?;
+        if peer != 0 && rec.os_uid != Some(peer) {
+            return Err(DbError::Invalid(format!(
+                "uid {peer} is not the OS user of instance {instance}"
+            )));
+        }
+        Ok(())
     }
 
     fn agent_auth(&self, instance: &str, token: &str) -> Result<Record> {
@@ -690,8 +714,9 @@ impl DbService {
     /// waits until the WAL that makes it consistent is archived.
     pub fn backup(&self, caller: &Caller, name: &str) -> Result<BackupView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let rec = self.own(caller, name)?;
+        let user = self.user_of(&rec)?;
         if rec.primary.is_some() {
             return Err(DbError::Conflict(format!(
                 "{} is a replica; back up its primary",
@@ -714,7 +739,7 @@ impl DbService {
         }
         let _busy = lock(&self.backup.busy);
         let _taking = Taking::new(&self.backup.taking, &rec.id);
-        let q = |sql: &str| self.sql(&bin, &user, &rec, sql);
+        let q = |sql: &str| self.sql(&bin, &rec, sql);
         if q("SHOW archive_mode")? != "on" {
             return Err(DbError::Conflict(format!(
                 "instance {} does not archive its WAL yet; restart it",
@@ -924,7 +949,7 @@ impl DbService {
         to_time: Option<&str>,
     ) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let b = self.describe_backup(caller, backup_id)?;
         let target = match to_time {
             None => None,
@@ -954,7 +979,7 @@ impl DbService {
         self.key_state(&b.region, &b.instance, &b.key_arn)?;
         // What the source committed so far becomes restorable.
         if let Some(s) = source.as_ref().filter(|s| self.is_running(s))
-            && let Err(e) = self.flush_archive(&bin, &user, s)
+            && let Err(e) = self.flush_archive(&bin, s)
         {
             tracing::warn!(instance = %s.name, error = %e, "could not archive the source's current WAL before a restore");
         }
@@ -966,25 +991,20 @@ impl DbService {
         let _ops = lock(&self.ops);
         self.check_new_name(caller, new_name)?;
         let port = self.choose_port(None)?;
-        let disk = self.disks.create_disk(
-            caller,
-            &NewDisk {
-                size: b.disk_size,
-                block_size: Some(4096),
-                encrypted: Some(true),
-                key_id: Some(key),
-                shareable: Some(false),
-            },
-        )?;
-        let rec = self.new_record(
-            caller,
-            new_name,
-            b.class,
-            disk.id,
-            port,
-            &b.master_username,
-            None,
-        )?;
+        let mut rec = self.new_record(caller, new_name, b.class, port, &b.master_username, None)?;
+        rec.disk = self
+            .disks
+            .create_disk(
+                caller,
+                &NewDisk {
+                    size: b.disk_size,
+                    block_size: Some(4096),
+                    encrypted: Some(true),
+                    key_id: Some(key),
+                    shareable: Some(false),
+                },
+            )?
+            .id;
         lock(&self.backup.restoring).insert(
             rec.id.clone(),
             Restoring {
@@ -994,11 +1014,15 @@ impl DbService {
         );
         let r = self.provision(
             &bin,
-            &user,
             &rec,
             true,
-            |layout| self.unpack(&bin, &user, &b, layout),
-            |rec| self.wait_promoted(&bin, &user, rec),
+            |layout, user| self.unpack(&bin, user, &b, layout),
+            |rec| {
+                self.wait_promoted(&bin, rec)?;
+                // Recovery is over: the roles can converge (a backup of an
+                // earlier release's instance has its master demoted now).
+                self.converge_roles(&bin, rec)
+            },
         );
         lock(&self.backup.restoring).remove(&rec.id);
         let rec = r.map_err(|e| recovery_error(e, target.as_deref()))?;
@@ -1009,8 +1033,8 @@ impl DbService {
     /// Makes the source's latest commits archived: a transaction (so that
     /// a commit record newer than any target in the past exists), a WAL
     /// switch, and a wait for it to be archived.
-    fn flush_archive(&self, bin: &PgBin, user: &OsUser, s: &Record) -> Result<()> {
-        let q = |sql: &str| self.sql(bin, user, s, sql);
+    fn flush_archive(&self, bin: &PgBin, s: &Record) -> Result<()> {
+        let q = |sql: &str| self.sql(bin, s, sql);
         if q("SHOW archive_mode")? != "on" {
             return Ok(());
         }
@@ -1020,17 +1044,10 @@ impl DbService {
     }
 
     /// Fills a restored instance's data directory: the decrypted base
-    /// backup streamed into `tar -x` (run as PostgreSQL's user), then
+    /// backup streamed into `tar -x` (run as the instance's user), then
     /// `recovery.signal`.
     fn unpack(&self, bin: &PgBin, user: &OsUser, b: &BackupView, layout: &Layout) -> Result<()> {
-        let own = layout.own();
         let data = layout.pgdata();
-        for d in [&own, &data] {
-            create_private_dir(d)?;
-        }
-        for d in [&layout.mnt, &own, &data] {
-            user.chown(d)?;
-        }
         let path = self
             .base_dir(&b.instance_id)
             .join(format!("{}.tar.enc", b.id));
@@ -1078,20 +1095,20 @@ impl DbService {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let wal = data.join("pg_wal");
-        if !wal.is_dir() {
-            create_private_dir(&wal)?;
-            user.chown(&wal)?;
+        let t = layout.pgdata_tree()?;
+        let err = |e: std::io::Error| DbError::Failed(format!("preparing the restore: {e}"));
+        if t.stat("pg_wal").map_err(err)?.is_none() {
+            t.ensure_dir("pg_wal", user.owner(), 0o700).map_err(err)?;
         }
-        pg::write_private(user, &data.join("recovery.signal"), b"")
+        t.touch("recovery.signal", user.owner(), 0o600).map_err(err)
     }
 
     /// Waits until a restored instance has finished recovery and promoted.
-    fn wait_promoted(&self, bin: &PgBin, user: &OsUser, rec: &Record) -> Result<()> {
+    fn wait_promoted(&self, bin: &PgBin, rec: &Record) -> Result<()> {
         let layout = self.layout(&rec.id);
         let deadline = Instant::now() + RECOVERY_WAIT;
         loop {
-            match self.sql(bin, user, rec, "SELECT pg_is_in_recovery()") {
+            match self.sql(bin, rec, "SELECT pg_is_in_recovery()") {
                 Ok(v) if v == "f" => return Ok(()),
                 Ok(_) => {}
                 Err(e) if !self.is_running(rec) => {
@@ -1142,10 +1159,12 @@ fn stream_base_backup(
     rec: &Record,
     s: &mut Sealer<BufWriter<std::fs::File>>,
 ) -> Result<()> {
-    let mut cmd: Command = bin.command("pg_basebackup", user, &layout.mnt);
+    // As the instance's user, which only the replication role's peer
+    // mapping lets in (it parses what the customer's server sends).
+    let mut cmd: Command = bin.command("pg_basebackup", user, &layout.pgdata());
     cmd.arg("-h")
         .arg(&layout.sock)
-        .args(["-p", &rec.port.to_string(), "-U", &rec.master_username])
+        .args(["-p", &rec.port.to_string(), "-U", pg::REPLICATION_ROLE])
         .args([
             "-D",
             "-",

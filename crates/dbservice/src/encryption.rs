@@ -50,7 +50,7 @@ impl DbService {
         change: &EncryptionChange,
     ) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let mut rec = self.own(caller, name)?;
         if let Some(p) = &rec.primary {
@@ -107,8 +107,8 @@ impl DbService {
                 }
                 for r in std::iter::once(&rec).chain(&replicas) {
                     if r.running {
-                        self.shut(Some(&bin), Some(&user), r);
-                        self.bring_up(&bin, &user, r)?;
+                        self.shut(Some(&bin), r);
+                        self.bring_up(&bin, r)?;
                     }
                 }
                 tracing::info!(instance = %rec.name, "instance key replaced");
@@ -116,11 +116,11 @@ impl DbService {
             }
             EncryptionChange::Enable { key_id } => {
                 let key = self.key_or_service_key(caller, key_id.as_deref())?;
-                self.move_to_new_disk(caller, &bin, &user, &mut rec, true, Some(&key))
+                self.move_to_new_disk(caller, &bin, &mut rec, true, Some(&key))
             }
             EncryptionChange::Disable => {
                 self.check_key(&rec)?;
-                self.move_to_new_disk(caller, &bin, &user, &mut rec, false, None)
+                self.move_to_new_disk(caller, &bin, &mut rec, false, None)
             }
         }
     }
@@ -132,18 +132,17 @@ impl DbService {
         &self,
         caller: &Caller,
         bin: &crate::pg::PgBin,
-        user: &crate::host::OsUser,
         rec: &mut crate::Record,
         encrypted: bool,
         key: Option<&str>,
     ) -> Result<InstanceView> {
         let was_running = rec.running;
-        self.shut(Some(bin), Some(user), rec);
+        self.shut(Some(bin), rec);
         let job = match self.disks.convert(caller, &rec.disk, encrypted, key) {
             Ok(j) => j,
             Err(e) => {
                 if was_running {
-                    let _ = self.bring_up(bin, user, rec);
+                    let _ = self.bring_up(bin, rec);
                 }
                 return Err(e.into());
             }
@@ -166,7 +165,7 @@ impl DbService {
         if let Err(e) = done {
             let _ = self.disks.delete_disk(caller, &target);
             if was_running {
-                let _ = self.bring_up(bin, user, rec);
+                let _ = self.bring_up(bin, rec);
             }
             return Err(e);
         }
@@ -176,7 +175,7 @@ impl DbService {
             tracing::error!(disk = %old, error = %e, "deleting an instance's old disk failed");
         }
         if was_running {
-            self.bring_up(bin, user, rec)?;
+            self.bring_up(bin, rec)?;
         }
         tracing::info!(instance = %rec.name, encrypted, "instance moved to a new disk");
         Ok(self.view(rec))

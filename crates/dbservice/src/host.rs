@@ -1,43 +1,11 @@
 //! The host side of an instance: the file system on its disk's block
-//! device, the mount, the OS user PostgreSQL runs as, and processes.
+//! device, its check and mount, and processes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::{DbError, Result};
-
-/// The OS user PostgreSQL runs as (it refuses to run as root).
-#[derive(Debug, Clone)]
-pub(crate) struct OsUser {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl OsUser {
-    pub(crate) fn lookup(name: &str) -> Result<Self> {
-        match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(Self {
-                name: name.to_owned(),
-                uid: u.uid.as_raw(),
-                gid: u.gid.as_raw(),
-            }),
-            Ok(None) => Err(DbError::Unavailable(format!(
-                "the OS user '{name}' that PostgreSQL runs as does not exist (install PostgreSQL, or give --db-os-user)"
-            ))),
-            Err(e) => Err(DbError::Failed(format!(
-                "looking up the OS user '{name}': {e}"
-            ))),
-        }
-    }
-
-    /// Gives `path` to this user.
-    pub(crate) fn chown(&self, path: &Path) -> Result<()> {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
-            .map_err(|e| DbError::Failed(format!("chown {}: {e}", path.display())))
-    }
-}
 
 /// Runs `cmd` to completion; fails with its stderr.
 pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
@@ -55,22 +23,73 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
     }
 }
 
-/// Makes an ext4 file system on `device`.
-pub(crate) fn mkfs(device: &Path) -> Result<()> {
+/// Makes an ext4 file system on `device` with UUID `uuid`, its root
+/// directory root's and the instance's group's.
+pub(crate) fn mkfs(device: &Path, uuid: &str, gid: u32) -> Result<()> {
     run(
         Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-F",
-                "-L",
-                "atrest-db",
-                "-E",
-                "lazy_itable_init=0,lazy_journal_init=0",
-            ])
+            .args(["-q", "-F", "-L", "atrest-db", "-U", uuid, "-E"])
+            .arg(format!(
+                "lazy_itable_init=0,lazy_journal_init=0,root_owner=0:{gid}"
+            ))
             .arg(device),
         "mkfs.ext4",
     )
     .map(drop)
+}
+
+/// Checks the file system on `device` before root mounts it: `e2fsck -p`
+/// (replays the journal and repairs only what is safe to repair without a
+/// person; anything more is refused), then the superblock must be ext4's
+/// with the UUID atrest gave it (`expected`; `None` for an instance of an
+/// earlier release, whose UUID is then recorded). Answers the UUID.
+pub(crate) fn check_fs(device: &Path, expected: Option<&str>, instance: &str) -> Result<String> {
+    let out = Command::new("e2fsck")
+        .args(["-p"])
+        .arg(device)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .map_err(|e| DbError::Failed(format!("cannot run e2fsck: {e}")))?;
+    // 0: clean; 1: repaired; 2: repaired, reboot advised (the root file
+    // system's concern only). 4 and up: errors left, or e2fsck failed.
+    match out.status.code() {
+        Some(0..=2) => {}
+        code => {
+            return Err(DbError::Damaged(format!(
+                "the file system of instance {instance} failed its check (e2fsck exit {}): {}; it was not mounted",
+                code.map_or_else(|| "by a signal".to_owned(), |c| c.to_string()),
+                String::from_utf8_lossy(&out.stdout).trim()
+            )));
+        }
+    }
+    let head = run(
+        Command::new("dumpe2fs")
+            .args(["-h"])
+            .arg(device)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "dumpe2fs",
+    )?;
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    if field("Filesystem magic number:").as_deref() != Some("0xEF53") {
+        return Err(DbError::Damaged(format!(
+            "the disk of instance {instance} does not hold an ext4 file system; it was not mounted"
+        )));
+    }
+    let uuid = field("Filesystem UUID:").unwrap_or_default();
+    if let Some(want) = expected
+        && !uuid.eq_ignore_ascii_case(want)
+    {
+        return Err(DbError::Damaged(format!(
+            "the file system on the disk of instance {instance} is not the one atrest made (UUID {uuid}, not {want}); it was not mounted"
+        )));
+    }
+    Ok(uuid)
 }
 
 /// Whether something is mounted at `dir` (by /proc/self/mounts).
@@ -114,13 +133,12 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Mounts `device` (ext4) at `dir`.
+/// Mounts `device` (ext4, checked by [`check_fs`]) at `dir`: no devices,
+/// no set-uid programs, nothing executable.
 pub(crate) fn mount(device: &Path, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| DbError::Failed(format!("creating {}: {e}", dir.display())))?;
     run(
         Command::new("mount")
-            .args(["-t", "ext4", "-o", "noatime,nodev,nosuid"])
+            .args(["-t", "ext4", "-o", "noatime,nodev,nosuid,noexec"])
             .arg(device)
             .arg(dir),
         "mount",
@@ -161,20 +179,36 @@ pub(crate) fn free_port() -> Result<u16> {
         .map_err(|e| DbError::Failed(format!("finding a free port: {e}")))
 }
 
-/// Whether `pid` is a live process whose command is `postgres`.
-pub(crate) fn is_postgres(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
+/// Whether `pid` is a live process whose command is `postgres` and whose
+/// real uid is `uid` (the instance's user: a pid read from a file the
+/// instance can write must never make root signal another's process).
+pub(crate) fn is_postgres(pid: u32, uid: u32) -> bool {
+    let live = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim() == "postgres")
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
             s.rsplit(')')
                 .next()
                 .is_some_and(|r| r.trim_start().starts_with('Z'))
-        })
+        });
+    live && process_uid(pid) == Some(uid)
 }
 
-/// Kills `pid` (SIGKILL) if it is a postgres process, and waits for it to
-/// go.
-pub(crate) fn kill_postgres(pid: u32) {
-    if !is_postgres(pid) {
+/// The real uid of `pid`.
+pub(crate) fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Kills `pid` (SIGKILL) if it is the postgres process of `uid`, and
+/// waits for it to go.
+pub(crate) fn kill_postgres(pid: u32, uid: u32) {
+    if !is_postgres(pid, uid) {
         return;
     }
     let Ok(raw) = i32::try_from(pid) else { return };
@@ -183,7 +217,7 @@ pub(crate) fn kill_postgres(pid: u32) {
         nix::sys::signal::Signal::SIGKILL,
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while is_postgres(pid) && Instant::now() < deadline {
+    while is_postgres(pid, uid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -191,6 +225,16 @@ pub(crate) fn kill_postgres(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_are_checked_by_uid() {
+        let me = std::process::id();
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(process_uid(me), Some(uid));
+        // This test process is not named postgres.
+        assert!(!is_postgres(me, uid));
+        assert_eq!(process_uid(u32::MAX), None);
+    }
 
     #[test]
     fn mount_paths_are_unescaped() {

@@ -5,32 +5,57 @@
 //! real, unmodified PostgreSQL on a file system on the instance's encrypted
 //! disk, locking an instance when its key becomes unusable, and, in
 //! [`backup`], encrypted base backups and WAL archives. The disk (its key,
-//! its grant, its data) is the disk service's ([`atrest_diskservice`]); the
-//! block device that puts it on this host is the server's local attach,
-//! behind [`Volumes`].
+//! its grant, its data) is the disk service's ([`atrest_diskservice`]),
+//! which holds it as a disk this service manages: the customer cannot see
+//! or use it directly. The block device that puts it on this host is the
+//! server's local attach, behind [`Volumes`].
 //!
 //! # An instance on the host
 //!
-//! The disk is attached locally (a loop device), formatted ext4 and
-//! mounted under `<run>/db/<id>/mnt` (outside the data dir, on tmpfs). The
+//! The disk is attached locally (a loop device), checked (`e2fsck -p` and
+//! the UUID atrest gave its file system) and mounted `nodev,nosuid,noexec`
+//! under `<run>/db/<id>/mnt` (outside the data dir, on tmpfs). The
 //! PostgreSQL data directory (`pgdata`: tables, WAL, temporary files), its
 //! log and atrest's per-instance secrets all live on that file system, so
-//! they reach the disk engine only as ciphertext. PostgreSQL runs as an
-//! unprivileged OS user (`postgres` by default), listens on 127.0.0.1 and
-//! on a socket under `<run>/db/<id>/sock`. atrest's own connections use
-//! that socket with peer authentication; every TCP connection needs a
-//! password (SCRAM).
+//! they reach the disk engine only as ciphertext.
+//!
+//! # Isolation
+//!
+//! The customer's master user is powerful inside the database and
+//! powerless outside it (see [`pg`] and `docs/design.md`):
+//!
+//! * it is not a superuser; atrest's own superuser (`atrest_admin`) is
+//!   reachable only by root over the instance's socket;
+//! * every instance runs as an OS user of its own ([`users`]), so no
+//!   instance can read, list or signal another's files, socket or
+//!   processes; the WAL agent serves a connection only for the instance
+//!   whose user it comes from;
+//! * root never follows a path the instance's user can write: every file
+//!   it touches there goes through [`tree`], and the server's configuration
+//!   lives outside the data directory, in root's directory;
+//! * parameters are allow-listed ([`params`]);
+//! * on PostgreSQL 15 and older, a small server extension ([`guard`]) keeps
+//!   CREATEROLE from granting the roles that read and write server files
+//!   and run programs, and from touching atrest's roles.
 //!
 //! # Records and crashes
 //!
 //! An instance's record is a JSON file under `<data dir>/db/instances`,
 //! replaced atomically. It holds no secret. A record is written with phase
 //! `creating` before the disk is made, so that a crash in the middle of a
-//! creation is rolled back (disk deleted, record removed) at the next
-//! start. The postmaster's pid is kept under the run dir, so that after the
-//! atrest server is killed (its disks gone from under PostgreSQL) the next
-//! start kills the orphaned server, unmounts, and starts it again: crash
-//! recovery from the WAL on the encrypted disk.
+//! creation is rolled back (disk deleted, record and OS user removed) at
+//! the next start. The postmaster's pid is kept under the run dir, so that
+//! after the atrest server is killed (its disks gone from under
+//! PostgreSQL) the next start kills the orphaned server, unmounts, and
+//! starts it again: crash recovery from the WAL on the encrypted disk.
+//!
+//! # Instances of an earlier release
+//!
+//! A record of a release before this isolation (`layout` 0) is migrated at
+//! its next start: it gets its OS user, its files change hands, atrest's
+//! old settings file leaves the data directory, parameters off the
+//! allow-list are dropped, and (on a primary) the master is demoted, see
+//! [`DbService::converge_roles`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -39,14 +64,19 @@ pub mod agent;
 mod artifact;
 mod backup;
 mod encryption;
+mod guard;
 mod host;
 mod manage;
 mod pg;
 mod replica;
+mod roles;
+mod tree;
+mod users;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use atrest_diskservice::{DiskService, NewDisk, ServiceError};
@@ -54,8 +84,10 @@ use atrest_kms::names::AccountId;
 use atrest_kms::{Caller, KeyService, KeyUnusable, KmsError};
 use serde::{Deserialize, Serialize};
 
-use crate::host::OsUser;
 use crate::pg::{Layout, PgBin, Settings};
+use crate::users::OsUser;
+
+pub use users::parse_range as parse_uid_range;
 
 /// The service name: principal `db.atrest`, `kms:ViaService`
 /// `db.<region>.atrest`, service key `alias/atrest/db`.
@@ -80,8 +112,8 @@ pub struct Config {
     /// The directory of PostgreSQL's programs (default: found on PATH or
     /// under `/usr/lib/postgresql`).
     pub pg_bin: Option<PathBuf>,
-    /// The OS user PostgreSQL runs as.
-    pub os_user: String,
+    /// The uids (and gids) of the instances' own OS users.
+    pub uid_range: RangeInclusive<u32>,
     /// Instance records (`<data dir>/db`).
     pub state_dir: PathBuf,
     /// Mounts, sockets and pids (`/run/atrest/<hash>/db`).
@@ -137,6 +169,10 @@ pub enum DbError {
     /// This host cannot run PostgreSQL as configured.
     #[error("{0}")]
     Unavailable(String),
+    /// The instance's file system failed its check before mounting (it was
+    /// not mounted).
+    #[error("{0}")]
+    Damaged(String),
     /// A server fault (details in the message, which goes to the log).
     #[error("{0}")]
     Failed(String),
@@ -206,11 +242,27 @@ pub(crate) struct Record {
     /// The grant that lets `db.atrest` use the instance's key for backups.
     #[serde(default)]
     pub backup_grant: Option<String>,
-    /// The customer's PostgreSQL parameters, written into `atrest.conf`
-    /// at every start.
+    /// The customer's PostgreSQL parameters, written into the server's
+    /// configuration at every start.
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// The uid and gid of the instance's own OS user (`None` in a record
+    /// of an earlier release, until its first start).
+    #[serde(default)]
+    pub os_uid: Option<u32>,
+    /// The UUID of the file system atrest made on the instance's disk,
+    /// checked before every mount.
+    #[serde(default)]
+    pub fs_uuid: Option<String>,
+    /// The version of the instance's layout on the host: 0 for a record of
+    /// a release before per-instance users (migrated at its next start),
+    /// [`LAYOUT`] now.
+    #[serde(default)]
+    pub layout: u32,
 }
+
+/// The current layout version of an instance ([`Record::layout`]).
+pub(crate) const LAYOUT: u32 = 1;
 
 impl Record {
     fn owned_by(&self, caller: &Caller) -> bool {
@@ -221,6 +273,16 @@ impl Record {
         let account = AccountId::parse(&self.account)
             .ok_or_else(|| DbError::Failed(format!("record {} names a bad account", self.id)))?;
         Ok(Caller::root(account, &self.region))
+    }
+
+    /// How the disk service names this instance to the customer (a disk
+    /// it manages for it).
+    #[expect(
+        dead_code,
+        reason = "used once the disk service manages instance disks"
+    )]
+    pub(crate) fn managed_for(&self) -> String {
+        format!("database instance {} ({})", self.name, self.id)
     }
 }
 
@@ -299,6 +361,8 @@ struct Live {
     /// The block device the file system is on.
     device: PathBuf,
     pid: Option<u32>,
+    /// The instance's OS user.
+    user: OsUser,
     /// When its key was first seen unusable.
     unusable_since: Option<Instant>,
 }
@@ -317,6 +381,8 @@ pub struct DbService {
     host_error: Option<String>,
     /// Backups, WAL archiving and restores ([`backup`]).
     backup: backup::State,
+    /// The guard library, once installed for this host's PostgreSQL.
+    guard: OnceLock<guard::Status>,
 }
 
 impl std::fmt::Debug for DbService {
@@ -354,6 +420,7 @@ fn valid_username(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.starts_with("pg_")
+        && !s.starts_with("atrest")
 }
 
 /// Default time PostgreSQL gets to start (crash recovery included).
@@ -392,10 +459,12 @@ impl DbService {
             ops: Mutex::new(()),
             backup: backup::State::default(),
             host_error,
+            guard: OnceLock::new(),
             config,
         });
         svc.load()?;
         if svc.host_error.is_none() {
+            svc.assign_uids()?;
             svc.open_backups()?;
         }
         Ok(svc)
@@ -409,16 +478,29 @@ impl DbService {
         };
         for e in entries.flatten() {
             let dir = e.path();
-            if let Some(pid) = std::fs::read_to_string(dir.join("postmaster.pid"))
-                .ok()
-                .and_then(|t| t.trim().parse::<u32>().ok())
-            {
-                if host::is_postgres(pid) {
+            let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
+                continue;
+            };
+            // "<pid> <uid>"; a release before per-instance users wrote
+            // only the pid, of a server running as `postgres`.
+            let mut words = text.split_whitespace();
+            let pid = words.next().and_then(|p| p.parse::<u32>().ok());
+            let uid = words
+                .next()
+                .and_then(|u| u.parse::<u32>().ok())
+                .or_else(|| {
+                    nix::unistd::User::from_name("postgres")
+                        .ok()
+                        .flatten()
+                        .map(|u| u.uid.as_raw())
+                });
+            if let (Some(pid), Some(uid)) = (pid, uid) {
+                if host::is_postgres(pid, uid) {
                     tracing::warn!(pid, dir = %dir.display(), "killing a PostgreSQL server a crash of atrest left running");
                 }
-                host::kill_postgres(pid);
-                let _ = std::fs::remove_file(dir.join("postmaster.pid"));
+                host::kill_postgres(pid, uid);
             }
+            let _ = std::fs::remove_file(dir.join("postmaster.pid"));
         }
         let mut mounts = host::mounts_under(run_dir);
         mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
@@ -455,14 +537,22 @@ impl DbService {
     }
 
     /// Saves `r`. The backup fields (agent token, backup grant) are the
-    /// backup module's: a save keeps the stored values, so that a copy of
-    /// the record taken before they changed does not undo them.
+    /// backup module's, and the host fields (uid, file system, layout) are
+    /// set once: a save keeps the stored values, so that a copy of the
+    /// record taken before they changed does not undo them.
     fn save(&self, r: &Record) -> Result<()> {
         let mut records = lock(&self.records);
         let mut r = r.clone();
         if let Some(stored) = records.get(&r.id) {
             r.agent_token_sha256.clone_from(&stored.agent_token_sha256);
             r.backup_grant.clone_from(&stored.backup_grant);
+            // The host fields only move forward: a copy taken before they
+            // were set does not undo them.
+            r.os_uid = r.os_uid.or(stored.os_uid);
+            if stored.fs_uuid.is_some() {
+                r.fs_uuid.clone_from(&stored.fs_uuid);
+            }
+            r.layout = r.layout.max(stored.layout);
         }
         self.write_record(&r)?;
         records.insert(r.id.clone(), r);
@@ -491,25 +581,81 @@ impl DbService {
     }
 
     fn layout(&self, id: &str) -> Layout {
-        let dir = self.config.run_dir.join(id);
-        Layout {
-            mnt: dir.join("mnt"),
-            sock: dir.join("sock"),
-        }
+        Layout::new(self.config.run_dir.join(id))
     }
 
     fn bin(&self) -> Result<PgBin> {
         PgBin::find(self.config.pg_bin.as_deref())
     }
 
-    fn os_user(&self) -> Result<OsUser> {
-        if let Some(e) = &self.host_error {
-            return Err(DbError::Unavailable(e.clone()));
+    /// Fails when this host cannot run instances (no run dir).
+    fn host(&self) -> Result<()> {
+        match &self.host_error {
+            Some(e) => Err(DbError::Unavailable(e.clone())),
+            None => Ok(()),
         }
-        OsUser::lookup(&self.config.os_user)
     }
 
-    /// The caller's instance named (or with id) `name`.
+    /// The comment of this server's instances' OS users: `atrest <tag>
+    /// <id>`, the tag naming this server's run directory ([`users`]).
+    fn user_comment(&self, id: &str) -> String {
+        let tag = self
+            .config
+            .run_dir
+            .parent()
+            .and_then(Path::file_name)
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        format!("atrest {tag} {id}")
+    }
+
+    /// The instance's OS user, made if it is missing (a host rebuilt from
+    /// the same data dir gets the same ids back).
+    fn user_of(&self, rec: &Record) -> Result<OsUser> {
+        self.host()?;
+        let uid = rec
+            .os_uid
+            .or_else(|| lock(&self.records).get(&rec.id).and_then(|r| r.os_uid))
+            .ok_or_else(|| DbError::Failed(format!("instance {} has no OS user yet", rec.name)))?;
+        users::ensure(&users::name_of(&rec.id), uid, &self.user_comment(&rec.id))
+    }
+
+    /// A uid for a new instance: free on this host and in no record.
+    fn new_uid(&self) -> Result<u32> {
+        let reserved: BTreeSet<u32> = lock(&self.records)
+            .values()
+            .filter_map(|r| r.os_uid)
+            .collect();
+        users::free_id(&self.config.uid_range, &reserved)
+    }
+
+    /// Removes the instance's OS user (once nothing of it is left).
+    fn remove_user(&self, rec: &Record) {
+        if rec.os_uid.is_some() {
+            users::remove(&users::name_of(&rec.id), &self.user_comment(&rec.id));
+        }
+    }
+
+    /// Gives each record of an earlier release a uid of its own (its user
+    /// is made at its next start).
+    fn assign_uids(&self) -> Result<()> {
+        let legacy: Vec<Record> = lock(&self.records)
+            .values()
+            .filter(|r| r.os_uid.is_none())
+            .cloned()
+            .collect();
+        for mut r in legacy {
+            r.os_uid = Some(self.new_uid()?);
+            self.save(&r)?;
+        }
+        Ok(())
+    }
+
+    /// The guard library for this host's PostgreSQL, installed once.
+    fn guard(&self, bin: &PgBin) -> &guard::Status {
+        self.guard
+            .get_or_init(|| guard::Status::prepare(bin, &self.config.run_dir.join("lib")))
+    }
+
     fn own(&self, caller: &Caller, name: &str) -> Result<Record> {
         lock(&self.records)
             .values()
@@ -529,12 +675,7 @@ impl DbService {
             .ok()
             .and_then(|c| self.disks.describe_disk(&c, &r.disk).ok());
         let (encrypted, key_arn) = d.map_or((false, None), |d| (d.encrypted, d.key_arn));
-        let live = lock(&self.live);
-        let running = live
-            .get(&r.id)
-            .and_then(|l| l.pid)
-            .is_some_and(host::is_postgres);
-        drop(live);
+        let running = self.is_running(r);
         let (state, reason) = if running {
             ("running", None)
         } else if let Err(e) = self.check_key(r) {
@@ -655,7 +796,7 @@ impl DbService {
         }
         let size = req.size.unwrap_or(self.config.default_size);
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         self.check_new_name(caller, &req.name)?;
         let port = self.choose_port(req.port)?;
@@ -668,17 +809,20 @@ impl DbService {
         } else {
             req.key_id.clone()
         };
-        let disk = self.disks.create_disk(
-            caller,
-            &NewDisk {
-                size,
-                block_size: Some(4096),
-                encrypted: Some(!req.unencrypted),
-                key_id,
-                shareable: Some(false),
-            },
-        )?;
-        let rec = self.new_record(caller, &req.name, class, disk.id, port, &master, None)?;
+        let mut rec = self.new_record(caller, &req.name, class, port, &master, None)?;
+        rec.disk = self
+            .disks
+            .create_disk(
+                caller,
+                &NewDisk {
+                    size,
+                    block_size: Some(4096),
+                    encrypted: Some(!req.unencrypted),
+                    key_id,
+                    shareable: Some(false),
+                },
+            )?
+            .id;
         let generated = req.master_password.is_none();
         let password = match &req.master_password {
             Some(p) => zeroize::Zeroizing::new(p.clone()),
@@ -686,11 +830,10 @@ impl DbService {
         };
         let rec = self.provision(
             &bin,
-            &user,
             &rec,
             true,
-            |layout| pg::initdb(&bin, &user, layout, &master, &password),
-            |_| Ok(()),
+            |layout, user| pg::initdb(&bin, user, layout),
+            |rec| self.create_master(&bin, rec, &password),
         )?;
         tracing::info!(instance = %rec.name, id = %rec.id, port, "instance created");
         let mut v = self.view(&rec);
@@ -700,25 +843,39 @@ impl DbService {
         Ok(v)
     }
 
-    /// The record of a new instance on `disk` (phase `creating`).
-    #[expect(clippy::too_many_arguments, reason = "the fields of a new record")]
+    /// The record of a new instance (phase `creating`; its disk is set
+    /// once made): its id, its OS user's uid, its file system's UUID.
     fn new_record(
         &self,
         caller: &Caller,
         name: &str,
         class: Class,
-        disk: String,
         port: u16,
         master: &str,
         primary: Option<String>,
     ) -> Result<Record> {
+        let mut uuid = [0u8; 16];
+        atrest_crypto::rand::fill(&mut uuid)
+            .map_err(|e| DbError::Failed(format!("random: {e}")))?;
+        // A version 4 UUID.
+        uuid[6] = (uuid[6] & 0x0f) | 0x40;
+        uuid[8] = (uuid[8] & 0x3f) | 0x80;
+        let h = hex::encode(uuid);
+        let fs_uuid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        );
         Ok(Record {
             id: format!("db-{}", random_hex(8)?),
             name: name.to_owned(),
             account: caller.account.as_str().to_owned(),
             region: caller.region.clone(),
             class,
-            disk,
+            disk: String::new(),
             port,
             master_username: master.to_owned(),
             phase: "creating".into(),
@@ -728,21 +885,23 @@ impl DbService {
             agent_token_sha256: None,
             backup_grant: None,
             parameters: BTreeMap::new(),
+            os_uid: Some(self.new_uid()?),
+            fs_uuid: Some(fs_uuid),
+            layout: LAYOUT,
         })
     }
 
     /// Builds a new instance on its new disk: saves its record (phase
     /// `creating`), makes (when `fresh`; a clone's disk has one) and mounts
-    /// its file system, `fill`s it (initdb,
-    /// a base backup, a restore), starts PostgreSQL, runs `started` and
-    /// marks it `ready`. Any failure rolls everything back.
+    /// its file system, `fill`s it as the instance's user (initdb, a base
+    /// backup, a restore), starts PostgreSQL, runs `started` and marks it
+    /// `ready`. Any failure rolls everything back (the OS user too).
     fn provision(
         &self,
         bin: &PgBin,
-        user: &OsUser,
         rec: &Record,
         fresh: bool,
-        fill: impl FnOnce(&Layout) -> Result<()>,
+        fill: impl FnOnce(&Layout, &OsUser) -> Result<()>,
         started: impl FnOnce(&Record) -> Result<()>,
     ) -> Result<Record> {
         let r = self.save(rec).and_then(|()| {
@@ -751,8 +910,10 @@ impl DbService {
             } else {
                 self.mount_existing(rec)?
             };
-            fill(&layout)?;
-            self.start_locked(bin, user, rec)?;
+            let user = self.user_of(rec)?;
+            layout.prepare_fs(&user)?;
+            fill(&layout, &user)?;
+            self.start_locked(bin, rec)?;
             started(rec)?;
             let mut ready = rec.clone();
             ready.phase = "ready".into();
@@ -761,7 +922,7 @@ impl DbService {
         });
         if let Err(e) = &r {
             tracing::error!(instance = %rec.name, error = %e, "creating an instance failed; rolling back");
-            self.roll_back(bin, user, rec);
+            self.roll_back(bin, rec);
         }
         r
     }
@@ -810,46 +971,48 @@ impl DbService {
         }
     }
 
-    /// Runs one SQL statement on the instance as its superuser, over its
-    /// socket (unaligned, tuples only).
-    pub(crate) fn sql(
-        &self,
-        bin: &PgBin,
-        user: &OsUser,
-        rec: &Record,
-        sql: &str,
-    ) -> Result<String> {
-        pg::query(
+    /// Runs one SQL statement on the instance as atrest's superuser, over
+    /// its socket (unaligned, tuples only). An instance of an earlier
+    /// release whose roles are not migrated yet (a standby of a primary not
+    /// started since, a restore of an old backup before it converged) has
+    /// no `atrest_admin`: its master is still the superuser then.
+    pub(crate) fn sql(&self, bin: &PgBin, rec: &Record, sql: &str) -> Result<String> {
+        let layout = self.layout(&rec.id);
+        let conn = |role, db| pg::Conn {
             bin,
-            user,
-            &self.layout(&rec.id),
-            rec.port,
-            &rec.master_username,
-            sql,
-        )
+            layout: &layout,
+            port: rec.port,
+            role,
+            db,
+        };
+        match conn(pg::ADMIN_ROLE, pg::ADMIN_DB).query(sql) {
+            Err(e) if roles::not_migrated(&e) => conn(&rec.master_username, "postgres").query(sql),
+            r => r,
+        }
     }
 
-    /// [`DbService::sql`] with the statement on stdin (it carries a secret).
-    pub(crate) fn sql_stdin(
-        &self,
-        bin: &PgBin,
-        user: &OsUser,
-        rec: &Record,
-        sql: &str,
-    ) -> Result<()> {
-        pg::query_stdin(
+    /// [`DbService::sql`] with the statements on stdin (they carry a
+    /// secret).
+    pub(crate) fn sql_stdin(&self, bin: &PgBin, rec: &Record, sql: &str) -> Result<String> {
+        let layout = self.layout(&rec.id);
+        let conn = |role, db| pg::Conn {
             bin,
-            user,
-            &self.layout(&rec.id),
-            rec.port,
-            &rec.master_username,
-            sql,
-        )
+            layout: &layout,
+            port: rec.port,
+            role,
+            db,
+        };
+        match conn(pg::ADMIN_ROLE, pg::ADMIN_DB).query_stdin(sql) {
+            Err(e) if roles::not_migrated(&e) => {
+                conn(&rec.master_username, "postgres").query_stdin(sql)
+            }
+            r => r,
+        }
     }
 
     /// Records that the instance's disk is attached as `device` (so that
     /// stopping detaches it); answers its layout.
-    fn track(&self, rec: &Record, device: &Path) -> Layout {
+    fn track(&self, rec: &Record, device: &Path, user: &OsUser) -> Layout {
         let layout = self.layout(&rec.id);
         lock(&self.live).insert(
             rec.id.clone(),
@@ -857,6 +1020,7 @@ impl DbService {
                 layout: layout.clone(),
                 device: device.to_path_buf(),
                 pid: None,
+                user: user.clone(),
                 unusable_since: None,
             },
         );
@@ -866,20 +1030,28 @@ impl DbService {
     /// Attaches the new instance's disk, makes its file system and mounts
     /// it.
     fn mount_new(&self, caller: &Caller, rec: &Record) -> Result<Layout> {
+        let user = self.user_of(rec)?;
+        let uuid = rec.fs_uuid.clone().ok_or_else(|| {
+            DbError::Failed(format!("instance {} has no file system UUID", rec.name))
+        })?;
         let device = self.volumes.attach(caller, &rec.disk)?;
-        let layout = self.track(rec, &device);
-        host::mkfs(&device)?;
+        let layout = self.track(rec, &device, &user);
+        layout.prepare_run_dir(&user)?;
+        host::mkfs(&device, &uuid, user.gid)?;
+        host::check_fs(&device, Some(&uuid), &rec.name)?;
         host::mount(&device, &layout.mnt)?;
         Ok(layout)
     }
 
-    /// Mounts an existing instance's disk (attaching it first).
+    /// Mounts an existing instance's disk (attaching it first), once its
+    /// file system passed its check.
     fn mount_existing(&self, rec: &Record) -> Result<Layout> {
         let layout = self.layout(&rec.id);
         if lock(&self.live).contains_key(&rec.id) && host::is_mounted(&layout.mnt) {
             return Ok(layout);
         }
         self.check_key(rec)?;
+        let user = self.user_of(rec)?;
         let caller = rec.caller()?;
         let device = match self.volumes.attach(&caller, &rec.disk) {
             Ok(d) => d,
@@ -894,8 +1066,24 @@ impl DbService {
             }
             Err(e) => return Err(e.into()),
         };
-        self.track(rec, &device);
-        if let Err(e) = host::mount(&device, &layout.mnt) {
+        self.track(rec, &device, &user);
+        let expected = rec.fs_uuid.clone().or_else(|| {
+            lock(&self.records)
+                .get(&rec.id)
+                .and_then(|r| r.fs_uuid.clone())
+        });
+        let mounted = layout.prepare_run_dir(&user).and_then(|()| {
+            let uuid = host::check_fs(&device, expected.as_deref(), &rec.name)?;
+            if expected.is_none() {
+                // An instance of an earlier release: its file system's
+                // UUID is recorded now and checked from then on.
+                let mut r = rec.clone();
+                r.fs_uuid = Some(uuid);
+                self.save(&r)?;
+            }
+            host::mount(&device, &layout.mnt)
+        });
+        if let Err(e) = mounted {
             lock(&self.live).remove(&rec.id);
             let _ = self.volumes.detach(&caller, &rec.disk);
             return Err(e);
@@ -903,11 +1091,14 @@ impl DbService {
         Ok(layout)
     }
 
-    /// Starts PostgreSQL on a mounted instance; records its pid.
-    fn start_locked(&self, bin: &PgBin, user: &OsUser, rec: &Record) -> Result<()> {
+    /// Starts PostgreSQL on a mounted instance; records its pid. An
+    /// instance of an earlier release has its files migrated first, and a
+    /// primary's roles converge once it runs ([`DbService::converge_roles`]).
+    fn start_locked(&self, bin: &PgBin, rec: &Record) -> Result<()> {
         let layout = self.layout(&rec.id);
+        let user = self.user_of(rec)?;
         if let Some(pid) = lock(&self.live).get(&rec.id).and_then(|l| l.pid)
-            && host::is_postgres(pid)
+            && host::is_postgres(pid, user.uid)
         {
             return Ok(());
         }
@@ -917,26 +1108,56 @@ impl DbService {
                 rec.name, rec.port
             )));
         }
+        let stored_layout = lock(&self.records)
+            .get(&rec.id)
+            .map_or(rec.layout, |r| r.layout.max(rec.layout));
+        if stored_layout < LAYOUT {
+            self.migrate_files(rec, &user, &layout)?;
+        }
+        layout.prepare_fs(&user)?;
         let settings = Settings {
             port: rec.port,
-            extra: self.extra_settings(rec),
+            guard: self.guard(bin).path.clone(),
+            params: rec
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            extra: self.extra_settings(rec, &user, &layout)?,
         };
-        pg::write_settings(user, &layout, &settings)?;
-        self.mark_standby(user, rec)?;
-        let pid = pg::start(bin, user, &layout, rec.port, START_WAIT)?;
-        let pidfile = self.config.run_dir.join(&rec.id).join("postmaster.pid");
-        std::fs::write(&pidfile, pid.to_string())
+        pg::write_config(&user, &layout, &rec.master_username, &settings)?;
+        self.mark_role(&user, rec)?;
+        let pid = pg::start(bin, &user, &layout, rec.port, START_WAIT)?;
+        let pidfile = layout.dir.join("postmaster.pid");
+        std::fs::write(&pidfile, format!("{pid} {}", user.uid))
             .map_err(|e| DbError::Failed(format!("writing {}: {e}", pidfile.display())))?;
         if let Some(l) = lock(&self.live).get_mut(&rec.id) {
             l.pid = Some(pid);
             l.unusable_since = None;
+        }
+        if rec.primary.is_none() && !self.is_restoring(rec) {
+            self.converge_roles(bin, rec)?;
+        }
+        if stored_layout < LAYOUT {
+            let mut r = lock(&self.records)
+                .get(&rec.id)
+                .cloned()
+                .unwrap_or_else(|| rec.clone());
+            r.layout = LAYOUT;
+            self.save(&r)?;
+            tracing::info!(instance = %rec.name, user = %user.name, "instance migrated to its own OS user");
         }
         Ok(())
     }
 
     /// Settings beyond port and sockets: replication (every instance can
     /// have standbys; a standby's primary), archiving.
-    fn extra_settings(&self, rec: &Record) -> Vec<(String, String)> {
+    fn extra_settings(
+        &self,
+        rec: &Record,
+        user: &OsUser,
+        layout: &Layout,
+    ) -> Result<Vec<(String, String)>> {
         let mut v: Vec<(String, String)> = vec![
             ("wal_level".into(), "replica".into()),
             ("max_wal_senders".into(), "10".into()),
@@ -944,40 +1165,94 @@ impl DbService {
             ("wal_keep_size".into(), pg::quote("256MB")),
             ("hot_standby".into(), "on".into()),
         ];
-        v.extend(self.standby_settings(rec));
+        v.extend(self.standby_settings(rec, user, layout)?);
         v.extend(self.archive_settings(rec));
-        v.extend(
-            rec.parameters
-                .iter()
-                .map(|(k, val)| (k.clone(), pg::quote(val))),
-        );
-        v
+        Ok(v)
+    }
+
+    /// Moves an instance of an earlier release onto its own OS user: the
+    /// file system's root becomes root's (closing it to every other user
+    /// first), atrest's directory root's alone (a `replication.pw` that is
+    /// not root's is dropped), the data directory the instance user's, and
+    /// atrest's old settings file (which could hold a standby's password)
+    /// leaves the data directory. Parameters off the allow-list are dropped.
+    fn migrate_files(&self, rec: &Record, user: &OsUser, layout: &Layout) -> Result<()> {
+        use crate::tree::Owner;
+        let err = |e: std::io::Error| {
+            DbError::Failed(format!("migrating the files of instance {}: {e}", rec.name))
+        };
+        let t = layout.tree()?;
+        t.set_root(
+            Owner {
+                uid: 0,
+                gid: user.gid,
+            },
+            0o750,
+        )
+        .map_err(err)?;
+        let is_dir = |s: &nix::sys::stat::FileStat| {
+            nix::sys::stat::SFlag::from_bits_truncate(s.st_mode) & nix::sys::stat::SFlag::S_IFMT
+                == nix::sys::stat::SFlag::S_IFDIR
+        };
+        match t.stat(pg::SECRETS_DIR).map_err(err)? {
+            Some(s) if is_dir(&s) => {}
+            Some(_) => t.remove(pg::SECRETS_DIR).map_err(err)?,
+            None => {}
+        }
+        t.ensure_dir(pg::SECRETS_DIR, Owner::ROOT, 0o700)
+            .map_err(err)?;
+        let secrets = t.subtree(pg::SECRETS_DIR).map_err(err)?;
+        for name in ["agent.token", "initdb.pw"] {
+            secrets.remove(name).map_err(err)?;
+        }
+        let keep_pw = secrets
+            .stat("replication.pw")
+            .map_err(err)?
+            .is_some_and(|s| {
+                s.st_uid == 0
+                    && s.st_nlink == 1
+                    && nix::sys::stat::SFlag::from_bits_truncate(s.st_mode)
+                        & nix::sys::stat::SFlag::S_IFMT
+                        == nix::sys::stat::SFlag::S_IFREG
+            });
+        if !keep_pw {
+            secrets.remove("replication.pw").map_err(err)?;
+        }
+        let n = t.chown_all(pg::PGDATA, user.owner()).map_err(err)?;
+        layout.pgdata_tree()?.remove("atrest.conf").map_err(err)?;
+        tracing::info!(instance = %rec.name, user = %user.name, files = n, "migrated the instance's files to its own OS user");
+        Ok(())
     }
 
     /// Stops PostgreSQL (if running), unmounts and detaches.
-    fn shut(&self, bin: Option<&PgBin>, user: Option<&OsUser>, rec: &Record) {
+    fn shut(&self, bin: Option<&PgBin>, rec: &Record) {
         let live = lock(&self.live).remove(&rec.id);
         let layout = live
             .as_ref()
             .map_or_else(|| self.layout(&rec.id), |l| l.layout.clone());
         let pid = live.as_ref().and_then(|l| l.pid);
-        if let (Some(bin), Some(user)) = (bin, user)
-            && host::is_mounted(&layout.mnt)
-            && pid.is_some_and(host::is_postgres)
-        {
-            pg::stop(bin, user, &layout, pid);
+        let user = live
+            .as_ref()
+            .map(|l| l.user.clone())
+            .or_else(|| self.user_of(rec).ok());
+        if let Some(user) = &user {
+            if let Some(bin) = bin
+                && host::is_mounted(&layout.mnt)
+                && pid.is_some_and(|p| host::is_postgres(p, user.uid))
+            {
+                pg::stop(bin, user, &layout, pid);
+            }
+            if let Some(pid) = pid {
+                host::kill_postgres(pid, user.uid);
+            }
         }
-        if let Some(pid) = pid {
-            host::kill_postgres(pid);
-        }
-        let _ = std::fs::remove_file(self.config.run_dir.join(&rec.id).join("postmaster.pid"));
+        let _ = std::fs::remove_file(layout.dir.join("postmaster.pid"));
         if let Err(e) = host::unmount(&layout.mnt) {
             tracing::error!(instance = %rec.name, error = %e, "unmounting failed");
-        } else {
-            // Nothing of a stopped instance stays under /run.
-            let _ = std::fs::remove_dir_all(&layout.sock);
-            let _ = std::fs::remove_dir(&layout.mnt);
-            let _ = std::fs::remove_dir(self.config.run_dir.join(&rec.id));
+        } else if !host::is_mounted(&layout.mnt) {
+            // Nothing of a stopped instance stays under /run (its
+            // configuration, a standby's password file, its socket).
+            let _ = std::fs::remove_dir_all(&layout.dir);
         }
         if live.is_some()
             && let Ok(caller) = rec.caller()
@@ -987,9 +1262,10 @@ impl DbService {
         }
     }
 
-    fn roll_back(&self, bin: &PgBin, user: &OsUser, rec: &Record) {
-        self.shut(Some(bin), Some(user), rec);
-        if let Ok(caller) = rec.caller()
+    fn roll_back(&self, bin: &PgBin, rec: &Record) {
+        self.shut(Some(bin), rec);
+        if !rec.disk.is_empty()
+            && let Ok(caller) = rec.caller()
             && let Err(e) = self.disks.delete_disk(&caller, &rec.disk)
         {
             tracing::error!(instance = %rec.name, disk = %rec.disk, error = %e, "deleting the disk of a failed creation failed");
@@ -997,6 +1273,7 @@ impl DbService {
         if let Err(e) = self.forget(&rec.id) {
             tracing::error!(instance = %rec.name, error = %e, "removing the record of a failed creation failed");
         }
+        self.remove_user(rec);
     }
 
     // ----- lifecycle --------------------------------------------------------
@@ -1004,20 +1281,20 @@ impl DbService {
     /// Starts the instance: unlocks its disk's key first (R5).
     pub fn start(&self, caller: &Caller, name: &str) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let mut rec = self.own(caller, name)?;
-        self.bring_up(&bin, &user, &rec)?;
+        self.bring_up(&bin, &rec)?;
         rec.running = true;
         self.save(&rec)?;
         Ok(self.view(&rec))
     }
 
-    fn bring_up(&self, bin: &PgBin, user: &OsUser, rec: &Record) -> Result<()> {
+    fn bring_up(&self, bin: &PgBin, rec: &Record) -> Result<()> {
         self.check_key(rec)?;
         self.mount_existing(rec)?;
-        if let Err(e) = self.start_locked(bin, user, rec) {
-            self.shut(Some(bin), Some(user), rec);
+        if let Err(e) = self.start_locked(bin, rec) {
+            self.shut(Some(bin), rec);
             return Err(e);
         }
         Ok(())
@@ -1027,10 +1304,9 @@ impl DbService {
     /// disk: its key is no longer in memory.
     pub fn stop(&self, caller: &Caller, name: &str) -> Result<InstanceView> {
         let bin = self.bin().ok();
-        let user = self.os_user().ok();
         let _ops = lock(&self.ops);
         let mut rec = self.own(caller, name)?;
-        self.shut(bin.as_ref(), user.as_ref(), &rec);
+        self.shut(bin.as_ref(), &rec);
         rec.running = false;
         self.save(&rec)?;
         Ok(self.view(&rec))
@@ -1040,22 +1316,21 @@ impl DbService {
     /// (it is left running then).
     pub fn restart(&self, caller: &Caller, name: &str) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let mut rec = self.own(caller, name)?;
         self.check_key(&rec)?;
-        self.shut(Some(&bin), Some(&user), &rec);
-        self.bring_up(&bin, &user, &rec)?;
+        self.shut(Some(&bin), &rec);
+        self.bring_up(&bin, &rec)?;
         rec.running = true;
         self.save(&rec)?;
         Ok(self.view(&rec))
     }
 
-    /// Deletes the instance and its disk. Its backups stay (they are
-    /// deleted on their own).
+    /// Deletes the instance, its disk and its OS user. Its backups stay
+    /// (they are deleted on their own).
     pub fn delete(&self, caller: &Caller, name: &str) -> Result<()> {
         let bin = self.bin().ok();
-        let user = self.os_user().ok();
         let _ops = lock(&self.ops);
         let rec = self.own(caller, name)?;
         if let Some(r) = lock(&self.records)
@@ -1067,9 +1342,10 @@ impl DbService {
                 rec.name, r.name
             )));
         }
-        self.shut(bin.as_ref(), user.as_ref(), &rec);
+        self.shut(bin.as_ref(), &rec);
         self.disks.delete_disk(caller, &rec.disk)?;
         self.forget(&rec.id)?;
+        self.remove_user(&rec);
         tracing::info!(instance = %rec.name, "instance deleted");
         Ok(())
     }
@@ -1077,28 +1353,30 @@ impl DbService {
     // ----- server lifecycle -------------------------------------------------
 
     /// Rolls back creations a crash interrupted and starts every instance
-    /// that should run (those whose key is unusable stay locked).
+    /// that should run (those whose key is unusable stay locked); primaries
+    /// first, so that an earlier release's roles are migrated before their
+    /// standbys start.
     pub fn resume(&self) {
         let bin = self.bin().ok();
-        let user = self.os_user().ok();
-        let records: Vec<Record> = lock(&self.records).values().cloned().collect();
+        let mut records: Vec<Record> = lock(&self.records).values().cloned().collect();
+        records.sort_by_key(|r| r.primary.is_some());
         for rec in records {
             if rec.phase == "creating" {
                 tracing::warn!(instance = %rec.name, "rolling back a creation a crash interrupted");
-                if let (Some(b), Some(u)) = (&bin, &user) {
-                    self.roll_back(b, u, &rec);
+                if let Some(b) = &bin {
+                    self.roll_back(b, &rec);
                 }
                 continue;
             }
             if !rec.running {
                 continue;
             }
-            let (Some(b), Some(u)) = (&bin, &user) else {
+            let Some(b) = bin.as_ref().filter(|_| self.host_error.is_none()) else {
                 tracing::error!(instance = %rec.name, "PostgreSQL is not available; instance not started");
                 continue;
             };
             let _ops = lock(&self.ops);
-            match self.bring_up(b, u, &rec) {
+            match self.bring_up(b, &rec) {
                 Ok(()) => tracing::info!(instance = %rec.name, "instance started"),
                 Err(e) => tracing::error!(instance = %rec.name, error = %e, "instance not started"),
             }
@@ -1109,18 +1387,18 @@ impl DbService {
     /// server.
     pub fn shutdown(&self) {
         let bin = self.bin().ok();
-        let user = self.os_user().ok();
         let _ops = lock(&self.ops);
         let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
         for id in ids {
             let rec = lock(&self.records).get(&id).cloned();
             if let Some(rec) = rec {
-                self.shut(bin.as_ref(), user.as_ref(), &rec);
+                self.shut(bin.as_ref(), &rec);
             }
         }
-        // The WAL agent's socket goes; then the run dir is empty unless
-        // something stayed mounted.
+        // The WAL agent's socket goes; then the run dir holds only the
+        // guard library, which goes too.
         self.close_backups();
+        let _ = std::fs::remove_dir_all(self.config.run_dir.join("lib"));
         let _ = std::fs::remove_dir(&self.config.run_dir);
     }
 
@@ -1141,7 +1419,7 @@ impl DbService {
             let (due, dead) = {
                 let mut live = lock(&self.live);
                 let Some(l) = live.get_mut(&id) else { continue };
-                let dead = l.pid.is_some_and(|p| !host::is_postgres(p));
+                let dead = l.pid.is_some_and(|p| !host::is_postgres(p, l.user.uid));
                 let due = match (unusable, self.config.on_key_loss) {
                     (true, OnKeyLoss::CloseAfter(after)) => {
                         let since = *l.unusable_since.get_or_insert_with(Instant::now);
@@ -1161,16 +1439,16 @@ impl DbService {
             let Ok(_ops) = self.ops.try_lock() else {
                 continue;
             };
-            let (bin, user) = (self.bin().ok(), self.os_user().ok());
+            let bin = self.bin().ok();
             if due {
                 tracing::warn!(instance = %rec.name, "stopping the instance: its key has been unusable longer than the policy allows");
-                self.shut(bin.as_ref(), user.as_ref(), &rec);
+                self.shut(bin.as_ref(), &rec);
             } else if unusable {
                 tracing::warn!(instance = %rec.name, "PostgreSQL died and the key cannot be used: not started again");
-                self.shut(bin.as_ref(), user.as_ref(), &rec);
-            } else if let (Some(b), Some(u)) = (&bin, &user) {
+                self.shut(bin.as_ref(), &rec);
+            } else if let Some(b) = &bin {
                 tracing::warn!(instance = %rec.name, "PostgreSQL died; starting it again");
-                if let Err(e) = self.start_locked(b, u, &rec) {
+                if let Err(e) = self.start_locked(b, &rec) {
                     tracing::error!(instance = %rec.name, error = %e, "starting PostgreSQL again failed");
                 }
             }
@@ -1208,7 +1486,16 @@ mod tests {
         for good in ["postgres", "_admin", "app_1"] {
             assert!(valid_username(good), "{good}");
         }
-        for bad in ["", "pg_admin", "Admin", "a-b", "1a", "a b"] {
+        for bad in [
+            "",
+            "pg_admin",
+            "Admin",
+            "a-b",
+            "1a",
+            "a b",
+            "atrest_admin",
+            "atrest",
+        ] {
             assert!(!valid_username(bad), "{bad}");
         }
         assert_eq!("tde".parse::<Class>().ok(), Some(Class::Tde));
@@ -1233,6 +1520,7 @@ mod tests {
             DbError::Invalid("x".into()),
             DbError::Conflict("x".into()),
             DbError::Unavailable("x".into()),
+            DbError::Damaged("x".into()),
             DbError::Locked {
                 instance: "x".into(),
                 key_arn: "arn".into(),

@@ -81,7 +81,7 @@ impl DbService {
     ) -> Result<InstanceView> {
         check_parameters(params)?;
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let mut rec = self.own(caller, name)?;
         self.check_key(&rec)?;
@@ -93,10 +93,10 @@ impl DbService {
             };
         }
         if rec.running {
-            self.shut(Some(&bin), Some(&user), &rec);
-            if let Err(e) = self.bring_up(&bin, &user, &rec) {
+            self.shut(Some(&bin), &rec);
+            if let Err(e) = self.bring_up(&bin, &rec) {
                 tracing::warn!(instance = %rec.name, error = %e, "new parameters refused; starting with the previous ones");
-                self.bring_up(&bin, &user, &before)?;
+                self.bring_up(&bin, &before)?;
                 return Err(DbError::Invalid(format!(
                     "PostgreSQL did not start with these parameters; the instance runs with its previous ones ({e})"
                 )));
@@ -109,7 +109,7 @@ impl DbService {
     /// Grows the instance's disk and its file system (a restart).
     pub fn resize(&self, caller: &Caller, name: &str, size: u64) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let rec = self.own(caller, name)?;
         self.check_key(&rec)?;
@@ -121,7 +121,7 @@ impl DbService {
             )));
         }
         let was_running = rec.running;
-        self.shut(Some(&bin), Some(&user), &rec);
+        self.shut(Some(&bin), &rec);
         let resized = self.disks.resize(caller, &rec.disk, size);
         self.mount_existing(&rec)?;
         let grown = resized.map_err(DbError::from).and_then(|_| {
@@ -148,12 +148,12 @@ impl DbService {
             grown.map(drop)
         });
         if was_running {
-            if let Err(e) = self.start_locked(&bin, &user, &rec) {
-                self.shut(Some(&bin), Some(&user), &rec);
+            if let Err(e) = self.start_locked(&bin, &rec) {
+                self.shut(Some(&bin), &rec);
                 return Err(e);
             }
         } else {
-            self.shut(Some(&bin), Some(&user), &rec);
+            self.shut(Some(&bin), &rec);
         }
         grown?;
         Ok(self.view(&rec))
@@ -170,7 +170,7 @@ impl DbService {
         port: Option<u16>,
     ) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let src = self.own(caller, name)?;
         self.check_key(&src)?;
@@ -186,25 +186,42 @@ impl DbService {
             caller,
             new_name,
             src.class,
-            disk.id,
             port,
             &src.master_username,
             None,
         )?;
+        rec.disk = disk.id;
+        // The copy's file system is the source's.
+        rec.fs_uuid.clone_from(&src.fs_uuid);
         rec.parameters = src.parameters.clone();
         let rec = self.provision(
             &bin,
-            &user,
             &rec,
             false,
-            |layout| {
+            |layout, user| {
                 // A copy of a running server: its lock file names the
                 // source's postmaster, and a replica's copy must not follow
-                // its primary.
-                for f in ["postmaster.pid", "standby.signal", "recovery.signal"] {
-                    let _ = std::fs::remove_file(layout.pgdata().join(f));
+                // its primary. Its files are the source's user's: they
+                // become the copy's.
+                let t = layout.tree()?;
+                let err = |e: std::io::Error| DbError::Failed(format!("preparing the copy: {e}"));
+                t.chown_all(crate::pg::PGDATA, user.owner()).map_err(err)?;
+                let data = layout.pgdata_tree()?;
+                // atrest.conf: an earlier release's settings file.
+                for f in [
+                    "postmaster.pid",
+                    "standby.signal",
+                    "recovery.signal",
+                    "atrest.conf",
+                ] {
+                    data.remove(f).map_err(err)?;
                 }
-                let _ = std::fs::remove_file(layout.own().join("agent.token"));
+                // The copy's own agent token and replication password are
+                // made when it needs them.
+                t.remove(crate::pg::TOKEN).map_err(err)?;
+                t.remove("atrest/replication.pw").map_err(err)?;
+                t.chown_all(crate::pg::AGENT_DIR, user.owner())
+                    .map_err(err)?;
                 Ok(())
             },
             |_| Ok(()),

@@ -9,67 +9,89 @@
 //!
 //! Replication connects over 127.0.0.1 as `atrest_replication`, a role with
 //! a random password kept in `atrest/replication.pw` on each member's
-//! encrypted disk (only root can read it) and in the standby's
-//! `atrest.conf` (only the OS user PostgreSQL runs as can read it).
+//! encrypted disk (a directory only root can read) and, while a standby
+//! runs, in its password file `conf/replication.pgpass` (root's directory;
+//! the file is the standby's OS user's, mode 0600), which its
+//! `primary_conninfo` names: the password is in no configuration and no
+//! process's arguments.
 
 use std::time::{Duration, Instant};
 
 use atrest_diskservice::NewDisk;
 use atrest_kms::Caller;
 
-use crate::host::OsUser;
-use crate::pg::{self, Layout, PgBin};
+use crate::pg::{self, Layout, PgBin, REPLICATION_ROLE};
+use crate::tree::{Owner, Tree};
+use crate::users::OsUser;
 use crate::{DbError, DbService, InstanceView, Record, Result, lock, random_hex};
-
-/// The role standbys connect as.
-pub(crate) const REPLICATION_ROLE: &str = "atrest_replication";
 
 /// How long a switchover waits for the standby to replay the primary's
 /// last WAL, and a new standby to start streaming.
 const CATCH_UP: Duration = Duration::from_secs(120);
 
-fn replication_pw_path(layout: &Layout) -> std::path::PathBuf {
-    layout.own().join("replication.pw")
-}
+/// Where a member keeps the replication password (root's directory on its
+/// disk).
+const PASSWORD: &str = "atrest/replication.pw";
 
 /// The replication password kept on a member's disk.
 pub(crate) fn replication_password(layout: &Layout) -> Option<zeroize::Zeroizing<String>> {
-    std::fs::read_to_string(replication_pw_path(layout))
-        .ok()
-        .map(|s| zeroize::Zeroizing::new(s.trim().to_owned()))
-        .filter(|s| !s.is_empty())
+    let bytes = zeroize::Zeroizing::new(layout.tree().ok()?.read(PASSWORD, 256).ok()??);
+    let text = std::str::from_utf8(&bytes).ok()?;
+    Some(zeroize::Zeroizing::new(text.trim().to_owned())).filter(|s| !s.is_empty())
+}
+
+fn write_replication_password(layout: &Layout, pw: &str) -> Result<()> {
+    layout
+        .tree()?
+        .write(PASSWORD, pw.as_bytes(), Owner::ROOT, 0o600)
+        .map_err(|e| DbError::Failed(format!("writing the replication password: {e}")))
 }
 
 impl DbService {
-    /// Settings of a standby: where its primary is.
-    pub(crate) fn standby_settings(&self, rec: &Record) -> Vec<(String, String)> {
+    /// Settings of a standby: where its primary is, and the password file
+    /// it connects with (written now, for the standby's user only).
+    pub(crate) fn standby_settings(
+        &self,
+        rec: &Record,
+        user: &OsUser,
+        layout: &Layout,
+    ) -> Result<Vec<(String, String)>> {
         let Some(primary) = &rec.primary else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let port = lock(&self.records).get(primary).map(|p| p.port);
-        let layout = self.layout(&rec.id);
-        let (Some(port), Some(pw)) = (port, replication_password(&layout)) else {
+        let (Some(port), Some(pw)) = (port, replication_password(layout)) else {
             tracing::error!(instance = %rec.name, "a replica without its primary or replication password");
-            return Vec::new();
+            return Ok(Vec::new());
         };
+        let pgpass = zeroize::Zeroizing::new(format!(
+            "127.0.0.1:{port}:replication:{REPLICATION_ROLE}:{}\n",
+            pw.replace('\\', "\\\\").replace(':', "\\:")
+        ));
+        Tree::open(&layout.conf)
+            .and_then(|t| t.write("replication.pgpass", pgpass.as_bytes(), user.owner(), 0o600))
+            .map_err(|e| DbError::Failed(format!("writing the standby's password file: {e}")))?;
         let conninfo = format!(
-            "host=127.0.0.1 port={port} user={REPLICATION_ROLE} password={} application_name={}",
-            pw.as_str(),
+            "host=127.0.0.1 port={port} user={REPLICATION_ROLE} passfile={} application_name={}",
+            layout.conf.join("replication.pgpass").display(),
             rec.id
         );
-        vec![
+        Ok(vec![
             ("primary_conninfo".into(), pg::quote(&conninfo)),
             ("recovery_target_timeline".into(), pg::quote("latest")),
-        ]
+        ])
     }
 
-    /// Makes `standby.signal` for a replica before it starts.
-    pub(crate) fn mark_standby(&self, user: &OsUser, rec: &Record) -> Result<()> {
-        if rec.primary.is_some() {
-            let layout = self.layout(&rec.id);
-            pg::write_private(user, &layout.pgdata().join("standby.signal"), b"")?;
-        }
-        Ok(())
+    /// Makes the instance's role the record's, not a file's: a replica
+    /// gets `standby.signal` before it starts, a primary loses one.
+    pub(crate) fn mark_role(&self, user: &OsUser, rec: &Record) -> Result<()> {
+        let t = self.layout(&rec.id).pgdata_tree()?;
+        let r = if rec.primary.is_some() {
+            t.touch("standby.signal", user.owner(), 0o600)
+        } else {
+            t.remove("standby.signal")
+        };
+        r.map_err(|e| DbError::Failed(format!("marking the role of {}: {e}", rec.name)))
     }
 
     /// Ensures the primary has the replication role and its password on
@@ -77,7 +99,6 @@ impl DbService {
     fn ensure_replication_role(
         &self,
         bin: &PgBin,
-        user: &OsUser,
         primary: &Record,
     ) -> Result<zeroize::Zeroizing<String>> {
         let layout = self.layout(&primary.id);
@@ -93,8 +114,8 @@ impl DbService {
              ALTER ROLE {REPLICATION_ROLE} WITH REPLICATION LOGIN PASSWORD '{}';\n",
             pw.as_str()
         ));
-        self.sql_stdin(bin, user, primary, &sql)?;
-        pg::write_file_0600(&replication_pw_path(&layout), pw.as_bytes())?;
+        self.sql_stdin(bin, primary, &sql)?;
+        write_replication_password(&layout, &pw)?;
         Ok(pw)
     }
 
@@ -108,7 +129,7 @@ impl DbService {
         port: Option<u16>,
     ) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let p = self.own(caller, primary)?;
         if p.primary.is_some() {
@@ -137,41 +158,37 @@ impl DbService {
         self.check_new_name(caller, &name)?;
         let port = self.choose_port(port)?;
         let pdisk = self.disks.describe_disk(caller, &p.disk)?;
-        let pw = self.ensure_replication_role(&bin, &user, &p)?;
-        let disk = self.disks.create_disk(
-            caller,
-            &NewDisk {
-                size: pdisk.size,
-                block_size: Some(pdisk.block_size),
-                encrypted: Some(pdisk.encrypted),
-                key_id: pdisk.key_arn,
-                shareable: Some(false),
-            },
-        )?;
+        let pw = self.ensure_replication_role(&bin, &p)?;
         let mut rec = self.new_record(
             caller,
             &name,
             p.class,
-            disk.id,
             port,
             &p.master_username,
             Some(p.id.clone()),
         )?;
+        rec.disk = self
+            .disks
+            .create_disk(
+                caller,
+                &NewDisk {
+                    size: pdisk.size,
+                    block_size: Some(pdisk.block_size),
+                    encrypted: Some(pdisk.encrypted),
+                    key_id: pdisk.key_arn,
+                    shareable: Some(false),
+                },
+            )?
+            .id;
         rec.parameters = p.parameters.clone();
         let rec = self.provision(
             &bin,
-            &user,
             &rec,
             true,
-            |layout| {
-                let own = layout.own();
-                std::fs::create_dir_all(&own)
-                    .map_err(|e| DbError::Failed(format!("creating {}: {e}", own.display())))?;
-                user.chown(&layout.mnt)?;
-                user.chown(&own)?;
-                pg::write_file_0600(&replication_pw_path(layout), pw.as_bytes())?;
+            |layout, user| {
+                write_replication_password(layout, &pw)?;
                 pg::run_with_env(
-                    bin.command("pg_basebackup", &user, &layout.mnt)
+                    bin.command("pg_basebackup", user, &layout.pgdata())
                         .args(["-h", "127.0.0.1", "-p", &p.port.to_string()])
                         .args(["-U", REPLICATION_ROLE, "-D"])
                         .arg(layout.pgdata())
@@ -181,7 +198,7 @@ impl DbService {
                 )
                 .map(drop)
             },
-            |rec| self.wait_streaming(&bin, &user, &p, rec),
+            |rec| self.wait_streaming(&bin, &p, rec),
         )?;
         tracing::info!(replica = %rec.name, primary = %p.name, "replica created");
         Ok(self.view(&rec))
@@ -190,25 +207,19 @@ impl DbService {
     pub(crate) fn is_running(&self, rec: &Record) -> bool {
         lock(&self.live)
             .get(&rec.id)
-            .and_then(|l| l.pid)
-            .is_some_and(crate::host::is_postgres)
+            .and_then(|l| l.pid.map(|p| (p, l.user.uid)))
+            .is_some_and(|(p, uid)| crate::host::is_postgres(p, uid))
     }
 
     /// Waits until `standby` streams from `primary`.
-    fn wait_streaming(
-        &self,
-        bin: &PgBin,
-        user: &OsUser,
-        primary: &Record,
-        standby: &Record,
-    ) -> Result<()> {
+    fn wait_streaming(&self, bin: &PgBin, primary: &Record, standby: &Record) -> Result<()> {
         let sql = format!(
             "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'",
             standby.id
         );
         let deadline = Instant::now() + CATCH_UP;
         loop {
-            let n = self.sql(bin, user, primary, &sql)?;
+            let n = self.sql(bin, primary, &sql)?;
             if n == "1" {
                 return Ok(());
             }
@@ -231,7 +242,7 @@ impl DbService {
     /// rewind. Other replicas follow the new primary.
     pub fn switchover(&self, caller: &Caller, replica: &str) -> Result<InstanceView> {
         let bin = self.bin()?;
-        let user = self.os_user()?;
+        self.host()?;
         let _ops = lock(&self.ops);
         let mut r = self.own(caller, replica)?;
         let Some(pid) = r.primary.clone() else {
@@ -254,28 +265,30 @@ impl DbService {
                 )));
             }
         }
-        self.wait_streaming(&bin, &user, &p, &r)?;
+        self.wait_streaming(&bin, &p, &r)?;
+        let p_user = self.user_of(&p)?;
+        let r_user = self.user_of(&r)?;
         // 1. Stop the primary cleanly: its WAL senders send everything,
         //    the shutdown checkpoint included, before it exits.
         let p_layout = self.layout(&p.id);
         let p_pid = lock(&self.live).get(&p.id).and_then(|l| l.pid);
-        pg::stop(&bin, &user, &p_layout, p_pid);
+        pg::stop(&bin, &p_user, &p_layout, p_pid);
         if let Some(l) = lock(&self.live).get_mut(&p.id) {
             l.pid = None;
         }
-        let lsn = pg::checkpoint_lsn(&bin, &user, &p_layout)?;
+        let lsn = pg::checkpoint_lsn(&bin, &p_user, &p_layout)?;
         // 2. The standby must have replayed it.
         let r_layout = self.layout(&r.id);
         let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
         let deadline = Instant::now() + CATCH_UP;
         loop {
-            let v = self.sql(&bin, &user, &r, &caught_up)?;
+            let v = self.sql(&bin, &r, &caught_up)?;
             if v == "t" {
                 break;
             }
             if Instant::now() > deadline {
                 // Undo: the old primary serves again.
-                let _ = self.start_locked(&bin, &user, &p);
+                let _ = self.start_locked(&bin, &p);
                 return Err(DbError::Failed(format!(
                     "{} did not replay the primary's last WAL ({lsn}) within {}s; {} was started again",
                     r.name,
@@ -286,7 +299,7 @@ impl DbService {
             std::thread::sleep(Duration::from_millis(200));
         }
         // 3. Promote.
-        pg::promote(&bin, &user, &r_layout)?;
+        pg::promote(&bin, &r_user, &r_layout)?;
         // 4. Swap the roles in the records (the replica set follows).
         let others: Vec<Record> = lock(&self.records)
             .values()
@@ -297,23 +310,23 @@ impl DbService {
         p.primary = Some(r.id.clone());
         self.save(&r)?;
         self.save(&p)?;
-        // 5. The old primary starts as a standby of the new one.
-        self.mark_standby(&user, &p)?;
-        self.start_locked(&bin, &user, &p)?;
+        // 5. The old primary starts as a standby of the new one (its
+        //    replication password is the set's, on its disk already).
+        self.start_locked(&bin, &p)?;
         for mut o in others {
             o.primary = Some(r.id.clone());
             self.save(&o)?;
             if self.is_running(&o) {
                 let o_layout = self.layout(&o.id);
                 let o_pid = lock(&self.live).get(&o.id).and_then(|l| l.pid);
-                pg::stop(&bin, &user, &o_layout, o_pid);
+                pg::stop(&bin, &self.user_of(&o)?, &o_layout, o_pid);
                 if let Some(l) = lock(&self.live).get_mut(&o.id) {
                     l.pid = None;
                 }
-                self.start_locked(&bin, &user, &o)?;
+                self.start_locked(&bin, &o)?;
             }
         }
-        self.wait_streaming(&bin, &user, &r, &p)?;
+        self.wait_streaming(&bin, &r, &p)?;
         tracing::info!(primary = %r.name, standby = %p.name, "switchover done");
         Ok(self.view(&r))
     }

@@ -61,8 +61,8 @@ pub struct DbSettings {
     /// The directory of PostgreSQL's programs (default: found on PATH or
     /// under `/usr/lib/postgresql`).
     pub pg_bin: Option<PathBuf>,
-    /// The OS user PostgreSQL runs as.
-    pub os_user: String,
+    /// The uids (and gids) of the instances' own OS users.
+    pub uid_range: std::ops::RangeInclusive<u32>,
     /// Backup storage (default `<data dir>/backups`).
     pub backup_dir: Option<PathBuf>,
     /// Default disk size of a new instance, in bytes.
@@ -73,7 +73,7 @@ impl Default for DbSettings {
     fn default() -> Self {
         Self {
             pg_bin: None,
-            os_user: "postgres".into(),
+            uid_range: DEFAULT_DB_UID_RANGE,
             backup_dir: None,
             default_size: 4 << 30,
         }
@@ -97,6 +97,11 @@ pub enum AuditSync {
     /// Every answer waits until its record is durable.
     Every,
 }
+
+/// Default uid range of database instances' OS users: above the 16-bit
+/// range (65534 is `nobody`), below the ranges container runtimes hand out
+/// as subordinate ids (100000 and up).
+pub const DEFAULT_DB_UID_RANGE: std::ops::RangeInclusive<u32> = 70000..=79999;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";

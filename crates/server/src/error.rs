@@ -198,6 +198,14 @@ fn db_parts(e: &atrest_dbservice::DbError) -> (StatusCode, &'static str, String)
             "ServiceUnavailableException",
             e.to_string(),
         ),
+        // The file system failed its check and was not mounted: the
+        // instance cannot start until an operator looks (not a fault of
+        // the request, nor one a retry fixes).
+        D::Damaged(_) => (
+            StatusCode::CONFLICT,
+            "InstanceDamagedException",
+            e.to_string(),
+        ),
         _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalFailure",

@@ -135,7 +135,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     let db = {
         let db_config = atrest_dbservice::Config {
             pg_bin: config.db.pg_bin.clone(),
-            os_user: config.db.os_user.clone(),
+            uid_range: config.db.uid_range.clone(),
             state_dir: config.data_dir.join("db"),
             run_dir: db_run,
             backup_dir: config
