@@ -42,9 +42,12 @@ step "system packages"
 # fuse3, e2fsprogs, util-linux: local attach (FUSE file, loop device, mkfs,
 # setpriv). postgresql, postgresql-client, postgresql-contrib: database
 # instances (initdb, pg_ctl, pg_basebackup, psql, pgbench).
+# postgresql-server-dev-all: the headers atrest's PostgreSQL guard
+# (crates/dbservice/guard) is compiled against. passwd: useradd, userdel
+# (one OS user per database instance).
 APT_PACKAGES=(openssl ca-certificates softhsm2 qemu-utils libnbd-bin nbdkit fio gnutls-bin
-  libssl-dev pkg-config fuse3 e2fsprogs util-linux postgresql postgresql-client
-  postgresql-contrib)
+  libssl-dev pkg-config fuse3 e2fsprogs util-linux passwd postgresql postgresql-client
+  postgresql-contrib postgresql-server-dev-all)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -75,6 +78,25 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# --- The previous release ------------------------------------------------------
+# The interop suite starts instances the previous release made under this
+# one (test_db_isolation.py). It is built from git, into the shared target
+# dir (its dependencies are this release's, already built or reused), and
+# before this release's binary so that target/debug/atrest is this one's.
+PREV_RELEASE=5c73261c669c6741a987351bbf4230e206c6a87f
+PREV_DIR="$ROOT/target/prev-release"
+if [ "$(cat "$PREV_DIR/commit" 2>/dev/null)" != "$PREV_RELEASE" ] || [ ! -x "$PREV_DIR/atrest" ]; then
+  step "previous release ${PREV_RELEASE:0:7}"
+  rm -rf "$PREV_DIR"
+  mkdir -p "$PREV_DIR/src"
+  git archive "$PREV_RELEASE" | tar -x -C "$PREV_DIR/src"
+  cargo build -p atrest --locked --manifest-path "$PREV_DIR/src/Cargo.toml" --target-dir "$ROOT/target"
+  cp "$ROOT/target/debug/atrest" "$PREV_DIR/atrest"
+  rm -f "$ROOT/target/debug/atrest"
+  rm -rf "$PREV_DIR/src"
+  echo "$PREV_RELEASE" > "$PREV_DIR/commit"
+fi
+
 step "unit and integration tests"
 # The key-provider tests start the Azure Key Vault and Vault transit fakes
 # (tests/interop/fakes) with the venv's Python.
@@ -83,7 +105,7 @@ ATREST_TEST_PYTHON="$VENV/bin/python" cargo test --workspace --locked
 # --- Interop: real third-party clients against the real binary ------------------
 step "interop tests (boto3, aws CLI, qemu, libnbd, fio)"
 cargo build -p atrest --locked
-ATREST_BIN="$ROOT/target/debug/atrest" PATH="$VENV/bin:$PATH" \
+ATREST_BIN="$ROOT/target/debug/atrest" ATREST_PREV_BIN="$PREV_DIR/atrest" PATH="$VENV/bin:$PATH" \
   "$VENV/bin/python" -m pytest tests/interop -q
 
 # --- Fuzzing ----------------------------------------------------------------------

@@ -294,6 +294,15 @@ class Server:
                 found.append(f"loop {line.split(':')[0]}")
                 subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+        # The instances' OS users (one per instance, its comment naming
+        # this server's run dir): what a server keeps between its runs,
+        # removed with the server.
+        tag = f"atrest {self.run_base.name} "
+        for line in Path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 4 and fields[4].startswith(tag):
+                subprocess.run(["userdel", fields[0]], capture_output=True)
+                subprocess.run(["groupdel", fields[0]], capture_output=True)
         return found
 
     def kill(self) -> int:
@@ -335,10 +344,20 @@ class Server:
         )
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item (make_server prints the
+    servers' logs of a failed test)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 @pytest.fixture
-def make_server():
+def make_server(request):
     """Factory for servers in a private temp dir; all are stopped (by pid)
-    and the dir removed at teardown, even when the test fails."""
+    and the dir removed at teardown, even when the test fails (whose
+    servers' last log lines are printed first)."""
     workdir = Path(tempfile.mkdtemp(prefix="atrest-interop-"))
     servers: list[Server] = []
 
@@ -351,6 +370,11 @@ def make_server():
     try:
         yield make
     finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for s in servers:
+                tail = s.logs().decode(errors="replace").splitlines()[-40:]
+                print(f"--- last lines of {s.name}'s log ---\n" + "\n".join(tail))
         for s in servers:
             try:
                 # Stopping database instances takes a while: wait for it.

@@ -522,21 +522,31 @@ pub(crate) fn log_tail_since(layout: &Layout, offset: u64) -> String {
         .join(" | ")
 }
 
-/// Removes `postmaster.pid` (and the socket lock) when the process it
-/// names is not the instance's postmaster. A killed postmaster can linger
-/// as a zombie that its new parent has not reaped yet, which PostgreSQL
-/// would take for a running server.
+/// Before a start: removes `postmaster.pid` and the socket's lock and
+/// socket unless they name the instance's running postmaster (a killed
+/// postmaster can linger as a zombie that its new parent has not reaped
+/// yet, which PostgreSQL would take for a running server; and the
+/// instance's user may have put anything at those names, which PostgreSQL
+/// would read), and a log that is not a regular file of one name (which
+/// `pg_ctl` could not append to).
 pub(crate) fn clear_stale_pid(layout: &Layout, user: &OsUser, port: u16) {
-    if let Some(pid) = postmaster_pid(layout)
-        && !crate::host::is_postgres(pid, user.uid)
+    if postmaster_pid(layout).is_some_and(|pid| crate::host::is_postgres(pid, user.uid)) {
+        return;
+    }
+    if let Ok(t) = layout.pgdata_tree() {
+        let _ = t.remove("postmaster.pid");
+    }
+    if let Ok(t) = Tree::open(&layout.sock) {
+        let _ = t.remove(&format!(".s.PGSQL.{port}.lock"));
+        let _ = t.remove(&format!(".s.PGSQL.{port}"));
+    }
+    if let Ok(t) = layout.tree()
+        && let Ok(Some(s)) = t.stat(LOG)
+        && (nix::sys::stat::SFlag::from_bits_truncate(s.st_mode) & nix::sys::stat::SFlag::S_IFMT
+            != nix::sys::stat::SFlag::S_IFREG
+            || s.st_nlink != 1)
     {
-        if let Ok(t) = layout.pgdata_tree() {
-            let _ = t.remove("postmaster.pid");
-        }
-        if let Ok(t) = Tree::open(&layout.sock) {
-            let _ = t.remove(&format!(".s.PGSQL.{port}.lock"));
-            let _ = t.remove(&format!(".s.PGSQL.{port}"));
-        }
+        let _ = t.remove(LOG);
     }
 }
 

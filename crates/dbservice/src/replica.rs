@@ -83,7 +83,8 @@ impl DbService {
     }
 
     /// Makes the instance's role the record's, not a file's: a replica
-    /// gets `standby.signal` before it starts, a primary loses one.
+    /// gets `standby.signal` before it starts, a primary has none, and only
+    /// an instance being restored has `recovery.signal`.
     pub(crate) fn mark_role(&self, user: &OsUser, rec: &Record) -> Result<()> {
         let t = self.layout(&rec.id).pgdata_tree()?;
         let r = if rec.primary.is_some() {
@@ -91,6 +92,13 @@ impl DbService {
         } else {
             t.remove("standby.signal")
         };
+        let r = r.and_then(|()| {
+            if self.is_restoring(rec) {
+                Ok(())
+            } else {
+                t.remove("recovery.signal")
+            }
+        });
         r.map_err(|e| DbError::Failed(format!("marking the role of {}: {e}", rec.name)))
     }
 
