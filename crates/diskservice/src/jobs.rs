@@ -6,13 +6,13 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use atrest_disk::{CHUNK, DiskError, KeyInfo};
+use atrest_disk::{CHUNK, DiskError, KeyInfo, Labels};
 use atrest_kms::Caller;
 use serde::Serialize;
 
 use crate::{
-    DISK_CONTEXT, DiskService, L_CONVERTING, NewDisk, Progress, Result, ServiceError, busy_check,
-    ctx, new_id, now_rfc3339, owner_caller,
+    Actor, DISK_CONTEXT, DiskService, L_CONVERTING, NewDisk, Progress, Result, ServiceError,
+    busy_check, ctx, manager_labels, new_id, now_rfc3339, owner_caller,
 };
 
 /// Chunks re-encrypted per commit.
@@ -71,18 +71,23 @@ pub struct Job {
 }
 
 /// A running job's shared record.
-pub(crate) struct JobCell(Mutex<Job>);
+pub(crate) struct JobCell {
+    job: Mutex<Job>,
+    /// Its disk's manager's labels when it started (none for a
+    /// customer's job): a job on a managed disk is its manager's.
+    manager: Labels,
+}
 
 impl JobCell {
     fn update(&self, f: impl FnOnce(&mut Job)) {
         f(&mut self
-            .0
+            .job
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     fn get(&self) -> Job {
-        self.0
+        self.job
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -97,6 +102,7 @@ impl DiskService {
         target: Option<String>,
         owner: &Caller,
         total: u64,
+        manager: Labels,
     ) -> Result<Arc<JobCell>> {
         let job = Job {
             id: new_id("job")?,
@@ -110,7 +116,10 @@ impl DiskService {
             progress: Progress { done: 0, total },
             error: None,
         };
-        let cell = Arc::new(JobCell(Mutex::new(job.clone())));
+        let cell = Arc::new(JobCell {
+            job: Mutex::new(job.clone()),
+            manager,
+        });
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -118,23 +127,40 @@ impl DiskService {
         Ok(cell)
     }
 
-    /// The caller's jobs.
+    /// The caller's jobs (not those of a service's disks).
     pub fn list_jobs(&self, caller: &Caller) -> Vec<Job> {
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
-            .map(|j| j.get())
+            .filter(|c| Actor::Customer.sees(&c.manager))
+            .map(|c| c.get())
             .filter(|j| j.account == caller.account.as_str() && j.region == caller.region)
             .collect()
     }
 
     /// One of the caller's jobs.
     pub fn job(&self, caller: &Caller, id: &str) -> Result<Job> {
-        self.list_jobs(caller)
-            .into_iter()
-            .find(|j| j.id == id)
-            .ok_or_else(|| ServiceError::NoJob(id.to_owned()))
+        self.job_by(Actor::Customer, caller, id)
+    }
+
+    pub(crate) fn job_by(&self, actor: Actor, caller: &Caller, id: &str) -> Result<Job> {
+        let cell = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        let job = cell.as_ref().map(|c| (c.get(), &c.manager));
+        match job {
+            Some((j, manager))
+                if j.account == caller.account.as_str() && j.region == caller.region =>
+            {
+                actor.check("job", id, manager)?;
+                Ok(j)
+            }
+            _ => Err(ServiceError::NoJob(id.to_owned())),
+        }
     }
 
     /// Starts re-encrypting one of the caller's disks under a fresh data
@@ -142,7 +168,7 @@ impl DiskService {
     /// a crash at the next start.
     pub fn reencrypt(self: &Arc<Self>, caller: &Caller, disk: &str) -> Result<Job> {
         let _g = self.lock_ops();
-        let d = self.own_disk(caller, disk)?;
+        let d = self.own_disk(Actor::Customer, caller, disk)?;
         busy_check(&d)?;
         let Some(key) = d.key.clone() else {
             return Err(DiskError::Invalid(format!(
@@ -169,7 +195,14 @@ impl DiskService {
         let att = self.attach_internal(disk)?;
         let p = att.handle(|od| od.start_rekey(next_info, &next))?;
         drop(next);
-        let cell = self.new_job(JobKind::Reencrypt, disk, None, caller, d.size)?;
+        let cell = self.new_job(
+            JobKind::Reencrypt,
+            disk,
+            None,
+            caller,
+            d.size,
+            manager_labels(&d.labels),
+        )?;
         cell.update(|j| j.progress.done = (p.done * CHUNK).min(d.size));
         tracing::info!(disk, "re-encryption started");
         Ok(self.spawn_rekey(cell, att, d.size))
@@ -223,7 +256,19 @@ impl DiskService {
         encrypted: bool,
         key_id: Option<&str>,
     ) -> Result<Job> {
-        let src = self.own_disk(caller, disk)?;
+        self.convert_by(Actor::Customer, caller, disk, encrypted, key_id)
+    }
+
+    /// The target, and the job, inherit the source's manager.
+    pub(crate) fn convert_by(
+        self: &Arc<Self>,
+        actor: Actor,
+        caller: &Caller,
+        disk: &str,
+        encrypted: bool,
+        key_id: Option<&str>,
+    ) -> Result<Job> {
+        let src = self.own_disk(actor, caller, disk)?;
         busy_check(&src)?;
         if src.key.is_some() == encrypted && key_id.is_none() {
             return Err(DiskError::Invalid(format!(
@@ -245,6 +290,9 @@ impl DiskService {
             ))
             .into());
         }
+        let manager = manager_labels(&src.labels);
+        let mut extra = manager.clone();
+        extra.insert(L_CONVERTING.to_owned(), disk.to_owned());
         let target = self.create_disk_labelled(
             caller,
             &NewDisk {
@@ -254,7 +302,7 @@ impl DiskService {
                 key_id: key_id.map(str::to_owned),
                 shareable: Some(src.labels.contains_key(crate::L_SHAREABLE)),
             },
-            Some((L_CONVERTING, disk)),
+            extra,
         )?;
         let cell = self.new_job(
             JobKind::Convert,
@@ -262,6 +310,7 @@ impl DiskService {
             Some(target.id.clone()),
             caller,
             src.size,
+            manager,
         )?;
         Ok(self.spawn_convert(cell, disk.to_owned(), target.id))
     }
@@ -300,6 +349,11 @@ impl DiskService {
         self.converting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a conversion is copying from `disk`.
+    pub(crate) fn is_converting_source(&self, disk: &str) -> bool {
+        self.converting_sources().contains(disk)
     }
 
     fn copy_disk(self: &Arc<Self>, cell: &JobCell, src: &str, target: &str) -> Result<()> {
@@ -350,12 +404,27 @@ pub(crate) fn resume(svc: &Arc<DiskService>) -> Result<()> {
                     continue;
                 }
             };
-            let cell = svc.new_job(JobKind::Reencrypt, &d.id, None, &owner, d.size)?;
+            let cell = svc.new_job(
+                JobKind::Reencrypt,
+                &d.id,
+                None,
+                &owner,
+                d.size,
+                manager_labels(&d.labels),
+            )?;
             tracing::info!(disk = %d.id, "resuming a re-encryption");
             svc.spawn_rekey(cell, att, d.size);
         }
         if let Some(src) = d.labels.get(L_CONVERTING) {
-            let cell = svc.new_job(JobKind::Convert, src, Some(d.id.clone()), &owner, d.size)?;
+            // The target inherited its source's manager.
+            let cell = svc.new_job(
+                JobKind::Convert,
+                src,
+                Some(d.id.clone()),
+                &owner,
+                d.size,
+                manager_labels(&d.labels),
+            )?;
             tracing::info!(source = %src, target = %d.id, "restarting a conversion");
             svc.spawn_convert(cell, src.clone(), d.id.clone());
         }

@@ -44,11 +44,31 @@
 //! unlocks. An open disk follows [`OnKeyLoss`]: keep serving, or close
 //! within a configured time after its key became unusable, checked every
 //! [`Config::check_interval`].
+//!
+//! # Managed disks
+//!
+//! A service of atrest may manage disks for a customer, as RDS owns its
+//! instances' EBS volumes: an instance's disk is the database service's.
+//! atrest mounts its file system as root, so a customer who could attach
+//! it could hand the kernel's ext4 parser hostile bytes and plant links
+//! for atrest to follow, and one who could snapshot, resize or delete it
+//! would act behind the service. Such a disk (and its snapshots, and a
+//! conversion's copy of it) carries the labels `managed_by` (the service)
+//! and `managed_for` (what the service says it is for, e.g. an instance's
+//! name and id). [`DiskService`]'s own methods are the customer's: they
+//! leave managed disks, snapshots and jobs out of lists and refuse every
+//! operation on them with [`ServiceError::Managed`], which names the
+//! resource and what it is for; another account's still reads as not
+//! found. The manager works through [`DiskService::managed`], a
+//! [`ManagedDisks`] with the same operations, as the owning customer. A
+//! disk without the labels (a previous release's instance disk) is usable
+//! by both until the manager [adopts](ManagedDisks::adopt) it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod jobs;
+mod managed;
 mod open;
 
 use std::collections::BTreeMap;
@@ -66,7 +86,10 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 pub use jobs::{Job, JobKind, JobState};
+pub use managed::ManagedDisks;
 pub use open::Attachment;
+
+use managed::{Actor, manager_labels};
 
 /// The service's name (its principal is `disk.atrest`).
 pub const SERVICE: &str = "disk";
@@ -119,8 +142,9 @@ impl Default for Config {
 }
 
 /// Errors. Client mistakes are [`ServiceError::Disk`] (not found, invalid,
-/// conflict), [`ServiceError::Kms`] (access denied, unknown key, ...) and
-/// [`ServiceError::Locked`]; the rest are server faults.
+/// conflict), [`ServiceError::Kms`] (access denied, unknown key, ...),
+/// [`ServiceError::Locked`] and [`ServiceError::Managed`]; the rest are
+/// server faults.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
@@ -151,6 +175,20 @@ pub enum ServiceError {
     /// No such job.
     #[error("job {0} does not exist")]
     NoJob(String),
+    /// The resource is managed by a service of atrest (an instance's disk
+    /// is the database service's), so its customer cannot use it
+    /// directly; that service's API can.
+    #[error(
+        "{resource} is managed by atrest's {service} service for {managed_for} and cannot be used directly"
+    )]
+    Managed {
+        /// `disk <id>`, `snapshot <id>` or `job <id>`.
+        resource: String,
+        /// The managing service (`db`).
+        service: String,
+        /// What the service says it is for (an instance's name and id).
+        managed_for: String,
+    },
 }
 
 impl ServiceError {
@@ -249,7 +287,9 @@ pub struct NewDisk {
     pub shareable: Option<bool>,
 }
 
-/// The disk service.
+/// The disk service. Its public methods are the customer's: they neither
+/// list nor act on disks a service of atrest manages (see
+/// [`DiskService::managed`]).
 pub struct DiskService {
     kms: Arc<KeyService>,
     engine: Arc<Engine>,
@@ -413,7 +453,6 @@ impl DiskService {
         }
     }
 
-    /// The caller's disk `id` (another account's reads as not found).
     /// The region a disk is in, for callers that name a disk without one
     /// (NBD clients); the attach that follows checks the owner.
     pub fn disk_region(&self, id: &str) -> Result<String> {
@@ -427,62 +466,74 @@ impl DiskService {
         })
     }
 
-    fn own_disk(&self, caller: &Caller, id: &str) -> Result<DiskInfo> {
+    /// The caller's disk `id`, if `actor` may use it: another account's
+    /// reads as not found (whoever manages it), one managed by another
+    /// than `actor` is refused naming its manager.
+    fn own_disk(&self, actor: Actor, caller: &Caller, id: &str) -> Result<DiskInfo> {
         let d = self.engine.disk(id)?;
-        if owned_by(&d.labels, caller) {
-            Ok(d)
-        } else {
-            Err(DiskError::NotFound {
+        if !owned_by(&d.labels, caller) {
+            return Err(DiskError::NotFound {
                 kind: "disk",
                 id: id.to_owned(),
             }
-            .into())
+            .into());
         }
+        actor.check("disk", id, &d.labels)?;
+        Ok(d)
     }
 
-    fn own_snapshot(&self, caller: &Caller, id: &str) -> Result<SnapshotInfo> {
+    /// As [`Self::own_disk`], for a snapshot.
+    fn own_snapshot(&self, actor: Actor, caller: &Caller, id: &str) -> Result<SnapshotInfo> {
         let s = self.engine.snapshot(id)?;
-        if owned_by(&s.labels, caller) {
-            Ok(s)
-        } else {
-            Err(DiskError::NotFound {
+        if !owned_by(&s.labels, caller) {
+            return Err(DiskError::NotFound {
                 kind: "snapshot",
                 id: id.to_owned(),
             }
-            .into())
+            .into());
         }
+        actor.check("snapshot", id, &s.labels)?;
+        Ok(s)
     }
 
-    /// The caller's disks.
+    /// The caller's disks (not those a service manages).
     pub fn list_disks(&self, caller: &Caller) -> Result<Vec<DiskView>> {
         Ok(self
             .engine
             .disks()?
             .iter()
-            .filter(|d| owned_by(&d.labels, caller))
+            .filter(|d| owned_by(&d.labels, caller) && Actor::Customer.sees(&d.labels))
             .map(|d| self.disk_view(d))
             .collect())
     }
 
     /// One of the caller's disks.
     pub fn describe_disk(&self, caller: &Caller, id: &str) -> Result<DiskView> {
-        Ok(self.disk_view(&self.own_disk(caller, id)?))
+        self.describe_disk_by(Actor::Customer, caller, id)
     }
 
-    /// The caller's snapshots.
+    fn describe_disk_by(&self, actor: Actor, caller: &Caller, id: &str) -> Result<DiskView> {
+        Ok(self.disk_view(&self.own_disk(actor, caller, id)?))
+    }
+
+    /// The caller's snapshots (not those a service manages).
     pub fn list_snapshots(&self, caller: &Caller) -> Result<Vec<SnapshotView>> {
         Ok(self
             .engine
             .snapshots()?
             .iter()
-            .filter(|s| owned_by(&s.labels, caller))
+            .filter(|s| owned_by(&s.labels, caller) && Actor::Customer.sees(&s.labels))
             .map(Self::snapshot_view)
             .collect())
     }
 
     /// One of the caller's snapshots.
     pub fn describe_snapshot(&self, caller: &Caller, id: &str) -> Result<SnapshotView> {
-        Ok(Self::snapshot_view(&self.own_snapshot(caller, id)?))
+        Ok(Self::snapshot_view(&self.own_snapshot(
+            Actor::Customer,
+            caller,
+            id,
+        )?))
     }
 
     // ----- keys ----------------------------------------------------------
@@ -491,7 +542,11 @@ impl DiskService {
     /// reason) when the caller's disk `id` is encrypted under a key that
     /// cannot be used now. For services built on disks (databases).
     pub fn check_disk_key(&self, caller: &Caller, id: &str) -> Result<()> {
-        let d = self.own_disk(caller, id)?;
+        self.check_disk_key_by(Actor::Customer, caller, id)
+    }
+
+    fn check_disk_key_by(&self, actor: Actor, caller: &Caller, id: &str) -> Result<()> {
+        let d = self.own_disk(actor, caller, id)?;
         match &d.key {
             Some(k) => self.check_key(&caller.region, &format!("disk {id}"), k),
             None => Ok(()),
@@ -651,14 +706,16 @@ impl DiskService {
 
     /// Creates a disk for `caller`.
     pub fn create_disk(&self, caller: &Caller, req: &NewDisk) -> Result<DiskView> {
-        self.create_disk_labelled(caller, req, None)
+        self.create_disk_labelled(caller, req, Labels::new())
     }
 
+    /// Creates a disk with `extra` labels besides its owner's (its
+    /// manager's, a conversion's source).
     fn create_disk_labelled(
         &self,
         caller: &Caller,
         req: &NewDisk,
-        extra: Option<(&str, &str)>,
+        extra: Labels,
     ) -> Result<DiskView> {
         atrest_disk::check_size(req.size)?;
         let block_size = req.block_size.unwrap_or(512);
@@ -685,9 +742,7 @@ impl DiskService {
             None
         };
         let mut labels = owner_labels(caller);
-        if let Some((k, v)) = extra {
-            labels.insert(k.to_owned(), v.to_owned());
-        }
+        labels.extend(extra);
         if req.shareable == Some(true) {
             labels.insert(L_SHAREABLE.to_owned(), "true".to_owned());
         }
@@ -761,8 +816,18 @@ impl DiskService {
 
     /// Snapshots one of the caller's disks: O(1).
     pub fn create_snapshot(&self, caller: &Caller, disk: &str) -> Result<SnapshotView> {
+        self.create_snapshot_by(Actor::Customer, caller, disk)
+    }
+
+    /// A snapshot inherits its disk's manager.
+    fn create_snapshot_by(
+        &self,
+        actor: Actor,
+        caller: &Caller,
+        disk: &str,
+    ) -> Result<SnapshotView> {
         let _g = self.lock_ops();
-        let d = self.own_disk(caller, disk)?;
+        let d = self.own_disk(actor, caller, disk)?;
         busy_check(&d)?;
         let id = new_id("snap")?;
         let key = match &d.key {
@@ -775,10 +840,9 @@ impl DiskService {
                 &ctx(SNAPSHOT_CONTEXT, &id),
             )?),
         };
-        match self
-            .engine
-            .snapshot_disk(disk, &id, key.clone(), owner_labels(caller))
-        {
+        let mut labels = owner_labels(caller);
+        labels.extend(manager_labels(&d.labels));
+        match self.engine.snapshot_disk(disk, &id, key.clone(), labels) {
             Ok(s) => {
                 tracing::info!(disk, snapshot = %id, "snapshot created");
                 Ok(Self::snapshot_view(&s))
@@ -795,8 +859,19 @@ impl DiskService {
     /// Creates a disk from one of the caller's snapshots: same data key,
     /// same master key, no data copied.
     pub fn clone_snapshot(&self, caller: &Caller, snapshot: &str) -> Result<DiskView> {
+        self.clone_snapshot_by(Actor::Customer, caller, snapshot, Labels::new())
+    }
+
+    /// The new disk gets `extra` labels (its manager's) besides its owner's.
+    fn clone_snapshot_by(
+        &self,
+        actor: Actor,
+        caller: &Caller,
+        snapshot: &str,
+        extra: Labels,
+    ) -> Result<DiskView> {
         let _g = self.lock_ops();
-        let s = self.own_snapshot(caller, snapshot)?;
+        let s = self.own_snapshot(actor, caller, snapshot)?;
         let id = new_id("disk")?;
         let key = match &s.key {
             None => None,
@@ -808,9 +883,11 @@ impl DiskService {
                 &ctx(DISK_CONTEXT, &id),
             )?),
         };
+        let mut labels = owner_labels(caller);
+        labels.extend(extra);
         match self
             .engine
-            .clone_snapshot(snapshot, &id, key.clone(), owner_labels(caller))
+            .clone_snapshot(snapshot, &id, key.clone(), labels)
         {
             Ok(d) => {
                 tracing::info!(snapshot, disk = %id, "disk created from snapshot");
@@ -828,8 +905,8 @@ impl DiskService {
     /// Rolls one of the caller's disks back to one of its snapshots.
     pub fn rollback(&self, caller: &Caller, disk: &str, snapshot: &str) -> Result<DiskView> {
         let _g = self.lock_ops();
-        let d = self.own_disk(caller, disk)?;
-        let s = self.own_snapshot(caller, snapshot)?;
+        let d = self.own_disk(Actor::Customer, caller, disk)?;
+        let s = self.own_snapshot(Actor::Customer, caller, snapshot)?;
         busy_check(&d)?;
         if let Some(k) = &d.key {
             self.check_key(&caller.region, &format!("disk {disk}"), k)?;
@@ -844,8 +921,12 @@ impl DiskService {
 
     /// Grows one of the caller's disks.
     pub fn resize(&self, caller: &Caller, disk: &str, size: u64) -> Result<DiskView> {
+        self.resize_by(Actor::Customer, caller, disk, size)
+    }
+
+    fn resize_by(&self, actor: Actor, caller: &Caller, disk: &str, size: u64) -> Result<DiskView> {
         let _g = self.lock_ops();
-        self.own_disk(caller, disk)?;
+        self.own_disk(actor, caller, disk)?;
         let d = self.engine.resize(disk, size)?;
         Ok(self.disk_view(&d))
     }
@@ -853,8 +934,18 @@ impl DiskService {
     /// Moves one of the caller's disks to another master key of its region:
     /// the same data key, re-wrapped, O(1). The old grant is retired.
     pub fn change_key(&self, caller: &Caller, disk: &str, key_id: &str) -> Result<DiskView> {
+        self.change_key_by(Actor::Customer, caller, disk, key_id)
+    }
+
+    fn change_key_by(
+        &self,
+        actor: Actor,
+        caller: &Caller,
+        disk: &str,
+        key_id: &str,
+    ) -> Result<DiskView> {
         let _g = self.lock_ops();
-        let d = self.own_disk(caller, disk)?;
+        let d = self.own_disk(actor, caller, disk)?;
         busy_check(&d)?;
         let Some(old) = d.key else {
             return Err(DiskError::Invalid(format!(
@@ -896,8 +987,12 @@ impl DiskService {
     /// Lets the service use a disk's key again after its grant was revoked:
     /// a new grant, as the customer (who must be allowed to create it).
     pub fn regrant(&self, caller: &Caller, disk: &str) -> Result<DiskView> {
+        self.regrant_by(Actor::Customer, caller, disk)
+    }
+
+    fn regrant_by(&self, actor: Actor, caller: &Caller, disk: &str) -> Result<DiskView> {
         let _g = self.lock_ops();
-        let d = self.own_disk(caller, disk)?;
+        let d = self.own_disk(actor, caller, disk)?;
         let Some(old) = d.key else {
             return Err(DiskError::Invalid(format!("disk {disk} is not encrypted")).into());
         };
@@ -913,8 +1008,12 @@ impl DiskService {
     /// Deletes one of the caller's disks (not while open); retires its
     /// grant.
     pub fn delete_disk(&self, caller: &Caller, disk: &str) -> Result<()> {
+        self.delete_disk_by(Actor::Customer, caller, disk)
+    }
+
+    fn delete_disk_by(&self, actor: Actor, caller: &Caller, disk: &str) -> Result<()> {
         let _g = self.lock_ops();
-        let d = self.own_disk(caller, disk)?;
+        let d = self.own_disk(actor, caller, disk)?;
         if self.is_open(disk) {
             return Err(DiskError::Conflict(format!(
                 "disk {disk} is in use; detach it (and wait for its jobs) before deleting it"
@@ -936,8 +1035,12 @@ impl DiskService {
 
     /// Deletes one of the caller's snapshots; retires its grant.
     pub fn delete_snapshot(&self, caller: &Caller, snapshot: &str) -> Result<()> {
+        self.delete_snapshot_by(Actor::Customer, caller, snapshot)
+    }
+
+    fn delete_snapshot_by(&self, actor: Actor, caller: &Caller, snapshot: &str) -> Result<()> {
         let _g = self.lock_ops();
-        let s = self.own_snapshot(caller, snapshot)?;
+        let s = self.own_snapshot(actor, caller, snapshot)?;
         self.engine.delete_snapshot(snapshot)?;
         if let Some(k) = &s.key {
             self.retire(&caller.region, k);

@@ -9,8 +9,8 @@ use atrest_disk::{DiskError, KeyInfo, OpenDisk};
 use atrest_kms::Caller;
 
 use crate::{
-    DISK_CONTEXT, DiskService, L_CONVERTING, L_SHAREABLE, OnKeyLoss, Result, ServiceError, ctx,
-    owner_caller,
+    Actor, DISK_CONTEXT, DiskService, L_CONVERTING, L_SHAREABLE, OnKeyLoss, Result, ServiceError,
+    ctx, owner_caller,
 };
 
 /// One open disk.
@@ -23,12 +23,21 @@ pub(crate) struct Shared {
     /// Since when its key has been unusable, as the monitor saw it.
     unusable_since: Mutex<Option<Instant>>,
     users: Mutex<usize>,
-    /// The clients attached to it and how many attachments each holds;
-    /// a disk that is not shareable has at most one.
-    holders: Mutex<BTreeMap<String, usize>>,
+    /// The clients attached to it and their attachments; a disk that is
+    /// not shareable has at most one client.
+    holders: Mutex<BTreeMap<String, Holds>>,
     /// Serializes the read-modify-write of I/O that is not aligned to the
     /// block size, so two of them cannot lose each other's bytes.
     rmw: Mutex<()>,
+}
+
+/// One client's attachments of an open disk.
+#[derive(Default)]
+struct Holds {
+    all: usize,
+    /// Those made through the customer's API (not a manager's), which an
+    /// adoption must not take over from under the customer.
+    customer: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -45,6 +54,8 @@ pub struct Attachment {
     key_arn: Option<String>,
     /// The client holding it; `None` for jobs.
     holder: Option<String>,
+    /// Who attached it (for jobs, which hold no client, unused).
+    actor: Actor,
 }
 
 impl std::fmt::Debug for Attachment {
@@ -213,12 +224,15 @@ fn to_len(n: u64) -> Result<usize, DiskError> {
     usize::try_from(n).map_err(|_| DiskError::Invalid(format!("{n} bytes is too long")))
 }
 
-/// One attachment fewer for `holder`.
-fn unclaim(shared: &Shared, holder: &str) {
+/// One attachment fewer for `holder`, made by `actor`.
+fn unclaim(shared: &Shared, holder: &str, actor: Actor) {
     let mut holders = lock(&shared.holders);
-    if let Some(n) = holders.get_mut(holder) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
+    if let Some(h) = holders.get_mut(holder) {
+        h.all = h.all.saturating_sub(1);
+        if actor == Actor::Customer {
+            h.customer = h.customer.saturating_sub(1);
+        }
+        if h.all == 0 {
             holders.remove(holder);
         }
     }
@@ -227,7 +241,7 @@ fn unclaim(shared: &Shared, holder: &str) {
 impl Drop for Attachment {
     fn drop(&mut self) {
         if let Some(h) = &self.holder {
-            unclaim(&self.shared, h);
+            unclaim(&self.shared, h, self.actor);
         }
         self.svc.release(&self.shared);
         if let Some(c) = &self.caller {
@@ -240,6 +254,15 @@ impl Drop for Attachment {
 impl DiskService {
     pub(crate) fn is_open(&self, disk: &str) -> bool {
         lock(&self.open).contains_key(disk)
+    }
+
+    /// A client that holds `disk` attached through the customer's API.
+    pub(crate) fn customer_holder(&self, disk: &str) -> Option<String> {
+        let shared = lock(&self.open).get(disk).cloned()?;
+        lock(&shared.holders)
+            .iter()
+            .find(|(_, h)| h.customer > 0)
+            .map(|(name, _)| name.clone())
     }
 
     /// Attaches one of the caller's disks for the caller itself (the client
@@ -261,7 +284,17 @@ impl DiskService {
         disk: &str,
         holder: &str,
     ) -> Result<Attachment> {
-        let d = self.own_disk(caller, disk)?;
+        self.attach_as_by(Actor::Customer, caller, disk, holder)
+    }
+
+    pub(crate) fn attach_as_by(
+        self: &Arc<Self>,
+        actor: Actor,
+        caller: &Caller,
+        disk: &str,
+        holder: &str,
+    ) -> Result<Attachment> {
+        let d = self.own_disk(actor, caller, disk)?;
         if d.labels.contains_key(L_CONVERTING) {
             return Err(DiskError::Conflict(format!(
                 "disk {disk} is being filled by a conversion; attach it when the job is done"
@@ -278,7 +311,7 @@ impl DiskService {
         let shareable = d.labels.contains_key(L_SHAREABLE);
         let r = self
             .open_shared(disk, &caller.region)
-            .and_then(|shared| self.claim(shared, disk, holder, shareable));
+            .and_then(|shared| self.claim(shared, disk, holder, shareable, actor));
         let result = match &r {
             Ok(_) => "Success",
             Err(ServiceError::Locked { .. }) => "DiskLockedException",
@@ -294,7 +327,7 @@ impl DiskService {
         let recorded = self.kms.record_event(self.kms.audit_entry(&call, result));
         let shared = r?;
         if let Err(e) = recorded {
-            unclaim(&shared, holder);
+            unclaim(&shared, holder, actor);
             self.release(&shared);
             return Err(e.into());
         }
@@ -305,17 +338,20 @@ impl DiskService {
             caller: Some(caller.clone()),
             key_arn,
             holder: Some(holder.to_owned()),
+            actor,
         })
     }
 
     /// Makes `holder` one of an open disk's clients; refused (and the open
-    /// released) if another client holds a disk that is not shareable.
+    /// released) if another client holds a disk that is not shareable, or
+    /// if a customer's disk was adopted by a service meanwhile.
     fn claim(
         &self,
         shared: Arc<Shared>,
         disk: &str,
         holder: &str,
         shareable: bool,
+        actor: Actor,
     ) -> Result<Arc<Shared>> {
         let mut holders = lock(&shared.holders);
         let other = holders.keys().find(|h| h.as_str() != holder).cloned();
@@ -329,8 +365,27 @@ impl DiskService {
             ))
             .into());
         }
-        *holders.entry(holder.to_owned()).or_default() += 1;
+        let h = holders.entry(holder.to_owned()).or_default();
+        h.all += 1;
+        if actor == Actor::Customer {
+            h.customer += 1;
+        }
         drop(holders);
+        if actor == Actor::Customer {
+            // Claimed first, then the labels looked at again: an adoption
+            // labels first, then looks at the customer's holds
+            // (`ManagedDisks::adopt`), so one of the two sees the other.
+            let still_theirs = self
+                .engine
+                .disk(disk)
+                .map_err(ServiceError::from)
+                .and_then(|d| actor.check("disk", disk, &d.labels));
+            if let Err(e) = still_theirs {
+                unclaim(&shared, holder, actor);
+                self.release(&shared);
+                return Err(e);
+            }
+        }
         Ok(shared)
     }
 
@@ -346,6 +401,7 @@ impl DiskService {
             caller: None,
             key_arn: None,
             holder: None,
+            actor: Actor::Customer,
         })
     }
 

@@ -873,3 +873,407 @@ fn one_client_at_a_time_unless_shareable_and_io_at_any_offset() {
     y.read(0, &mut buf).unwrap();
     assert_eq!(buf, pattern(3, 4096));
 }
+
+const INSTANCE: &str = "instance orders (db-0123456789abcdef)";
+
+/// Another account, in the same region.
+fn bob(e: &Env) -> Caller {
+    let mut admin = Caller::root(AccountId::parse("999999999999").unwrap(), REGION);
+    admin.admin = true;
+    let meta = RequestMeta::in_process();
+    e.kms
+        .create_account(&Call::new(&admin, &meta), Some("444455556666"), false)
+        .unwrap();
+    Caller::root(AccountId::parse("444455556666").unwrap(), REGION)
+}
+
+/// The manager's labels of a disk, or of a snapshot.
+fn manager_of(svc: &DiskService, id: &str) -> (Option<String>, Option<String>) {
+    let labels = if id.starts_with("snap-") {
+        svc.engine().snapshot(id).unwrap().labels
+    } else {
+        svc.engine().disk(id).unwrap().labels
+    };
+    (
+        labels.get("managed_by").cloned(),
+        labels.get("managed_for").cloned(),
+    )
+}
+
+fn db_labels(managed_for: &str) -> (Option<String>, Option<String>) {
+    (Some("db".to_owned()), Some(managed_for.to_owned()))
+}
+
+/// `r` is the refusal of a customer operation on `resource`, managed by
+/// the db service for `managed_for`, with a message that says so.
+fn assert_managed(what: &str, r: Result<(), ServiceError>, resource: &str, managed_for: &str) {
+    let msg = r
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    match r {
+        Err(
+            ref e @ ServiceError::Managed {
+                resource: ref got,
+                ref service,
+                managed_for: ref what_for,
+            },
+        ) => {
+            assert_eq!(got, resource, "{what}");
+            assert_eq!(service, "db", "{what}");
+            assert_eq!(what_for, managed_for, "{what}");
+            assert!(!e.is_server_fault(), "{what}");
+            assert_eq!(
+                msg,
+                format!(
+                    "{resource} is managed by atrest's db service for {managed_for} and cannot be used directly"
+                ),
+                "{what}"
+            );
+        }
+        other => panic!("{what}: expected a refusal naming the manager, got {other:?}"),
+    }
+}
+
+fn assert_not_found(what: &str, r: Result<(), ServiceError>) {
+    match r {
+        Err(
+            ServiceError::Disk(atrest_disk::DiskError::NotFound { .. }) | ServiceError::NoJob(_),
+        ) => {}
+        other => panic!("{what}: another account must find nothing, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_managed_disk_is_the_managers_alone() {
+    let e = kms_env();
+    let svc = e.service(config());
+    let db = svc.managed("db");
+    let alice = &e.alice;
+    let key = e.new_key();
+    let key2 = e.new_key();
+    // The customer's own disk, snapshot and job: the lists below are not
+    // empty for want of anything to list.
+    let own = svc
+        .create_disk(alice, &encrypted(1 << 20, Some(&key)))
+        .unwrap();
+    let own_snap = svc.create_snapshot(alice, &own.id).unwrap();
+    let own_job = svc.reencrypt(alice, &own.id).unwrap();
+    assert_eq!(
+        wait_job(&svc, alice, &own_job.id).state,
+        JobState::Succeeded
+    );
+    assert_eq!(manager_of(&svc, &own.id), (None, None));
+
+    // The manager creates, writes, snapshots and converts its disk.
+    let d = db
+        .create_disk(alice, INSTANCE, &encrypted(2 << 20, Some(&key)))
+        .unwrap();
+    assert_eq!(d.account, ACCOUNT);
+    assert_eq!(manager_of(&svc, &d.id), db_labels(INSTANCE));
+    let data = pattern(3, 65536);
+    {
+        let a = db.attach_as(alice, &d.id, "atrest's db service").unwrap();
+        a.write(4096, &data, true).unwrap();
+    }
+    let read = |disk: &str| {
+        let a = db.attach_as(alice, disk, "atrest's db service").unwrap();
+        let mut buf = vec![0u8; data.len()];
+        a.read(4096, &mut buf).unwrap();
+        buf
+    };
+    let snap = db.create_snapshot(alice, &d.id).unwrap();
+    assert_eq!(snap.disk, d.id);
+    assert_eq!(manager_of(&svc, &snap.id), db_labels(INSTANCE));
+    let job = db.convert(alice, &d.id, true, Some(&key2)).unwrap();
+    let start = Instant::now();
+    let job = loop {
+        let j = db.job(alice, &job.id).unwrap();
+        if j.state != JobState::Running {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the conversion hangs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let target = job.target.clone().unwrap();
+    assert_eq!(manager_of(&svc, &target), db_labels(INSTANCE));
+    assert!(
+        !svc.engine()
+            .disk(&target)
+            .unwrap()
+            .labels
+            .contains_key("converting_from")
+    );
+    assert_eq!(read(&target), data);
+
+    // The customer's lists leave all of it out.
+    let disks: Vec<String> = svc
+        .list_disks(alice)
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(disks, vec![own.id.clone()]);
+    let snaps: Vec<String> = (svc.list_snapshots(alice).unwrap().into_iter())
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(snaps, vec![own_snap.id.clone()]);
+    let jobs: Vec<String> = svc.list_jobs(alice).into_iter().map(|j| j.id).collect();
+    assert_eq!(jobs, vec![own_job.id]);
+
+    // Every customer operation on them is refused, naming the instance.
+    let on_disk = format!("disk {}", d.id);
+    let on_snap = format!("snapshot {}", snap.id);
+    let on_target = format!("disk {target}");
+    let on_job = format!("job {}", job.id);
+    let refused: Vec<(&str, Result<(), ServiceError>, &str)> = vec![
+        (
+            "describe",
+            svc.describe_disk(alice, &d.id).map(drop),
+            &on_disk,
+        ),
+        ("check its key", svc.check_disk_key(alice, &d.id), &on_disk),
+        ("attach", svc.attach(alice, &d.id).map(drop), &on_disk),
+        (
+            "attach as an NBD client",
+            svc.attach_as(alice, &d.id, "nbd client at 10.0.0.9")
+                .map(drop),
+            &on_disk,
+        ),
+        (
+            "snapshot",
+            svc.create_snapshot(alice, &d.id).map(drop),
+            &on_disk,
+        ),
+        (
+            "rollback",
+            svc.rollback(alice, &d.id, &snap.id).map(drop),
+            &on_disk,
+        ),
+        (
+            "rollback to its snapshot",
+            svc.rollback(alice, &own.id, &snap.id).map(drop),
+            &on_snap,
+        ),
+        (
+            "resize",
+            svc.resize(alice, &d.id, 4 << 20).map(drop),
+            &on_disk,
+        ),
+        (
+            "change its key",
+            svc.change_key(alice, &d.id, &key2).map(drop),
+            &on_disk,
+        ),
+        ("regrant", svc.regrant(alice, &d.id).map(drop), &on_disk),
+        ("reencrypt", svc.reencrypt(alice, &d.id).map(drop), &on_disk),
+        (
+            "convert",
+            svc.convert(alice, &d.id, false, None).map(drop),
+            &on_disk,
+        ),
+        ("delete", svc.delete_disk(alice, &d.id), &on_disk),
+        (
+            "describe its snapshot",
+            svc.describe_snapshot(alice, &snap.id).map(drop),
+            &on_snap,
+        ),
+        (
+            "clone its snapshot",
+            svc.clone_snapshot(alice, &snap.id).map(drop),
+            &on_snap,
+        ),
+        (
+            "delete its snapshot",
+            svc.delete_snapshot(alice, &snap.id),
+            &on_snap,
+        ),
+        ("follow its job", svc.job(alice, &job.id).map(drop), &on_job),
+        (
+            "describe its copy",
+            svc.describe_disk(alice, &target).map(drop),
+            &on_target,
+        ),
+        (
+            "attach its copy",
+            svc.attach(alice, &target).map(drop),
+            &on_target,
+        ),
+        (
+            "delete its copy",
+            svc.delete_disk(alice, &target),
+            &on_target,
+        ),
+    ];
+    for (what, r, resource) in refused {
+        assert_managed(what, r, resource, INSTANCE);
+    }
+    // ... and changed nothing.
+    let now = db.describe_disk(alice, &d.id).unwrap();
+    assert_eq!(
+        (now.size, now.key_arn.as_deref()),
+        (2 << 20, Some(key.as_str()))
+    );
+    assert_eq!(now.state, "available");
+    assert_eq!(read(&d.id), data);
+    db.describe_disk(alice, &target).unwrap();
+    assert_eq!(manager_of(&svc, &snap.id), db_labels(INSTANCE));
+
+    // Another account finds nothing, on either path: not even that a
+    // service manages it.
+    let bob = bob(&e);
+    let not_found: Vec<(&str, Result<(), ServiceError>)> = vec![
+        ("describe", svc.describe_disk(&bob, &d.id).map(drop)),
+        ("attach", svc.attach(&bob, &d.id).map(drop)),
+        ("delete", svc.delete_disk(&bob, &d.id)),
+        (
+            "describe the snapshot",
+            svc.describe_snapshot(&bob, &snap.id).map(drop),
+        ),
+        ("delete the snapshot", svc.delete_snapshot(&bob, &snap.id)),
+        ("follow the job", svc.job(&bob, &job.id).map(drop)),
+        ("manager: describe", db.describe_disk(&bob, &d.id).map(drop)),
+        ("manager: attach", db.attach_as(&bob, &d.id, "x").map(drop)),
+        ("manager: delete", db.delete_disk(&bob, &d.id)),
+        ("manager: adopt", db.adopt(&bob, &d.id, INSTANCE).map(drop)),
+        (
+            "manager: delete the snapshot",
+            db.delete_snapshot(&bob, &snap.id),
+        ),
+        ("manager: follow the job", db.job(&bob, &job.id).map(drop)),
+    ];
+    for (what, r) in not_found {
+        assert_not_found(what, r);
+    }
+    // Another service is refused as the customer is.
+    assert_managed(
+        "another service",
+        svc.managed("backup").describe_disk(alice, &d.id).map(drop),
+        &on_disk,
+        INSTANCE,
+    );
+
+    // The manager does each of its operations.
+    db.check_disk_key(alice, &d.id).unwrap();
+    assert_eq!(db.resize(alice, &d.id, 4 << 20).unwrap().size, 4 << 20);
+    let moved = db.change_key(alice, &d.id, &key2).unwrap();
+    assert_eq!(moved.key_arn.as_deref(), Some(key2.as_str()));
+    assert_eq!(
+        db.regrant(alice, &d.id).unwrap().key_arn.as_deref(),
+        Some(key2.as_str())
+    );
+    assert_eq!(read(&d.id), data);
+    let copy_for = "instance copy (db-00000000000000aa)";
+    let copy = db.clone_snapshot(alice, &snap.id, copy_for).unwrap();
+    assert_eq!(manager_of(&svc, &copy.id), db_labels(copy_for));
+    assert_eq!(read(&copy.id), data);
+    assert_managed(
+        "describe the clone",
+        svc.describe_disk(alice, &copy.id).map(drop),
+        &format!("disk {}", copy.id),
+        copy_for,
+    );
+    db.delete_snapshot(alice, &snap.id).unwrap();
+    assert!(svc.engine().snapshot(&snap.id).is_err());
+    for disk in [&copy.id, &target, &d.id] {
+        db.delete_disk(alice, disk).unwrap();
+        assert!(svc.engine().disk(disk).is_err(), "{disk}");
+    }
+    // The customer's own are untouched.
+    assert_eq!(svc.list_disks(alice).unwrap().len(), 1);
+    svc.describe_snapshot(alice, &own_snap.id).unwrap();
+}
+
+#[test]
+fn a_previous_releases_disk_is_adopted_then_refused_to_the_customer() {
+    let e = kms_env();
+    let svc = e.service(config());
+    let db = svc.managed("db");
+    let alice = &e.alice;
+    // A previous release's instance disk: an ordinary disk of the
+    // customer's. Both paths use it until it is adopted.
+    let legacy = svc.create_disk(alice, &encrypted(1 << 20, None)).unwrap();
+    db.describe_disk(alice, &legacy.id).unwrap();
+    db.check_disk_key(alice, &legacy.id).unwrap();
+    svc.describe_disk(alice, &legacy.id).unwrap();
+
+    // Not while the customer has it attached: the client is named.
+    let a = svc
+        .attach_as(alice, &legacy.id, "nbd client at 10.0.0.9")
+        .unwrap();
+    match db.adopt(alice, &legacy.id, INSTANCE) {
+        Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(m))) => {
+            assert!(m.contains("nbd client at 10.0.0.9"), "{m}");
+        }
+        other => panic!("adopting a disk the customer holds: {other:?}"),
+    }
+    assert_eq!(manager_of(&svc, &legacy.id), (None, None));
+    a.write(0, &pattern(4, 4096), true).unwrap();
+    drop(a);
+    // Bad descriptions are refused.
+    for bad in ["", "a\nb", &"x".repeat(257)] {
+        assert!(
+            matches!(
+                db.adopt(alice, &legacy.id, bad),
+                Err(ServiceError::Disk(atrest_disk::DiskError::Invalid(_)))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(manager_of(&svc, &legacy.id), (None, None));
+
+    // The manager's own attachment does not stand in the way.
+    let held = db
+        .attach_as(alice, &legacy.id, "atrest's db service at this host")
+        .unwrap();
+    let v = db.adopt(alice, &legacy.id, INSTANCE).unwrap();
+    assert_eq!(
+        (v.id.as_str(), v.state.as_str()),
+        (legacy.id.as_str(), "in-use")
+    );
+    assert_eq!(manager_of(&svc, &legacy.id), db_labels(INSTANCE));
+    let mut buf = vec![0u8; 4096];
+    held.read(0, &mut buf).unwrap();
+    assert_eq!(buf, pattern(4, 4096));
+    drop(held);
+
+    // From now on the customer is refused and does not list it.
+    let on_disk = format!("disk {}", legacy.id);
+    assert_managed(
+        "describe",
+        svc.describe_disk(alice, &legacy.id).map(drop),
+        &on_disk,
+        INSTANCE,
+    );
+    assert_managed(
+        "attach",
+        svc.attach(alice, &legacy.id).map(drop),
+        &on_disk,
+        INSTANCE,
+    );
+    assert!(svc.list_disks(alice).unwrap().is_empty());
+    // Adopting again renames what it is for.
+    let renamed = "instance billing (db-0123456789abcdef)";
+    db.adopt(alice, &legacy.id, renamed).unwrap();
+    assert_managed(
+        "describe after renaming",
+        svc.describe_disk(alice, &legacy.id).map(drop),
+        &on_disk,
+        renamed,
+    );
+    // Another service cannot take it over.
+    assert_managed(
+        "adopt by another service",
+        svc.managed("backup")
+            .adopt(alice, &legacy.id, "x")
+            .map(drop),
+        &on_disk,
+        renamed,
+    );
+    assert_eq!(manager_of(&svc, &legacy.id), db_labels(renamed));
+}

@@ -139,7 +139,8 @@ impl ApiError {
 }
 
 /// The disk service's errors: 404 for what does not exist (or is another
-/// account's), 409 for state conflicts and locked keys, 400 for bad input,
+/// account's), 409 for state conflicts, locked keys and what a service of
+/// atrest manages (an instance's disk), 400 for bad input,
 /// key-service errors as the key service answers them; engine failures are
 /// server faults, with details in the log only.
 fn disk_parts(e: &atrest_diskservice::ServiceError) -> (StatusCode, &'static str, String) {
@@ -166,6 +167,11 @@ fn disk_parts(e: &atrest_diskservice::ServiceError) -> (StatusCode, &'static str
         S::Locked { .. } | S::Closed { .. } => {
             (StatusCode::CONFLICT, "DiskLockedException", e.to_string())
         }
+        S::Managed { .. } => (
+            StatusCode::CONFLICT,
+            "ManagedResourceException",
+            e.to_string(),
+        ),
         _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalFailure",
@@ -300,5 +306,37 @@ mod tests {
             !msg.contains("/secret/path"),
             "internal details stay in the log"
         );
+    }
+
+    #[test]
+    fn a_managed_disk_is_409_managed_resource_with_its_message() {
+        let e = atrest_diskservice::ServiceError::Managed {
+            resource: "disk disk-0123456789abcdef".into(),
+            service: "db".into(),
+            managed_for: "instance orders (db-0123456789abcdef)".into(),
+        };
+        let expected = e.to_string();
+        let api = ApiError::Disk(e);
+        assert!(!api.is_server_fault());
+        for (status, code, msg) in [api.parts(), api.rest_parts()] {
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert_eq!(code, "ManagedResourceException");
+            assert_eq!(msg, expected);
+        }
+        assert_eq!(
+            expected,
+            "disk disk-0123456789abcdef is managed by atrest's db service for instance orders (db-0123456789abcdef) and cannot be used directly"
+        );
+        // The same through the database service, which passes disk errors
+        // on.
+        let db = ApiError::Db(atrest_dbservice::DbError::Disk(
+            atrest_diskservice::ServiceError::Managed {
+                resource: "snapshot snap-0123456789abcdef".into(),
+                service: "db".into(),
+                managed_for: "x".into(),
+            },
+        ));
+        assert_eq!(db.parts().0, StatusCode::CONFLICT);
+        assert_eq!(db.parts().1, "ManagedResourceException");
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use atrest_diskservice::{Attachment, DiskService, ServiceError};
+use atrest_diskservice::{Attachment, DiskService, DiskView, ManagedDisks, ServiceError};
 use atrest_kms::{Caller, KmsError};
 use atrest_localattach::{BlockDevice, LocalAttachment};
 use serde::Serialize;
@@ -38,7 +38,19 @@ pub(crate) fn run_dir(data_dir: &std::path::Path) -> PathBuf {
 pub(crate) struct LocalDisks {
     run_dir: PathBuf,
     disks: Arc<DiskService>,
+    /// The database service's path to its instances' disks, which the
+    /// customer's (`disks`) refuses.
+    db: ManagedDisks,
     attached: Mutex<BTreeMap<String, LocalAttachment>>,
+}
+
+/// Whose API a local attach or detach goes through.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// The customer's (REST `attach-local`).
+    Customer,
+    /// The database service's, for an instance's disk.
+    Db,
 }
 
 /// What `attach-local` answers.
@@ -104,19 +116,33 @@ impl LocalDisks {
                 Err(e) => tracing::error!(error = %e, "cleaning up stale local attachments failed"),
             }
         }
+        let db = disks.managed(atrest_dbservice::SERVICE);
         Self {
             run_dir,
             disks,
+            db,
             attached: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn describe(&self, via: Via, caller: &Caller, disk: &str) -> Result<DiskView, ServiceError> {
+        match via {
+            Via::Customer => self.disks.describe_disk(caller, disk),
+            Via::Db => self.db.describe_disk(caller, disk),
         }
     }
 
     /// Attaches one of the caller's disks as a block device of this host.
     pub(crate) fn attach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ServiceError> {
+        self.attach_via(Via::Customer, caller, disk)
+    }
+
+    fn attach_via(&self, via: Via, caller: &Caller, disk: &str) -> Result<LocalView, ServiceError> {
         let mut attached = lock(&self.attached);
         if let Some(a) = attached.get(disk) {
-            // Same disk: only its owner learns that it is attached.
-            self.disks.describe_disk(caller, disk)?;
+            // Same disk: only its owner (through the path that may use it)
+            // learns that it is attached.
+            self.describe(via, caller, disk)?;
             return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(
                 format!(
                     "disk {disk} is already attached locally as {}",
@@ -124,8 +150,16 @@ impl LocalDisks {
                 ),
             )));
         }
-        let holder = format!("{} at this host", caller.principal_arn());
-        let att = self.disks.attach_as(caller, disk, &holder)?;
+        let att = match via {
+            Via::Customer => {
+                let holder = format!("{} at this host", caller.principal_arn());
+                self.disks.attach_as(caller, disk, &holder)?
+            }
+            Via::Db => {
+                let holder = format!("atrest's {} service at this host", self.db.service());
+                self.db.attach_as(caller, disk, &holder)?
+            }
+        };
         let size = att.size()?;
         let block_size = att.block_size()?;
         std::fs::create_dir_all(&self.run_dir)
@@ -149,7 +183,11 @@ impl LocalDisks {
     /// Detaches a local attachment: the loop device goes (refused while
     /// it is mounted or open), the disk is flushed and the mount removed.
     pub(crate) fn detach(&self, caller: &Caller, disk: &str) -> Result<LocalView, ServiceError> {
-        self.disks.describe_disk(caller, disk)?;
+        self.detach_via(Via::Customer, caller, disk)
+    }
+
+    fn detach_via(&self, via: Via, caller: &Caller, disk: &str) -> Result<LocalView, ServiceError> {
+        self.describe(via, caller, disk)?;
         let mut attached = lock(&self.attached);
         let Some(local) = attached.remove(disk) else {
             return Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(
@@ -196,12 +234,15 @@ impl LocalDisks {
     }
 }
 
+/// The database service's instance disks, through its own path: the
+/// customer's refuses them.
 impl atrest_dbservice::Volumes for LocalDisks {
     fn attach(&self, caller: &Caller, disk: &str) -> Result<PathBuf, ServiceError> {
-        LocalDisks::attach(self, caller, disk).map(|v| PathBuf::from(v.device))
+        self.attach_via(Via::Db, caller, disk)
+            .map(|v| PathBuf::from(v.device))
     }
 
     fn detach(&self, caller: &Caller, disk: &str) -> Result<(), ServiceError> {
-        LocalDisks::detach(self, caller, disk).map(drop)
+        self.detach_via(Via::Db, caller, disk).map(drop)
     }
 }

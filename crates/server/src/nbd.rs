@@ -142,6 +142,9 @@ fn refused(e: ServiceError) -> Refused {
     match e {
         ServiceError::Disk(DiskError::NotFound { .. }) => Refused::Unknown(msg),
         ServiceError::Kms(KmsError::NotFound(_)) => Refused::Unknown(msg),
+        // It exists and is the client's account's, but a service of
+        // atrest manages it (an instance's disk): refused, saying whose.
+        ServiceError::Managed { .. } => Refused::Policy(msg),
         e if e.is_server_fault() => Refused::Failed(msg),
         _ => Refused::Policy(msg),
     }
@@ -439,6 +442,74 @@ mod tests {
             "arn:aws:kms::123456789012:root",
         ] {
             assert!(principal_caller(bad, "r1").is_none(), "{bad}");
+        }
+    }
+
+    /// A managed disk (an instance's) is not among a client's exports,
+    /// and asking for it is refused by policy, saying whose it is; the
+    /// client's own disk is listed and opens.
+    #[test]
+    fn managed_disks_are_not_exported_and_refused_by_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Arc::new(
+            KeyService::open(
+                Arc::new(atrest_store::MemoryStore::new()),
+                atrest_kms::root::RootKey::from_key(atrest_crypto::Aes256Key::generate().unwrap()),
+                vec!["r1".to_owned()],
+                Arc::new(atrest_kms::clock::SystemClock),
+            )
+            .unwrap(),
+        );
+        let engine = atrest_disk::Engine::open(
+            Arc::new(atrest_store::MemoryStore::new()),
+            Arc::new(atrest_disk::FileStorage::open(&dir.path().join("pool")).unwrap()),
+        )
+        .unwrap();
+        let disks = DiskService::start(
+            Arc::clone(&kms),
+            engine,
+            atrest_diskservice::Config::default(),
+        )
+        .unwrap();
+        let principal = "arn:aws:iam::111122223333:root";
+        let alice = principal_caller(principal, "r1").unwrap();
+        let plain = atrest_diskservice::NewDisk {
+            size: 1 << 20,
+            encrypted: Some(false),
+            ..Default::default()
+        };
+        let mine = disks.create_disk(&alice, &plain).unwrap();
+        let instance = "instance orders (db-0123456789abcdef)";
+        let theirs = disks
+            .managed("db")
+            .create_disk(&alice, instance, &plain)
+            .unwrap();
+        let exports = DiskExports {
+            kms,
+            disks: Arc::clone(&disks),
+            plaintext: Some(principal.to_owned()),
+        };
+        let session = Session {
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            tls: false,
+            identity: ClientIdentity::None,
+        };
+        assert_eq!(exports.list(&session).unwrap(), vec![mine.id.clone()]);
+        exports.describe(&session, &mine.id).unwrap();
+        drop(exports.open(&session, &mine.id).unwrap());
+        let refusals = [
+            exports.describe(&session, &theirs.id).map(drop),
+            exports.open(&session, &theirs.id).map(drop),
+        ];
+        for r in refusals {
+            match r {
+                Err(Refused::Policy(m)) => {
+                    assert!(m.contains(&theirs.id), "{m}");
+                    assert!(m.contains(instance), "{m}");
+                    assert!(m.contains("atrest's db service"), "{m}");
+                }
+                other => panic!("a managed export must be refused by policy: {other:?}"),
+            }
         }
     }
 
