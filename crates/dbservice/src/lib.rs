@@ -41,6 +41,7 @@ mod backup;
 mod encryption;
 mod host;
 mod manage;
+mod params;
 mod pg;
 mod replica;
 
@@ -73,6 +74,7 @@ pub trait Volumes: Send + Sync {
 pub use atrest_diskservice::OnKeyLoss;
 pub use backup::BackupView;
 pub use encryption::EncryptionChange;
+pub use params::ParamError;
 
 /// Service configuration.
 #[derive(Debug, Clone)]
@@ -128,6 +130,10 @@ pub enum DbError {
         /// Why.
         reason: KeyUnusable,
     },
+    /// A PostgreSQL parameter customers may not set, or a value not of its
+    /// form.
+    #[error(transparent)]
+    ParameterRefused(#[from] ParamError),
     /// From the disk service.
     #[error(transparent)]
     Disk(#[from] ServiceError),
@@ -1233,6 +1239,9 @@ mod tests {
             DbError::Invalid("x".into()),
             DbError::Conflict("x".into()),
             DbError::Unavailable("x".into()),
+            DbError::ParameterRefused(ParamError::NotAllowed {
+                name: "port".into(),
+            }),
             DbError::Locked {
                 instance: "x".into(),
                 key_arn: "arn".into(),
