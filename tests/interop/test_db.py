@@ -294,13 +294,18 @@ def test_parameters_resize_and_clone(server):
     assert s["state"] == "running"
     assert sql_value(port, "SHOW work_mem") == "12MB"
     assert sql_value(port, "SHOW max_connections") == "50"
-    # A value PostgreSQL refuses: the instance runs on with the old ones.
-    bad = db_cmd(server, "set", "shape", "shared_buffers=lots", check=False)
+    # A value PostgreSQL refuses (out of range): the instance runs on with
+    # the old ones.
+    bad = db_cmd(server, "set", "shape", "shared_buffers=1kB", check=False)
     assert bad.returncode != 0 and "previous" in bad.stderr, bad.stderr
     assert sql_value(port, "SHOW work_mem") == "12MB"
-    for managed in ("port=1", "archive_command=x", "primary_conninfo=x"):
-        p = db_cmd(server, "set", "shape", managed, check=False)
-        assert p.returncode != 0 and "managed by atrest" in p.stderr, p.stderr
+    # A value not of the parameter's form never reaches PostgreSQL.
+    p = db_cmd(server, "set", "shape", "shared_buffers=lots", check=False)
+    assert p.returncode != 0 and "'shared_buffers' must be" in p.stderr, p.stderr
+    for refused in ("port=1", "archive_command=x", "archive_cleanup_command=x",
+                    "primary_conninfo=x", "session_preload_libraries=x"):
+        p = db_cmd(server, "set", "shape", refused, check=False)
+        assert p.returncode != 0 and "allow-list" in p.stderr, p.stderr
     db_json(server, "set", "shape", "work_mem=")
     assert sql_value(port, "SHOW work_mem") == "4MB"
 

@@ -67,6 +67,7 @@ mod encryption;
 mod guard;
 mod host;
 mod manage;
+mod params;
 mod pg;
 mod replica;
 mod roles;
@@ -105,6 +106,7 @@ pub trait Volumes: Send + Sync {
 pub use atrest_diskservice::OnKeyLoss;
 pub use backup::BackupView;
 pub use encryption::EncryptionChange;
+pub use params::ParamError;
 
 /// Service configuration.
 #[derive(Debug, Clone)]
@@ -160,6 +162,10 @@ pub enum DbError {
         /// Why.
         reason: KeyUnusable,
     },
+    /// A PostgreSQL parameter customers may not set, or a value not of its
+    /// form.
+    #[error(transparent)]
+    ParameterRefused(#[from] ParamError),
     /// From the disk service.
     #[error(transparent)]
     Disk(#[from] ServiceError),
@@ -1521,6 +1527,9 @@ mod tests {
             DbError::Conflict("x".into()),
             DbError::Unavailable("x".into()),
             DbError::Damaged("x".into()),
+            DbError::ParameterRefused(ParamError::NotAllowed {
+                name: "port".into(),
+            }),
             DbError::Locked {
                 instance: "x".into(),
                 key_arn: "arn".into(),

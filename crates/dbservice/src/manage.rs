@@ -5,68 +5,30 @@ use std::collections::BTreeMap;
 
 use atrest_kms::Caller;
 
-use crate::host;
-use crate::{DbError, DbService, InstanceView, Result, lock};
+use crate::{DbError, DbService, InstanceView, Result, host, lock, params};
 
-/// Parameters atrest sets itself (connections, files, replication,
-/// archiving); a customer's value would break the instance.
-const MANAGED: [&str; 22] = [
-    "port",
-    "listen_addresses",
-    "unix_socket_directories",
-    "unix_socket_permissions",
-    "unix_socket_group",
-    "data_directory",
-    "hba_file",
-    "ident_file",
-    "config_file",
-    "external_pid_file",
-    "include",
-    "include_dir",
-    "include_if_exists",
-    "logging_collector",
-    "wal_level",
-    "archive_mode",
-    "archive_command",
-    "archive_library",
-    "restore_command",
-    "primary_conninfo",
-    "primary_slot_name",
-    "hot_standby",
-];
-
-fn valid_parameter(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-}
-
-fn check_parameters(params: &BTreeMap<String, Option<String>>) -> Result<()> {
+/// The parameters to set (`Some`) or reset (`None`), under PostgreSQL's
+/// spelling of their names; only those on the allow-list ([`params`]).
+fn check_parameters(
+    params: &BTreeMap<String, Option<String>>,
+) -> Result<BTreeMap<&'static str, Option<&str>>> {
     if params.is_empty() {
         return Err(DbError::Invalid("give at least one parameter".into()));
     }
+    let mut checked = BTreeMap::new();
     for (k, v) in params {
-        if !valid_parameter(k) {
+        let name = match v {
+            Some(v) => params::check(k, v)?,
+            None => params::check_reset(k)?,
+        };
+        // Names ignore case: `Work_Mem` and `work_mem` are one parameter.
+        if checked.insert(name, v.as_deref()).is_some() {
             return Err(DbError::Invalid(format!(
-                "'{k}' is not a PostgreSQL parameter name"
-            )));
-        }
-        if MANAGED.contains(&k.as_str()) || k.starts_with("recovery_") || k.starts_with("ssl") {
-            return Err(DbError::Invalid(format!(
-                "'{k}' is managed by atrest and cannot be set"
-            )));
-        }
-        if let Some(v) = v
-            && (v.len() > 1024 || v.chars().any(char::is_control))
-        {
-            return Err(DbError::Invalid(format!(
-                "the value of '{k}' must be at most 1024 characters, none of them control characters"
+                "parameter '{name}' is given more than once"
             )));
         }
     }
-    Ok(())
+    Ok(checked)
 }
 
 impl DbService {
@@ -79,7 +41,7 @@ impl DbService {
         name: &str,
         params: &BTreeMap<String, Option<String>>,
     ) -> Result<InstanceView> {
-        check_parameters(params)?;
+        let params = check_parameters(params)?;
         let bin = self.bin()?;
         self.host()?;
         let _ops = lock(&self.ops);
@@ -88,7 +50,7 @@ impl DbService {
         let before = rec.clone();
         for (k, v) in params {
             match v {
-                Some(v) => rec.parameters.insert(k.clone(), v.clone()),
+                Some(v) => rec.parameters.insert(k.to_owned(), v.to_owned()),
                 None => rec.parameters.remove(k),
             };
         }
@@ -238,21 +200,70 @@ mod tests {
     #[test]
     fn parameters_are_checked() {
         let one = |k: &str, v: Option<&str>| BTreeMap::from([(k.to_owned(), v.map(str::to_owned))]);
-        assert!(check_parameters(&one("work_mem", Some("64MB"))).is_ok());
-        assert!(check_parameters(&one("pg_stat_statements.max", Some("1000"))).is_ok());
-        assert!(check_parameters(&one("work_mem", None)).is_ok());
-        assert!(check_parameters(&BTreeMap::new()).is_err());
-        for bad in [
+        let ok = |k: &str, v: Option<&str>| {
+            check_parameters(&one(k, v)).map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k, v.map(str::to_owned)))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            ok("work_mem", Some("64MB")).ok(),
+            Some(vec![("work_mem", Some("64MB".to_owned()))])
+        );
+        assert_eq!(ok("Work_Mem", None).ok(), Some(vec![("work_mem", None)]));
+        assert!(ok("pg_stat_statements.max", Some("1000")).is_ok());
+        assert!(matches!(
+            check_parameters(&BTreeMap::new()),
+            Err(DbError::Invalid(_))
+        ));
+        for refused in [
             "port",
             "archive_command",
+            "archive_cleanup_command",
             "recovery_target_time",
             "ssl_cert_file",
-            "Work_mem",
-            "a b",
-            "",
+            "dynamic_library_path",
+            "session_preload_libraries",
+            "log_directory",
         ] {
-            assert!(check_parameters(&one(bad, Some("1"))).is_err(), "{bad}");
+            assert!(
+                matches!(
+                    ok(refused, Some("1")),
+                    Err(DbError::ParameterRefused(
+                        params::ParamError::NotAllowed { .. }
+                    ))
+                ),
+                "{refused}"
+            );
+            assert!(ok(refused, None).is_err(), "{refused}");
         }
-        assert!(check_parameters(&one("work_mem", Some("1\n2"))).is_err());
+        for bad in ["a b", "", "work-mem"] {
+            assert!(
+                matches!(
+                    ok(bad, Some("1")),
+                    Err(DbError::ParameterRefused(
+                        params::ParamError::BadName { .. }
+                    ))
+                ),
+                "{bad}"
+            );
+        }
+        for (k, v) in [("work_mem", "1\n2"), ("work_mem", "lots"), ("jit", "maybe")] {
+            assert!(
+                matches!(
+                    ok(k, Some(v)),
+                    Err(DbError::ParameterRefused(
+                        params::ParamError::BadValue { .. }
+                    ))
+                ),
+                "{k} = {v}"
+            );
+        }
+        let twice = BTreeMap::from([
+            ("WORK_MEM".to_owned(), Some("1MB".to_owned())),
+            ("work_mem".to_owned(), None),
+        ]);
+        assert!(matches!(check_parameters(&twice), Err(DbError::Invalid(_))));
     }
 }

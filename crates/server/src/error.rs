@@ -181,12 +181,24 @@ fn disk_parts(e: &atrest_diskservice::ServiceError) -> (StatusCode, &'static str
 }
 
 /// The database service's errors: as the disk service's, plus 503 when
-/// this host cannot run PostgreSQL (a configuration fault, named).
+/// this host cannot run PostgreSQL (a configuration fault, named), and 400
+/// `InvalidParameterException` for a PostgreSQL parameter off the
+/// allow-list (a bad value or name is a `ValidationException`).
 fn db_parts(e: &atrest_dbservice::DbError) -> (StatusCode, &'static str, String) {
-    use atrest_dbservice::DbError as D;
+    use atrest_dbservice::{DbError as D, ParamError};
     match e {
         D::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFoundException", e.to_string()),
         D::Invalid(_) => (
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            e.to_string(),
+        ),
+        D::ParameterRefused(ParamError::NotAllowed { .. }) => (
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterException",
+            e.to_string(),
+        ),
+        D::ParameterRefused(ParamError::BadValue { .. } | ParamError::BadName { .. }) => (
             StatusCode::BAD_REQUEST,
             "ValidationException",
             e.to_string(),
@@ -338,5 +350,33 @@ mod tests {
         ));
         assert_eq!(db.parts().0, StatusCode::CONFLICT);
         assert_eq!(db.parts().1, "ManagedResourceException");
+    }
+
+    #[test]
+    fn refused_parameters_are_400_with_their_own_code() {
+        use atrest_dbservice::{DbError, ParamError};
+        let parts = |p: ParamError| ApiError::Db(DbError::from(p)).parts();
+        let (status, ty, msg) = parts(ParamError::NotAllowed {
+            name: "archive_cleanup_command".into(),
+        });
+        assert_eq!(
+            (status, ty),
+            (StatusCode::BAD_REQUEST, "InvalidParameterException")
+        );
+        assert!(msg.contains("'archive_cleanup_command'"), "{msg}");
+        let (status, ty, msg) = parts(ParamError::BadValue {
+            name: "work_mem",
+            expected: "a whole number".into(),
+        });
+        assert_eq!(
+            (status, ty),
+            (StatusCode::BAD_REQUEST, "ValidationException")
+        );
+        assert!(msg.contains("'work_mem'"), "{msg}");
+        let (status, ty, _) = parts(ParamError::BadName { name: "a b".into() });
+        assert_eq!(
+            (status, ty),
+            (StatusCode::BAD_REQUEST, "ValidationException")
+        );
     }
 }
