@@ -42,9 +42,12 @@ step "system packages"
 # fuse3, e2fsprogs, util-linux: local attach (FUSE file, loop device, mkfs,
 # setpriv). postgresql, postgresql-client, postgresql-contrib: database
 # instances (initdb, pg_ctl, pg_basebackup, psql, pgbench).
+# postgresql-server-dev-all: the server headers atrest-dbservice builds its
+# PostgreSQL extension atrest_guard against (without them it is left out
+# and its test skips).
 APT_PACKAGES=(openssl ca-certificates softhsm2 qemu-utils libnbd-bin nbdkit fio gnutls-bin
   libssl-dev pkg-config fuse3 e2fsprogs util-linux postgresql postgresql-client
-  postgresql-contrib)
+  postgresql-contrib postgresql-server-dev-all)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

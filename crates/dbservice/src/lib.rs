@@ -39,6 +39,7 @@ pub mod agent;
 mod artifact;
 mod backup;
 mod encryption;
+mod guard;
 mod host;
 mod manage;
 mod pg;
@@ -73,6 +74,16 @@ pub trait Volumes: Send + Sync {
 pub use atrest_diskservice::OnKeyLoss;
 pub use backup::BackupView;
 pub use encryption::EncryptionChange;
+
+/// The embedded guard, for tests and operators: the PostgreSQL major
+/// version `atrest_guard` was built for and its shared object, or `None`
+/// when this build had no PostgreSQL server headers. The guard keeps a
+/// non-superuser CREATEROLE master user from the roles that reach the
+/// server's files and programs, and from atrest's own `atrest_*` roles;
+/// PostgreSQL up to 15 needs it for such a user (see guard/atrest_guard.c).
+pub fn guard_object() -> Option<(u32, &'static [u8])> {
+    guard::EMBEDDED.map(|e| (e.major, e.object))
+}
 
 /// Service configuration.
 #[derive(Debug, Clone)]
