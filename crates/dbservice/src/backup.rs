@@ -739,6 +739,9 @@ impl DbService {
         }
         let _busy = lock(&self.backup.busy);
         let _taking = Taking::new(&self.backup.taking, &rec.id);
+        // The token file is the instance's to spoil: put it right, or the
+        // backup would wait for WAL that cannot be archived.
+        self.ensure_token(&rec)?;
         let q = |sql: &str| self.sql(&bin, &rec, sql);
         if q("SHOW archive_mode")? != "on" {
             return Err(DbError::Conflict(format!(
@@ -996,6 +999,7 @@ impl DbService {
             .disks
             .create_disk(
                 caller,
+                &rec.managed_for(),
                 &NewDisk {
                     size: b.disk_size,
                     block_size: Some(4096),
@@ -1038,6 +1042,7 @@ impl DbService {
         if q("SHOW archive_mode")? != "on" {
             return Ok(());
         }
+        self.ensure_token(s)?;
         q("SELECT pg_current_xact_id()")?;
         let wal = q("SELECT pg_walfile_name(pg_switch_wal())")?;
         self.wait_archived(s, &wal, &q)

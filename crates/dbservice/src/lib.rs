@@ -80,7 +80,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use atrest_diskservice::{DiskService, NewDisk, ServiceError};
+use atrest_diskservice::{DiskService, ManagedDisks, NewDisk, ServiceError};
 use atrest_kms::names::AccountId;
 use atrest_kms::{Caller, KeyService, KeyUnusable, KmsError};
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,16 @@ pub use atrest_diskservice::OnKeyLoss;
 pub use backup::BackupView;
 pub use encryption::EncryptionChange;
 pub use params::ParamError;
+
+/// The embedded guard, for tests and operators: the PostgreSQL major
+/// version `atrest_guard` was built for and its shared object, or `None`
+/// when this build had no PostgreSQL server headers. The guard keeps a
+/// non-superuser CREATEROLE master user from the roles that reach the
+/// server's files and programs, and from atrest's own `atrest_*` roles;
+/// PostgreSQL up to 15 needs it for such a user (see guard/atrest_guard.c).
+pub fn guard_object() -> Option<(u32, &'static [u8])> {
+    guard::EMBEDDED.map(|e| (e.major, e.object))
+}
 
 /// Service configuration.
 #[derive(Debug, Clone)]
@@ -283,10 +293,6 @@ impl Record {
 
     /// How the disk service names this instance to the customer (a disk
     /// it manages for it).
-    #[expect(
-        dead_code,
-        reason = "used once the disk service manages instance disks"
-    )]
     pub(crate) fn managed_for(&self) -> String {
         format!("database instance {} ({})", self.name, self.id)
     }
@@ -376,7 +382,9 @@ struct Live {
 /// The database service.
 pub struct DbService {
     kms: Arc<KeyService>,
-    disks: Arc<DiskService>,
+    /// The disk service, as the manager of instance disks: the customer
+    /// can neither see nor use them.
+    disks: ManagedDisks,
     volumes: Arc<dyn Volumes>,
     config: Config,
     records: Mutex<BTreeMap<String, Record>>,
@@ -458,7 +466,7 @@ impl DbService {
         });
         let svc = Arc::new(Self {
             kms,
-            disks,
+            disks: disks.managed(SERVICE),
             volumes,
             records: Mutex::new(BTreeMap::new()),
             live: Mutex::new(BTreeMap::new()),
@@ -470,7 +478,7 @@ impl DbService {
         });
         svc.load()?;
         if svc.host_error.is_none() {
-            svc.assign_uids()?;
+            svc.adopt_legacy()?;
             svc.open_backups()?;
         }
         Ok(svc)
@@ -642,16 +650,25 @@ impl DbService {
     }
 
     /// Gives each record of an earlier release a uid of its own (its user
-    /// is made at its next start).
-    fn assign_uids(&self) -> Result<()> {
+    /// is made at its next start), and its disk to this service (which a
+    /// customer attached to it refuses for now: the next start tries again).
+    fn adopt_legacy(&self) -> Result<()> {
         let legacy: Vec<Record> = lock(&self.records)
             .values()
-            .filter(|r| r.os_uid.is_none())
+            .filter(|r| r.layout < LAYOUT && r.phase == "ready")
             .cloned()
             .collect();
         for mut r in legacy {
-            r.os_uid = Some(self.new_uid()?);
-            self.save(&r)?;
+            if r.os_uid.is_none() {
+                r.os_uid = Some(self.new_uid()?);
+                self.save(&r)?;
+            }
+            if let Err(e) = r
+                .caller()
+                .and_then(|c| Ok(self.disks.adopt(&c, &r.disk, &r.managed_for())?))
+            {
+                tracing::warn!(instance = %r.name, disk = %r.disk, error = %e, "the instance's disk is not the database service's yet");
+            }
         }
         Ok(())
     }
@@ -820,6 +837,7 @@ impl DbService {
             .disks
             .create_disk(
                 caller,
+                &rec.managed_for(),
                 &NewDisk {
                     size,
                     block_size: Some(4096),
@@ -1118,6 +1136,8 @@ impl DbService {
             .get(&rec.id)
             .map_or(rec.layout, |r| r.layout.max(rec.layout));
         if stored_layout < LAYOUT {
+            self.disks
+                .adopt(&rec.caller()?, &rec.disk, &rec.managed_for())?;
             self.migrate_files(rec, &user, &layout)?;
         }
         layout.prepare_fs(&user)?;

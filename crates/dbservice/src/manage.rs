@@ -138,12 +138,6 @@ impl DbService {
         self.check_key(&src)?;
         self.check_new_name(caller, new_name)?;
         let port = self.choose_port(port)?;
-        let snap = self.disks.create_snapshot(caller, &src.disk)?;
-        let disk = self.disks.clone_snapshot(caller, &snap.id);
-        if let Err(e) = self.disks.delete_snapshot(caller, &snap.id) {
-            tracing::warn!(snapshot = %snap.id, error = %e, "deleting a clone's snapshot failed");
-        }
-        let disk = disk?;
         let mut rec = self.new_record(
             caller,
             new_name,
@@ -152,7 +146,14 @@ impl DbService {
             &src.master_username,
             None,
         )?;
-        rec.disk = disk.id;
+        let snap = self.disks.create_snapshot(caller, &src.disk)?;
+        let disk = self
+            .disks
+            .clone_snapshot(caller, &snap.id, &rec.managed_for());
+        if let Err(e) = self.disks.delete_snapshot(caller, &snap.id) {
+            tracing::warn!(snapshot = %snap.id, error = %e, "deleting a clone's snapshot failed");
+        }
+        rec.disk = disk?.id;
         // The copy's file system is the source's.
         rec.fs_uuid.clone_from(&src.fs_uuid);
         rec.parameters = src.parameters.clone();

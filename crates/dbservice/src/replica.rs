@@ -179,6 +179,7 @@ impl DbService {
             .disks
             .create_disk(
                 caller,
+                &rec.managed_for(),
                 &NewDisk {
                     size: pdisk.size,
                     block_size: Some(pdisk.block_size),
