@@ -822,6 +822,27 @@ def create_db(server: Server, name: str, *extra: str, password: str = DB_PASSWOR
     return db_json(server, "create", name, "--password-file", str(pw), *extra)
 
 
+def all_disks(server: Server, account: str | None = None) -> list[dict]:
+    """Every disk of `account` (default: the admin's own), the database
+    service's instance disks included: the operators' inventory (`atrest
+    admin account disks`), where a customer's `disk list` hides them."""
+    if account is None:
+        account = boto_account(server)
+    p = atrest_run("admin", "--endpoint", server.url, "--region", server.regions[0],
+                   "--credentials-file", str(server.credentials_file), "--output", "json",
+                   "account", "disks", account)
+    return json.loads(p.stdout)["disks"]
+
+
+def boto_account(server: Server) -> str:
+    """The admin's account id."""
+    sts = [a for a in json.loads(atrest_run(
+        "admin", "--endpoint", server.url, "--credentials-file", str(server.credentials_file),
+        "--output", "json", "account", "list").stdout)["accounts"] if a["admin"]]
+    assert len(sts) == 1, sts
+    return sts[0]["id"]
+
+
 def psql(port: int, sql: str, *, password: str = DB_PASSWORD, user: str = "postgres",
          dbname: str = "postgres", check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     """Runs SQL through the real psql over TCP (unaligned, tuples only)."""

@@ -39,6 +39,7 @@ from conftest import (
     DB_PASSWORD,
     atrest_client_cmd,
     audit_log_path,
+    all_disks,
     audit_records,
     create_db,
     db_cmd,
@@ -95,6 +96,12 @@ def wait_sql(port: int, sql: str, want: str, timeout: float = 60) -> None:
 
 
 def disks(server) -> list[dict]:
+    """Every disk of the admin's account, instance disks included (the
+    customer's own list hides those: asserted where it matters)."""
+    return all_disks(server)
+
+
+def customer_disks(server) -> list[dict]:
     return json.loads(atrest_client_cmd(server, "disk", "list").stdout)["disks"]
 
 
@@ -116,6 +123,9 @@ def test_create_load_restart_show_the_key_and_no_plaintext_at_rest(server):
     # The service's grant on the customer's key, for the disk.
     assert any(g["GranteePrincipal"] == "disk.atrest" for g in kms.list_grants(KeyId=key)["Grants"])
     assert [d["state"] for d in disks(server) if d["id"] == v["disk"]] == ["in-use"]
+    assert [d["managed_for"] for d in disks(server) if d["id"] == v["disk"]] == \
+        [f"database instance orders ({v['id']})"]
+    assert all(d["id"] != v["disk"] for d in customer_disks(server)), "the customer sees the instance's disk"
 
     s = db_json(server, "stop", "orders")
     assert s["state"] == "stopped", s

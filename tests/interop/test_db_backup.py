@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from conftest import (
+    all_disks,
     atrest_client_cmd,
     audit_log_path,
     audit_records,
@@ -65,7 +66,8 @@ def switch_and_wait_archived(server, port: int, instance_id: str, timeout: float
 
 
 def disk_ids(server) -> set[str]:
-    return {d["id"] for d in json.loads(atrest_client_cmd(server, "disk", "list").stdout)["disks"]}
+    """Every disk of the admin's account, instance disks included."""
+    return {d["id"] for d in all_disks(server)}
 
 
 def instance_names(server) -> list[str]:

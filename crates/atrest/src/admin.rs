@@ -93,6 +93,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             c.rest(Method::POST, &format!("/v1/accounts/{id}/suspend"), None)
                 .await?
         }
+        AdminCommand::Account(AccountCommand::Disks { id }) => {
+            c.rest(Method::GET, &format!("/v1/accounts/{id}/disks"), None)
+                .await?
+        }
         AdminCommand::Account(AccountCommand::Resume { id }) => {
             c.rest(Method::POST, &format!("/v1/accounts/{id}/resume"), None)
                 .await?

@@ -777,6 +777,12 @@ pub enum AccountCommand {
         /// The account.
         id: String,
     },
+    /// Every disk of an account in the region, the disks atrest's
+    /// services manage for it (database instances') included.
+    Disks {
+        /// The account.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -235,6 +235,10 @@ pub struct DiskView {
     /// A re-encryption's progress, in chunks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reencrypt: Option<Progress>,
+    /// For a disk a service of atrest manages (shown to operators only,
+    /// [`DiskService::inventory`]): what it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_for: Option<String>,
 }
 
 /// A snapshot as the API shows it.
@@ -436,6 +440,7 @@ impl DiskService {
             state: state.to_owned(),
             shareable: d.labels.contains_key(L_SHAREABLE),
             reencrypt,
+            managed_for: d.labels.get(managed::L_MANAGED_FOR).cloned(),
         }
     }
 
@@ -503,6 +508,19 @@ impl DiskService {
             .disks()?
             .iter()
             .filter(|d| owned_by(&d.labels, caller) && Actor::Customer.sees(&d.labels))
+            .map(|d| self.disk_view(d))
+            .collect())
+    }
+
+    /// Every disk of the caller's account and region, those a service of
+    /// atrest manages included (with what they are for): the operators'
+    /// view of what uses the pool. Changes nothing and gives no access.
+    pub fn inventory(&self, caller: &Caller) -> Result<Vec<DiskView>> {
+        Ok(self
+            .engine
+            .disks()?
+            .iter()
+            .filter(|d| owned_by(&d.labels, caller))
             .map(|d| self.disk_view(d))
             .collect())
     }

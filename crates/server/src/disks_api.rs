@@ -38,6 +38,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         )
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(describe_job))
+        .route("/v1/accounts/{account}/disks", get(account_disks))
 }
 
 pub(crate) fn u64_field(v: &Value, name: &str) -> Result<Option<u64>, ApiError> {
@@ -289,6 +290,35 @@ pub(crate) async fn create_disk(State(st): State<Arc<AppState>>, req: Request) -
 pub(crate) async fn list_disks(State(st): State<Arc<AppState>>, req: Request) -> Response {
     rest(st, req, "disk:ListDisks", |st, call, _| {
         let disks = st.disks.list_disks(call.caller)?;
+        reply(StatusCode::OK, &DiskList { disks })
+    })
+    .await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account}/disks",
+    tag = "admin",
+    operation_id = "ListAccountDisks",
+    params(("account" = String, Path, description = "Account id (12 digits)")),
+    responses(
+        (status = 200, description = "Every disk of the account in the region, those atrest's services manage included, with what they are for (admins only)", body = DiskList),
+        (status = "4XX", description = "Refused", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn account_disks(
+    State(st): State<Arc<AppState>>,
+    RestPath(account): RestPath<String>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:ListAccountDisks", move |st, call, _| {
+        atrest_kms::KeyService::require_admin_caller(call.caller)?;
+        let id = atrest_kms::names::AccountId::parse(&account).ok_or_else(|| {
+            KmsError::Validation(format!("'{account}' is not an account id (12 digits)"))
+        })?;
+        let owner = atrest_kms::Caller::root(id, &call.caller.region);
+        let disks = st.disks.inventory(&owner)?;
         reply(StatusCode::OK, &DiskList { disks })
     })
     .await

@@ -129,6 +129,7 @@ impl Modify for SigV4 {
         http_api::ensure_service_key,
         disks_api::create_disk,
         disks_api::list_disks,
+        disks_api::account_disks,
         disks_api::describe_disk,
         disks_api::delete_disk,
         disks_api::resize_disk,
