@@ -15,8 +15,16 @@
 # for --time seconds. The table shows the median TPS over the rounds and the
 # ratios the targets are about.
 #
+# With --baseline-bin, a second atrest server from that binary (another
+# build, such as the previous release) adds a fourth contestant:
+#
+#   base   an encrypted instance (class tde, service key) of the baseline
+#          build, in the same rounds, so the two builds are compared on the
+#          same machine at the same time
+#
 #   cargo build --release -p atrest
 #   scripts/bench-pg.sh [--scale 20] [--clients 4] [--time 60] [--rounds 1]
+#                       [--baseline-bin PATH]
 #
 # Needs: PostgreSQL (initdb, pg_ctl, pgbench, psql), root (local attach).
 set -euo pipefail
@@ -29,6 +37,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The script reads the CLI's JSON answers.
 export ATREST_OUTPUT=json
 ATREST_BIN=$ROOT/target/release/atrest
+BASELINE_BIN=""
 DIR=/var/tmp
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,8 +46,9 @@ while [ $# -gt 0 ]; do
         --time) TIME=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
         --atrest-bin) ATREST_BIN=$2; shift 2 ;;
+        --baseline-bin) BASELINE_BIN=$2; shift 2 ;;
         --dir) DIR=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -48,15 +58,16 @@ PGBIN=$(dirname "$(readlink -f "$(command -v initdb)")")
 WORK=$(mktemp -d "$DIR/atrest-bench-pg.XXXXXX")
 chmod 755 "$WORK"
 SERVER_PID=""
+BASE_PID=""
 HOST_PG=""
 cleanup() {
     if [ -n "$HOST_PG" ]; then
         setpriv --reuid=postgres --regid=postgres --clear-groups -- "$PGBIN/pg_ctl" stop -D "$HOST_PG" -m fast -s >/dev/null 2>&1 || true
     fi
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    for pid in $SERVER_PID $BASE_PID; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -95,6 +106,21 @@ setpriv --reuid=postgres --regid=postgres --clear-groups -- "$PGBIN/pg_ctl" star
 
 declare -A PORTS=([enc]=$ENC_PORT [plain]=$PLAIN_PORT [host]=$HOST_PORT)
 TARGETS=(enc plain host)
+if [ -n "$BASELINE_BIN" ]; then
+    BPORT=$(free_port)
+    "$BASELINE_BIN" serve --listen "127.0.0.1:$BPORT" --data-dir "$WORK/base-data" >"$WORK/base.log" 2>&1 &
+    BASE_PID=$!
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$BPORT/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    echo "creating the baseline build's instance" >&2
+    PORTS[base]=$(ATREST_ENDPOINT="http://127.0.0.1:$BPORT" \
+        AWS_SHARED_CREDENTIALS_FILE="$WORK/base-data/admin-credentials" \
+        "$BASELINE_BIN" db create base --service-key --size 8G --password-file "$WORK/pw" | db_port)
+    TARGETS+=(base)
+fi
+N=${#TARGETS[@]}
 for t in "${TARGETS[@]}"; do
     echo "pgbench -i -s $SCALE on $t" >&2
     pgbench -h 127.0.0.1 -p "${PORTS[$t]}" -U postgres -i -s "$SCALE" -q postgres >"$WORK/init-$t.log" 2>&1
@@ -102,8 +128,8 @@ done
 
 declare -A RESULTS
 for r in $(seq "$ROUNDS"); do
-    for i in 0 1 2; do
-        t=${TARGETS[$(( (i + r - 1) % 3 ))]}
+    for i in $(seq 0 $((N - 1))); do
+        t=${TARGETS[$(( (i + r - 1) % N ))]}
         sync
         psql -h 127.0.0.1 -p "${PORTS[$t]}" -U postgres -d postgres -qAtc "CHECKPOINT" >/dev/null
         tps=$(pgbench -h 127.0.0.1 -p "${PORTS[$t]}" -U postgres -c "$CLIENTS" -j 2 -T "$TIME" -n postgres 2>&1 |
@@ -128,3 +154,8 @@ awk -v e="$ENC" -v p="$PLAIN" -v h="$HOST" 'BEGIN {
     printf "encrypted / host:        %.3f (target >= 0.85)\n", e / h
     printf "unencrypted / host:      %.3f\n", p / h
 }'
+if [ -n "$BASELINE_BIN" ]; then
+    BASE=$(echo "${RESULTS[base]}" | median)
+    printf '%-40s %10.0f\n' "encrypted, baseline build" "$BASE"
+    awk -v e="$ENC" -v b="$BASE" 'BEGIN { printf "encrypted / baseline build: %.3f\n", e / b }'
+fi

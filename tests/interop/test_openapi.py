@@ -43,6 +43,7 @@ ROUTES = {
     ("put", "/v1/accounts/{account}/users/{user}/policies/{policy}"),
     ("delete", "/v1/accounts/{account}/users/{user}/policies/{policy}"),
     ("post", "/v1/accounts/{account}/suspend"),
+    ("get", "/v1/accounts/{account}/disks"),
     ("post", "/v1/accounts/{account}/resume"),
     ("get", "/v1/audit"),
     ("post", "/v1/audit/verify"),

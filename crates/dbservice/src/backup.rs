@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atrest_crypto::Aes256Key;
-use atrest_diskservice::NewDisk;
 use atrest_kms::{Caller, KeyUnusable, KmsError, Operation};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -995,20 +994,7 @@ impl DbService {
         self.check_new_name(caller, new_name)?;
         let port = self.choose_port(None)?;
         let mut rec = self.new_record(caller, new_name, b.class, port, &b.master_username, None)?;
-        rec.disk = self
-            .disks
-            .create_disk(
-                caller,
-                &rec.managed_for(),
-                &NewDisk {
-                    size: b.disk_size,
-                    block_size: Some(4096),
-                    encrypted: Some(true),
-                    key_id: Some(key),
-                    shareable: Some(false),
-                },
-            )?
-            .id;
+        self.make_disk(caller, &mut rec, b.disk_size, 4096, Some(key))?;
         lock(&self.backup.restoring).insert(
             rec.id.clone(),
             Restoring {

@@ -227,6 +227,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn file_systems_are_checked_before_they_are_mounted() {
+        // e2fsprogs works on a plain file: no loop device, no root needed.
+        if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+            eprintln!("skipped: mkfs.ext4 (e2fsprogs) is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let uuid = "2f1e6b8a-4c3d-4e5f-8a9b-0c1d2e3f4a5b";
+        mkfs(&img, uuid, 4242).unwrap();
+        assert_eq!(check_fs(&img, Some(uuid), "t").unwrap(), uuid);
+        // An earlier release's instance: its UUID is learnt.
+        assert_eq!(check_fs(&img, None, "t").unwrap(), uuid);
+        // A file system atrest did not make (another UUID): refused.
+        let other = "00000000-1111-4222-8333-444444444444";
+        match check_fs(&img, Some(other), "t") {
+            Err(DbError::Damaged(m)) => assert!(m.contains("not the one atrest made"), "{m}"),
+            r => panic!("{r:?}"),
+        }
+        // A damaged superblock (its magic number overwritten): refused.
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            f.seek(SeekFrom::Start(1024 + 56)).unwrap();
+            f.write_all(&[0, 0]).unwrap();
+        }
+        assert!(matches!(
+            check_fs(&img, Some(uuid), "t"),
+            Err(DbError::Damaged(_))
+        ));
+        // Not a file system at all.
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        assert!(matches!(
+            check_fs(&img, None, "t"),
+            Err(DbError::Damaged(_))
+        ));
+    }
+
+    #[test]
     fn processes_are_checked_by_uid() {
         let me = std::process::id();
         let uid = nix::unistd::getuid().as_raw();

@@ -659,9 +659,18 @@ impl DbService {
             .cloned()
             .collect();
         for mut r in legacy {
-            if r.os_uid.is_none() {
-                r.os_uid = Some(self.new_uid()?);
-                self.save(&r)?;
+            let before = r.parameters.len();
+            r.parameters.retain(|k, v| match params::check(k, v) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(instance = %r.name, parameter = %k, error = %e, "dropped a parameter off the allow-list");
+                    false
+                }
+            });
+            if r.os_uid.is_none() || r.parameters.len() != before {
+                r.os_uid = Some(r.os_uid.map_or_else(|| self.new_uid(), Ok)?);
+                self.write_record(&r)?;
+                lock(&self.records).insert(r.id.clone(), r.clone());
             }
             if let Err(e) = r
                 .caller()
@@ -833,20 +842,7 @@ impl DbService {
             req.key_id.clone()
         };
         let mut rec = self.new_record(caller, &req.name, class, port, &master, None)?;
-        rec.disk = self
-            .disks
-            .create_disk(
-                caller,
-                &rec.managed_for(),
-                &NewDisk {
-                    size,
-                    block_size: Some(4096),
-                    encrypted: Some(!req.unencrypted),
-                    key_id,
-                    shareable: Some(false),
-                },
-            )?
-            .id;
+        self.make_disk(caller, &mut rec, size, 4096, key_id)?;
         let generated = req.master_password.is_none();
         let password = match &req.master_password {
             Some(p) => zeroize::Zeroizing::new(p.clone()),
@@ -865,6 +861,30 @@ impl DbService {
             v.master_password = Some(password.to_string());
         }
         Ok(v)
+    }
+
+    /// Makes a new instance's disk, the database service's own, encrypted
+    /// under `key` (or not at all), and names it in the record.
+    fn make_disk(
+        &self,
+        caller: &Caller,
+        rec: &mut Record,
+        size: u64,
+        block_size: u32,
+        key: Option<String>,
+    ) -> Result<()> {
+        let disk = NewDisk {
+            size,
+            block_size: Some(block_size),
+            encrypted: Some(key.is_some()),
+            key_id: key,
+            shareable: Some(false),
+        };
+        rec.disk = self
+            .disks
+            .create_disk(caller, &rec.managed_for(), &disk)?
+            .id;
+        Ok(())
     }
 
     /// The record of a new instance (phase `creating`; its disk is set
@@ -1216,12 +1236,8 @@ impl DbService {
             0o750,
         )
         .map_err(err)?;
-        let is_dir = |s: &nix::sys::stat::FileStat| {
-            nix::sys::stat::SFlag::from_bits_truncate(s.st_mode) & nix::sys::stat::SFlag::S_IFMT
-                == nix::sys::stat::SFlag::S_IFDIR
-        };
         match t.stat(pg::SECRETS_DIR).map_err(err)? {
-            Some(s) if is_dir(&s) => {}
+            Some(s) if tree::is_dir(&s) => {}
             Some(_) => t.remove(pg::SECRETS_DIR).map_err(err)?,
             None => {}
         }
@@ -1234,13 +1250,7 @@ impl DbService {
         let keep_pw = secrets
             .stat("replication.pw")
             .map_err(err)?
-            .is_some_and(|s| {
-                s.st_uid == 0
-                    && s.st_nlink == 1
-                    && nix::sys::stat::SFlag::from_bits_truncate(s.st_mode)
-                        & nix::sys::stat::SFlag::S_IFMT
-                        == nix::sys::stat::SFlag::S_IFREG
-            });
+            .is_some_and(|s| s.st_uid == 0 && tree::is_single_file(&s));
         if !keep_pw {
             secrets.remove("replication.pw").map_err(err)?;
         }

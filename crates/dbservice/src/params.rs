@@ -473,13 +473,9 @@ const PARAMS: &[Param] = &[
     p("quote_all_identifiers", Bool, Client),
     p("synchronize_seqscans", Bool, Client),
     p("transform_null_equals", Bool, Client),
-    // With md5 a new password cannot be used through atrest's
-    // scram-sha-256 pg_hba.conf; the customer's choice, as on RDS.
-    p(
-        "password_encryption",
-        Enum(&["scram-sha-256", "md5"]),
-        Client,
-    ),
+    // Only scram-sha-256: atrest's pg_hba.conf asks every TCP client for
+    // SCRAM, so a password stored as md5 could never log in.
+    p("password_encryption", Enum(&["scram-sha-256"]), Client),
     p("track_activities", Bool, Client),
     p("track_counts", Bool, Client),
     p("track_io_timing", Bool, Client),

@@ -542,9 +542,7 @@ pub(crate) fn clear_stale_pid(layout: &Layout, user: &OsUser, port: u16) {
     }
     if let Ok(t) = layout.tree()
         && let Ok(Some(s)) = t.stat(LOG)
-        && (nix::sys::stat::SFlag::from_bits_truncate(s.st_mode) & nix::sys::stat::SFlag::S_IFMT
-            != nix::sys::stat::SFlag::S_IFREG
-            || s.st_nlink != 1)
+        && !crate::tree::is_single_file(&s)
     {
         let _ = t.remove(LOG);
     }

@@ -17,7 +17,6 @@
 
 use std::time::{Duration, Instant};
 
-use atrest_diskservice::NewDisk;
 use atrest_kms::Caller;
 
 use crate::pg::{self, Layout, PgBin, REPLICATION_ROLE};
@@ -175,20 +174,13 @@ impl DbService {
             &p.master_username,
             Some(p.id.clone()),
         )?;
-        rec.disk = self
-            .disks
-            .create_disk(
-                caller,
-                &rec.managed_for(),
-                &NewDisk {
-                    size: pdisk.size,
-                    block_size: Some(pdisk.block_size),
-                    encrypted: Some(pdisk.encrypted),
-                    key_id: pdisk.key_arn,
-                    shareable: Some(false),
-                },
-            )?
-            .id;
+        self.make_disk(
+            caller,
+            &mut rec,
+            pdisk.size,
+            pdisk.block_size,
+            pdisk.key_arn,
+        )?;
         rec.parameters = p.parameters.clone();
         let rec = self.provision(
             &bin,

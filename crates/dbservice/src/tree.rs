@@ -199,7 +199,7 @@ impl Tree {
     /// file is kept; anything else there is replaced).
     pub(crate) fn touch(&self, rel: &str, owner: Owner, mode: u32) -> std::io::Result<()> {
         match self.stat(rel)? {
-            Some(s) if is(&s, SFlag::S_IFREG) && s.st_nlink == 1 => Ok(()),
+            Some(s) if is_single_file(&s) => Ok(()),
             _ => self.write(rel, b"", owner, mode),
         }
     }
@@ -213,7 +213,7 @@ impl Tree {
             Mode::empty(),
         )?;
         let s = nix::sys::stat::fstat(&fd).map_err(io)?;
-        if !is(&s, SFlag::S_IFREG) || s.st_nlink != 1 {
+        if !is_single_file(&s) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -339,6 +339,16 @@ fn chown_dir(d: OwnedFd, owner: Owner, dev: u64, depth: u32) -> std::io::Result<
 
 fn is(s: &FileStat, kind: SFlag) -> bool {
     SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == kind
+}
+
+/// Whether `s` (of [`Tree::stat`]) is a directory.
+pub(crate) fn is_dir(s: &FileStat) -> bool {
+    is(s, SFlag::S_IFDIR)
+}
+
+/// Whether `s` is a regular file with one name (no other hard link).
+pub(crate) fn is_single_file(s: &FileStat) -> bool {
+    is(s, SFlag::S_IFREG) && s.st_nlink == 1
 }
 
 fn set_owner_mode(fd: &impl AsFd, owner: Owner, mode: u32) -> std::io::Result<()> {
