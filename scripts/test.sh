@@ -80,9 +80,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # --- The previous release ------------------------------------------------------
 # The interop suite starts instances the previous release made under this
-# one (test_db_isolation.py). It is built from git, into the shared target
-# dir (its dependencies are this release's, already built or reused), and
-# before this release's binary so that target/debug/atrest is this one's.
+# one (test_db_isolation.py). It is built from git in a target dir of its
+# own: cargo names a workspace's artifacts without their checkout's path,
+# so two checkouts sharing one target dir would take each other's.
 PREV_RELEASE=5c73261c669c6741a987351bbf4230e206c6a87f
 PREV_DIR="$ROOT/target/prev-release"
 if [ "$(cat "$PREV_DIR/commit" 2>/dev/null)" != "$PREV_RELEASE" ] || [ ! -x "$PREV_DIR/atrest" ]; then
@@ -90,10 +90,10 @@ if [ "$(cat "$PREV_DIR/commit" 2>/dev/null)" != "$PREV_RELEASE" ] || [ ! -x "$PR
   rm -rf "$PREV_DIR"
   mkdir -p "$PREV_DIR/src"
   git archive "$PREV_RELEASE" | tar -x -C "$PREV_DIR/src"
-  cargo build -p atrest --locked --manifest-path "$PREV_DIR/src/Cargo.toml" --target-dir "$ROOT/target"
-  cp "$ROOT/target/debug/atrest" "$PREV_DIR/atrest"
-  rm -f "$ROOT/target/debug/atrest"
-  rm -rf "$PREV_DIR/src"
+  cargo build -p atrest --locked --manifest-path "$PREV_DIR/src/Cargo.toml" \
+    --target-dir "$PREV_DIR/target"
+  cp "$PREV_DIR/target/debug/atrest" "$PREV_DIR/atrest"
+  rm -rf "$PREV_DIR/src" "$PREV_DIR/target"
   echo "$PREV_RELEASE" > "$PREV_DIR/commit"
 fi
 

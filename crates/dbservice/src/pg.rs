@@ -370,6 +370,21 @@ pub(crate) fn write_config(
         .map_err(|e| DbError::Failed(format!("resetting postgresql.auto.conf: {e}")))
 }
 
+/// What `initdb` would have written into the data directory's
+/// `postgresql.conf` (which is not read): the instance's defaults, before
+/// the customer's parameters. Without them PostgreSQL's compiled-in values
+/// apply, `shared_buffers = 8MB` among them.
+const DEFAULTS: [(&str, &str); 8] = [
+    ("shared_buffers", "'128MB'"),
+    ("dynamic_shared_memory_type", "posix"),
+    ("max_wal_size", "'1GB'"),
+    ("min_wal_size", "'80MB'"),
+    ("timezone", "'UTC'"),
+    ("log_timezone", "'UTC'"),
+    ("datestyle", "'iso, mdy'"),
+    ("default_text_search_config", "'pg_catalog.english'"),
+];
+
 fn settings_text(layout: &Layout, s: &Settings) -> String {
     let mut text = String::from(
         "# Written by atrest at every start; edits are lost. The data directory's\n# postgresql.conf is not read.\n",
@@ -377,6 +392,9 @@ fn settings_text(layout: &Layout, s: &Settings) -> String {
     let mut line = |k: &str, v: &str| {
         let _ = writeln!(text, "{k} = {v}");
     };
+    for (k, v) in DEFAULTS {
+        line(k, v);
+    }
     let mut libraries: Vec<String> = s.guard.iter().map(|g| g.display().to_string()).collect();
     for (k, v) in &s.params {
         if k == "shared_preload_libraries" {
@@ -723,6 +741,7 @@ mod tests {
         };
         let text = settings_text(&layout, &s);
         let pos = |k: &str| text.find(&format!("\n{k} = ")).unwrap();
+        assert!(pos("shared_buffers") < pos("work_mem"));
         assert!(pos("work_mem") < pos("listen_addresses"));
         assert!(text.contains(
             "shared_preload_libraries = '/run/atrest/x/db/lib/atrest_guard.so,pg_stat_statements'"
