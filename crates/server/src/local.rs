@@ -54,7 +54,7 @@ enum Via {
 }
 
 /// What `attach-local` answers.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct LocalView {
     /// The disk.
     pub disk: String,

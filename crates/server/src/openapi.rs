@@ -10,9 +10,9 @@ use http::{StatusCode, header};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{db_api, db_backups_api, disks_api, http_api, projects_api};
+use crate::{db_api, db_backups_api, http_api, projects_api};
 
-/// Documents what every create and list shares (`rest_extras`): the
+/// Documents what every create and list shares ([`crate::rest`]): the
 /// `Idempotency-Key` header on each `POST`, and `limit` and `next_token` on
 /// each `List*` operation.
 struct Conventions;
@@ -34,6 +34,14 @@ impl Modify for Conventions {
             };
         for (path, item) in &mut doc.paths.paths {
             if path == "/v1/openapi.json" {
+                continue;
+            }
+            // Endpoints of the REST framework document their own.
+            if [&item.get, &item.post, &item.put, &item.delete]
+                .iter()
+                .filter_map(|o| o.as_ref())
+                .any(|o| o.operation_id.as_deref().is_some_and(|id| id.contains(':')))
+            {
                 continue;
             }
             if let Some(op) = item.post.as_mut() {
@@ -127,24 +135,6 @@ impl Modify for SigV4 {
         http_api::verify_audit,
         http_api::metering,
         http_api::ensure_service_key,
-        disks_api::create_disk,
-        disks_api::list_disks,
-        disks_api::account_disks,
-        disks_api::describe_disk,
-        disks_api::delete_disk,
-        disks_api::resize_disk,
-        disks_api::rollback_disk,
-        disks_api::rekey_disk,
-        disks_api::regrant_disk,
-        disks_api::convert_disk,
-        disks_api::attach_local,
-        disks_api::detach_local,
-        disks_api::create_snapshot,
-        disks_api::list_snapshots,
-        disks_api::describe_snapshot,
-        disks_api::delete_snapshot,
-        disks_api::list_jobs,
-        disks_api::describe_job,
         db_api::create,
         db_api::list,
         db_api::describe,
@@ -185,14 +175,31 @@ impl Modify for SigV4 {
 )]
 pub(crate) struct ApiDoc;
 
+/// The paths of the endpoints declared with the REST framework
+/// ([`crate::routes::api`]), from the router that serves them.
+static FRAMEWORK: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+
+/// Adds the framework's paths (and schemas) to the document; called once
+/// the router is built, before the document is first served.
+pub(crate) fn add_paths(doc: utoipa::openapi::OpenApi) {
+    let _ = FRAMEWORK.set(doc);
+}
+
+/// The whole document: [`ApiDoc`] and the framework's routes.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let framework = FRAMEWORK
+        .get()
+        .cloned()
+        .unwrap_or_else(|| crate::routes::api().split_for_parts().1);
+    doc.merge(framework);
+    doc
+}
+
 /// The document as JSON, built once.
 pub(crate) fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .unwrap_or_else(|_| "{}".to_owned())
-    })
+    DOC.get_or_init(|| openapi().to_json().unwrap_or_else(|_| "{}".to_owned()))
 }
 
 /// The property names of a request body's schema: the members the

@@ -170,7 +170,7 @@ pub(crate) async fn create(State(st): State<Arc<AppState>>, req: Request) -> Res
 }
 
 /// `?limit=` (1 to 1000, default 1000) and `?next_token=` (read by
-/// `rest_extras::page`, as for every list).
+/// `rest::paging::page`, as for every list).
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code, reason = "documents the query, which is read by hand")]
@@ -194,7 +194,7 @@ pub(crate) struct PageQuery {
     )
 )]
 pub(crate) async fn list(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    let query = crate::rest_extras::page(req.uri());
+    let query = crate::rest::paging::page(req.uri());
     rest(st, req, "project:ListProjects", move |st, call, _| {
         let (limit, after) = query?;
         let (projects, next_token) = st.projects.list(call.caller, limit, after.as_deref())?;

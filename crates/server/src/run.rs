@@ -183,7 +183,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         local: Arc::clone(&local),
         db: Arc::clone(&db),
         projects: Arc::clone(&projects),
-        idempotency: crate::rest_extras::Idempotency::default(),
+        idempotency: crate::rest::idempotency::Idempotency::default(),
     });
     let mut tasks = Vec::new();
     let mut metrics_addr = None;

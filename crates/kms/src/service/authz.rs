@@ -314,6 +314,70 @@ impl KeyService {
         ))
     }
 
+    /// Authorizes an action of another atrest service (`disk:DeleteDisk`,
+    /// `db:StopInstance`, `iam:CreateAccessKey`, ...) on `resource` (an ARN,
+    /// or `*`) for the call's principal, with the caller's identity policies
+    /// and the same engine and rules as a key's: the account's root may do
+    /// everything in its account, a user only what a policy allows, and an
+    /// explicit Deny wins. `context` adds condition keys (the resource's
+    /// tags as `aws:ResourceTag/<key>`, a create's as `aws:RequestTag/<key>`
+    /// and `aws:TagKeys`).
+    pub fn authorize_action(
+        &self,
+        call: &Call<'_>,
+        action: &str,
+        resource: &str,
+        context: &[(String, Vec<String>)],
+    ) -> Result<(), KmsError> {
+        let tx = self.store.read()?;
+        let ctx = LazyCell::new(|| {
+            let mut ctx = self.condition_context(call, None, &Facts::default());
+            for (k, v) in context {
+                ctx.set_many(k, v.clone());
+            }
+            ctx
+        });
+        let request = Request {
+            principal: &call.caller.principal,
+            action,
+            resource,
+            context: &ctx,
+        };
+        let id = self.identity(&*tx, call, &request)?;
+        let refuse = |why: &str| {
+            KmsError::AccessDenied(format!(
+                "User: {} is not authorized to perform: {action} on resource: {resource} {why}",
+                call.caller.principal_arn()
+            ))
+        };
+        if id.denied {
+            return Err(refuse("with an explicit deny in an identity-based policy"));
+        }
+        if id.allowed_directly {
+            return Ok(());
+        }
+        Err(refuse(&format!(
+            "because no identity-based policy allows the {action} action"
+        )))
+    }
+
+    /// Authorizes each of `actions` on the key `key_id` names for the call
+    /// (see [`crate::ServiceSession::check_customer`]).
+    pub(crate) fn authorize_use(
+        &self,
+        call: &Call<'_>,
+        key_id: &str,
+        actions: &[&str],
+    ) -> Result<(), KmsError> {
+        let tx = self.store.read()?;
+        let key_ref = crate::names::KeyRef::parse(key_id)?;
+        let key = self.resolve(&*tx, call, &key_ref)?;
+        for action in actions {
+            self.authorize_key(&*tx, call, action, &key, &Facts::default())?;
+        }
+        Ok(())
+    }
+
     /// Checks that `doc` would let the caller change the key policy again
     /// (AWS's lockout safety check).
     pub(crate) fn lockout_check(

@@ -216,6 +216,28 @@ impl ServiceSession<'_> {
         self.kms.call_in_process(&call, op, body)
     }
 
+    /// Whether `customer` may use `key_id` through this service for each of
+    /// `actions` (`Decrypt`, `CreateGrant`, ...), by the key policy, its
+    /// identity policies and its grants, evaluated as for a request it made
+    /// through the service (`kms:ViaService` set), without doing anything.
+    /// The service itself works under its own grant; this is what makes the
+    /// customer's own rights to the key count too, as EBS asks for
+    /// `kms:CreateGrant` and `kms:Decrypt` of the person attaching a volume.
+    /// Refuses with `AccessDeniedException` naming the principal, the action
+    /// and the key.
+    pub fn check_customer(
+        &self,
+        customer: &Caller,
+        key_id: &str,
+        actions: &[&str],
+    ) -> Result<(), KmsError> {
+        let mut c = customer.clone();
+        c.via_service = Some(self.via_service());
+        let meta = RequestMeta::in_process();
+        let call = Call::new(&c, &meta);
+        self.kms.authorize_use(&call, key_id, actions)
+    }
+
     /// Lets this service use `key_id` for `customer`: creates, as the
     /// customer through the service, a grant to the service principal for
     /// `operations`, constrained to requests whose encryption context
