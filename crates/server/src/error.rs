@@ -297,6 +297,7 @@ mod tests {
             ApiError::Kms(KmsError::DryRun),
             ApiError::Auth(AuthError::MissingAuthenticationToken),
             ApiError::Auth(AuthError::UnrecognizedClient),
+            ApiError::Auth(AuthError::UnsignedHeader("x-amz-target".into())),
             ApiError::BodyTooLarge(1),
             ApiError::ContentType("text/plain".into()),
             ApiError::Method,
@@ -318,6 +319,23 @@ mod tests {
             !msg.contains("/secret/path"),
             "internal details stay in the log"
         );
+    }
+
+    /// A header left out of the signature is refused like any other bad
+    /// signature: 400 on the KMS endpoint, 401 on the REST API, as
+    /// InvalidSignatureException naming the header.
+    #[test]
+    fn an_unsigned_header_is_an_invalid_signature() {
+        let e = ApiError::Auth(AuthError::UnsignedHeader("x-amz-target".into()));
+        let (status, code, msg) = e.parts();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(code, "InvalidSignatureException");
+        assert!(msg.contains("x-amz-target header is not signed"), "{msg}");
+        let (status, code, rest_msg) = e.rest_parts();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(code, "InvalidSignatureException");
+        assert_eq!(rest_msg, msg);
+        assert!(!e.is_server_fault());
     }
 
     #[test]

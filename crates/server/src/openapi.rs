@@ -98,8 +98,9 @@ impl Modify for SigV4 {
                 "Authorization",
                 "AWS Signature Version 4 (`AWS4-HMAC-SHA256`), service name `atrest`, the \
                  server's region (default `us-east-1`), signed with an atrest access key. \
-                 The signature covers `X-Amz-Date` (and `X-Amz-Content-Sha256` when sent), \
-                 which must be sent with it.",
+                 The signature must cover `Host`, `X-Amz-Date` (which must be sent with \
+                 it), and `Content-Type` and every `X-Amz-*` header the request carries; \
+                 a request with one of those unsigned is refused (InvalidSignatureException).",
             ))),
         );
     }

@@ -15,6 +15,16 @@ pub enum AuthError {
     /// The access key id is not known.
     #[error("The security token included in the request is invalid.")]
     UnrecognizedClient,
+    /// A header the signature must cover (`content-type`, or any
+    /// `x-amz-*`) is present in the request but not among `SignedHeaders`.
+    /// Left unsigned, it could be changed without breaking the signature: a
+    /// captured `DescribeKey` would replay as a `DisableKey` by rewriting an
+    /// unsigned `X-Amz-Target`. The name is the header's, lower-case.
+    #[error(
+        "The request's {0} header is not signed; every x-amz-* header present and \
+         content-type must be among SignedHeaders."
+    )]
+    UnsignedHeader(String),
 }
 
 impl AuthError {
@@ -26,6 +36,10 @@ impl AuthError {
             Self::IncompleteSignature(_) => "IncompleteSignatureException",
             Self::InvalidSignature(_) => "InvalidSignatureException",
             Self::UnrecognizedClient => "UnrecognizedClientException",
+            // AWS's JSON services answer a required header missing from
+            // SignedHeaders ("'Host' or ':authority' must be a 'SignedHeader'
+            // in the AWS Authorization.") with InvalidSignatureException.
+            Self::UnsignedHeader(_) => "InvalidSignatureException",
         }
     }
 

@@ -3,10 +3,10 @@
 //!
 //! Owns: the canonical request, the string to sign, the signing-key chain,
 //! parsing of the `Authorization` header, and the checks a server makes
-//! before trusting a request (scope, clock skew, signature). Knows nothing of
-//! accounts or where secrets are kept: a server calls [`parse_request`], looks
-//! up the secret for the access key it names, then calls
-//! [`ParsedRequest::verify`].
+//! before trusting a request (scope, clock skew, which headers are signed,
+//! signature). Knows nothing of accounts or where secrets are kept: a server
+//! calls [`parse_request`], looks up the secret for the access key it names,
+//! then calls [`ParsedRequest::verify`].
 //!
 //! Errors carry AWS's error types and message wording (see [`AuthError`]).
 
@@ -229,7 +229,9 @@ pub struct Scope<'a> {
 /// Signs a request in place: sets `x-amz-date` and `authorization`.
 ///
 /// Signs `host` (which must already be set), `x-amz-date`, `content-type` and
-/// every `x-amz-*` header present.
+/// every `x-amz-*` header present: all that [`parse_request`] requires to be
+/// signed. A header of those kinds added after signing makes the request
+/// refused ([`AuthError::UnsignedHeader`]).
 pub fn sign(
     method: &Method,
     uri: &Uri,
@@ -263,7 +265,7 @@ pub fn sign_cached(
     let mut signed: Vec<String> = headers
         .keys()
         .map(|k| k.as_str().to_owned())
-        .filter(|k| k == "host" || k == "content-type" || k.starts_with("x-amz-"))
+        .filter(|k| k == "host" || must_be_signed(k))
         .collect();
     signed.sort();
     signed.dedup();
@@ -527,10 +529,45 @@ impl ParsedRequest {
     }
 }
 
+/// Whether `name` is a header the signature must cover when it is present:
+/// `content-type` and every `x-amz-*` header, as AWS requires ("If the
+/// Content-Type header is present in the request, you must add it to the
+/// CanonicalHeaders list. Any x-amz-* headers that you plan to include in
+/// your request must also be added." — Amazon S3 API Reference, Signature
+/// Calculations for the Authorization Header). `name` is lower-case, as
+/// [`HeaderMap`] keeps names.
+fn must_be_signed(name: &str) -> bool {
+    name == "content-type" || name.starts_with("x-amz-")
+}
+
+/// The first (in name order) header present in `headers` that must be
+/// signed but is not in `signed_headers`, if any. `Authorization` itself is
+/// never signed and never asked for (it matches neither rule).
+fn unsigned_header<'h>(headers: &'h HeaderMap, signed_headers: &str) -> Option<&'h str> {
+    headers
+        .keys()
+        .map(http::HeaderName::as_str)
+        .filter(|name| must_be_signed(name))
+        .filter(|name| {
+            !signed_headers
+                .split(';')
+                .any(|s| s.eq_ignore_ascii_case(name))
+        })
+        .min()
+}
+
 /// Checks everything about a request that does not need the secret: the
 /// `Authorization` header's form, the credential scope (service, served
 /// region, date), the clock skew, and the signed headers; and builds the
 /// string to sign.
+///
+/// The signed headers must include `host`, `x-amz-date`, and every
+/// `content-type` or `x-amz-*` header the request carries
+/// ([`AuthError::UnsignedHeader`] otherwise). A header outside the
+/// signature can be rewritten by anyone who captured the request: the
+/// operation of a KMS call is its `X-Amz-Target`, so within the five
+/// minutes a signature is current, a captured `DescribeKey` with that
+/// header unsigned would replay as a `DisableKey` of the same body.
 pub fn parse_request(
     method: &Method,
     uri: &Uri,
@@ -601,6 +638,9 @@ pub fn parse_request(
         return Err(AuthError::InvalidSignature(
             "'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.".into(),
         ));
+    }
+    if let Some(name) = unsigned_header(headers, auth.signed_headers()) {
+        return Err(AuthError::UnsignedHeader(name.to_owned()));
     }
     let body_hash = hex_sha256(body);
     let payload_hash = match headers.get("x-amz-content-sha256") {

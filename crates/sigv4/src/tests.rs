@@ -304,22 +304,212 @@ fn rejections_name_the_aws_error() {
     assert!(check(&target, now).unwrap().verify(SECRET).is_err());
 
     // A signed header that is missing.
-    let mut gone = ok.clone();
+    let mut gone = ok;
     gone.2.remove("x-amz-target");
     assert_eq!(
         check(&gone, now).unwrap_err().aws_type(),
         "InvalidSignatureException"
     );
 
-    // A body hash header that lies.
-    let mut lying = ok;
-    lying
-        .2
-        .insert("x-amz-content-sha256", HeaderValue::from_static("00"));
-    assert_eq!(
-        check(&lying, now).unwrap_err().aws_type(),
-        "InvalidSignatureException"
+    // A body hash header that lies (signed, so that the hash check is what
+    // refuses it).
+    let lying = signed_request(
+        now,
+        &[
+            ("host", "127.0.0.1:9000"),
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", "TrentService.ListKeys"),
+            ("x-amz-content-sha256", "00"),
+        ],
+        &[],
     );
+    let e = check(&lying, now).unwrap_err();
+    assert_eq!(e.aws_type(), "InvalidSignatureException");
+    assert!(e.to_string().contains("x-amz-content-sha256"), "{e}");
+    assert!(!matches!(e, AuthError::UnsignedHeader(_)), "{e}");
+}
+
+/// A KMS `POST /` with body `{}`: `signed` present when it is signed (all of
+/// them are: [`sign`] signs every `content-type` and `x-amz-*` header),
+/// `unsigned` added afterwards, so that the signature is valid over exactly
+/// the headers it lists.
+fn signed_request(
+    now: OffsetDateTime,
+    signed: &[(&str, &str)],
+    unsigned: &[(&str, &str)],
+) -> (Method, Uri, HeaderMap, Vec<u8>) {
+    let (m, u, body) = (Method::POST, "/".parse::<Uri>().unwrap(), b"{}".to_vec());
+    let mut h = headers(signed);
+    sign(
+        &m,
+        &u,
+        &mut h,
+        &body,
+        &Credentials {
+            access_key_id: AKID,
+            secret_access_key: SECRET,
+        },
+        &Scope {
+            region: "us-east-1",
+            service: "kms",
+            time: now,
+        },
+    )
+    .unwrap();
+    for (k, v) in unsigned {
+        h.append(
+            http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    (m, u, h, body)
+}
+
+fn signed_headers_of(req: &(Method, Uri, HeaderMap, Vec<u8>)) -> String {
+    parse_authorization(req.2["authorization"].to_str().unwrap())
+        .unwrap()
+        .signed_headers()
+        .to_owned()
+}
+
+#[test]
+fn every_x_amz_header_and_content_type_must_be_signed() {
+    let now = at("20250304T050607Z");
+    let host = ("host", "127.0.0.1:9000");
+    let ctype = ("content-type", "application/x-amz-json-1.1");
+    let describe = ("x-amz-target", "TrentService.DescribeKey");
+
+    // Everything signed: accepted.
+    let ok = signed_request(now, &[host, ctype, describe], &[]);
+    assert_eq!(
+        signed_headers_of(&ok),
+        "content-type;host;x-amz-date;x-amz-target"
+    );
+    check(&ok, now).unwrap().verify(SECRET).unwrap();
+
+    // One header left out of SignedHeaders, the signature valid over the
+    // rest (without the header, the same request verifies): refused, naming
+    // the header, whatever the signature.
+    let body_hash = hex_sha256(b"{}");
+    let x_amz_sha = ("x-amz-content-sha256", body_hash.as_str());
+    let others = [host, ctype, describe, x_amz_sha];
+    for left_out in [describe, ctype, x_amz_sha] {
+        let rest: Vec<_> = others.iter().copied().filter(|h| *h != left_out).collect();
+        let without = signed_request(now, &rest, &[]);
+        check(&without, now).unwrap().verify(SECRET).unwrap();
+        let replay = signed_request(now, &rest, &[left_out]);
+        assert!(!signed_headers_of(&replay).contains(left_out.0));
+        let e = check(&replay, now).unwrap_err();
+        assert_eq!(e, AuthError::UnsignedHeader(left_out.0.to_owned()));
+        assert_eq!(e.aws_type(), "InvalidSignatureException");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "The request's {} header is not signed; every x-amz-* header present and \
+                 content-type must be among SignedHeaders.",
+                left_out.0
+            )
+        );
+    }
+
+    // The replay itself: DescribeKey signed without its target, sent as
+    // DisableKey.
+    let replay = signed_request(
+        now,
+        &[host, ctype],
+        &[("x-amz-target", "TrentService.DisableKey")],
+    );
+    assert_eq!(
+        check(&replay, now).unwrap_err(),
+        AuthError::UnsignedHeader("x-amz-target".into())
+    );
+
+    // Any other x-amz-* header too; several unsigned: the first by name.
+    for extra in [
+        ("x-amz-security-token", "token"),
+        ("x-amz-user-agent", "aws-sdk-js/2"),
+        ("x-amz-meta-anything", "1"),
+    ] {
+        let e = check(
+            &signed_request(now, &[host, ctype, describe], &[extra]),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(e, AuthError::UnsignedHeader(extra.0.to_owned()));
+    }
+    let e = check(
+        &signed_request(
+            now,
+            &[host],
+            &[describe, ("x-amz-security-token", "t"), ctype],
+        ),
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(e, AuthError::UnsignedHeader("content-type".into()));
+
+    // Other headers may stay unsigned, as AWS's SDKs leave them
+    // (user-agent, content-length, AWS's own x-amzn-* trace headers).
+    let loose = signed_request(
+        now,
+        &[host, ctype, describe],
+        &[
+            ("user-agent", "Boto3/1.35"),
+            ("content-length", "2"),
+            ("x-amzn-trace-id", "Root=1-0"),
+            ("amz-sdk-invocation-id", "0"),
+        ],
+    );
+    check(&loose, now).unwrap().verify(SECRET).unwrap();
+
+    // A REST request: no X-Amz-Target, no Content-Type, nothing to require.
+    let rest = signed_request(now, &[host], &[]);
+    assert_eq!(signed_headers_of(&rest), "host;x-amz-date");
+    check(&rest, now).unwrap().verify(SECRET).unwrap();
+}
+
+#[test]
+fn header_names_are_compared_case_insensitively() {
+    let now = at("20250304T050607Z");
+    // Sent in mixed case (as botocore and the aws CLI write them); signed
+    // lower-case, as SigV4 lists them.
+    let ok = signed_request(
+        now,
+        &[
+            ("Host", "127.0.0.1:9000"),
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", "TrentService.DescribeKey"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        signed_headers_of(&ok),
+        "content-type;host;x-amz-date;x-amz-target"
+    );
+    check(&ok, now).unwrap().verify(SECRET).unwrap();
+    let e = check(
+        &signed_request(
+            now,
+            &[
+                ("Host", "127.0.0.1:9000"),
+                ("X-Amz-Target", "TrentService.DescribeKey"),
+            ],
+            &[("CONTENT-TYPE", "application/x-amz-json-1.1")],
+        ),
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(e, AuthError::UnsignedHeader("content-type".into()));
+    let e = check(
+        &signed_request(
+            now,
+            &[("Host", "127.0.0.1:9000")],
+            &[("X-AMZ-Target", "TrentService.DisableKey")],
+        ),
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(e, AuthError::UnsignedHeader("x-amz-target".into()));
 }
 
 #[test]
@@ -460,6 +650,23 @@ proptest! {
     #[test]
     fn parse_authorization_never_panics(s in "\\PC{0,200}") {
         let _ = parse_authorization(&s);
+    }
+
+    /// Any `x-amz-*` header added after signing is refused; any header of
+    /// another name is not the signature's concern.
+    #[test]
+    fn an_unsigned_x_amz_header_is_always_refused(
+        suffix in "[a-z0-9-]{1,20}",
+        other in "[a-wyz][a-z0-9-]{0,20}",
+    ) {
+        let now = at("20250304T050607Z");
+        let signed = [("host", "h:1"), ("x-amz-target", "TrentService.ListKeys")];
+        let name = format!("x-amz-{suffix}");
+        let e = check(&signed_request(now, &signed, &[(&name, "v")]), now).unwrap_err();
+        prop_assert_eq!(e, AuthError::UnsignedHeader(name));
+        prop_assume!(other != "content-type" && other != "host" && other != "authorization");
+        let loose = signed_request(now, &signed, &[(&other, "v")]);
+        prop_assert!(check(&loose, now).unwrap().verify(SECRET).is_ok());
     }
 
     #[test]
