@@ -23,6 +23,7 @@ Capabilities: D1, D2, D5, D6, D7, D8, D9 (and K9 for disk operations).
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import (
     audit_log_path,
@@ -152,8 +153,16 @@ def test_a_locked_key_refuses_each_operation_and_unlocks(server):
     assert p.returncode != 0 and "DiskLockedException" in p.stderr and key in p.stderr, p.stderr
 
     kms.enable_key(KeyId=key)
-    for op, resp in attempts().items():
+    done = attempts()
+    for op, resp in done.items():
         assert resp.status_code in (200, 201, 202), (op, resp.status_code, resp.text)
+    # The re-encryption runs on: let it finish before its disk's grant is
+    # revoked below (a running job keeps the disk busy).
+    job = done["reencrypt"].json()["job"]["id"]
+    deadline = time.monotonic() + 60
+    while rest_call(server, "GET", f"/v1/jobs/{job}", creds=creds).json()["job"]["state"] == "running":
+        assert time.monotonic() < deadline, "the re-encryption did not finish"
+        time.sleep(0.1)
 
     # A revoked grant locks the disk; regrant (as the customer) unlocks it.
     grant = next(g for g in kms.list_grants(KeyId=other)["Grants"]
