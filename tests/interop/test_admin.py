@@ -127,7 +127,7 @@ def test_admin_rest_api_direct(server):
                  KeyId=mine["Arn"], Plaintext=b"x")
 
     r = rest(server, "POST", "/v1/accounts", {"id": "666677778888"}, creds=creds)
-    assert r.status_code == 400 and r.json()["code"] == "AccessDeniedException"
+    assert r.status_code == 403 and r.json()["code"] == "AccessDeniedException"
     # A KMS-scoped signature does not open the admin API.
     r = raw_request(server, json.dumps({"id": "777788889999"}), method="POST", path="/v1/accounts",
                     target=None, service="kms", content_type="application/json")

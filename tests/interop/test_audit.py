@@ -172,7 +172,8 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
     special(rest_call(srv, "GET", "/v1/no-such-thing", creds=root_a), "http:GET", "NotFoundException", status=404)
     special(rest_call(srv, "DELETE", "/v1/metering", creds=root_a), "http:DELETE", "MethodNotAllowedException",
             status=405)
-    special(rest_call(srv, "GET", "/v1/accounts", creds=root_a), "admin:ListAccounts", "AccessDeniedException")
+    special(rest_call(srv, "GET", "/v1/accounts", creds=root_a), "admin:ListAccounts", "AccessDeniedException",
+            status=403)
 
     def worker(t: int):
         c_root = srv.client(creds=root_a)

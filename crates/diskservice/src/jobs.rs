@@ -178,6 +178,7 @@ impl DiskService {
         };
         let resource = format!("disk {disk}");
         self.check_key(&caller.region, &resource, &key)?;
+        self.caller_may(caller, &key.key_arn, &["Decrypt", "GenerateDataKeyWithoutPlaintext"])?;
         let context = ctx(DISK_CONTEXT, disk);
         let wrapped = self
             .new_data_key(&caller.region, &key.key_arn, &context)
@@ -283,6 +284,7 @@ impl DiskService {
         }
         if let Some(k) = &src.key {
             self.check_key(&caller.region, &format!("disk {disk}"), k)?;
+            self.caller_may(caller, &k.key_arn, &["Decrypt"])?;
         }
         if self.is_open(disk) {
             return Err(DiskError::Conflict(format!(

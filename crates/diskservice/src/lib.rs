@@ -389,6 +389,19 @@ impl DiskService {
         Ok(self.kms.service_session(SERVICE, region)?)
     }
 
+    /// Refuses unless `caller` may itself use `key_arn` through this service
+    /// for each of `actions` (by the key policy, its identity policies and
+    /// its grants). The service works under its own grant; this makes the
+    /// caller's own rights to the key count too, as EBS asks for
+    /// `kms:CreateGrant` and `kms:Decrypt` of the person who creates,
+    /// attaches or copies a volume: a user denied the key is refused naming
+    /// it, whatever the disk's grant allows the service.
+    pub(crate) fn caller_may(&self, caller: &Caller, key_arn: &str, actions: &[&str]) -> Result<()> {
+        self.session(&caller.region)?
+            .check_customer(caller, key_arn, actions)
+            .map_err(ServiceError::from)
+    }
+
     fn lock_ops(&self) -> std::sync::MutexGuard<'_, ()> {
         self.ops
             .lock()
@@ -791,6 +804,7 @@ impl DiskService {
         arn: &str,
         context: &BTreeMap<String, String>,
     ) -> Result<KeyInfo> {
+        self.caller_may(caller, arn, &["GenerateDataKeyWithoutPlaintext"])?;
         let grant = self.grant(caller, arn, context)?;
         let info = KeyInfo {
             key_arn: arn.to_owned(),
@@ -817,6 +831,7 @@ impl DiskService {
         to: &BTreeMap<String, String>,
     ) -> Result<KeyInfo> {
         self.check_key(&caller.region, resource, key)?;
+        self.caller_may(caller, &key.key_arn, &["Decrypt"])?;
         let grant = self.grant(caller, &key.key_arn, to)?;
         let info = KeyInfo {
             key_arn: key.key_arn.clone(),
@@ -928,9 +943,11 @@ impl DiskService {
         busy_check(&d)?;
         if let Some(k) = &d.key {
             self.check_key(&caller.region, &format!("disk {disk}"), k)?;
+            self.caller_may(caller, &k.key_arn, &["Decrypt"])?;
         }
         if let Some(k) = &s.key {
             self.check_key(&caller.region, &format!("snapshot {snapshot}"), k)?;
+            self.caller_may(caller, &k.key_arn, &["Decrypt"])?;
         }
         let d = self.engine.rollback(disk, snapshot)?;
         tracing::info!(disk, snapshot, "disk rolled back");
@@ -973,7 +990,9 @@ impl DiskService {
         };
         let resource = format!("disk {disk}");
         self.check_key(&caller.region, &resource, &old)?;
+        self.caller_may(caller, &old.key_arn, &["Decrypt"])?;
         let arn = self.resolve_key(caller, Some(key_id))?;
+        self.caller_may(caller, &arn, &["ReEncryptTo"])?;
         let context = ctx(DISK_CONTEXT, disk);
         let grant = self.grant(caller, &arn, &context)?;
         let mut new = KeyInfo {

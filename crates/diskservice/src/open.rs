@@ -309,11 +309,14 @@ impl DiskService {
         }
         let key_arn = d.key.as_ref().map(|k| k.key_arn.clone());
         let shareable = d.labels.contains_key(L_SHAREABLE);
-        let r = self
-            .open_shared(disk, &caller.region)
+        let r = key_arn
+            .as_ref()
+            .map_or(Ok(()), |k| self.caller_may(caller, k, &["Decrypt"]))
+            .and_then(|()| self.open_shared(disk, &caller.region))
             .and_then(|shared| self.claim(shared, disk, holder, shareable, actor));
         let result = match &r {
             Ok(_) => "Success",
+            Err(ServiceError::Kms(e)) => e.aws_type(),
             Err(ServiceError::Locked { .. }) => "DiskLockedException",
             Err(ServiceError::Disk(DiskError::Conflict(_))) => "ConflictException",
             Err(_) => "Failed",

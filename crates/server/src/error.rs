@@ -112,12 +112,16 @@ impl ApiError {
     /// Status, code and message as the REST API answers them: as
     /// [`Self::parts`], except that a request that failed authentication
     /// (no, malformed or wrong signature; unknown or inactive access key) is
-    /// 401, as HTTP means it; the KMS endpoint keeps AWS KMS's 400.
+    /// 401 and one whose principal may not do it is 403, as HTTP means
+    /// them; the KMS endpoint keeps AWS KMS's 400 for both.
     #[must_use]
     pub fn rest_parts(&self) -> (StatusCode, &'static str, String) {
         let (status, code, message) = self.parts();
         match self {
             Self::Auth(_) | Self::InactiveKey => (StatusCode::UNAUTHORIZED, code, message),
+            // Authenticated, not allowed: HTTP's 403 (the KMS endpoint
+            // keeps AWS KMS's 400).
+            _ if code == "AccessDeniedException" => (StatusCode::FORBIDDEN, code, message),
             _ => (status, code, message),
         }
     }

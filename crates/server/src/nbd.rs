@@ -176,6 +176,24 @@ impl DiskExports {
         }
     }
 
+    /// Authorizes `action` (`disk:AttachDisk`, ...) on `resource` for the
+    /// session's principal, with its identity policies, as the REST API
+    /// does: a user may attach over NBD only what a policy allows it to.
+    fn authorize(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), Refused> {
+        let meta = atrest_kms::RequestMeta::in_process();
+        let call = atrest_kms::Call::new(caller, &meta);
+        self.kms
+            .authorize_action(&call, action, resource, &[])
+            .map_err(|e| refused(ServiceError::Kms(e)))
+    }
+
+    fn disk_arn(caller: &Caller, disk: &str) -> String {
+        format!(
+            "arn:aws:disk:{}:{}:disk/{disk}",
+            caller.region, caller.account
+        )
+    }
+
     fn caller_for_disk(&self, s: &Session, name: &str) -> Result<Caller, Refused> {
         if name.is_empty() {
             return Err(Refused::Unknown(
@@ -192,6 +210,7 @@ impl Backend for DiskExports {
         let mut out = Vec::new();
         for region in self.kms.regions() {
             let caller = self.caller(s, region)?;
+            self.authorize(&caller, "disk:ListDisks", "*")?;
             let disks = self.disks.list_disks(&caller).map_err(refused)?;
             out.extend(disks.into_iter().map(|d| d.id));
         }
@@ -200,6 +219,7 @@ impl Backend for DiskExports {
 
     fn describe(&self, s: &Session, name: &str) -> Result<ExportInfo, Refused> {
         let caller = self.caller_for_disk(s, name)?;
+        self.authorize(&caller, "disk:DescribeDisk", &Self::disk_arn(&caller, name))?;
         let d = self.disks.describe_disk(&caller, name).map_err(refused)?;
         Ok(ExportInfo {
             size: d.size,
@@ -212,6 +232,7 @@ impl Backend for DiskExports {
 
     fn open(&self, s: &Session, name: &str) -> Result<Arc<dyn Export>, Refused> {
         let caller = self.caller_for_disk(s, name)?;
+        self.authorize(&caller, "disk:AttachDisk", &Self::disk_arn(&caller, name))?;
         let holder = format!("{} at {}", caller.principal_arn(), s.peer.ip());
         let att = self
             .disks
