@@ -90,7 +90,7 @@ def test_service_key_endpoint(make_server):
     assert len(created) == 1, created
     assert created[0]["principal"] == "disk.atrest" and created[0]["account"] == A, created
     assert created[0]["via_service"] == "disk.us-east-1.atrest" and created[0]["result"] == "Success", created
-    ensured = [r for r in records if r["operation"] == "admin:EnsureServiceKey" and r.get("account") == A]
+    ensured = [r for r in records if r["operation"] == "kms:EnsureServiceKey" and r.get("account") == A]
     assert len(ensured) >= 4 and all(r["principal"] == root_arn(A) for r in ensured), ensured
     # Refusals: bad service names, unsigned or wrongly signed requests.
     for bad in ("Disk", "disk-1", "a" * 33, "d%2Fk"):

@@ -249,12 +249,12 @@ def test_metering_counts_what_was_sent(make_server):
     # A non-admin sees its own account (its own metering calls included).
     own = cli_usage(srv, creds=root1)
     assert {k[0] for k in own} == {M1}
-    assert {k: v for k, v in own.items() if k[2] != "admin:Metering"} == {
+    assert {k: v for k, v in own.items() if k[2] != "audit:GetMetering"} == {
         k: v for k, v in expected.items() if k[0] == M1}
-    count(M1, US, "admin:Metering", True)
+    count(M1, US, "audit:GetMetering", True)
     p = atrest_client_cmd(srv, "metering", "--account", M2, env_creds=root1, check=False)
     assert p.returncode != 0 and "AccessDeniedException" in p.stderr, p.stderr
-    count(M1, US, "admin:Metering", False)
+    count(M1, US, "audit:GetMetering", False)
     check()
 
     # The counts survive a restart (rebuilt from the audit log) and go on.

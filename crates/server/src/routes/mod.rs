@@ -2,6 +2,7 @@
 //! endpoints with [`crate::rest::endpoint!`]. [`api`] gathers them into one
 //! router with its OpenAPI document.
 
+pub(crate) mod audit;
 pub(crate) mod disks;
 
 use std::sync::Arc;
@@ -24,5 +25,7 @@ impl Replayable for Deleted {}
 
 /// Every route declared with the REST framework, with its document.
 pub(crate) fn api() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().merge(disks::routes())
+    OpenApiRouter::new()
+        .merge(audit::routes())
+        .merge(disks::routes())
 }

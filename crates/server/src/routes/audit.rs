@@ -1,0 +1,213 @@
+//! The audit trail, metering and service keys: `/v1/audit`,
+//! `/v1/audit/verify`, `/v1/metering`, `/v1/service-keys/{service}`.
+//! Actions `audit:QueryAudit`, `audit:VerifyAudit`, `audit:GetMetering` on
+//! `*`, and `kms:EnsureServiceKey` on the alias it makes sure of.
+#![allow(
+    unused_qualifications,
+    reason = "utoipa's expansion of the declared parameters names their types in full"
+)]
+
+use atrest_kms::{KeyService, KmsError};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::http_api::AppState;
+use crate::rest::{Replayable, Resource, endpoint};
+
+/// The routes of this module.
+pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(query_audit))
+        .routes(routes!(verify_audit))
+        .routes(routes!(metering))
+        .routes(routes!(ensure_service_key))
+}
+
+/// `GET /v1/audit`: the filters (every one given must match).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    /// A key ARN.
+    key: Option<String>,
+    /// A principal ARN.
+    principal: Option<String>,
+    /// An operation (`Encrypt`, `disk:CreateDisk`, ...).
+    operation: Option<String>,
+    /// Records at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Records before this time (RFC 3339).
+    until: Option<String>,
+    /// At most this many records, the latest (default 1000; more than
+    /// 100000 means 100000).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    limit: Option<String>,
+}
+
+/// Audit records.
+#[derive(Serialize, ToSchema, Clone)]
+pub(crate) struct AuditRecords {
+    /// The records, oldest first.
+    records: Vec<atrest_audit::Record>,
+}
+
+/// The first record that failed verification.
+#[derive(Serialize, ToSchema, Clone)]
+pub(crate) struct BadRecord {
+    /// Its line number (from 1).
+    record: u64,
+    /// What is wrong with it.
+    reason: String,
+}
+
+/// The result of verifying the audit chain.
+#[derive(Serialize, ToSchema, Clone)]
+pub(crate) struct AuditVerification {
+    /// Whether the whole log verified.
+    verified: bool,
+    /// Records that verified, before the first bad one.
+    good_records: u64,
+    /// The first bad record, if any.
+    first_bad: Option<BadRecord>,
+}
+
+/// `GET /v1/metering`: the account to report on.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MeteringQuery {
+    /// The account (admins: default every account; others: only their own).
+    account: Option<String>,
+}
+
+/// Request counts.
+#[derive(Serialize, ToSchema, Clone)]
+pub(crate) struct MeteringReport {
+    /// One row per account, region and operation.
+    usage: Vec<crate::trail::Usage>,
+}
+
+/// A service in a path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct ServicePath {
+    /// The service's name (`disk`, `db`).
+    service: String,
+}
+
+/// A service key of the caller's account.
+#[derive(Serialize, ToSchema, Clone)]
+pub(crate) struct ServiceKey {
+    /// The service.
+    service: String,
+    /// The key's ARN.
+    key_arn: String,
+    /// Its alias (`alias/atrest/<service>`).
+    alias: String,
+}
+
+impl Replayable for AuditRecords {}
+impl Replayable for AuditVerification {}
+impl Replayable for MeteringReport {}
+impl Replayable for ServiceKey {}
+
+endpoint! {
+    /// Audit records by key, principal, operation and time. An admin sees
+    /// every account's; anyone else only their own account's.
+    query_audit: get "/v1/audit" => "audit:QueryAudit",
+    tag: "audit", status: OK, paged: false, idempotent: false,
+    query: AuditQuery,
+    answer: AuditRecords,
+    resource: |_, _, _, _, _| Ok(Resource::any()),
+    run: |st, call, _, q, _| {
+        let limit = match &q.limit {
+            None => 1000,
+            Some(l) => l
+                .parse::<i64>()
+                .ok()
+                .and_then(|l| usize::try_from(l).ok())
+                .ok_or_else(|| KmsError::Validation("'limit' must be a non-negative number".into()))?
+                .min(100_000),
+        };
+        let filter = atrest_audit::Filter {
+            key_arn: q.key,
+            principal: q.principal,
+            operation: q.operation,
+            since: q.since,
+            until: q.until,
+            limit: None,
+        };
+        let mine = call.caller.account.as_str().to_owned();
+        let admin = call.caller.admin;
+        let mut records: Vec<atrest_audit::Record> = atrest_audit::query(&st.audit_dir, &filter)
+            .map_err(|e| KmsError::Internal(e.to_string()))?
+            .into_iter()
+            .filter(|r| admin || r.entry.account.as_deref() == Some(mine.as_str()))
+            .collect();
+        if records.len() > limit {
+            records.drain(..records.len() - limit);
+        }
+        Ok(AuditRecords { records })
+    },
+}
+
+endpoint! {
+    /// Verify the audit trail's chain (admins).
+    verify_audit: post "/v1/audit/verify" => "audit:VerifyAudit",
+    tag: "audit", status: OK, paged: false, idempotent: false,
+    answer: AuditVerification,
+    resource: |_, _, _, _, _| Ok(Resource::any()),
+    run: |st, call, _, _, _| {
+        KeyService::require_admin_caller(call.caller)?;
+        let key = st.kms.audit_key()?;
+        let report = atrest_audit::verify(&st.audit_dir, &key)
+            .map_err(|e| KmsError::Internal(e.to_string()))?;
+        let first_bad = report.first_bad.map(|(record, reason)| BadRecord { record, reason });
+        Ok(AuditVerification { verified: first_bad.is_none(), good_records: report.good, first_bad })
+    },
+}
+
+endpoint! {
+    /// Request counts: admins may see every account, anyone else only
+    /// their own.
+    metering: get "/v1/metering" => "audit:GetMetering",
+    tag: "audit", status: OK, paged: false, idempotent: false,
+    query: MeteringQuery,
+    answer: MeteringReport,
+    resource: |_, _, _, _, _| Ok(Resource::any()),
+    run: |st, call, _, q, _| {
+        let account = match (call.caller.admin, q.account) {
+            (true, a) => a,
+            (false, Some(a)) if a != call.caller.account.as_str() => {
+                return Err(KmsError::AccessDenied(format!(
+                    "User: {} may read only its own account's metering",
+                    call.caller.principal_arn()
+                ))
+                .into());
+            }
+            (false, _) => Some(call.caller.account.as_str().to_owned()),
+        };
+        Ok(MeteringReport { usage: st.trail.metering.usage(account.as_deref()) })
+    },
+}
+
+endpoint! {
+    /// Make sure the account has the service key of a service
+    /// (`alias/atrest/<service>`) in the region, creating it as the service
+    /// does when it first needs one.
+    ensure_service_key: put "/v1/service-keys/{service}" => "kms:EnsureServiceKey",
+    tag: "admin", status: OK, paged: false, idempotent: false,
+    path: ServicePath,
+    answer: ServiceKey,
+    resource: |_, c, p, _, _| Ok(Resource::arn(format!(
+        "arn:aws:kms:{}:{}:alias/atrest/{}", c.region, c.account, p.service
+    ))),
+    run: |st, call, p, _, _| {
+        let session = st.kms.service_session(&p.service, &call.caller.region)?;
+        let key_arn = session.service_key(&call.caller.account)?;
+        let alias = format!("alias/atrest/{}", p.service);
+        Ok(ServiceKey { service: p.service, key_arn, alias })
+    },
+}
