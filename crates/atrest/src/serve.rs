@@ -82,9 +82,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         providers,
         provider_check_interval: Duration::from_secs(args.key_provider_check_interval),
     };
-    let server = atrest_server::start(config)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let server = atrest_server::start(config).await?;
     let endpoint = format!("{scheme}://{}", server.addr);
     println!(
         "atrest {} listening on {endpoint}",

@@ -25,9 +25,15 @@ use atrest_store::{RedbStore, Store};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataDirError {
-    /// File-system trouble.
-    #[error("{0}")]
-    Io(String),
+    /// File-system trouble: creating a directory, setting a file's mode,
+    /// opening the disk pool.
+    #[error("{context}: {error}")]
+    Io {
+        /// What was being done, on which path.
+        context: String,
+        /// The error.
+        error: std::io::Error,
+    },
     /// The store could not be opened (for example, another server has it).
     #[error(transparent)]
     Store(#[from] atrest_store::StoreError),
@@ -37,6 +43,24 @@ pub enum DataDirError {
     /// The key service refused the store.
     #[error("{0}")]
     Kms(String),
+    /// The audit trail could not be opened (a damaged log, say).
+    #[error("audit trail: {0}")]
+    Audit(atrest_audit::AuditError),
+    /// The disk engine could not be opened on its store and pool.
+    #[error("disk engine: {0}")]
+    Disks(atrest_disk::DiskError),
+    /// The disk service could not start.
+    #[error("disk service: {0}")]
+    DiskService(atrest_diskservice::ServiceError),
+}
+
+impl DataDirError {
+    fn io(context: impl Into<String>, error: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            error,
+        }
+    }
 }
 
 /// The default root key file for a data dir: `<data-dir>.root.key`, beside
@@ -79,7 +103,7 @@ pub fn open(
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| DataDirError::Io(format!("creating data dir {}: {e}", dir.display())))?;
+        .map_err(|e| DataDirError::io(format!("creating data dir {}", dir.display()), e))?;
     // The store's file lock is the data dir's lock: take it first, so two
     // servers can never initialise the same dir at once.
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("kms.redb"))?);
@@ -108,7 +132,7 @@ pub fn open(
             ));
             write_atomically(&path, text.as_bytes(), 0o600)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                .map_err(|e| DataDirError::Io(format!("{}: {e}", path.display())))?;
+                .map_err(|e| DataDirError::io(path.display().to_string(), e))?;
             // Only now that the operator can read the secret is the
             // bootstrap done; a crash before this line redoes the file.
             kms.finish_bootstrap()
@@ -121,9 +145,10 @@ pub fn open(
         .audit_key()
         .map_err(|e| DataDirError::Kms(e.to_string()))?;
     let log = atrest_audit::AuditLog::open_with_options(&audit_dir, &audit_key, audit)
-        .map_err(|e| DataDirError::Io(format!("audit trail: {e}")))?;
-    let trail =
-        Arc::new(crate::trail::Trail::new(log, &audit_dir, audit_sync).map_err(DataDirError::Io)?);
+        .map_err(DataDirError::Audit)?;
+    let trail = Arc::new(
+        crate::trail::Trail::new(log, &audit_dir, audit_sync).map_err(DataDirError::Audit)?,
+    );
     kms.set_audit_sink(trail.clone());
     let kms = Arc::new(kms);
     let disks = open_disks(&dir.join("disks"), &kms, disk_config)?;
@@ -145,12 +170,12 @@ fn open_disks(
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| DataDirError::Io(format!("creating {}: {e}", dir.display())))?;
+        .map_err(|e| DataDirError::io(format!("creating {}", dir.display()), e))?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("meta.redb"))?);
-    let pool = atrest_disk::FileStorage::open(&dir.join("pool"))
-        .map_err(|e| DataDirError::Io(format!("disk pool: {e}")))?;
-    let engine = atrest_disk::Engine::open(store, Arc::new(pool))
-        .map_err(|e| DataDirError::Io(format!("disk engine: {e}")))?;
+    let pool_path = dir.join("pool");
+    let pool = atrest_disk::FileStorage::open(&pool_path)
+        .map_err(|e| DataDirError::io(format!("disk pool {}", pool_path.display()), e))?;
+    let engine = atrest_disk::Engine::open(store, Arc::new(pool)).map_err(DataDirError::Disks)?;
     atrest_diskservice::DiskService::start(Arc::clone(kms), engine, config)
-        .map_err(|e| DataDirError::Io(format!("disk service: {e}")))
+        .map_err(DataDirError::DiskService)
 }

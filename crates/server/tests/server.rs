@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use atrest_client::{Client, Credentials, load_shared_credentials};
 use atrest_kms::root::RootSource;
-use atrest_server::{RunningServer, ServerConfig, TlsFiles};
+use atrest_server::datadir::DataDirError;
+use atrest_server::{Listener, RunningServer, ServerConfig, StartError, TlsError, TlsFiles};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::StatusCode;
@@ -381,7 +382,17 @@ async fn one_server_per_data_dir_and_restart_keeps_everything() {
     let err = second
         .err()
         .expect("a second server on the same data dir must fail");
-    assert!(err.contains("in use by another process"), "{err}");
+    assert!(
+        matches!(
+            err,
+            StartError::DataDir(DataDirError::Store(atrest_store::StoreError::Locked(_)))
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
     server.shutdown().await;
 
     let server = atrest_server::start(config(dir.path(), None))
@@ -407,6 +418,94 @@ async fn plain_http_off_loopback_is_refused() {
     let mut cfg = config(dir.path(), None);
     cfg.listen = "0.0.0.0:0".parse().unwrap();
     let err = atrest_server::start(cfg).await.err().expect("must refuse");
-    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(matches!(err, StartError::PlaintextRemote { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
     assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+/// Each way of failing to start is its own variant, and its message says
+/// what failed, where, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_are_typed_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // A missing certificate: the HTTP listener's TLS, naming the file.
+    let missing = dir.path().join("missing.pem");
+    let cfg = config(
+        dir.path(),
+        Some(TlsFiles {
+            cert: missing.clone(),
+            key: missing.clone(),
+        }),
+    );
+    let err = atrest_server::start(cfg).await.err().expect("must refuse");
+    assert!(
+        matches!(
+            &err,
+            StartError::Tls {
+                listener: Listener::Http,
+                error: TlsError::ReadCertificate { path, .. },
+            } if *path == missing
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("missing.pem"), "{msg}");
+    assert!(msg.contains("No such file"), "{msg}");
+
+    // An address in use: the I/O error is kept, kind and message.
+    // (Each case has a data dir of its own: a start that failed after
+    // opening one may leave it locked until its background tasks end.)
+    let busy_dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(busy_dir.path(), None);
+    cfg.listen = taken.local_addr().unwrap();
+    let err = atrest_server::start(cfg).await.err().expect("must refuse");
+    match &err {
+        StartError::Bind {
+            listener: Listener::Http,
+            addr,
+            error,
+        } => {
+            assert_eq!(*addr, taken.local_addr().unwrap());
+            assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+        }
+        other => panic!("expected a bind error: {other:?}"),
+    }
+    assert!(err.to_string().contains("Address already in use"), "{err}");
+
+    // NBD: plaintext off loopback, a principal that is not one, no TLS.
+    let nbd_dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let nbd = |case: usize, listen: &str, principal: Option<&str>| {
+        let mut cfg = config(nbd_dirs[case].path(), None);
+        cfg.nbd = Some(atrest_server::nbd::NbdConfig {
+            listen: listen.parse().unwrap(),
+            tls: None,
+            plaintext_principal: principal.map(str::to_owned),
+        });
+        cfg
+    };
+    let root = "arn:aws:iam::111122223333:root";
+    let err = atrest_server::start(nbd(0, "0.0.0.0:0", Some(root)))
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, StartError::NbdPlaintextRemote { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let err = atrest_server::start(nbd(1, "127.0.0.1:0", Some("alice")))
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(&err, StartError::NbdPrincipal { principal } if principal == "alice"),
+        "{err:?}"
+    );
+    let err = atrest_server::start(nbd(2, "127.0.0.1:0", None))
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(matches!(err, StartError::NbdWithoutTls), "{err:?}");
 }
