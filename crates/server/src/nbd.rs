@@ -170,8 +170,14 @@ impl DiskExports {
                     "the client certificate names {arn}, which is not an atrest principal ARN"
                 ))
             }),
+            // The key's current state again (the handshake checked it
+            // too): an in-memory lookup that every change invalidates.
             ClientIdentity::Psk(akid) => match self.kms.access_key(akid) {
-                Ok(Some(k)) if k.active => Ok(k.caller(region)),
+                Ok(Some(k)) if k.active => {
+                    self.kms
+                        .note_access_key_use(akid, atrest_kms::AccessKeyUse::Nbd, region);
+                    Ok(k.caller(region))
+                }
                 Ok(_) => Err(unknown(format!("access key {akid} is not active"))),
                 Err(e) => Err(Refused::Failed(e.to_string())),
             },
@@ -306,7 +312,9 @@ struct Tls {
     psk: atrest_tlspsk::PskAcceptor,
 }
 
-/// PSKs of access keys.
+/// PSKs of access keys, looked up at every handshake in the key service's
+/// current state: a deactivated or deleted key's PSK opens no new
+/// connection from the moment of the change.
 struct AccessKeyPsk(Arc<KeyService>);
 
 impl atrest_tlspsk::PskLookup for AccessKeyPsk {

@@ -163,6 +163,17 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+        // No request is served any more: what is noted of access keys'
+        // last use goes to the store, however recent its last write.
+        let kms = Arc::clone(&self.kms);
+        let flushed =
+            match tokio::task::spawn_blocking(move || kms.flush_access_key_use(true)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+        if let Err(e) = flushed {
+            tracing::error!(error = %e, "writing access keys' last use at shutdown failed");
+        }
         let db = Arc::clone(&self.db);
         if let Err(e) = tokio::task::spawn_blocking(move || db.shutdown()).await {
             tracing::error!(error = %e, "stopping the database instances at shutdown failed");
@@ -205,12 +216,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(OffsetClock(config.lifecycle_clock_offset))
     };
     let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
+    let admin_credentials = config
+        .admin_credentials
+        .clone()
+        .unwrap_or_else(|| crate::datadir::default_admin_credentials_file(&config.data_dir));
     let audit = config.audit.clone();
     let audit_sync = config.audit_sync;
     let disk_config = config.disks;
     let opened = blocking("opening the data dir", move || {
         crate::datadir::open(
             &data_dir,
+            &admin_credentials,
             root,
             regions,
             clock,
@@ -221,6 +237,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     .await?
     .map_err(StartError::DataDir)?;
     let kms = opened.kms;
+    kms.set_access_key_use_flush_interval(config.access_key_use_flush);
     let has_providers = !config.providers.is_empty();
     kms.set_providers(atrest_kms::Providers::new(config.providers.clone()));
     let bind = |error| StartError::Bind {
@@ -355,6 +372,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             stopped.clone(),
         )));
     }
+    tasks.push(tokio::spawn(key_use_loop(
+        Arc::clone(&kms),
+        config.access_key_use_flush,
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(lifecycle_loop(
         Arc::clone(&kms),
         config.lifecycle_interval,
@@ -511,6 +533,23 @@ async fn periodic<T: Send + 'static>(
             Err(e) => tracing::error!(error = %e, task = what, "periodic task failed"),
         }
     }
+}
+
+/// Writes access keys' last use, noted in memory by every request, to the
+/// store: each key at most once per `every` (see `flush_access_key_use`).
+async fn key_use_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Receiver<bool>) {
+    periodic(
+        "access key last use",
+        every.max(Duration::from_millis(100)),
+        stopped,
+        move || kms.flush_access_key_use(false),
+        |r| {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "writing access keys' last use failed");
+            }
+        },
+    )
+    .await;
 }
 
 /// Runs the rotations, deletions and expiries that are due.
