@@ -58,6 +58,10 @@ pub enum DataDirError {
     /// The disk service could not start.
     #[error("disk service: {0}")]
     DiskService(atrest_diskservice::ServiceError),
+    /// The admin credentials file cannot be where it is asked to be (inside
+    /// the data dir, over a file atrest did not write, ...).
+    #[error("{0}")]
+    Credentials(String),
 }
 
 impl DataDirError {
@@ -116,8 +120,8 @@ pub fn default_admin_credentials_file(data_dir: &Path) -> PathBuf {
 /// `path` made absolute, its longest existing ancestor resolved (symbolic
 /// links, `..`), so two spellings of one place compare equal.
 fn resolved(path: &Path) -> Result<PathBuf, DataDirError> {
-    let absolute = std::path::absolute(path)
-        .map_err(|e| DataDirError::Io(format!("{}: {e}", path.display())))?;
+    let absolute =
+        std::path::absolute(path).map_err(|e| DataDirError::io(path.display().to_string(), e))?;
     let mut rest = Vec::new();
     let mut at = absolute.as_path();
     loop {
@@ -141,7 +145,7 @@ fn resolved(path: &Path) -> Result<PathBuf, DataDirError> {
 /// holds no plaintext secret.
 fn check_credentials_path(dir: &Path, path: &Path) -> Result<(), DataDirError> {
     if resolved(path)?.starts_with(resolved(dir)?) {
-        return Err(DataDirError::Io(format!(
+        return Err(DataDirError::Credentials(format!(
             "--admin-credentials {} is inside the data dir {}, which must hold no plaintext secret: give a path outside it (default: {})",
             path.display(),
             dir.display(),
@@ -157,7 +161,7 @@ fn write_private(path: &Path, text: &[u8]) -> Result<(), DataDirError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |what: &str, p: &Path, e: std::io::Error| {
-        DataDirError::Io(format!("{what} {}: {e}", p.display()))
+        DataDirError::io(format!("{what} {}", p.display()), e)
     };
     let mut tmp_name = path
         .file_name()
@@ -188,7 +192,7 @@ fn sync_dir_of(path: &Path) -> Result<(), DataDirError> {
     };
     fs::File::open(parent)
         .and_then(|d| d.sync_all())
-        .map_err(|e| DataDirError::Io(format!("syncing {}: {e}", parent.display())))
+        .map_err(|e| DataDirError::io(format!("syncing {}", parent.display()), e))
 }
 
 /// Whether `path` may be (over)written with new credentials: it does not
@@ -201,7 +205,7 @@ fn may_write_credentials(path: &Path) -> Result<bool, DataDirError> {
             Ok(bytes.starts_with(CREDENTIALS_HEADER.as_bytes()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(DataDirError::Io(format!("reading {}: {e}", path.display()))),
+        Err(e) => Err(DataDirError::io(format!("reading {}", path.display()), e)),
     }
 }
 
@@ -216,10 +220,7 @@ fn move_legacy_credentials(dir: &Path, path: &Path) -> Result<bool, DataDirError
         Ok(bytes) => zeroize::Zeroizing::new(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => {
-            return Err(DataDirError::Io(format!(
-                "reading {}: {e}",
-                legacy.display()
-            )));
+            return Err(DataDirError::io(format!("reading {}", legacy.display()), e));
         }
     };
     let text = zeroize::Zeroizing::new(
@@ -230,7 +231,7 @@ fn move_legacy_credentials(dir: &Path, path: &Path) -> Result<bool, DataDirError
         Ok(existing) => {
             let existing = zeroize::Zeroizing::new(existing);
             if *existing != *text.as_bytes() {
-                return Err(DataDirError::Io(format!(
+                return Err(DataDirError::Credentials(format!(
                     "{} (admin credentials left in the data dir by an earlier release) should move to {}, which already holds other content: move one of them away yourself, keeping the data dir free of secrets",
                     legacy.display(),
                     path.display()
@@ -238,10 +239,10 @@ fn move_legacy_credentials(dir: &Path, path: &Path) -> Result<bool, DataDirError
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_private(path, text.as_bytes())?,
-        Err(e) => return Err(DataDirError::Io(format!("reading {}: {e}", path.display()))),
+        Err(e) => return Err(DataDirError::io(format!("reading {}", path.display()), e)),
     }
     fs::remove_file(&legacy)
-        .map_err(|e| DataDirError::Io(format!("removing {}: {e}", legacy.display())))?;
+        .map_err(|e| DataDirError::io(format!("removing {}", legacy.display()), e))?;
     sync_dir_of(&legacy)?;
     Ok(true)
 }
@@ -290,7 +291,7 @@ pub fn open(
         Some(b) => {
             let path = admin_credentials.to_path_buf();
             if !may_write_credentials(&path)? {
-                return Err(DataDirError::Io(format!(
+                return Err(DataDirError::Credentials(format!(
                     "{} exists and is not an atrest admin credentials file; give --admin-credentials a path that does not exist",
                     path.display()
                 )));
@@ -304,13 +305,7 @@ pub fn open(
                 b.key.access_key_id,
                 String::from_utf8_lossy(b.key.secret_access_key.expose())
             ));
-<<<<<<< HEAD
-            write_atomically(&path, text.as_bytes(), 0o600)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                .map_err(|e| DataDirError::io(path.display().to_string(), e))?;
-=======
             write_private(&path, text.as_bytes())?;
->>>>>>> wt-akeys
             // Only now that the operator can read the secret is the
             // bootstrap done; a crash before this line redoes the file.
             kms.finish_bootstrap()

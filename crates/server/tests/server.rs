@@ -511,6 +511,7 @@ async fn start_errors_are_typed_and_say_why() {
         .err()
         .expect("must refuse");
     assert!(matches!(err, StartError::NbdWithoutTls), "{err:?}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_key_life_cycle_reaches_authentication_at_once() {
@@ -635,7 +636,10 @@ async fn admin_credentials_are_kept_out_of_the_data_dir() {
     let mut cfg = config(dir.path(), None);
     cfg.admin_credentials = Some(dir.path().join("data/sub/creds"));
     let err = atrest_server::start(cfg).await.err().expect("must refuse");
-    assert!(err.contains("inside the data dir"), "{err}");
+    assert!(
+        matches!(&err, StartError::DataDir(DataDirError::Credentials(m)) if m.contains("inside the data dir")),
+        "{err}"
+    );
     assert!(!dir.path().join("data").exists(), "nothing was created");
 
     // An earlier release's file in the data dir is moved out at start.
