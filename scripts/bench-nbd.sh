@@ -184,12 +184,12 @@ ATREST_PID=$!
 PIDS+=("$ATREST_PID")
 for ((i = 0; i < 600; i++)); do
     kill -0 "$ATREST_PID" 2>/dev/null || { tail -20 "$TMP/atrest.log" >&2; die "atrest serve exited"; }
-    grep -q "NBD serving" "$TMP/atrest.log" && [[ -s $TMP/atrest-data/admin-credentials ]] && break
+    grep -q "NBD serving" "$TMP/atrest.log" && [[ -s $TMP/atrest-data.admin-credentials ]] && break
     sleep 0.1
 done
 wait_port "$HTTP_PORT" "$ATREST_PID" "$TMP/atrest.log"
 wait_port "$NBD_PORT" "$ATREST_PID" "$TMP/atrest.log"
-ADMIN=("$ATREST_BIN" admin --endpoint "$ENDPOINT" --credentials-file "$TMP/atrest-data/admin-credentials")
+ADMIN=("$ATREST_BIN" admin --endpoint "$ENDPOINT" --credentials-file "$TMP/atrest-data.admin-credentials")
 "${ADMIN[@]}" account create --id "$ACCOUNT" >"$TMP/account.json"
 "${ADMIN[@]}" access-key create --account "$ACCOUNT" >"$TMP/access-key.json"
 json_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }

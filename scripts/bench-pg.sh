@@ -81,7 +81,7 @@ for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
     sleep 0.1
 done
-export ATREST_ENDPOINT="http://127.0.0.1:$PORT" AWS_SHARED_CREDENTIALS_FILE="$WORK/data/admin-credentials"
+export ATREST_ENDPOINT="http://127.0.0.1:$PORT" AWS_SHARED_CREDENTIALS_FILE="$WORK/data.admin-credentials"
 PASSWORD=bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "$PASSWORD" >"$WORK/pw"
 export PGPASSWORD=$PASSWORD
@@ -115,8 +115,11 @@ if [ -n "$BASELINE_BIN" ]; then
         sleep 0.1
     done
     echo "creating the baseline build's instance" >&2
+    # A baseline from before the credentials left the data dir wrote them inside it.
+    BASE_CREDS=$WORK/base-data.admin-credentials
+    [ -f "$BASE_CREDS" ] || BASE_CREDS=$WORK/base-data/admin-credentials
     PORTS[base]=$(ATREST_ENDPOINT="http://127.0.0.1:$BPORT" \
-        AWS_SHARED_CREDENTIALS_FILE="$WORK/base-data/admin-credentials" \
+        AWS_SHARED_CREDENTIALS_FILE="$BASE_CREDS" \
         "$BASELINE_BIN" db create base --service-key --size 8G --password-file "$WORK/pw" | db_port)
     TARGETS+=(base)
 fi

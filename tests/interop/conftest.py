@@ -155,7 +155,9 @@ class Server:
 
     @property
     def credentials_file(self) -> Path:
-        return self.data_dir / "admin-credentials"
+        """The default admin credentials file: a sibling of the data dir
+        (the data dir holds no plaintext secret)."""
+        return self.data_dir.with_name(self.data_dir.name + ".admin-credentials")
 
     @property
     def scheme(self) -> str:

@@ -508,11 +508,11 @@ def test_a_server_not_run_as_root_serves_everything_but_instances():
                 time.sleep(0.1)
         from conftest import atrest_run
         p = atrest_run("db", "--endpoint", f"http://127.0.0.1:{port}", "--credentials-file",
-                       str(data / "admin-credentials"), "create", "x", "--service-key", check=False)
+                       str(home / "data.admin-credentials"), "create", "x", "--service-key", check=False)
         assert p.returncode != 0 and "ServiceUnavailableException" in p.stderr, p.stderr
         assert "run atrest as root" in p.stderr
         p = atrest_run("db", "--endpoint", f"http://127.0.0.1:{port}", "--credentials-file",
-                       str(data / "admin-credentials"), "list")
+                       str(home / "data.admin-credentials"), "list")
         assert json.loads(p.stdout)["instances"] == []
     finally:
         proc.terminate()

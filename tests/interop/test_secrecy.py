@@ -3,9 +3,10 @@ anywhere under the data dir holds any returned plaintext data key, raw, in
 base64 (standard or URL-safe, padded or not) or in hex (either case), and none
 holds the root key file's 32 bytes in any of those forms. The server's
 captured stdout/stderr log holds no plaintext data key and no secret access
-key either. A positive control (the admin access key, which is meant to be in
-`admin-credentials` and in the start banner) proves the scanner finds what is
-there.
+key either. A positive control (the admin access key id, which is meant to be
+in the store and in the start banner) proves the scanner finds what is there.
+The admin's secret access key is in no file of the data dir: its credentials
+file is beside the data dir.
 
 Capabilities: K4 envelope encryption, K11 root of trust, O1 API.
 """
@@ -73,7 +74,8 @@ def test_no_plaintext_or_root_key_at_rest_or_in_logs(make_server):
     # Positive control: the scanner does find a value that is on disk.
     assert find_leaks(at_rest, {"admin access key id": akid.encode()}), "scanner failed its positive control"
 
-    leaks = find_leaks(at_rest, {**plaintexts, "root key": root_key})
+    leaks = find_leaks(at_rest, {**plaintexts, "root key": root_key,
+                                 "admin secret access key": secret_access_key.encode()})
     assert not leaks, "secrets found at rest:\n" + "\n".join(leaks[:20])
 
     logs = {"server stdout/stderr": srv.logs()}

@@ -539,6 +539,13 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub root: RootArgs,
+    /// Where the first start writes the admin's credentials (an AWS
+    /// shared-credentials file, mode 0600); never inside the data dir
+    /// [default: <data-dir>.admin-credentials, beside the data dir]. A data
+    /// dir of an earlier release that still holds `admin-credentials` has
+    /// it moved here at start.
+    #[arg(long, env = "ATREST_ADMIN_CREDENTIALS", value_name = "FILE")]
+    pub admin_credentials: Option<PathBuf>,
     /// Region to serve; repeat for several. The first start's regions are not
     /// fixed: regions can be added later.
     #[arg(long = "region", env = "ATREST_REGIONS", value_delimiter = ',', default_value = atrest_server::config::DEFAULT_REGION)]
@@ -629,6 +636,10 @@ pub struct ServeArgs {
     /// this many days (request signing still uses the real clock).
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub lifecycle_clock_offset_days: i64,
+    /// Testing only: seconds between writes of an access key's last use to
+    /// the store (it is kept in memory in between) [default: 60].
+    #[arg(long, hide = true, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub access_key_last_used_flush_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -814,11 +825,39 @@ pub enum AccessKeyCommand {
         #[arg(long)]
         secret_access_key_file: Option<PathBuf>,
     },
-    /// List an account's access keys.
+    /// List an account's access keys (a user's own, for a user), with
+    /// their status and last use (time, service, region).
     List {
         /// The account.
         #[arg(long)]
         account: String,
+    },
+    /// Deactivate an access key: from now on it signs no request and its
+    /// NBD pre-shared key opens no connection. Admins for any account, an
+    /// account's root for its account's keys, a user for its own.
+    Deactivate {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The access key id.
+        id: String,
+    },
+    /// Activate a deactivated access key again.
+    Activate {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The access key id.
+        id: String,
+    },
+    /// Delete an access key for good. The last active root key of an admin
+    /// account cannot be deleted (nor deactivated).
+    Delete {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The access key id.
+        id: String,
     },
 }
 

@@ -126,6 +126,12 @@ pub fn set_format(f: Output) {
     let _ = FORMAT.set(f);
 }
 
+/// The chosen format.
+#[must_use]
+pub fn format() -> Output {
+    FORMAT.get().copied().unwrap_or(Output::Json)
+}
+
 /// Prints an answer in the chosen format.
 pub fn emit(v: &Value) -> anyhow::Result<()> {
     match FORMAT.get().copied().unwrap_or(Output::Json) {

@@ -32,6 +32,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _log_guard = init_logging(args.log_format);
+    let mut signals = Signals::install()?;
     let data_dir = crate::root_args::data_dir(&args.root)?;
     let (root, root_shown) = crate::root_args::root_source(&args.root, &data_dir)?;
     let providers = crate::root_args::providers(&args.root)?;
@@ -48,6 +49,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         allow_plaintext_remote: args.allow_plaintext_remote,
         data_dir: data_dir.clone(),
+        admin_credentials: args.admin_credentials.clone(),
         root,
         regions: args.regions.clone(),
         lifecycle_interval: Duration::from_secs(args.lifecycle_interval),
@@ -81,10 +83,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         providers,
         provider_check_interval: Duration::from_secs(args.key_provider_check_interval),
+        access_key_use_flush: Duration::from_secs(args.access_key_last_used_flush_secs),
     };
-    let server = atrest_server::start(config)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let server = atrest_server::start(config).await?;
     let endpoint = format!("{scheme}://{}", server.addr);
     println!(
         "atrest {} listening on {endpoint}",
@@ -111,7 +112,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             boot.key.account, boot.key.access_key_id
         );
         println!(
-            "Its credentials are in {} (AWS shared-credentials format). Try:",
+            "Its credentials are in {} (AWS shared-credentials format, mode 0600, outside the data dir). Try:",
             path.display()
         );
         println!(
@@ -120,7 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             server.kms.regions()[0]
         );
     }
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
@@ -153,13 +154,28 @@ fn nbd_config(args: &ServeArgs) -> anyhow::Result<Option<atrest_server::nbd::Nbd
     }))
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made: made before the
+/// server starts, so that a signal sent as soon as it answers (before the
+/// banner is printed) stops it cleanly, last use and disks flushed, rather
+/// than killing it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -1067,7 +1067,7 @@ impl OpenDisk {
             self.engine
                 .pool
                 .read_at(phys * CHUNK + within as u64, out)
-                .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
+                .map_err(|e| DiskError::io("reading the pool", e))?;
             {
                 let mut keys = self.keys();
                 if keys.layout != layout {
@@ -1164,7 +1164,7 @@ impl OpenDisk {
                 self.engine
                     .pool
                     .write_at(phys * CHUNK + within as u64, piece)
-                    .map_err(|e| DiskError::Io(format!("writing: {e}")))?;
+                    .map_err(|e| DiskError::io("writing the pool", e))?;
             } else {
                 let filled;
                 let chunk = if n == CHUNK_LEN {
@@ -1180,7 +1180,7 @@ impl OpenDisk {
                 if let Err(e) = self.engine.pool.write_at(phys * CHUNK, chunk) {
                     // Not referred to by anything: give it back.
                     st.free.insert(phys);
-                    return Err(DiskError::Io(format!("writing: {e}")));
+                    return Err(DiskError::io("writing the pool", e));
                 }
                 if let Some(old) = st.layer_mut(top)?.map.insert(idx, phys) {
                     st.free_chunk(old);
@@ -1211,7 +1211,7 @@ impl OpenDisk {
                 self.engine
                     .pool
                     .read_at(phys * CHUNK, &mut chunk[..visible])
-                    .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
+                    .map_err(|e| DiskError::io("reading the pool", e))?;
                 if visible < chunk.len() {
                     let tail = &mut chunk[visible..];
                     tail.fill(0);

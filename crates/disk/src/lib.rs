@@ -162,9 +162,46 @@ pub enum DiskError {
     /// The pool or the metadata store failed; the engine has stopped.
     #[error("disk engine stopped: {0}")]
     Failed(String),
-    /// An I/O error on a data write or read (the engine goes on).
-    #[error("disk I/O: {0}")]
-    Io(String),
+    /// An I/O error on a data write or read (the engine goes on). The pool's
+    /// own [`std::io::Error`] is kept, so its [`kind`](std::io::Error::kind)
+    /// (a full pool is [`StorageFull`](std::io::ErrorKind::StorageFull)) and
+    /// OS error number reach the callers that answer block-device clients;
+    /// see [`DiskError::io_kind`]. Its message is part of this one's, so it
+    /// is not also a [`source`](std::error::Error::source).
+    #[error("disk I/O: {context}: {error}")]
+    Io {
+        /// What was being done (`writing the pool`, ...).
+        context: String,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+impl DiskError {
+    /// A [`DiskError::Io`]: `error` while doing `context`.
+    pub(crate) fn io(context: impl Into<String>, error: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            error,
+        }
+    }
+
+    /// What this error is as an I/O error, for the callers that serve a
+    /// disk as a block device (NBD, local attach) and answer with an errno:
+    /// the pool's own kind for [`DiskError::Io`],
+    /// [`InvalidInput`](std::io::ErrorKind::InvalidInput) for
+    /// [`DiskError::Invalid`] (a range outside the disk, say), and
+    /// [`Other`](std::io::ErrorKind::Other) for the rest.
+    #[must_use]
+    pub fn io_kind(&self) -> std::io::ErrorKind {
+        match self {
+            Self::Io { error, .. } => error.kind(),
+            Self::Invalid(_) => std::io::ErrorKind::InvalidInput,
+            Self::NotFound { .. } | Self::Exists { .. } | Self::Conflict(_) | Self::Failed(_) => {
+                std::io::ErrorKind::Other
+            }
+        }
+    }
 }
 
 /// The wrapped data key of an encrypted disk, as the disk service stored it:

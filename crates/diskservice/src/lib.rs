@@ -196,9 +196,23 @@ impl ServiceError {
     #[must_use]
     pub fn is_server_fault(&self) -> bool {
         match self {
-            Self::Disk(e) => matches!(e, DiskError::Failed(_) | DiskError::Io(_)),
+            Self::Disk(e) => matches!(e, DiskError::Failed(_) | DiskError::Io { .. }),
             Self::Kms(e) => matches!(e, KmsError::Internal(_)),
             _ => false,
+        }
+    }
+
+    /// What this error is as an I/O error, for the front ends that serve an
+    /// attached disk as a block device and answer with an errno (NBD,
+    /// local attach): the engine's kind for a disk error
+    /// ([`DiskError::io_kind`]: a full pool is
+    /// [`StorageFull`](std::io::ErrorKind::StorageFull)), and
+    /// [`Other`](std::io::ErrorKind::Other) for the rest.
+    #[must_use]
+    pub fn io_kind(&self) -> std::io::ErrorKind {
+        match self {
+            Self::Disk(e) => e.io_kind(),
+            _ => std::io::ErrorKind::Other,
         }
     }
 }

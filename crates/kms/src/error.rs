@@ -95,6 +95,10 @@ pub enum KmsError {
     /// A key provider did not answer in time; retry later.
     #[error("{0}")]
     DependencyTimeout(String),
+    /// The request conflicts with the state of a resource (for example,
+    /// deleting the last active access key of an admin account's root).
+    #[error("{0}")]
+    Conflict(String),
     /// The request would have succeeded; `DryRun` was set.
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
@@ -138,6 +142,7 @@ impl KmsError {
             Self::XksKeyNotFound(_) => "XksKeyNotFoundException",
             Self::XksKeyInvalidConfiguration(_) => "XksKeyInvalidConfigurationException",
             Self::DependencyTimeout(_) => "DependencyTimeoutException",
+            Self::Conflict(_) => "ConflictException",
             Self::DryRun => "DryRunOperationException",
             Self::Internal(_) => "KMSInternalException",
         }

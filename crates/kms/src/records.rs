@@ -122,6 +122,23 @@ pub struct AccessKeyRecord {
     pub active: bool,
     /// The secret access key, sealed (base64).
     pub sealed_secret: String,
+    /// The last authenticated use, as last flushed from memory: at most one
+    /// flush interval old (see `service/last_used.rs`). Absent in records
+    /// of earlier releases, and until a first use is flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<LastUsedRecord>,
+}
+
+/// When and where an access key was last used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastUsedRecord {
+    /// When, ms since the epoch.
+    pub time: i64,
+    /// Through which service: `kms` (the KMS API), `atrest` (the REST API)
+    /// or `nbd` (a disk over NBD, by its pre-shared key).
+    pub service: String,
+    /// The region of the request.
+    pub region: String,
 }
 
 /// Key states that exist in the store (a deleted key has no record).

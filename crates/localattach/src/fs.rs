@@ -33,9 +33,23 @@ const FILE: INodeNo = INodeNo(2);
 const TTL: Duration = Duration::from_secs(3600);
 
 /// Maps a block device error to the errno the kernel sees: the error's own
-/// errno when it has one, `EIO` otherwise.
+/// errno when it has one, else by its kind (an error made with
+/// [`io::Error::new`], as the disk service's are): out of space (a full
+/// pool) is `ENOSPC`, not permitted `EPERM`, an invalid argument `EINVAL`,
+/// out of memory `ENOMEM`, anything else `EIO` (the table of
+/// `atrest_nbd::transmit::errno::of_kind`, which NBD clients get).
 fn errno_of(e: &io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+    use io::ErrorKind as K;
+    if let Some(n) = e.raw_os_error() {
+        return Errno::from_i32(n);
+    }
+    match e.kind() {
+        K::StorageFull | K::QuotaExceeded | K::FileTooLarge => Errno::ENOSPC,
+        K::PermissionDenied | K::ReadOnlyFilesystem => Errno::EPERM,
+        K::InvalidInput => Errno::EINVAL,
+        K::OutOfMemory => Errno::ENOMEM,
+        _ => Errno::EIO,
+    }
 }
 
 /// Marks each FUSE worker thread an I/O flusher once (see
@@ -493,6 +507,31 @@ mod tests {
         let fs = DeviceFs::new(rec.clone(), 1 << 20, 4096, 0, 0);
         fs.zero_range(offset, len).unwrap();
         rec.calls.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn errno_of_keeps_the_os_errno_else_maps_the_kind() {
+        use io::ErrorKind as K;
+        // The error's own errno, whatever its kind.
+        for n in [libc::ENOSPC, libc::EDQUOT, libc::EROFS, libc::EBUSY] {
+            assert_eq!(errno_of(&io::Error::from_raw_os_error(n)).code(), n);
+        }
+        // Without one, by kind.
+        for (kind, want) in [
+            (K::StorageFull, libc::ENOSPC),
+            (K::QuotaExceeded, libc::ENOSPC),
+            (K::FileTooLarge, libc::ENOSPC),
+            (K::PermissionDenied, libc::EPERM),
+            (K::ReadOnlyFilesystem, libc::EPERM),
+            (K::InvalidInput, libc::EINVAL),
+            (K::OutOfMemory, libc::ENOMEM),
+            (K::Other, libc::EIO),
+            (K::NotFound, libc::EIO),
+            (K::UnexpectedEof, libc::EIO),
+        ] {
+            let e = io::Error::new(kind, "no errno of its own");
+            assert_eq!(errno_of(&e).code(), want, "{kind:?}");
+        }
     }
 
     #[test]

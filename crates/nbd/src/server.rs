@@ -126,6 +126,16 @@ pub struct IoError {
     pub message: String,
 }
 
+impl From<io::Error> for IoError {
+    /// The errno of the error's kind ([`errno::of_kind`]), and its message.
+    fn from(e: io::Error) -> Self {
+        Self {
+            errno: errno::of_kind(e.kind()),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// The exports: which a client may see, and opening one. Called from
 /// blocking threads (opening an export may unwrap a key).
 pub trait Backend: Send + Sync + 'static {

@@ -62,6 +62,29 @@ pub mod errno {
     pub const ENOTSUP: u32 = 95;
     /// `ESHUTDOWN`: the server is shutting down (or the disk was locked).
     pub const ESHUTDOWN: u32 = 108;
+
+    /// The error to answer for a failed I/O of this kind, among those the
+    /// protocol allows: the one mapping from [`std::io::ErrorKind`] to a
+    /// reply's error, never from an error's message.
+    ///
+    /// | kind | errno |
+    /// |---|---|
+    /// | `StorageFull`, `QuotaExceeded`, `FileTooLarge` | `ENOSPC` |
+    /// | `PermissionDenied`, `ReadOnlyFilesystem` | `EPERM` |
+    /// | `InvalidInput` | `EINVAL` |
+    /// | `OutOfMemory` | `ENOMEM` |
+    /// | any other | `EIO` |
+    #[must_use]
+    pub fn of_kind(kind: std::io::ErrorKind) -> u32 {
+        use std::io::ErrorKind as K;
+        match kind {
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => ENOSPC,
+            K::PermissionDenied | K::ReadOnlyFilesystem => EPERM,
+            K::InvalidInput => EINVAL,
+            K::OutOfMemory => ENOMEM,
+            _ => EIO,
+        }
+    }
 }
 
 /// Structured reply chunk types.
@@ -345,6 +368,39 @@ mod tests {
                 Request::parse(&Request::encode(0, cmd::READ, 1, 0, 1)[..n]),
                 Err(ProtoError::Incomplete(_))
             ));
+        }
+    }
+
+    /// Every kind the mapping names, and a few it does not (`EIO`).
+    #[test]
+    fn errno_of_kind_covers_each_kind() {
+        use std::io::ErrorKind as K;
+        for (kind, want) in [
+            (K::StorageFull, errno::ENOSPC),
+            (K::QuotaExceeded, errno::ENOSPC),
+            (K::FileTooLarge, errno::ENOSPC),
+            (K::PermissionDenied, errno::EPERM),
+            (K::ReadOnlyFilesystem, errno::EPERM),
+            (K::InvalidInput, errno::EINVAL),
+            (K::OutOfMemory, errno::ENOMEM),
+            (K::Other, errno::EIO),
+            (K::NotFound, errno::EIO),
+            (K::UnexpectedEof, errno::EIO),
+            (K::InvalidData, errno::EIO),
+            (K::TimedOut, errno::EIO),
+        ] {
+            assert_eq!(errno::of_kind(kind), want, "{kind:?}");
+        }
+        // An OS error goes by its kind: ENOSPC (28) and EDQUOT (122) from
+        // the pool's file system are both ENOSPC to the client, EROFS (30)
+        // is EPERM.
+        for (os, want) in [
+            (28, errno::ENOSPC),
+            (122, errno::ENOSPC),
+            (30, errno::EPERM),
+        ] {
+            let e = std::io::Error::from_raw_os_error(os);
+            assert_eq!(errno::of_kind(e.kind()), want, "{e}");
         }
     }
 

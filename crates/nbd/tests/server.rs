@@ -45,6 +45,9 @@ struct MemExport {
     /// Makes every read fail with `EIO` (to see backend errors reach the
     /// client).
     fail_reads: AtomicBool,
+    /// Makes every write fail with an I/O error of this kind, turned into
+    /// the reply's errno by `IoError::from` (a full pool, say).
+    fail_writes: Mutex<Option<std::io::ErrorKind>>,
 }
 
 impl MemExport {
@@ -60,6 +63,7 @@ impl MemExport {
             trims: AtomicUsize::new(0),
             write_zeroes: AtomicUsize::new(0),
             fail_reads: AtomicBool::new(false),
+            fail_writes: Mutex::new(None),
         }
     }
 
@@ -118,6 +122,9 @@ impl Export for MemExport {
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
+        if let Some(kind) = *self.fail_writes.lock().unwrap() {
+            return Err(std::io::Error::new(kind, "injected write failure").into());
+        }
         let r = self.range(offset, data.len() as u64)?;
         self.data.lock().unwrap()[r].copy_from_slice(data);
         if fua {
@@ -1069,6 +1076,54 @@ async fn structured_replies_read_as_one_offset_data_chunk_and_errors_carry_messa
         (chunk::FLAG_DONE, chunk::NONE, 7)
     );
     assert_eq!(disk.flushes.load(Ordering::SeqCst), 1);
+    c.disc().await;
+    h.stop().await;
+}
+
+/// A backend's I/O error reaches the client as the errno of its kind
+/// (`errno::of_kind`): a full pool is `ENOSPC`, with simple and with
+/// structured replies (which carry the message too), and the connection
+/// goes on.
+#[tokio::test]
+async fn backend_io_errors_answer_the_errno_of_their_kind() {
+    use std::io::ErrorKind as K;
+    let h = Harness::start().await;
+    let disk = h.backend.export("disk");
+    let mut c = h.attached("disk").await;
+    for (cookie, (kind, want)) in [
+        (K::StorageFull, errno::ENOSPC),
+        (K::QuotaExceeded, errno::ENOSPC),
+        (K::ReadOnlyFilesystem, errno::EPERM),
+        (K::InvalidInput, errno::EINVAL),
+        (K::Other, errno::EIO),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        *disk.fail_writes.lock().unwrap() = Some(kind);
+        assert_eq!(
+            c.write_at(0, cookie as u64, 4096, &[7; 512]).await,
+            want,
+            "{kind:?}"
+        );
+    }
+    *disk.fail_writes.lock().unwrap() = None;
+    assert_eq!(c.write_at(0, 9, 4096, &[7; 512]).await, 0);
+    assert_eq!(c.read_at(10, 4096, 512).await, vec![7; 512]);
+    c.disc().await;
+
+    let mut c = h.client().await;
+    c.ask_one(opt::STRUCTURED_REPLY, &[], rep::ACK).await;
+    c.go("disk").await;
+    *disk.fail_writes.lock().unwrap() = Some(K::StorageFull);
+    c.write_req(0, 11, 0, &[1; 512]).await;
+    assert_error_chunk(
+        &c.chunk().await,
+        11,
+        errno::ENOSPC,
+        "injected write failure",
+    );
+    *disk.fail_writes.lock().unwrap() = None;
     c.disc().await;
     h.stop().await;
 }

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub allow_plaintext_remote: bool,
     /// The data dir.
     pub data_dir: PathBuf,
+    /// Where the first start writes the admin's credentials, outside the
+    /// data dir (`None`: `<data-dir>.admin-credentials`, beside it).
+    pub admin_credentials: Option<PathBuf>,
     /// The root of trust.
     pub root: RootSource,
     /// Regions served.
@@ -53,6 +56,10 @@ pub struct ServerConfig {
         std::collections::BTreeMap<String, std::sync::Arc<dyn atrest_keyprovider::KeyProvider>>,
     /// How often every external key is checked at its provider.
     pub provider_check_interval: Duration,
+    /// How often, at most, an access key's last use is written to the
+    /// store (it is kept in memory in between; see
+    /// `atrest_kms::DEFAULT_ACCESS_KEY_USE_FLUSH_INTERVAL`).
+    pub access_key_use_flush: Duration,
 }
 
 /// How the database service runs PostgreSQL.

@@ -1,5 +1,5 @@
-//! The data dir: the metadata store, the root-of-trust descriptor, and on
-//! first start the admin credentials file.
+//! The data dir: the metadata store, the root-of-trust descriptor; and,
+//! outside it, on first start, the admin credentials file.
 //!
 //! ```text
 //! <data-dir>/            mode 0700
@@ -9,15 +9,21 @@
 //!   disks/meta.redb      the disk engine's metadata (wrapped data keys only)
 //!   disks/pool           the disk engine's chunk pool (ciphertext of encrypted disks)
 //!   root.json            root-of-trust kind and check value
-//!   admin-credentials    AWS shared-credentials file of the first admin key, 0600
+//! <data-dir>.root.key    the root key file (default; 0600)
+//! <data-dir>.admin-credentials
+//!                        AWS shared-credentials file of the first admin key
+//!                        (default, `--admin-credentials`; 0600)
 //! ```
+//!
+//! Nothing in the data dir holds a secret in plaintext, so that a copy of
+//! it (a backup, a disk sent for repair) gives no one the admin's key.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use atrest_kms::root::{RootError, RootKey, RootSource, write_atomically};
+use atrest_kms::root::{RootError, RootKey, RootSource};
 use atrest_kms::{AdminBootstrap, KeyService};
 use atrest_store::{RedbStore, Store};
 
@@ -25,9 +31,15 @@ use atrest_store::{RedbStore, Store};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataDirError {
-    /// File-system trouble.
-    #[error("{0}")]
-    Io(String),
+    /// File-system trouble: creating a directory, setting a file's mode,
+    /// opening the disk pool.
+    #[error("{context}: {error}")]
+    Io {
+        /// What was being done, on which path.
+        context: String,
+        /// The error.
+        error: std::io::Error,
+    },
     /// The store could not be opened (for example, another server has it).
     #[error(transparent)]
     Store(#[from] atrest_store::StoreError),
@@ -37,6 +49,28 @@ pub enum DataDirError {
     /// The key service refused the store.
     #[error("{0}")]
     Kms(String),
+    /// The audit trail could not be opened (a damaged log, say).
+    #[error("audit trail: {0}")]
+    Audit(atrest_audit::AuditError),
+    /// The disk engine could not be opened on its store and pool.
+    #[error("disk engine: {0}")]
+    Disks(atrest_disk::DiskError),
+    /// The disk service could not start.
+    #[error("disk service: {0}")]
+    DiskService(atrest_diskservice::ServiceError),
+    /// The admin credentials file cannot be where it is asked to be (inside
+    /// the data dir, over a file atrest did not write, ...).
+    #[error("{0}")]
+    Credentials(String),
+}
+
+impl DataDirError {
+    fn io(context: impl Into<String>, error: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            error,
+        }
+    }
 }
 
 /// The default root key file for a data dir: `<data-dir>.root.key`, beside
@@ -63,26 +97,185 @@ pub struct DataDir {
     pub disks: Arc<atrest_diskservice::DiskService>,
 }
 
-/// The name of the admin credentials file.
-pub const ADMIN_CREDENTIALS: &str = "admin-credentials";
+/// Where earlier releases wrote the admin credentials: inside the data dir.
+/// Moved out at start (see [`move_legacy_credentials`]).
+pub const LEGACY_ADMIN_CREDENTIALS: &str = "admin-credentials";
 
-/// Opens (creating if needed) `dir` with `root` and serves `regions`.
+/// The first line of every credentials file atrest writes: a file that does
+/// not start with it is never overwritten.
+const CREDENTIALS_HEADER: &str = "# atrest admin credentials";
+
+/// The default admin credentials file for a data dir:
+/// `<data-dir>.admin-credentials`, beside it, as the root key file is.
+#[must_use]
+pub fn default_admin_credentials_file(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_else(|| "atrest-data".into());
+    name.push(".admin-credentials");
+    data_dir.with_file_name(name)
+}
+
+/// `path` made absolute, its longest existing ancestor resolved (symbolic
+/// links, `..`), so two spellings of one place compare equal.
+fn resolved(path: &Path) -> Result<PathBuf, DataDirError> {
+    let absolute =
+        std::path::absolute(path).map_err(|e| DataDirError::io(path.display().to_string(), e))?;
+    let mut rest = Vec::new();
+    let mut at = absolute.as_path();
+    loop {
+        match fs::canonicalize(at) {
+            Ok(mut real) => {
+                real.extend(rest.iter().rev());
+                return Ok(real);
+            }
+            Err(_) => match (at.parent(), at.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    at = parent;
+                }
+                _ => return Ok(absolute),
+            },
+        }
+    }
+}
+
+/// Refuses an admin credentials file inside the data dir: the data dir
+/// holds no plaintext secret.
+fn check_credentials_path(dir: &Path, path: &Path) -> Result<(), DataDirError> {
+    if resolved(path)?.starts_with(resolved(dir)?) {
+        return Err(DataDirError::Credentials(format!(
+            "--admin-credentials {} is inside the data dir {}, which must hold no plaintext secret: give a path outside it (default: {})",
+            path.display(),
+            dir.display(),
+            default_admin_credentials_file(dir).display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path`, mode 0600, atomically (a temporary file beside
+/// it, synced, renamed, the directory synced).
+fn write_private(path: &Path, text: &[u8]) -> Result<(), DataDirError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        DataDirError::io(format!("{what} {}", p.display()), e)
+    };
+    let mut tmp_name = path
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("creating", &tmp, e))?;
+    // An earlier temporary file may have had another mode.
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("setting the mode of", &tmp, e))?;
+    f.write_all(text).map_err(|e| io("writing", &tmp, e))?;
+    f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io("renaming", &tmp, e))?;
+    sync_dir_of(path)
+}
+
+fn sync_dir_of(path: &Path) -> Result<(), DataDirError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| DataDirError::io(format!("syncing {}", parent.display()), e))
+}
+
+/// Whether `path` may be (over)written with new credentials: it does not
+/// exist, or it is a credentials file atrest wrote (never, say, the
+/// operator's `~/.aws/credentials`).
+fn may_write_credentials(path: &Path) -> Result<bool, DataDirError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let bytes = zeroize::Zeroizing::new(bytes);
+            Ok(bytes.starts_with(CREDENTIALS_HEADER.as_bytes()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(DataDirError::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// An earlier release left the admin credentials in the data dir: moves
+/// them to `path` (rewritten, with its "Use with" line naming the new
+/// place), then removes the old file. Returns whether it moved anything.
+/// If `path` already holds other credentials, refuses to start rather than
+/// overwrite either.
+fn move_legacy_credentials(dir: &Path, path: &Path) -> Result<bool, DataDirError> {
+    let legacy = dir.join(LEGACY_ADMIN_CREDENTIALS);
+    let old = match fs::read(&legacy) {
+        Ok(bytes) => zeroize::Zeroizing::new(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(DataDirError::io(format!("reading {}", legacy.display()), e));
+        }
+    };
+    let text = zeroize::Zeroizing::new(
+        String::from_utf8_lossy(&old)
+            .replace(&legacy.display().to_string(), &path.display().to_string()),
+    );
+    match fs::read(path) {
+        Ok(existing) => {
+            let existing = zeroize::Zeroizing::new(existing);
+            if *existing != *text.as_bytes() {
+                return Err(DataDirError::Credentials(format!(
+                    "{} (admin credentials left in the data dir by an earlier release) should move to {}, which already holds other content: move one of them away yourself, keeping the data dir free of secrets",
+                    legacy.display(),
+                    path.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_private(path, text.as_bytes())?,
+        Err(e) => return Err(DataDirError::io(format!("reading {}", path.display()), e)),
+    }
+    fs::remove_file(&legacy)
+        .map_err(|e| DataDirError::io(format!("removing {}", legacy.display()), e))?;
+    sync_dir_of(&legacy)?;
+    Ok(true)
+}
+
+/// Opens (creating if needed) `dir` with `root` and serves `regions`. On
+/// first start the admin's credentials go to `admin_credentials`, which
+/// must be outside `dir`.
 pub fn open(
     dir: &Path,
+    admin_credentials: &Path,
     root: RootSource,
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
     (audit, audit_sync): (&atrest_audit::Options, crate::config::AuditSync),
     disk_config: atrest_diskservice::Config,
 ) -> Result<DataDir, DataDirError> {
+    // Before anything is created: a refused flag leaves no trace.
+    check_credentials_path(dir, admin_credentials)?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| DataDirError::Io(format!("creating data dir {}: {e}", dir.display())))?;
+        .map_err(|e| DataDirError::io(format!("creating data dir {}", dir.display()), e))?;
     // The store's file lock is the data dir's lock: take it first, so two
     // servers can never initialise the same dir at once.
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("kms.redb"))?);
+    if move_legacy_credentials(dir, admin_credentials)? {
+        tracing::warn!(
+            from = %dir.join(LEGACY_ADMIN_CREDENTIALS).display(),
+            to = %admin_credentials.display(),
+            "moved the admin credentials an earlier release left in the data dir out of it"
+        );
+    }
     let root = RootKey::open_or_create(dir, root)?;
     let kms = KeyService::open(store, root, regions, clock).map_err(|e| {
         DataDirError::Kms(match e {
@@ -96,9 +289,15 @@ pub fn open(
     {
         None => None,
         Some(b) => {
-            let path = dir.join(ADMIN_CREDENTIALS);
+            let path = admin_credentials.to_path_buf();
+            if !may_write_credentials(&path)? {
+                return Err(DataDirError::Credentials(format!(
+                    "{} exists and is not an atrest admin credentials file; give --admin-credentials a path that does not exist",
+                    path.display()
+                )));
+            }
             let text = zeroize::Zeroizing::new(format!(
-                "# atrest admin credentials for account {}, created on first start.\n\
+                "{CREDENTIALS_HEADER} for account {}, created on first start.\n\
                  # Use with: AWS_SHARED_CREDENTIALS_FILE={}\n\
                  [default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
                 b.key.account,
@@ -106,9 +305,7 @@ pub fn open(
                 b.key.access_key_id,
                 String::from_utf8_lossy(b.key.secret_access_key.expose())
             ));
-            write_atomically(&path, text.as_bytes(), 0o600)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                .map_err(|e| DataDirError::Io(format!("{}: {e}", path.display())))?;
+            write_private(&path, text.as_bytes())?;
             // Only now that the operator can read the secret is the
             // bootstrap done; a crash before this line redoes the file.
             kms.finish_bootstrap()
@@ -121,9 +318,10 @@ pub fn open(
         .audit_key()
         .map_err(|e| DataDirError::Kms(e.to_string()))?;
     let log = atrest_audit::AuditLog::open_with_options(&audit_dir, &audit_key, audit)
-        .map_err(|e| DataDirError::Io(format!("audit trail: {e}")))?;
-    let trail =
-        Arc::new(crate::trail::Trail::new(log, &audit_dir, audit_sync).map_err(DataDirError::Io)?);
+        .map_err(DataDirError::Audit)?;
+    let trail = Arc::new(
+        crate::trail::Trail::new(log, &audit_dir, audit_sync).map_err(DataDirError::Audit)?,
+    );
     kms.set_audit_sink(trail.clone());
     let kms = Arc::new(kms);
     let disks = open_disks(&dir.join("disks"), &kms, disk_config)?;
@@ -145,12 +343,12 @@ fn open_disks(
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| DataDirError::Io(format!("creating {}: {e}", dir.display())))?;
+        .map_err(|e| DataDirError::io(format!("creating {}", dir.display()), e))?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("meta.redb"))?);
-    let pool = atrest_disk::FileStorage::open(&dir.join("pool"))
-        .map_err(|e| DataDirError::Io(format!("disk pool: {e}")))?;
-    let engine = atrest_disk::Engine::open(store, Arc::new(pool))
-        .map_err(|e| DataDirError::Io(format!("disk engine: {e}")))?;
+    let pool_path = dir.join("pool");
+    let pool = atrest_disk::FileStorage::open(&pool_path)
+        .map_err(|e| DataDirError::io(format!("disk pool {}", pool_path.display()), e))?;
+    let engine = atrest_disk::Engine::open(store, Arc::new(pool)).map_err(DataDirError::Disks)?;
     atrest_diskservice::DiskService::start(Arc::clone(kms), engine, config)
-        .map_err(|e| DataDirError::Io(format!("disk service: {e}")))
+        .map_err(DataDirError::DiskService)
 }

@@ -64,6 +64,8 @@ impl ApiError {
                 let status = match e {
                     KmsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
                     KmsError::DryRun => StatusCode::PRECONDITION_FAILED,
+                    // Only the REST API's admin operations answer it.
+                    KmsError::Conflict(_) => StatusCode::CONFLICT,
                     // AWS answers 503 when a dependency times out: retry.
                     KmsError::DependencyTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::BAD_REQUEST,

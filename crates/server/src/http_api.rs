@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
@@ -34,7 +34,11 @@ pub(crate) struct AppState {
     pub trail: SharedTrail,
     pub max_body: usize,
     /// Access keys' secrets never change, so their derived signing keys can
-    /// be cached per scope.
+    /// be cached per scope. The cache never decides whether a key may sign:
+    /// `authenticate` asks the key service for the key's current state on
+    /// every request first (an in-memory lookup that every deactivation or
+    /// deletion invalidates), and a deactivated or deleted key's derived
+    /// keys are dropped from it as well.
     pub signing_keys: atrest_sigv4::SigningKeyCache,
     /// Where the audit log lives (for queries and verification).
     pub audit_dir: std::path::PathBuf,
@@ -61,6 +65,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/accounts/{account}/access-keys",
             get(list_access_keys).post(create_access_key),
+        )
+        .route(
+            "/v1/accounts/{account}/access-keys/{id}",
+            delete(delete_access_key),
+        )
+        .route(
+            "/v1/accounts/{account}/access-keys/{id}/deactivate",
+            post(deactivate_access_key),
+        )
+        .route(
+            "/v1/accounts/{account}/access-keys/{id}/activate",
+            post(activate_access_key),
         )
         .route(
             "/v1/accounts/{account}/users",
@@ -162,7 +178,10 @@ pub(crate) async fn read_body(
 }
 
 /// Verifies the request's SigV4 signature for `service`; returns the caller
-/// and the access key id.
+/// and the access key id. The key's state is the key service's current one
+/// (an in-memory lookup, invalidated by every change), so a deactivated or
+/// deleted key is refused from the request after the change on. Notes the
+/// key's use, in memory.
 pub(crate) fn authenticate(
     st: &AppState,
     parts: &Parts,
@@ -187,6 +206,13 @@ pub(crate) fn authenticate(
     if !key.active {
         return Err(ApiError::InactiveKey);
     }
+    let used = if service == crate::REST_SERVICE {
+        atrest_kms::AccessKeyUse::Rest
+    } else {
+        atrest_kms::AccessKeyUse::Kms
+    };
+    st.kms
+        .note_access_key_use(parsed.access_key_id(), used, parsed.region());
     Ok((
         key.caller(parsed.region()),
         parsed.access_key_id().to_owned(),
@@ -746,7 +772,7 @@ pub(crate) struct AccessKeyCreated {
     secret_access_key: String,
 }
 
-/// An account's access keys (no secrets).
+/// An account's access keys (no secrets), each with its status and last use.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct AccessKeyList {
     /// The keys.
@@ -815,7 +841,7 @@ pub(crate) async fn create_access_key(
     operation_id = "ListAccessKeys",
     params(("account" = String, Path, description = "Account id (12 digits)")),
     responses(
-        (status = 200, description = "The account's access keys", body = AccessKeyList),
+        (status = 200, description = "The account's access keys (a user's own, for a user), with their status and last use", body = AccessKeyList),
         (status = "4XX", description = "Refused", body = ErrorBody),
         (status = "5XX", description = "Server fault", body = ErrorBody),
     )
@@ -828,6 +854,90 @@ pub(crate) async fn list_access_keys(
     rest(st, req, "admin:ListAccessKeys", move |st, call, _| {
         let access_keys = st.kms.list_access_keys(call, &account)?;
         reply(StatusCode::OK, &AccessKeyList { access_keys })
+    })
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account}/access-keys/{id}/deactivate",
+    tag = "admin",
+    operation_id = "DeactivateAccessKey",
+    params(
+        ("account" = String, Path, description = "Account id (12 digits)"),
+        ("id" = String, Path, description = "Access key id"),
+    ),
+    responses(
+        (status = 200, description = "Inactive from now on: it signs no request and its NBD pre-shared key opens no connection", body = atrest_kms::AccessKeyInfo),
+        (status = "4XX", description = "Refused (`NotFoundException`, `AccessDeniedException`, `ConflictException` for the last active root key of an admin account)", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn deactivate_access_key(
+    State(st): State<Arc<AppState>>,
+    RestPath((account, id)): RestPath<(String, String)>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:DeactivateAccessKey", move |st, call, _| {
+        let key = st.kms.deactivate_access_key(call, &account, &id)?;
+        // Its derived signing keys have no use any more.
+        st.signing_keys.forget(&id);
+        reply(StatusCode::OK, &key)
+    })
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account}/access-keys/{id}/activate",
+    tag = "admin",
+    operation_id = "ActivateAccessKey",
+    params(
+        ("account" = String, Path, description = "Account id (12 digits)"),
+        ("id" = String, Path, description = "Access key id"),
+    ),
+    responses(
+        (status = 200, description = "Active again", body = atrest_kms::AccessKeyInfo),
+        (status = "4XX", description = "Refused (`NotFoundException`, `AccessDeniedException`)", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn activate_access_key(
+    State(st): State<Arc<AppState>>,
+    RestPath((account, id)): RestPath<(String, String)>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:ActivateAccessKey", move |st, call, _| {
+        let key = st.kms.activate_access_key(call, &account, &id)?;
+        reply(StatusCode::OK, &key)
+    })
+    .await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/accounts/{account}/access-keys/{id}",
+    tag = "admin",
+    operation_id = "DeleteAccessKey",
+    params(
+        ("account" = String, Path, description = "Account id (12 digits)"),
+        ("id" = String, Path, description = "Access key id"),
+    ),
+    responses(
+        (status = 200, description = "Deleted: requests signed with it are answered as for an unknown key", body = Deleted),
+        (status = "4XX", description = "Refused (`NotFoundException`, `AccessDeniedException`, `ConflictException` for the last active root key of an admin account)", body = ErrorBody),
+        (status = "5XX", description = "Server fault", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_access_key(
+    State(st): State<Arc<AppState>>,
+    RestPath((account, id)): RestPath<(String, String)>,
+    req: Request,
+) -> Response {
+    rest(st, req, "admin:DeleteAccessKey", move |st, call, _| {
+        st.kms.delete_access_key(call, &account, &id)?;
+        st.signing_keys.forget(&id);
+        reply(StatusCode::OK, &Deleted { deleted: id })
     })
     .await
 }

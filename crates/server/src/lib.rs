@@ -31,4 +31,5 @@ pub use config::{DbSettings, ServerConfig, TlsFiles};
 
 /// The SigV4 service name of the REST API.
 pub const REST_SERVICE: &str = "atrest";
-pub use run::{RunningServer, start};
+pub use run::{Listener, RunningServer, StartError, start};
+pub use tls::TlsError;

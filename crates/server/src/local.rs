@@ -69,8 +69,11 @@ struct Device {
     block_size: u32,
 }
 
+/// A failed I/O on the disk as the block device's error: of the error's
+/// kind ([`ServiceError::io_kind`]), so that the FUSE file answers `ENOSPC`
+/// for a full pool, not `EIO`; the error itself stays inside.
 fn io(e: ServiceError) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    std::io::Error::new(e.io_kind(), e)
 }
 
 impl BlockDevice for Device {
@@ -244,5 +247,41 @@ impl atrest_dbservice::Volumes for LocalDisks {
 
     fn detach(&self, caller: &Caller, disk: &str) -> Result<(), ServiceError> {
         self.detach_via(Via::Db, caller, disk).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use atrest_disk::DiskError;
+
+    use super::*;
+
+    /// The block device's error has the disk error's kind (a full pool is
+    /// `StorageFull`, which the FUSE file answers `ENOSPC`), its message,
+    /// and the error itself inside.
+    #[test]
+    fn a_device_error_keeps_the_kind_and_the_message() {
+        let full = ServiceError::Disk(DiskError::Io {
+            context: "writing the pool".into(),
+            error: std::io::Error::from_raw_os_error(28),
+        });
+        let shown = full.to_string();
+        let e = io(full);
+        assert_eq!(e.kind(), ErrorKind::StorageFull);
+        assert_eq!(e.to_string(), shown);
+        assert!(
+            e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<ServiceError>())
+                .is_some()
+        );
+        let invalid = ServiceError::Disk(DiskError::Invalid("beyond the end".into()));
+        assert_eq!(io(invalid).kind(), ErrorKind::InvalidInput);
+        let closed = ServiceError::Closed {
+            disk: "disk-1".into(),
+            reason: "its key was disabled".into(),
+        };
+        assert_eq!(io(closed).kind(), ErrorKind::Other);
     }
 }

@@ -29,6 +29,9 @@ use rustls_pki_types::pem::PemObject;
 use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
+use crate::run::{Listener, StartError};
+use crate::tls::TlsError;
+
 /// The NBD listener's configuration.
 #[derive(Debug, Clone)]
 pub struct NbdConfig {
@@ -88,26 +91,28 @@ pub(crate) async fn start(
     kms: Arc<KeyService>,
     disks: Arc<DiskService>,
     stopped: tokio::sync::watch::Receiver<bool>,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
     if let Some(p) = &config.plaintext_principal {
         if !config.listen.ip().is_loopback() {
-            return Err(format!(
-                "refusing plaintext NBD on {}, which is not a loopback address: NBD off loopback needs TLS (--nbd-tls-cert, --nbd-tls-key) and no --nbd-plaintext-principal",
-                config.listen
-            ));
+            return Err(StartError::NbdPlaintextRemote {
+                listen: config.listen,
+            });
         }
         if principal_caller(p, "").is_none() {
-            return Err(format!(
-                "--nbd-plaintext-principal {p} is not arn:aws:iam::ACCOUNT:root or arn:aws:iam::ACCOUNT:user/NAME"
-            ));
+            return Err(StartError::NbdPrincipal {
+                principal: p.clone(),
+            });
         }
     } else if config.tls.is_none() {
-        return Err(
-            "NBD needs TLS (--nbd-tls-cert and --nbd-tls-key), or --nbd-plaintext-principal for plaintext on loopback".into(),
-        );
+        return Err(StartError::NbdWithoutTls);
     }
     let tls: Option<Arc<dyn StartTls>> = match &config.tls {
-        Some(t) => Some(Arc::new(Tls::new(t, Arc::clone(&kms))?)),
+        Some(t) => Some(Arc::new(Tls::new(t, Arc::clone(&kms)).map_err(
+            |error| StartError::Tls {
+                listener: Listener::Nbd,
+                error,
+            },
+        )?)),
         None => None,
     };
     let nbd_config = Arc::new(server::Config {
@@ -120,10 +125,15 @@ pub(crate) async fn start(
         disks,
         plaintext: config.plaintext_principal.clone(),
     });
+    let bind = |error| StartError::Bind {
+        listener: Listener::Nbd,
+        addr: config.listen,
+        error,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("binding NBD listener {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
     tracing::info!(%addr, tls = config.tls.is_some(), tls_required = nbd_config.tls_required, "NBD serving");
     let task = tokio::spawn(server::serve(listener, nbd_config, backend, stopped));
     Ok((addr, task))
@@ -160,8 +170,14 @@ impl DiskExports {
                     "the client certificate names {arn}, which is not an atrest principal ARN"
                 ))
             }),
+            // The key's current state again (the handshake checked it
+            // too): an in-memory lookup that every change invalidates.
             ClientIdentity::Psk(akid) => match self.kms.access_key(akid) {
-                Ok(Some(k)) if k.active => Ok(k.caller(region)),
+                Ok(Some(k)) if k.active => {
+                    self.kms
+                        .note_access_key_use(akid, atrest_kms::AccessKeyUse::Nbd, region);
+                    Ok(k.caller(region))
+                }
                 Ok(_) => Err(unknown(format!("access key {akid} is not active"))),
                 Err(e) => Err(Refused::Failed(e.to_string())),
             },
@@ -266,13 +282,14 @@ struct DiskExport {
     info: ExportInfo,
 }
 
+/// The reply to a failed I/O on a disk: `ESHUTDOWN` for a disk closed
+/// because its key was lost, else the errno of the error's kind
+/// ([`ServiceError::io_kind`] through [`errno::of_kind`]: a full pool is
+/// `ENOSPC`, a range outside the disk `EINVAL`, the rest mostly `EIO`).
 fn io_error(e: ServiceError) -> IoError {
-    use atrest_disk::DiskError;
     let errno = match &e {
-        ServiceError::Disk(DiskError::Invalid(_)) => errno::EINVAL,
-        ServiceError::Disk(DiskError::Io(m)) if m.contains("No space") => errno::ENOSPC,
         ServiceError::Closed { .. } => errno::ESHUTDOWN,
-        _ => errno::EIO,
+        e => errno::of_kind(e.io_kind()),
     };
     IoError {
         errno,
@@ -316,7 +333,9 @@ struct Tls {
     psk: atrest_tlspsk::PskAcceptor,
 }
 
-/// PSKs of access keys.
+/// PSKs of access keys, looked up at every handshake in the key service's
+/// current state: a deactivated or deleted key's PSK opens no new
+/// connection from the moment of the change.
 struct AccessKeyPsk(Arc<KeyService>);
 
 impl atrest_tlspsk::PskLookup for AccessKeyPsk {
@@ -329,7 +348,7 @@ impl atrest_tlspsk::PskLookup for AccessKeyPsk {
 }
 
 impl Tls {
-    fn new(t: &NbdTls, kms: Arc<KeyService>) -> Result<Self, String> {
+    fn new(t: &NbdTls, kms: Arc<KeyService>) -> Result<Self, TlsError> {
         let (certs, key) = crate::tls::load(&crate::TlsFiles {
             cert: t.cert.clone(),
             key: t.key.clone(),
@@ -337,33 +356,44 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(TlsError::Versions)?;
         let builder = match &t.client_ca {
             Some(ca) => {
+                let path = || ca.clone();
                 let mut roots = rustls::RootCertStore::empty();
-                for c in CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| format!("reading client CA {}: {e}", ca.display()))?
+                for c in
+                    CertificateDer::pem_file_iter(ca).map_err(|error| TlsError::ReadClientCa {
+                        path: path(),
+                        error,
+                    })?
                 {
-                    let c = c.map_err(|e| format!("parsing client CA {}: {e}", ca.display()))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("client CA {}: {e}", ca.display()))?;
+                    let c = c.map_err(|error| TlsError::ParseClientCa {
+                        path: path(),
+                        error,
+                    })?;
+                    roots.add(c).map_err(|error| TlsError::ClientCa {
+                        path: path(),
+                        error,
+                    })?;
                 }
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
                 )
                 .build()
-                .map_err(|e| format!("client CA {}: {e}", ca.display()))?;
+                .map_err(|error| TlsError::ClientVerifier {
+                    path: path(),
+                    error,
+                })?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
         };
         let config = builder
             .with_single_cert(certs, key)
-            .map_err(|e| format!("NBD certificate and key do not match: {e}"))?;
-        let psk = atrest_tlspsk::PskAcceptor::new(Arc::new(AccessKeyPsk(kms)))
-            .map_err(|e| format!("TLS-PSK: {e}"))?;
+            .map_err(TlsError::KeyMismatch)?;
+        let psk =
+            atrest_tlspsk::PskAcceptor::new(Arc::new(AccessKeyPsk(kms))).map_err(TlsError::Psk)?;
         Ok(Self {
             rustls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             psk,
@@ -532,6 +562,207 @@ mod tests {
                 other => panic!("a managed export must be refused by policy: {other:?}"),
             }
         }
+    }
+
+    /// A pool whose writes fail as a full file system's do (`ENOSPC`,
+    /// which std reads as `ErrorKind::StorageFull`) while `full` is set.
+    struct FillingPool {
+        file: atrest_disk::FileStorage,
+        full: std::sync::atomic::AtomicBool,
+    }
+
+    impl atrest_disk::Storage for FillingPool {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.file.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.file.write_at(offset, data)
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.file.sync()
+        }
+    }
+
+    const PRINCIPAL: &str = "arn:aws:iam::111122223333:root";
+
+    /// The exports of a disk service over `pool`, for [`PRINCIPAL`] in
+    /// plaintext, and one plain 1 MiB disk of its.
+    fn exports_over(pool: Arc<dyn atrest_disk::Storage>) -> (DiskExports, String) {
+        let kms = Arc::new(
+            KeyService::open(
+                Arc::new(atrest_store::MemoryStore::new()),
+                atrest_kms::root::RootKey::from_key(atrest_crypto::Aes256Key::generate().unwrap()),
+                vec!["r1".to_owned()],
+                Arc::new(atrest_kms::clock::SystemClock),
+            )
+            .unwrap(),
+        );
+        let engine =
+            atrest_disk::Engine::open(Arc::new(atrest_store::MemoryStore::new()), pool).unwrap();
+        let disks = DiskService::start(
+            Arc::clone(&kms),
+            engine,
+            atrest_diskservice::Config::default(),
+        )
+        .unwrap();
+        let caller = principal_caller(PRINCIPAL, "r1").unwrap();
+        let disk = disks
+            .create_disk(
+                &caller,
+                &atrest_diskservice::NewDisk {
+                    size: 1 << 20,
+                    encrypted: Some(false),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let exports = DiskExports {
+            kms,
+            disks,
+            plaintext: Some(PRINCIPAL.to_owned()),
+        };
+        (exports, disk.id)
+    }
+
+    /// The one mapping, error by error: the kind decides, never the
+    /// message.
+    #[test]
+    fn io_errors_map_to_the_errno_of_their_kind() {
+        use atrest_disk::DiskError;
+        use std::io::{Error, ErrorKind};
+        let disk_io = |error: Error| {
+            ServiceError::Disk(DiskError::Io {
+                context: "writing the pool".into(),
+                error,
+            })
+        };
+        let cases = [
+            (disk_io(Error::from_raw_os_error(28)), errno::ENOSPC),
+            (disk_io(Error::from(ErrorKind::StorageFull)), errno::ENOSPC),
+            (
+                disk_io(Error::from(ErrorKind::QuotaExceeded)),
+                errno::ENOSPC,
+            ),
+            (
+                disk_io(Error::from(ErrorKind::ReadOnlyFilesystem)),
+                errno::EPERM,
+            ),
+            (
+                disk_io(Error::from(ErrorKind::PermissionDenied)),
+                errno::EPERM,
+            ),
+            (disk_io(Error::from(ErrorKind::InvalidInput)), errno::EINVAL),
+            // The words are not looked at: this is an EIO.
+            (disk_io(Error::other("No space left on device")), errno::EIO),
+            (
+                ServiceError::Disk(DiskError::Invalid("beyond the end".into())),
+                errno::EINVAL,
+            ),
+            (
+                ServiceError::Disk(DiskError::Failed("engine stopped".into())),
+                errno::EIO,
+            ),
+            (
+                ServiceError::Closed {
+                    disk: "disk-1".into(),
+                    reason: "its key was disabled".into(),
+                },
+                errno::ESHUTDOWN,
+            ),
+            (
+                ServiceError::Kms(KmsError::Internal("store".into())),
+                errno::EIO,
+            ),
+        ];
+        for (e, want) in cases {
+            let shown = e.to_string();
+            let got = io_error(e);
+            assert_eq!(got.errno, want, "{shown}");
+            assert_eq!(got.message, shown);
+        }
+    }
+
+    /// A write the pool has no room for is answered `ENOSPC` on the wire
+    /// (with the pool's words in the message), and the disk serves on once
+    /// there is room again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_pool_answers_enospc_over_nbd() {
+        use atrest_nbd::transmit::{Request, SIMPLE_REPLY_MAGIC, cmd};
+        use tokio::io::AsyncWriteExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Arc::new(FillingPool {
+            file: atrest_disk::FileStorage::open(&dir.path().join("pool")).unwrap(),
+            full: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (exports, disk) = exports_over(Arc::clone(&pool) as Arc<dyn atrest_disk::Storage>);
+
+        // The export itself: the error's errno and message.
+        let session = Session {
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            tls: false,
+            identity: ClientIdentity::None,
+        };
+        let export = exports.open(&session, &disk).unwrap();
+        pool.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = export.write(0, &[1; 4096], false).unwrap_err();
+        assert_eq!(e.errno, errno::ENOSPC, "{e:?}");
+        assert!(e.message.contains("No space left on device"), "{e:?}");
+        pool.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        drop(export);
+
+        // Over the wire: a plaintext client on loopback.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let config = Arc::new(server::Config {
+            tls_required: false,
+            ..server::Config::default()
+        });
+        let task = tokio::spawn(server::serve(listener, config, Arc::new(exports), stopped));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(greeting, atrest_nbd::negotiate::greeting());
+        let flags = atrest_nbd::handshake::C_FIXED_NEWSTYLE | atrest_nbd::handshake::C_NO_ZEROES;
+        s.write_all(&flags.to_be_bytes()).await.unwrap();
+        let mut option = atrest_nbd::IHAVEOPT.to_be_bytes().to_vec();
+        option.extend_from_slice(&atrest_nbd::negotiate::opt::EXPORT_NAME.to_be_bytes());
+        option.extend_from_slice(&u32::try_from(disk.len()).unwrap().to_be_bytes());
+        option.extend_from_slice(disk.as_bytes());
+        s.write_all(&option).await.unwrap();
+        let mut export_info = [0u8; 10];
+        s.read_exact(&mut export_info).await.unwrap();
+        assert_eq!(export_info[..8], (1u64 << 20).to_be_bytes());
+
+        // One WRITE: its simple reply's errno.
+        async fn write(s: &mut tokio::net::TcpStream, cookie: u64) -> u32 {
+            let mut req = Request::encode(0, cmd::WRITE, cookie, 8192, 4096).to_vec();
+            req.extend_from_slice(&[7; 4096]);
+            s.write_all(&req).await.unwrap();
+            let mut reply = [0u8; 16];
+            s.read_exact(&mut reply).await.unwrap();
+            assert_eq!(reply[..4], SIMPLE_REPLY_MAGIC.to_be_bytes());
+            assert_eq!(reply[8..], cookie.to_be_bytes());
+            u32::from_be_bytes(reply[4..8].try_into().unwrap())
+        }
+        pool.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(write(&mut s, 1).await, errno::ENOSPC);
+        pool.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(write(&mut s, 2).await, 0);
+
+        stop.send(true).unwrap();
+        drop(s);
+        task.await.unwrap();
     }
 
     #[test]

@@ -20,6 +20,119 @@ use crate::http_api::{AppState, Peer, router};
 /// Most connections served at once; further ones wait in the accept queue.
 const MAX_CONNECTIONS: usize = 10_000;
 
+/// One of the server's listeners, as a [`StartError`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Listener {
+    /// The API's (HTTP or HTTPS).
+    Http,
+    /// The metrics listener's.
+    Metrics,
+    /// The NBD listener's.
+    Nbd,
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Http => "HTTP",
+            Self::Metrics => "metrics",
+            Self::Nbd => "NBD",
+        })
+    }
+}
+
+/// Why [`start`] failed. Every message is whole: it says what failed,
+/// where, and the underlying error's message (so the underlying error,
+/// kept typed in the variant, is not also the
+/// [`source`](std::error::Error::source), which would print it twice in a
+/// chain).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Plain HTTP was asked for off loopback, without
+    /// `allow_plaintext_remote`. Nothing was created.
+    #[error(
+        "refusing to serve plain HTTP on {listen}, which is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext-remote if a proxy in front terminates TLS"
+    )]
+    PlaintextRemote {
+        /// The address asked for.
+        listen: SocketAddr,
+    },
+    /// Plaintext NBD was asked for off loopback.
+    #[error(
+        "refusing plaintext NBD on {listen}, which is not a loopback address: NBD off loopback needs TLS (--nbd-tls-cert, --nbd-tls-key) and no --nbd-plaintext-principal"
+    )]
+    NbdPlaintextRemote {
+        /// The NBD address asked for.
+        listen: SocketAddr,
+    },
+    /// The principal for plaintext NBD is not an atrest principal ARN.
+    #[error(
+        "--nbd-plaintext-principal {principal} is not arn:aws:iam::ACCOUNT:root or arn:aws:iam::ACCOUNT:user/NAME"
+    )]
+    NbdPrincipal {
+        /// The principal given.
+        principal: String,
+    },
+    /// NBD was configured with neither TLS nor a plaintext principal.
+    #[error(
+        "NBD needs TLS (--nbd-tls-cert and --nbd-tls-key), or --nbd-plaintext-principal for plaintext on loopback"
+    )]
+    NbdWithoutTls,
+    /// A listener's TLS configuration cannot be built from its files.
+    #[error("{listener} TLS: {error}")]
+    Tls {
+        /// Whose TLS.
+        listener: Listener,
+        /// Why.
+        error: crate::tls::TlsError,
+    },
+    /// The data dir could not be opened: its lock (another server has
+    /// it), its store, the root of trust, the audit trail or the disk
+    /// service.
+    #[error("{0}")]
+    DataDir(crate::datadir::DataDirError),
+    /// A listener could not be bound (the address is in use, say).
+    #[error("binding {listener} listener {addr}: {error}")]
+    Bind {
+        /// Which listener.
+        listener: Listener,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The error ([`std::io::ErrorKind::AddrInUse`], ...).
+        error: std::io::Error,
+    },
+    /// The path of the running program (the database service's agent) is
+    /// not known.
+    #[error("finding the atrest program: {0}")]
+    CurrentExe(std::io::Error),
+    /// The database service could not be opened.
+    #[error("database service: {0}")]
+    Db(atrest_dbservice::DbError),
+    /// The projects' store could not be opened.
+    #[error("project store: {0}")]
+    ProjectStore(atrest_store::StoreError),
+    /// A start-up step run on a blocking thread panicked.
+    #[error("{step}: {error}")]
+    Task {
+        /// The step.
+        step: &'static str,
+        /// The panic, as the runtime reports it.
+        error: tokio::task::JoinError,
+    },
+}
+
+/// Runs a start-up step on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    step: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|error| StartError::Task { step, error })
+}
+
 /// A server that is running.
 pub struct RunningServer {
     /// The bound address (useful when listening on port 0).
@@ -50,6 +163,17 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+        // No request is served any more: what is noted of access keys'
+        // last use goes to the store, however recent its last write.
+        let kms = Arc::clone(&self.kms);
+        let flushed =
+            match tokio::task::spawn_blocking(move || kms.flush_access_key_use(true)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+        if let Err(e) = flushed {
+            tracing::error!(error = %e, "writing access keys' last use at shutdown failed");
+        }
         let db = Arc::clone(&self.db);
         if let Err(e) = tokio::task::spawn_blocking(move || db.shutdown()).await {
             tracing::error!(error = %e, "stopping the database instances at shutdown failed");
@@ -70,17 +194,19 @@ impl RunningServer {
 }
 
 /// Opens the data dir, binds the listener and starts serving.
-pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.allow_plaintext_remote {
-        return Err(format!(
-            "refusing to serve plain HTTP on {}, which is not a loopback address: give --tls-cert and --tls-key, or --allow-plaintext-remote if a proxy in front terminates TLS",
-            config.listen
-        ));
+        return Err(StartError::PlaintextRemote {
+            listen: config.listen,
+        });
     }
     let tls = match &config.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-            files,
-        )?)),
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(files).map_err(|error| StartError::Tls {
+                listener: Listener::Http,
+                error,
+            })?,
+        )),
         None => None,
     };
     let clock: Arc<dyn Clock> = if config.lifecycle_clock_offset.is_zero() {
@@ -90,12 +216,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         Arc::new(OffsetClock(config.lifecycle_clock_offset))
     };
     let (data_dir, root, regions) = (config.data_dir.clone(), config.root, config.regions.clone());
+    let admin_credentials = config
+        .admin_credentials
+        .clone()
+        .unwrap_or_else(|| crate::datadir::default_admin_credentials_file(&config.data_dir));
     let audit = config.audit.clone();
     let audit_sync = config.audit_sync;
     let disk_config = config.disks;
-    let opened = tokio::task::spawn_blocking(move || {
+    let opened = blocking("opening the data dir", move || {
         crate::datadir::open(
             &data_dir,
+            &admin_credentials,
             root,
             regions,
             clock,
@@ -103,16 +234,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
             disk_config,
         )
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .await?
+    .map_err(StartError::DataDir)?;
     let kms = opened.kms;
+    kms.set_access_key_use_flush_interval(config.access_key_use_flush);
     let has_providers = !config.providers.is_empty();
     kms.set_providers(atrest_kms::Providers::new(config.providers.clone()));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("binding {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let bind = |error| StartError::Bind {
+        listener: Listener::Http,
+        addr: config.listen,
+        error,
+    };
+    let listener = TcpListener::bind(config.listen).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
     let (stop, stopped) = watch::channel(false);
     let db_run = crate::local::run_base(&config.data_dir).join("db");
     let local = {
@@ -122,14 +256,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
             db_run.clone(),
         );
         Arc::new(
-            tokio::task::spawn_blocking(move || {
+            blocking("cleaning up after a crash", move || {
                 // PostgreSQL servers and mounts a crash left go before the
                 // local attachments under them.
                 atrest_dbservice::DbService::cleanup_stale(&db_run);
                 crate::local::LocalDisks::open(dir, disks)
             })
-            .await
-            .map_err(|e| e.to_string())?,
+            .await?,
         )
     };
     let db = {
@@ -143,8 +276,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
                 .backup_dir
                 .clone()
                 .unwrap_or_else(|| config.data_dir.join("backups")),
-            agent_program: std::env::current_exe()
-                .map_err(|e| format!("finding the atrest program: {e}"))?,
+            agent_program: std::env::current_exe().map_err(StartError::CurrentExe)?,
             on_key_loss: config.disks.on_key_loss,
             check_interval: config.disks.check_interval,
             default_size: config.db.default_size,
@@ -154,17 +286,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
             Arc::clone(&opened.disks),
             Arc::clone(&local) as Arc<dyn atrest_dbservice::Volumes>,
         );
-        tokio::task::spawn_blocking(move || {
+        blocking("opening the database service", move || {
             atrest_dbservice::DbService::open(kms, disks, volumes, db_config)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
+        .await?
+        .map_err(StartError::Db)?
     };
     let projects = {
         let store: Arc<dyn atrest_store::Store> = Arc::new(
             atrest_store::RedbStore::open(&config.data_dir.join("control.redb"))
-                .map_err(|e| format!("project store: {e}"))?,
+                .map_err(StartError::ProjectStore)?,
         );
         Arc::new(atrest_control::Projects::new(
             store,
@@ -188,10 +319,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     let mut tasks = Vec::new();
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics_listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("binding metrics listener {addr}: {e}"))?;
-        metrics_addr = Some(l.local_addr().map_err(|e| e.to_string())?);
+        let bind = |error| StartError::Bind {
+            listener: Listener::Metrics,
+            addr,
+            error,
+        };
+        let l = TcpListener::bind(addr).await.map_err(bind)?;
+        metrics_addr = Some(l.local_addr().map_err(bind)?);
         let trail = Arc::clone(&opened.trail);
         let app = axum::Router::new().route(
             "/metrics",
@@ -238,6 +372,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
             stopped.clone(),
         )));
     }
+    tasks.push(tokio::spawn(key_use_loop(
+        Arc::clone(&kms),
+        config.access_key_use_flush,
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(lifecycle_loop(
         Arc::clone(&kms),
         config.lifecycle_interval,
@@ -394,6 +533,23 @@ async fn periodic<T: Send + 'static>(
             Err(e) => tracing::error!(error = %e, task = what, "periodic task failed"),
         }
     }
+}
+
+/// Writes access keys' last use, noted in memory by every request, to the
+/// store: each key at most once per `every` (see `flush_access_key_use`).
+async fn key_use_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Receiver<bool>) {
+    periodic(
+        "access key last use",
+        every.max(Duration::from_millis(100)),
+        stopped,
+        move || kms.flush_access_key_use(false),
+        |r| {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "writing access keys' last use failed");
+            }
+        },
+    )
+    .await;
 }
 
 /// Runs the rotations, deletions and expiries that are due.

@@ -218,10 +218,13 @@ pub struct Trail {
 
 impl Trail {
     /// Wraps an open log, rebuilding the counts from `dir`'s records.
-    pub fn new(log: AuditLog, dir: &std::path::Path, sync: AuditSync) -> Result<Self, String> {
+    pub fn new(
+        log: AuditLog,
+        dir: &std::path::Path,
+        sync: AuditSync,
+    ) -> Result<Self, atrest_audit::AuditError> {
         let metering = Metering::default();
-        let records = atrest_audit::query(dir, &atrest_audit::Filter::default())
-            .map_err(|e| e.to_string())?;
+        let records = atrest_audit::query(dir, &atrest_audit::Filter::default())?;
         for key in records.iter().filter_map(|r| Metering::key(&r.entry)) {
             metering.add(key);
         }

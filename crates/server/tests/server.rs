@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use atrest_client::{Client, Credentials, load_shared_credentials};
 use atrest_kms::root::RootSource;
-use atrest_server::{RunningServer, ServerConfig, TlsFiles};
+use atrest_server::datadir::DataDirError;
+use atrest_server::{Listener, RunningServer, ServerConfig, StartError, TlsError, TlsFiles};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use serde_json::json;
 
 fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
@@ -21,6 +22,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         tls,
         allow_plaintext_remote: false,
         data_dir: dir.join("data"),
+        admin_credentials: None,
         root: RootSource::KeyFile(dir.join("data.root.key")),
         regions: vec!["us-east-1".into(), "eu-west-1".into()],
         lifecycle_interval: Duration::from_secs(3600),
@@ -34,11 +36,12 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         db: atrest_server::DbSettings::default(),
         providers: Default::default(),
         provider_check_interval: Duration::from_secs(60),
+        access_key_use_flush: Duration::from_secs(60),
     }
 }
 
 fn admin_client(server: &RunningServer, dir: &Path, scheme: &str, ca: Option<&Path>) -> Client {
-    let creds = load_shared_credentials(&dir.join("data/admin-credentials"), "default").unwrap();
+    let creds = load_shared_credentials(&dir.join("data.admin-credentials"), "default").unwrap();
     Client::new(
         &format!("{scheme}://{}", server.addr),
         creds,
@@ -128,7 +131,7 @@ async fn data_dir_holds_no_plaintext_keys() {
     secrets.push(server.kms.root_key_for_tests());
     let admin_secret = {
         let creds =
-            load_shared_credentials(&dir.path().join("data/admin-credentials"), "default").unwrap();
+            load_shared_credentials(&dir.path().join("data.admin-credentials"), "default").unwrap();
         creds.secret_access_key.expose().to_vec()
     };
     server.shutdown().await;
@@ -146,14 +149,22 @@ async fn data_dir_holds_no_plaintext_keys() {
             "{} holds a secret",
             f.display()
         );
-        if !f.ends_with("admin-credentials") {
-            assert!(
-                found(&bytes, std::slice::from_ref(&admin_secret)).is_empty(),
-                "{} holds the access key secret",
-                f.display()
-            );
-        }
+        // The admin's credentials are beside the data dir, not in it.
+        assert!(
+            found(&bytes, std::slice::from_ref(&admin_secret)).is_empty(),
+            "{} holds the access key secret",
+            f.display()
+        );
     }
+    let beside = dir.path().join("data.admin-credentials");
+    assert!(
+        !found(
+            &std::fs::read(&beside).unwrap(),
+            std::slice::from_ref(&admin_secret)
+        )
+        .is_empty(),
+        "the credentials file beside the data dir holds the secret"
+    );
     // The scan itself can find what it looks for.
     let planted = [b"prefix".as_slice(), &needles[7], b"suffix"].concat();
     assert_eq!(found(&planted, &needles), vec![7]);
@@ -219,7 +230,7 @@ async fn authentication_and_request_errors() {
     let c = admin_client(&server, dir.path(), "http", None);
     let endpoint = format!("http://{}", server.addr);
     let creds =
-        load_shared_credentials(&dir.path().join("data/admin-credentials"), "default").unwrap();
+        load_shared_credentials(&dir.path().join("data.admin-credentials"), "default").unwrap();
 
     let wrong_secret = Client::new(
         &endpoint,
@@ -315,7 +326,7 @@ async fn authentication_and_request_errors() {
     // The admin API refuses a non-admin account.
     let made = c
         .rest(
-            http::Method::POST,
+            Method::POST,
             "/v1/accounts",
             Some(&json!({"id": "123456789012"})),
         )
@@ -323,11 +334,7 @@ async fn authentication_and_request_errors() {
         .unwrap();
     assert_eq!(made.status, StatusCode::CREATED);
     let key = c
-        .rest(
-            http::Method::POST,
-            "/v1/accounts/123456789012/access-keys",
-            None,
-        )
+        .rest(Method::POST, "/v1/accounts/123456789012/access-keys", None)
         .await
         .unwrap()
         .json();
@@ -342,7 +349,7 @@ async fn authentication_and_request_errors() {
     )
     .unwrap();
     let denied = user
-        .rest(http::Method::POST, "/v1/accounts", Some(&json!({})))
+        .rest(Method::POST, "/v1/accounts", Some(&json!({})))
         .await
         .unwrap();
     assert_eq!(denied.status, StatusCode::BAD_REQUEST);
@@ -350,10 +357,7 @@ async fn authentication_and_request_errors() {
     // REST calls signed for the KMS service name are refused.
     let r = user.kms("ListKeys", &json!({})).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
-    let nowhere = c
-        .rest(http::Method::GET, "/v1/nothing-here", None)
-        .await
-        .unwrap();
+    let nowhere = c.rest(Method::GET, "/v1/nothing-here", None).await.unwrap();
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
     server.shutdown().await;
 }
@@ -381,7 +385,17 @@ async fn one_server_per_data_dir_and_restart_keeps_everything() {
     let err = second
         .err()
         .expect("a second server on the same data dir must fail");
-    assert!(err.contains("in use by another process"), "{err}");
+    assert!(
+        matches!(
+            err,
+            StartError::DataDir(DataDirError::Store(atrest_store::StoreError::Locked(_)))
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
     server.shutdown().await;
 
     let server = atrest_server::start(config(dir.path(), None))
@@ -407,6 +421,251 @@ async fn plain_http_off_loopback_is_refused() {
     let mut cfg = config(dir.path(), None);
     cfg.listen = "0.0.0.0:0".parse().unwrap();
     let err = atrest_server::start(cfg).await.err().expect("must refuse");
-    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(matches!(err, StartError::PlaintextRemote { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
     assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+/// Each way of failing to start is its own variant, and its message says
+/// what failed, where, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_are_typed_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // A missing certificate: the HTTP listener's TLS, naming the file.
+    let missing = dir.path().join("missing.pem");
+    let cfg = config(
+        dir.path(),
+        Some(TlsFiles {
+            cert: missing.clone(),
+            key: missing.clone(),
+        }),
+    );
+    let err = atrest_server::start(cfg).await.err().expect("must refuse");
+    assert!(
+        matches!(
+            &err,
+            StartError::Tls {
+                listener: Listener::Http,
+                error: TlsError::ReadCertificate { path, .. },
+            } if *path == missing
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("missing.pem"), "{msg}");
+    assert!(msg.contains("No such file"), "{msg}");
+
+    // An address in use: the I/O error is kept, kind and message.
+    // (Each case has a data dir of its own: a start that failed after
+    // opening one may leave it locked until its background tasks end.)
+    let busy_dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(busy_dir.path(), None);
+    cfg.listen = taken.local_addr().unwrap();
+    let err = atrest_server::start(cfg).await.err().expect("must refuse");
+    match &err {
+        StartError::Bind {
+            listener: Listener::Http,
+            addr,
+            error,
+        } => {
+            assert_eq!(*addr, taken.local_addr().unwrap());
+            assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+        }
+        other => panic!("expected a bind error: {other:?}"),
+    }
+    assert!(err.to_string().contains("Address already in use"), "{err}");
+
+    // NBD: plaintext off loopback, a principal that is not one, no TLS.
+    let nbd_dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let nbd = |case: usize, listen: &str, principal: Option<&str>| {
+        let mut cfg = config(nbd_dirs[case].path(), None);
+        cfg.nbd = Some(atrest_server::nbd::NbdConfig {
+            listen: listen.parse().unwrap(),
+            tls: None,
+            plaintext_principal: principal.map(str::to_owned),
+        });
+        cfg
+    };
+    let root = "arn:aws:iam::111122223333:root";
+    let err = atrest_server::start(nbd(0, "0.0.0.0:0", Some(root)))
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, StartError::NbdPlaintextRemote { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let err = atrest_server::start(nbd(1, "127.0.0.1:0", Some("alice")))
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(&err, StartError::NbdPrincipal { principal } if principal == "alice"),
+        "{err:?}"
+    );
+    let err = atrest_server::start(nbd(2, "127.0.0.1:0", None))
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(matches!(err, StartError::NbdWithoutTls), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_key_life_cycle_reaches_authentication_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = atrest_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    let admin = admin_client(&server, dir.path(), "http", None);
+    let endpoint = format!("http://{}", server.addr);
+    let r = admin
+        .rest(
+            Method::POST,
+            "/v1/accounts",
+            Some(&json!({"id": "123456789012"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED);
+    let key = admin
+        .rest(Method::POST, "/v1/accounts/123456789012/access-keys", None)
+        .await
+        .unwrap()
+        .json();
+    let id = key["access_key_id"].as_str().unwrap().to_owned();
+    let user = Client::new(
+        &endpoint,
+        Credentials {
+            access_key_id: id.clone(),
+            secret_access_key: atrest_client::secret(key["secret_access_key"].as_str().unwrap()),
+        },
+        "us-east-1",
+        None,
+    )
+    .unwrap();
+    let kms_status = || async { user.kms("ListKeys", &json!({})).await.unwrap() };
+    let rest_status = || async {
+        user.rest(Method::GET, "/v1/accounts/123456789012/access-keys", None)
+            .await
+            .unwrap()
+    };
+    // Used (so its signing key and its state are cached) before each change.
+    assert_eq!(kms_status().await.status, StatusCode::OK);
+    let listed = admin
+        .rest(Method::GET, "/v1/accounts/123456789012/access-keys", None)
+        .await
+        .unwrap()
+        .json();
+    let last = &listed["access_keys"][0]["last_used"];
+    assert_eq!(last["service"], "kms", "{listed}");
+    assert_eq!(last["region"], "us-east-1", "{listed}");
+    assert_eq!(listed["access_keys"][0]["status"], "Active");
+
+    let path = format!("/v1/accounts/123456789012/access-keys/{id}");
+    let r = admin
+        .rest(Method::POST, &format!("{path}/deactivate"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "Inactive");
+    let r = kms_status().await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.error_type().as_deref(),
+        Some("UnrecognizedClientException")
+    );
+    assert_eq!(rest_status().await.status, StatusCode::UNAUTHORIZED);
+
+    let r = admin
+        .rest(Method::POST, &format!("{path}/activate"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(kms_status().await.status, StatusCode::OK);
+    assert_eq!(rest_status().await.status, StatusCode::OK);
+
+    let r = admin.rest(Method::DELETE, &path, None).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["deleted"], id.as_str());
+    let r = kms_status().await;
+    assert_eq!(
+        r.error_type().as_deref(),
+        Some("UnrecognizedClientException")
+    );
+    assert_eq!(rest_status().await.status, StatusCode::UNAUTHORIZED);
+
+    // The operator cannot lock itself out.
+    let creds =
+        load_shared_credentials(&dir.path().join("data.admin-credentials"), "default").unwrap();
+    let accounts = admin
+        .rest(Method::GET, "/v1/accounts", None)
+        .await
+        .unwrap()
+        .json();
+    let admin_account = accounts["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["admin"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = admin
+        .rest(
+            Method::DELETE,
+            &format!(
+                "/v1/accounts/{admin_account}/access-keys/{}",
+                creds.access_key_id
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["code"], "ConflictException");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_credentials_are_kept_out_of_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None);
+    cfg.admin_credentials = Some(dir.path().join("data/sub/creds"));
+    let err = atrest_server::start(cfg).await.err().expect("must refuse");
+    assert!(
+        matches!(&err, StartError::DataDir(DataDirError::Credentials(m)) if m.contains("inside the data dir")),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+
+    // An earlier release's file in the data dir is moved out at start.
+    let server = atrest_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    server.shutdown().await;
+    let beside = dir.path().join("data.admin-credentials");
+    let legacy = dir.path().join("data/admin-credentials");
+    std::fs::rename(&beside, &legacy).unwrap();
+    let server = atrest_server::start(config(dir.path(), None))
+        .await
+        .unwrap();
+    assert!(!legacy.exists());
+    let c = admin_client(&server, dir.path(), "http", None);
+    assert_eq!(
+        c.kms("GenerateRandom", &json!({"NumberOfBytes": 8}))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&beside).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    server.shutdown().await;
 }

@@ -690,7 +690,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             server = Some(StartedServer { child });
             (
                 format!("http://127.0.0.1:{port}"),
-                data_dir.join("admin-credentials"),
+                // Beside the data dir, where the first start writes them.
+                tmp.path().join("data.admin-credentials"),
                 log,
             )
         }

@@ -71,7 +71,7 @@ impl Keys {
         let (below, above) = data.split_at_mut(low);
         if !below.is_empty() {
             let Some(next) = self.next.as_mut() else {
-                return Err(DiskError::Io("no key for re-encrypted chunks".into()));
+                return Err(crypto_failed("no key for re-encrypted chunks"));
             };
             sectors(next, block_size, offset, below, encrypt)?;
         }
@@ -95,11 +95,11 @@ impl Keys {
         let (dst_below, dst_above) = dst.split_at_mut(low.min(dst.len()));
         let encrypt = |c: &mut Xts256, offset: u64, src: &[u8], dst: &mut [u8]| {
             c.encrypt_sectors_to(offset / block_size as u64, block_size, src, dst)
-                .map_err(|e| DiskError::Io(format!("sector encryption: {e}")))
+                .map_err(crypto_failed)
         };
         if !src_below.is_empty() {
             let Some(next) = self.next.as_mut() else {
-                return Err(DiskError::Io("no key for re-encrypted chunks".into()));
+                return Err(crypto_failed("no key for re-encrypted chunks"));
             };
             encrypt(next, offset, src_below, dst_below)?;
         }
@@ -123,7 +123,14 @@ fn sectors(
     } else {
         c.decrypt_sectors(first, block_size, data)
     };
-    r.map_err(|e| DiskError::Io(format!("sector encryption: {e}")))
+    r.map_err(crypto_failed)
+}
+
+/// A sector encryption that failed: a [`DiskError::Io`] of kind
+/// [`Other`](std::io::ErrorKind::Other), like a failed read or write of the
+/// data (the engine goes on; a block-device client sees `EIO`).
+fn crypto_failed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DiskError {
+    DiskError::io("sector encryption", std::io::Error::other(e))
 }
 
 impl OpenDisk {
@@ -243,7 +250,7 @@ impl OpenDisk {
         self.engine
             .pool
             .read_at(phys * CHUNK, &mut chunk[..visible])
-            .map_err(|e| DiskError::Io(format!("reading: {e}")))?;
+            .map_err(|e| DiskError::io("reading the pool", e))?;
         {
             let mut guard = self.keys();
             let keys = &mut *guard;
@@ -261,7 +268,7 @@ impl OpenDisk {
         let fresh = st.alloc();
         if let Err(e) = self.engine.pool.write_at(fresh * CHUNK, &chunk) {
             st.free.insert(fresh);
-            return Err(DiskError::Io(format!("writing: {e}")));
+            return Err(DiskError::io("writing the pool", e));
         }
         if let Some(old) = st.layer_mut(top)?.map.insert(idx, fresh) {
             st.free_chunk(old);

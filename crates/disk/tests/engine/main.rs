@@ -27,6 +27,8 @@ use atrest_store::{Entry, MemoryStore, ReadTx, Store, StoreError, Table, WriteTx
 struct MemPool {
     s: Mutex<PoolState>,
     fail_sync: AtomicBool,
+    /// Makes every write fail with this OS error (`ENOSPC`: a full pool).
+    fail_writes: Mutex<Option<i32>>,
 }
 
 #[derive(Default, Clone)]
@@ -53,6 +55,9 @@ impl Storage for MemPool {
         Ok(())
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if let Some(errno) = *self.fail_writes.lock().unwrap() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         let mut s = self.s.lock().unwrap();
         put(&mut s.current, offset, data);
         s.unsynced.push((offset, data.to_vec()));
@@ -98,6 +103,7 @@ impl MemPool {
                 unsynced: Vec::new(),
             }),
             fail_sync: AtomicBool::new(false),
+            fail_writes: Mutex::new(None),
         }
     }
 }
@@ -509,6 +515,64 @@ fn snapshot_and_clone_copy_nothing_and_diverge() {
     // Far beyond anything written: zeros.
     c.read((64 << 30) - 8192, &mut b).unwrap();
     assert!(b.iter().all(|x| *x == 0));
+}
+
+/// A data write the pool has no room for fails with the pool's own error
+/// (kind `StorageFull`, `ENOSPC`), whether it needed a fresh chunk or
+/// wrote one in place; the chunk it took is given back, and the engine
+/// goes on once there is room.
+#[test]
+fn a_full_pool_fails_writes_with_its_own_error_and_the_engine_goes_on() {
+    const ENOSPC: i32 = 28;
+    let (engine, pool) = mem_engine();
+    let spec = DiskSpec {
+        size: 1 << 20,
+        block_size: 4096,
+        key: None,
+        labels: Labels::new(),
+    };
+    engine.create_disk("d", &spec).unwrap();
+    let d = engine.open_disk("d", None).unwrap();
+    d.write(0, &[1; 4096], true).unwrap();
+    let used = engine.chunks_in_use().unwrap();
+
+    *pool.fail_writes.lock().unwrap() = Some(ENOSPC);
+    // A fresh chunk, then in place.
+    for offset in [CHUNK, 0] {
+        let e = d.write(offset, &[2; 4096], false).unwrap_err();
+        assert_eq!(e.io_kind(), io::ErrorKind::StorageFull, "{e}");
+        match &e {
+            DiskError::Io { context, error } => {
+                assert_eq!(context, "writing the pool");
+                assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+                assert_eq!(error.raw_os_error(), Some(ENOSPC));
+            }
+            other => panic!("expected an I/O error: {other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with("disk I/O: writing the pool: No space left on device"),
+            "{e}"
+        );
+    }
+    assert_eq!(engine.chunks_in_use().unwrap(), used);
+
+    *pool.fail_writes.lock().unwrap() = None;
+    d.write(CHUNK, &[3; 4096], true).unwrap();
+    let mut b = vec![0u8; 4096];
+    d.read(CHUNK, &mut b).unwrap();
+    assert_eq!(b, [3; 4096]);
+    d.read(0, &mut b).unwrap();
+    assert_eq!(b, [1; 4096]);
+    // Other errors are not I/O errors of the pool.
+    assert_eq!(
+        d.write(100, &[1; 512], false).unwrap_err().io_kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        engine.open_disk("d", None).unwrap_err().io_kind(),
+        io::ErrorKind::Other
+    );
 }
 
 #[test]

@@ -1,7 +1,13 @@
-//! Accounts and access keys: creation, import, and the lookup that
-//! authentication uses.
+//! Accounts and access keys: creation, import, the life cycle of a key
+//! (deactivate, activate, delete), and the lookup that authentication uses.
+//!
+//! A key's state reaches every authentication at once: the KMS and REST
+//! APIs and NBD's pre-shared keys all go through [`KeyService::access_key`]
+//! on every request or connection, an in-memory lookup in `secrets`, and
+//! every change removes the key's entry there after it commits.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use atrest_crypto::SecretBytes;
 use atrest_store::WriteTx;
@@ -9,7 +15,7 @@ use atrest_store::WriteTx;
 use super::{Call, Caller, KeyService, read_lock, write_lock};
 use crate::KmsError;
 use crate::names::AccountId;
-use crate::records::{self, AccessKeyRecord, AccountRecord};
+use crate::records::{self, AccessKeyRecord, AccountRecord, LastUsedRecord};
 
 /// A new access key; the secret is shown once, then only its sealed form is
 /// kept. `Debug` redacts the secret.
@@ -76,6 +82,42 @@ pub struct AccessKeyInfo {
     pub created: f64,
     /// Whether it may sign requests.
     pub active: bool,
+    /// `Active` or `Inactive`, as AWS IAM names it.
+    pub status: &'static str,
+    /// The last authenticated use; null if never (or not since last_used
+    /// was recorded). Exact while the server runs; the stored time, which a
+    /// restart shows, is at most one flush interval (a minute) old.
+    pub last_used: Option<AccessKeyLastUsed>,
+}
+
+/// When and where an access key was last used.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct AccessKeyLastUsed {
+    /// When, epoch seconds.
+    pub time: f64,
+    /// Through which service: `kms` (the KMS API), `atrest` (the REST API)
+    /// or `nbd` (a disk over NBD, by the key's pre-shared key).
+    pub service: String,
+    /// The region of the request.
+    pub region: String,
+}
+
+impl From<LastUsedRecord> for AccessKeyLastUsed {
+    fn from(r: LastUsedRecord) -> Self {
+        Self {
+            time: crate::clock::epoch_seconds(r.time),
+            service: r.service,
+            region: r.region,
+        }
+    }
+}
+
+/// A change of an access key's life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyChange {
+    Deactivate,
+    Activate,
+    Delete,
 }
 
 /// `kms.meta` entry naming the admin access key of an unfinished bootstrap.
@@ -265,9 +307,11 @@ impl KeyService {
                 created: self.now_ms(),
                 active: true,
                 sealed_secret,
+                last_used: None,
             },
         )?;
-        write_lock(&self.secrets).remove(&id);
+        // An imported id may have been looked up (and found unknown) before.
+        self.forget_access_key(&id);
         Ok(NewAccessKey {
             account: account.clone(),
             access_key_id: id,
@@ -386,19 +430,16 @@ impl KeyService {
         })
     }
 
-    /// Lists the access keys of `account` (admins, or the account's root).
+    /// Lists the access keys of `account`, with their status and last use:
+    /// all of them for an admin or the account's root, a user's own for a
+    /// user of the account.
     pub fn list_access_keys(
         &self,
         call: &Call<'_>,
         account: &str,
     ) -> Result<Vec<AccessKeyInfo>, KmsError> {
-        let account = if call.caller.admin {
-            AccountId::parse(account).ok_or_else(|| {
-                KmsError::Validation(format!("Account id '{account}' is not 12 digits"))
-            })?
-        } else {
-            Self::require_manager(call, account)?
-        };
+        let account = Self::access_key_scope(call, account)?;
+        let own = Self::caller_user(call);
         let tx = self.store.read()?;
         if tx
             .get(records::ACCOUNTS, account.as_str().as_bytes())?
@@ -411,17 +452,205 @@ impl KeyService {
         let mut out = Vec::new();
         for (_, v) in tx.scan(records::ACCESS_KEYS, b"", None, usize::MAX)? {
             let k: AccessKeyRecord = records::decode(records::ACCESS_KEYS, &v)?;
-            if k.account == account.as_str() {
-                out.push(AccessKeyInfo {
-                    access_key_id: k.id,
-                    account: k.account,
-                    user: k.user,
-                    created: crate::clock::epoch_seconds(k.created),
-                    active: k.active,
-                });
+            if k.account == account.as_str() && own.is_none_or(|u| k.user.as_deref() == Some(u)) {
+                out.push(self.access_key_info(k));
             }
         }
         Ok(out)
+    }
+
+    /// A key as listings show it: the stored last use, or the one noted in
+    /// memory since, whichever is later.
+    fn access_key_info(&self, k: AccessKeyRecord) -> AccessKeyInfo {
+        let last_used = match (k.last_used, self.key_use.noted(&k.id)) {
+            (Some(stored), Some(noted)) if noted.time > stored.time => Some(noted),
+            (Some(stored), _) => Some(stored),
+            (None, noted) => noted,
+        };
+        AccessKeyInfo {
+            access_key_id: k.id,
+            account: k.account,
+            user: k.user,
+            created: crate::clock::epoch_seconds(k.created),
+            active: k.active,
+            status: if k.active { "Active" } else { "Inactive" },
+            last_used: last_used.map(AccessKeyLastUsed::from),
+        }
+    }
+
+    /// The user a caller is, or `None` for a root or an admin (who see and
+    /// manage every key of the account).
+    fn caller_user<'c>(call: &'c Call<'_>) -> Option<&'c str> {
+        if call.caller.admin {
+            return None;
+        }
+        match &call.caller.principal.kind {
+            atrest_policy::PrincipalKind::User(u) => Some(u.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Whose keys of `account` a caller may list and manage, before any key
+    /// is read: an admin any account's, anyone else only their own
+    /// account's, and never through a service. Which keys within the
+    /// account is [`Self::require_key_owner`]'s answer.
+    fn access_key_scope(call: &Call<'_>, account: &str) -> Result<AccountId, KmsError> {
+        let id = AccountId::parse(account).ok_or_else(|| {
+            KmsError::Validation(format!("Account id '{account}' is not 12 digits"))
+        })?;
+        let c = call.caller;
+        if c.admin {
+            return Ok(id);
+        }
+        let user_or_root = matches!(
+            c.principal.kind,
+            atrest_policy::PrincipalKind::Root | atrest_policy::PrincipalKind::User(_)
+        );
+        if c.account == id && c.via_service.is_none() && user_or_root {
+            Ok(id)
+        } else {
+            Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to manage the access keys of account {account}; only an admin, that account's root, or its users for their own keys may",
+                c.principal_arn()
+            )))
+        }
+    }
+
+    /// A user may manage only its own keys (as in AWS IAM, without a
+    /// policy); an admin or the account's root any of the account's.
+    fn require_key_owner(call: &Call<'_>, key: &AccessKeyRecord) -> Result<(), KmsError> {
+        match Self::caller_user(call) {
+            Some(u) if key.user.as_deref() != Some(u) => Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to manage access key {}, which is not its own",
+                call.caller.principal_arn(),
+                key.id
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deactivates an access key: from the commit on, it signs nothing and
+    /// its NBD pre-shared key opens no connection (AWS IAM's
+    /// `UpdateAccessKey ... Inactive`).
+    pub fn deactivate_access_key(
+        &self,
+        call: &Call<'_>,
+        account: &str,
+        access_key_id: &str,
+    ) -> Result<AccessKeyInfo, KmsError> {
+        call.set_operation("admin:DeactivateAccessKey");
+        let rec = self.change_access_key(call, account, access_key_id, KeyChange::Deactivate)?;
+        Ok(self.access_key_info(rec))
+    }
+
+    /// Activates an access key again.
+    pub fn activate_access_key(
+        &self,
+        call: &Call<'_>,
+        account: &str,
+        access_key_id: &str,
+    ) -> Result<AccessKeyInfo, KmsError> {
+        call.set_operation("admin:ActivateAccessKey");
+        let rec = self.change_access_key(call, account, access_key_id, KeyChange::Activate)?;
+        Ok(self.access_key_info(rec))
+    }
+
+    /// Deletes an access key: its sealed secret is gone from the store, and
+    /// requests signed with it are answered as for an unknown key.
+    pub fn delete_access_key(
+        &self,
+        call: &Call<'_>,
+        account: &str,
+        access_key_id: &str,
+    ) -> Result<(), KmsError> {
+        call.set_operation("admin:DeleteAccessKey");
+        self.change_access_key(call, account, access_key_id, KeyChange::Delete)?;
+        Ok(())
+    }
+
+    /// Applies `change` in one audited transaction; returns the key as it
+    /// is after it (for a deletion, as it was).
+    fn change_access_key(
+        &self,
+        call: &Call<'_>,
+        account: &str,
+        access_key_id: &str,
+        change: KeyChange,
+    ) -> Result<AccessKeyRecord, KmsError> {
+        let account = Self::access_key_scope(call, account)?;
+        let result = self.in_transaction(call, |tx| {
+            let not_found = || {
+                KmsError::NotFound(format!(
+                    "The Access Key with id {access_key_id} cannot be found in account {account}."
+                ))
+            };
+            let mut rec: AccessKeyRecord =
+                records::get(&*tx, records::ACCESS_KEYS, access_key_id.as_bytes())?
+                    .filter(|r: &AccessKeyRecord| r.account == account.as_str())
+                    .ok_or_else(not_found)?;
+            Self::require_key_owner(call, &rec)?;
+            if rec.active && change != KeyChange::Activate && rec.user.is_none() {
+                Self::require_other_admin_key(tx, &rec, change)?;
+            }
+            match change {
+                KeyChange::Deactivate | KeyChange::Activate => {
+                    let active = change == KeyChange::Activate;
+                    if rec.active != active {
+                        rec.active = active;
+                        records::put(tx, records::ACCESS_KEYS, access_key_id.as_bytes(), &rec)?;
+                    }
+                }
+                KeyChange::Delete => {
+                    tx.delete(records::ACCESS_KEYS, access_key_id.as_bytes())?;
+                }
+            }
+            Ok(rec)
+        })?;
+        // Only after the commit: a lookup from now on reads the new state.
+        self.forget_access_key(access_key_id);
+        if change == KeyChange::Delete {
+            self.key_use.forget(access_key_id);
+        }
+        Ok(result)
+    }
+
+    /// Refuses to take away the last active root key of an admin account:
+    /// that would lock its operator out of the admin API for good.
+    fn require_other_admin_key(
+        tx: &dyn WriteTx,
+        key: &AccessKeyRecord,
+        change: KeyChange,
+    ) -> Result<(), KmsError> {
+        let admin = records::get::<AccountRecord>(tx, records::ACCOUNTS, key.account.as_bytes())?
+            .is_some_and(|a| a.admin);
+        if !admin {
+            return Ok(());
+        }
+        for (_, v) in tx.scan(records::ACCESS_KEYS, b"", None, usize::MAX)? {
+            let k: AccessKeyRecord = records::decode(records::ACCESS_KEYS, &v)?;
+            if k.account == key.account && k.user.is_none() && k.active && k.id != key.id {
+                return Ok(());
+            }
+        }
+        let what = if change == KeyChange::Delete {
+            "deleted"
+        } else {
+            "deactivated"
+        };
+        Err(KmsError::Conflict(format!(
+            "Access key {} is the last active access key of admin account {}'s root and cannot be {what}: that would lock the operator out. Create another root access key for it first.",
+            key.id, key.account
+        )))
+    }
+
+    /// Drops the cached state of `access_key_id`, so that the next lookup
+    /// reads the store. Called after every committed change of the key.
+    fn forget_access_key(&self, access_key_id: &str) {
+        let mut cached = write_lock(&self.secrets);
+        cached.remove(access_key_id);
+        // Under the lock, so that a lookup that read the store before the
+        // change sees the new generation when it comes to insert.
+        self.secrets_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Looks up an access key for authentication. `None` if unknown.
@@ -432,6 +661,9 @@ impl KeyService {
         if let Some(k) = read_lock(&self.secrets).get(access_key_id) {
             return Ok(Some(Arc::clone(k)));
         }
+        // Read before the store, so a change committed after this point
+        // keeps what is read below out of the cache.
+        let generation = self.secrets_generation.load(Ordering::Acquire);
         let tx = self.store.read()?;
         let Some(rec): Option<AccessKeyRecord> =
             records::get(&*tx, records::ACCESS_KEYS, access_key_id.as_bytes())?
@@ -459,7 +691,10 @@ impl KeyService {
             active: rec.active,
             secret,
         });
-        write_lock(&self.secrets).insert(access_key_id.to_owned(), Arc::clone(&cached));
+        let mut secrets = write_lock(&self.secrets);
+        if self.secrets_generation.load(Ordering::Acquire) == generation {
+            secrets.insert(access_key_id.to_owned(), Arc::clone(&cached));
+        }
         Ok(Some(cached))
     }
 }

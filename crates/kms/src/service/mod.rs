@@ -10,6 +10,7 @@ mod external;
 mod grants;
 mod import;
 mod keys;
+mod last_used;
 mod lifecycle;
 mod local_provider;
 mod pagination;
@@ -26,12 +27,17 @@ use atrest_crypto::Aes256Key;
 use atrest_store::{ReadTx, Store, WriteTx};
 use uuid::Uuid;
 
-pub use accounts::{AccessKeyInfo, AdminBootstrap, CachedAccessKey, NewAccessKey};
+pub use accounts::{
+    AccessKeyInfo, AccessKeyLastUsed, AdminBootstrap, CachedAccessKey, NewAccessKey,
+};
 pub use audit::{AuditSink, audit_time};
 pub use call::{AuditFacts, Call, Caller, RequestMeta, new_request_id};
 pub use external::{
     CustomKeyStore, ExternalHealth, ExternalKeyStatus, ExternalReport, Providers,
     XksProxyConfiguration,
+};
+pub use last_used::{
+    AccessKeyUse, DEFAULT_FLUSH_INTERVAL as DEFAULT_ACCESS_KEY_USE_FLUSH_INTERVAL,
 };
 pub use lifecycle::LifecycleReport;
 pub use local_provider::LocalKeyService;
@@ -56,8 +62,16 @@ pub struct KeyService {
     /// Unsealed key material by (key id, version). Material never changes for
     /// a version, so entries are only removed when a key is deleted.
     materials: RwLock<HashMap<(Uuid, u32), Arc<Material>>>,
-    /// Unsealed secret access keys by access key id.
+    /// Unsealed secret access keys, with their state, by access key id.
+    /// Every change of a key removes its entry after committing (see
+    /// `accounts.rs`, `forget_access_key`).
     secrets: RwLock<HashMap<String, Arc<CachedAccessKey>>>,
+    /// Bumped (under the `secrets` lock) whenever an entry is removed, so
+    /// that a lookup which read the store before a change does not put the
+    /// old state back after it.
+    secrets_generation: std::sync::atomic::AtomicU64,
+    /// Last use of access keys, in memory until flushed.
+    key_use: last_used::UseTracker,
     /// Parsed key and identity policies.
     policies: authz::PolicyCache,
     /// Decoded key records (see [`records::DecodeCache`]).
@@ -182,6 +196,8 @@ impl KeyService {
             clock,
             materials: RwLock::new(HashMap::new()),
             secrets: RwLock::new(HashMap::new()),
+            secrets_generation: std::sync::atomic::AtomicU64::new(0),
+            key_use: last_used::UseTracker::default(),
             policies: authz::PolicyCache::default(),
             key_records: records::DecodeCache::new(records::KEYS),
             user_records: records::DecodeCache::new(records::USERS),

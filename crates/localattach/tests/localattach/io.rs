@@ -158,3 +158,34 @@ fn the_fuse_file_takes_unaligned_io_and_keeps_its_size() {
     drop(f);
     att.detach().unwrap();
 }
+
+/// A block device error without an OS errno answers the errno of its kind:
+/// a full pool (`StorageFull`) is `ENOSPC` to the writer of the FUSE file,
+/// not `EIO`; and the file serves on once the device does.
+#[test]
+fn a_backend_error_answers_the_errno_of_its_kind() {
+    require_host!();
+    let run_dir = RunDir::new();
+    let disk = MemDisk::new(4 * MIB, 4096);
+    let att = LocalAttachment::attach(disk.clone(), run_dir.path(), "kinds").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(att.device_file())
+        .unwrap();
+    for (kind, want) in [
+        (std::io::ErrorKind::StorageFull, libc::ENOSPC),
+        (std::io::ErrorKind::QuotaExceeded, libc::ENOSPC),
+        (std::io::ErrorKind::ReadOnlyFilesystem, libc::EPERM),
+        (std::io::ErrorKind::Other, libc::EIO),
+    ] {
+        disk.fail_writes(Some(kind));
+        let err = f.write_at(&[1; 4096], 8192).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(want), "{kind:?}: {err}");
+    }
+    disk.fail_writes(None);
+    f.write_all_at(&[2; 4096], 8192).unwrap();
+    assert_eq!(disk.bytes(8192, 4096), [2; 4096]);
+    drop(f);
+    att.detach().unwrap();
+}

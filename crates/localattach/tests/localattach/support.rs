@@ -36,13 +36,14 @@ macro_rules! require_host {
 pub(crate) use require_host;
 
 /// Test double: a block device in memory that counts flushes, trims and
-/// FUA writes.
+/// FUA writes, and fails writes on demand.
 pub struct MemDisk {
     data: Mutex<Vec<u8>>,
     block_size: u32,
     flushes: AtomicUsize,
     trims: AtomicUsize,
     fua_writes: AtomicUsize,
+    fail_writes: Mutex<Option<io::ErrorKind>>,
 }
 
 impl MemDisk {
@@ -53,7 +54,14 @@ impl MemDisk {
             flushes: AtomicUsize::new(0),
             trims: AtomicUsize::new(0),
             fua_writes: AtomicUsize::new(0),
+            fail_writes: Mutex::new(None),
         })
+    }
+
+    /// Makes every write fail with an error of `kind` and no OS errno (as
+    /// the disk service's are), or stops that.
+    pub fn fail_writes(&self, kind: Option<io::ErrorKind>) {
+        *self.fail_writes.lock().unwrap() = kind;
     }
 
     pub fn flushes(&self) -> usize {
@@ -104,6 +112,9 @@ impl BlockDevice for MemDisk {
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        if let Some(kind) = *self.fail_writes.lock().unwrap() {
+            return Err(io::Error::new(kind, "injected write failure"));
+        }
         let r = self.range(offset, data.len())?;
         self.data.lock().unwrap()[r].copy_from_slice(data);
         if fua {
