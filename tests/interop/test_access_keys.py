@@ -44,6 +44,7 @@ from conftest import (
     make_tls_files,
     new_account,
     new_user,
+    put_user_policy,
     read_credentials,
     rest_call,
 )
@@ -52,6 +53,13 @@ A = "111122223333"
 B = "444455556666"
 FLUSH = ("--access-key-last-used-flush-secs", "1")
 ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
+# IAM's "manage your own access keys": a user needs a policy for it, as on
+# AWS (the policy variable names the signed-in user).
+OWN_KEYS = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow",
+    "Action": ["iam:CreateAccessKey", "iam:UpdateAccessKey", "iam:DeleteAccessKey", "iam:ListAccessKeys"],
+    "Resource": "arn:aws:iam::*:user/${aws:username}",
+}]}
 
 
 def keys_of(server, account: str, creds=None) -> dict[str, dict]:
@@ -98,6 +106,7 @@ def test_deactivation_stops_a_running_client_at_once(make_server):
     server = make_server(args=FLUSH).start()
     root_a = new_account(server, A)
     akid, secret = new_user(server, A, "looper", manager=root_a, policy=ALLOW_ALL)
+    put_user_policy(server, A, "looper", "own-keys", OWN_KEYS, manager=root_a)
     loop = Loop(server.client(creds=(akid, secret)))
     loop.start()
     try:
@@ -137,6 +146,10 @@ def test_who_may_change_which_keys(make_server):
     root_b = new_account(server, B)
     alice = new_user(server, A, "alice", manager=root_a)
     bob = new_user(server, A, "bob", manager=root_a)
+    # Without a policy a user may not manage even its own keys (as on AWS).
+    p = atrest_admin(server, "access-key", "list", "--account", A, env_creds=alice, check=False)
+    assert p.returncode != 0 and "AccessDeniedException" in p.stderr and "iam:ListAccessKeys" in p.stderr
+    put_user_policy(server, A, "alice", "own-keys", OWN_KEYS, manager=root_a)
 
     # A user: its own keys only; it lists only its own.
     p = atrest_admin(server, "access-key", "deactivate", "--account", A, bob[0], env_creds=alice, check=False)
@@ -147,7 +160,7 @@ def test_who_may_change_which_keys(make_server):
         p = atrest_admin(server, "access-key", action, "--account", A, alice[0], env_creds=root_b, check=False)
         assert p.returncode != 0 and "AccessDeniedException" in p.stderr, (action, p.stderr)
     r = rest_call(server, "DELETE", f"/v1/accounts/{A}/access-keys/{alice[0]}", creds=root_b)
-    assert r.status_code == 400 and r.json()["code"] == "AccessDeniedException", r.text
+    assert r.status_code == 403 and r.json()["code"] == "AccessDeniedException", r.text
     # An unknown key in one's own account.
     r = rest_call(server, "POST", f"/v1/accounts/{A}/access-keys/AKIANOSUCHKEY0000000/deactivate", creds=root_a)
     assert r.json()["code"] == "NotFoundException", r.text

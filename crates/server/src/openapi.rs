@@ -10,7 +10,7 @@ use http::{StatusCode, header};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{db_api, db_backups_api, http_api, projects_api};
+use crate::{db_api, db_backups_api, projects_api};
 
 /// Documents what every create and list shares ([`crate::rest`]): the
 /// `Idempotency-Key` header on each `POST`, and `limit` and `next_token` on
@@ -121,20 +121,6 @@ impl Modify for SigV4 {
     security(("sigv4" = [])),
     paths(
         serve,
-        http_api::create_account,
-        http_api::list_accounts,
-        http_api::create_access_key,
-        http_api::list_access_keys,
-        http_api::deactivate_access_key,
-        http_api::activate_access_key,
-        http_api::delete_access_key,
-        http_api::create_user,
-        http_api::list_users,
-        http_api::put_user_policy,
-        http_api::get_user_policy,
-        http_api::delete_user_policy,
-        http_api::suspend_account,
-        http_api::resume_account,
         db_api::create,
         db_api::list,
         db_api::describe,

@@ -102,6 +102,9 @@ impl KeyService {
         ctx.set("kms:CallerAccount", c.account.as_str());
         ctx.set("aws:PrincipalAccount", c.account.as_str());
         ctx.set("aws:PrincipalArn", c.principal_arn());
+        if let PrincipalKind::User(name) = &c.principal.kind {
+            ctx.set("aws:username", name.clone());
+        }
         if let Some(v) = &c.via_service {
             ctx.set("kms:ViaService", v.clone());
         }

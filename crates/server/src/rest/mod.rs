@@ -441,7 +441,7 @@ macro_rules! endpoint {
             $method,
             path = $route,
             tag = $tag,
-            operation_id = $action,
+            extensions(("x-atrest-action" = json!($action))),
             params(
                 $($pty,)?
                 $($qty,)?

@@ -2,6 +2,7 @@
 //! endpoints with [`crate::rest::endpoint!`]. [`api`] gathers them into one
 //! router with its OpenAPI document.
 
+pub(crate) mod accounts;
 pub(crate) mod audit;
 pub(crate) mod disks;
 
@@ -26,6 +27,7 @@ impl Replayable for Deleted {}
 /// Every route declared with the REST framework, with its document.
 pub(crate) fn api() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
+        .merge(accounts::routes())
         .merge(audit::routes())
         .merge(disks::routes())
 }
