@@ -79,9 +79,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/metering", get(metering))
         .route("/v1/service-keys/{service}", put(ensure_service_key))
         .merge(rest_routes)
-        .merge(crate::db_api::routes())
-        .merge(crate::db_backups_api::routes())
-        .merge(crate::projects_api::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -447,9 +444,7 @@ where
             } else {
                 None
             };
-            let paging = (method == Method::GET
-                && operation.contains(":List")
-                && operation != "project:ListProjects")
+            let paging = (method == Method::GET && operation.contains(":List"))
                 .then(|| crate::rest::paging::page(&parts.uri))
                 .transpose()?;
             Ok::<_, ApiError>((idem, paging))
@@ -514,9 +509,10 @@ where
                 }
             };
             let result = match (result, &paging) {
-                (Ok((s, v)), Some((limit, after))) => {
-                    Ok((s, crate::rest::paging::paginate(v, *limit, after.as_deref())))
-                }
+                (Ok((s, v)), Some((limit, after))) => Ok((
+                    s,
+                    crate::rest::paging::paginate(v, *limit, after.as_deref()),
+                )),
                 (r, _) => r,
             };
             let entry = (!call.recorded()).then(|| {
@@ -576,9 +572,7 @@ where
 fn without_secrets(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(o) = v.as_object_mut() {
-        for s in ["secret_access_key", "master_password"] {
-            o.remove(s);
-        }
+        o.remove("secret_access_key");
     }
     v
 }

@@ -12,15 +12,11 @@
 
 pub mod config;
 pub mod datadir;
-mod db_api;
-mod db_backups_api;
-mod disks_api;
 pub mod error;
 mod http_api;
 mod local;
 pub mod nbd;
 mod openapi;
-mod projects_api;
 mod rest;
 mod routes;
 mod run;

@@ -359,7 +359,8 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
 ///     replay: |a| a.clone(),    // optional: the secret-free replay form (default: the answer)
 ///     resource: |st, caller, path, query, body| Ok(Resource::any()),
 ///     run: |st, call, path, query, body| { ... },
-///     status_of: |answer| StatusCode::OK,   // optional: when answers differ
+///     status_of: |answer| StatusCode::OK,   // optional: when answers differ,
+///     other_statuses: [OK],                  // with the statuses besides `status`
 /// }
 /// ```
 macro_rules! endpoint {
@@ -374,7 +375,7 @@ macro_rules! endpoint {
         $(replay: $rty:ty = $replay:expr,)?
         resource: $resource:expr,
         run: $run:expr,
-        $(status_of: $status_of:expr,)?
+        $(status_of: $status_of:expr, other_statuses: [$($other:ident),+ $(,)?],)?
     ) => {
         #[allow(non_camel_case_types, reason = "named after its handler")]
         pub(crate) enum $handler {}
@@ -451,6 +452,7 @@ macro_rules! endpoint {
             $(request_body = $bty,)?
             responses(
                 (status = $status, description = "Success", body = $aty),
+                $($((status = $other, description = "Success", body = $aty),)+)?
                 (status = "4XX", description = "Refused", body = $crate::error::ErrorBody),
                 (status = "5XX", description = "Server fault", body = $crate::error::ErrorBody),
             )
