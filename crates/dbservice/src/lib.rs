@@ -785,6 +785,14 @@ impl DbService {
         Ok(self.view(&self.own(caller, name)?))
     }
 
+    /// The name of the caller's instance that `name_or_id` names (by name
+    /// or id), `None` if none does: what a policy names it by, whichever
+    /// way a request named it.
+    #[must_use]
+    pub fn name_of(&self, caller: &Caller, name_or_id: &str) -> Option<String> {
+        self.own(caller, name_or_id).ok().map(|r| r.name)
+    }
+
     // ----- create -----------------------------------------------------------
 
     /// Creates and starts an instance (R1, R6).

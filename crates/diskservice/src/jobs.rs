@@ -178,7 +178,11 @@ impl DiskService {
         };
         let resource = format!("disk {disk}");
         self.check_key(&caller.region, &resource, &key)?;
-        self.caller_may(caller, &key.key_arn, &["Decrypt", "GenerateDataKeyWithoutPlaintext"])?;
+        self.caller_may(
+            caller,
+            &key.key_arn,
+            &["Decrypt", "GenerateDataKeyWithoutPlaintext"],
+        )?;
         let context = ctx(DISK_CONTEXT, disk);
         let wrapped = self
             .new_data_key(&caller.region, &key.key_arn, &context)
@@ -212,27 +216,31 @@ impl DiskService {
     fn spawn_rekey(self: &Arc<Self>, cell: Arc<JobCell>, att: crate::Attachment, size: u64) -> Job {
         let job = cell.get();
         let run = move || {
-            loop {
+            let disk = att.disk().to_owned();
+            let outcome = loop {
                 match att.handle(|od| od.rekey_step(REKEY_BATCH)) {
-                    Ok(p) => {
-                        cell.update(|j| j.progress.done = (p.done * CHUNK).min(size));
-                        if p.finished {
-                            cell.update(|j| {
-                                j.state = JobState::Succeeded;
-                                j.progress.done = size;
-                            });
-                            tracing::info!(disk = %att.disk(), "re-encryption finished");
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(disk = %att.disk(), error = %e, "re-encryption stopped; it resumes at the next start");
-                        cell.update(|j| {
-                            j.state = JobState::Failed;
-                            j.error = Some(e.to_string());
-                        });
-                        return;
-                    }
+                    Ok(p) if p.finished => break Ok(()),
+                    Ok(p) => cell.update(|j| j.progress.done = (p.done * CHUNK).min(size)),
+                    Err(e) => break Err(e),
+                }
+            };
+            // The disk is closed before the job says it is done, so that an
+            // attach right after the answer finds it free.
+            drop(att);
+            match outcome {
+                Ok(()) => {
+                    cell.update(|j| {
+                        j.state = JobState::Succeeded;
+                        j.progress.done = size;
+                    });
+                    tracing::info!(%disk, "re-encryption finished");
+                }
+                Err(e) => {
+                    tracing::error!(%disk, error = %e, "re-encryption stopped; it resumes at the next start");
+                    cell.update(|j| {
+                        j.state = JobState::Failed;
+                        j.error = Some(e.to_string());
+                    });
                 }
             }
         };

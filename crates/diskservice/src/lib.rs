@@ -410,10 +410,22 @@ impl DiskService {
     /// `kms:CreateGrant` and `kms:Decrypt` of the person who creates,
     /// attaches or copies a volume: a user denied the key is refused naming
     /// it, whatever the disk's grant allows the service.
-    pub(crate) fn caller_may(&self, caller: &Caller, key_arn: &str, actions: &[&str]) -> Result<()> {
-        self.session(&caller.region)?
+    pub(crate) fn caller_may(
+        &self,
+        caller: &Caller,
+        key_arn: &str,
+        actions: &[&str],
+    ) -> Result<()> {
+        match self
+            .session(&caller.region)?
             .check_customer(caller, key_arn, actions)
-            .map_err(ServiceError::from)
+        {
+            // A key that is gone locks the resource: the service's own use
+            // of it fails next and names the key and why (`Locked`), as it
+            // does for every other state that locks it.
+            Err(KmsError::NotFound(_)) => Ok(()),
+            r => r.map_err(ServiceError::from),
+        }
     }
 
     fn lock_ops(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -556,8 +556,24 @@ fn a_user_who_may_not_create_grants_cannot_put_a_disk_under_a_key() {
         "{err:?}"
     );
     assert!(svc.list_disks(&user).unwrap().is_empty());
-    // With kms:CreateGrant it works.
+    // kms:CreateGrant alone is not enough either: as EBS asks, the user
+    // must itself be allowed to generate the disk's data key.
     allow(&["kms:DescribeKey", "kms:CreateGrant"]);
+    let err = svc
+        .create_disk(&user, &encrypted(1 << 20, Some(&key)))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("kms:GenerateDataKeyWithoutPlaintext"),
+        "{err}"
+    );
+    assert!(svc.list_disks(&user).unwrap().is_empty());
+    // With both it works.
+    allow(&[
+        "kms:DescribeKey",
+        "kms:CreateGrant",
+        "kms:GenerateDataKeyWithoutPlaintext",
+    ]);
     svc.create_disk(&user, &encrypted(1 << 20, Some(&key)))
         .unwrap();
 }

@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use atrest_kms::root::RootSource;
 
-/// A PEM certificate chain and its private key.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// Certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// Private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
+pub use crate::tls::TlsFiles;
 
 /// Server configuration.
 pub struct ServerConfig {

@@ -12,18 +12,18 @@
 
 pub mod config;
 pub mod datadir;
-mod db_api;
-mod db_backups_api;
-mod disks_api;
 pub mod error;
-mod http_api;
+mod kms_api;
 mod local;
 pub mod nbd;
 mod openapi;
-mod projects_api;
+mod request;
 mod rest;
+mod router;
 mod routes;
 mod run;
+mod start_error;
+mod state;
 mod tls;
 pub mod trail;
 
@@ -31,5 +31,6 @@ pub use config::{DbSettings, ServerConfig, TlsFiles};
 
 /// The SigV4 service name of the REST API.
 pub const REST_SERVICE: &str = "atrest";
-pub use run::{Listener, RunningServer, StartError, start};
+pub use run::{RunningServer, start};
+pub use start_error::{Listener, StartError};
 pub use tls::TlsError;

@@ -29,7 +29,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
-use crate::run::{Listener, StartError};
+use crate::start_error::{Listener, StartError};
 use crate::tls::TlsError;
 
 /// The NBD listener's configuration.
@@ -349,7 +349,7 @@ impl atrest_tlspsk::PskLookup for AccessKeyPsk {
 
 impl Tls {
     fn new(t: &NbdTls, kms: Arc<KeyService>) -> Result<Self, TlsError> {
-        let (certs, key) = crate::tls::load(&crate::TlsFiles {
+        let (certs, key) = crate::tls::load(&crate::tls::TlsFiles {
             cert: t.cert.clone(),
             key: t.key.clone(),
         })?;

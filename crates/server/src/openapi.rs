@@ -10,8 +10,6 @@ use http::{StatusCode, header};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{db_api, db_backups_api, projects_api};
-
 /// Documents what every create and list shares ([`crate::rest`]): the
 /// `Idempotency-Key` header on each `POST`, and `limit` and `next_token` on
 /// each `List*` operation.
@@ -121,34 +119,6 @@ impl Modify for SigV4 {
     security(("sigv4" = [])),
     paths(
         serve,
-        db_api::create,
-        db_api::list,
-        db_api::describe,
-        db_api::delete,
-        db_api::start,
-        db_api::stop,
-        db_api::restart,
-        db_api::create_replica,
-        db_api::switchover,
-        db_api::change_encryption,
-        db_api::set_parameters,
-        db_api::resize,
-        db_api::clone_instance,
-        db_backups_api::create,
-        db_backups_api::list,
-        db_backups_api::describe,
-        db_backups_api::delete,
-        db_backups_api::restore,
-        projects_api::create,
-        projects_api::list,
-        projects_api::describe,
-        projects_api::delete,
-        projects_api::key_policy,
-        projects_api::set_key,
-        projects_api::create_disk,
-        projects_api::create_instance,
-        projects_api::pause,
-        projects_api::resume,
     ),
     tags(
         (name = "admin", description = "Accounts, users, access keys, policies, service keys"),
@@ -186,17 +156,6 @@ pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
 pub(crate) fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| openapi().to_json().unwrap_or_else(|_| "{}".to_owned()))
-}
-
-/// The property names of a request body's schema: the members the
-/// operation takes (what it refuses otherwise), so the document and the
-/// check cannot disagree.
-pub(crate) fn property_names<T: utoipa::PartialSchema>() -> Vec<String> {
-    use utoipa::openapi::{RefOr, Schema};
-    match T::schema() {
-        RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// `GET /v1/openapi.json`: the document (unauthenticated, like `/healthz`).

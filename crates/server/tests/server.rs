@@ -352,7 +352,7 @@ async fn authentication_and_request_errors() {
         .rest(Method::POST, "/v1/accounts", Some(&json!({})))
         .await
         .unwrap();
-    assert_eq!(denied.status, StatusCode::BAD_REQUEST);
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert_eq!(denied.json()["code"], "AccessDeniedException");
     // REST calls signed for the KMS service name are refused.
     let r = user.kms("ListKeys", &json!({})).await.unwrap();

@@ -8,7 +8,10 @@
 //!   silently ignored): `ValidationException` "unknown member 'colour'; this
 //!   operation takes: ...";
 //! * a required member missing, or a value out of its range:
-//!   `ValidationException`.
+//!   `ValidationException` (a member's type may say what it must be:
+//!   "'port' must be 1024 to 65535");
+//! * a query parameter the operation does not take: `ValidationException`
+//!   "unknown query parameter 'colour'; this operation takes: instance".
 
 use atrest_kms::KmsError;
 use serde::de::DeserializeOwned;
@@ -18,6 +21,11 @@ use crate::error::ApiError;
 /// What serde's `expected ...` says, in the words of the API.
 fn expected(what: &str) -> String {
     let w = what.trim();
+    // A type that lists its alternatives ("a string, number, boolean or
+    // null") says it best itself.
+    if w.contains(" or ") {
+        return w.to_owned();
+    }
     let number = [
         "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize", "f32", "f64",
     ];
@@ -48,7 +56,9 @@ fn names(list: &str) -> String {
 fn member_error(path: &str, e: &serde_json::Error) -> ApiError {
     let msg = e.to_string();
     // serde_json appends " at line L column C".
-    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map_or(msg.as_str(), |(m, _)| m);
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
         let takes = tail
@@ -56,8 +66,12 @@ fn member_error(path: &str, e: &serde_json::Error) -> ApiError {
             .or_else(|| tail.strip_prefix(", expected "))
             .map(names)
             .unwrap_or_default();
+        // The path already ends with the unknown member (the tracker
+        // entered it before its name was refused).
         let member = if path.is_empty() || path == "." {
             field.to_owned()
+        } else if path == field || path.ends_with(&format!(".{field}")) {
+            path.to_owned()
         } else {
             format!("{path}.{field}")
         };
@@ -84,6 +98,11 @@ fn member_error(path: &str, e: &serde_json::Error) -> ApiError {
         let what = msg.rsplit_once(", expected ").map_or("", |(_, w)| w);
         return KmsError::Serialization(format!("'{path}' must be {}", expected(what))).into();
     }
+    // A member's own type says what its value must be ("must be 1024 to
+    // 65535"): said of the member.
+    if let Some(what) = msg.strip_prefix("must be ") {
+        return KmsError::Validation(format!("'{path}' must be {what}")).into();
+    }
     KmsError::Validation(format!("'{path}': {msg}")).into()
 }
 
@@ -94,6 +113,19 @@ pub(crate) fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         bytes
     };
+    // serde reads a struct from an array too (its members in order); a
+    // body is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => KmsError::Serialization("The request body must be a JSON object.".into()),
+                Err(e) => {
+                    KmsError::Serialization(format!("The request body is not valid JSON: {e}"))
+                }
+            }
+            .into(),
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -129,8 +161,25 @@ pub(crate) fn query<T: DeserializeOwned>(qs: &str, paged: bool) -> Result<T, Api
         let msg = e.to_string();
         let err = match msg.strip_prefix("unknown field `") {
             Some(rest) => {
-                let field = rest.split('`').next().unwrap_or(rest);
-                format!("unknown query parameter '{field}'")
+                let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
+                let mut takes: Vec<String> = tail
+                    .strip_prefix(", expected one of ")
+                    .or_else(|| tail.strip_prefix(", expected "))
+                    .map(names)
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if paged {
+                    takes.push("limit, next_token".into());
+                }
+                if takes.is_empty() {
+                    format!("unknown query parameter '{field}'; this operation takes none")
+                } else {
+                    format!(
+                        "unknown query parameter '{field}'; this operation takes: {}",
+                        takes.join(", ")
+                    )
+                }
             }
             None => format!("the query string is not valid: {msg}"),
         };
@@ -160,20 +209,41 @@ mod tests {
     #[test]
     fn bodies_are_typed_with_clear_errors() {
         let ok: New = json(br#"{"name": "a", "port": 5432}"#).unwrap();
-        assert_eq!((ok.name.as_str(), ok.port, ok.shareable), ("a", Some(5432), false));
+        assert_eq!(
+            (ok.name.as_str(), ok.port, ok.shareable),
+            ("a", Some(5432), false)
+        );
         let (code, msg) = err(r#"{"name": "a", "colour": "red"}"#);
         assert_eq!(code, "ValidationException");
-        assert!(msg.starts_with("unknown member 'colour'; this operation takes: name, port, shareable"), "{msg}");
+        assert!(
+            msg.starts_with("unknown member 'colour'; this operation takes: name, port, shareable"),
+            "{msg}"
+        );
         let (code, msg) = err(r#"{"name": "a", "port": "5432"}"#);
-        assert_eq!((code.as_str(), msg.as_str()), ("SerializationException", "'port' must be a number"));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("SerializationException", "'port' must be a number")
+        );
         let (code, msg) = err(r#"{"name": "a", "shareable": 1}"#);
-        assert_eq!((code.as_str(), msg.as_str()), ("SerializationException", "'shareable' must be a boolean"));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("SerializationException", "'shareable' must be a boolean")
+        );
         let (code, msg) = err(r#"{"port": 1}"#);
-        assert_eq!((code.as_str(), msg.as_str()), ("ValidationException", "'name' is required"));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("ValidationException", "'name' is required")
+        );
         let (code, _) = err(r#"{"name": "a", "port": 70000}"#);
         assert_eq!(code, "ValidationException");
         let (code, msg) = err("[1, 2]");
-        assert_eq!((code.as_str(), msg.as_str()), ("SerializationException", "The request body must be a JSON object."));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            (
+                "SerializationException",
+                "The request body must be a JSON object."
+            )
+        );
         let (code, _) = err("{not json");
         assert_eq!(code, "SerializationException");
         let (code, _) = err(r#"{"name": "a"} trailing"#);

@@ -132,7 +132,12 @@ mod tests {
     fn keys_are_the_principals_own() {
         let c = Idempotency::default();
         let root = slot("arn:aws:iam::111122223333:root", "k");
-        c.keep(root.clone(), b"{}", StatusCode::CREATED, json!({"id": "d1"}));
+        c.keep(
+            root.clone(),
+            b"{}",
+            StatusCode::CREATED,
+            json!({"id": "d1"}),
+        );
         assert_eq!(
             c.seen(&root, b"{}").unwrap(),
             Some((StatusCode::CREATED, json!({"id": "d1"})))
@@ -141,7 +146,10 @@ mod tests {
         let user = slot("arn:aws:iam::111122223333:user/alice", "k");
         assert_eq!(c.seen(&user, b"{}").unwrap(), None);
         // Another body under the same key: refused.
-        assert!(matches!(c.seen(&root, b"{\"size\":1}"), Err(ApiError::Conflict(_))));
+        assert!(matches!(
+            c.seen(&root, b"{\"size\":1}"),
+            Err(ApiError::Conflict(_))
+        ));
         // Failures are not kept.
         c.keep(slot("p", "f"), b"", StatusCode::BAD_REQUEST, json!({}));
         assert_eq!(c.seen(&slot("p", "f"), b"").unwrap(), None);

@@ -37,7 +37,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::http_api::{AppState, Outcome, Peer};
+use crate::request::{Outcome, Peer, authenticate, read_body, refused_entry, rest_error_response};
+use crate::trail::SharedTrail;
 
 /// The resource an action is on, and the condition keys it brings.
 #[derive(Debug, Clone)]
@@ -91,8 +92,25 @@ pub(crate) struct NoQuery {}
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoBody {}
 
+/// What the framework needs of the server's state; the routes' state
+/// implements it ([`crate::state`]), so that the framework knows no service.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// The key service: authentication and authorization.
+    fn kms(&self) -> &atrest_kms::KeyService;
+    /// The audit trail every request is recorded in.
+    fn trail(&self) -> &SharedTrail;
+    /// The largest body read.
+    fn max_body(&self) -> usize;
+    /// Derived SigV4 signing keys.
+    fn signing_keys(&self) -> &atrest_sigv4::SigningKeyCache;
+    /// Answers of recent idempotent `POST`s.
+    fn idempotency(&self) -> &idempotency::Idempotency;
+}
+
 /// One REST endpoint (see the module doc). Implemented by [`endpoint!`].
 pub(crate) trait Endpoint: 'static {
+    /// The state its resource and run functions see.
+    type State: Host;
     /// The action authorized, audited and metered (`disk:CreateDisk`).
     const ACTION: &'static str;
     /// Whether the answer's one list pages (`limit`, `next_token`).
@@ -116,7 +134,7 @@ pub(crate) trait Endpoint: 'static {
     /// names: a resource that does not exist still has an ARN, so that a
     /// refusal comes before a "not found").
     fn resource(
-        st: &AppState,
+        st: &Self::State,
         caller: &Caller,
         path: &Self::Path,
         query: &Self::Query,
@@ -125,7 +143,7 @@ pub(crate) trait Endpoint: 'static {
 
     /// Does it.
     fn run(
-        st: &AppState,
+        st: &Self::State,
         call: &Call<'_>,
         path: Self::Path,
         query: Self::Query,
@@ -219,7 +237,7 @@ fn encode<T: Serialize>(v: &T) -> Result<Value, ApiError> {
 }
 
 /// Runs endpoint `E` for `req` (see the module doc).
-pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Response {
+pub(crate) async fn serve<E: Endpoint>(st: Arc<E::State>, req: Request) -> Response {
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
     let mut meta = RequestMeta::in_process();
     meta.source = peer.map_or_else(|| "unknown".into(), |p| p.to_string());
@@ -229,18 +247,23 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
     let operation = E::ACTION;
     let outcome: Outcome<(StatusCode, Value)> = async {
         let refused = |meta: &RequestMeta, caller: Option<&Caller>, e: ApiError| Outcome {
-            entry: Some(crate::http_api::refused_entry(meta, operation, caller, &e)),
+            entry: Some(refused_entry(meta, operation, caller, &e)),
             result: Err(e),
         };
-        let bytes = match crate::http_api::read_body(body, &parts.headers, st.max_body).await {
+        let bytes = match read_body(body, &parts.headers, st.max_body()).await {
             Ok(b) => b,
             Err(e) => return refused(&meta, None, e),
         };
-        let (caller, akid) =
-            match crate::http_api::authenticate(&st, &parts, &bytes, crate::REST_SERVICE) {
-                Ok(x) => x,
-                Err(e) => return refused(&meta, None, e),
-            };
+        let (caller, akid) = match authenticate(
+            st.kms(),
+            st.signing_keys(),
+            &parts,
+            &bytes,
+            crate::REST_SERVICE,
+        ) {
+            Ok(x) => x,
+            Err(e) => return refused(&meta, None, e),
+        };
         meta.access_key_id = Some(akid);
         let typed = async {
             let idem = if method == Method::POST && E::IDEMPOTENT {
@@ -267,7 +290,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
             call.set_operation(operation);
             let result: Result<(StatusCode, Value), ApiError> = (|| {
                 let res = E::resource(&st2, &caller, &p, &q, &b)?;
-                st2.kms
+                st2.kms()
                     .authorize_action(&call, operation, &res.arn, &res.conditions)?;
                 let slot = idem.as_ref().map(|k| idempotency::Slot {
                     principal: caller.principal_arn(),
@@ -275,7 +298,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
                     key: k.clone(),
                 });
                 if let Some(slot) = &slot
-                    && let Some(replayed) = st2.idempotency.seen(slot, &bytes)?
+                    && let Some(replayed) = st2.idempotency().seen(slot, &bytes)?
                 {
                     return Ok(replayed);
                 }
@@ -283,7 +306,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
                 let status = E::status(&answer);
                 let value = encode(&answer)?;
                 if let Some(slot) = slot {
-                    st2.idempotency
+                    st2.idempotency()
                         .keep(slot, &bytes, status, encode(&E::replay(&answer))?);
                 }
                 Ok((status, value))
@@ -299,7 +322,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
                     Ok(_) => "Success",
                     Err(e) => e.parts().1,
                 };
-                st2.kms.audit_entry(&call, outcome)
+                st2.kms().audit_entry(&call, outcome)
             });
             (result, entry)
         })
@@ -315,7 +338,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
     .await;
     let mut result = outcome.result;
     if let Some(entry) = outcome.entry
-        && let Err(e) = st.trail.record(entry).await
+        && let Err(e) = st.trail().record(entry).await
         && result.is_ok()
     {
         result = Err(KmsError::Internal(format!(
@@ -340,12 +363,13 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
             } else {
                 tracing::info!(request_id = %meta.request_id, %method, path, error = %err.parts().1, "rest request refused");
             }
-            crate::http_api::rest_error_response(&err, &meta.request_id)
+            rest_error_response(&err, &meta.request_id)
         }
     }
 }
 
-/// Declares a REST endpoint once (see the module doc):
+/// Declares a REST endpoint once (see the module doc). Its functions see
+/// the state named `AppState` where it is declared:
 ///
 /// ```text
 /// endpoint! {
@@ -359,7 +383,8 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<AppState>, req: Request) -> Respo
 ///     replay: |a| a.clone(),    // optional: the secret-free replay form (default: the answer)
 ///     resource: |st, caller, path, query, body| Ok(Resource::any()),
 ///     run: |st, call, path, query, body| { ... },
-///     status_of: |answer| StatusCode::OK,   // optional: when answers differ
+///     status_of: |answer| StatusCode::OK,   // optional: when answers differ,
+///     other_statuses: [OK],                  // with the statuses besides `status`
 /// }
 /// ```
 macro_rules! endpoint {
@@ -374,12 +399,13 @@ macro_rules! endpoint {
         $(replay: $rty:ty = $replay:expr,)?
         resource: $resource:expr,
         run: $run:expr,
-        $(status_of: $status_of:expr,)?
+        $(status_of: $status_of:expr, other_statuses: [$($other:ident),+ $(,)?],)?
     ) => {
         #[allow(non_camel_case_types, reason = "named after its handler")]
         pub(crate) enum $handler {}
 
         impl $crate::rest::Endpoint for $handler {
+            type State = AppState;
             const ACTION: &'static str = $action;
             const PAGED: bool = $paged;
             const IDEMPOTENT: bool = $idem;
@@ -391,14 +417,14 @@ macro_rules! endpoint {
             type Replay = $crate::rest::endpoint!(@or $($rty)?, $aty);
 
             fn resource(
-                st: &$crate::http_api::AppState,
+                st: &AppState,
                 caller: &::atrest_kms::Caller,
                 path: &Self::Path,
                 query: &Self::Query,
                 body: &Self::Body,
             ) -> ::std::result::Result<$crate::rest::Resource, $crate::error::ApiError> {
                 let f: fn(
-                    &$crate::http_api::AppState,
+                    &AppState,
                     &::atrest_kms::Caller,
                     &Self::Path,
                     &Self::Query,
@@ -408,14 +434,14 @@ macro_rules! endpoint {
             }
 
             fn run(
-                st: &$crate::http_api::AppState,
+                st: &AppState,
                 call: &::atrest_kms::Call<'_>,
                 path: Self::Path,
                 query: Self::Query,
                 body: Self::Body,
             ) -> ::std::result::Result<Self::Answer, $crate::error::ApiError> {
                 let f: fn(
-                    &$crate::http_api::AppState,
+                    &AppState,
                     &::atrest_kms::Call<'_>,
                     Self::Path,
                     Self::Query,
@@ -451,13 +477,14 @@ macro_rules! endpoint {
             $(request_body = $bty,)?
             responses(
                 (status = $status, description = "Success", body = $aty),
+                $($((status = $other, description = "Success", body = $aty),)+)?
                 (status = "4XX", description = "Refused", body = $crate::error::ErrorBody),
                 (status = "5XX", description = "Server fault", body = $crate::error::ErrorBody),
             )
         )]
         #[allow(unused_qualifications, reason = "utoipa's expansion of the parameters")]
         pub(crate) async fn $handler(
-            ::axum::extract::State(st): ::axum::extract::State<::std::sync::Arc<$crate::http_api::AppState>>,
+            ::axum::extract::State(st): ::axum::extract::State<::std::sync::Arc<AppState>>,
             req: ::axum::extract::Request,
         ) -> ::axum::response::Response {
             $crate::rest::serve::<$handler>(st, req).await

@@ -10,27 +10,31 @@ use crate::error::ApiError;
 /// `?limit=` and `?next_token=` of a list request (other parameters are
 /// the operation's own).
 pub(crate) fn page(uri: &http::Uri) -> Result<(usize, Option<String>), ApiError> {
-    let mut limit = 1000usize;
+    let mut at_most = limit(None)?;
     let mut next = None;
     for pair in uri.query().unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::from(KmsError::Validation(
-                            "'limit' must be an integer from 1 to 1000".into(),
-                        ))
-                    })?;
-            }
+            "limit" => at_most = limit(Some(v.parse().map_err(|_| bad_limit())?))?,
             "next_token" if !v.is_empty() => next = Some(v.to_owned()),
             _ => {}
         }
     }
-    Ok((limit, next))
+    Ok((at_most, next))
+}
+
+/// A page's `limit`: 1 to 1000, default 1000 (a list that pages itself,
+/// as the control plane's does, checks its own with this).
+pub(crate) fn limit(given: Option<usize>) -> Result<usize, ApiError> {
+    match given {
+        None => Ok(1000),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(_) => Err(bad_limit()),
+    }
+}
+
+fn bad_limit() -> ApiError {
+    KmsError::Validation("'limit' must be an integer from 1 to 1000".into()).into()
 }
 
 fn sort_key(item: &Value) -> String {

@@ -17,9 +17,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
-use crate::http_api::AppState;
 use crate::rest::{Replayable, Resource, endpoint};
 use crate::routes::Deleted;
+use crate::state::AppState;
 
 /// The routes of this module.
 pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
@@ -32,7 +32,11 @@ pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
         .routes(routes!(activate_access_key))
         .routes(routes!(delete_access_key))
         .routes(routes!(list_users, create_user))
-        .routes(routes!(get_user_policy, put_user_policy, delete_user_policy))
+        .routes(routes!(
+            get_user_policy,
+            put_user_policy,
+            delete_user_policy
+        ))
 }
 
 /// An account in a path.
@@ -497,6 +501,9 @@ mod tests {
             secret_access_key: Zeroizing::new("s3cr3t".into()),
         };
         let replay = serde_json::to_string(&AccessKeyReplay::from(&created)).unwrap();
-        assert!(replay.contains("AKIAEXAMPLE") && !replay.contains("s3cr3t"), "{replay}");
+        assert!(
+            replay.contains("AKIAEXAMPLE") && !replay.contains("s3cr3t"),
+            "{replay}"
+        );
     }
 }

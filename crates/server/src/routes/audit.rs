@@ -13,8 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http_api::AppState;
 use crate::rest::{Replayable, Resource, endpoint};
+use crate::state::AppState;
 
 /// The routes of this module.
 pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {

@@ -7,16 +7,16 @@
 )]
 
 use atrest_diskservice::{DiskView, Job, NewDisk, SnapshotView};
-use atrest_kms::{Call, KmsError};
+use atrest_kms::KmsError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http_api::AppState;
 use crate::local::LocalView;
 use crate::rest::{Replayable, Resource, arn, endpoint};
-use crate::routes::Deleted;
+use crate::routes::{Deleted, keyed};
+use crate::state::AppState;
 
 /// The routes of this module.
 pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
@@ -185,14 +185,6 @@ fn disk_arn(c: &atrest_kms::Caller, id: &str) -> Resource {
     Resource::arn(arn(c, "disk", "disk", id))
 }
 
-/// Names the master key an answer is about in the call's audit record.
-fn keyed<T>(call: &Call<'_>, key_arn: Option<&String>, v: T) -> T {
-    if let Some(k) = key_arn {
-        call.set_key(k.clone());
-    }
-    v
-}
-
 endpoint! {
     /// Create a disk: encrypted under the named key (by default the
     /// account's disk service key), or from a snapshot.
@@ -334,6 +326,7 @@ endpoint! {
         RekeyAnswer::Disk(_) => http::StatusCode::OK,
         RekeyAnswer::Job(_) => http::StatusCode::ACCEPTED,
     },
+    other_statuses: [ACCEPTED],
 }
 
 endpoint! {
@@ -460,7 +453,9 @@ mod tests {
 
     #[test]
     fn bodies_refuse_unknown_members() {
-        let e = crate::rest::body::json::<CreateDiskRequest>(br#"{"sise": 1}"#).unwrap_err();
+        let e = crate::rest::body::json::<CreateDiskRequest>(br#"{"sise": 1}"#)
+            .err()
+            .unwrap();
         assert_eq!(e.parts().1, "ValidationException");
     }
 }

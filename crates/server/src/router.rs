@@ -1,0 +1,66 @@
+//! The one router: the AWS KMS endpoint, health, the OpenAPI document and
+//! every REST route, with the refusal of what none of them takes.
+
+use std::sync::Arc;
+
+use atrest_kms::RequestMeta;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::{any, get};
+use http::request::Parts;
+
+use crate::error::ApiError;
+use crate::request::{Peer, refused_entry, rest_error_response};
+use crate::state::AppState;
+
+/// The router of the HTTP listener.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let (rest_routes, rest_doc) = crate::routes::api().split_for_parts();
+    crate::openapi::add_paths(rest_doc);
+    Router::new()
+        .route("/", any(crate::kms_api::kms_endpoint))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(crate::openapi::serve))
+        .merge(rest_routes)
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+}
+
+async fn no_route(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let err = ApiError::NoRoute(req.uri().path().to_owned());
+    unrouted(&st, req, err).await
+}
+
+async fn wrong_method(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let err = ApiError::WrongMethod(req.method().to_string(), req.uri().path().to_owned());
+    unrouted(&st, req, err).await
+}
+
+/// Answers a request no handler takes, after recording it in the audit
+/// trail (probing unknown paths is worth seeing there).
+async fn unrouted(st: &AppState, req: Request, err: ApiError) -> Response {
+    let (parts, body) = req.into_parts();
+    drop(body);
+    refuse_parts(st, &parts, err).await
+}
+
+/// Refuses a request before its handler runs (no route, wrong method, a
+/// path or query the route cannot read): records it in the audit trail and
+/// answers the REST error shape.
+async fn refuse_parts(st: &AppState, parts: &Parts, err: ApiError) -> Response {
+    let mut meta = RequestMeta::in_process();
+    meta.source = parts
+        .extensions
+        .get::<Peer>()
+        .map_or_else(|| "unknown".into(), |p| p.0.to_string());
+    let method: String = parts.method.as_str().chars().take(16).collect();
+    let path = parts.uri.path();
+    let entry = refused_entry(&meta, &format!("http:{method}"), None, &err);
+    if let Err(e) = st.trail.record(entry).await {
+        tracing::error!(request_id = %meta.request_id, error = %e, "audit trail unavailable");
+    }
+    tracing::info!(request_id = %meta.request_id, source = %meta.source, path = %path, status = err.rest_parts().0.as_u16(), "request refused before its handler");
+    rest_error_response(&err, &meta.request_id)
+}

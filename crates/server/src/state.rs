@@ -1,0 +1,56 @@
+//! What every handler shares: the services and the front's own state.
+
+use std::sync::Arc;
+
+use atrest_kms::KeyService;
+
+use crate::rest::idempotency::Idempotency;
+use crate::trail::SharedTrail;
+
+/// The server's state, shared by every request.
+pub(crate) struct AppState {
+    pub kms: Arc<KeyService>,
+    pub trail: SharedTrail,
+    pub max_body: usize,
+    /// Access keys' secrets never change, so their derived signing keys can
+    /// be cached per scope. The cache never decides whether a key may sign:
+    /// `authenticate` asks the key service for the key's current state on
+    /// every request first (an in-memory lookup that every deactivation or
+    /// deletion invalidates), and a deactivated or deleted key's derived
+    /// keys are dropped from it as well.
+    pub signing_keys: atrest_sigv4::SigningKeyCache,
+    /// Where the audit log lives (for queries and verification).
+    pub audit_dir: std::path::PathBuf,
+    /// The disk service.
+    pub disks: Arc<atrest_diskservice::DiskService>,
+    /// Disks attached as block devices of this host.
+    pub local: Arc<crate::local::LocalDisks>,
+    /// The database service.
+    pub db: Arc<atrest_dbservice::DbService>,
+    /// The control plane (projects).
+    pub projects: Arc<atrest_control::Projects>,
+    /// Answers of recent `POST`s with an `Idempotency-Key`.
+    pub idempotency: Idempotency,
+}
+
+impl crate::rest::Host for AppState {
+    fn kms(&self) -> &KeyService {
+        &self.kms
+    }
+
+    fn trail(&self) -> &SharedTrail {
+        &self.trail
+    }
+
+    fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    fn signing_keys(&self) -> &atrest_sigv4::SigningKeyCache {
+        &self.signing_keys
+    }
+
+    fn idempotency(&self) -> &Idempotency {
+        &self.idempotency
+    }
+}
