@@ -730,6 +730,7 @@ impl DbService {
                 rec.name
             )));
         };
+        self.caller_may(caller, &key_arn, &["GenerateDataKey"])?;
         if !self.is_running(&rec) {
             return Err(DbError::Conflict(format!(
                 "instance {} is not running; start it first",
@@ -979,6 +980,7 @@ impl DbService {
             self.check_key(s)?;
         }
         self.key_state(&b.region, &b.instance, &b.key_arn)?;
+        self.caller_may(caller, &b.key_arn, &["Decrypt"])?;
         // What the source committed so far becomes restorable.
         if let Some(s) = source.as_ref().filter(|s| self.is_running(s))
             && let Err(e) = self.flush_archive(&bin, s)

@@ -768,6 +768,37 @@ impl DbService {
         }
     }
 
+    /// Refuses unless `caller` may itself use `key_arn` through the
+    /// database service for each of `actions` (the key policy, its identity
+    /// policies, its grants), as RDS asks of whoever starts, backs up or
+    /// restores an encrypted instance: the service's own grants do not
+    /// stand in for the caller's rights. A key that is gone passes here;
+    /// the service's own use of it names the lock.
+    fn caller_may(&self, caller: &Caller, key_arn: &str, actions: &[&str]) -> Result<()> {
+        match self
+            .kms
+            .service_session(SERVICE, &caller.region)?
+            .check_customer(caller, key_arn, actions)
+        {
+            Err(KmsError::NotFound(_)) => Ok(()),
+            r => r.map_err(DbError::from),
+        }
+    }
+
+    /// [`Self::caller_may`] for the key of `rec`'s disk (none: nothing to
+    /// ask).
+    fn caller_may_use(&self, caller: &Caller, rec: &Record, actions: &[&str]) -> Result<()> {
+        let key = self
+            .disks
+            .describe_disk(&rec.caller()?, &rec.disk)
+            .ok()
+            .and_then(|d| d.key_arn);
+        match key {
+            Some(k) => self.caller_may(caller, &k, actions),
+            None => Ok(()),
+        }
+    }
+
     // ----- reads ----------------------------------------------------------
 
     /// The caller's instances.
@@ -1328,6 +1359,7 @@ impl DbService {
         self.host()?;
         let _ops = lock(&self.ops);
         let mut rec = self.own(caller, name)?;
+        self.caller_may_use(caller, &rec, &["Decrypt"])?;
         self.bring_up(&bin, &rec)?;
         rec.running = true;
         self.save(&rec)?;
@@ -1364,6 +1396,7 @@ impl DbService {
         let _ops = lock(&self.ops);
         let mut rec = self.own(caller, name)?;
         self.check_key(&rec)?;
+        self.caller_may_use(caller, &rec, &["Decrypt"])?;
         self.shut(Some(&bin), &rec);
         self.bring_up(&bin, &rec)?;
         rec.running = true;

@@ -1,0 +1,317 @@
+"""Every principal against every route (issue 18, K7, K8, D3, D9, O1).
+
+The REST and NBD surface authorizes each principal as the key service
+does: identity policies decide (an account's root may do everything in its
+account, a user only what a policy allows, an explicit Deny wins), and
+where an operation uses an encrypted resource's key, the caller's own
+right to that key through the service counts too.
+
+The matrix is driven by the OpenAPI document: a route the test does not
+know fails the test, so a new route gets its row. Each cell is asserted:
+refused cells answer 403 AccessDeniedException naming the action (and an
+explicit deny as such); authorized cells answer anything but a refusal
+(a route is driven at a resource that does not exist, so that what it does
+is not done: authorization comes before the lookup); another account
+never gets a success on this account's resources, and its lists hold none
+of them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import (
+    atrest_client_cmd,
+    create_db,
+    db_json,
+    free_port,
+    make_tls_files,
+    new_account,
+    new_user,
+    rest_call,
+    user_arn,
+)
+from test_nbd import Nbd
+
+A = "111122223333"
+B = "444455556666"
+REGION = "us-east-1"
+
+EVERYTHING = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+DENIED = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "*", "Resource": "*"},
+    {"Effect": "Deny", "Action": ["disk:*", "db:*", "project:*", "iam:*", "audit:*", "admin:*", "kms:*"],
+     "Resource": "*"},
+]}
+
+# Well-formed ids of resources that do not exist.
+GHOST = {
+    "disk": "disk-00000000deadbeef",
+    "snapshot": "snap-00000000deadbeef",
+    "job": "job-00000000deadbeef",
+    "instance": "ghost",
+    "backup": "bk-00000000deadbeef",
+    "project": "prj-00000000deadbeef",
+    "access_key": "AKIA0000000000DEADBE",
+    "user": "ghost",
+    "policy": "ghost",
+}
+
+# A body each route accepts by type (what it would do then is refused or
+# fails on a resource that does not exist). `{u}` is the principal's name.
+BODIES = {
+    "disk:CreateDisk": lambda u: {"size": 1 << 20, "encrypted": True, "key_id": "alias/ghost"},
+    "disk:ResizeDisk": lambda u: {"size": 2 << 20},
+    "disk:RollbackDisk": lambda u: {"snapshot_id": GHOST["snapshot"]},
+    "disk:RekeyDisk": lambda u: {"reencrypt": True},
+    "disk:ConvertDisk": lambda u: {"encrypted": False},
+    "disk:CreateSnapshot": lambda u: {"disk_id": GHOST["disk"]},
+    "db:CreateInstance": lambda u: {"name": f"m-{u}", "key_id": "alias/ghost"},
+    "db:CreateReplica": lambda u: {},
+    "db:ChangeEncryption": lambda u: {"action": "enable"},
+    "db:SetParameters": lambda u: {"parameters": {"work_mem": "8MB"}},
+    "db:ResizeInstance": lambda u: {"size": 2 << 30},
+    "db:CloneInstance": lambda u: {"name": f"c-{u}"},
+    "db:RestoreBackup": lambda u: {"name": f"r-{u}"},
+    "project:CreateProject": lambda u: {"name": f"p-{u}"},
+    "project:SetKey": lambda u: {"key_id": "alias/ghost"},
+    "project:CreateDisk": lambda u: {"size": 1 << 20},
+    "project:CreateInstance": lambda u: {"name": f"pi-{u}"},
+    "admin:CreateAccount": lambda u: {},
+    "iam:CreateAccessKey": lambda u: {"user": GHOST["user"]},
+    "iam:CreateUser": lambda u: {"name": f"new-{u}"},
+    "iam:PutUserPolicy": lambda u: {"document": EVERYTHING},
+}
+
+# Actions only an admin account's principals may take.
+ADMIN_ONLY = {"admin:CreateAccount", "admin:ListAccounts", "admin:SuspendAccount", "admin:ResumeAccount",
+              "admin:ListAccountDisks", "audit:VerifyAudit"}
+
+
+def fill(path: str, account: str, ids: dict[str, str]) -> str:
+    """The route's path with its parameters: `account`, and `ids` by kind."""
+    kind = path.split("/")[2]  # disks, snapshots, jobs, instances, backups, projects, accounts, ...
+    values = {
+        "account": account,
+        "service": "disk",
+        "region": REGION,
+        "name": ids["instance"],
+        "user": ids["user"],
+        "policy": ids["policy"],
+    }
+    values["id"] = {
+        "disks": ids["disk"], "snapshots": ids["snapshot"], "jobs": ids["job"], "backups": ids["backup"],
+        "projects": ids["project"], "accounts": ids["access_key"],
+    }.get(kind, "x")
+    for k, v in values.items():
+        path = path.replace("{" + k + "}", v)
+    assert "{" not in path, path
+    return path
+
+
+def routes(server, creds) -> list[tuple[str, str, str]]:
+    """(method, path, action) of every documented route."""
+    doc = rest_call(server, "GET", "/v1/openapi.json", creds=creds).json()
+    out = []
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method not in ("get", "post", "put", "delete"):
+                continue
+            action = op.get("x-atrest-action")
+            if path == "/v1/openapi.json":
+                continue
+            assert action, f"{method.upper()} {path} names no action"
+            out.append((method.upper(), path, action))
+    return out
+
+
+def call(server, creds, method, path, action, who):
+    body = BODIES[action](who) if action in BODIES else ({} if method in ("POST", "PUT") else None)
+    return rest_call(server, method, path, body, creds=creds)
+
+
+def refused(r, action: str, explicit: bool = False) -> bool:
+    if r.status_code != 403:
+        return False
+    j = r.json()
+    return (j.get("code") == "AccessDeniedException" and action in j.get("message", "")
+            and (not explicit or "explicit deny" in j["message"]))
+
+
+@pytest.fixture
+def world(make_server):
+    """A server with NBD (PSK over TLS); account A with its root and four
+    users, account B; A's disk, snapshot, project and key K, whose key
+    policy denies the user `keydenied` everything."""
+    work = make_server.workdir
+    tls = make_tls_files(work / "tls")
+    port = free_port()
+    server = make_server(args=(
+        "--nbd-listen", f"127.0.0.1:{port}",
+        "--nbd-tls-cert", str(tls["cert"]), "--nbd-tls-key", str(tls["key"]),
+    )).start()
+    admin = server.credentials()
+    root = new_account(server, A)
+    other = new_account(server, B)
+    users = {
+        "nopolicy": new_user(server, A, "nopolicy"),
+        "allowed": new_user(server, A, "allowed", policy=EVERYTHING),
+        "denied": new_user(server, A, "denied", policy=DENIED),
+        "keydenied": new_user(server, A, "keydenied", policy=EVERYTHING),
+    }
+    kms = server.client(creds=root)
+    key_policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{A}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Not keydenied", "Effect": "Deny",
+         "Principal": {"AWS": user_arn(A, "keydenied")}, "Action": "kms:*", "Resource": "*"},
+    ]}
+    key = kms.create_key(Policy=json.dumps(key_policy))["KeyMetadata"]["Arn"]
+
+    def ok(r, status=(200, 201)):
+        assert r.status_code in status, r.text
+        return r.json()
+
+    disk = ok(rest_call(server, "POST", "/v1/disks", {"size": 16 << 20, "key_id": key}, creds=root))
+    snap = ok(rest_call(server, "POST", "/v1/snapshots", {"disk_id": disk["id"]}, creds=root))
+    project = ok(rest_call(server, "POST", "/v1/projects", {"name": "matrix"}, creds=root))
+
+    class World:
+        pass
+
+    w = World()
+    w.server, w.port, w.work, w.key = server, port, work, key
+    w.principals = {"admin": admin, "root": root, "other": other, **users}
+    w.real = {
+        "disk": disk["id"], "snapshot": snap["id"], "job": GHOST["job"], "instance": "orders",
+        "backup": GHOST["backup"], "project": project["id"], "access_key": users["allowed"][0],
+        "user": "allowed", "policy": "main",
+    }
+    return w
+
+
+def test_every_route_for_every_principal(world):
+    """Every documented route × {admin, A's root, a user with no policy, a
+    user allowed everything, a user with an explicit Deny, a user the key
+    policy denies, B's root}: 0 unexpected Allows, 0 unexpected refusals."""
+    s = world.server
+    table = routes(s, world.principals["root"])
+    assert len(table) >= 60, len(table)
+    actions = {a for _, _, a in table}
+    for needed in ("disk:AttachDisk", "disk:DeleteDisk", "db:StopInstance", "db:RestoreBackup",
+                   "project:SetKey", "iam:CreateAccessKey", "iam:UpdateAccessKey"):
+        assert needed in actions, needed
+    unexpected = []
+    cells = 0
+    for method, path, action in table:
+        for who, creds in world.principals.items():
+            cells += 1
+            ghost_path = fill(path, A, GHOST)
+            if who == "other":
+                # B's root, at A's real resources and A's account.
+                r = call(s, creds, method, fill(path, A, world.real), action, who)
+                account_route = path.startswith("/v1/accounts/")
+                if action in ADMIN_ONLY or account_route:
+                    if not refused(r, action):
+                        unexpected.append((who, method, path, r.status_code, r.text[:200]))
+                elif r.status_code < 300 and method != "GET":
+                    unexpected.append((who, method, path, r.status_code, r.text[:200]))
+                elif r.status_code < 300:
+                    text = r.text
+                    if any(v in text for v in (world.real["disk"], world.real["snapshot"], world.real["project"])):
+                        unexpected.append((who, method, path, "shows A's resource", text[:200]))
+                continue
+            r = call(s, creds, method, ghost_path, action, who)
+            if who in ("nopolicy", "denied"):
+                ok = refused(r, action, explicit=(who == "denied"))
+            elif who == "admin":
+                ok = not refused(r, action) and r.status_code < 500
+            elif action in ADMIN_ONLY:
+                ok = refused(r, action)
+            else:  # root, allowed, keydenied: identity allows; no key in play at a ghost
+                ok = r.status_code != 403 and r.status_code < 500
+            if not ok:
+                unexpected.append((who, method, ghost_path, r.status_code, r.text[:200]))
+    assert not unexpected, f"{len(unexpected)} of {cells} cells:\n" + "\n".join(map(str, unexpected))
+
+
+def denied_by_key(r, key: str) -> bool:
+    j = r.json()
+    return r.status_code == 403 and j.get("code") == "AccessDeniedException" and key in j.get("message", "")
+
+
+def test_the_key_decides_as_the_caller(world):
+    """A user allowed every action by its identity policy, whom the key's
+    policy denies, may not create, clone, roll back, re-key, re-encrypt,
+    convert or attach under that key (over REST and NBD), nor start, back up
+    or restore an instance under it; the account's root may."""
+    s, key = world.server, world.key
+    kd = world.principals["keydenied"]
+    root = world.principals["root"]
+    disk, snap = world.real["disk"], world.real["snapshot"]
+    cases = [
+        ("POST", "/v1/disks", {"size": 1 << 20, "key_id": key}),
+        ("POST", "/v1/disks", {"snapshot_id": snap}),
+        ("POST", f"/v1/disks/{disk}/rollback", {"snapshot_id": snap}),
+        ("POST", f"/v1/disks/{disk}/rekey", {"reencrypt": True}),
+        ("POST", f"/v1/disks/{disk}/convert", {"encrypted": False}),
+        ("POST", f"/v1/disks/{disk}/attach-local", {}),
+    ]
+    for method, path, body in cases:
+        r = rest_call(s, method, path, body, creds=kd)
+        assert denied_by_key(r, key), (path, r.status_code, r.text)
+    # Nothing was made or changed.
+    listed = rest_call(s, "GET", "/v1/disks", creds=root).json()["disks"]
+    assert [d["id"] for d in listed] == [disk], listed
+    assert rest_call(s, "GET", "/v1/jobs", creds=root).json()["jobs"] == []
+    # The CLI says the same.
+    p = atrest_client_cmd(s, "disk", "create", "--size", "1M", "--key-id", key, env_creds=kd, check=False)
+    assert p.returncode != 0 and "AccessDeniedException" in p.stderr and key in p.stderr, p.stderr
+    # The root may (a clone, then the clone's deletion).
+    r = rest_call(s, "POST", "/v1/disks", {"snapshot_id": snap}, creds=root)
+    assert r.status_code == 201, r.text
+    assert rest_call(s, "DELETE", f"/v1/disks/{r.json()['id']}", creds=root).status_code == 200
+
+    # NBD: the report's case. The denied user's qemu-io read is refused;
+    # the root's works, and reads what the root wrote.
+    def nbd_for(creds, name):
+        d = world.work / f"psk-{name}"
+        d.mkdir()
+        f = d / "keys.psk"
+        atrest_client_cmd(s, "nbd", "psk", "--out", str(f), env_creds=creds)
+        return Nbd(world.port, "psk", psk_file=f, psk_user=creds[0])
+
+    nbd_root = nbd_for(root, "root")
+    nbd_root.qemu_io(disk, "write -P 0x5a 0 64k")
+    nbd_root.qemu_io(disk, "read -P 0x5a 0 64k")
+    p = nbd_for(kd, "keydenied").qemu_io(disk, "read -P 0x5a 0 64k", check=False)
+    assert p.returncode != 0, p.stdout
+    assert "read 65536/65536" not in p.stdout, p.stdout
+    # A user with no policy may not attach either.
+    p = nbd_for(world.principals["nopolicy"], "nopolicy").qemu_io(disk, "read 0 4k", check=False)
+    assert p.returncode != 0, p.stdout
+    # ... while the root's still works.
+    nbd_root.qemu_io(disk, "read -P 0x5a 0 64k")
+
+    # An instance under the key: the denied user may not start it, restart
+    # it, back it up, or restore its backup; the root may.
+    inst = create_db(s, "orders", "--key", key, "--size", "512M")
+    assert inst["state"] == "running", inst
+    for method, path in (("POST", "/v1/instances/orders/restart"), ("POST", "/v1/instances/orders/backups")):
+        r = rest_call(s, method, path, {}, creds=kd)
+        assert denied_by_key(r, key), (path, r.status_code, r.text)
+    r = rest_call(s, "POST", "/v1/instances/orders/backups", {}, creds=root)
+    assert r.status_code == 201, r.text
+    backup = r.json()["id"]
+    r = rest_call(s, "POST", f"/v1/backups/{backup}/restore", {"name": "copy"}, creds=kd)
+    assert denied_by_key(r, key), r.text
+    assert rest_call(s, "POST", "/v1/instances/orders/stop", {}, creds=kd).status_code == 200
+    r = rest_call(s, "POST", "/v1/instances/orders/start", {}, creds=kd)
+    assert denied_by_key(r, key), r.text
+    assert db_json(s, "show", "orders")["state"] == "stopped"
+    r = rest_call(s, "POST", "/v1/instances/orders/start", {}, creds=root)
+    assert r.status_code == 200 and r.json()["state"] == "running", r.text
+    names = [i["name"] for i in rest_call(s, "GET", "/v1/instances", creds=root).json()["instances"]]
+    assert names == ["orders"], names
