@@ -504,6 +504,9 @@ def test_an_instance_of_the_previous_release_starts_with_its_master_demoted(make
     finally:
         conftest.ATREST_BIN = saved
     server.start(timeout=120)
+    # The credentials the previous release left in the data dir moved out.
+    assert not (server.data_dir / "admin-credentials").exists()
+    assert server.credentials_file == server.data_dir.with_name(server.data_dir.name + ".admin-credentials")
     deadline = time.monotonic() + 180
     while db_json(server, "show", "legacy")["state"] != "running":
         assert time.monotonic() < deadline, db_json(server, "show", "legacy")
