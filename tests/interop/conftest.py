@@ -156,8 +156,14 @@ class Server:
     @property
     def credentials_file(self) -> Path:
         """The default admin credentials file: a sibling of the data dir
-        (the data dir holds no plaintext secret)."""
-        return self.data_dir.with_name(self.data_dir.name + ".admin-credentials")
+        (the data dir holds no plaintext secret). A server of an earlier
+        release kept them in the data dir; that place counts while it is the
+        only one (this release moves them out at its first start)."""
+        path = self.data_dir.with_name(self.data_dir.name + ".admin-credentials")
+        legacy = self.data_dir / "admin-credentials"
+        if not path.exists() and legacy.exists():
+            return legacy
+        return path
 
     @property
     def scheme(self) -> str:

@@ -494,16 +494,19 @@ def test_an_instance_of_the_previous_release_starts_with_its_master_demoted(make
         control = shared_dir / "control"
         control.write_text("precious\n")
         control.chmod(0o644)
-        psql(port, f"COPY (SELECT 1) TO PROGRAM 'ln -sfn {control} {pgdata}/atrest.conf'")
+        psql(port, f"COPY (SELECT 1) TO PROGRAM 'cat > /dev/null; ln -sfn {control} {pgdata}/atrest.conf'")
         db_json(server, "restart", "legacy")
         assert "listen_addresses" in control.read_text() and control.stat().st_uid != 0, \
             "the previous release did not follow the link: this test proves nothing"
-        psql(port, f"COPY (SELECT 1) TO PROGRAM 'ln -sfn {victim} {pgdata}/atrest.conf'")
+        psql(port, f"COPY (SELECT 1) TO PROGRAM 'cat > /dev/null; ln -sfn {victim} {pgdata}/atrest.conf'")
         old_disk = old["disk"]
         server.stop(timeout=90)
     finally:
         conftest.ATREST_BIN = saved
     server.start(timeout=120)
+    # The credentials the previous release left in the data dir moved out.
+    assert not (server.data_dir / "admin-credentials").exists()
+    assert server.credentials_file == server.data_dir.with_name(server.data_dir.name + ".admin-credentials")
     deadline = time.monotonic() + 180
     while db_json(server, "show", "legacy")["state"] != "running":
         assert time.monotonic() < deadline, db_json(server, "show", "legacy")
