@@ -37,6 +37,22 @@ enum PolicyId {
     Identity(String),
 }
 
+/// Actions besides `admin:*` that only an admin account's principals take.
+pub const ADMIN_ACTIONS: &[&str] = &["audit:VerifyAudit"];
+
+/// Actions only an account's root (or an admin) takes, whatever a user's
+/// policy says: managing users, their policies, and making access keys (a
+/// user's key cannot mint more keys). A user lists, deactivates, activates
+/// and deletes its own access keys where its policy allows.
+pub const ROOT_ACTIONS: &[&str] = &[
+    "iam:CreateAccessKey",
+    "iam:CreateUser",
+    "iam:ListUsers",
+    "iam:PutUserPolicy",
+    "iam:GetUserPolicy",
+    "iam:DeleteUserPolicy",
+];
+
 impl PolicyCache {
     fn get(
         &self,
@@ -325,6 +341,11 @@ impl KeyService {
     /// explicit Deny wins. `context` adds condition keys (the resource's
     /// tags as `aws:ResourceTag/<key>`, a create's as `aws:RequestTag/<key>`
     /// and `aws:TagKeys`).
+    ///
+    /// Before the policies: `admin:*` actions (and [`ADMIN_ACTIONS`]) are an
+    /// admin account's only; a resource of another account is refused (no
+    /// atrest resource has a resource policy that could let another account
+    /// in); [`ROOT_ACTIONS`] are an account root's only.
     pub fn authorize_action(
         &self,
         call: &Call<'_>,
@@ -346,13 +367,33 @@ impl KeyService {
             resource,
             context: &ctx,
         };
-        let id = self.identity(&*tx, call, &request)?;
         let refuse = |why: &str| {
             KmsError::AccessDenied(format!(
                 "User: {} is not authorized to perform: {action} on resource: {resource} {why}",
                 call.caller.principal_arn()
             ))
         };
+        let c = call.caller;
+        if !c.admin {
+            if action.starts_with("admin:") || ADMIN_ACTIONS.contains(&action) {
+                return Err(refuse(
+                    "because only an admin account's principals may take it",
+                ));
+            }
+            // atrest's resources have no resource policies: another
+            // account's are out of reach, whatever the caller's policy says.
+            if let Some(owner) = resource.split(':').nth(4).filter(|a| !a.is_empty())
+                && owner != c.account.as_str()
+            {
+                return Err(refuse("because the resource belongs to another account"));
+            }
+            if ROOT_ACTIONS.contains(&action) && !c.is_root() {
+                return Err(refuse(
+                    "because only the account's root manages its users, their policies and their access keys",
+                ));
+            }
+        }
+        let id = self.identity(&*tx, call, &request)?;
         if id.denied {
             return Err(refuse("with an explicit deny in an identity-based policy"));
         }

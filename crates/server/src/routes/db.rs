@@ -99,9 +99,9 @@ pub(crate) struct CreateInstanceRequest {
     /// Port (1024 to 65535; default: a free one).
     #[schema(value_type = Option<u16>, minimum = 1024, maximum = 65535)]
     port: Option<Port>,
-    /// The superuser's name.
+    /// The master user's name.
     master_username: Option<String>,
-    /// The superuser's password (default: generated and answered once).
+    /// The master user's password (default: generated and answered once).
     master_password: Option<String>,
 }
 
