@@ -333,3 +333,56 @@ def test_the_key_decides_as_the_caller(world):
     assert db("start", "orders")["state"] == "running"
     assert [i["name"] for i in db("list")["instances"]] == ["orders"]
     assert [b["id"] for b in db("backups")["backups"]] == [backup]
+
+
+def test_resource_tags_are_condition_keys(world):
+    """A disk's tags are `aws:ResourceTag/<key>` to identity policies, a
+    creation's `aws:RequestTag/<key>` and `aws:TagKeys`: a user allowed the
+    team's disks only sees, changes and makes those."""
+    s = world.server
+    root = world.principals["root"]
+    blue_only = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "disk:*", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:ResourceTag/team": "blue"}}},
+        {"Effect": "Allow", "Action": "disk:CreateDisk", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:RequestTag/team": "blue"},
+                       "ForAllValues:StringEquals": {"aws:TagKeys": ["team", "env"]}}},
+    ]}
+    user = new_user(s, A, "blueteam", policy=blue_only)
+
+    def make(creds, tags, status=201):
+        r = rest_call(s, "POST", "/v1/disks", {"size": 1 << 20, "tags": tags}, creds=creds)
+        assert r.status_code == status, r.text
+        return r.json()
+
+    blue = make(root, {"team": "blue", "env": "prod"})
+    red = make(root, {"team": "red"})
+    assert blue["tags"] == {"team": "blue", "env": "prod"}
+    r = rest_call(s, "GET", f"/v1/disks/{blue['id']}", creds=user)
+    assert r.status_code == 200 and r.json()["tags"]["team"] == "blue", r.text
+    for method, path, body in (("GET", f"/v1/disks/{red['id']}", None),
+                               ("DELETE", f"/v1/disks/{red['id']}", None),
+                               ("POST", f"/v1/disks/{red['id']}/resize", {"size": 2 << 20}),
+                               ("POST", "/v1/snapshots", {"disk_id": red["id"]})):
+        r = rest_call(s, method, path, body, creds=user)
+        assert refused(r, "disk:"), (path, r.status_code, r.text)
+        assert red["id"] in r.json()["message"], r.text
+    # Creations: the team's tag, and no other keys than team and env.
+    mine = make(user, {"team": "blue"})
+    assert mine["tags"] == {"team": "blue"}
+    for tags in ({"team": "red"}, {}, {"team": "blue", "owner": "eve"}):
+        r = rest_call(s, "POST", "/v1/disks", {"size": 1 << 20, "tags": tags}, creds=user)
+        assert refused(r, "disk:CreateDisk"), (tags, r.text)
+    r = rest_call(s, "DELETE", f"/v1/disks/{mine['id']}", creds=user)
+    assert r.status_code == 200, r.text
+    # The rules on tags, with a clear refusal.
+    for tags, word in (({"aws:team": "x"}, "reserved"), ({"": "x"}, "tag key"),
+                       ({"k": "v" * 257}, "value"), ({f"k{i}": "" for i in range(51)}, "at most 50")):
+        r = rest_call(s, "POST", "/v1/disks", {"size": 1 << 20, "tags": tags}, creds=root)
+        assert r.status_code == 400 and word in r.json()["message"], (tags, r.text)
+    r = rest_call(s, "POST", "/v1/disks", {"size": 1 << 20, "tags": {"k": 1}}, creds=root)
+    assert r.status_code == 400, r.text
+    # The CLI tags too, and shows them.
+    out = json.loads(atrest_client_cmd(s, "disk", "create", "--size", "1M", "--tag", "team=blue",
+                                       "--tag", "env=", env_creds=root).stdout)
+    assert out["tags"] == {"team": "blue", "env": ""}, out

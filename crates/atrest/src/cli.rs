@@ -355,6 +355,10 @@ pub enum DiskCommand {
         /// must coordinate, as with a cluster file system).
         #[arg(long)]
         shareable: bool,
+        /// A tag, KEY=VALUE (repeat for more): identity policies see it as
+        /// aws:ResourceTag/KEY.
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
     },
     /// List your disks.
     List,
@@ -934,4 +938,12 @@ pub struct RootArgs {
     /// at first start; root.json records it.
     #[arg(long, env = "ATREST_ROOT_PROVIDER_KEY", requires = "root_provider")]
     pub root_provider_key: Option<String>,
+}
+
+/// `KEY=VALUE` (the value may be empty or hold `=`).
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
 }

@@ -121,8 +121,11 @@ pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
             key_id,
             unencrypted,
             shareable,
+            tags,
         } => {
-            let body = json!({"size": parse_size(&size)?, "block_size": block_size, "encrypted": !unencrypted, "key_id": key_id, "shareable": shareable});
+            let tags: serde_json::Map<String, Value> =
+                tags.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let body = json!({"size": parse_size(&size)?, "block_size": block_size, "encrypted": !unencrypted, "key_id": key_id, "shareable": shareable, "tags": tags});
             call(&c, Method::POST, "/v1/disks", Some(&body)).await?
         }
         DiskCommand::List => call(&c, Method::GET, "/v1/disks", None).await?,

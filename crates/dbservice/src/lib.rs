@@ -918,6 +918,7 @@ impl DbService {
             encrypted: Some(key.is_some()),
             key_id: key,
             shareable: Some(false),
+            tags: BTreeMap::new(),
         };
         rec.disk = self
             .disks

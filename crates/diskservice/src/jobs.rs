@@ -311,6 +311,8 @@ impl DiskService {
                 encrypted: Some(encrypted),
                 key_id: key_id.map(str::to_owned),
                 shareable: Some(src.labels.contains_key(crate::L_SHAREABLE)),
+                // The copy replaces the source: it keeps its tags.
+                tags: crate::tags::of(&src.labels),
             },
             extra,
         )?;

@@ -70,6 +70,7 @@
 mod jobs;
 mod managed;
 mod open;
+pub mod tags;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -253,6 +254,9 @@ pub struct DiskView {
     /// [`DiskService::inventory`]): what it is for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub managed_for: Option<String>,
+    /// Its tags ([`tags`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A snapshot as the API shows it.
@@ -303,6 +307,8 @@ pub struct NewDisk {
     /// Whether several clients may attach it read-write at once (default
     /// false: one client at a time, as an EBS volume without Multi-Attach).
     pub shareable: Option<bool>,
+    /// Its tags ([`tags`]).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The disk service. Its public methods are the customer's: they neither
@@ -480,6 +486,7 @@ impl DiskService {
             shareable: d.labels.contains_key(L_SHAREABLE),
             reencrypt,
             managed_for: d.labels.get(managed::L_MANAGED_FOR).cloned(),
+            tags: tags::of(&d.labels),
         }
     }
 
@@ -782,6 +789,7 @@ impl DiskService {
             ))
             .into());
         }
+        tags::validate(&req.tags)?;
         let encrypted = req.encrypted.unwrap_or(true);
         if !encrypted && req.key_id.is_some() {
             return Err(KmsError::Validation(
@@ -800,6 +808,7 @@ impl DiskService {
         };
         let mut labels = owner_labels(caller);
         labels.extend(extra);
+        labels.extend(tags::labels(&req.tags));
         if req.shareable == Some(true) {
             labels.insert(L_SHAREABLE.to_owned(), "true".to_owned());
         }
@@ -919,6 +928,31 @@ impl DiskService {
     /// same master key, no data copied.
     pub fn clone_snapshot(&self, caller: &Caller, snapshot: &str) -> Result<DiskView> {
         self.clone_snapshot_by(Actor::Customer, caller, snapshot, Labels::new())
+    }
+
+    /// [`Self::clone_snapshot`], the new disk tagged with `tags`.
+    pub fn clone_snapshot_tagged(
+        &self,
+        caller: &Caller,
+        snapshot: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<DiskView> {
+        tags::validate(tags)?;
+        self.clone_snapshot_by(
+            Actor::Customer,
+            caller,
+            snapshot,
+            tags::labels(tags).collect(),
+        )
+    }
+
+    /// The tags of the caller's disk `disk`, `None` if it has no such disk:
+    /// the condition keys a policy sees (`aws:ResourceTag/<key>`).
+    #[must_use]
+    pub fn disk_tags(&self, caller: &Caller, disk: &str) -> Option<BTreeMap<String, String>> {
+        self.own_disk(Actor::Customer, caller, disk)
+            .ok()
+            .map(|d| tags::of(&d.labels))
     }
 
     /// The new disk gets `extra` labels (its manager's) besides its owner's.

@@ -26,6 +26,7 @@ pub(crate) mod body;
 pub(crate) mod idempotency;
 pub(crate) mod paging;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use atrest_kms::{Call, Caller, KmsError, RequestMeta};
@@ -62,6 +63,27 @@ impl Resource {
             arn,
             conditions: Vec::new(),
         }
+    }
+
+    /// With the resource's tags: `aws:ResourceTag/<key>`.
+    pub(crate) fn resource_tags(mut self, tags: &BTreeMap<String, String>) -> Self {
+        for (k, v) in tags {
+            self.conditions
+                .push((format!("aws:ResourceTag/{k}"), vec![v.clone()]));
+        }
+        self
+    }
+
+    /// With the tags a creation asks for: `aws:RequestTag/<key>` and
+    /// `aws:TagKeys`.
+    pub(crate) fn request_tags(mut self, tags: &BTreeMap<String, String>) -> Self {
+        for (k, v) in tags {
+            self.conditions
+                .push((format!("aws:RequestTag/{k}"), vec![v.clone()]));
+        }
+        self.conditions
+            .push(("aws:TagKeys".to_owned(), tags.keys().cloned().collect()));
+        self
     }
 }
 

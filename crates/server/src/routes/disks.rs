@@ -6,6 +6,8 @@
     reason = "utoipa's expansion of the declared parameters names their types in full"
 )]
 
+use std::collections::BTreeMap;
+
 use atrest_diskservice::{DiskView, Job, NewDisk, SnapshotView};
 use atrest_kms::KmsError;
 use serde::{Deserialize, Serialize};
@@ -86,6 +88,11 @@ pub(crate) struct CreateDiskRequest {
     snapshot_id: Option<String>,
     /// Whether several clients may attach it read-write at once.
     shareable: Option<bool>,
+    /// Tags (at most 50; keys of 1 to 128 characters, values of at most
+    /// 256; no key starting with `aws:`), which identity policies see as
+    /// `aws:ResourceTag/<key>` (and at this creation as
+    /// `aws:RequestTag/<key>` and `aws:TagKeys`).
+    tags: Option<BTreeMap<String, String>>,
 }
 
 /// `POST /v1/disks/{id}/resize`.
@@ -181,8 +188,10 @@ impl Replayable for JobList {}
 impl Replayable for RekeyAnswer {}
 impl Replayable for LocalView {}
 
-fn disk_arn(c: &atrest_kms::Caller, id: &str) -> Resource {
+/// The disk `id` names, with its tags as condition keys.
+fn disk_arn(st: &AppState, c: &atrest_kms::Caller, id: &str) -> Resource {
     Resource::arn(arn(c, "disk", "disk", id))
+        .resource_tags(&st.disks.disk_tags(c, id).unwrap_or_default())
 }
 
 endpoint! {
@@ -195,17 +204,18 @@ endpoint! {
     resource: |_, c, _, _, b| Ok(match &b.snapshot_id {
         Some(s) => Resource::arn(arn(c, "disk", "snapshot", s)),
         None => Resource::arn(arn(c, "disk", "disk", "*")),
-    }),
+    }
+    .request_tags(b.tags.as_ref().unwrap_or(&BTreeMap::new()))),
     run: |st, call, _, _, b| {
         if let Some(snap) = &b.snapshot_id {
             if b.size.is_some() || b.block_size.is_some() || b.encrypted.is_some()
                 || b.key_id.is_some() || b.shareable.is_some()
             {
                 return Err(KmsError::Validation(
-                    "a disk created from a snapshot takes its size, block size and key from it; give only 'snapshot_id' (and 'shareable' is not taken either)".into(),
+                    "a disk created from a snapshot takes its size, block size and key from it; give only 'snapshot_id' and 'tags' (and 'shareable' is not taken either)".into(),
                 ).into());
             }
-            let d = st.disks.clone_snapshot(call.caller, snap)?;
+            let d = st.disks.clone_snapshot_tagged(call.caller, snap, &b.tags.unwrap_or_default())?;
             return Ok(keyed(call, d.key_arn.as_ref(), d.clone()));
         }
         let size = b.size.ok_or_else(|| KmsError::Validation("'size' (bytes) is required".into()))?;
@@ -215,6 +225,7 @@ endpoint! {
             encrypted: b.encrypted,
             key_id: b.key_id,
             shareable: b.shareable,
+            tags: b.tags.unwrap_or_default(),
         })?;
         Ok(keyed(call, d.key_arn.as_ref(), d.clone()))
     },
@@ -254,7 +265,7 @@ endpoint! {
     tag: "disks", status: OK, paged: false, idempotent: false,
     path: DiskId,
     answer: DiskView,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, _| {
         let d = st.disks.describe_disk(call.caller, &p.id)?;
         Ok(keyed(call, d.key_arn.as_ref(), d.clone()))
@@ -267,7 +278,7 @@ endpoint! {
     tag: "disks", status: OK, paged: false, idempotent: false,
     path: DiskId,
     answer: Deleted,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, _| {
         st.disks.delete_disk(call.caller, &p.id)?;
         Ok(Deleted { deleted: p.id })
@@ -281,7 +292,7 @@ endpoint! {
     path: DiskId,
     body: ResizeDiskRequest,
     answer: DiskView,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, b| {
         let d = st.disks.resize(call.caller, &p.id, b.size)?;
         Ok(keyed(call, d.key_arn.as_ref(), d.clone()))
@@ -295,7 +306,7 @@ endpoint! {
     path: DiskId,
     body: RollbackDiskRequest,
     answer: DiskView,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, b| {
         let d = st.disks.rollback(call.caller, &p.id, &b.snapshot_id)?;
         Ok(keyed(call, d.key_arn.as_ref(), d.clone()))
@@ -311,7 +322,7 @@ endpoint! {
     path: DiskId,
     body: RekeyDiskRequest,
     answer: RekeyAnswer,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, b| match (b.key_id, b.reencrypt.unwrap_or(false)) {
         (Some(k), false) => {
             let d = st.disks.change_key(call.caller, &p.id, &k)?;
@@ -336,7 +347,7 @@ endpoint! {
     tag: "disks", status: OK, paged: false, idempotent: true,
     path: DiskId,
     answer: DiskView,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, _| {
         let d = st.disks.regrant(call.caller, &p.id)?;
         Ok(keyed(call, d.key_arn.as_ref(), d.clone()))
@@ -350,7 +361,7 @@ endpoint! {
     path: DiskId,
     body: ConvertDiskRequest,
     answer: JobAnswer,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, b| Ok(JobAnswer {
         job: st.disks.convert(call.caller, &p.id, b.encrypted, b.key_id.as_deref())?,
     }),
@@ -364,7 +375,7 @@ endpoint! {
     path: DiskId,
     body: crate::rest::NoBody,
     answer: LocalView,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, _| Ok(st.local.attach(call.caller, &p.id)?),
 }
 
@@ -376,7 +387,7 @@ endpoint! {
     path: DiskId,
     body: crate::rest::NoBody,
     answer: LocalView,
-    resource: |_, c, p, _, _| Ok(disk_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(disk_arn(st, c, &p.id)),
     run: |st, call, p, _, _| Ok(st.local.detach(call.caller, &p.id)?),
 }
 
@@ -386,7 +397,7 @@ endpoint! {
     tag: "disks", status: CREATED, paged: false, idempotent: true,
     body: CreateSnapshotRequest,
     answer: SnapshotView,
-    resource: |_, c, _, _, b| Ok(disk_arn(c, &b.disk_id)),
+    resource: |st, c, _, _, b| Ok(disk_arn(st, c, &b.disk_id)),
     run: |st, call, _, _, b| {
         let s = st.disks.create_snapshot(call.caller, &b.disk_id)?;
         Ok(keyed(call, s.key_arn.as_ref(), s.clone()))

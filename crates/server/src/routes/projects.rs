@@ -283,6 +283,7 @@ endpoint! {
             encrypted: None,
             key_id: None,
             shareable: b.shareable,
+            tags: std::collections::BTreeMap::new(),
         })?;
         let key = d.key_arn.clone();
         Ok(keyed(call, key.as_ref(), d))
