@@ -23,7 +23,8 @@ pub enum AuditSync {
 }
 
 /// Encryption at rest with keys you control: an AWS KMS-compatible key
-/// service (and, in later releases, encrypted disks and databases).
+/// service, encrypted disks with snapshots (NBD, local attach), PostgreSQL
+/// instances on them, and projects that bind them to a customer's key.
 #[derive(Debug, Parser)]
 #[command(name = "atrest", version, propagate_version = true)]
 pub struct Cli {

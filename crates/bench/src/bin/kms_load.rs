@@ -109,6 +109,10 @@ enum Op {
     GenerateRandom,
     /// GET /healthz, unsigned: HTTP/1.1 and routing only.
     Healthz,
+    /// `GET /v1/disks/{id}` on the REST API: SigV4 (service `atrest`), the
+    /// REST framework, authorization of `disk:DescribeDisk` by identity
+    /// policy (the root's, or the `user` caller's policy), a disk lookup.
+    DescribeDisk,
 }
 
 impl Op {
@@ -119,6 +123,7 @@ impl Op {
             Op::Encrypt => "Encrypt",
             Op::GenerateRandom => "GenerateRandom",
             Op::Healthz => "GET /healthz",
+            Op::DescribeDisk => "GET /v1/disks/{id}",
         }
     }
 }
@@ -171,6 +176,15 @@ impl Prepared {
     async fn send(&self, target: &Target) -> Result<(), String> {
         let (status, body) = match self.op {
             Op::Healthz => healthz(&target.plain, &target.healthz).await?,
+            Op::DescribeDisk => {
+                let path = std::str::from_utf8(&self.body).map_err(|e| e.to_string())?;
+                let r = target
+                    .kms
+                    .rest(http::Method::GET, path, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (r.status, r.body)
+            }
             op => {
                 let r = target
                     .kms
@@ -406,6 +420,11 @@ async fn caller_client(
                     "Effect": "Allow",
                     "Action": "kms:GenerateRandom",
                     "Resource": "*"
+                }, {
+                    "Effect": "Allow",
+                    "Action": "disk:DescribeDisk",
+                    "Resource": format!("arn:aws:disk:{}:{account}:disk/*", args.region),
+                    "Condition": {"StringEquals": {"aws:PrincipalAccount": account}}
                 }]
             });
             rest_json(
@@ -456,6 +475,7 @@ async fn prepare(
     key_id: &str,
     ops: &[Op],
     grant_token: Option<&str>,
+    disk_path: Option<&str>,
 ) -> anyhow::Result<Vec<Prepared>> {
     let tokens = |mut v: serde_json::Value| {
         if let Some(t) = grant_token {
@@ -486,6 +506,7 @@ async fn prepare(
                     Op::Encrypt => encrypt_body.to_string(),
                     Op::GenerateRandom => r#"{"NumberOfBytes":32}"#.to_owned(),
                     Op::Healthz => String::new(),
+                    Op::DescribeDisk => disk_path.unwrap_or_default().to_owned(),
                 }
                 .into_bytes(),
             ),
@@ -709,6 +730,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "--caller {:?} sets up its own key; leave out --key-id",
         args.caller
     );
+    // The disk GET /v1/disks/{id} describes: the owner's, under the
+    // account's disk service key.
+    let disk_path = if args.ops.contains(&Op::DescribeDisk) {
+        ensure!(
+            args.caller != CallerKind::Grantee,
+            "a grantee cannot describe a disk (no grant allows a REST action)"
+        );
+        let d = rest_json(
+            &owner,
+            http::Method::POST,
+            "/v1/disks",
+            &serde_json::json!({"size": 1 << 20}),
+        )
+        .await?;
+        Some(format!("/v1/disks/{}", str_field(&d, &["id"])?))
+    } else {
+        None
+    };
     let (client, key_id, grant_token) = match &args.key_id {
         Some(k) => (owner, k.clone(), None),
         None => {
@@ -718,7 +757,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (client, key_id, token)
         }
     };
-    let prepared = prepare(&client, &key_id, &args.ops, grant_token.as_deref()).await?;
+    let prepared = prepare(
+        &client,
+        &key_id,
+        &args.ops,
+        grant_token.as_deref(),
+        disk_path.as_deref(),
+    )
+    .await?;
     let target = Target {
         kms: client,
         plain,
