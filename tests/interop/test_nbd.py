@@ -414,9 +414,10 @@ def test_one_client_at_a_time_unless_shareable(nbd_env):
     d = disk_cmd(e.server, e.creds, "create", "--size", "8M")
     shared = disk_cmd(e.server, e.creds, "create", "--size", "8M", "--shareable")
     assert shared["shareable"] is True and d["shareable"] is False
-    # A second client (user alice with her own certificate) while account
-    # A's root holds the disk over plaintext.
-    new_user(e.server, A, "alice")
+    # A second client (user alice with her own certificate, allowed the
+    # account's disks) while account A's root holds the disk over plaintext.
+    new_user(e.server, A, "alice", policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "disk:*", "Resource": f"arn:aws:disk:*:{A}:disk/*"}]})
     alice_dir = e.work / "alice-x509"
     make_client_cert(alice_dir, e.ca_key, e.ca_cert, user_arn(A, "alice"))
     shutil.copy(e.tls["ca"], alice_dir / "ca-cert.pem")
