@@ -723,6 +723,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let plain = plain_client();
     wait_healthy(&plain, &healthz_url, server.as_mut(), &log).await?;
 
+    // A server of an earlier release (a baseline) wrote them inside its
+    // data dir.
+    let legacy = tmp.path().join("data/admin-credentials");
+    let creds_file = if args.endpoint.is_none() && !creds_file.exists() && legacy.exists() {
+        legacy
+    } else {
+        creds_file
+    };
     let creds = load_shared_credentials(&creds_file, &args.profile)?;
     let owner = Client::new(&endpoint, creds, &args.region, None)?;
     ensure!(
