@@ -4,6 +4,8 @@
 //! `tests/interop/test_projects.py` does it); the database service's block
 //! devices are a stand-in that refuses, named as such.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

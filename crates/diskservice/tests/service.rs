@@ -152,6 +152,7 @@ fn encrypted(size: u64, key: Option<&str>) -> NewDisk {
         encrypted: Some(true),
         key_id: key.map(str::to_owned),
         shareable: None,
+        tags: Default::default(),
     }
 }
 
