@@ -53,6 +53,18 @@ pub enum ApiError {
     /// for another request).
     #[error("{0}")]
     Conflict(String),
+    /// A REST request's members break a rule of the endpoint (a missing
+    /// member, members that exclude each other, a value out of range).
+    #[error("{0}")]
+    Invalid(String),
+    /// A REST request's body or query is not what the endpoint reads (not
+    /// JSON, a member of the wrong type, an unknown member).
+    #[error("{0}")]
+    Malformed(String),
+    /// The REST layer itself failed (encoding an answer, a worker): a
+    /// server fault, with details in the log only.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -108,6 +120,18 @@ impl ApiError {
             Self::Db(e) => db_parts(e),
             Self::Control(e) => control_parts(e),
             Self::Conflict(_) => (StatusCode::CONFLICT, "ConflictException", self.to_string()),
+            Self::Invalid(_) => (
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                self.to_string(),
+            ),
+            Self::Malformed(_) => (
+                StatusCode::BAD_REQUEST,
+                "SerializationException",
+                self.to_string(),
+            ),
+            // As the key service's own internal error: one generic message.
+            Self::Internal(m) => ApiError::Kms(KmsError::Internal(m.clone())).parts(),
         }
     }
 
@@ -132,7 +156,7 @@ impl ApiError {
     #[must_use]
     pub fn is_server_fault(&self) -> bool {
         match self {
-            Self::Kms(KmsError::Internal(_)) => true,
+            Self::Kms(KmsError::Internal(_)) | Self::Internal(_) => true,
             Self::Disk(e) => e.is_server_fault(),
             Self::Db(e) => e.is_server_fault(),
             Self::Control(atrest_control::ControlError::Store(_)) => true,

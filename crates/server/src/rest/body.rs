@@ -13,7 +13,6 @@
 //! * a query parameter the operation does not take: `ValidationException`
 //!   "unknown query parameter 'colour'; this operation takes: instance".
 
-use atrest_kms::KmsError;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -80,7 +79,7 @@ fn member_error(path: &str, e: &serde_json::Error) -> ApiError {
         } else {
             format!("this operation takes: {takes}")
         };
-        return KmsError::Validation(format!("unknown member '{member}'; {takes}")).into();
+        return ApiError::Invalid(format!("unknown member '{member}'; {takes}"));
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
@@ -89,21 +88,21 @@ fn member_error(path: &str, e: &serde_json::Error) -> ApiError {
         } else {
             format!("{path}.{field}")
         };
-        return KmsError::Validation(format!("'{member}' is required")).into();
+        return ApiError::Invalid(format!("'{member}' is required"));
     }
     if path.is_empty() || path == "." {
-        return KmsError::Serialization("The request body must be a JSON object.".into()).into();
+        return ApiError::Malformed("The request body must be a JSON object.".into());
     }
     if msg.starts_with("invalid type:") {
         let what = msg.rsplit_once(", expected ").map_or("", |(_, w)| w);
-        return KmsError::Serialization(format!("'{path}' must be {}", expected(what))).into();
+        return ApiError::Malformed(format!("'{path}' must be {}", expected(what)));
     }
     // A member's own type says what its value must be ("must be 1024 to
     // 65535"): said of the member.
     if let Some(what) = msg.strip_prefix("must be ") {
-        return KmsError::Validation(format!("'{path}' must be {what}")).into();
+        return ApiError::Invalid(format!("'{path}' must be {what}"));
     }
-    KmsError::Validation(format!("'{path}': {msg}")).into()
+    ApiError::Invalid(format!("'{path}': {msg}"))
 }
 
 /// The body as `T` (an empty body is `{}`).
@@ -118,12 +117,9 @@ pub(crate) fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Ok(_) => KmsError::Serialization("The request body must be a JSON object.".into()),
-                Err(e) => {
-                    KmsError::Serialization(format!("The request body is not valid JSON: {e}"))
-                }
-            }
-            .into(),
+                Ok(_) => ApiError::Malformed("The request body must be a JSON object.".into()),
+                Err(e) => ApiError::Malformed(format!("The request body is not valid JSON: {e}")),
+            },
         );
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -132,16 +128,11 @@ pub(crate) fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => member_error(&path, &inner),
-            _ => ApiError::from(KmsError::Serialization(format!(
-                "The request body is not valid JSON: {inner}"
-            ))),
+            _ => ApiError::Malformed(format!("The request body is not valid JSON: {inner}")),
         }
     })?;
-    de.end().map_err(|e| {
-        ApiError::from(KmsError::Serialization(format!(
-            "The request body is not valid JSON: {e}"
-        )))
-    })?;
+    de.end()
+        .map_err(|e| ApiError::Malformed(format!("The request body is not valid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -183,7 +174,7 @@ pub(crate) fn query<T: DeserializeOwned>(qs: &str, paged: bool) -> Result<T, Api
             }
             None => format!("the query string is not valid: {msg}"),
         };
-        ApiError::from(KmsError::Validation(err))
+        ApiError::Invalid(err)
     })
 }
 

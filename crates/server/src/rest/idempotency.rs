@@ -14,7 +14,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use atrest_kms::KmsError;
 use http::StatusCode;
 use serde_json::Value;
 
@@ -56,10 +55,9 @@ pub(crate) fn key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError>
         Ok(s) if (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) => {
             Ok(Some(s.to_owned()))
         }
-        _ => Err(KmsError::Validation(
+        _ => Err(ApiError::Invalid(
             "the Idempotency-Key header must be 1 to 64 visible ASCII characters".into(),
-        )
-        .into()),
+        )),
     }
 }
 

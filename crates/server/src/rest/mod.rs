@@ -29,7 +29,7 @@ pub(crate) mod paging;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use atrest_kms::{Call, Caller, KmsError, RequestMeta};
+use atrest_kms::{Call, Caller, RequestMeta};
 use axum::extract::{FromRequestParts, Path, Request};
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode, header};
@@ -254,8 +254,7 @@ impl<const I: bool> utoipa::IntoParams for IdempotencyKey<I> {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(v)
-        .map_err(|e| ApiError::from(KmsError::Internal(format!("encoding a response: {e}"))))
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(format!("encoding a response: {e}")))
 }
 
 /// Runs endpoint `E` for `req` (see the module doc).
@@ -352,7 +351,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<E::State>, req: Request) -> Respo
         match joined {
             Ok((result, entry)) => Outcome { result, entry },
             Err(e) => Outcome {
-                result: Err(KmsError::Internal(format!("worker failed: {e}")).into()),
+                result: Err(ApiError::Internal(format!("worker failed: {e}"))),
                 entry: None,
             },
         }
@@ -363,10 +362,9 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<E::State>, req: Request) -> Respo
         && let Err(e) = st.trail().record(entry).await
         && result.is_ok()
     {
-        result = Err(KmsError::Internal(format!(
+        result = Err(ApiError::Internal(format!(
             "the audit trail cannot record the request ({e})"
-        ))
-        .into());
+        )));
     }
     match result {
         Ok((status, value)) => {

@@ -2,7 +2,6 @@
 //! 1000, default 1000) and `?next_token=`; its answer's one list is in id
 //! (or name) order and carries `next_token` when more follow.
 
-use atrest_kms::KmsError;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -34,7 +33,7 @@ pub(crate) fn limit(given: Option<usize>) -> Result<usize, ApiError> {
 }
 
 fn bad_limit() -> ApiError {
-    KmsError::Validation("'limit' must be an integer from 1 to 1000".into()).into()
+    ApiError::Invalid("'limit' must be an integer from 1 to 1000".into())
 }
 
 fn sort_key(item: &Value) -> String {

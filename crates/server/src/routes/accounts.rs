@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use atrest_kms::{AccessKeyInfo, KmsError, UserInfo};
+use atrest_kms::{AccessKeyInfo, UserInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -17,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
+use crate::error::ApiError;
 use crate::rest::{Replayable, Resource, endpoint};
 use crate::routes::Deleted;
 use crate::state::AppState;
@@ -348,10 +349,9 @@ endpoint! {
                 atrest_crypto::SecretBytes::new(secret.as_bytes().to_vec()),
             )?,
             _ => {
-                return Err(KmsError::Validation(
+                return Err(ApiError::Invalid(
                     "Give both access_key_id and secret_access_key to import a key, or neither to create one.".into(),
-                )
-                .into());
+                ));
             }
         };
         Ok(AccessKeyCreated {
@@ -455,7 +455,7 @@ endpoint! {
         let document = match b.document {
             PolicyDocument::Text(s) => s,
             PolicyDocument::Object(o) => serde_json::to_string(&o)
-                .map_err(|e| KmsError::Internal(format!("encoding a policy: {e}")))?,
+                .map_err(|e| ApiError::Internal(format!("encoding a policy: {e}")))?,
         };
         st.kms.put_user_policy(call, &p.account, &p.user, &p.policy, &document)?;
         Ok(UserPolicyRef { account: p.account, user: p.user, policy: p.policy })

@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::error::ApiError;
 use crate::rest::{Replayable, Resource, endpoint};
 use crate::state::AppState;
 
@@ -128,7 +129,7 @@ endpoint! {
                 .parse::<i64>()
                 .ok()
                 .and_then(|l| usize::try_from(l).ok())
-                .ok_or_else(|| KmsError::Validation("'limit' must be a non-negative number".into()))?
+                .ok_or_else(|| ApiError::Invalid("'limit' must be a non-negative number".into()))?
                 .min(100_000),
         };
         let filter = atrest_audit::Filter {
@@ -142,7 +143,7 @@ endpoint! {
         let mine = call.caller.account.as_str().to_owned();
         let admin = call.caller.admin;
         let mut records: Vec<atrest_audit::Record> = atrest_audit::query(&st.audit_dir, &filter)
-            .map_err(|e| KmsError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?
             .into_iter()
             .filter(|r| admin || r.entry.account.as_deref() == Some(mine.as_str()))
             .collect();
@@ -163,7 +164,7 @@ endpoint! {
         KeyService::require_admin_caller(call.caller)?;
         let key = st.kms.audit_key()?;
         let report = atrest_audit::verify(&st.audit_dir, &key)
-            .map_err(|e| KmsError::Internal(e.to_string()))?;
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let first_bad = report.first_bad.map(|(record, reason)| BadRecord { record, reason });
         Ok(AuditVerification { verified: first_bad.is_none(), good_records: report.good, first_bad })
     },

@@ -11,13 +11,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use atrest_dbservice::{Class, EncryptionChange, InstanceView, NewInstance};
-use atrest_kms::{Call, Caller, KmsError};
+use atrest_kms::{Call, Caller};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::error::ApiError;
 use crate::rest::{NoBody, Replayable, Resource, arn, endpoint};
 use crate::routes::{Deleted, keyed};
 use crate::state::AppState;
@@ -477,11 +478,10 @@ endpoint! {
         let change = match b.action {
             EncryptionAction::Enable | EncryptionAction::SetKey => {
                 if b.key_id.is_some() == service_key {
-                    return Err(KmsError::Validation(format!(
+                    return Err(ApiError::Invalid(format!(
                         "'{}' takes exactly one of 'key_id' and 'service_key'",
                         b.action.name()
-                    ))
-                    .into());
+                    )));
                 }
                 match b.action {
                     EncryptionAction::Enable => EncryptionChange::Enable { key_id: b.key_id },
@@ -490,7 +490,7 @@ endpoint! {
             }
             EncryptionAction::Disable => {
                 if b.key_id.is_some() || service_key {
-                    return Err(KmsError::Validation("'disable' takes no key".into()).into());
+                    return Err(ApiError::Invalid("'disable' takes no key".into()));
                 }
                 EncryptionChange::Disable
             }

@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 
 use atrest_diskservice::{DiskView, Job, NewDisk, SnapshotView};
-use atrest_kms::KmsError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::error::ApiError;
 use crate::local::LocalView;
 use crate::rest::{Replayable, Resource, arn, endpoint};
 use crate::routes::{Deleted, keyed};
@@ -211,14 +211,14 @@ endpoint! {
             if b.size.is_some() || b.block_size.is_some() || b.encrypted.is_some()
                 || b.key_id.is_some() || b.shareable.is_some()
             {
-                return Err(KmsError::Validation(
+                return Err(ApiError::Invalid(
                     "a disk created from a snapshot takes its size, block size and key from it; give only 'snapshot_id' and 'tags' (and 'shareable' is not taken either)".into(),
-                ).into());
+                ));
             }
             let d = st.disks.clone_snapshot_tagged(call.caller, snap, &b.tags.unwrap_or_default())?;
             return Ok(keyed(call, d.key_arn.as_ref(), d.clone()));
         }
-        let size = b.size.ok_or_else(|| KmsError::Validation("'size' (bytes) is required".into()))?;
+        let size = b.size.ok_or_else(|| ApiError::Invalid("'size' (bytes) is required".into()))?;
         let d = st.disks.create_disk(call.caller, &NewDisk {
             size,
             block_size: b.block_size,
@@ -252,7 +252,7 @@ endpoint! {
     run: |st, call, p, _, _| {
         atrest_kms::KeyService::require_admin_caller(call.caller)?;
         let id = atrest_kms::names::AccountId::parse(&p.account).ok_or_else(|| {
-            KmsError::Validation(format!("'{}' is not an account id (12 digits)", p.account))
+            ApiError::Invalid(format!("'{}' is not an account id (12 digits)", p.account))
         })?;
         let owner = atrest_kms::Caller::root(id, &call.caller.region);
         Ok(DiskList { disks: st.disks.inventory(&owner)? })
@@ -329,9 +329,9 @@ endpoint! {
             Ok(keyed(call, d.key_arn.as_ref(), RekeyAnswer::Disk(d.clone())))
         }
         (None, true) => Ok(RekeyAnswer::Job(JobAnswer { job: st.disks.reencrypt(call.caller, &p.id)? })),
-        _ => Err(KmsError::Validation(
+        _ => Err(ApiError::Invalid(
             "give either 'key_id' (a new master key) or 'reencrypt': true (a new data key)".into(),
-        ).into()),
+        )),
     },
     status_of: |a| match a {
         RekeyAnswer::Disk(_) => http::StatusCode::OK,
