@@ -386,3 +386,79 @@ def test_resource_tags_are_condition_keys(world):
     out = json.loads(atrest_client_cmd(s, "disk", "create", "--size", "1M", "--tag", "team=blue",
                                        "--tag", "env=", env_creds=root).stdout)
     assert out["tags"] == {"team": "blue", "env": ""}, out
+
+
+def test_instance_tags_are_condition_keys(world):
+    """An instance's tags are condition keys too: a user allowed the blue
+    team's instances describes and restarts those, and no other."""
+    s = world.server
+    root = world.principals["root"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "db:*", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:ResourceTag/team": "blue"}}},
+        {"Effect": "Allow", "Action": "db:CreateInstance", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:RequestTag/team": "blue"}}},
+    ]}
+    user = new_user(s, A, "dbteam", policy=policy)
+    root_file = write_credentials(world.work / "root-tags.credentials", *root)
+    pw = world.work / "tags.pw"
+    pw.write_text(DB_PASSWORD + "\n")
+
+    def db(*args):
+        return json.loads(atrest_run("db", "--endpoint", s.url, "--region", REGION,
+                                     "--credentials-file", str(root_file), "--output", "json", *args,
+                                     timeout=600).stdout)
+
+    blue = db("create", "blue", "--service-key", "--size", "256M", "--password-file", str(pw), "--tag", "team=blue")
+    red = db("create", "red", "--service-key", "--size", "256M", "--password-file", str(pw), "--tag", "team=red")
+    assert blue["tags"] == {"team": "blue"} and red["tags"] == {"team": "red"}
+    r = rest_call(s, "GET", "/v1/instances/blue", creds=user)
+    assert r.status_code == 200 and r.json()["tags"] == {"team": "blue"}, r.text
+    # By id as well as by name: the policy sees the instance's tags.
+    r = rest_call(s, "GET", f"/v1/instances/{red['id']}", creds=user)
+    assert refused(r, "db:DescribeInstance") and "instance/red" in r.json()["message"], r.text
+    for method, path in (("GET", "/v1/instances/red"), ("POST", "/v1/instances/red/stop"),
+                         ("DELETE", "/v1/instances/red")):
+        r = rest_call(s, method, path, {} if method == "POST" else None, creds=user)
+        assert refused(r, "db:"), (path, r.status_code, r.text)
+    assert db("show", "red")["state"] == "running"
+    r = rest_call(s, "POST", "/v1/instances/blue/stop", {}, creds=user)
+    assert r.status_code == 200 and r.json()["state"] == "stopped", r.text
+    # A creation without the team's tag is refused before anything is made.
+    r = rest_call(s, "POST", "/v1/instances", {"name": "green", "service_key": True, "tags": {"team": "red"}},
+                  creds=user)
+    assert refused(r, "db:CreateInstance"), r.text
+    assert sorted(i["name"] for i in db("list")["instances"]) == ["blue", "red"]
+    r = rest_call(s, "POST", "/v1/instances", {"name": "bad", "service_key": True, "tags": {"aws:x": "y"}},
+                  creds=root)
+    assert r.status_code == 400 and "reserved" in r.json()["message"], r.text
+
+
+def test_project_tags_are_condition_keys(world):
+    """A project's tags are condition keys: a user allowed the blue team's
+    projects sees and pauses those, creates only blue ones."""
+    s = world.server
+    root = world.principals["root"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "project:*", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:ResourceTag/team": "blue"}}},
+        {"Effect": "Allow", "Action": "project:CreateProject", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:RequestTag/team": "blue"}}},
+    ]}
+    user = new_user(s, A, "projteam", policy=policy)
+    blue = json.loads(atrest_client_cmd(s, "project", "create", "pblue", "--tag", "team=blue", "--output", "json",
+                                        env_creds=root).stdout)
+    red = rest_call(s, "POST", "/v1/projects", {"name": "pred", "tags": {"team": "red"}}, creds=root).json()
+    assert blue["tags"] == {"team": "blue"} and red["tags"] == {"team": "red"}, (blue, red)
+    r = rest_call(s, "GET", f"/v1/projects/{blue['id']}", creds=user)
+    assert r.status_code == 200 and r.json()["tags"] == {"team": "blue"}, r.text
+    for method, path in (("GET", f"/v1/projects/{red['id']}"), ("POST", f"/v1/projects/{red['id']}/pause"),
+                         ("DELETE", f"/v1/projects/{red['id']}")):
+        r = rest_call(s, method, path, {} if method == "POST" else None, creds=user)
+        assert refused(r, "project:") and red["id"] in r.json()["message"], (path, r.text)
+    r = rest_call(s, "POST", f"/v1/projects/{blue['id']}/pause", {}, creds=user)
+    assert r.status_code == 200 and r.json()["paused"] is True, r.text
+    r = rest_call(s, "POST", "/v1/projects", {"name": "mine", "tags": {"team": "blue"}}, creds=user)
+    assert r.status_code == 201, r.text
+    r = rest_call(s, "POST", "/v1/projects", {"name": "theirs"}, creds=user)
+    assert refused(r, "project:CreateProject"), r.text

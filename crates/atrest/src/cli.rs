@@ -95,6 +95,10 @@ pub enum ProjectCommand {
         /// Idempotency token: a retry with it answers the first project.
         #[arg(long)]
         client_token: Option<String>,
+        /// A tag, KEY=VALUE (repeat for more): identity policies see it as
+        /// aws:ResourceTag/KEY.
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
     },
     /// List your projects.
     List,
@@ -188,13 +192,18 @@ pub enum DbCommand {
         /// Port on 127.0.0.1 (default: a free one).
         #[arg(long)]
         port: Option<u16>,
-        /// The superuser clients log in as.
+        /// The master user clients log in as (powerful inside the
+        /// database, no superuser).
         #[arg(long, default_value = "postgres")]
         master_username: String,
-        /// A file holding the superuser's password (default: generated and
-        /// printed once).
+        /// A file holding the master user's password (default: generated
+        /// and printed once).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// A tag, KEY=VALUE (repeat for more): identity policies see it as
+        /// aws:ResourceTag/KEY.
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
     },
     /// List instances.
     List,

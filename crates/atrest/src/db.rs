@@ -35,7 +35,10 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
             port,
             master_username,
             password_file,
+            tags,
         } => {
+            let tags: serde_json::Map<String, Value> =
+                tags.into_iter().map(|(k, v)| (k, json!(v))).collect();
             let password = match password_file {
                 Some(f) => Some(
                     std::fs::read_to_string(&f)
@@ -56,6 +59,7 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
                 "port": port,
                 "master_username": master_username,
                 "master_password": password,
+                "tags": tags,
             });
             call(&c, Method::POST, "/v1/instances", Some(&body)).await?
         }

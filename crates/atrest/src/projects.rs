@@ -20,6 +20,7 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<()> {
             revocation,
             stop_after,
             client_token,
+            tags,
         } => {
             let revocation = match (revocation.as_str(), stop_after) {
                 ("keep", None) => json!({"policy": "keep"}),
@@ -31,6 +32,11 @@ pub async fn project(args: ProjectArgs) -> anyhow::Result<()> {
             let mut body = json!({"name": name, "cmek": cmek, "revocation": revocation});
             if let Some(t) = client_token {
                 body["client_token"] = json!(t);
+            }
+            if !tags.is_empty() {
+                let tags: serde_json::Map<String, Value> =
+                    tags.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                body["tags"] = Value::Object(tags);
             }
             call(&c, Method::POST, "/v1/projects", Some(&body)).await?
         }

@@ -171,6 +171,10 @@ pub struct Project {
     /// The client token it was created with (idempotency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
+    /// Its tags (the disk service's rules), condition keys of identity
+    /// policies (`aws:ResourceTag/<key>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A new project.
@@ -184,6 +188,8 @@ pub struct NewProject {
     pub revocation: Revocation,
     /// Makes a retried create return the first project.
     pub client_token: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The control plane.
@@ -290,6 +296,8 @@ impl Projects {
                 "'after_seconds' must be at most 2592000 (30 days)".into(),
             ));
         }
+        atrest_diskservice::tags::validate(&req.tags)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
         if let Some(t) = &req.client_token
             && (t.is_empty() || t.len() > 64)
         {
@@ -331,6 +339,7 @@ impl Projects {
             paused: false,
             resources: Vec::new(),
             client_token: req.client_token.clone(),
+            tags: req.tags.clone(),
         };
         self.save(&p)?;
         tracing::info!(project = %p.id, account, cmek = p.cmek, "created project");
@@ -352,6 +361,13 @@ impl Projects {
         all.truncate(limit);
         let next = more.then(|| all.last().map(|p| p.id.clone())).flatten();
         Ok((all, next))
+    }
+
+    /// The tags of the caller's project `id`, `None` if it has no such
+    /// project: the condition keys a policy sees.
+    #[must_use]
+    pub fn tags_of(&self, caller: &Caller, id: &str) -> Option<BTreeMap<String, String>> {
+        self.load(caller.account.as_str(), id).ok().map(|p| p.tags)
     }
 
     /// One project, with resources that no longer exist left out.

@@ -275,6 +275,10 @@ pub(crate) struct Record {
     /// [`LAYOUT`] now.
     #[serde(default)]
     pub layout: u32,
+    /// The customer's tags (the disk service's rules), condition keys of
+    /// identity policies (`aws:ResourceTag/<key>`).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The current layout version of an instance ([`Record::layout`]).
@@ -341,6 +345,9 @@ pub struct InstanceView {
     /// generated it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_password: Option<String>,
+    /// Its tags.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What a new instance is.
@@ -364,6 +371,8 @@ pub struct NewInstance {
     pub master_username: Option<String>,
     /// Superuser password (default: generated and answered once).
     pub master_password: Option<String>,
+    /// Tags (the disk service's rules: at most 50, no `aws:` keys).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A running (or mounted) instance on this host.
@@ -748,6 +757,7 @@ impl DbService {
             region: r.region.clone(),
             created: r.created.clone(),
             master_password: None,
+            tags: r.tags.clone(),
         }
     }
 
@@ -816,6 +826,13 @@ impl DbService {
         Ok(self.view(&self.own(caller, name)?))
     }
 
+    /// The tags of the caller's instance `name_or_id`, `None` if it has no
+    /// such instance: the condition keys a policy sees.
+    #[must_use]
+    pub fn tags_of(&self, caller: &Caller, name_or_id: &str) -> Option<BTreeMap<String, String>> {
+        self.own(caller, name_or_id).ok().map(|r| r.tags)
+    }
+
     /// The name of the caller's instance that `name_or_id` names (by name
     /// or id), `None` if none does: what a policy names it by, whichever
     /// way a request named it.
@@ -834,6 +851,8 @@ impl DbService {
                 req.name
             )));
         }
+        atrest_diskservice::tags::validate(&req.tags)
+            .map_err(|e| DbError::Invalid(e.to_string()))?;
         let class = req.class.unwrap_or(Class::Tde);
         let keys = usize::from(req.key_id.is_some())
             + usize::from(req.service_key)
@@ -881,6 +900,7 @@ impl DbService {
             req.key_id.clone()
         };
         let mut rec = self.new_record(caller, &req.name, class, port, &master, None)?;
+        rec.tags.clone_from(&req.tags);
         self.make_disk(caller, &mut rec, size, 4096, key_id)?;
         let generated = req.master_password.is_none();
         let password = match &req.master_password {
@@ -972,6 +992,7 @@ impl DbService {
             os_uid: Some(self.new_uid()?),
             fs_uuid: Some(fs_uuid),
             layout: LAYOUT,
+            tags: BTreeMap::new(),
         })
     }
 

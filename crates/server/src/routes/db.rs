@@ -104,6 +104,10 @@ pub(crate) struct CreateInstanceRequest {
     master_username: Option<String>,
     /// The master user's password (default: generated and answered once).
     master_password: Option<String>,
+    /// Tags (as a disk's), which identity policies see as
+    /// `aws:ResourceTag/<key>` (and at this creation as
+    /// `aws:RequestTag/<key>` and `aws:TagKeys`).
+    tags: Option<BTreeMap<String, String>>,
 }
 
 /// `POST /v1/instances/{name}/parameters`.
@@ -305,6 +309,7 @@ pub(crate) fn instance_arn(st: &AppState, c: &Caller, name_or_id: &str) -> Resou
         .name_of(c, name_or_id)
         .unwrap_or_else(|| name_or_id.to_owned());
     Resource::arn(arn(c, "db", "instance", &name))
+        .resource_tags(&st.db.tags_of(c, name_or_id).unwrap_or_default())
 }
 
 /// Names the instance's key in the call's audit record before acting on
@@ -332,7 +337,8 @@ endpoint! {
     body: CreateInstanceRequest,
     answer: InstanceView,
     replay: InstanceReplay = InstanceReplay::of,
-    resource: |_, c, _, _, b| Ok(Resource::arn(arn(c, "db", "instance", &b.name))),
+    resource: |_, c, _, _, b| Ok(Resource::arn(arn(c, "db", "instance", &b.name))
+        .request_tags(b.tags.as_ref().unwrap_or(&BTreeMap::new()))),
     run: |st, call, _, _, b| {
         let v = st.db.create(call.caller, &NewInstance {
             name: b.name,
@@ -344,6 +350,7 @@ endpoint! {
             port: Port::of(b.port),
             master_username: b.master_username,
             master_password: b.master_password,
+            tags: b.tags.unwrap_or_default(),
         })?;
         Ok(view(call, v))
     },
@@ -669,6 +676,7 @@ mod tests {
             region: "us-east-1".into(),
             created: "2026-01-01T00:00:00Z".into(),
             master_password: Some("generated-once".into()),
+            tags: BTreeMap::new(),
         };
         let shown = serde_json::to_value(&v).unwrap();
         assert_eq!(shown["master_password"], "generated-once");

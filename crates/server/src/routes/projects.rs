@@ -96,6 +96,10 @@ pub(crate) struct CreateProjectRequest {
     /// Idempotency: a retry with the same token answers the first project.
     #[schema(min_length = 1, max_length = 64)]
     client_token: Option<String>,
+    /// Tags (as a disk's), which identity policies see as
+    /// `aws:ResourceTag/<key>` (and at this creation as
+    /// `aws:RequestTag/<key>` and `aws:TagKeys`).
+    tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `PUT /v1/projects/{id}/keys/{region}`.
@@ -175,8 +179,10 @@ impl Replayable for ProjectList {}
 impl Replayable for CreatedProject {}
 impl Replayable for KeyPolicy {}
 
-fn project_arn(c: &Caller, id: &str) -> Resource {
+/// The project `id` names, with its tags as condition keys.
+fn project_arn(st: &AppState, c: &Caller, id: &str) -> Resource {
     Resource::arn(arn(c, "project", "project", id))
+        .resource_tags(&st.projects.tags_of(c, id).unwrap_or_default())
 }
 
 endpoint! {
@@ -187,13 +193,15 @@ endpoint! {
     tag: "projects", status: CREATED, paged: false, idempotent: true,
     body: CreateProjectRequest,
     answer: CreatedProject,
-    resource: |_, c, _, _, _| Ok(project_arn(c, "*")),
+    resource: |_, c, _, _, b| Ok(Resource::arn(arn(c, "project", "project", "*"))
+        .request_tags(b.tags.as_ref().unwrap_or(&std::collections::BTreeMap::new()))),
     run: |st, call, _, _, b| {
         let (project, created) = st.projects.create(call.caller, &NewProject {
             name: b.name,
             cmek: b.cmek.unwrap_or(false),
             revocation: b.revocation.unwrap_or_default(),
             client_token: b.client_token,
+            tags: b.tags.unwrap_or_default(),
         })?;
         Ok(CreatedProject { project, created })
     },
@@ -222,7 +230,7 @@ endpoint! {
     tag: "projects", status: OK, paged: false, idempotent: false,
     path: ProjectId,
     answer: Project,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, _| Ok(st.projects.describe(call.caller, &p.id)?),
 }
 
@@ -233,7 +241,7 @@ endpoint! {
     tag: "projects", status: OK, paged: false, idempotent: false,
     path: ProjectId,
     answer: Deleted,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, _| {
         st.projects.delete(call.caller, &p.id)?;
         Ok(Deleted { deleted: p.id })
@@ -247,7 +255,7 @@ endpoint! {
     tag: "projects", status: OK, paged: false, idempotent: false,
     path: ProjectRegion,
     answer: KeyPolicy,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, _| Ok(KeyPolicy(st.projects.key_policy(call.caller, &p.id, &p.region)?)),
 }
 
@@ -259,7 +267,7 @@ endpoint! {
     path: ProjectRegion,
     body: SetKeyRequest,
     answer: Project,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, b| {
         let project = st.projects.set_key(call.caller, &p.id, &p.region, &b.key_id)?;
         let key = project.keys.get(&p.region).map(|k| k.key_arn.clone());
@@ -275,7 +283,7 @@ endpoint! {
     path: ProjectId,
     body: CreateProjectDiskRequest,
     answer: DiskView,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, b| {
         let d = st.projects.create_disk(call.caller, &p.id, &NewDisk {
             size: b.size,
@@ -299,7 +307,7 @@ endpoint! {
     body: CreateProjectInstanceRequest,
     answer: InstanceView,
     replay: InstanceReplay = InstanceReplay::of,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, b| {
         let v = st.projects.create_instance(call.caller, &p.id, &NewInstance {
             name: b.name,
@@ -311,6 +319,7 @@ endpoint! {
             port: Port::of(b.port),
             master_username: b.master_username,
             master_password: b.master_password,
+            tags: std::collections::BTreeMap::new(),
         })?;
         Ok(view(call, v))
     },
@@ -323,7 +332,7 @@ endpoint! {
     path: ProjectId,
     body: NoBody,
     answer: Project,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, _| Ok(st.projects.pause(call.caller, &p.id)?),
 }
 
@@ -335,7 +344,7 @@ endpoint! {
     path: ProjectId,
     body: NoBody,
     answer: Project,
-    resource: |_, c, p, _, _| Ok(project_arn(c, &p.id)),
+    resource: |st, c, p, _, _| Ok(project_arn(st, c, &p.id)),
     run: |st, call, p, _, _| Ok(st.projects.resume(call.caller, &p.id)?),
 }
 
