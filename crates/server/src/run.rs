@@ -54,6 +54,8 @@ pub struct RunningServer {
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// `/run/atrest/<h>`: what of it is left empty goes at shutdown.
+    run_base: PathBuf,
 }
 
 impl RunningServer {
@@ -90,11 +92,32 @@ impl RunningServer {
             Ok(Err(e)) => tracing::error!(error = %e, "flushing the disks at shutdown failed"),
             Err(e) => tracing::error!(error = %e, "flushing the disks at shutdown failed"),
         }
+        // The run dir's empty directories go (a server that ran no
+        // instance and attached nothing leaves nothing in /run); what holds
+        // anything stays for the next start.
+        remove_empty_run_dirs(&self.run_base);
     }
 }
 
-/// Opens the data dir, binds the listener and starts serving.
+/// Opens the data dir, binds the listener and starts serving. A start that
+/// fails leaves no empty directory of its own in `/run/atrest`.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let data_dir = config.data_dir.clone();
+    let started = start_serving(config).await;
+    if started.is_err() {
+        remove_empty_run_dirs(&crate::local::run_base(&data_dir));
+    }
+    started
+}
+
+/// Removes what of the run dir `base` is empty.
+fn remove_empty_run_dirs(base: &std::path::Path) {
+    for dir in [base.join("local"), base.join("db"), base.to_path_buf()] {
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError> {
     if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.allow_plaintext_remote {
         return Err(StartError::PlaintextRemote {
             listen: config.listen,
@@ -295,6 +318,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         bootstrap: opened.bootstrap,
         stop,
         tasks,
+        run_base: crate::local::run_base(&config.data_dir),
     })
 }
 
