@@ -255,8 +255,8 @@ def denied_by_key(r, key: str) -> bool:
 
 def test_the_key_decides_as_the_caller(world):
     """A user allowed every action by its identity policy, whom the key's
-    policy denies, may not create, clone, roll back, re-key, re-encrypt,
-    convert or attach under that key (over REST and NBD), nor start, back up
+    policy denies, may not create, snapshot, clone, roll back, re-key,
+    re-encrypt, convert or attach under that key (over REST and NBD), nor start, back up
     or restore an instance under it; the account's root may."""
     s, key = world.server, world.key
     kd = world.principals["keydenied"]
@@ -265,6 +265,7 @@ def test_the_key_decides_as_the_caller(world):
     cases = [
         ("POST", "/v1/disks", {"size": 1 << 20, "key_id": key}),
         ("POST", "/v1/disks", {"snapshot_id": snap}),
+        ("POST", "/v1/snapshots", {"disk_id": disk}),
         ("POST", f"/v1/disks/{disk}/rollback", {"snapshot_id": snap}),
         ("POST", f"/v1/disks/{disk}/rekey", {"reencrypt": True}),
         ("POST", f"/v1/disks/{disk}/convert", {"encrypted": False}),
@@ -277,6 +278,8 @@ def test_the_key_decides_as_the_caller(world):
     listed = rest_call(s, "GET", "/v1/disks", creds=root).json()["disks"]
     assert [d["id"] for d in listed] == [disk], listed
     assert rest_call(s, "GET", "/v1/jobs", creds=root).json()["jobs"] == []
+    snaps = rest_call(s, "GET", "/v1/snapshots", creds=root).json()["snapshots"]
+    assert [x["id"] for x in snaps] == [snap], snaps
     # The CLI says the same.
     p = atrest_client_cmd(s, "disk", "create", "--size", "1M", "--key-id", key, env_creds=kd, check=False)
     assert p.returncode != 0 and "AccessDeniedException" in p.stderr and key in p.stderr, p.stderr
