@@ -465,3 +465,31 @@ def test_project_tags_are_condition_keys(world):
     assert r.status_code == 201, r.text
     r = rest_call(s, "POST", "/v1/projects", {"name": "theirs"}, creds=user)
     assert refused(r, "project:CreateProject"), r.text
+
+
+def test_nbd_for_every_principal(world):
+    """The NBD surface, as every principal with its own access key's PSK:
+    the export (A's disk under K) opens for A's root and for the user its
+    policy and the key allow; for the user with no policy, the user with
+    an explicit Deny, the user K's policy denies, B's root and the admin it
+    does not, and nothing of the disk is read."""
+    s, disk = world.server, world.real["disk"]
+    expect = {"root": True, "allowed": True, "nopolicy": False, "denied": False, "keydenied": False,
+              "other": False, "admin": False}
+    assert set(expect) == set(world.principals)
+    # What the root writes is what an allowed principal reads.
+    outcomes = {}
+    for who in ["root", *sorted(set(expect) - {"root"})]:
+        creds = world.principals[who]
+        d = world.work / f"nbd-psk-{who}"
+        d.mkdir()
+        f = d / "keys.psk"
+        atrest_client_cmd(s, "nbd", "psk", "--out", str(f), env_creds=creds)
+        nbd = Nbd(world.port, "psk", psk_file=f, psk_user=creds[0])
+        if who == "root":
+            nbd.qemu_io(disk, "write -P 0x3c 1M 64k")
+        p = nbd.qemu_io(disk, "read -P 0x3c 1M 64k", check=False)
+        outcomes[who] = p.returncode == 0 and "Pattern verification failed" not in p.stdout
+        if not expect[who]:
+            assert "read 65536/65536" not in p.stdout, (who, p.stdout)
+    assert outcomes == expect, outcomes
