@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atrest_audit::{
     AuditError, AuditLog, Entry, Faults, Faulty, FileStorage, Filter, HEAD_FILE, LOG_FILE, Options,
@@ -800,7 +800,21 @@ fn torn_last_write_at_every_byte_recovers_every_acknowledged_record() {
             let l = Arc::clone(&log);
             s.spawn(move || l.append_blocking(small(i)).unwrap());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Release only once the five are written (on a loaded machine a
+        // fixed pause let the batch split, and the head then named one of
+        // them).
+        let records_written = || {
+            let st = log_mem.state.0.lock().unwrap();
+            st.writes[writes_before..]
+                .iter()
+                .filter(|(_, d)| d.first() == Some(&b'{'))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while records_written() < 6 {
+            assert!(Instant::now() < deadline, "the five appends were not written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         log_mem.set_hold(false);
     });
     assert_eq!(log.stats().last_seq, 9);
