@@ -812,7 +812,10 @@ fn torn_last_write_at_every_byte_recovers_every_acknowledged_record() {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while records_written() < 6 {
-            assert!(Instant::now() < deadline, "the five appends were not written");
+            assert!(
+                Instant::now() < deadline,
+                "the five appends were not written"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         log_mem.set_hold(false);
