@@ -1321,7 +1321,7 @@ fn commits_are_paced() {
     let log = Arc::new(AuditLog::open_with_options(dir.path(), &key(), &options).unwrap());
     // The first append after idle does not wait; the next ones wait for the
     // interval since the last sync began.
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     log.append_blocking(entry(0)).unwrap();
     assert!(t.elapsed() < interval, "{:?}", t.elapsed());
     for k in 1..4 {
@@ -1381,7 +1381,7 @@ fn written_appends_are_answered_before_the_sync_and_synced_within_the_interval()
     drop(again);
     // A durable append behind them waits for the sync, which covers them
     // all.
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     std::thread::scope(|s| {
         let h = s.spawn(|| log.append_blocking(entry(5)).unwrap());
         std::thread::sleep(Duration::from_millis(20));
@@ -1453,7 +1453,7 @@ fn a_failed_sync_after_written_appends_stops_the_log_and_keeps_what_was_answered
     faults.fail_syncs(true);
     assert_eq!(log.append_written(&entry(3)).unwrap(), 4);
     // The sync due 5 ms later fails: the log stops.
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     while log.stats().failed.is_none() {
         assert!(t.elapsed() < Duration::from_secs(5), "the sync never ran");
         std::thread::sleep(Duration::from_millis(5));
