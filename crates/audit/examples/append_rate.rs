@@ -43,6 +43,7 @@ fn entry(i: u64) -> Entry {
         grant_id: None,
         context_keys: vec!["app".into()],
         result: "Success".into(),
+        ..Default::default()
     }
 }
 

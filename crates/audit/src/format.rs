@@ -70,6 +70,22 @@ pub(crate) fn encode_body(entry: &Entry) -> Vec<u8> {
     }
     out.extend_from_slice(b",\"result\":");
     json_string(&mut out, &entry.result);
+    if let Some(count) = entry.count {
+        out.extend_from_slice(b",\"count\":");
+        out.extend_from_slice(count.to_string().as_bytes());
+    }
+    if !entry.kinds.is_empty() {
+        out.extend_from_slice(b",\"kinds\":{");
+        for (i, (k, n)) in entry.kinds.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_string(&mut out, k);
+            out.push(b':');
+            out.extend_from_slice(n.to_string().as_bytes());
+        }
+        out.push(b'}');
+    }
     out
 }
 
@@ -304,6 +320,10 @@ struct Parsed {
     #[serde(default)]
     context_keys: Vec<String>,
     result: String,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    kinds: std::collections::BTreeMap<String, u64>,
     prev: String,
     mac: String,
 }
@@ -327,6 +347,8 @@ pub(crate) fn parse_record(line: &[u8]) -> Result<Record, serde_json::Error> {
             grant_id: p.grant_id,
             context_keys: p.context_keys,
             result: p.result,
+            count: p.count,
+            kinds: p.kinds,
         },
         prev: p.prev,
         mac: p.mac,
@@ -361,6 +383,10 @@ mod tests {
             grant_id: Some("g".into()),
             context_keys: vec!["app".into(), "tenant\u{1}é".into()],
             result: "Success".into(),
+            count: Some(3),
+            kinds: [("InvalidSignatureException".to_owned(), 2), ("x\"y".to_owned(), 1)]
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -410,10 +436,12 @@ mod tests {
             operation in any::<String>(),
             context_keys in proptest::collection::vec(any::<String>(), 0..4),
             result in "\\PC{0,20}",
+            count in proptest::option::of(any::<u64>()),
+            kinds in proptest::collection::btree_map(any::<String>(), any::<u64>(), 0..4),
         ) {
             let entry = Entry {
                 time, request_id, region, account, principal, access_key_id, source,
-                operation, key_arn, via_service, grant_id, context_keys, result,
+                operation, key_arn, via_service, grant_id, context_keys, result, count, kinds,
             };
             let body = encode_body(&entry);
             let framed = [&b"{"[..], &body, b"}"].concat();

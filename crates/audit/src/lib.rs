@@ -217,6 +217,16 @@ pub struct Entry {
     pub context_keys: Vec<String>,
     /// `Success`, or the AWS error type (`AccessDeniedException`, ...).
     pub result: String,
+    /// How many requests the record stands for, when more than one: a
+    /// record of refused unauthenticated requests from one source over an
+    /// interval (`operation` is then `unauthenticated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Of an aggregated record: how many of its requests were refused for
+    /// each reason (`MissingAuthenticationTokenException`,
+    /// `InvalidSignatureException`, `NotFound`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub kinds: std::collections::BTreeMap<String, u64>,
 }
 
 /// A record as stored: the entry, its sequence number (from 1), and the

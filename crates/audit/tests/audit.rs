@@ -50,6 +50,7 @@ fn entry(i: usize) -> Entry {
         } else {
             "Success".into()
         },
+        ..Entry::default()
     }
 }
 

@@ -83,6 +83,7 @@ impl KeyService {
             grant_id: f.grant_id,
             context_keys: f.context_keys,
             result: result.to_owned(),
+            ..Default::default()
         }
     }
 
