@@ -4,8 +4,12 @@
   denied by policy, refused as not found, invalid ciphertexts, validation
   errors, calls allowed by a grant, plus one unauthenticated, one badly
   signed, one malformed, one non-POST and one unknown-operation request, and
-  a refused REST call), the number of new records in
-  `<data-dir>/audit/audit.log` equals the number of requests sent, read both
+  refused REST calls), the number of new records in
+  `<data-dir>/audit/audit.log` equals the number of authenticated requests
+  sent, and the five refused before authentication (unsigned, badly signed,
+  non-POST, unknown path, wrong method) are one record of their address
+  with their count and kinds, written at the end of the interval (here: at
+  shutdown); read both
   from the file and through `atrest audit --limit`: the same request ids, the
   same (operation, result) counts, seq without gaps, each `prev` the previous
   `mac`. Every record has the required fields (who, from where, which key,
@@ -19,9 +23,11 @@
   and the last one deleted (caught through the head file), each time naming
   the first bad record's line number; the unmodified copy verifies. The
   server refuses to start on a damaged log and starts again once repaired.
-* Requests refused before any handler runs (an unknown path, signed or
-  not, a method a REST route does not take, a body over the size limit)
-  leave one record each too.
+* Requests refused before authentication (an unknown path, signed or not,
+  a method a REST route does not take, a body over the size limit, a bad
+  signature) are counted per client address and leave one record per
+  address and interval (`--audit-refusal-interval`): operation
+  `unauthenticated`, with their `count` and `kinds`; the chain verifies.
 * Queries filter by key, principal, operation and time, return the most
   recent N, and show a non-admin only its own account's records.
 * Killing the server (SIGKILL) loses no record of an answer it gave, in
@@ -127,7 +133,9 @@ def audit_copy(workdir: Path, data_dir: Path, name: str, lines: list[bytes]) -> 
 
 
 def test_every_request_is_recorded_and_tampering_is_detected(make_server):
-    srv = make_server().start()
+    # Refusals before authentication are written at shutdown, not during
+    # the load (see the end of the checks on the final log).
+    srv = make_server(args=("--audit-refusal-interval", "3600")).start()
     admin_creds = srv.credentials()
     root_a = new_account(srv, A)
     limited = new_user(srv, A, "limited")
@@ -152,28 +160,40 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
 
     # The odd requests, each sent once.
     specials = []
+    # Those refused before authentication: counted, by kind.
+    unauthenticated = collections.Counter()
 
-    def special(resp, operation, outcome, status=400):
+    def special(resp, operation, outcome, status=400, authenticated=True):
         assert resp.status_code == status, (operation, resp.status_code, resp.text)
         body = resp.json()
         assert body.get("__type", body.get("code")) == outcome, body
         rid = resp.headers.get("x-amzn-RequestId") or body.get("requestId")
-        sent.add(rid, operation, outcome)
-        specials.append(rid)
+        if authenticated:
+            sent.add(rid, operation, outcome)
+            specials.append(rid)
+        else:
+            assert rid, (operation, outcome)
+            unauthenticated[outcome] += 1
 
-    special(raw_request(srv, b"{}", sign=False), "ListKeys", "MissingAuthenticationTokenException")
-    special(raw_request(srv, b"{}", creds=(root_a[0], "x" * 40)), "ListKeys", "InvalidSignatureException")
+    special(raw_request(srv, b"{}", sign=False), "ListKeys", "MissingAuthenticationTokenException",
+            authenticated=False)
+    special(raw_request(srv, b"{}", creds=(root_a[0], "x" * 40)), "ListKeys", "InvalidSignatureException",
+            authenticated=False)
     special(raw_request(srv, b'{"KeyId": ', target="TrentService.DescribeKey", creds=root_a), "DescribeKey",
             "SerializationException")
-    special(raw_request(srv, b"{}", method="GET", creds=root_a), "ListKeys", "UnknownOperationException", status=405)
+    special(raw_request(srv, b"{}", method="GET", creds=root_a), "ListKeys", "UnknownOperationException", status=405,
+            authenticated=False)
     special(raw_request(srv, b"{}", target="TrentService.LaunchRockets", creds=root_a), "LaunchRockets",
             "UnknownOperationException")
-    # Requests no route takes are recorded too, under the HTTP method.
-    special(rest_call(srv, "GET", "/v1/no-such-thing", creds=root_a), "http:GET", "NotFoundException", status=404)
+    # Requests no route takes are refused before authentication.
+    special(rest_call(srv, "GET", "/v1/no-such-thing", creds=root_a), "http:GET", "NotFoundException", status=404,
+            authenticated=False)
     special(rest_call(srv, "DELETE", "/v1/metering", creds=root_a), "http:DELETE", "MethodNotAllowedException",
-            status=405)
+            status=405, authenticated=False)
     special(rest_call(srv, "GET", "/v1/accounts", creds=root_a), "admin:ListAccounts", "AccessDeniedException",
             status=403)
+    n_unauth = sum(unauthenticated.values())
+    assert n_unauth == 5
 
     def worker(t: int):
         c_root = srv.client(creds=root_a)
@@ -181,7 +201,7 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
         c_limited = srv.client(creds=limited)
         c_granted = srv.client(creds=granted)
         c_admin = srv.client(creds=admin_creds)
-        mine = range(t, TOTAL - len(specials), THREADS)
+        mine = range(t, TOTAL - len(specials) - n_unauth, THREADS)
         for i in mine:
             k = i % 12
             if k == 0:
@@ -221,12 +241,14 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
         for f in [ex.submit(worker, t) for t in range(THREADS)]:
             f.result()
     elapsed = time.monotonic() - started
-    assert len(sent.ids) == TOTAL == len(set(sent.ids)), (len(sent.ids), len(set(sent.ids)))
+    assert len(sent.ids) == TOTAL - n_unauth == len(set(sent.ids)), (len(sent.ids), len(set(sent.ids)))
 
     # -- records equal requests, in the file -----------------------------
     lines = audit_lines(log)
     new = [json.loads(line) for line in lines[n0:]]
-    assert len(new) == TOTAL, f"{len(new)} new records for {TOTAL} requests (load took {elapsed:.1f}s)"
+    assert len(new) == TOTAL - n_unauth, \
+        f"{len(new)} new records for {TOTAL - n_unauth} authenticated requests (load took {elapsed:.1f}s)"
+    assert not [r for r in new if r["operation"] == "unauthenticated"], "refusals written before the interval"
     assert sorted(r["request_id"] for r in new) == sorted(sent.ids)
     assert collections.Counter((r["operation"], r["result"]) for r in new) == sent.outcomes
     # The chain: seq without gaps, each prev the previous mac.
@@ -244,14 +266,8 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
     for r in new:
         assert TIME_RE.match(r["time"]) and r["operation"] and r["result"] and r["request_id"], r
         assert re.match(r"^127\.0\.0\.1:\d+$", r["source"]), r
-        if r["request_id"] in specials[:2]:  # not authenticated: no principal
-            assert "account" not in r and "principal" not in r, r
-            continue
-        if r["result"] == "UnknownOperationException" and "account" not in r:  # the GET
-            continue
-        if r["operation"].startswith("http:"):  # no route: refused before authentication
-            assert "account" not in r and "principal" not in r, r
-            continue
+        # Every record here is of an authenticated request.
+        assert "count" not in r and "kinds" not in r, r
         assert r["region"] == REGION, r
         assert r["principal"] == akids[r["access_key_id"]], r
         assert r["account"] == r["principal"].split(":")[4], r
@@ -268,8 +284,8 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
         if r["principal"] == user_arn(A, "limited"):
             assert r["result"] == "AccessDeniedException" and r["operation"] == "Encrypt", r
         assert "via_service" not in r, r
-    for rid, (op, outcome) in zip(specials, [("ListKeys", "MissingAuthenticationTokenException"),
-                                              ("ListKeys", "InvalidSignatureException")]):
+    for rid, (op, outcome) in zip(specials, [("DescribeKey", "SerializationException"),
+                                              ("LaunchRockets", "UnknownOperationException")]):
         assert (by_id[rid]["operation"], by_id[rid]["result"]) == (op, outcome)
     assert by_id[specials[-1]]["operation"] == "admin:ListAccounts"
     assert by_id[specials[-1]]["principal"] == root_arn(A)
@@ -278,7 +294,7 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
     q = atrest_client_cmd(srv, "audit", "--limit", str(TOTAL + n0 + 50))
     queried = json.loads(q.stdout)["records"]
     q_new = [r for r in queried if r["seq"] > n0]
-    assert len(q_new) == TOTAL, len(q_new)
+    assert len(q_new) == TOTAL - n_unauth, len(q_new)
     assert sorted(r["request_id"] for r in q_new) == sorted(sent.ids)
     assert [r["seq"] for r in queried] == list(range(1, len(queried) + 1))
     assert q_new == new
@@ -319,6 +335,14 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
     assert srv.stop() == 0, srv.last_output()
     lines = audit_lines(log)  # the final log, at rest
     n = len(lines)
+    # The refusals before authentication: written at shutdown, one record
+    # for the address, with their count and kinds.
+    agg = [json.loads(line) for line in lines if b'"operation":"unauthenticated"' in line]
+    assert len(agg) == 1, agg
+    assert agg[0]["source"] == "127.0.0.1" and agg[0]["result"] == "Refused", agg
+    assert agg[0]["count"] == n_unauth and agg[0]["kinds"] == dict(unauthenticated), agg
+    assert TIME_RE.match(agg[0]["time"]) and "principal" not in agg[0] and "account" not in agg[0], agg
+    assert json.loads(lines[-1]) == agg[0], "the refusals are the last record, written at shutdown"
     p = verify_offline(srv.data_dir, srv.root_key_file)
     assert p.returncode == 0 and f"audit trail verified: {n} records" in p.stdout, (p.stdout, p.stderr)
 
@@ -372,11 +396,15 @@ def test_every_request_is_recorded_and_tampering_is_detected(make_server):
     assert p.returncode == 0 and "audit trail verified" in p.stdout, p.stdout
 
 
-def test_requests_refused_before_any_handler_are_recorded(server):
+def test_requests_refused_before_authentication_are_counted(make_server):
     """Requests the router refuses (an unknown path, signed or not; a method
-    a REST route does not take) and bodies over the limit are requests too:
-    each leaves exactly one record."""
+    a REST route does not take), bodies over the limit and bad signatures
+    are refused before their caller is known: counted per address, one
+    record per address and interval, with their count and kinds."""
+    server = make_server(args=("--audit-refusal-interval", "1")).start()
     log = audit_log_path(server)
+    # The interval's records of the start (none are expected).
+    time.sleep(1.5)
     n0 = len(audit_lines(log))
     too_big = raw_request(server, b'{"Pad": "' + b"x" * 70_000 + b'"}', target="TrentService.Encrypt")
     assert too_big.status_code == 400, too_big.text
@@ -386,13 +414,29 @@ def test_requests_refused_before_any_handler_are_recorded(server):
     assert unknown_signed.status_code == 404 and unknown_unsigned.status_code == 404
     wrong_method = rest_call(server, "DELETE", "/v1/accounts")
     assert wrong_method.status_code == 405, wrong_method.text
-    time.sleep(0.2)
-    new = audit_records(log)[n0:]
+    bad_signature = raw_request(server, b"{}", creds=(server.credentials()[0], "x" * 40))
+    assert bad_signature.status_code == 400, bad_signature.text
+    # An authenticated request keeps its own record.
+    signed = rest_call(server, "GET", "/v1/metering")
+    assert signed.status_code == 200, signed.text
+    deadline = time.monotonic() + 10
+    while True:
+        new = audit_records(log)[n0:]
+        agg = [r for r in new if r["operation"] == "unauthenticated"]
+        if agg or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     ids = [r["request_id"] for r in new]
-    assert too_big.headers["x-amzn-RequestId"] in ids, new
-    for resp in (unknown_signed, unknown_unsigned):
-        assert resp.json()["requestId"] in ids, f"no audit record for a request to an unknown path: {new}"
-    assert len(new) == 4, f"4 requests, {len(new)} records: {new}"
+    for resp in (unknown_signed, unknown_unsigned, wrong_method):
+        assert resp.json()["requestId"] not in ids, new
+    assert too_big.headers["x-amzn-RequestId"] not in ids, new
+    assert len(agg) == 1, new
+    assert agg[0]["source"] == "127.0.0.1" and agg[0]["count"] == 5, agg
+    assert agg[0]["kinds"] == {"ValidationException": 1, "NotFoundException": 2, "MethodNotAllowedException": 1,
+                               "InvalidSignatureException": 1}, agg
+    assert [r["operation"] for r in new if r["operation"] != "unauthenticated"] == ["audit:GetMetering"], new
+    p = atrest_client_cmd(server, "audit", "verify")
+    assert p.returncode == 0 and "audit trail verified" in p.stdout, p.stdout
 
 
 def test_audit_queries_filter_and_scope(server):

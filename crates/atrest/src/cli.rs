@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -600,6 +601,13 @@ pub struct ServeArgs {
     /// Like PostgreSQL's `commit_delay`; see `docs/benchmarks.md`.
     #[arg(long, default_value_t = DEFAULT_AUDIT_COMMIT_DELAY_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub audit_commit_delay_us: u64,
+    /// Seconds between the audit records of requests refused before
+    /// authentication: they are counted per client address and written as
+    /// one record per address per interval (`operation`
+    /// `unauthenticated`, with `count` and `kinds`). Every authenticated
+    /// request has a record of its own.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub audit_refusal_interval: u64,
     /// What an open disk does when its key becomes unusable (disabled,
     /// pending deletion, deleted, grant revoked).
     #[arg(long, value_enum, default_value_t = OnKeyLoss::Close)]
@@ -654,6 +662,73 @@ pub struct ServeArgs {
     /// the store (it is kept in memory in between) [default: 60].
     #[arg(long, hide = true, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub access_key_last_used_flush_secs: u64,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// What a connection may hold and take, on every listener (HTTP, metrics,
+/// NBD). See `docs/design.md`, "Hostile clients", for the memory these
+/// bound.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Connections open at once on each listener; one more is refused
+    /// (HTTP 503, or closed over TLS and NBD).
+    #[arg(long, default_value_t = atrest_listen::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 client
+    /// counts by its /64); one more is refused (HTTP 429, or closed over
+    /// TLS and NBD).
+    #[arg(long, default_value_t = atrest_listen::DEFAULT_MAX_PER_ADDRESS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections_per_address: usize,
+    /// Seconds from a connection's start, or from the first byte after an
+    /// answer, to the request's complete head (HTTP 408 after it).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub header_timeout: u64,
+    /// Seconds from a request's head to its body's last byte (HTTP 408
+    /// after it).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub body_timeout: u64,
+    /// Seconds a kept-alive HTTP connection may idle between requests.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout: u64,
+    /// Seconds a write to a client may make no progress (a client that
+    /// does not read its answers is cut).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub write_timeout: u64,
+    /// Seconds from an HTTPS connection's start to the end of its TLS
+    /// handshake.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub tls_handshake_timeout: u64,
+    /// Seconds from an NBD connection's start to the end of its option
+    /// negotiation (TLS included).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub nbd_negotiation_timeout: u64,
+    /// Seconds open connections get at shutdown to finish the request they
+    /// are on before they are cut.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub drain_timeout: u64,
+}
+
+impl ConnectionArgs {
+    /// As the server takes them.
+    pub fn limits(&self) -> atrest_server::config::ConnectionLimits {
+        let secs = Duration::from_secs;
+        atrest_server::config::ConnectionLimits {
+            limits: atrest_listen::Limits {
+                max_connections: self.max_connections,
+                max_per_address: self.max_connections_per_address,
+                drain: secs(self.drain_timeout),
+            },
+            deadlines: atrest_listen::Deadlines {
+                header: secs(self.header_timeout),
+                idle: secs(self.idle_timeout),
+                write: secs(self.write_timeout),
+            },
+            body_timeout: secs(self.body_timeout),
+            tls_handshake_timeout: secs(self.tls_handshake_timeout),
+            nbd_negotiation_timeout: secs(self.nbd_negotiation_timeout),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

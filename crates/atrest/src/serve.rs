@@ -32,6 +32,15 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _log_guard = init_logging(args.log_format);
+    // The connection limits, not the default soft limit of 1024 open
+    // files, are what bound the connections.
+    match atrest_listen::raise_open_files_limit() {
+        Ok(n) if (n as usize) < args.connections.max_connections.saturating_mul(2) => {
+            tracing::warn!(open_files = n, max_connections = args.connections.max_connections, "the open-files limit is below what the connection limits may need");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
     let mut signals = Signals::install()?;
     let data_dir = crate::root_args::data_dir(&args.root)?;
     let (root, root_shown) = crate::root_args::root_source(&args.root, &data_dir)?;
@@ -84,6 +93,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         providers,
         provider_check_interval: Duration::from_secs(args.key_provider_check_interval),
         access_key_use_flush: Duration::from_secs(args.access_key_last_used_flush_secs),
+        connections: args.connections.limits(),
+        audit_refusal_interval: Duration::from_secs(args.audit_refusal_interval),
     };
     let server = atrest_server::start(config).await?;
     let endpoint = format!("{scheme}://{}", server.addr);

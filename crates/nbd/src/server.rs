@@ -182,8 +182,9 @@ pub struct Config {
     pub in_flight_bytes: u32,
     /// The longest the handshake and negotiation may take.
     pub negotiation_timeout: Duration,
-    /// Most connections served at once.
-    pub max_connections: usize,
+    /// Connections open at once (in all and per client address), and the
+    /// drain at shutdown.
+    pub limits: atrest_listen::Limits,
 }
 
 impl std::fmt::Debug for Config {
@@ -204,53 +205,55 @@ impl Default for Config {
             max_payload: 32 << 20,
             preferred_block: 64 << 10,
             in_flight_bytes: 128 << 20,
-            negotiation_timeout: Duration::from_secs(30),
-            max_connections: 1024,
+            negotiation_timeout: Duration::from_secs(10),
+            limits: atrest_listen::Limits::default(),
         }
     }
 }
 
-/// Serves NBD on `listener` until `stopped` turns true; then stops
-/// accepting, lets each connection finish the requests it has read, and
-/// returns.
+/// Serves NBD on `listener` until `stopped` turns true, through the
+/// accept loop every atrest listener shares (`atrest_listen`: its limits,
+/// and its drain: each connection finishes the requests it has read;
+/// those still open after the drain's deadline are cut). A connection
+/// over a limit is closed before the handshake: NBD has no way to say why
+/// before the client's first option.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
     backend: Arc<dyn Backend>,
-    mut stopped: watch::Receiver<bool>,
+    stats: Arc<atrest_listen::Stats>,
+    stopped: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "NBD accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (config, backend, stopped) =
-            (Arc::clone(&config), Arc::clone(&backend), stopped.clone());
-        connections.spawn(async move {
-            let _permit = permit;
+    let limits = config.limits;
+    let protocol = Arc::new(Nbd { config, backend });
+    atrest_listen::serve("nbd", listener, limits, protocol, stats, stopped).await;
+}
+
+/// NBD as a protocol of the shared accept loop.
+struct Nbd {
+    config: Arc<Config>,
+    backend: Arc<dyn Backend>,
+}
+
+impl atrest_listen::Protocol for Nbd {
+    fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stopped: watch::Receiver<bool>,
+    ) -> atrest_listen::ConnectionFuture {
+        let (config, backend) = (Arc::clone(&self.config), Arc::clone(&self.backend));
+        Box::pin(async move {
             match connection(stream, peer, &config, backend, stopped).await {
                 Ok(()) => tracing::debug!(%peer, "NBD connection closed"),
                 Err(e) => tracing::info!(%peer, error = %e, "NBD connection ended"),
             }
-        });
+        })
     }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+
+    fn refusal(&self, _why: atrest_listen::Refusal) -> Option<&'static [u8]> {
+        None
+    }
 }
 
 /// Why a connection ended early.

@@ -265,6 +265,7 @@ impl Harness {
             listener,
             Arc::new(config),
             dyn_backend,
+            Arc::default(),
             stopped,
         ));
         Self {

@@ -53,7 +53,54 @@ pub struct ServerConfig {
     /// store (it is kept in memory in between; see
     /// `atrest_kms::DEFAULT_ACCESS_KEY_USE_FLUSH_INTERVAL`).
     pub access_key_use_flush: Duration,
+    /// What a connection may hold and take (every listener).
+    pub connections: ConnectionLimits,
+    /// How often the refusals before authentication counted per client
+    /// address are written to the audit trail (one record per address).
+    pub audit_refusal_interval: Duration,
 }
+
+/// [`ServerConfig::audit_refusal_interval`]'s default.
+pub const DEFAULT_AUDIT_REFUSAL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a connection may hold and take: the limits every listener (HTTP,
+/// metrics, NBD) applies, and the deadlines of each protocol. See
+/// `docs/design.md`, "Hostile clients".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Per listener: connections open at once, in all and per client
+    /// address, and the drain at shutdown.
+    pub limits: atrest_listen::Limits,
+    /// HTTP: the request head's deadline, the idle keep-alive timeout, and
+    /// the deadline of a write that makes no progress.
+    pub deadlines: atrest_listen::Deadlines,
+    /// HTTP: from the request's head to its body's last byte.
+    pub body_timeout: Duration,
+    /// HTTPS: from the connection to the end of the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// NBD: from the connection to the end of option negotiation (TLS
+    /// included).
+    pub nbd_negotiation_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            limits: atrest_listen::Limits::default(),
+            deadlines: atrest_listen::Deadlines::default(),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            nbd_negotiation_timeout: DEFAULT_NBD_NEGOTIATION_TIMEOUT,
+        }
+    }
+}
+
+/// [`ConnectionLimits::body_timeout`]'s default: a 64 KiB body at 6.5 KB/s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`ConnectionLimits::tls_handshake_timeout`]'s default.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`ConnectionLimits::nbd_negotiation_timeout`]'s default.
+pub const DEFAULT_NBD_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the database service runs PostgreSQL.
 #[derive(Debug, Clone)]

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// The body could not be read.
     #[error("The request body could not be read: {0}")]
     BodyRead(String),
+    /// The body did not arrive within the body deadline.
+    #[error("The request body did not arrive within {0} seconds.")]
+    BodyTimeout(u64),
     /// A content type the endpoint does not speak.
     #[error("Content-Type must be application/x-amz-json-1.1 (or application/json), not '{0}'.")]
     ContentType(String),
@@ -95,6 +98,11 @@ impl ApiError {
                 "ValidationException",
                 self.to_string(),
             ),
+            Self::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException",
+                self.to_string(),
+            ),
             Self::ContentType(_) => (
                 StatusCode::BAD_REQUEST,
                 "SerializationException",
@@ -150,6 +158,22 @@ impl ApiError {
             _ if code == "AccessDeniedException" => (StatusCode::FORBIDDEN, code, message),
             _ => (status, code, message),
         }
+    }
+
+    /// Whether the request was refused before its caller was known (see
+    /// `crate::request::refused_unauthenticated`).
+    #[must_use]
+    pub fn before_authentication(&self) -> bool {
+        matches!(
+            self,
+            Self::Auth(_)
+                | Self::BodyTooLarge(_)
+                | Self::BodyRead(_)
+                | Self::BodyTimeout(_)
+                | Self::Method
+                | Self::NoRoute(_)
+                | Self::WrongMethod(..)
+        )
     }
 
     /// Whether the server is at fault.
@@ -329,6 +353,7 @@ mod tests {
             ApiError::Auth(AuthError::UnrecognizedClient),
             ApiError::Auth(AuthError::UnsignedHeader("x-amz-target".into())),
             ApiError::BodyTooLarge(1),
+            ApiError::BodyTimeout(10),
             ApiError::ContentType("text/plain".into()),
             ApiError::Method,
             ApiError::NoRoute("/x".into()),

@@ -15,7 +15,10 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
-use crate::request::{Outcome, Peer, authenticate, close_if_body_unread, read_body, refused_entry};
+use crate::request::{
+    Outcome, Peer, authenticate, close_if_body_unread, read_body, refused_entry,
+    refused_unauthenticated,
+};
 use crate::state::AppState;
 
 /// A response body that is wiped from memory once sent (it may hold
@@ -128,6 +131,9 @@ pub(crate) async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) 
             let target = target_header(&parts.headers);
             if err.is_server_fault() {
                 tracing::error!(request_id = %id, peer = ?peer, target = ?target, error = ?err, "kms request failed (server fault)");
+            } else if err.before_authentication() {
+                // Counted per address, logged with the aggregate record.
+                tracing::debug!(request_id = %id, peer = ?peer, target = ?target, status = status.as_u16(), error_type = ty, ms, "kms request refused");
             } else {
                 tracing::info!(request_id = %id, peer = ?peer, target = ?target, status = status.as_u16(), error_type = ty, ms, "kms request refused");
             }
@@ -151,16 +157,20 @@ async fn handle_kms(
         )),
         result: Err(err),
     };
+    let unauthenticated = |meta: &RequestMeta, err: ApiError| {
+        let operation = refused_operation(target_header(&parts.headers).as_deref());
+        refused_unauthenticated(&st.trail, meta, &operation, err)
+    };
     if parts.method != Method::POST {
-        return refused(meta, None, ApiError::Method);
+        return unauthenticated(meta, ApiError::Method);
     }
-    let body = match read_body(body, &parts.headers, st.max_body).await {
+    let body = match read_body(body, &parts.headers, st.body).await {
         Ok(b) => b,
-        Err(e) => return refused(meta, None, e),
+        Err(e) => return unauthenticated(meta, e),
     };
     let (caller, akid) = match authenticate(&st.kms, &st.signing_keys, parts, &body, "kms") {
         Ok(x) => x,
-        Err(e) => return refused(meta, None, e),
+        Err(e) => return unauthenticated(meta, e),
     };
     meta.access_key_id = Some(akid);
     let target = parts

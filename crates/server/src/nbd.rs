@@ -90,6 +90,10 @@ pub(crate) async fn start(
     config: &NbdConfig,
     kms: Arc<KeyService>,
     disks: Arc<DiskService>,
+    (limits, stats): (
+        crate::config::ConnectionLimits,
+        Arc<atrest_listen::Stats>,
+    ),
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
     if let Some(p) = &config.plaintext_principal {
@@ -118,6 +122,8 @@ pub(crate) async fn start(
     let nbd_config = Arc::new(server::Config {
         tls_required: config.plaintext_principal.is_none(),
         tls,
+        negotiation_timeout: limits.nbd_negotiation_timeout,
+        limits: limits.limits,
         ..server::Config::default()
     });
     let backend: Arc<dyn Backend> = Arc::new(DiskExports {
@@ -135,7 +141,9 @@ pub(crate) async fn start(
         .map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
     tracing::info!(%addr, tls = config.tls.is_some(), tls_required = nbd_config.tls_required, "NBD serving");
-    let task = tokio::spawn(server::serve(listener, nbd_config, backend, stopped));
+    let task = tokio::spawn(server::serve(
+        listener, nbd_config, backend, stats, stopped,
+    ));
     Ok((addr, task))
 }
 
@@ -728,7 +736,13 @@ mod tests {
             tls_required: false,
             ..server::Config::default()
         });
-        let task = tokio::spawn(server::serve(listener, config, Arc::new(exports), stopped));
+        let task = tokio::spawn(server::serve(
+            listener,
+            config,
+            Arc::new(exports),
+            Arc::default(),
+            stopped,
+        ));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut greeting = [0u8; 18];
         s.read_exact(&mut greeting).await.unwrap();

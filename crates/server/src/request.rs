@@ -27,7 +27,10 @@ pub(crate) struct Outcome<T> {
 /// A request refused before its body was read leaves bytes on the
 /// connection; close it rather than let a client reuse it.
 pub(crate) fn close_if_body_unread(err: &ApiError, mut resp: Response) -> Response {
-    if matches!(err, ApiError::BodyTooLarge(_) | ApiError::BodyRead(_)) {
+    if matches!(
+        err,
+        ApiError::BodyTooLarge(_) | ApiError::BodyRead(_) | ApiError::BodyTimeout(_)
+    ) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -56,9 +59,30 @@ pub(crate) fn rest_error_response(err: &ApiError, request_id: &str) -> Response 
     close_if_body_unread(err, resp)
 }
 
-/// The body, at most `max` bytes (a larger declared length is refused
-/// before a byte is read).
+/// How much of a body is read, and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    /// The most bytes.
+    pub max: usize,
+    /// The most time from the request's head to the body's last byte.
+    pub timeout: std::time::Duration,
+}
+
+/// The body, at most `limits.max` bytes (a larger declared length is
+/// refused before a byte is read), arrived within `limits.timeout` (else
+/// 408, and the connection is closed).
 pub(crate) async fn read_body(
+    body: Body,
+    headers: &http::HeaderMap,
+    limits: BodyLimits,
+) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(limits.timeout, read_body_within(body, headers, limits.max)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::BodyTimeout(limits.timeout.as_secs())),
+    }
+}
+
+async fn read_body_within(
     body: Body,
     headers: &http::HeaderMap,
     max: usize,
@@ -117,6 +141,33 @@ pub(crate) fn authenticate(
         key.caller(parsed.region()),
         parsed.access_key_id().to_owned(),
     ))
+}
+
+/// The outcome of a request refused before its caller was known (no
+/// signature, one that does not verify, an unknown access key; a body too
+/// large, late or unreadable; a method or path nothing serves): counted in
+/// the trail's refusals of its address, not recorded on its own (see
+/// `crate::trail::Refusals`). An inactive access key's request is the
+/// exception: its signature verified, so its sender holds a deactivated
+/// key, which is worth a record of its own.
+pub(crate) fn refused_unauthenticated<T>(
+    trail: &crate::trail::Trail,
+    meta: &RequestMeta,
+    operation: &str,
+    err: ApiError,
+) -> Outcome<T> {
+    if matches!(err, ApiError::InactiveKey) {
+        return Outcome {
+            entry: Some(refused_entry(meta, operation, None, &err)),
+            result: Err(err),
+        };
+    }
+    let ip = meta.source.parse::<SocketAddr>().ok().map(|a| a.ip());
+    trail.note_refusal(ip, err.parts().1);
+    Outcome {
+        entry: None,
+        result: Err(err),
+    }
 }
 
 /// The audit entry of a request refused before it became a call (bad

@@ -11,7 +11,7 @@ use axum::routing::{any, get};
 use http::request::Parts;
 
 use crate::error::ApiError;
-use crate::request::{Peer, refused_entry, rest_error_response};
+use crate::request::{Peer, rest_error_response};
 use crate::state::AppState;
 
 /// The router of the HTTP listener.
@@ -38,29 +38,28 @@ async fn wrong_method(State(st): State<Arc<AppState>>, req: Request) -> Response
     unrouted(&st, req, err).await
 }
 
-/// Answers a request no handler takes, after recording it in the audit
-/// trail (probing unknown paths is worth seeing there).
+/// Answers a request no handler takes, after counting it in the audit
+/// trail's refusals of its address (probing unknown paths is worth seeing
+/// there, one record per address and interval).
 async fn unrouted(st: &AppState, req: Request, err: ApiError) -> Response {
     let (parts, body) = req.into_parts();
     drop(body);
     refuse_parts(st, &parts, err).await
 }
 
-/// Refuses a request before its handler runs (no route, wrong method, a
-/// path or query the route cannot read): records it in the audit trail and
-/// answers the REST error shape.
+/// Refuses a request before its handler runs (no route, wrong method):
+/// counts it in the audit trail's refusals and answers the REST error
+/// shape.
 async fn refuse_parts(st: &AppState, parts: &Parts, err: ApiError) -> Response {
     let mut meta = RequestMeta::in_process();
     meta.source = parts
         .extensions
         .get::<Peer>()
         .map_or_else(|| "unknown".into(), |p| p.0.to_string());
-    let method: String = parts.method.as_str().chars().take(16).collect();
     let path = parts.uri.path();
-    let entry = refused_entry(&meta, &format!("http:{method}"), None, &err);
-    if let Err(e) = st.trail.record(entry).await {
-        tracing::error!(request_id = %meta.request_id, error = %e, "audit trail unavailable");
-    }
-    tracing::info!(request_id = %meta.request_id, source = %meta.source, path = %path, status = err.rest_parts().0.as_u16(), "request refused before its handler");
+    // Before authentication: counted per address, not recorded one by one.
+    st.trail
+        .note_refusal(parts.extensions.get::<Peer>().map(|p| p.0.ip()), err.parts().1);
+    tracing::debug!(request_id = %meta.request_id, source = %meta.source, path = %path, status = err.rest_parts().0.as_u16(), "request refused before its handler");
     rest_error_response(&err, &meta.request_id)
 }

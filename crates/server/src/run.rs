@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use atrest_kms::clock::{Clock, OffsetClock, SystemClock};
@@ -10,18 +10,16 @@ use atrest_kms::{AdminBootstrap, KeyService};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
 
 use crate::ServerConfig;
+use crate::config::ConnectionLimits;
 use crate::request::Peer;
 use crate::router::router;
 use crate::start_error::{Listener, StartError};
 use crate::state::AppState;
-
-/// Most connections served at once; further ones wait in the accept queue.
-const MAX_CONNECTIONS: usize = 10_000;
 
 /// Runs a start-up step on a blocking thread.
 async fn blocking<T: Send + 'static>(
@@ -43,6 +41,8 @@ pub struct RunningServer {
     pub nbd_addr: Option<SocketAddr>,
     /// The audit trail and metering.
     pub trail: crate::trail::SharedTrail,
+    /// The listeners' connection counts.
+    pub listeners: Arc<ListenerStats>,
     /// The key service, for in-process callers.
     pub kms: Arc<KeyService>,
     /// The disk service.
@@ -65,7 +65,15 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
-        // No request is served any more: what is noted of access keys'
+        // No request is served any more: the refusals counted since the
+        // last round go to the audit trail.
+        let trail = Arc::clone(&self.trail);
+        match tokio::task::spawn_blocking(move || trail.flush_refusals()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "writing the refusals at shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "writing the refusals at shutdown failed"),
+        }
+        // What is noted of access keys'
         // last use goes to the store, however recent its last write.
         let kms = Arc::clone(&self.kms);
         let flushed =
@@ -230,7 +238,10 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     let state = Arc::new(AppState {
         kms: Arc::clone(&kms),
         trail: Arc::clone(&opened.trail),
-        max_body: config.max_body_bytes,
+        body: crate::request::BodyLimits {
+            max: config.max_body_bytes,
+            timeout: config.connections.body_timeout,
+        },
         signing_keys: atrest_sigv4::SigningKeyCache::new(),
         audit_dir: config.data_dir.join("audit"),
         disks: Arc::clone(&opened.disks),
@@ -240,6 +251,8 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         idempotency: crate::rest::idempotency::Idempotency::default(),
     });
     let mut tasks = Vec::new();
+    let limits = config.connections;
+    let listeners = Arc::new(ListenerStats::default());
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics_listen {
         let bind = |error| StartError::Bind {
@@ -249,20 +262,34 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         };
         let l = TcpListener::bind(addr).await.map_err(bind)?;
         metrics_addr = Some(l.local_addr().map_err(bind)?);
-        let trail = Arc::clone(&opened.trail);
+        let (trail, stats) = (Arc::clone(&opened.trail), Arc::clone(&listeners));
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let trail = Arc::clone(&trail);
+                let (trail, stats) = (Arc::clone(&trail), Arc::clone(&stats));
                 async move {
+                    let mut text = trail.metering.prometheus();
+                    stats.prometheus(&mut text);
                     (
                         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        trail.metering.prometheus(),
+                        text,
                     )
                 }
             }),
         );
-        tasks.push(tokio::spawn(accept_loop(l, None, app, stopped.clone())));
+        let http = Http {
+            tls: None,
+            app,
+            limits,
+        };
+        tasks.push(tokio::spawn(atrest_listen::serve(
+            "metrics",
+            l,
+            limits.limits,
+            Arc::new(http),
+            Arc::clone(&listeners.metrics),
+            stopped.clone(),
+        )));
     }
     let mut nbd_addr = None;
     if let Some(nbd) = &config.nbd {
@@ -270,16 +297,24 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             nbd,
             Arc::clone(&kms),
             Arc::clone(&opened.disks),
+            (limits, Arc::clone(&listeners.nbd)),
             stopped.clone(),
         )
         .await?;
         nbd_addr = Some(addr);
         tasks.push(task);
     }
-    tasks.push(tokio::spawn(accept_loop(
-        listener,
+    let http = Http {
         tls,
-        router(state),
+        app: router(state),
+        limits,
+    };
+    tasks.push(tokio::spawn(atrest_listen::serve(
+        "http",
+        listener,
+        limits.limits,
+        Arc::new(http),
+        Arc::clone(&listeners.http),
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(db_loop(Arc::clone(&db), stopped.clone())));
@@ -295,6 +330,11 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             stopped.clone(),
         )));
     }
+    tasks.push(tokio::spawn(refusals_loop(
+        Arc::clone(&opened.trail),
+        config.audit_refusal_interval,
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(key_use_loop(
         Arc::clone(&kms),
         config.access_key_use_flush,
@@ -315,6 +355,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         kms,
         disks: opened.disks,
         trail: opened.trail,
+        listeners,
         bootstrap: opened.bootstrap,
         stop,
         tasks,
@@ -322,96 +363,178 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     })
 }
 
-/// How long shutdown waits for open connections to finish their requests.
-const DRAIN: Duration = Duration::from_secs(10);
+/// The connection counts of every listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// The HTTP API's.
+    pub http: Arc<atrest_listen::Stats>,
+    /// The metrics endpoint's.
+    pub metrics: Arc<atrest_listen::Stats>,
+    /// NBD's.
+    pub nbd: Arc<atrest_listen::Stats>,
+}
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    app: axum::Router,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        // Reap finished connection tasks so the set stays small.
-        while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(
-            stream,
-            peer,
-            tls.clone(),
-            app.clone(),
-            stopped.clone(),
-            permit,
-        ));
-    }
-    drop(listener);
-    // Let open connections finish the request they are on, then close them.
-    if tokio::time::timeout(DRAIN, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!(
-            left = connections.len(),
-            "closing connections that did not finish in time"
-        );
-        connections.shutdown().await;
+impl ListenerStats {
+    /// Appends the counts in Prometheus's text format.
+    fn prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        let all = [
+            ("http", self.http.snapshot()),
+            ("metrics", self.metrics.snapshot()),
+            ("nbd", self.nbd.snapshot()),
+        ];
+        let _ = writeln!(out, "# HELP atrest_connections_open Connections open now.");
+        let _ = writeln!(out, "# TYPE atrest_connections_open gauge");
+        for (l, s) in &all {
+            let _ = writeln!(out, "atrest_connections_open{{listener=\"{l}\"}} {}", s.open);
+        }
+        let _ = writeln!(out, "# HELP atrest_connections_accepted_total Connections admitted.");
+        let _ = writeln!(out, "# TYPE atrest_connections_accepted_total counter");
+        for (l, s) in &all {
+            let _ = writeln!(out, "atrest_connections_accepted_total{{listener=\"{l}\"}} {}", s.accepted);
+        }
+        let _ = writeln!(out, "# HELP atrest_connections_refused_total Connections refused over a limit.");
+        let _ = writeln!(out, "# TYPE atrest_connections_refused_total counter");
+        for (l, s) in &all {
+            let _ = writeln!(out, "atrest_connections_refused_total{{listener=\"{l}\",reason=\"busy\"}} {}", s.refused_busy);
+            let _ = writeln!(out, "atrest_connections_refused_total{{listener=\"{l}\",reason=\"per_address\"}} {}", s.refused_per_address);
+        }
     }
 }
+
+/// The HTTP listeners' protocol: HTTP/1.1, over TLS when configured, under
+/// the deadlines of [`ConnectionLimits`] (see `atrest_listen::Guarded`).
+struct Http {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    limits: ConnectionLimits,
+}
+
+impl atrest_listen::Protocol for Http {
+    fn serve(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        stopped: watch::Receiver<bool>,
+    ) -> atrest_listen::ConnectionFuture {
+        Box::pin(serve_connection(
+            stream,
+            peer,
+            self.tls.clone(),
+            self.app.clone(),
+            self.limits,
+            stopped,
+        ))
+    }
+
+    fn refusal(&self, why: atrest_listen::Refusal) -> Option<&'static [u8]> {
+        // Over TLS nothing can be said before a handshake, which a refused
+        // connection is not worth: it is closed.
+        if self.tls.is_some() {
+            return None;
+        }
+        Some(match why {
+            atrest_listen::Refusal::PerAddress => &TOO_MANY_FROM_ADDRESS,
+            atrest_listen::Refusal::Busy => &BUSY,
+        })
+    }
+}
+
+/// A complete HTTP answer in the error shape (both the REST `code` and the
+/// AWS JSON `__type`), closing the connection.
+fn raw_answer(status: u16, reason: &str, code: &str, message: &str) -> Vec<u8> {
+    let body = format!(
+        r#"{{"__type":"{code}","code":"{code}","message":"{message}","requestId":""}}"#
+    );
+    let retry = if status == 408 { "" } else { "retry-after: 1\r\n" };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A client address over `--max-connections-per-address`: 429 (AWS SDKs
+/// retry `ThrottlingException` with backoff).
+static TOO_MANY_FROM_ADDRESS: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    raw_answer(
+        429,
+        "Too Many Requests",
+        "ThrottlingException",
+        "Too many connections from this address.",
+    )
+});
+/// The listener at `--max-connections`: 503.
+static BUSY: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    raw_answer(
+        503,
+        "Service Unavailable",
+        "ServiceUnavailableException",
+        "The server has too many connections open; retry.",
+    )
+});
+/// A request head that did not arrive by `--header-timeout`: 408.
+static HEAD_TIMEOUT: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    raw_answer(
+        408,
+        "Request Timeout",
+        "RequestTimeoutException",
+        "The request's head did not arrive in time.",
+    )
+});
+
+/// The most a connection buffers of a request's head or of its answer.
+const MAX_BUF: usize = 64 * 1024;
 
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
+    limits: ConnectionLimits,
     mut stopped: watch::Receiver<bool>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let activity = Arc::new(atrest_listen::Activity::default());
+    let marks = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
         let mut app = app.clone();
-        async move { app.call(req.map(axum::body::Body::new)).await }
+        let marks = Arc::clone(&marks);
+        marks.start();
+        async move {
+            let answer = app.call(req.map(axum::body::Body::new)).await;
+            marks.finish();
+            answer
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // The head's deadline and the idle timeout are the guard's: hyper's
+        // own header timeout also runs while a kept-alive connection idles.
+        .header_read_timeout(None)
+        .max_buf_size(MAX_BUF)
         .keep_alive(true);
+    let head_timeout: &'static [u8] = &HEAD_TIMEOUT;
     let result = match tls {
         Some(acceptor) => {
-            let s = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
+            let s = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = stopped.changed() => return,
             };
-            let conn = builder.serve_connection(TokioIo::new(s), service);
+            let io = atrest_listen::Guarded::new(s, limits.deadlines, activity, Some(head_timeout));
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
@@ -419,7 +542,9 @@ async fn serve_connection(
             }
         }
         None => {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io =
+                atrest_listen::Guarded::new(stream, limits.deadlines, activity, Some(head_timeout));
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
@@ -457,6 +582,27 @@ async fn periodic<T: Send + 'static>(
             Err(e) => tracing::error!(error = %e, task = what, "periodic task failed"),
         }
     }
+}
+
+/// Writes the refusals before authentication counted since the last round
+/// to the audit trail, one record per client address.
+async fn refusals_loop(
+    trail: crate::trail::SharedTrail,
+    every: Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    periodic(
+        "refusals",
+        every.max(Duration::from_millis(100)),
+        stopped,
+        move || trail.flush_refusals(),
+        |r| {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "writing the refusals to the audit trail failed");
+            }
+        },
+    )
+    .await;
 }
 
 /// Writes access keys' last use, noted in memory by every request, to the

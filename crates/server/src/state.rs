@@ -11,7 +11,7 @@ use crate::trail::SharedTrail;
 pub(crate) struct AppState {
     pub kms: Arc<KeyService>,
     pub trail: SharedTrail,
-    pub max_body: usize,
+    pub body: crate::request::BodyLimits,
     /// Access keys' secrets never change, so their derived signing keys can
     /// be cached per scope. The cache never decides whether a key may sign:
     /// `authenticate` asks the key service for the key's current state on
@@ -42,8 +42,8 @@ impl crate::rest::Host for AppState {
         &self.trail
     }
 
-    fn max_body(&self) -> usize {
-        self.max_body
+    fn body_limits(&self) -> crate::request::BodyLimits {
+        self.body
     }
 
     fn signing_keys(&self) -> &atrest_sigv4::SigningKeyCache {

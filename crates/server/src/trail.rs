@@ -1,6 +1,12 @@
 //! The audit trail and metering, as the server runs them.
 //!
-//! Every request leaves one record in the audit log (`atrest-audit`).
+//! Every authenticated request leaves one record in the audit log
+//! (`atrest-audit`). Requests refused before authentication (no signature,
+//! one that does not verify, an unknown access key; a body too large, late
+//! or unreadable, an unknown path or method) are counted in memory per
+//! client address instead, and written as one record per address and
+//! interval ([`Refusals`]): a client without credentials cannot grow the
+//! trail by more than one record per interval per address it sends from.
 //! Requests that change stored state record inside the key service, and
 //! commit only once the record is durable. Everything else is recorded here
 //! before its response is sent: written to the log file, and durable within
@@ -208,12 +214,80 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Requests refused before authentication, counted per client address
+/// until the next [`Trail::flush_refusals`], which writes one record per
+/// address: operation `unauthenticated`, result `Refused`, `count` and
+/// `kinds` (refusals by error type), `time` of the first refusal. At most
+/// [`MAX_REFUSING_ADDRESSES`] addresses are told apart per interval; the
+/// refusals of any further address are counted under the source `other`.
+#[derive(Default)]
+pub struct Refusals {
+    pending: std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, Refused>>,
+}
+
+/// One address's refusals in the current interval.
+struct Refused {
+    first: String,
+    count: u64,
+    kinds: BTreeMap<String, u64>,
+}
+
+/// Addresses told apart in one interval of [`Refusals`] (the memory they
+/// take is bounded: about 200 bytes each).
+pub const MAX_REFUSING_ADDRESSES: usize = 10_000;
+/// Error types kept apart per address (more fold into `other`).
+const MAX_KINDS: usize = 16;
+
+impl Refusals {
+    /// Counts one refusal of `kind` from `source` at `time`.
+    fn note(&self, source: Option<std::net::IpAddr>, kind: &str, time: impl FnOnce() -> String) {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = if pending.len() >= MAX_REFUSING_ADDRESSES && !pending.contains_key(&source) {
+            None
+        } else {
+            source
+        };
+        let r = pending.entry(key).or_insert_with(|| Refused {
+            first: time(),
+            count: 0,
+            kinds: BTreeMap::new(),
+        });
+        r.count += 1;
+        let kind = if r.kinds.len() >= MAX_KINDS && !r.kinds.contains_key(kind) {
+            "other"
+        } else {
+            kind
+        };
+        match r.kinds.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                r.kinds.insert(kind.to_owned(), 1);
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<(Option<std::net::IpAddr>, Refused)> {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<_> = pending.drain().collect();
+        all.sort_by(|a, b| a.1.first.cmp(&b.1.first));
+        all
+    }
+}
+
 /// The audit log and metering together; the key service's audit sink.
 pub struct Trail {
     log: AuditLog,
     sync: AuditSync,
     /// Counts of what the log holds.
     pub metering: Metering,
+    /// Refusals before authentication, not yet written.
+    refusals: Refusals,
 }
 
 impl Trail {
@@ -232,7 +306,39 @@ impl Trail {
             log,
             sync,
             metering,
+            refusals: Refusals::default(),
         })
+    }
+
+    /// Counts a request refused before authentication (see [`Refusals`]);
+    /// written by the next [`Trail::flush_refusals`].
+    pub fn note_refusal(&self, source: Option<std::net::IpAddr>, kind: &str) {
+        self.refusals.note(source, kind, || {
+            atrest_kms::audit_time(time::OffsetDateTime::now_utc())
+        });
+    }
+
+    /// Writes one record per address of the refusals counted since the
+    /// last flush; returns how many records it wrote.
+    pub fn flush_refusals(&self) -> Result<usize, String> {
+        let all = self.refusals.take();
+        let n = all.len();
+        for (source, r) in all {
+            let source = source.map_or_else(|| "other".to_owned(), |ip| ip.to_string());
+            tracing::info!(%source, count = r.count, kinds = ?r.kinds, "refused requests without valid credentials");
+            let entry = Entry {
+                time: r.first,
+                request_id: uuid::Uuid::new_v4().to_string(),
+                source: Some(source),
+                operation: UNAUTHENTICATED.to_owned(),
+                result: "Refused".to_owned(),
+                count: Some(r.count),
+                kinds: r.kinds,
+                ..Entry::default()
+            };
+            self.log.append_written(&entry).map_err(|e| e.to_string())?;
+        }
+        Ok(n)
     }
 
     /// Appends and counts the record of a request that changed no stored
@@ -274,6 +380,9 @@ impl atrest_kms::AuditSink for Trail {
         Ok(())
     }
 }
+
+/// The operation of the records of refusals before authentication.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
 
 /// A shared trail.
 pub type SharedTrail = Arc<Trail>;

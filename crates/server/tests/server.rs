@@ -37,6 +37,8 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         providers: Default::default(),
         provider_check_interval: Duration::from_secs(60),
         access_key_use_flush: Duration::from_secs(60),
+        connections: atrest_server::config::ConnectionLimits::default(),
+        audit_refusal_interval: atrest_server::config::DEFAULT_AUDIT_REFUSAL_INTERVAL,
     }
 }
 

@@ -38,7 +38,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::request::{Outcome, Peer, authenticate, read_body, refused_entry, rest_error_response};
+use crate::request::{
+    Outcome, Peer, authenticate, read_body, refused_entry, refused_unauthenticated,
+    rest_error_response,
+};
 use crate::trail::SharedTrail;
 
 /// The resource an action is on, and the condition keys it brings.
@@ -121,8 +124,8 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn kms(&self) -> &atrest_kms::KeyService;
     /// The audit trail every request is recorded in.
     fn trail(&self) -> &SharedTrail;
-    /// The largest body read.
-    fn max_body(&self) -> usize;
+    /// How much of a body is read, and how long it may take.
+    fn body_limits(&self) -> crate::request::BodyLimits;
     /// Derived SigV4 signing keys.
     fn signing_keys(&self) -> &atrest_sigv4::SigningKeyCache;
     /// Answers of recent idempotent `POST`s.
@@ -271,9 +274,9 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<E::State>, req: Request) -> Respo
             entry: Some(refused_entry(meta, operation, caller, &e)),
             result: Err(e),
         };
-        let bytes = match read_body(body, &parts.headers, st.max_body()).await {
+        let bytes = match read_body(body, &parts.headers, st.body_limits()).await {
             Ok(b) => b,
-            Err(e) => return refused(&meta, None, e),
+            Err(e) => return refused_unauthenticated(st.trail(), &meta, operation, e),
         };
         let (caller, akid) = match authenticate(
             st.kms(),
@@ -283,7 +286,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<E::State>, req: Request) -> Respo
             crate::REST_SERVICE,
         ) {
             Ok(x) => x,
-            Err(e) => return refused(&meta, None, e),
+            Err(e) => return refused_unauthenticated(st.trail(), &meta, operation, e),
         };
         meta.access_key_id = Some(akid);
         let typed = async {
@@ -386,6 +389,9 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<E::State>, req: Request) -> Respo
             if err.is_server_fault() {
                 // The details stay here; the client sees only that it failed.
                 tracing::error!(request_id = %meta.request_id, %method, path, error = %err, "rest request failed");
+            } else if err.before_authentication() {
+                // Counted per address, logged with the aggregate record.
+                tracing::debug!(request_id = %meta.request_id, %method, path, error = %err.parts().1, "rest request refused");
             } else {
                 tracing::info!(request_id = %meta.request_id, %method, path, error = %err.parts().1, "rest request refused");
             }

@@ -113,7 +113,10 @@ mod tests {
         let st = AppState {
             kms: opened.kms,
             trail: opened.trail,
-            max_body: 64 * 1024,
+            body: crate::request::BodyLimits {
+                max: 64 * 1024,
+                timeout: std::time::Duration::from_secs(10),
+            },
             signing_keys: atrest_sigv4::SigningKeyCache::new(),
             audit_dir: data.join("audit"),
             disks: opened.disks,
