@@ -36,7 +36,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // files, are what bound the connections.
     match atrest_listen::raise_open_files_limit() {
         Ok(n) if (n as usize) < args.connections.max_connections.saturating_mul(2) => {
-            tracing::warn!(open_files = n, max_connections = args.connections.max_connections, "the open-files limit is below what the connection limits may need");
+            tracing::warn!(
+                open_files = n,
+                max_connections = args.connections.max_connections,
+                "the open-files limit is below what the connection limits may need"
+            );
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),

@@ -384,9 +384,12 @@ mod tests {
             context_keys: vec!["app".into(), "tenant\u{1}é".into()],
             result: "Success".into(),
             count: Some(3),
-            kinds: [("InvalidSignatureException".to_owned(), 2), ("x\"y".to_owned(), 1)]
-                .into_iter()
-                .collect(),
+            kinds: [
+                ("InvalidSignatureException".to_owned(), 2),
+                ("x\"y".to_owned(), 1),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 

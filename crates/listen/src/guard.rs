@@ -189,6 +189,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
             self.phase = Phase::Idle(Instant::now());
         }
     }
+
+    /// After an answer is written the server may not read again until a
+    /// byte arrives (it last read while the request ran, without a
+    /// deadline): the idle deadline is armed here, on the task's waker, so
+    /// that it wakes the task, whose next read then ends the connection.
+    fn arm_idle(&mut self, cx: &mut Context<'_>) {
+        if let Phase::Idle(since) = self.phase {
+            let deadline = since + self.deadlines.idle;
+            if self.read_armed != Some(deadline) {
+                self.read_armed = Some(deadline);
+                self.read_timer.as_mut().reset(deadline);
+            }
+            let _ = self.read_timer.as_mut().poll(cx);
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
@@ -277,9 +292,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.sync();
         match Pin::new(&mut this.inner).poll_flush(cx) {
             Poll::Ready(r) => {
                 this.write_armed = None;
+                this.arm_idle(cx);
                 Poll::Ready(r)
             }
             Poll::Pending => this.poll_write_deadline(cx).map(Err),

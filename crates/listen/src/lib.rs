@@ -322,6 +322,24 @@ fn refuse(mut stream: TcpStream, answer: Option<&'static [u8]>, lingering: &Arc<
     });
 }
 
+/// The accept queue's length asked of the kernel (which caps it at
+/// `net.core.somaxconn`, 4096 by default): a burst of connections waits
+/// there for the loop, which drains it without waiting on anything.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with [`BACKLOG`] (and `SO_REUSEADDR`, so a
+/// restarted server can bind while old connections linger in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Raises the soft limit on open files to the hard limit, so that the
 /// connection limits (not the default soft limit of 1024) bound the
 /// connections; returns the limit now in force.

@@ -131,7 +131,10 @@ async fn one_address_over_its_limit_is_refused_and_others_are_not() {
     let mut a4 = connect_from("127.0.0.2", srv.addr).await;
     assert!(echoes(&mut a4).await);
     let s = srv.stats.snapshot();
-    assert_eq!((s.accepted, s.refused_per_address, s.refused_busy), (4, 1, 0));
+    assert_eq!(
+        (s.accepted, s.refused_per_address, s.refused_busy),
+        (4, 1, 0)
+    );
     let _ = srv.stop.send(true);
     srv.task.await.unwrap();
 }
@@ -197,7 +200,10 @@ async fn the_drain_lets_connections_finish_then_cuts_the_rest() {
     srv.task.await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(told(&mut c).await, b"bye");
-    assert!(TcpStream::connect(srv.addr).await.is_err(), "still accepting");
+    assert!(
+        TcpStream::connect(srv.addr).await.is_err(),
+        "still accepting"
+    );
 
     // One that does not is cut at the drain's deadline.
     let limits = Limits {

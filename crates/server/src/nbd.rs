@@ -90,10 +90,7 @@ pub(crate) async fn start(
     config: &NbdConfig,
     kms: Arc<KeyService>,
     disks: Arc<DiskService>,
-    (limits, stats): (
-        crate::config::ConnectionLimits,
-        Arc<atrest_listen::Stats>,
-    ),
+    (limits, stats): (crate::config::ConnectionLimits, Arc<atrest_listen::Stats>),
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
     if let Some(p) = &config.plaintext_principal {
@@ -136,14 +133,10 @@ pub(crate) async fn start(
         addr: config.listen,
         error,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(bind)?;
+    let listener = atrest_listen::bind(config.listen).map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
     tracing::info!(%addr, tls = config.tls.is_some(), tls_required = nbd_config.tls_required, "NBD serving");
-    let task = tokio::spawn(server::serve(
-        listener, nbd_config, backend, stats, stopped,
-    ));
+    let task = tokio::spawn(server::serve(listener, nbd_config, backend, stats, stopped));
     Ok((addr, task))
 }
 

@@ -58,8 +58,10 @@ async fn refuse_parts(st: &AppState, parts: &Parts, err: ApiError) -> Response {
         .map_or_else(|| "unknown".into(), |p| p.0.to_string());
     let path = parts.uri.path();
     // Before authentication: counted per address, not recorded one by one.
-    st.trail
-        .note_refusal(parts.extensions.get::<Peer>().map(|p| p.0.ip()), err.parts().1);
+    st.trail.note_refusal(
+        parts.extensions.get::<Peer>().map(|p| p.0.ip()),
+        err.parts().1,
+    );
     tracing::debug!(request_id = %meta.request_id, source = %meta.source, path = %path, status = err.rest_parts().0.as_u16(), "request refused before its handler");
     rest_error_response(&err, &meta.request_id)
 }

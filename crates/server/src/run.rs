@@ -9,7 +9,6 @@ use atrest_kms::clock::{Clock, OffsetClock, SystemClock};
 use atrest_kms::{AdminBootstrap, KeyService};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
@@ -176,7 +175,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         addr: config.listen,
         error,
     };
-    let listener = TcpListener::bind(config.listen).await.map_err(bind)?;
+    let listener = atrest_listen::bind(config.listen).map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
     let (stop, stopped) = watch::channel(false);
     let db_run = crate::local::run_base(&config.data_dir).join("db");
@@ -260,7 +259,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             addr,
             error,
         };
-        let l = TcpListener::bind(addr).await.map_err(bind)?;
+        let l = atrest_listen::bind(addr).map_err(bind)?;
         metrics_addr = Some(l.local_addr().map_err(bind)?);
         let (trail, stats) = (Arc::clone(&opened.trail), Arc::clone(&listeners));
         let app = axum::Router::new().route(
@@ -386,19 +385,50 @@ impl ListenerStats {
         let _ = writeln!(out, "# HELP atrest_connections_open Connections open now.");
         let _ = writeln!(out, "# TYPE atrest_connections_open gauge");
         for (l, s) in &all {
-            let _ = writeln!(out, "atrest_connections_open{{listener=\"{l}\"}} {}", s.open);
+            let _ = writeln!(
+                out,
+                "atrest_connections_open{{listener=\"{l}\"}} {}",
+                s.open
+            );
         }
-        let _ = writeln!(out, "# HELP atrest_connections_accepted_total Connections admitted.");
+        let _ = writeln!(
+            out,
+            "# HELP atrest_connections_accepted_total Connections admitted."
+        );
         let _ = writeln!(out, "# TYPE atrest_connections_accepted_total counter");
         for (l, s) in &all {
-            let _ = writeln!(out, "atrest_connections_accepted_total{{listener=\"{l}\"}} {}", s.accepted);
+            let _ = writeln!(
+                out,
+                "atrest_connections_accepted_total{{listener=\"{l}\"}} {}",
+                s.accepted
+            );
         }
-        let _ = writeln!(out, "# HELP atrest_connections_refused_total Connections refused over a limit.");
+        let _ = writeln!(
+            out,
+            "# HELP atrest_connections_refused_total Connections refused over a limit."
+        );
         let _ = writeln!(out, "# TYPE atrest_connections_refused_total counter");
         for (l, s) in &all {
-            let _ = writeln!(out, "atrest_connections_refused_total{{listener=\"{l}\",reason=\"busy\"}} {}", s.refused_busy);
-            let _ = writeln!(out, "atrest_connections_refused_total{{listener=\"{l}\",reason=\"per_address\"}} {}", s.refused_per_address);
+            let _ = writeln!(
+                out,
+                "atrest_connections_refused_total{{listener=\"{l}\",reason=\"busy\"}} {}",
+                s.refused_busy
+            );
+            let _ = writeln!(
+                out,
+                "atrest_connections_refused_total{{listener=\"{l}\",reason=\"per_address\"}} {}",
+                s.refused_per_address
+            );
         }
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        let _ = writeln!(
+            out,
+            "# HELP atrest_runtime_tasks_alive Tasks of the server's runtime (connections, timers, loops)."
+        );
+        let _ = writeln!(out, "# TYPE atrest_runtime_tasks_alive gauge");
+        let _ = writeln!(out, "atrest_runtime_tasks_alive {tasks}");
     }
 }
 
@@ -443,10 +473,13 @@ impl atrest_listen::Protocol for Http {
 /// A complete HTTP answer in the error shape (both the REST `code` and the
 /// AWS JSON `__type`), closing the connection.
 fn raw_answer(status: u16, reason: &str, code: &str, message: &str) -> Vec<u8> {
-    let body = format!(
-        r#"{{"__type":"{code}","code":"{code}","message":"{message}","requestId":""}}"#
-    );
-    let retry = if status == 408 { "" } else { "retry-after: 1\r\n" };
+    let body =
+        format!(r#"{{"__type":"{code}","code":"{code}","message":"{message}","requestId":""}}"#);
+    let retry = if status == 408 {
+        ""
+    } else {
+        "retry-after: 1\r\n"
+    };
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -518,7 +551,8 @@ async fn serve_connection(
     let head_timeout: &'static [u8] = &HEAD_TIMEOUT;
     let result = match tls {
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
+            let handshake =
+                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
             let s = tokio::select! {
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
