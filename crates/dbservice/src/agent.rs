@@ -279,6 +279,12 @@ impl Listener {
         })
     }
 
+    /// Connections being served.
+    #[cfg(test)]
+    fn busy(&self) -> usize {
+        self.busy.load(Ordering::SeqCst)
+    }
+
     /// Stops accepting and removes the socket.
     pub(crate) fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -1082,6 +1088,39 @@ mod tests {
 
     const SEG: &str = "000000010000000000000001";
 
+    fn request_line(token: &str, size: u64) -> Vec<u8> {
+        let mut l = serde_json::to_vec(&Request {
+            op: "wal-push".into(),
+            instance: "db-1".into(),
+            token: token.into(),
+            name: SEG.into(),
+            size: Some(size),
+        })
+        .unwrap();
+        l.push(b'\n');
+        l
+    }
+
+    fn wait_busy(l: &Listener, n: usize) {
+        let t = Instant::now();
+        while l.busy() != n {
+            assert!(t.elapsed() < Duration::from_secs(10), "{} busy", l.busy());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The answer line on `s`, then whether the server closed the
+    /// connection (`Ok(0)` or a reset).
+    fn answer_then_closed(s: &UnixStream) -> (Result<Answer, AgentError>, std::io::Result<usize>) {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s);
+        let a = read_answer(&mut r);
+        assert!(r.buffer().is_empty(), "more than a line");
+        let mut rest = [0u8; 16];
+        let after = r.get_mut().read(&mut rest);
+        (a, after)
+    }
+
     #[test]
     fn push_and_fetch_over_the_socket() {
         let t = setup(Limits::DEFAULT);
@@ -1118,5 +1157,450 @@ mod tests {
         let mut l = t.listener;
         l.stop();
         assert!(!sock.exists());
+    }
+
+    #[test]
+    fn the_request_line_is_read_up_to_its_newline_and_no_further() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut sent = request_line("00", 5);
+        sent.extend_from_slice(b"BODY!");
+        // In two pieces, the second with the line's end and the body.
+        client.write_all(&sent[..10]).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            client.write_all(&sent[10..]).unwrap();
+            client
+        });
+        let line = read_request_line(&server, Duration::from_secs(5)).unwrap();
+        assert_eq!(line, request_line("00", 5));
+        let _client = writer.join().unwrap();
+        // What followed is still in the socket.
+        let mut rest = [0u8; 5];
+        (&server).read_exact(&mut rest).unwrap();
+        assert_eq!(&rest, b"BODY!");
+        // A line without its newline: at most 64 KiB are taken.
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let long = vec![b'x'; MAX_LINE + 1000];
+        let writer = std::thread::spawn(move || {
+            let _ = client.write_all(&long);
+            client
+        });
+        let e = read_request_line(&server, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("longer than 64 KiB"), "{e}");
+        let mut rest = vec![0u8; 1000];
+        (&server).read_exact(&mut rest).unwrap();
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_bogus_token_is_refused_before_any_of_the_body_is_read() {
+        let t = setup(Limits::DEFAULT);
+        // The line alone, claiming 1 GiB: the answer comes at once, and
+        // the server has closed the connection.
+        let mut s = UnixStream::connect(&t.sock).unwrap();
+        s.write_all(&request_line(&"00".repeat(32), 1 << 30))
+            .unwrap();
+        let (a, after) = answer_then_closed(&s);
+        let e = a.unwrap_err();
+        assert!(e.to_string().contains("may not use the WAL agent"), "{e}");
+        assert_eq!(after.unwrap(), 0);
+        // Whatever is sent now goes nowhere.
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let e = s.write_all(&[0u8; 4096]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        // The line and body bytes in one write: the server closes with the
+        // body unread, which the kernel reports to us as a reset (had it
+        // read them, we would see an orderly end).
+        let mut s = UnixStream::connect(&t.sock).unwrap();
+        let mut sent = request_line("bogus", 1 << 30);
+        sent.extend_from_slice(&[7u8; 1000]);
+        s.write_all(&sent).unwrap();
+        let (a, after) = answer_then_closed(&s);
+        assert!(a.is_err());
+        assert_eq!(
+            after.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionReset
+        );
+        // A too-large claim with the good token: refused as well, unread.
+        let mut s = UnixStream::connect(&t.sock).unwrap();
+        s.write_all(&request_line("secret", (1 << 30) + 1)).unwrap();
+        let (a, after) = answer_then_closed(&s);
+        assert!(a.unwrap_err().to_string().contains("too large"));
+        assert_eq!(after.unwrap(), 0);
+        assert_eq!(t.vault.pushes.load(Ordering::SeqCst), 0);
+        assert_eq!(t.vault.read.load(Ordering::SeqCst), 0);
+    }
+
+    // ----- memory, each measured in a process of its own ---------------------
+
+    const CHILD: &str = "ATREST_AGENT_TEST_CHILD";
+
+    /// Runs test `name` alone in a new process of this test binary (other
+    /// tests' allocations would blur its memory figures), unless this is
+    /// that process: answers whether to run the test's body here.
+    fn in_own_process(name: &str) -> bool {
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{name} failed in its own process"
+        );
+        false
+    }
+
+    /// A field of `/proc/self/status`, in KiB.
+    fn status_kib(field: &str) -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Sets the peak (VmHWM) to the present RSS.
+    fn reset_peak() {
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    }
+
+    #[test]
+    fn refused_pushes_cost_no_memory() {
+        if !in_own_process("agent::tests::refused_pushes_cost_no_memory") {
+            return;
+        }
+        let t = setup(Limits::DEFAULT);
+        let refuse_all = |n: usize| {
+            let conns: Vec<UnixStream> = (0..n)
+                .map(|_| {
+                    let mut s = UnixStream::connect(&t.sock).unwrap();
+                    s.write_all(&request_line(&"00".repeat(32), 1 << 30))
+                        .unwrap();
+                    s
+                })
+                .collect();
+            for s in &conns {
+                let (a, after) = answer_then_closed(s);
+                assert!(a.unwrap_err().to_string().contains("may not use"));
+                assert_eq!(after.unwrap(), 0);
+            }
+        };
+        // Once to warm up (threads, allocator arenas, the log).
+        refuse_all(32);
+        wait_busy(&t.listener, 0);
+        let rss = status_kib("VmRSS");
+        reset_peak();
+        refuse_all(32);
+        wait_busy(&t.listener, 0);
+        let peak = status_kib("VmHWM");
+        let after = status_kib("VmRSS");
+        println!(
+            "32 refused 1 GiB pushes: VmRSS {rss} -> {after} KiB, peak +{} KiB",
+            peak.saturating_sub(rss)
+        );
+        assert!(peak.saturating_sub(rss) < 4 * 1024);
+        assert!(after.saturating_sub(rss) < 4 * 1024);
+        assert_eq!(t.vault.pushes.load(Ordering::SeqCst), 0);
+    }
+
+    /// Writes `n` pseudo-random bytes to `path`, a MiB at a time.
+    fn random_file(path: &Path, n: usize, mut seed: u64) {
+        let mut f = BufWriter::new(std::fs::File::create(path).unwrap());
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = n;
+        while left > 0 {
+            for w in buf.chunks_mut(8) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                w.copy_from_slice(&seed.to_le_bytes()[..w.len()]);
+            }
+            let k = left.min(buf.len());
+            f.write_all(&buf[..k]).unwrap();
+            left -= k;
+        }
+        f.flush().unwrap();
+    }
+
+    fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    }
+
+    fn same_files(a: &Path, b: &Path) -> bool {
+        let (mut fa, mut fb) = (
+            std::fs::File::open(a).unwrap(),
+            std::fs::File::open(b).unwrap(),
+        );
+        let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        loop {
+            let na = read_full(&mut fa, &mut ba);
+            let nb = read_full(&mut fb, &mut bb);
+            if na != nb || ba[..na] != bb[..nb] {
+                return false;
+            }
+            if na == 0 {
+                return true;
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_file_streams_both_ways() {
+        if !in_own_process("agent::tests::a_large_file_streams_both_ways") {
+            return;
+        }
+        const SIZE: usize = 64 << 20;
+        let t = setup(Limits::DEFAULT);
+        let src = t.dir.path().join("big");
+        let dst = t.dir.path().join("RECOVERYXLOG");
+        random_file(&src, SIZE + 12345, 0x9e37_79b9_7f4a_7c15);
+        let small = t.dir.path().join("small");
+        random_file(&small, 3 * CHUNK, 1);
+        // Peaks above the resident size before any transfer, in KiB: a
+        // 3 MiB file first (both sides' chunk buffers), then 64 MiB.
+        let rss = status_kib("VmRSS");
+        let peak = |f: &mut dyn FnMut()| {
+            reset_peak();
+            let start = Instant::now();
+            f();
+            (status_kib("VmHWM").saturating_sub(rss), start.elapsed())
+        };
+        let small_push = peak(&mut || {
+            wal_push(
+                &t.sock,
+                "db-1",
+                &t.token,
+                &small,
+                "000000010000000000000009",
+            )
+            .unwrap();
+        });
+        let small_fetch = peak(&mut || {
+            wal_fetch(&t.sock, "db-1", &t.token, "000000010000000000000009", &dst).unwrap();
+        });
+        let push = peak(&mut || wal_push(&t.sock, "db-1", &t.token, &src, SEG).unwrap());
+        let fetch = peak(&mut || wal_fetch(&t.sock, "db-1", &t.token, SEG, &dst).unwrap());
+        println!(
+            "VmRSS {rss} KiB before; peak above it (KiB, time): 3 MiB push {small_push:?}, \
+             fetch {small_fetch:?}; 64 MiB push {push:?}, fetch {fetch:?}"
+        );
+        for (kib, _) in [small_push, small_fetch, push, fetch] {
+            assert!(kib < 16 * 1024, "{kib} KiB");
+        }
+        // A file 21 times larger costs no more than a MiB more.
+        assert!(push.0 <= small_push.0.max(small_fetch.0) + 1024);
+        assert!(fetch.0 <= small_push.0.max(small_fetch.0) + 1024);
+        assert!(same_files(&src, &dst));
+    }
+
+    // ----- time bounds -------------------------------------------------------
+
+    #[test]
+    fn a_stalled_request_line_is_cut() {
+        let t = setup(Limits {
+            line: Duration::from_millis(500),
+            ..Limits::DEFAULT
+        });
+        // Part of a line, then nothing.
+        let start = Instant::now();
+        let mut s = UnixStream::connect(&t.sock).unwrap();
+        s.write_all(b"{\"op\":\"wal-pu").unwrap();
+        let (a, after) = answer_then_closed(&s);
+        let took = start.elapsed();
+        let e = a.unwrap_err().to_string();
+        assert!(e.contains("did not arrive in time"), "{e}");
+        assert!(after.is_ok());
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        // A byte every 100 ms: the bound is on the line, not on each read.
+        let start = Instant::now();
+        let s = UnixStream::connect(&t.sock).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let drip = std::thread::spawn(move || {
+            for b in request_line("secret", 10) {
+                if w.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let (a, _) = answer_then_closed(&s);
+        let took = start.elapsed();
+        let e = a.unwrap_err().to_string();
+        assert!(e.contains("did not arrive in time"), "{e}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        drip.join().unwrap();
+        wait_busy(&t.listener, 0);
+        assert_eq!(t.vault.pushes.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_stalled_or_crawling_body_is_cut() {
+        // Stalled: no byte for longer than `idle`.
+        let t = setup(Limits {
+            idle: Duration::from_millis(300),
+            ..Limits::DEFAULT
+        });
+        let start = Instant::now();
+        let mut s = UnixStream::connect(&t.sock).unwrap();
+        let mut sent = request_line("secret", 1000);
+        sent.extend_from_slice(&[1u8; 10]);
+        s.write_all(&sent).unwrap();
+        let (a, _) = answer_then_closed(&s);
+        let e = a.unwrap_err().to_string();
+        assert!(e.contains("stalled"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(!t.vault.file("db-1", SEG).exists());
+        // Crawling: a byte every 50 ms is within `idle` but below the rate.
+        let t = setup(Limits {
+            grace: Duration::from_millis(500),
+            ..Limits::DEFAULT
+        });
+        let start = Instant::now();
+        let s = UnixStream::connect(&t.sock).unwrap();
+        (&s).write_all(&request_line("secret", 1000)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let drip = std::thread::spawn(move || {
+            for _ in 0..1000 {
+                if w.write_all(&[1]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (a, _) = answer_then_closed(&s);
+        let e = a.unwrap_err().to_string();
+        assert!(e.contains("too slow"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drip.join().unwrap();
+        assert!(!t.vault.file("db-1", SEG).exists());
+        wait_busy(&t.listener, 0);
+    }
+
+    #[test]
+    fn the_33rd_connection_is_refused() {
+        let t = setup(Limits::DEFAULT);
+        let held: Vec<UnixStream> = (0..32)
+            .map(|_| UnixStream::connect(&t.sock).unwrap())
+            .collect();
+        wait_busy(&t.listener, 32);
+        let s = UnixStream::connect(&t.sock).unwrap();
+        let (a, after) = answer_then_closed(&s);
+        let e = a.unwrap_err().to_string();
+        assert!(e.contains("busy"), "{e}");
+        assert_eq!(after.unwrap(), 0);
+        assert_eq!(t.listener.busy(), 32);
+        drop(held);
+        wait_busy(&t.listener, 0);
+        let src = t.dir.path().join("seg");
+        std::fs::write(&src, b"after").unwrap();
+        wal_push(&t.sock, "db-1", &t.token, &src, SEG).unwrap();
+    }
+
+    // ----- a fetch delivers a whole authenticated file or nothing ------------
+
+    #[test]
+    fn a_tampered_archive_leaves_no_file() {
+        let t = setup(Limits::DEFAULT);
+        let src = t.dir.path().join("seg");
+        random_file(&src, 3 * CHUNK + 5, 7);
+        wal_push(&t.sock, "db-1", &t.token, &src, SEG).unwrap();
+        let stored = t.vault.file("db-1", SEG);
+        let good = std::fs::read(&stored).unwrap();
+        let dst = t.dir.path().join("RECOVERYXLOG");
+        let tmp = t.dir.path().join("RECOVERYXLOG.atrest-tmp");
+        let len = good.len();
+        // A flipped byte in the last chunk (three chunks were sent before
+        // it failed), in the second, a cut final chunk, a byte appended.
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for at in [len - 3, len - 2 * CHUNK] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            cases.push(bad);
+        }
+        cases.push(good[..len - 21].to_vec());
+        let mut longer = good.clone();
+        longer.push(0);
+        cases.push(longer);
+        for (i, bad) in cases.iter().enumerate() {
+            std::fs::write(&stored, bad).unwrap();
+            let e = wal_fetch(&t.sock, "db-1", &t.token, SEG, &dst).unwrap_err();
+            assert!(matches!(e, AgentError::Failed(_)), "case {i}: {e}");
+            assert!(
+                ["authentication", "truncated", "follows"]
+                    .iter()
+                    .any(|w| e.to_string().contains(w)),
+                "case {i}: {e}"
+            );
+            assert!(!dst.exists(), "case {i}");
+            assert!(!tmp.exists(), "case {i}");
+        }
+        std::fs::write(&stored, &good).unwrap();
+        wal_fetch(&t.sock, "db-1", &t.token, SEG, &dst).unwrap();
+        assert!(same_files(&src, &dst));
+    }
+
+    #[test]
+    fn an_answer_without_frames_is_refused() {
+        // The previous release's server: a size, then the bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("old.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(&s);
+            read_line(&mut r).unwrap();
+            (&s).write_all(b"{\"ok\":true,\"size\":5}\nhello").unwrap();
+        });
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret").unwrap();
+        let dst = dir.path().join("RECOVERYXLOG");
+        let e = wal_fetch(&sock, "db-1", &token, SEG, &dst).unwrap_err();
+        assert!(e.to_string().contains("another release"), "{e}");
+        assert!(!dst.exists());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_fetch_cut_midway_leaves_no_file() {
+        // A server that sends a frame, then goes away without its verdict.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cut.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            for ending in [&b""[..], &[0, 0, 0, 0][..], &[0, 0x10, 0, 1][..]] {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(&s);
+                read_line(&mut r).unwrap();
+                let mut out = b"{\"ok\":true,\"framed\":true}\n\0\0\0\x03abc".to_vec();
+                out.extend_from_slice(ending);
+                (&s).write_all(&out).unwrap();
+            }
+        });
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret").unwrap();
+        let dst = dir.path().join("RECOVERYXLOG");
+        for _ in 0..3 {
+            let e = wal_fetch(&sock, "db-1", &token, SEG, &dst).unwrap_err();
+            assert!(matches!(e, AgentError::Failed(_)), "{e}");
+            assert!(!dst.exists());
+            assert!(!dir.path().join("RECOVERYXLOG.atrest-tmp").exists());
+        }
+        server.join().unwrap();
     }
 }
