@@ -471,8 +471,10 @@ impl<'a> Paced<'a> {
         }
     }
 
-    /// How long the next read or write may wait.
-    fn wait(&self) -> std::io::Result<Duration> {
+    /// How long the next read or write may wait, and what to say if it
+    /// waits that long.
+    fn wait(&self) -> std::io::Result<(Duration, &'static str)> {
+        const SLOW: &str = "the transfer is too slow";
         let earned = self
             .moved
             .checked_div(self.limits.min_rate)
@@ -481,16 +483,20 @@ impl<'a> Paced<'a> {
             .limits
             .grace
             .saturating_add(Duration::from_secs(earned));
-        allowed
+        let left = allowed
             .checked_sub(self.start.elapsed())
             .filter(|d| !d.is_zero())
-            .map(|d| d.min(self.limits.idle))
-            .ok_or_else(|| timed_out("the transfer is too slow"))
+            .ok_or_else(|| timed_out(SLOW))?;
+        Ok(if left < self.limits.idle {
+            (left, SLOW)
+        } else {
+            (self.limits.idle, "the peer stalled")
+        })
     }
 
-    fn idle(e: std::io::Error) -> std::io::Error {
+    fn timeout(e: std::io::Error, why: &str) -> std::io::Error {
         if e.kind() == std::io::ErrorKind::WouldBlock {
-            timed_out("the peer stalled")
+            timed_out(why)
         } else {
             e
         }
@@ -499,8 +505,9 @@ impl<'a> Paced<'a> {
 
 impl Read for Paced<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.s.set_read_timeout(Some(self.wait()?))?;
-        let n = self.s.read(buf).map_err(Self::idle)?;
+        let (wait, why) = self.wait()?;
+        self.s.set_read_timeout(Some(wait))?;
+        let n = self.s.read(buf).map_err(|e| Self::timeout(e, why))?;
         self.moved += n as u64;
         Ok(n)
     }
@@ -508,8 +515,9 @@ impl Read for Paced<'_> {
 
 impl Write for Paced<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.s.set_write_timeout(Some(self.wait()?))?;
-        let n = self.s.write(buf).map_err(Self::idle)?;
+        let (wait, why) = self.wait()?;
+        self.s.set_write_timeout(Some(wait))?;
+        let n = self.s.write(buf).map_err(|e| Self::timeout(e, why))?;
         self.moved += n as u64;
         Ok(n)
     }
@@ -1397,12 +1405,12 @@ mod tests {
             "VmRSS {rss} KiB before; peak above it (KiB, time): 3 MiB push {small_push:?}, \
              fetch {small_fetch:?}; 64 MiB push {push:?}, fetch {fetch:?}"
         );
+        // About 2.5 MiB for either size (the chunk buffers of both sides);
+        // an eighth of the file allows for the allocator giving a new
+        // connection's thread an arena of its own.
         for (kib, _) in [small_push, small_fetch, push, fetch] {
-            assert!(kib < 16 * 1024, "{kib} KiB");
+            assert!(kib < 8 * 1024, "{kib} KiB");
         }
-        // A file 21 times larger costs no more than a MiB more.
-        assert!(push.0 <= small_push.0.max(small_fetch.0) + 1024);
-        assert!(fetch.0 <= small_push.0.max(small_fetch.0) + 1024);
         assert!(same_files(&src, &dst));
     }
 
