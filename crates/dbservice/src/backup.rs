@@ -1133,7 +1133,6 @@ impl DbService {
     }
 }
 
-/// A recovery that failed because of the target is the client's mistake.
 /// Pieces a pushed WAL file is read in.
 const PIECE: usize = 64 * 1024;
 
@@ -1200,6 +1199,7 @@ fn same_content(
     Ok(got == size)
 }
 
+/// A recovery that failed because of the target is the client's mistake.
 fn recovery_error(e: DbError, target: Option<&str>) -> DbError {
     let text = e.to_string();
     match target {
