@@ -332,7 +332,11 @@ def test_the_wal_agent_refuses_a_bad_token_before_reading_the_body(server, tmp_p
     s.settimeout(10)
     s.connect(sock)
     s.sendall(req.encode())
-    answer = s.makefile().readline()
+    f = s.makefile("rb")
+    answer = f.readline()
+    # The server closed the connection after its answer, nothing read.
+    assert f.read() == b""
+    f.close()
     s.close()
     a = json.loads(answer)
     assert a["ok"] is False and "may not use the WAL agent" in a["error"], a

@@ -314,7 +314,8 @@ impl<R: Read> Opener<R> {
         Ok(Some(plain))
     }
 
-    /// The whole plaintext (for small artifacts such as WAL segments).
+    /// The whole plaintext (tests).
+    #[cfg(test)]
     pub(crate) fn read_all(mut self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         while let Some(c) = self.next_chunk()? {

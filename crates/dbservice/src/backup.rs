@@ -639,14 +639,18 @@ impl DbService {
             })
     }
 
-    /// `wal-push`: encrypts WAL file `name` into the instance's archive.
-    /// A file archived already succeeds only with the same content.
+    /// `wal-push`: encrypts the `size` bytes of `body` into the
+    /// instance's archive as WAL file `name`, a piece at a time as they
+    /// arrive; nothing is stored unless all of them do. A file archived
+    /// already succeeds only with the same content (compared as it
+    /// arrives).
     pub(crate) fn agent_push(
         &self,
         instance: &str,
         token: &str,
         name: &str,
-        data: &[u8],
+        size: u64,
+        body: &mut dyn Read,
     ) -> Result<()> {
         let rec = self.agent_auth(instance, token)?;
         if !self.keeps_wal(&rec.id, name) {
@@ -664,11 +668,8 @@ impl DbService {
         let path = dir.join(name);
         let art = format!("{}/wal/{name}", rec.id);
         if path.exists() {
-            let have = self
-                .open_artifact(&rec.region, &path, &rec.id, &art)?
-                .read_all()
-                .map_err(|e| damaged(&art, e))?;
-            return if have == data {
+            let have = self.open_artifact(&rec.region, &path, &rec.id, &art)?;
+            return if same_content(have, &art, size, body)? {
                 Ok(())
             } else {
                 Err(DbError::Conflict(format!(
@@ -677,21 +678,30 @@ impl DbService {
             };
         }
         self.write_artifact(&rec, &key_arn, &dir, name, &art, |s| {
-            s.write_all(data)
-                .map_err(|e| DbError::Failed(format!("encrypting {art}: {e}")))
+            let mut buf = Zeroizing::new(vec![0u8; PIECE]);
+            let mut left = size;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = read_piece(body, &mut buf[..want], &art, size - left, size)?;
+                s.write_all(&buf[..n])
+                    .map_err(|e| DbError::Failed(format!("encrypting {art}: {e}")))?;
+                left -= n as u64;
+            }
+            Ok(())
         })?;
         tracing::debug!(instance = %rec.name, file = name, "WAL archived");
         Ok(())
     }
 
-    /// `wal-fetch`: the decrypted WAL file `name` of the instance's archive
-    /// (of the source's, while it is being restored).
+    /// `wal-fetch`: WAL file `name` of the instance's archive (of the
+    /// source's, while it is being restored), opened to be read chunk by
+    /// chunk.
     pub(crate) fn agent_fetch(
         &self,
         instance: &str,
         token: &str,
         name: &str,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<WalFile>> {
         let rec = self.agent_auth(instance, token)?;
         let source = lock(&self.backup.restoring)
             .get(&rec.id)
@@ -701,10 +711,8 @@ impl DbService {
             return Ok(None);
         }
         let art = format!("{source}/wal/{name}");
-        self.open_artifact(&rec.region, &path, &source, &art)?
-            .read_all()
-            .map(Some)
-            .map_err(|e| damaged(&art, e))
+        let opener = self.open_artifact(&rec.region, &path, &source, &art)?;
+        Ok(Some(WalFile { opener, art }))
     }
 
     // ----- backups ------------------------------------------------------------
@@ -1123,6 +1131,72 @@ impl DbService {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// Pieces a pushed WAL file is read in.
+const PIECE: usize = 64 * 1024;
+
+/// An archived WAL file being fetched: its plaintext chunk by chunk, each
+/// authenticated before it is answered.
+pub(crate) struct WalFile {
+    opener: Opener<std::fs::File>,
+    art: String,
+}
+
+impl WalFile {
+    /// The next chunk; `None` after the final one.
+    pub(crate) fn read_chunk(&mut self) -> Result<Option<atrest_crypto::SecretBytes>> {
+        self.opener.next_chunk().map_err(|e| damaged(&self.art, e))
+    }
+}
+
+/// Reads some of a pushed file into `buf` (not empty): at least a byte, or
+/// an error if it ended after `got` of its `size` bytes.
+fn read_piece(
+    body: &mut dyn Read,
+    buf: &mut [u8],
+    art: &str,
+    got: u64,
+    size: u64,
+) -> Result<usize> {
+    loop {
+        return match body.read(buf) {
+            Ok(0) => Err(DbError::Failed(format!(
+                "receiving {art}: it ended after {got} of its {size} bytes"
+            ))),
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(DbError::Failed(format!("receiving {art}: {e}"))),
+        };
+    }
+}
+
+/// Whether the `size` bytes of `body` are the plaintext of `have`, read
+/// as they arrive; stops at the first difference.
+fn same_content(
+    mut have: Opener<std::fs::File>,
+    art: &str,
+    size: u64,
+    body: &mut dyn Read,
+) -> Result<bool> {
+    let mut buf = Zeroizing::new(vec![0u8; PIECE]);
+    let mut got = 0u64;
+    while let Some(chunk) = have.next_chunk().map_err(|e| damaged(art, e))? {
+        let mut c = chunk.expose();
+        if c.len() as u64 > size - got {
+            return Ok(false);
+        }
+        while !c.is_empty() {
+            let want = buf.len().min(c.len());
+            let n = read_piece(body, &mut buf[..want], art, got, size)?;
+            if buf[..n] != c[..n] {
+                return Ok(false);
+            }
+            c = &c[n..];
+            got += n as u64;
+        }
+    }
+    Ok(got == size)
 }
 
 /// A recovery that failed because of the target is the client's mistake.
