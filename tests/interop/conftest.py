@@ -239,13 +239,19 @@ class Server:
                 raise ServerExited(f"atrest serve exited with {self.proc.returncode}:\n{self.last_output()}")
             try:
                 status, body = self.health()
-                if status == 200 and body.strip() == "ok":
+                # Ready: answering, and its banner (printed once start-up
+                # returns, a moment after the listener answers) is out.
+                if status == 200 and body.strip() == "ok" and self._banner_out():
                     return
             except (OSError, urllib.error.URLError) as e:  # not listening yet
                 last = e
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"atrest serve not ready after {timeout}s ({last}):\n{self.last_output()}")
+
+    def _banner_out(self) -> bool:
+        out = self.log_paths[-2] if len(self.log_paths) >= 2 else None
+        return out is not None and out.exists() and b" listening on " in out.read_bytes()
 
     def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM, wait, SIGKILL if needed. Returns the exit code."""
