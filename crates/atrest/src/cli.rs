@@ -493,6 +493,10 @@ pub struct AuditArgs {
     pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Option<AuditCommand>,
+    /// Only records of this account (admins; anyone else sees only their
+    /// own account's records).
+    #[arg(long)]
+    pub account: Option<String>,
     /// Only records about this key ARN.
     #[arg(long)]
     pub key: Option<String>,
@@ -508,7 +512,8 @@ pub struct AuditArgs {
     /// Only records before this time (RFC 3339, UTC).
     #[arg(long)]
     pub until: Option<String>,
-    /// At most this many records (the most recent).
+    /// At most this many records (the most recent), printed oldest first.
+    /// The server answers 1000 at a time; more are fetched page by page.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
 }
@@ -600,6 +605,14 @@ pub struct ServeArgs {
     /// Like PostgreSQL's `commit_delay`; see `docs/benchmarks.md`.
     #[arg(long, default_value_t = DEFAULT_AUDIT_COMMIT_DELAY_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub audit_commit_delay_us: u64,
+    /// The audit trail's active file is sealed into an immutable segment
+    /// (`audit-<first>-<last>[-<min time>-<max time>].log`) and a new one
+    /// started once it holds this many bytes (default 67108864, 64 MiB;
+    /// 0: never). Starting reads the active file only; queries skip the
+    /// segments outside their time window. See `docs/design.md`, "Audit
+    /// trail".
+    #[arg(long, default_value_t = atrest_audit::DEFAULT_SEGMENT_BYTES)]
+    pub audit_segment_bytes: u64,
     /// What an open disk does when its key becomes unusable (disabled,
     /// pending deletion, deleted, grant revoked).
     #[arg(long, value_enum, default_value_t = OnKeyLoss::Close)]

@@ -146,8 +146,8 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{self, BufReader};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -160,23 +160,23 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 mod format;
+mod read;
 mod scan;
+mod segment;
 mod storage;
 mod writer;
 
-pub use storage::{Faults, Faulty, FileStorage, Storage};
+pub use storage::{Dir, Faults, Faulty, FileStorage, FsDir, Storage};
 
-use format::{HEAD_LEN, ZERO_MAC, decode_head, encode_head};
+use format::{Chain, HEAD_LEN, ZERO_MAC, decode_head, encode_head};
 use scan::{missing_reason, scan};
-use writer::{Ack, Core, Syncer};
+use segment::Segment;
+use writer::{Ack, Core, Recovered, Syncer};
 
-/// The log file's name in the directory.
+/// The active segment's file name in the directory.
 pub const LOG_FILE: &str = "audit.log";
 /// The head file's name in the directory.
 pub const HEAD_FILE: &str = "audit.head";
-
-/// The read buffer for scanning a log.
-const READ_BUF: usize = 64 * 1024;
 
 /// What a caller submits: one request's facts. Never a secret: no
 /// plaintext, key material, access key secret or encryption-context value.
@@ -278,14 +278,18 @@ pub enum AuditError {
 pub struct VerifyReport {
     /// Records that verified, in order, before the first bad one.
     pub good: u64,
-    /// The first bad record: its line number (1-based) and what is wrong.
-    /// `None` if the whole log verified, including against the head file.
+    /// The first bad record: its line number (1-based, across segments:
+    /// the seq it should have) and what is wrong; 0 for the head file or
+    /// a file named like a segment that is not one. `None` if the whole log
+    /// verified, including against the head file.
     pub first_bad: Option<(u64, String)>,
 }
 
-/// A filter for [`query`]; every field that is set must match.
+/// A filter for [`query_newest`]; every field that is set must match.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Records of this account.
+    pub account: Option<String>,
     /// Records about this key ARN.
     pub key_arn: Option<String>,
     /// Records by this principal ARN.
@@ -296,7 +300,10 @@ pub struct Filter {
     pub since: Option<String>,
     /// Records before this time (RFC 3339).
     pub until: Option<String>,
-    /// At most this many records (the most recent ones).
+    /// Records before this one: seq below this (a cursor for paging).
+    pub before: Option<u64>,
+    /// At most this many records (the most recent ones). `None` is no
+    /// limit: the memory a query takes then grows with what it finds.
     pub limit: Option<usize>,
 }
 
@@ -313,6 +320,8 @@ pub struct AuditStats {
     pub last_seq: u64,
     /// The seq of the last record known durable.
     pub synced_seq: u64,
+    /// Segments sealed.
+    pub sealed: u64,
     /// Why the log stopped, if it did (appends then fail).
     pub failed: Option<String>,
 }
@@ -344,6 +353,12 @@ pub struct Options {
     /// after it are durable and kept) at the cost of not detecting, for
     /// those records only, a truncation made before the next open.
     pub head_sync_interval: Duration,
+    /// The active segment (`audit.log`) is sealed into an immutable segment
+    /// file, and a new one started, once it holds this many bytes of
+    /// records (see "Segments" in the crate documentation). Zero never
+    /// seals. Only a log opened in a directory ([`AuditLog::open`],
+    /// [`AuditLog::open_in`]) is sealed.
+    pub segment_bytes: u64,
     /// The log file is extended with written zeros this many bytes at a
     /// time, so that most batches overwrite blocks the file already has:
     /// their `fdatasync` then flushes the data without the inode (on the
@@ -362,6 +377,7 @@ impl Default for Options {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             sync_interval: DEFAULT_SYNC_INTERVAL,
             head_sync_interval: DEFAULT_HEAD_SYNC_INTERVAL,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
             preallocate: DEFAULT_PREALLOCATE,
             faults: None,
         }
@@ -385,6 +401,11 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 pub const DEFAULT_PREALLOCATE: u64 = 1 << 20;
 /// [`Options::head_sync_interval`]'s default.
 pub const DEFAULT_HEAD_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// [`Options::segment_bytes`]'s default: 64 MiB, about 120,000 records.
+/// Opening the log reads the active segment only, so this bounds the time
+/// an open takes (about a tenth of a second); a query by time skips whole
+/// segments outside its window.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// The audit log, open for appending.
 pub struct AuditLog {
@@ -400,7 +421,7 @@ impl fmt::Debug for AuditLog {
     }
 }
 
-fn io_err(path: impl Into<String>, e: impl fmt::Display) -> AuditError {
+pub(crate) fn io_err(path: impl Into<String>, e: impl fmt::Display) -> AuditError {
     AuditError::Io {
         path: path.into(),
         reason: e.to_string(),
@@ -416,7 +437,7 @@ fn damaged(path: impl Into<String>, seq: u64, reason: impl Into<String>) -> Audi
 }
 
 /// Reads all of a small storage (the head).
-fn read_small<S: Storage>(s: &mut S, max: u64) -> Result<Vec<u8>, AuditError> {
+fn read_small<S: Storage + ?Sized>(s: &S, max: u64) -> Result<Vec<u8>, AuditError> {
     let len = s.len().map_err(|e| io_err(s.name(), e))?;
     if len > max {
         return Err(damaged(
@@ -440,9 +461,13 @@ fn read_small<S: Storage>(s: &mut S, max: u64) -> Result<Vec<u8>, AuditError> {
     Ok(buf)
 }
 
+/// The longest entry body the writer takes: a line must stay well within
+/// what readers hold ([`read::MAX_LINE`]).
+const MAX_BODY: usize = read::MAX_LINE - 1024;
+
 impl AuditLog {
-    /// Opens (creating if absent) the log in `dir` (files `audit.log` and
-    /// `audit.head`), chained under `key`.
+    /// Opens (creating if absent) the log in `dir` (files `audit.log`,
+    /// `audit.head` and the sealed segments), chained under `key`.
     pub fn open(dir: &Path, key: &SecretKey<32>) -> Result<Self, AuditError> {
         Self::open_with_options(dir, key, &Options::default())
     }
@@ -453,40 +478,57 @@ impl AuditLog {
         key: &SecretKey<32>,
         options: &Options,
     ) -> Result<Self, AuditError> {
-        let dir_name = dir.display().to_string();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io_err(&dir_name, e))?;
-        // The head first: a log without a head is damaged, a head without a
-        // log is a crash during creation.
-        let head_path = dir.join(HEAD_FILE);
-        let log_path = dir.join(LOG_FILE);
-        let (head, head_created) = FileStorage::open(&head_path)
-            .map_err(|e| io_err(head_path.display().to_string(), e))?;
-        let (log, log_created) =
-            FileStorage::open(&log_path).map_err(|e| io_err(log_path.display().to_string(), e))?;
-        if let Err(e) = log.file().try_lock() {
-            let reason = match e {
-                fs::TryLockError::WouldBlock => {
-                    "already open for writing (by this or another process)".to_string()
-                }
-                fs::TryLockError::Error(e) => format!("cannot lock: {e}"),
-            };
-            return Err(io_err(log.name(), reason));
-        }
-        if head_created || log_created {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err(&dir_name, e))?;
-        }
-        Self::open_with(log, head, key, options)
+        let d = FsDir::open_locked(dir).map_err(|e| io_err(dir.display().to_string(), e))?;
+        Self::open_in(d, key, options)
     }
 
-    /// Opens the log on the given storages: `log` holds `audit.log`, `head`
-    /// holds `audit.head` (with `options.faults`, both are wrapped in
-    /// [`Faulty`]). Recovers as [`AuditLog::open`] does and starts the syncer
+    /// Opens (creating if absent) the log in the [`Dir`] `dir`, which must
+    /// let no other writer in (as [`FsDir`] does); with `options.faults`,
+    /// `dir` and its files are wrapped in [`Faulty`]. Recovers as
+    /// [`AuditLog::open`] does and starts the syncer thread, which owns the
+    /// directory from then on (it seals segments there).
+    pub fn open_in<D: Dir>(
+        dir: D,
+        key: &SecretKey<32>,
+        options: &Options,
+    ) -> Result<Self, AuditError> {
+        let dir: Box<dyn Dir> = match &options.faults {
+            None => Box::new(dir),
+            Some(f) => Box::new(Faulty::new(dir, f.clone())),
+        };
+        let open = |name: &str| -> Result<(Box<dyn Storage>, bool), AuditError> {
+            dir.open_file(name, true)
+                .map_err(|e| io_err(format!("{}/{name}", dir.name()), e))?
+                .ok_or_else(|| io_err(format!("{}/{name}", dir.name()), "cannot create"))
+        };
+        // The head first: a log without a head is damaged, a head without a
+        // log is a crash during creation (or after sealing a segment).
+        let (mut head, head_created) = open(HEAD_FILE)?;
+        let (mut log, log_created) = open(LOG_FILE)?;
+        if head_created || log_created {
+            dir.sync().map_err(|e| io_err(dir.name(), e))?;
+        }
+        let names = dir.list().map_err(|e| io_err(dir.name(), e))?;
+        let (segments, bad) = segment::segments_of(names);
+        if let Some(why) = bad.first() {
+            return Err(damaged(dir.name(), 0, why.clone()));
+        }
+        if let Err((seq, why)) = segment::check_sequence(&segments) {
+            return Err(damaged(dir.name(), seq, why));
+        }
+        let base = match segments.last() {
+            None => (0, ZERO_MAC),
+            Some(last) => last_sealed_record(&*dir, last, key)?,
+        };
+        let lookup = |seq: u64| sealed_mac(&*dir, &segments, seq, key);
+        let r = recover(&mut log, &mut head, key, base, &lookup)?;
+        Self::start(log, head, Some(dir), r, key, options)
+    }
+
+    /// Opens the log on two given storages, without a directory: `log`
+    /// holds `audit.log`, `head` holds `audit.head` (with `options.faults`,
+    /// both are wrapped in [`Faulty`]). Such a log is never sealed into
+    /// segments. Recovers as [`AuditLog::open`] does and starts the syncer
     /// thread, which owns both from then on.
     pub fn open_with<L: Storage, H: Storage>(
         log: L,
@@ -494,36 +536,49 @@ impl AuditLog {
         key: &SecretKey<32>,
         options: &Options,
     ) -> Result<Self, AuditError> {
-        match &options.faults {
-            None => Self::start(log, head, key, options),
-            Some(f) => Self::start(
-                Faulty::new(log, f.clone()),
-                Faulty::new(head, f.clone()),
-                key,
-                options,
+        let (mut log, mut head): (Box<dyn Storage>, Box<dyn Storage>) = match &options.faults {
+            None => (Box::new(log), Box::new(head)),
+            Some(f) => (
+                Box::new(Faulty::new(log, f.clone())),
+                Box::new(Faulty::new(head, f.clone())),
             ),
-        }
+        };
+        let none = |seq: u64| -> Result<[u8; 64], AuditError> {
+            Err(damaged(head_name(), seq, "no such record"))
+        };
+        let r = recover(&mut log, &mut head, key, (0, ZERO_MAC), &none)?;
+        Self::start(log, head, None, r, key, options)
     }
 
-    fn start<L: Storage, H: Storage>(
-        mut log: L,
-        mut head: H,
+    fn start(
+        log: Box<dyn Storage>,
+        head: Box<dyn Storage>,
+        dir: Option<Box<dyn Dir>>,
+        r: Recovered,
         key: &SecretKey<32>,
         options: &Options,
     ) -> Result<Self, AuditError> {
-        let (seq, prev, len) = recover(&mut log, &mut head, key)?;
+        let segment_bytes = if dir.is_some() {
+            options.segment_bytes
+        } else {
+            0
+        };
         let core = Arc::new(Core::new(
-            Box::new(log),
+            log,
             key.duplicate(),
-            (len, seq, prev),
+            r,
             options.preallocate,
+            segment_bytes,
         ));
         let syncer = Syncer::new(
             Arc::clone(&core),
             head,
-            options.commit_interval,
-            options.sync_interval,
-            options.head_sync_interval,
+            dir,
+            (
+                options.commit_interval,
+                options.sync_interval,
+                options.head_sync_interval,
+            ),
         );
         let thread = std::thread::Builder::new()
             .name("atrest-audit".into())
@@ -535,13 +590,29 @@ impl AuditLog {
         })
     }
 
-    /// Writes `entry`'s record; `ack`, if given, gets the reply once it is
-    /// durable.
-    fn write(&self, entry: &Entry, ack: Option<Ack>) -> Result<u64, AuditError> {
+    /// Writes the entries' records with one write; `ack`, if given (for one
+    /// entry), gets the reply once it is durable; `pace` as for
+    /// [`Core::append`].
+    fn write(&self, entries: &[&Entry], ack: Option<Ack>, pace: bool) -> Result<u64, AuditError> {
         if self.core.failed.get().is_some() {
             return Err(self.stopped());
         }
-        self.core.append(&format::encode_body(entry), ack)
+        let bodies: Vec<Vec<u8>> = entries.iter().map(|e| format::encode_body(e)).collect();
+        if let Some(big) = bodies.iter().find(|b| b.len() > MAX_BODY) {
+            return Err(AuditError::Io {
+                path: LOG_FILE.into(),
+                reason: format!(
+                    "a record of {} bytes is longer than a record may be ({MAX_BODY} bytes)",
+                    big.len()
+                ),
+            });
+        }
+        let records: Vec<(&[u8], &[u8])> = entries
+            .iter()
+            .zip(&bodies)
+            .map(|(e, b)| (e.time.as_bytes(), b.as_slice()))
+            .collect();
+        self.core.append(&records, ack, pace)
     }
 
     fn stopped(&self) -> AuditError {
@@ -554,7 +625,7 @@ impl AuditLog {
     /// Appends `entry`; resolves once it is durable. Returns its `seq`.
     pub async fn append(&self, entry: Entry) -> Result<u64, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.write(&entry, Some(Ack::Async(tx)))?;
+        self.write(&[&entry], Some(Ack::Async(tx)), false)?;
         drop(entry);
         rx.await.map_err(|_| self.stopped())?
     }
@@ -562,7 +633,7 @@ impl AuditLog {
     /// [`AuditLog::append`] for synchronous callers.
     pub fn append_blocking(&self, entry: Entry) -> Result<u64, AuditError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.write(&entry, Some(Ack::Blocking(tx)))?;
+        self.write(&[&entry], Some(Ack::Blocking(tx)), false)?;
         drop(entry);
         rx.recv().map_err(|_| self.stopped())?
     }
@@ -576,7 +647,20 @@ impl AuditLog {
     /// positioned write under a short lock and never waits for the disk, so
     /// async code may call it directly.
     pub fn append_written(&self, entry: &Entry) -> Result<u64, AuditError> {
-        self.write(entry, None)
+        self.write(&[entry], None, false)
+    }
+
+    /// [`AuditLog::append_written`] for many entries at once, for bulk
+    /// loads (tests, benchmarks): their records are written in order with
+    /// one write, and the last one's seq is returned (that of the last
+    /// record in the log, if `entries` is empty). It first waits while the
+    /// active segment is due to be sealed, so that a segment grows past
+    /// [`Options::segment_bytes`] by one batch at most (appends of single
+    /// records never wait: a segment grows past its size by what they
+    /// write until the syncer seals it, typically a few records).
+    pub fn append_written_batch(&self, entries: &[Entry]) -> Result<u64, AuditError> {
+        let refs: Vec<&Entry> = entries.iter().collect();
+        self.write(&refs, None, true)
     }
 
     /// What the log has done since open.
@@ -589,6 +673,7 @@ impl AuditLog {
             max_batch: c.max_batch.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Acquire),
             synced_seq: c.synced_seq.load(Ordering::Acquire),
+            sealed: c.sealed.load(Ordering::Relaxed),
             failed: c.failed.get().cloned(),
         }
     }
@@ -605,18 +690,120 @@ impl Drop for AuditLog {
     }
 }
 
-/// Reads the head and the log, repairs the log's tail and advances the head
-/// as the recovery rules say; returns the last record's seq and mac and the
-/// log's length.
-fn recover<L: Storage, H: Storage>(
+fn head_name() -> String {
+    HEAD_FILE.to_owned()
+}
+
+/// Opens a sealed segment of `dir` for reading.
+fn open_sealed(
+    dir: &dyn Dir,
+    seg: &Segment,
+) -> Result<(Box<dyn Storage>, u64, String), AuditError> {
+    let name = seg.file_name();
+    let path = format!("{}/{name}", dir.name());
+    let (file, _) = dir
+        .open_file(&name, false)
+        .map_err(|e| io_err(&path, e))?
+        .ok_or_else(|| damaged(&path, seg.first, "the sealed segment is gone"))?;
+    let len = file.len().map_err(|e| io_err(&path, e))?;
+    Ok((file, len, path))
+}
+
+/// The seq and mac of the last sealed segment's last record, checked: the
+/// segment must end with a whole record, with a good MAC, whose seq is
+/// the one the name says. The active segment's first record must follow
+/// it.
+fn last_sealed_record(
+    dir: &dyn Dir,
+    seg: &Segment,
+    key: &SecretKey<32>,
+) -> Result<(u64, [u8; 64]), AuditError> {
+    let (file, len, path) = open_sealed(dir, seg)?;
+    let src = read::OfStorage(&*file);
+    let end = read::complete_end(&src, 0, len).map_err(|e| io_err(&path, e))?;
+    if end != len {
+        return Err(damaged(
+            &path,
+            seg.last,
+            "the sealed segment does not end with a whole record",
+        ));
+    }
+    let mut last = None;
+    read::lines_back(&src, (0, end), None, &|| path.clone(), |line| {
+        last = Some(line.to_vec());
+        ControlFlow::Break(())
+    })
+    .map_err(|e| io_err(&path, e))?;
+    let Some(line) = last else {
+        return Err(damaged(&path, seg.first, "the sealed segment is empty"));
+    };
+    let (seq, _, mac) = format::check_mac(&HmacSha256Key::new(key.expose()), &line)
+        .map_err(|why| damaged(&path, seg.last, why))?;
+    if seq != seg.last {
+        return Err(damaged(
+            &path,
+            seg.last,
+            format!(
+                "the segment's name says it ends with record {}, but it ends with record {seq}",
+                seg.last
+            ),
+        ));
+    }
+    Ok((seq, mac))
+}
+
+/// The mac of record `seq`, found in the sealed segments (checked).
+fn sealed_mac(
+    dir: &dyn Dir,
+    segments: &[Segment],
+    seq: u64,
+    key: &SecretKey<32>,
+) -> Result<[u8; 64], AuditError> {
+    let Some(seg) = segments.iter().find(|s| s.first <= seq && seq <= s.last) else {
+        return Err(damaged(
+            dir.name(),
+            seq,
+            "no sealed segment holds the record audit.head names",
+        ));
+    };
+    let (file, len, path) = open_sealed(dir, seg)?;
+    let line = read::find_line(&read::OfStorage(&*file), 0, len, seq)
+        .map_err(|e| io_err(&path, e))?
+        .ok_or_else(|| {
+            damaged(
+                &path,
+                seq,
+                "the record audit.head names is not in its segment",
+            )
+        })?;
+    let (found, _, mac) = format::check_mac(&HmacSha256Key::new(key.expose()), &line)
+        .map_err(|why| damaged(&path, seq, why))?;
+    if found != seq {
+        return Err(damaged(
+            &path,
+            seq,
+            "the record audit.head names is not in its segment",
+        ));
+    }
+    Ok(mac)
+}
+
+/// Reads the head and the active segment, repairs the segment's tail and
+/// advances the head as the recovery rules say. `base` is the last sealed
+/// record's seq and mac (`(0, ZERO_MAC)` without sealed segments), which
+/// the active segment continues; `lookup` finds the mac of an older sealed
+/// record (the head may name one).
+fn recover<L: Storage + ?Sized, H: Storage + ?Sized>(
     log: &mut L,
     head: &mut H,
     key: &SecretKey<32>,
-) -> Result<(u64, [u8; 64], u64), AuditError> {
+    (base_seq, base_mac): (u64, [u8; 64]),
+    lookup: &dyn Fn(u64) -> Result<[u8; 64], AuditError>,
+) -> Result<Recovered, AuditError> {
     let log_len = log.len().map_err(|e| io_err(log.name(), e))?;
     let head_bytes = read_small(head, 4096)?;
     let (head_seq, head_mac) = if head_bytes.is_empty() {
-        if log_len != 0 {
+        if log_len != 0 || base_seq != 0 {
             return Err(damaged(
                 head.name(),
                 0,
@@ -628,9 +815,32 @@ fn recover<L: Storage, H: Storage>(
     } else {
         decode_head(key, &head_bytes).map_err(|r| damaged(head.name(), 0, r))?
     };
+    // The head names a record of a sealed segment (a power loss soon after
+    // a seal, with the head synced lazily): it must be there, with that mac.
+    if head_seq <= base_seq {
+        let mac = if head_seq == base_seq {
+            base_mac
+        } else if head_seq == 0 {
+            ZERO_MAC
+        } else {
+            lookup(head_seq)?
+        };
+        if mac != head_mac {
+            return Err(damaged(
+                head.name(),
+                head_seq,
+                "its mac differs from the one audit.head names (the record or the head was \
+                 replaced)",
+            ));
+        }
+    }
 
-    let reader = BufReader::with_capacity(READ_BUF, storage::StorageReader::new(log));
-    let s = scan(reader, key, Some((head_seq, head_mac))).map_err(|e| io_err(log.name(), e))?;
+    let mut chain = Chain::resume(key, base_seq, base_mac);
+    let mut times = segment::TimeRange::default();
+    let reader = BufReader::with_capacity(read::BLOCK, storage::StorageReader::new(&*log));
+    let head_check = (head_seq > base_seq).then_some((head_seq, head_mac));
+    let s = scan(reader, &mut chain, head_check, Some(&mut times))
+        .map_err(|e| io_err(log.name(), e))?;
     if let Some(bad) = &s.bad
         && (bad.line <= head_seq || !bad.debris)
     {
@@ -660,10 +870,14 @@ fn recover<L: Storage, H: Storage>(
             "audit log: cutting away an unacknowledged torn tail (left by a crash or a failed write)"
         );
     }
-    if s.offset < log_len {
-        log.set_len(s.offset)
-            .and_then(|()| log.sync())
-            .map_err(|e| io_err(log.name(), e))?;
+    let cut = s.offset < log_len;
+    if cut {
+        log.set_len(s.offset).map_err(|e| io_err(log.name(), e))?;
+    }
+    if cut || s.good > head_seq {
+        // The records the head is about to name may be in the page cache
+        // only (a killed process): durable before the head names them.
+        log.sync().map_err(|e| io_err(log.name(), e))?;
     }
     if s.good > head_seq {
         tracing::warn!(
@@ -675,10 +889,16 @@ fn recover<L: Storage, H: Storage>(
         );
         write_head(head, key, s.good, &s.prev)?;
     }
-    Ok((s.good, s.prev, s.offset))
+    Ok(Recovered {
+        len: s.offset,
+        seq: s.good,
+        prev: s.prev,
+        seg_first: base_seq + 1,
+        times,
+    })
 }
 
-fn write_head<H: Storage>(
+fn write_head<H: Storage + ?Sized>(
     head: &mut H,
     key: &SecretKey<32>,
     seq: u64,
@@ -692,15 +912,8 @@ fn write_head<H: Storage>(
         .map_err(|e| io_err(head.name(), e))
 }
 
-fn open_read(path: &Path) -> Result<Option<File>, AuditError> {
-    match File::open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path.display().to_string(), e)),
-    }
-}
-
-/// Verifies the log in `dir` under `key`.
+/// Verifies the log in `dir` under `key`: every segment in order, the
+/// chain running on across them, then against the head.
 pub fn verify(dir: &Path, key: &SecretKey<32>) -> Result<VerifyReport, AuditError> {
     // Beside a live writer, a read can catch the head in the middle of its
     // rewrite, or the log in the middle of a write over its preallocated
@@ -723,7 +936,6 @@ const VERIFY_ATTEMPTS: u32 = 4;
 /// One reading; also whether a bad result may be a live writer's doing.
 fn verify_once(dir: &Path, key: &SecretKey<32>) -> Result<(VerifyReport, bool), AuditError> {
     let head_path = dir.join(HEAD_FILE);
-    let log_path = dir.join(LOG_FILE);
     // The head first: a live writer syncs the log before the head, so every
     // record the head names is in the log when it is read afterwards.
     let head_bytes = match fs::read(&head_path) {
@@ -731,15 +943,27 @@ fn verify_once(dir: &Path, key: &SecretKey<32>) -> Result<(VerifyReport, bool), 
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(head_path.display().to_string(), e)),
     };
-    let Some(log) = open_read(&log_path)? else {
-        return Err(io_err(log_path.display().to_string(), "no audit log here"));
+    let snap = segment::snapshot(dir)?;
+    let log_path = dir.join(LOG_FILE);
+    let log_len = match &snap.active {
+        Some(f) => f
+            .metadata()
+            .map_err(|e| io_err(log_path.display().to_string(), e))?
+            .len(),
+        None => 0,
     };
-    let log_len = log
-        .metadata()
-        .map_err(|e| io_err(log_path.display().to_string(), e))?
-        .len();
+    let bad = |good: u64, line: u64, why: String| {
+        let report = VerifyReport {
+            good,
+            first_bad: Some((line, why)),
+        };
+        Ok((report, false))
+    };
+    if let Some(why) = snap.bad_names.first() {
+        return bad(0, 0, why.clone());
+    }
     let head = match head_bytes.as_deref() {
-        None | Some([]) if log_len == 0 => {
+        None | Some([]) if log_len == 0 && snap.segments.is_empty() => {
             let report = VerifyReport {
                 good: 0,
                 first_bad: None,
@@ -750,9 +974,79 @@ fn verify_once(dir: &Path, key: &SecretKey<32>) -> Result<(VerifyReport, bool), 
         Some([]) => Err(format!("{HEAD_FILE} is empty")),
         Some(b) => decode_head(key, b),
     };
-    let reader = BufReader::with_capacity(READ_BUF, log);
-    let s = scan(reader, key, head.as_ref().ok().copied())
-        .map_err(|e| io_err(log_path.display().to_string(), e))?;
+    let head_check = head.as_ref().ok().copied();
+    let mut chain = Chain::new(key);
+    for seg in &snap.segments {
+        let name = seg.file_name();
+        let path = dir.join(&name);
+        let file = File::open(&path).map_err(|e| io_err(path.display().to_string(), e))?;
+        let first = chain.next_seq;
+        let mut times = segment::TimeRange::default();
+        let reader = BufReader::with_capacity(read::BLOCK, file);
+        let s = scan(reader, &mut chain, head_check, Some(&mut times))
+            .map_err(|e| io_err(path.display().to_string(), e))?;
+        // A sealed segment was synced whole before it was named: nothing
+        // wrong in it can be a crash's or a live writer's doing.
+        if let Some(b) = s.bad {
+            return bad(s.good, b.line, format!("{} (in {name})", b.reason));
+        }
+        // The name must say what the segment holds: queries skip segments
+        // by it.
+        let holds = Segment {
+            first,
+            last: s.good,
+            times: times.times(),
+        };
+        if holds != *seg {
+            let (good, at, why) = if s.good < first {
+                (first - 1, first, "holds no records".to_owned())
+            } else if holds.first != seg.first {
+                (
+                    first - 1,
+                    first,
+                    format!("begins with record {first}, not the one its name says"),
+                )
+            } else if holds.last < seg.last {
+                (
+                    holds.last,
+                    holds.last + 1,
+                    format!(
+                        "ends with record {}, but its name says {} (records were deleted from \
+                         its end)",
+                        holds.last, seg.last
+                    ),
+                )
+            } else if holds.last > seg.last {
+                (
+                    seg.last,
+                    seg.last + 1,
+                    format!(
+                        "holds records past the {} its name says (records were added)",
+                        seg.last
+                    ),
+                )
+            } else {
+                (
+                    first - 1,
+                    first,
+                    format!(
+                        "holds the records of {}: its name says other times (it was renamed)",
+                        holds.file_name()
+                    ),
+                )
+            };
+            return bad(good, at, format!("segment {name} {why}"));
+        }
+    }
+    let s = match &snap.active {
+        Some(f) => {
+            let reader = BufReader::with_capacity(read::BLOCK, f);
+            scan(reader, &mut chain, head_check, None)
+                .map_err(|e| io_err(log_path.display().to_string(), e))?
+        }
+        None => scan(io::empty(), &mut chain, head_check, None)
+            .map_err(|e| io_err(log_path.display().to_string(), e))?,
+    };
     let maybe_live = match (&head, &s.bad) {
         (Err(_), _) => true,
         (Ok((head_seq, _)), Some(bad)) => bad.line > *head_seq && bad.debris && !bad.incomplete,
@@ -789,60 +1083,112 @@ impl Filter {
         fn eq(want: Option<&String>, have: Option<&String>) -> bool {
             want.is_none_or(|w| have == Some(w))
         }
-        eq(self.key_arn.as_ref(), r.entry.key_arn.as_ref())
+        eq(self.account.as_ref(), r.entry.account.as_ref())
+            && eq(self.key_arn.as_ref(), r.entry.key_arn.as_ref())
             && eq(self.principal.as_ref(), r.entry.principal.as_ref())
             && eq(self.operation.as_ref(), Some(&r.entry.operation))
             && self.since.as_ref().is_none_or(|s| r.entry.time >= *s)
             && self.until.as_ref().is_none_or(|u| r.entry.time < *u)
+            && self.before.is_none_or(|b| r.seq < b)
     }
 }
 
-/// The records of the log in `dir` that match `filter`, oldest first.
-pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
-    let path = dir.join(LOG_FILE);
-    let name = || path.display().to_string();
-    let Some(file) = open_read(&path)? else {
-        return Err(io_err(name(), "no audit log here"));
-    };
-    let mut reader = BufReader::with_capacity(READ_BUF, file);
-    let mut out = std::collections::VecDeque::new();
+/// The records of the log in `dir` that match `filter`, newest first, at
+/// most `filter.limit` of them. Reads the segments newest first, each
+/// backwards in blocks, skipping the segments whose names say they hold no
+/// record the filter can match (by seq for `before`, by time range for
+/// `since` and `until`), and stops at the limit: its memory is one block
+/// and the records it returns, whatever the log's size. It does not check
+/// the chain ([`verify`] does). Beside a live writer it sees the records
+/// written when it reads the end of the active segment; a line being
+/// written (incomplete, or holding the preallocated zeros) is no record.
+pub fn query_newest(dir: &Path, filter: &Filter) -> Result<Vec<Record>, AuditError> {
+    let snap = segment::snapshot(dir)?;
+    for why in &snap.bad_names {
+        tracing::warn!(dir = %dir.display(), "audit query: skipping a file: {why}");
+    }
     let limit = filter.limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
     if limit == 0 {
-        return Ok(Vec::new());
+        return Ok(out);
     }
-    let mut line = Vec::with_capacity(1024);
-    let mut no = 0u64;
-    loop {
-        line.clear();
-        let got = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| io_err(name(), e))?;
-        if got == 0 {
-            break;
-        }
-        no += 1;
-        // An incomplete last line is a write in progress (or a torn one);
-        // NUL bytes are the preallocated tail, read before a write that
-        // the rest of the line was read after. Either is the end.
-        let Some(body) = line.strip_suffix(b"\n") else {
-            break;
-        };
-        if body.contains(&0) {
-            break;
-        }
-        let record = match format::parse_record(body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(path = %name(), line = no, error = %e, "audit query: skipping an unparsable line");
-                continue;
-            }
-        };
-        if filter.matches(&record) {
-            if out.len() == limit {
-                out.pop_front();
-            }
-            out.push_back(record);
-        }
+    let matcher = read::Matcher::new(filter);
+    let before_ok = |first: u64| filter.before.is_none_or(|b| first < b);
+    let active_first = snap.segments.last().map_or(1, |s| s.last + 1);
+    if let Some(file) = &snap.active
+        && before_ok(active_first)
+    {
+        let path = dir.join(LOG_FILE);
+        search_back(file, &path, &matcher, limit, &mut out)?;
     }
-    Ok(out.into())
+    for seg in snap.segments.iter().rev() {
+        if out.len() >= limit {
+            break;
+        }
+        if !before_ok(seg.first)
+            || !seg.may_hold_times(filter.since.as_deref(), filter.until.as_deref())
+        {
+            continue;
+        }
+        let path = dir.join(seg.file_name());
+        let file = File::open(&path).map_err(|e| io_err(path.display().to_string(), e))?;
+        search_back(&file, &path, &matcher, limit, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Adds the matching records of one segment file to `out`, newest first,
+/// until `out` holds `limit`.
+fn search_back(
+    file: &File,
+    path: &Path,
+    m: &read::Matcher<'_>,
+    limit: usize,
+    out: &mut Vec<Record>,
+) -> Result<(), AuditError> {
+    let name = || path.display().to_string();
+    let len = file.metadata().map_err(|e| io_err(name(), e))?.len();
+    let mut end = read::complete_end(file, 0, len).map_err(|e| io_err(name(), e))?;
+    if let Some(before) = m.before() {
+        end = read::bisect(file, 0, end, before)
+            .map_err(|e| io_err(name(), e))?
+            .1;
+    }
+    read::lines_back(file, (0, end), m.needle(), &name, |line| {
+        if let Some(r) = m.record(line, &name) {
+            out.push(r);
+            if out.len() >= limit {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| io_err(name(), e))
+}
+
+/// Calls `f` on every record of the log in `dir`, oldest first, reading
+/// each segment forwards in blocks (memory: one block and one record), and
+/// returns how many there were. Like [`query_newest`] it does not check the
+/// chain, and skips lines that are no record (with a warning).
+pub fn visit_oldest(dir: &Path, mut f: impl FnMut(&Record)) -> Result<u64, AuditError> {
+    let snap = segment::snapshot(dir)?;
+    for why in &snap.bad_names {
+        tracing::warn!(dir = %dir.display(), "audit log: skipping a file: {why}");
+    }
+    let mut n = 0;
+    for seg in &snap.segments {
+        let path = dir.join(seg.file_name());
+        let name = || path.display().to_string();
+        let file = File::open(&path).map_err(|e| io_err(name(), e))?;
+        let len = file.metadata().map_err(|e| io_err(name(), e))?.len();
+        n += read::records_forward(&file, len, &name, &mut f).map_err(|e| io_err(name(), e))?;
+    }
+    if let Some(file) = &snap.active {
+        let path = dir.join(LOG_FILE);
+        let name = || path.display().to_string();
+        let len = file.metadata().map_err(|e| io_err(name(), e))?.len();
+        let end = read::complete_end(file, 0, len).map_err(|e| io_err(name(), e))?;
+        n += read::records_forward(file, end, &name, &mut f).map_err(|e| io_err(name(), e))?;
+    }
+    Ok(n)
 }
