@@ -103,15 +103,18 @@ pub(crate) fn lines_back(
     let mut carry: Vec<u8> = Vec::new();
     // The line ending at `pos` was too long: its bytes are being dropped.
     let mut skipping = false;
+    let mut block = vec![0u8; BLOCK];
     let mut data: Vec<u8> = Vec::with_capacity(BLOCK + 1024);
     while pos > start {
         let lo = pos.saturating_sub(BLOCK as u64).max(start);
         let n = usize::try_from(pos - lo).unwrap_or(BLOCK);
-        data.clear();
-        data.resize(n, 0);
-        if read_full(src, lo, &mut data)? < n {
+        if read_full(src, lo, &mut block[..n])? < n {
             return Err(shrank());
         }
+        // (Copies, not a resize: in a debug build `resize` writes byte by
+        // byte.)
+        data.clear();
+        data.extend_from_slice(&block[..n]);
         pos = lo;
         if skipping {
             // Up to the last `\n`, the block is lines before the long one.
@@ -176,10 +179,12 @@ fn each_line_back(
             }
         }
         Some(needle) => {
-            // Hits come last first; a hit inside a line already seen is
+            // Found forwards (the forward search is the vectorised one),
+            // taken last first; a hit inside a line already seen is
             // skipped.
+            let hits: Vec<usize> = memmem::find_iter(region, needle).collect();
             let mut seen_from = region.len();
-            for p in memmem::rfind_iter(region, needle) {
+            for &p in hits.iter().rev() {
                 if p >= seen_from {
                     continue;
                 }

@@ -1982,13 +1982,14 @@ fn sealing_segments_continues_the_chain_and_reopens() {
     let files = d.current();
     let names = segment_names(&files);
     assert!(names.len() >= 5, "{names:?}");
-    // Each sealed segment holds about segment_bytes, whole records, in
+    // Each sealed segment holds segment_bytes and a record or two more
+    // (written while the syncer came to seal it), whole records, in
     // seq order, and its name says which and when.
     let mut next = 1;
     for n in &names {
         let b = &files[n];
         assert_eq!(b.last(), Some(&b'\n'), "{n}");
-        assert!(b.len() >= 1000 && b.len() < 1400, "{n}: {}", b.len());
+        assert!(b.len() >= 1000 && b.len() < 1800, "{n}: {}", b.len());
         let lines: Vec<serde_json::Value> = String::from_utf8_lossy(b)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
