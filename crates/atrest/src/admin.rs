@@ -281,9 +281,8 @@ fn report_verification(good: u64, first_bad: Option<(u64, String)>) -> anyhow::R
 fn verify_offline(root: &crate::cli::RootArgs) -> anyhow::Result<()> {
     let data_dir = crate::root_args::data_dir(root)?;
     let (source, _) = crate::root_args::root_source(root, &data_dir)?;
-    let root_key = atrest_kms::root::RootKey::open_existing(&data_dir, source)?;
-    let key = root_key.derive(atrest_kms::AUDIT_KEY_INFO)?;
-    let report = atrest_audit::verify(&data_dir.join("audit"), &key)?;
+    let key = atrest_server::datadir::audit_key(&data_dir, source)?;
+    let report = atrest_audit::verify(&atrest_server::datadir::audit_dir(&data_dir), &key)?;
     report_verification(report.good, report.first_bad)
 }
 
