@@ -46,10 +46,10 @@ pub(crate) struct AuditQuery {
     until: Option<String>,
     /// Only records older than this one (seq): the `next_before` of the
     /// previous page, to page back through the trail.
-    #[param(value_type = Option<i64>, minimum = 1)]
+    #[param(value_type = Option<i64>, minimum = 0)]
     before: Option<String>,
     /// At most this many records, the latest (default and maximum 1000;
-    /// more means 1000).
+    /// for more, page with `before`).
     #[param(value_type = Option<i64>, minimum = 0, maximum = 1000)]
     limit: Option<String>,
 }
@@ -200,7 +200,12 @@ endpoint! {
     run: |st, call, _, q, _| {
         let limit = match &q.limit {
             None => MAX_LIMIT,
-            Some(l) => usize::try_from(number("limit", l)?).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
+            Some(l) => usize::try_from(number("limit", l)?)
+                .ok()
+                .filter(|&l| l <= MAX_LIMIT)
+                .ok_or_else(|| {
+                    ApiError::Invalid(format!("'limit' must be an integer from 0 to {MAX_LIMIT}"))
+                })?,
         };
         let before = q.before.as_deref().map(|b| number("before", b)).transpose()?;
         let account = match (call.caller.admin, q.account) {
