@@ -1,38 +1,57 @@
 //! The audit trail: one record per request, appended to a file, chained by
 //! HMAC so that any edited, inserted, deleted or reordered record is
 //! detected, and made durable before the request it describes takes effect.
+//! The file is sealed into an immutable segment at a set size and a new one
+//! started, the chain running on across them.
 //!
-//! Owns: the record format, the chain, the file and its crash recovery,
-//! group commit (many appends share one fsync), verification and queries.
-//! Knows nothing of what the operations mean.
+//! Owns: the record format, the chain, the files and their crash recovery,
+//! group commit (many appends share one fsync), segments, verification and
+//! queries. Knows nothing of what the operations mean.
 //!
 //! INTERFACE CONTRACT (fixed; the implementation fills it in):
 //! * [`AuditLog::open`] opens or creates the log, repairs a torn final line
 //!   left by a crash (a record that was never acknowledged), checks the tail
-//!   against the head file, and starts the syncer.
+//!   against the head file and its link to the last sealed segment, and
+//!   starts the syncer.
 //! * [`AuditLog::append`] / [`AuditLog::append_blocking`] return only once
 //!   the record is durable (written and fsynced), or an error; a caller must
 //!   not let the request take effect on error (fail closed).
-//! * [`verify`] names the first bad record; [`query`] filters records.
+//! * [`verify`] names the first bad record, across every segment;
+//!   [`query_newest`] returns the latest records a filter matches, and
+//!   [`visit_oldest`] hands every record to a callback, both reading in
+//!   fixed-size blocks whatever the trail's size.
 //!
 //! # Files
 //!
-//! The log lives in one directory (created mode 0700 if absent) as two files,
-//! both created mode 0600:
+//! The log lives in one directory (created mode 0700 if absent). The writer
+//! holds an exclusive `flock` on the directory (a second writer, in this
+//! process or another, is refused). Every file is created mode 0600:
 //!
-//! * `audit.log`: one record per line, append-only. A line is the compact
-//!   JSON of [`Record`] followed by `\n`, with the fields in this fixed order
-//!   (absent options and an empty `context_keys` are left out):
-//!   `seq, time, request_id, region, account, principal, access_key_id,
-//!   source, operation, key_arn, via_service, grant_id, context_keys, result,
-//!   prev, mac`. For example (one line):
+//! * `audit.log`, the active segment: one record per line, append-only. A
+//!   line is the compact JSON of [`Record`] followed by `\n`, with the
+//!   fields in this fixed order (absent options and empty `context_keys`
+//!   and `kinds` are left out): `seq, time, request_id, region, account,
+//!   principal, access_key_id, source, operation, key_arn, via_service,
+//!   grant_id, context_keys, result, count, kinds, prev, mac`. For example
+//!   (one line):
 //!   `{"seq":1,"time":"2026-11-22T07:12:00.123Z","request_id":"...",
 //!   "operation":"Decrypt",...,"result":"Success","prev":"000...0",
 //!   "mac":"3f1c..."}`.
+//! * `audit-<first>-<last>[-<min>-<max>].log`, the sealed segments: former
+//!   active segments, never written again. `first` and `last` are the seqs
+//!   of its first and last records as 20 digits, so that the names sort by
+//!   seq; `min` and `max` are the least and greatest `time` among its
+//!   records (not those of its first and last: times are only nearly in
+//!   order), compacted to `YYYYMMDDTHHMMSSmmmZ`, for queries to skip the
+//!   segment exactly. They are left out (`audit-<first>-<last>.log`) when a
+//!   record's time is not in the canonical form below; such a segment is
+//!   never skipped by time. For example
+//!   `audit-00000000000000000001-00000000000000121905-20261122T071200123Z-20261122T081507999Z.log`.
 //! * `audit.head`: one fixed-length line (172 bytes, within one disk sector),
 //!   `atrest-audit-head v1 <seq as 20 digits> <mac> <tag>\n`, naming the last
-//!   record the syncer has made durable. `tag` is the hex HMAC-SHA256 under
-//!   the audit key of the bytes before ` <tag>`. It is rewritten in place
+//!   record the syncer has made durable, in whichever segment it is. `tag`
+//!   is the hex HMAC-SHA256 under the audit key of the bytes before
+//!   ` <tag>`. It is rewritten in place
 //!   (same offset, same length) and fsynced after every batch. The head is
 //!   what makes deleting records from the *end* of the log detectable; its
 //!   tag makes editing it detectable. (Replacing it with an older genuine
@@ -41,15 +60,17 @@
 //!
 //! # The chain
 //!
-//! `prev` is the `mac` of the previous record (64 `0`s for seq 1); `seq`
-//! counts from 1 without gaps. `mac` is the lower-case hex HMAC-SHA256, under
+//! `prev` is the `mac` of the previous record (64 `0`s for seq 1), whether
+//! in the same segment or at the end of the one before; `seq` counts from 1
+//! without gaps across segments. `mac` is the lower-case hex HMAC-SHA256, under
 //! the audit key, of the line's exact bytes before `,"mac":"`, that is
 //! `{"seq":N,` ... `,"prev":"<64 hex>"`. Because the MAC covers the exact
 //! bytes rather than a re-serialisation, any change to a line is caught,
 //! including ones that keep the JSON valid and even its meaning (whitespace,
 //! field order, escapes, hex case); an edited `seq` or `prev` is caught by
 //! the MAC, a deleted, duplicated or moved record by the seq, a record
-//! spliced in from another chain by `prev`, a deleted tail by the head.
+//! spliced in from another chain by `prev`, a deleted tail by the head, a
+//! deleted, reordered or renamed segment by the seqs and by its name.
 //! Checking a line needs no JSON parse: a line must end with
 //! `,"mac":"<64 hex>"}`, its signed part with `,"prev":"<64 hex>"` and begin
 //! with `{"seq":<digits>,`; the MAC then vouches for the rest. Records hold
@@ -91,23 +112,88 @@
 //! refused request, never a request without its record). An appender that
 //! stops waiting (its future dropped) does not withdraw its record.
 //!
+//! # Segments
+//!
+//! When the active segment holds [`Options::segment_bytes`] (default 64
+//! MiB; zero never seals), the syncer seals it. It first syncs what is
+//! written, without the tail lock (acknowledging what that covers), then,
+//! holding the tail lock, so that the segment ends at a record boundary
+//! with every record written before it and no append writes meanwhile:
+//!
+//! 1. cuts the preallocated zeros (`set_len`) and `fdatasync`s the file:
+//!    every record in it, and its length, durable;
+//! 2. renames `audit.log` to the segment's name and `fsync`s the directory:
+//!    the name durable, before any new `audit.log` exists;
+//! 3. creates a new, empty `audit.log` and writes on into it.
+//!
+//! Then, without the lock: 4. `fsync`s the directory again (the new file's
+//! name durable before any sync of it acknowledges a record), rewrites the
+//! head to name the sealed segment's last record, and acknowledges the
+//! durable appends that waited (all of them are in the sealed segment). An
+//! error at any step stops the log as any other does (fail closed); the
+//! directory is then in one of the states below, which the next open
+//! recovers. Appends of single records never wait for a seal, so a segment
+//! grows past its size by what they write until the syncer holds the lock
+//! (a record or two); [`AuditLog::append_written_batch`] waits for a due
+//! seal, so that bulk loads grow it by one batch at most.
+//!
+//! Crash analysis. A process crash keeps what the page cache holds and
+//! every rename and creation that returned; a power loss keeps, of each
+//! file, what was synced (and maybe some of what was not), and of the
+//! directory, what was synced (and maybe some of what was not). The steps
+//! are ordered so that a crash at any point leaves one of these states:
+//!
+//! * Before step 1 is done: an active segment that may end in a torn record
+//!   or zeros: the ordinary recovery below.
+//! * After step 1, before the rename is durable: `audit.log` holds exactly
+//!   the records up to the seal, synced and whole. Opening it is ordinary;
+//!   the syncer seals it as soon as it runs, since it is past the size.
+//! * After the rename is durable, before the new `audit.log` is (a crash
+//!   between the directory sync of step 2 and that of step 4, or a killed
+//!   process between steps 2 and 3): the sealed segment and no `audit.log`.
+//!   Opening creates an empty `audit.log` (and syncs the directory); the
+//!   head names a record of the sealed segment, or an older one.
+//! * After the new `audit.log` is durable: a sealed segment and an active
+//!   one holding what was written into it and reached the disk, possibly
+//!   torn or zeros: the ordinary recovery, continuing the chain from the
+//!   sealed segment's last record.
+//!
+//! The sealed file's data is durable before its new name is (step 1 before
+//! step 2), so a sealed segment is always whole: a sealed segment with a
+//! torn or missing record is damage, never a crash. The old name cannot
+//! point to a new, empty file while the sealed records have no name (the
+//! rename is durable before the creation begins). No record of the new
+//! `audit.log` is acknowledged as durable before its name is. The head is
+//! written only after the log sync it names: it names a durable record in
+//! a sealed segment or the active one; after a power loss it may name an
+//! older record than the last sealed one (its sync is lazy), which open
+//! checks in its segment (a bisection by seq: a few reads).
+//!
 //! # Opening and recovery
 //!
-//! [`AuditLog::open`] creates the files if absent (the head first, written
-//! for an empty log and synced, then the directory synced), takes an
-//! exclusive lock on `audit.log` (a second writer, in this process or another,
-//! is refused), reads the head, and reads the whole log checking the chain.
-//! Because the head is written only after the log is synced, every record it
-//! names is durable; records after it are durable ones whose head update did
-//! not happen, or written ones the page cache kept (a killed process), or
-//! the torn remains of unsynced writes (a power loss). Hence:
+//! [`AuditLog::open`] takes the directory's lock, creates the files if
+//! absent (the head first, written for an empty log and synced, then
+//! `audit.log`, then the directory synced), lists the sealed segments and
+//! checks their names (a file named `audit-*.log` that is not a segment's
+//! name, a gap or an overlap between segments, is
+//! [`AuditError::Damaged`]), reads the last record of the last sealed
+//! segment (it must be whole, with a good MAC and the seq its name says),
+//! reads the head, and reads the active segment checking the chain from
+//! that record on: its first record must have the next seq and that
+//! record's mac as `prev`. It reads no other segment, so its time does not
+//! grow with the trail. Because the head is written only after the log is
+//! synced, every record it names is durable; records after it are durable
+//! ones whose head update did not happen, or written ones the page cache
+//! kept (a killed process), or the torn remains of unsynced writes (a power
+//! loss). Hence:
 //!
 //! * every record up to the head's seq must be present and good, and the
-//!   head's record must have the head's mac; otherwise the log is
-//!   [`AuditError::Damaged`] (whose `seq` is the first bad line, or 0 for
-//!   the head file itself) and does not open;
+//!   head's record must have the head's mac (looked up in its sealed
+//!   segment when it is in one); otherwise the log is
+//!   [`AuditError::Damaged`] (whose `seq` is the first bad record, or 0 for
+//!   the head file or a segment's name) and does not open;
 //! * after the head's record, good records are kept (their MACs prove the
-//!   audit key wrote them) and the head is advanced to them;
+//!   audit key wrote them), made durable, and the head is advanced to them;
 //! * everything from the first bad line after the head on was never
 //!   acknowledged and is cut away, with a `tracing::warn!`, if that line is
 //!   what a crash during a write leaves: a line cut short (no final `\n`) or
@@ -115,32 +201,60 @@
 //!   line after the head (a complete line with a bad MAC, a wrong seq or
 //!   prev) cannot come from a crash: it is an inserted record, and the log is
 //!   [`AuditError::Damaged`];
-//! * an empty head file is accepted only with an empty log (a crash while
-//!   creating the files).
+//! * an empty head file is accepted only with an empty log and no sealed
+//!   segment (a crash while creating the files).
 //!
-//! Opening reads and MACs the whole file: about 550 bytes a record, so a
-//! million records are about 550 MB and take on the order of a second or
-//! two, bounded by HMAC-SHA256 and the disk. The log is never rotated by
-//! this crate.
+//! Opening reads and MACs the active segment only: at most
+//! [`Options::segment_bytes`] and a little more (64 MiB, about 120,000
+//! records, in about a tenth of a second on the reference machine), plus
+//! one block of the last sealed segment. Damage inside older sealed
+//! segments is for [`verify`] to find.
 //!
 //! # Verify and query
 //!
-//! [`verify`] reads `audit.head` and then `audit.log` without opening the
-//! log for writing (so it can run beside a live writer) and applies the same
-//! rules, reporting instead of repairing: the first bad line and why (bad
-//! MAC, seq gap or duplicate or out of order, prev mismatch, unparsable or
-//! incomplete line, a mismatch with the head, records missing from the end,
-//! a bad or missing head (line 0)). An incomplete last line after the head's
-//! record is not reported: it is a write in progress, or a torn one that the
-//! next open cuts away. A bad line after the head holding NUL bytes is
-//! reported, with a note that it is probably crash debris that opening cuts.
+//! [`verify`] reads `audit.head`, then every sealed segment in seq order and
+//! the active one, without opening the log for writing (so it can run
+//! beside a live writer: it lists the segments, opens `audit.log` and lists
+//! again, until no seal came between), and applies the same rules with the
+//! chain running on across segments, reporting instead of repairing: the
+//! first bad record by its seq (the report's line number is the seq) and
+//! why (bad MAC, seq gap or duplicate or out of order, prev mismatch,
+//! unparsable or incomplete line, a mismatch with the head, records missing
+//! from the end, a bad or missing head (line 0)). A missing sealed segment
+//! shows as a seq gap where its records should be; reordered segments as a
+//! seq out of order; a sealed segment must also hold exactly what its name
+//! says (first and last seq, time range), else it is reported at its first
+//! record (or, for records deleted from or added to its end, at the first
+//! such seq); a file named like a segment that is not one is reported at
+//! line 0. Nothing wrong inside a sealed segment is excused as a crash's
+//! doing. In the active segment, an incomplete last line after the head's
+//! record is not reported: it is a write in progress, or a torn one that
+//! the next open cuts away. A bad line there holding NUL bytes is reported,
+//! with a note that it is probably crash debris that opening cuts.
 //!
-//! [`query`] reads the log without checking it and filters it. Times are
-//! compared as strings, which orders them correctly because every `time` is
-//! written as UTC with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ` (callers
-//! must use exactly that form; `since`/`until` may be any prefix of it, e.g.
-//! a date).
-
+//! [`query_newest`] does not check the chain. It takes a consistent listing
+//! as `verify` does, then reads the active segment and the sealed ones
+//! newest first, each backwards in 64 KiB blocks, and applies the filter to
+//! each line as it reads it, stopping at the limit. A segment whose name
+//! says it holds no record the filter can match is not read: by seq for
+//! `before` (only records with a lower seq), by its time range for `since`
+//! and `until`. Within a segment, `before` is found by bisection. The
+//! fields a filter wants equal (account, key, principal, operation) are
+//! searched for in whole blocks as the exact bytes the writer puts in a
+//! line (`"account":"111122223333"`: a string value holds no unescaped
+//! `"`, so they occur nowhere else), so the lines between matches are never
+//! looked at one by one; a candidate line is parsed and the filter checked
+//! on the record. Its memory is one block, one line (at most 1 MiB; the
+//! writer refuses a longer record, and readers skip one that damage made)
+//! and the records it returns: independent of the trail's size. Beside a
+//! live writer, an incomplete last line, or one holding NUL bytes (part of
+//! it read before the write over the preallocated zeros), is no record.
+//! [`visit_oldest`] reads every segment forwards the same way, handing
+//! each record to a callback (the server rebuilds its metering with it).
+//! Times are compared as strings, which orders them correctly because every
+//! `time` is written as UTC with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`
+//! (callers must use exactly that form; `since`/`until` may be any prefix
+//! of it, e.g. a date).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
