@@ -104,7 +104,8 @@ ATREST_TEST_PYTHON="$VENV/bin/python" cargo test --workspace --locked
 
 # --- Interop: real third-party clients against the real binary ------------------
 step "interop tests (boto3, aws CLI, qemu, libnbd, fio)"
-cargo build -p atrest --locked
+# atrest-bench: audit-fill, which test_audit_scale.py finds beside atrest.
+cargo build -p atrest -p atrest-bench --locked
 ATREST_BIN="$ROOT/target/debug/atrest" ATREST_PREV_BIN="$PREV_DIR/atrest" PATH="$VENV/bin:$PATH" \
   "$VENV/bin/python" -m pytest tests/interop -q
 

@@ -281,9 +281,8 @@ fn report_verification(good: u64, first_bad: Option<(u64, String)>) -> anyhow::R
 fn verify_offline(root: &crate::cli::RootArgs) -> anyhow::Result<()> {
     let data_dir = crate::root_args::data_dir(root)?;
     let (source, _) = crate::root_args::root_source(root, &data_dir)?;
-    let root_key = atrest_kms::root::RootKey::open_existing(&data_dir, source)?;
-    let key = root_key.derive(atrest_kms::AUDIT_KEY_INFO)?;
-    let report = atrest_audit::verify(&data_dir.join("audit"), &key)?;
+    let key = atrest_server::datadir::audit_key(&data_dir, source)?;
+    let report = atrest_audit::verify(&atrest_server::datadir::audit_dir(&data_dir), &key)?;
     report_verification(report.good, report.first_bad)
 }
 
@@ -314,8 +313,9 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         return report_verification(good, first_bad);
     }
     let c = client(&args.client)?;
-    let mut query = vec![format!("limit={}", args.limit)];
+    let mut filters = Vec::new();
     for (name, v) in [
+        ("account", &args.account),
         ("key", &args.key),
         ("principal", &args.principal),
         ("operation", &args.operation),
@@ -323,14 +323,51 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         ("until", &args.until),
     ] {
         if let Some(v) = v {
-            query.push(format!("{name}={}", q(v)));
+            filters.push(format!("{name}={}", q(v)));
         }
     }
-    let resp = c
-        .rest(Method::GET, &format!("/v1/audit?{}", query.join("&")), None)
-        .await?;
-    show(&resp)
+    // The server answers at most a page of records, the latest first:
+    // ask for older pages (`before`) until --limit records are here or
+    // there are no more, and print them all oldest first.
+    let mut pages: Vec<Vec<Value>> = Vec::new();
+    let mut want = args.limit;
+    let mut before: Option<u64> = None;
+    let next_before = loop {
+        let mut query = filters.clone();
+        query.push(format!("limit={}", want.min(AUDIT_PAGE)));
+        if let Some(b) = before {
+            query.push(format!("before={b}"));
+        }
+        let resp = c
+            .rest(Method::GET, &format!("/v1/audit?{}", query.join("&")), None)
+            .await?;
+        if !resp.status.is_success() {
+            return show(&resp);
+        }
+        let body = resp.json();
+        let records = match body.get("records") {
+            Some(Value::Array(r)) => r.clone(),
+            _ => bail!("the server's answer has no records: {body}"),
+        };
+        want = want.saturating_sub(records.len());
+        let next = body.get("next_before").and_then(Value::as_u64);
+        let empty = records.is_empty();
+        pages.push(records);
+        match next {
+            Some(b) if want > 0 && !empty && before.is_none_or(|old| b < old) => before = Some(b),
+            next => break next,
+        }
+    };
+    let records: Vec<Value> = pages.into_iter().rev().flatten().collect();
+    let mut out = json!({ "records": records });
+    if let Some(b) = next_before {
+        out["next_before"] = json!(b);
+    }
+    crate::output::emit(&out)
 }
+
+/// The most records the server answers at once.
+const AUDIT_PAGE: usize = 1000;
 
 pub async fn metering(args: MeteringArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;

@@ -494,6 +494,10 @@ pub struct AuditArgs {
     pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Option<AuditCommand>,
+    /// Only records of this account (admins; anyone else sees only their
+    /// own account's records).
+    #[arg(long)]
+    pub account: Option<String>,
     /// Only records about this key ARN.
     #[arg(long)]
     pub key: Option<String>,
@@ -509,7 +513,8 @@ pub struct AuditArgs {
     /// Only records before this time (RFC 3339, UTC).
     #[arg(long)]
     pub until: Option<String>,
-    /// At most this many records (the most recent).
+    /// At most this many records (the most recent), printed oldest first.
+    /// The server answers 1000 at a time; more are fetched page by page.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
 }
@@ -608,6 +613,14 @@ pub struct ServeArgs {
     /// request has a record of its own.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub audit_refusal_interval: u64,
+    /// The audit trail's active file is sealed into an immutable segment
+    /// (`audit-<first>-<last>[-<min time>-<max time>].log`) and a new one
+    /// started once it holds this many bytes (default 67108864, 64 MiB;
+    /// 0: never). Starting reads the active file only; queries skip the
+    /// segments outside their time window. See `docs/design.md`, "Audit
+    /// trail".
+    #[arg(long, default_value_t = atrest_audit::DEFAULT_SEGMENT_BYTES)]
+    pub audit_segment_bytes: u64,
     /// What an open disk does when its key becomes unusable (disabled,
     /// pending deletion, deleted, grant revoked).
     #[arg(long, value_enum, default_value_t = OnKeyLoss::Close)]

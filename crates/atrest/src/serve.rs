@@ -72,6 +72,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit: atrest_audit::Options {
             commit_interval: Duration::from_micros(args.audit_commit_delay_us),
             sync_interval: Duration::from_millis(args.audit_sync_interval_ms),
+            segment_bytes: args.audit_segment_bytes,
             ..atrest_audit::Options::default()
         },
         audit_sync: match args.audit_sync {

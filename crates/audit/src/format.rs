@@ -92,7 +92,7 @@ pub(crate) fn encode_body(entry: &Entry) -> Vec<u8> {
 /// Appends `s` as a JSON string, escaped as `serde_json` does: `"` and `\`
 /// and the control characters below U+0020 (the short forms where JSON has
 /// them, else `\u00xx` in lower-case hex); everything else as is.
-fn json_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
@@ -190,38 +190,20 @@ impl Chain {
         }
     }
 
+    /// The chain state after a record `seq` whose mac is `prev` (for a
+    /// segment that continues the chain of those before it).
+    pub(crate) fn resume(key: &SecretKey<32>, seq: u64, prev: [u8; 64]) -> Self {
+        Self {
+            key: HmacSha256Key::new(key.expose()),
+            next_seq: seq + 1,
+            prev,
+        }
+    }
+
     /// Checks one line (without its `\n`) and, if good, advances. The error
     /// says what is wrong.
     pub(crate) fn check(&mut self, line: &[u8]) -> Result<(), String> {
-        let n = line.len();
-        let shape_err = || "unparsable line (not a record)".to_string();
-        if n < SEQ_HEAD.len() + 2 + PREV_TAIL_LEN + MAC_TAIL_LEN || !line.ends_with(b"\"}") {
-            return Err(shape_err());
-        }
-        let (signed, tail) = line.split_at(n - MAC_TAIL_LEN);
-        let mac = &tail[MAC_TAIL.len()..MAC_TAIL.len() + 64];
-        if !tail.starts_with(MAC_TAIL) || !is_lower_hex(mac) {
-            return Err(shape_err());
-        }
-        let prev_tail = &signed[signed.len() - PREV_TAIL_LEN..];
-        let prev = &prev_tail[PREV_TAIL.len()..PREV_TAIL.len() + 64];
-        if !prev_tail.starts_with(PREV_TAIL) || !prev_tail.ends_with(b"\"") || !is_lower_hex(prev) {
-            return Err(shape_err());
-        }
-        let Some(digits) = signed.strip_prefix(SEQ_HEAD) else {
-            return Err(shape_err());
-        };
-        let len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
-        let seq = std::str::from_utf8(&digits[..len])
-            .ok()
-            .filter(|s| !s.starts_with('0'))
-            .and_then(|s| s.parse::<u64>().ok());
-        let Some(seq) = seq.filter(|_| digits.get(len) == Some(&b',')) else {
-            return Err(shape_err());
-        };
-        if !ct_eq(&mac_hex(&self.key, signed), mac) {
-            return Err("bad MAC (the record was edited, or forged without the key)".into());
-        }
+        let (seq, prev, mac) = check_mac(&self.key, line)?;
         if seq != self.next_seq {
             let why = if seq > self.next_seq {
                 "a record is missing or out of order"
@@ -237,9 +219,81 @@ impl Chain {
             return Err("prev does not match the previous record's mac".into());
         }
         self.next_seq += 1;
-        self.prev.copy_from_slice(mac);
+        self.prev = mac;
         Ok(())
     }
+}
+
+/// Checks one line's shape and MAC (not its place in the chain); returns
+/// its seq, prev and mac.
+pub(crate) fn check_mac(
+    key: &HmacSha256Key,
+    line: &[u8],
+) -> Result<(u64, [u8; 64], [u8; 64]), String> {
+    let n = line.len();
+    let shape_err = || "unparsable line (not a record)".to_string();
+    if n < SEQ_HEAD.len() + 2 + PREV_TAIL_LEN + MAC_TAIL_LEN || !line.ends_with(b"\"}") {
+        return Err(shape_err());
+    }
+    let (signed, tail) = line.split_at(n - MAC_TAIL_LEN);
+    let mac = &tail[MAC_TAIL.len()..MAC_TAIL.len() + 64];
+    if !tail.starts_with(MAC_TAIL) || !is_lower_hex(mac) {
+        return Err(shape_err());
+    }
+    let prev_tail = &signed[signed.len() - PREV_TAIL_LEN..];
+    let prev = &prev_tail[PREV_TAIL.len()..PREV_TAIL.len() + 64];
+    if !prev_tail.starts_with(PREV_TAIL) || !prev_tail.ends_with(b"\"") || !is_lower_hex(prev) {
+        return Err(shape_err());
+    }
+    let Some(seq) = raw_seq(signed) else {
+        return Err(shape_err());
+    };
+    if !ct_eq(&mac_hex(key, signed), mac) {
+        return Err("bad MAC (the record was edited, or forged without the key)".into());
+    }
+    let (mut p, mut m) = ([0u8; 64], [0u8; 64]);
+    p.copy_from_slice(prev);
+    m.copy_from_slice(mac);
+    Ok((seq, p, m))
+}
+
+/// The seq of a line that begins `{"seq":<digits>,` (no leading zero), read
+/// without parsing the rest.
+pub(crate) fn raw_seq(line: &[u8]) -> Option<u64> {
+    let digits = line.strip_prefix(SEQ_HEAD)?;
+    let len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+    if len == 0 || digits[0] == b'0' || digits.get(len) != Some(&b',') {
+        return None;
+    }
+    std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
+}
+
+/// The bytes of a line's `time` value, read without parsing the line: it
+/// must begin `{"seq":<digits>,"time":"` (as every record does) and the
+/// value must hold no escape. `None` otherwise.
+pub(crate) fn raw_time(line: &[u8]) -> Option<&[u8]> {
+    const TIME: &[u8] = b"\"time\":\"";
+    let digits = line.strip_prefix(SEQ_HEAD)?;
+    let len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+    let rest = digits.get(len..)?.strip_prefix(b",")?.strip_prefix(TIME)?;
+    let end = memchr::memchr(b'"', rest)?;
+    let value = &rest[..end];
+    (!value.contains(&b'\\')).then_some(value)
+}
+
+/// Whether `t` is a time in the one form the server writes,
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds): the form in which string
+/// order is time order, and which a segment's name can carry.
+pub(crate) fn is_canonical_time(t: &[u8]) -> bool {
+    const SHAPE: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    t.len() == SHAPE.len()
+        && t.iter().zip(SHAPE).all(|(&c, &s)| {
+            if s == b'd' {
+                c.is_ascii_digit()
+            } else {
+                c == s
+            }
+        })
 }
 
 /// `audit.head`: `atrest-audit-head v1 <seq, 20 digits> <mac> <tag>\n`, with

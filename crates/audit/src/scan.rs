@@ -1,16 +1,16 @@
-//! Reading a log front to back against the chain and the head; shared by
-//! open (which repairs) and `verify` (which only reports).
+//! Reading a segment front to back against the chain and the head; shared
+//! by open (which repairs) and `verify` (which only reports).
 
 use std::io::{self, BufRead};
 
-use atrest_crypto::SecretKey;
-
-use crate::format::Chain;
+use crate::format::{Chain, raw_time};
+use crate::read::{Line, MAX_LINE, next_line};
+use crate::segment::TimeRange;
 
 /// The first line that is not a good record.
 #[derive(Debug)]
 pub(crate) struct Bad {
-    /// Its 1-based line number.
+    /// Its line number: the seq it should have.
     pub(crate) line: u64,
     pub(crate) reason: String,
     /// Whether it is an incomplete final line (no `\n`).
@@ -26,48 +26,56 @@ pub(crate) struct Bad {
 
 #[derive(Debug)]
 pub(crate) struct Scan {
-    /// Good records, from the first, before the first bad line.
+    /// The seq of the last good record before the first bad line (the
+    /// chain's start if there is none).
     pub(crate) good: u64,
-    /// The mac of the last good record.
+    /// The mac of that record.
     pub(crate) prev: [u8; 64],
-    /// Bytes of the good records.
+    /// Bytes of the good records in this segment.
     pub(crate) offset: u64,
     pub(crate) bad: Option<Bad>,
 }
 
-/// Reads lines until the first bad one. With `head = Some((seq, mac))`, the
-/// record at `seq` must also have that mac.
+/// Reads one segment's lines until the first bad one, continuing `chain`.
+/// With `head = Some((seq, mac))`, the record at `seq` (if it is in this
+/// segment) must also have that mac. `times` gets the time of each good
+/// record.
 pub(crate) fn scan<R: BufRead>(
     mut reader: R,
-    key: &SecretKey<32>,
+    chain: &mut Chain,
     head: Option<(u64, [u8; 64])>,
+    mut times: Option<&mut TimeRange>,
 ) -> io::Result<Scan> {
-    let mut chain = Chain::new(key);
     let mut offset = 0u64;
     let mut prev = chain.prev;
-    let mut line = Vec::with_capacity(1024);
+    let mut line = Line::default();
     let bad = loop {
-        line.clear();
-        let got = reader.read_until(b'\n', &mut line)?;
-        if got == 0 {
+        if !next_line(&mut reader, &mut line)? {
             break None;
         }
         let no = chain.next_seq;
-        let Some(body) = line.strip_suffix(b"\n") else {
+        if !line.newline {
             break Some(Bad {
                 line: no,
                 reason: "incomplete line (no newline at the end of the file)".into(),
                 incomplete: true,
                 debris: true,
-                zeros: line.iter().all(|&b| b == 0),
+                zeros: line.all_nul(),
             });
+        }
+        let checked = if line.cut {
+            Err(format!(
+                "unparsable line (not a record: longer than {MAX_LINE} bytes)"
+            ))
+        } else {
+            chain.check(&line.bytes)
         };
-        if let Err(reason) = chain.check(body) {
+        if let Err(reason) = checked {
             break Some(Bad {
                 line: no,
                 reason,
                 incomplete: false,
-                debris: body.contains(&0),
+                debris: line.has_nul(),
                 zeros: false,
             });
         }
@@ -85,7 +93,10 @@ pub(crate) fn scan<R: BufRead>(
                 zeros: false,
             });
         }
-        offset += got as u64;
+        if let Some(t) = times.as_deref_mut() {
+            t.add(raw_time(&line.bytes));
+        }
+        offset += line.len;
         prev = chain.prev;
     };
     let good = match &bad {

@@ -1,16 +1,16 @@
-//! Where the log's two files live: a small trait in the manner of redb's
-//! `StorageBackend`, the real file implementation, and a wrapper that fails
-//! on demand so that tests (this crate's and the server's) can prove the
-//! log fails closed.
+//! Where the log's files live: a small trait for one file in the manner of
+//! redb's `StorageBackend` and one for the directory that holds them, the
+//! real implementations, and wrappers that fail on demand so that tests
+//! (this crate's and the server's) can prove the log fails closed.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// One file of the audit log (`audit.log` or `audit.head`).
+/// One file of the audit log (`audit.log`, `audit.head`, a sealed segment).
 ///
 /// The log calls these from several threads at once: appenders write at
 /// the end of `audit.log` (one at a time) while the syncer thread syncs it.
@@ -152,6 +152,7 @@ struct FaultState {
     writes: AtomicBool,
     data_writes: AtomicBool,
     syncs: AtomicBool,
+    dir_ops: AtomicBool,
 }
 
 impl Faults {
@@ -172,9 +173,16 @@ impl Faults {
         self.0.data_writes.store(on, Ordering::SeqCst);
     }
 
-    /// From now on, `sync` fails (`on`) or works again.
+    /// From now on, `sync` fails (`on`) or works again, of files and of
+    /// the directory.
     pub fn fail_syncs(&self, on: bool) {
         self.0.syncs.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on, the directory's renames and file creations fail (`on`)
+    /// or work again (they fail too while writes fail).
+    pub fn fail_dir_ops(&self, on: bool) {
+        self.0.dir_ops.store(on, Ordering::SeqCst);
     }
 
     fn check(&self, flag: &AtomicBool, what: &str) -> io::Result<()> {
@@ -186,15 +194,16 @@ impl Faults {
     }
 }
 
-/// A [`Storage`] that fails when its [`Faults`] switch says so (reads
-/// always work). For tests of failing closed.
+/// A [`Storage`] (or a [`Dir`], whose files it wraps in turn) that fails
+/// when its [`Faults`] switch says so (reads always work). For tests of
+/// failing closed.
 #[derive(Debug)]
 pub struct Faulty<S> {
     inner: S,
     faults: Faults,
 }
 
-impl<S: Storage> Faulty<S> {
+impl<S> Faulty<S> {
     /// Wraps `inner`, failing as `faults` says.
     pub fn new(inner: S, faults: Faults) -> Self {
         Self { inner, faults }
@@ -219,6 +228,193 @@ impl<S: Storage> Storage for Faulty<S> {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.faults.check(&self.faults.0.writes, "write")?;
         self.inner.set_len(len)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.faults.check(&self.faults.0.syncs, "sync")?;
+        self.inner.sync()
+    }
+
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+/// The directory the log lives in: `audit.log`, `audit.head` and the
+/// sealed segments, by name.
+///
+/// Renames and creations need not be durable until [`Dir::sync`] returns
+/// `Ok`; a crash may keep any of the ones made since the last successful
+/// sync, and recovery copes with that (the log never makes two of them
+/// without a sync between). An `Err` from any method makes the log fail
+/// closed.
+pub trait Dir: Send + Sync + 'static {
+    /// Opens the file `name` for reading and writing. If it is absent:
+    /// with `create`, creates it (empty, mode 0600), else returns `None`.
+    /// Also returns whether it was created.
+    fn open_file(&self, name: &str, create: bool) -> io::Result<Option<(Box<dyn Storage>, bool)>>;
+
+    /// Creates the file `name` (empty, mode 0600); fails if it exists.
+    fn create_new(&self, name: &str) -> io::Result<Box<dyn Storage>>;
+
+    /// The names of the files in it.
+    fn list(&self) -> io::Result<Vec<String>>;
+
+    /// Renames the file `from` to `to`; fails if `to` exists.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Makes every completed rename and creation durable (`fsync` of the
+    /// directory).
+    fn sync(&self) -> io::Result<()>;
+
+    /// A name for error messages (the path, for directories).
+    fn name(&self) -> String;
+}
+
+impl Dir for Box<dyn Dir> {
+    fn open_file(&self, name: &str, create: bool) -> io::Result<Option<(Box<dyn Storage>, bool)>> {
+        (**self).open_file(name, create)
+    }
+    fn create_new(&self, name: &str) -> io::Result<Box<dyn Storage>> {
+        (**self).create_new(name)
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        (**self).list()
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        (**self).rename(from, to)
+    }
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+}
+
+/// A [`Dir`] that is a directory of the file system, locked for one
+/// writer: an exclusive `flock` on the directory, held while this value
+/// lives (a second writer, in this process or another, is refused).
+#[derive(Debug)]
+pub struct FsDir {
+    path: PathBuf,
+    /// The open directory: locked, and synced through.
+    handle: File,
+}
+
+impl FsDir {
+    /// Opens `path` (creating it, mode 0700, if absent) and locks it.
+    pub fn open_locked(path: &Path) -> io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)?;
+        let handle = File::open(path)?;
+        if let Err(e) = handle.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "already open for writing (by this or another process)",
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    io::Error::new(e.kind(), format!("cannot lock: {e}"))
+                }
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            handle,
+        })
+    }
+
+    /// The directory's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Dir for FsDir {
+    fn open_file(&self, name: &str, create: bool) -> io::Result<Option<(Box<dyn Storage>, bool)>> {
+        let path = self.path.join(name);
+        if create {
+            let (s, created) = FileStorage::open(&path)?;
+            return Ok(Some((Box::new(s), created)));
+        }
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok(Some((Box::new(FileStorage { file, path }), false))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_new(&self, name: &str) -> io::Result<Box<dyn Storage>> {
+        let path = self.path.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(Box::new(FileStorage { file, path }))
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.path)? {
+            if let Some(name) = e?.file_name().to_str() {
+                out.push(name.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let to = self.path.join(to);
+        // The writer holds the directory's lock: no one else makes `to`
+        // between this check and the rename.
+        if to.symlink_metadata().is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", to.display()),
+            ));
+        }
+        std::fs::rename(self.path.join(from), to)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.handle.sync_all()
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl<D: Dir> Dir for Faulty<D> {
+    fn open_file(&self, name: &str, create: bool) -> io::Result<Option<(Box<dyn Storage>, bool)>> {
+        let faults = self.faults.clone();
+        Ok(self.inner.open_file(name, create)?.map(|(s, created)| {
+            let s: Box<dyn Storage> = Box::new(Faulty::new(s, faults));
+            (s, created)
+        }))
+    }
+
+    fn create_new(&self, name: &str) -> io::Result<Box<dyn Storage>> {
+        self.faults.check(&self.faults.0.writes, "write")?;
+        self.faults.check(&self.faults.0.dir_ops, "file creation")?;
+        let s = self.inner.create_new(name)?;
+        Ok(Box::new(Faulty::new(s, self.faults.clone())))
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.faults.check(&self.faults.0.writes, "write")?;
+        self.faults.check(&self.faults.0.dir_ops, "rename")?;
+        self.inner.rename(from, to)
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -16,9 +16,13 @@
 //!   within [`crate::Options::sync_interval`], together with whatever else
 //!   arrived meanwhile.
 //!
+//! The syncer also seals the active segment once it holds
+//! [`crate::Options::segment_bytes`] (see [`Syncer::rotate`] and the crate
+//! documentation, "Segments").
+//!
 //! Fail closed: an error writing a record fails that append; an error
-//! syncing the log, or writing or syncing the head, fails every waiting
-//! append. Either way the log stops for good: every later append is refused
+//! syncing the log, writing or syncing the head, or sealing a segment,
+//! fails every waiting append. Either way the log stops for good: every later append is refused
 //! ([`AuditError::Closed`]). The file may end in a torn or unacknowledged
 //! record, and after a failed fsync the page cache no longer says what is on
 //! disk. Before stopping it tries, best effort, to cut the log back to the
@@ -33,9 +37,10 @@ use atrest_crypto::SecretKey;
 use atrest_crypto::hash::HmacSha256Key;
 use tokio::sync::oneshot;
 
-use crate::AuditError;
 use crate::format::{encode_head, encode_line};
-use crate::storage::Storage;
+use crate::segment::{Segment, TimeRange};
+use crate::storage::{Dir, Storage};
+use crate::{AuditError, LOG_FILE};
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
@@ -62,6 +67,15 @@ impl Ack {
 
 /// The end of the log, as appenders and the syncer share it.
 struct Tail {
+    /// The active segment (`audit.log`), replaced when the syncer seals it.
+    log: Arc<dyn Storage>,
+    /// The seq of the active segment's first record (whether or not it is
+    /// written yet).
+    seg_first: u64,
+    /// The times of the active segment's records.
+    times: TimeRange,
+    /// The syncer has been woken to seal the active segment.
+    seal_asked: bool,
     /// Length of the written part of the log: every record written so far.
     len: u64,
     /// The file's length: `len` and then zeros.
@@ -91,13 +105,17 @@ struct Tail {
 
 /// What appenders, the syncer and the handle share.
 pub(crate) struct Core {
-    log: Box<dyn Storage>,
     /// The audit key, prepared for HMAC.
     key: HmacSha256Key,
     preallocate: u64,
+    /// Seal the active segment once it holds this many bytes (0: never).
+    segment_bytes: u64,
     tail: Mutex<Tail>,
     /// Wakes the syncer.
     wake: Condvar,
+    /// Wakes bulk appenders waiting for a seal ([`Core::append`] with
+    /// `pace`): notified when a segment is sealed and when the log stops.
+    sealed_cv: Condvar,
     /// Set once when the log fails; appends are refused from then on.
     pub(crate) failed: OnceLock<String>,
     /// Records written since open.
@@ -110,22 +128,50 @@ pub(crate) struct Core {
     pub(crate) last_seq: AtomicU64,
     /// The seq of the last record a sync covered.
     pub(crate) synced_seq: AtomicU64,
+    /// Segments sealed since open.
+    pub(crate) sealed: AtomicU64,
+}
+
+/// Where a recovered log's active segment stands.
+pub(crate) struct Recovered {
+    /// Bytes of records in the active segment.
+    pub(crate) len: u64,
+    /// The last record's seq and mac (in the active segment, or the last
+    /// sealed one).
+    pub(crate) seq: u64,
+    pub(crate) prev: [u8; 64],
+    /// The seq of the active segment's first record.
+    pub(crate) seg_first: u64,
+    /// The times of the active segment's records.
+    pub(crate) times: TimeRange,
 }
 
 impl Core {
-    /// A core for a log recovered to `len` bytes ending in record `seq`
-    /// with mac `prev` (all of it durable).
+    /// A core for a log recovered as `r` says (all of it durable), whose
+    /// active segment is `log`.
     pub(crate) fn new(
         log: Box<dyn Storage>,
         key: SecretKey<32>,
-        (len, seq, prev): (u64, u64, [u8; 64]),
+        r: Recovered,
         preallocate: u64,
+        segment_bytes: u64,
     ) -> Self {
+        let Recovered {
+            len,
+            seq,
+            prev,
+            seg_first,
+            times,
+        } = r;
         Self {
-            log,
             key: HmacSha256Key::new(key.expose()),
             preallocate,
+            segment_bytes,
             tail: Mutex::new(Tail {
+                log: Arc::from(log),
+                seg_first,
+                times,
+                seal_asked: false,
                 len,
                 allocated: len,
                 seq,
@@ -141,12 +187,14 @@ impl Core {
                 closing: false,
             }),
             wake: Condvar::new(),
+            sealed_cv: Condvar::new(),
             failed: OnceLock::new(),
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             max_batch: AtomicU64::new(0),
             last_seq: AtomicU64::new(seq),
             synced_seq: AtomicU64::new(seq),
+            sealed: AtomicU64::new(0),
         }
     }
 
@@ -167,44 +215,75 @@ impl Core {
         )
     }
 
-    /// Writes one record whose fields `body` holds
-    /// ([`crate::format::encode_body`]) and returns its seq. With `ack`, the
-    /// record waits for a sync and `ack` gets the reply; without, it was
-    /// answered by this return and is synced within the sync interval.
-    pub(crate) fn append(&self, body: &[u8], ack: Option<Ack>) -> Result<u64, AuditError> {
+    /// Writes the records whose fields the bodies hold
+    /// ([`crate::format::encode_body`]), each with its entry's `time`, with
+    /// one write, and returns the last one's seq. With `ack` (for one
+    /// record), the record waits for a sync and `ack` gets the reply;
+    /// without, they were answered by this return and are synced within
+    /// the sync interval. With `pace`, first waits while the active segment
+    /// is due to be sealed (bulk loads: a segment then grows past its size
+    /// by one batch at most).
+    pub(crate) fn append(
+        &self,
+        records: &[(&[u8], &[u8])],
+        ack: Option<Ack>,
+        pace: bool,
+    ) -> Result<u64, AuditError> {
         let mut t = self.lock();
+        while pace
+            && self.segment_bytes > 0
+            && t.len >= self.segment_bytes
+            && self.failed.get().is_none()
+            && !t.closing
+        {
+            t = self
+                .sealed_cv
+                .wait(t)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
         if self.failed.get().is_some() || t.closing {
             return Err(self.closed());
         }
-        let seq = t.seq + 1;
         let mut buf = std::mem::take(&mut t.buf);
         buf.clear();
-        let mac = encode_line(&self.key, seq, body, &t.prev, &mut buf);
+        let (mut seq, mut prev) = (t.seq, t.prev);
+        for (_, body) in records {
+            seq += 1;
+            prev = encode_line(&self.key, seq, body, &prev, &mut buf);
+        }
         let at = t.len;
         let end = at + buf.len() as u64;
+        let log = Arc::clone(&t.log);
         let written = self
             .preallocate_to(&mut t, end)
-            .and_then(|()| self.log.write_at(at, &buf));
-        t.buf = buf;
+            .and_then(|()| log.write_at(at, &buf));
+        // Keep a line's worth of buffer, not a batch's.
+        if buf.capacity() <= 64 * 1024 {
+            t.buf = buf;
+        }
         if let Err(e) = written {
             let reason = format!("cannot write: {e}");
-            let waiters = self.fail(&mut t, &self.log.name(), &reason, true);
+            let waiters = self.fail(&mut t, &log.name(), &reason, true);
             drop(t);
             self.wake.notify_all();
-            fail_all(waiters, &self.log.name(), &reason);
+            fail_all(waiters, &log.name(), &reason);
             return Err(AuditError::Io {
-                path: self.log.name(),
+                path: log.name(),
                 reason,
             });
         }
         t.len = end;
         t.seq = seq;
-        t.prev = mac;
-        self.records.fetch_add(1, Ordering::Relaxed);
+        t.prev = prev;
+        for (time, _) in records {
+            t.times.add(Some(time));
+        }
+        self.records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         self.last_seq.store(seq, Ordering::Release);
         // The syncer sleeps until the earliest thing due; wake it only when
         // this record makes something due earlier.
-        let wake = match ack {
+        let mut wake = match ack {
             None => {
                 t.answered_len = end;
                 t.answered_seq = seq;
@@ -219,6 +298,10 @@ impl Core {
                 t.waiters.len() == 1
             }
         };
+        if self.segment_bytes > 0 && t.len >= self.segment_bytes && !t.seal_asked {
+            t.seal_asked = true;
+            wake = true;
+        }
         drop(t);
         if wake {
             self.wake.notify_one();
@@ -234,7 +317,7 @@ impl Core {
         let target = end.div_ceil(self.preallocate) * self.preallocate;
         while t.allocated < target {
             let n = (target - t.allocated).min(ZEROS.len() as u64);
-            self.log.write_at(t.allocated, &ZEROS[..n as usize])?;
+            t.log.write_at(t.allocated, &ZEROS[..n as usize])?;
             t.allocated += n;
         }
         Ok(())
@@ -258,8 +341,8 @@ impl Core {
             .into_iter()
             .max()
             .unwrap_or((t.synced_len, t.synced_seq));
-            if self.log.set_len(keep).is_ok() {
-                let _ = self.log.sync();
+            if t.log.set_len(keep).is_ok() {
+                let _ = t.log.sync();
                 t.allocated = keep;
                 t.len = keep;
                 t.seq = keep_seq;
@@ -267,6 +350,7 @@ impl Core {
             }
         }
         t.unsynced_since = None;
+        self.sealed_cv.notify_all();
         std::mem::take(&mut t.waiters)
     }
 
@@ -274,6 +358,7 @@ impl Core {
     pub(crate) fn close(&self) {
         self.lock().closing = true;
         self.wake.notify_all();
+        self.sealed_cv.notify_all();
     }
 }
 
@@ -290,6 +375,8 @@ fn fail_all(waiters: Vec<(u64, Ack)>, path: &str, reason: &str) {
 pub(crate) struct Syncer<H> {
     core: Arc<Core>,
     head: H,
+    /// The directory, to seal segments in (`None`: never sealed).
+    dir: Option<Box<dyn Dir>>,
     /// The least time between the starts of two syncs for durable appends.
     commit_interval: Duration,
     /// The most time a record answered at once waits for its sync.
@@ -306,13 +393,13 @@ impl<H: Storage> Syncer<H> {
     pub(crate) fn new(
         core: Arc<Core>,
         head: H,
-        commit_interval: Duration,
-        sync_interval: Duration,
-        head_sync_interval: Duration,
+        dir: Option<Box<dyn Dir>>,
+        (commit_interval, sync_interval, head_sync_interval): (Duration, Duration, Duration),
     ) -> Self {
         Self {
             core,
             head,
+            dir,
             commit_interval,
             sync_interval,
             head_sync_interval,
@@ -328,6 +415,11 @@ impl<H: Storage> Syncer<H> {
             return Some(self.last_sync.map_or(now, |l| l + self.commit_interval));
         }
         t.unsynced_since.map(|s| s + self.sync_interval)
+    }
+
+    /// Whether the active segment is due to be sealed.
+    fn seal_due(&self, t: &Tail) -> bool {
+        self.dir.is_some() && self.core.segment_bytes > 0 && t.len >= self.core.segment_bytes
     }
 
     pub(crate) fn run(mut self) {
@@ -350,6 +442,10 @@ impl<H: Storage> Syncer<H> {
                     continue;
                 }
                 break;
+            }
+            if self.seal_due(&t) {
+                t = self.rotate(&core, t);
+                continue;
             }
             let now = Instant::now();
             let sync_due = self.sync_due(&t, now);
@@ -379,14 +475,14 @@ impl<H: Storage> Syncer<H> {
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             };
         }
-        let (len, allocated) = (t.len, t.allocated);
+        let (len, allocated, log) = (t.len, t.allocated, Arc::clone(&t.log));
         drop(t);
         if self.head_dirty {
             self.sync_head();
         }
         // Leave the file at rest without its zero tail.
         if allocated > len && core.failed.get().is_none() {
-            let _ = core.log.set_len(len).and_then(|()| core.log.sync());
+            let _ = log.set_len(len).and_then(|()| log.sync());
         }
     }
 
@@ -394,17 +490,16 @@ impl<H: Storage> Syncer<H> {
     /// it, and acks the durable appends the sync covered. The lock is let go
     /// during the I/O, so appends go on meanwhile.
     fn sync<'a>(&mut self, core: &'a Core, mut t: MutexGuard<'a, Tail>) -> MutexGuard<'a, Tail> {
-        let (seq, prev, len) = (t.seq, t.prev, t.len);
+        let (seq, prev, len, log) = (t.seq, t.prev, t.len, Arc::clone(&t.log));
         t.unsynced_since = None;
         t.syncing = Some((len, seq));
         drop(t);
         self.last_sync = Some(Instant::now());
         // Every write that returned before the snapshot above is covered.
         let strict = self.head_sync_interval.is_zero();
-        let result = core
-            .log
+        let result = log
             .sync()
-            .map_err(|e| (core.log.name(), format!("cannot sync: {e}"), true))
+            .map_err(|e| (log.name(), format!("cannot sync: {e}"), true))
             .and_then(|()| {
                 self.head
                     .write_at(0, &encode_head(&core.key, seq, &prev))
@@ -438,6 +533,104 @@ impl<H: Storage> Syncer<H> {
         core.max_batch.fetch_max(n, Ordering::Relaxed);
         core.synced_seq.store(seq, Ordering::Release);
         for (s, ack) in acks {
+            ack.send(Ok(s));
+        }
+        core.lock()
+    }
+
+    /// Seals the active segment: syncs it, renames it to its segment name,
+    /// and starts a new `audit.log` (the crate documentation, "Segments",
+    /// has the crash analysis). Holds the tail lock from the seal's sync to
+    /// the new file's creation, so the sealed segment ends at a record
+    /// boundary with every record written before it, and no append writes
+    /// into a renamed file; syncs what is written first without the lock,
+    /// so that the sync under it has little left to flush.
+    fn rotate<'a>(&mut self, core: &'a Core, mut t: MutexGuard<'a, Tail>) -> MutexGuard<'a, Tail> {
+        if t.seq > t.synced_seq {
+            t = self.sync(core, t);
+            if core.failed.get().is_some() || t.closing || !self.seal_due(&t) {
+                return t;
+            }
+        }
+        let Some(dir) = self.dir.as_ref() else {
+            return t;
+        };
+        let (seq, prev, len) = (t.seq, t.prev, t.len);
+        let name = Segment {
+            first: t.seg_first,
+            last: seq,
+            times: t.times.times(),
+        }
+        .file_name();
+        let log = Arc::clone(&t.log);
+        // 1. The sealed part, without its zero tail, durable.
+        if let Err(e) = log.set_len(len).and_then(|()| log.sync()) {
+            let (path, reason) = (log.name(), format!("cannot sync before sealing: {e}"));
+            let waiters = core.fail(&mut t, &path, &reason, true);
+            drop(t);
+            fail_all(waiters, &path, &reason);
+            return core.lock();
+        }
+        t.allocated = len;
+        t.synced_len = len;
+        t.synced_seq = seq;
+        // 2. Renamed, and the rename durable; 3. a new active file.
+        let step = dir
+            .rename(LOG_FILE, &name)
+            .and_then(|()| dir.sync())
+            .map_err(|e| format!("cannot rename {LOG_FILE} to {name}: {e}"))
+            .and_then(|()| {
+                dir.create_new(LOG_FILE)
+                    .map_err(|e| format!("cannot create a new {LOG_FILE}: {e}"))
+            });
+        let new = match step {
+            Ok(new) => new,
+            Err(reason) => {
+                // Nothing unacknowledged to cut: the old file is synced.
+                let waiters = core.fail(&mut t, &dir.name(), &reason, false);
+                drop(t);
+                fail_all(waiters, &dir.name(), &reason);
+                return core.lock();
+            }
+        };
+        t.log = Arc::from(new);
+        t.seg_first = seq + 1;
+        t.times = TimeRange::default();
+        t.seal_asked = false;
+        t.len = 0;
+        t.allocated = 0;
+        t.synced_len = 0;
+        t.answered_len = 0;
+        t.answered_seq = seq;
+        t.unsynced_since = None;
+        // Every waiting append is in the sealed segment, durable.
+        let waiters = std::mem::take(&mut t.waiters);
+        drop(t);
+        core.sealed_cv.notify_all();
+        core.sealed.fetch_add(1, Ordering::Relaxed);
+        // 4. The new file durable before any sync of it acknowledges a
+        // record; then the head names the sealed segment's last record.
+        let strict = self.head_sync_interval.is_zero();
+        let result = dir
+            .sync()
+            .map_err(|e| (dir.name(), format!("cannot sync: {e}")))
+            .and_then(|()| {
+                self.head
+                    .write_at(0, &encode_head(&core.key, seq, &prev))
+                    .and_then(|()| if strict { self.head.sync() } else { Ok(()) })
+                    .map_err(|e| (self.head.name(), format!("cannot write or sync: {e}")))
+            });
+        if let Err((path, reason)) = result {
+            let mut t = core.lock();
+            let mut failed = core.fail(&mut t, &path, &reason, false);
+            drop(t);
+            failed.extend(waiters);
+            fail_all(failed, &path, &reason);
+            return core.lock();
+        }
+        self.head_dirty = !strict;
+        core.synced_seq.fetch_max(seq, Ordering::Release);
+        for (s, ack) in waiters {
             ack.send(Ok(s));
         }
         core.lock()

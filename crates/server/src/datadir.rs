@@ -4,7 +4,8 @@
 //! ```text
 //! <data-dir>/            mode 0700
 //!   kms.redb             the metadata store (sealed secrets only)
-//!   audit/audit.log      the audit trail (HMAC-chained, append-only)
+//!   audit/audit.log      the audit trail's active segment (HMAC-chained, append-only)
+//!   audit/audit-*.log    its sealed segments (immutable; see atrest-audit)
 //!   audit/audit.head     the last record's position and MAC
 //!   disks/meta.redb      the disk engine's metadata (wrapped data keys only)
 //!   disks/pool           the disk engine's chunk pool (ciphertext of encrypted disks)
@@ -247,6 +248,26 @@ fn move_legacy_credentials(dir: &Path, path: &Path) -> Result<bool, DataDirError
     Ok(true)
 }
 
+/// The audit trail's directory in a data dir (`<data-dir>/audit`).
+#[must_use]
+pub fn audit_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit")
+}
+
+/// The key `data_dir`'s audit trail is chained under, derived from its root
+/// of trust exactly as the running server derives it
+/// ([`KeyService::audit_key`]): for tools that read or write the trail
+/// while the server is stopped (`atrest audit verify --offline`, the
+/// `audit-fill` benchmark tool).
+pub fn audit_key(
+    data_dir: &Path,
+    root: RootSource,
+) -> Result<atrest_crypto::Aes256Key, DataDirError> {
+    RootKey::open_existing(data_dir, root)?
+        .derive(atrest_kms::AUDIT_KEY_INFO)
+        .map_err(|e| DataDirError::Kms(e.to_string()))
+}
+
 /// Opens (creating if needed) `dir` with `root` and serves `regions`. On
 /// first start the admin's credentials go to `admin_credentials`, which
 /// must be outside `dir`.
@@ -313,7 +334,7 @@ pub fn open(
             Some((b, path))
         }
     };
-    let audit_dir = dir.join("audit");
+    let audit_dir = audit_dir(dir);
     let audit_key = kms
         .audit_key()
         .map_err(|e| DataDirError::Kms(e.to_string()))?;

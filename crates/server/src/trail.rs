@@ -298,10 +298,12 @@ impl Trail {
         sync: AuditSync,
     ) -> Result<Self, atrest_audit::AuditError> {
         let metering = Metering::default();
-        let records = atrest_audit::query(dir, &atrest_audit::Filter::default())?;
-        for key in records.iter().filter_map(|r| Metering::key(&r.entry)) {
-            metering.add(key);
-        }
+        // One record at a time: memory does not grow with the log.
+        atrest_audit::visit_oldest(dir, |r| {
+            if let Some(key) = Metering::key(&r.entry) {
+                metering.add(key);
+            }
+        })?;
         Ok(Self {
             log,
             sync,

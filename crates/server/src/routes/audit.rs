@@ -26,11 +26,14 @@ pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
         .routes(routes!(ensure_service_key))
 }
 
-/// `GET /v1/audit`: the filters (every one given must match).
+/// `GET /v1/audit`: the filters (every one given must match) and the page.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
+    /// An account: only its records (admins; anyone else sees only their
+    /// own account's records, and may name only that account).
+    account: Option<String>,
     /// A key ARN.
     key: Option<String>,
     /// A principal ARN.
@@ -41,17 +44,87 @@ pub(crate) struct AuditQuery {
     since: Option<String>,
     /// Records before this time (RFC 3339).
     until: Option<String>,
-    /// At most this many records, the latest (default 1000; more than
-    /// 100000 means 100000).
+    /// Only records older than this one (seq): the `next_before` of the
+    /// previous page, to page back through the trail.
     #[param(value_type = Option<i64>, minimum = 0)]
+    before: Option<String>,
+    /// At most this many records, the latest (default and maximum 1000;
+    /// for more, page with `before`).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 1000)]
     limit: Option<String>,
 }
+
+/// `limit`'s default and most.
+const MAX_LIMIT: usize = 1000;
 
 /// Audit records.
 #[derive(Serialize, ToSchema, Clone)]
 pub(crate) struct AuditRecords {
-    /// The records, oldest first.
+    /// The records, oldest first: the latest that match (before `before`).
     records: Vec<atrest_audit::Record>,
+    /// When older records match too: the `before` that asks for the next
+    /// older page (the seq of the oldest record here). Absent when there is
+    /// nothing older.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<u64>,
+}
+
+/// How many audit queries run at once; the others wait their turn. Each
+/// holds at most a block of the log and a page of records (a few MB), so
+/// together they stay within a bounded amount of memory, and of the disk's
+/// and the CPUs' time.
+const CONCURRENT_QUERIES: usize = 4;
+
+/// The turns of [`CONCURRENT_QUERIES`] (queries run on blocking threads,
+/// which wait here in turn).
+static QUERY_TURNS: Turns = Turns {
+    running: std::sync::Mutex::new(0),
+    freed: std::sync::Condvar::new(),
+};
+
+struct Turns {
+    running: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// A turn: the query runs while it is held.
+struct Turn(&'static Turns);
+
+impl Turns {
+    /// Waits until fewer than [`CONCURRENT_QUERIES`] run.
+    fn take(&'static self) -> Turn {
+        let mut n = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *n >= CONCURRENT_QUERIES {
+            n = self
+                .freed
+                .wait(n)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *n += 1;
+        Turn(self)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        *self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// A non-negative number in a query parameter.
+fn number(name: &str, v: &str) -> Result<u64, ApiError> {
+    v.parse::<i64>()
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| ApiError::Invalid(format!("'{name}' must be a non-negative number")))
 }
 
 /// The first record that failed verification.
@@ -115,8 +188,10 @@ impl Replayable for MeteringReport {}
 impl Replayable for ServiceKey {}
 
 endpoint! {
-    /// Audit records by key, principal, operation and time. An admin sees
-    /// every account's; anyone else only their own account's.
+    /// Audit records by account, key, principal, operation and time, the
+    /// latest first in pages of at most 1000 (each page oldest first; pass
+    /// its `next_before` as `before` for the next older one). An admin
+    /// sees every account's; anyone else only their own account's.
     query_audit: get "/v1/audit" => "audit:QueryAudit",
     tag: "audit", status: OK, paged: false, idempotent: false,
     query: AuditQuery,
@@ -124,33 +199,53 @@ endpoint! {
     resource: |_, _, _, _, _| Ok(Resource::any()),
     run: |st, call, _, q, _| {
         let limit = match &q.limit {
-            None => 1000,
-            Some(l) => l
-                .parse::<i64>()
+            None => MAX_LIMIT,
+            Some(l) => usize::try_from(number("limit", l)?)
                 .ok()
-                .and_then(|l| usize::try_from(l).ok())
-                .ok_or_else(|| ApiError::Invalid("'limit' must be a non-negative number".into()))?
-                .min(100_000),
+                .filter(|&l| l <= MAX_LIMIT)
+                .ok_or_else(|| {
+                    ApiError::Invalid(format!("'limit' must be an integer from 0 to {MAX_LIMIT}"))
+                })?,
         };
+        let before = q.before.as_deref().map(|b| number("before", b)).transpose()?;
+        let account = match (call.caller.admin, q.account) {
+            (true, a) => a,
+            (false, Some(a)) if a != call.caller.account.as_str() => {
+                return Err(KmsError::AccessDenied(format!(
+                    "User: {} may read only its own account's audit records",
+                    call.caller.principal_arn()
+                ))
+                .into());
+            }
+            (false, _) => Some(call.caller.account.as_str().to_owned()),
+        };
+        if limit == 0 {
+            return Ok(AuditRecords { records: Vec::new(), next_before: None });
+        }
+        // One more than asked: whether it is there says whether there is
+        // an older page.
         let filter = atrest_audit::Filter {
+            account,
             key_arn: q.key,
             principal: q.principal,
             operation: q.operation,
             since: q.since,
             until: q.until,
-            limit: None,
+            before,
+            limit: Some(limit + 1),
         };
-        let mine = call.caller.account.as_str().to_owned();
-        let admin = call.caller.admin;
-        let mut records: Vec<atrest_audit::Record> = atrest_audit::query(&st.audit_dir, &filter)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .into_iter()
-            .filter(|r| admin || r.entry.account.as_deref() == Some(mine.as_str()))
-            .collect();
-        if records.len() > limit {
-            records.drain(..records.len() - limit);
-        }
-        Ok(AuditRecords { records })
+        let turn = QUERY_TURNS.take();
+        let mut records = atrest_audit::query_newest(&st.audit_dir, &filter)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        drop(turn);
+        let next_before = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        records.reverse();
+        Ok(AuditRecords { records, next_before })
     },
 }
 
