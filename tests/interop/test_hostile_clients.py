@@ -253,6 +253,8 @@ def assert_nothing_leaked(server, metrics_port: int, before: tuple[int, int, flo
 
 
 def check_legit(legit: Legit, what: str):
+    print(f"{what}: {len(legit.times)} calls of the other client, p50 "
+          f"{sorted(legit.times)[len(legit.times) // 2] * 1000:.1f} ms, p99 {legit.p99() * 1000:.1f} ms")
     assert not legit.errors, (what, legit.errors[:5])
     assert len(legit.times) > 50, (what, len(legit.times))
     assert legit.p99() < 0.100, f"{what}: p99 {legit.p99() * 1000:.1f} ms over {len(legit.times)} calls"
