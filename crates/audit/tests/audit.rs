@@ -2247,7 +2247,10 @@ fn a_failure_while_sealing_fails_closed_and_reopen_carries_on() {
         // seal): wait for it, as a loaded machine may take a while.
         let t = Instant::now();
         while segment_names(&dir_files(dir.path())).len() <= before.len() {
-            assert!(t.elapsed() < Duration::from_secs(10), "{what}: never sealed");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{what}: never sealed"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(log);
