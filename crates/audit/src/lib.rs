@@ -1,5 +1,6 @@
-//! The audit trail: one record per request, appended to a file, chained by
-//! HMAC so that any edited, inserted, deleted or reordered record is
+//! The audit trail: one record per request (or per group of requests the
+//! caller counts together, with [`Entry::count`]), appended to a file,
+//! chained by HMAC so that any edited, inserted, deleted or reordered record is
 //! detected, and made durable before the request it describes takes effect.
 //! The file is sealed into an immutable segment at a set size and a new one
 //! started, the chain running on across them.
