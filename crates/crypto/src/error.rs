@@ -33,6 +33,9 @@ pub enum CryptoError {
     /// A KDF was given parameters it cannot use.
     #[error("invalid key-derivation parameters: {0}")]
     KdfParams(String),
+    /// Key bytes that are not a key of the kind the operation needs.
+    #[error("invalid key: {0}")]
+    InvalidKey(&'static str),
     /// The underlying library reported an internal failure.
     #[error("cryptographic library failure in {0}")]
     Library(&'static str),

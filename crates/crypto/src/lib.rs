@@ -12,6 +12,7 @@
 //! * [`kdf`]: HKDF-SHA256 and the argon2id passphrase KDF.
 //! * [`hash`]: SHA-256 and HMAC-SHA256 (SigV4, check values).
 //! * [`rand`]: the system CSPRNG.
+//! * [`keypair`]: asymmetric key pairs (RSA, ECC, Ed25519, ML-DSA).
 //! * [`wrap`]: unwrapping imported key material (RSA-OAEP, RSA + AES-KWP).
 //!
 //! Every primitive comes from AWS-LC (through `aws-lc-rs`, and `aws-lc-sys` for
@@ -24,6 +25,7 @@
 pub mod aead;
 pub mod hash;
 pub mod kdf;
+pub mod keypair;
 pub mod memlock;
 pub mod rand;
 pub mod secret;

@@ -274,7 +274,7 @@ pub struct KeyMetadata {
     pub enabled: bool,
     /// Description.
     pub description: String,
-    /// Always `ENCRYPT_DECRYPT`.
+    /// The key usage.
     pub key_usage: &'static str,
     /// State.
     pub key_state: &'static str,
@@ -287,10 +287,20 @@ pub struct KeyMetadata {
     pub key_manager: &'static str,
     /// Deprecated twin of `KeySpec`.
     pub customer_master_key_spec: &'static str,
-    /// Always `SYMMETRIC_DEFAULT`.
+    /// The key spec.
     pub key_spec: &'static str,
-    /// Always `["SYMMETRIC_DEFAULT"]`.
-    pub encryption_algorithms: [&'static str; 1],
+    /// For ENCRYPT_DECRYPT keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_algorithms: Option<&'static [&'static str]>,
+    /// For SIGN_VERIFY keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_algorithms: Option<&'static [&'static str]>,
+    /// For GENERATE_VERIFY_MAC keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_algorithms: Option<&'static [&'static str]>,
+    /// For KEY_AGREEMENT keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_agreement_algorithms: Option<&'static [&'static str]>,
     /// Always false.
     pub multi_region: bool,
     /// The material new ciphertexts use (absent while PendingImport).

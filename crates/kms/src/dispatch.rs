@@ -90,6 +90,18 @@ operations! {
     GetParametersForImport => false,
     ImportKeyMaterial => false,
     DeleteImportedKeyMaterial => false,
+    // RSA-4096 signing takes milliseconds: off the reactor.
+    Sign => false,
+    Verify => true,
+    GetPublicKey => true,
+    DeriveSharedSecret => true,
+    // Generates an RSA key pair: off the reactor.
+    GenerateDataKeyPair => false,
+    GenerateDataKeyPairWithoutPlaintext => false,
+    GenerateMac => true,
+    VerifyMac => true,
+    ReplicateKey => false,
+    UpdatePrimaryRegion => false,
     DescribeCustomKeyStores => true,
     CreateCustomKeyStore => true,
     UpdateCustomKeyStore => true,
@@ -194,6 +206,20 @@ impl KeyService {
             O::DeleteImportedKeyMaterial => {
                 respond(&self.delete_imported_key_material(call, parse(body)?)?)
             }
+            O::Sign => respond(&self.sign(call, parse(body)?)?),
+            O::Verify => respond(&self.verify(call, parse(body)?)?),
+            O::GetPublicKey => respond(&self.get_public_key(call, parse(body)?)?),
+            O::DeriveSharedSecret => respond(&self.derive_shared_secret(call, parse(body)?)?),
+            O::GenerateDataKeyPair => {
+                respond(&self.generate_data_key_pair(call, parse(body)?, true)?)
+            }
+            O::GenerateDataKeyPairWithoutPlaintext => {
+                respond(&self.generate_data_key_pair(call, parse(body)?, false)?)
+            }
+            O::GenerateMac => respond(&self.generate_mac(call, parse(body)?)?),
+            O::VerifyMac => respond(&self.verify_mac(call, parse(body)?)?),
+            O::ReplicateKey => respond(&self.replicate_key(call, parse(body)?)?),
+            O::UpdatePrimaryRegion => respond(&self.update_primary_region(call, parse(body)?)?),
             O::DescribeCustomKeyStores => {
                 respond(&self.describe_custom_key_stores(call, parse(body)?)?)
             }

@@ -167,6 +167,261 @@ impl KeyState {
     }
 }
 
+/// AWS's key specs. A key's spec never changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeySpec {
+    /// AES-256-GCM (atrest's blob format).
+    #[default]
+    SymmetricDefault,
+    /// RSA, 2048 bits.
+    Rsa2048,
+    /// RSA, 3072 bits.
+    Rsa3072,
+    /// RSA, 4096 bits.
+    Rsa4096,
+    /// NIST P-256.
+    EccNistP256,
+    /// NIST P-384.
+    EccNistP384,
+    /// NIST P-521.
+    EccNistP521,
+    /// secp256k1.
+    EccSecgP256k1,
+    /// Ed25519.
+    EccNistEdwards25519,
+    /// HMAC with SHA-224 (a 28-byte key).
+    Hmac224,
+    /// HMAC with SHA-256 (32 bytes).
+    Hmac256,
+    /// HMAC with SHA-384 (48 bytes).
+    Hmac384,
+    /// HMAC with SHA-512 (64 bytes).
+    Hmac512,
+    /// ML-DSA-44.
+    MlDsa44,
+    /// ML-DSA-65.
+    MlDsa65,
+    /// ML-DSA-87.
+    MlDsa87,
+}
+
+impl KeySpec {
+    /// Every spec atrest supports, in AWS's order.
+    pub const ALL: [KeySpec; 16] = [
+        Self::Rsa2048,
+        Self::Rsa3072,
+        Self::Rsa4096,
+        Self::EccNistP256,
+        Self::EccNistP384,
+        Self::EccNistP521,
+        Self::EccSecgP256k1,
+        Self::SymmetricDefault,
+        Self::Hmac224,
+        Self::Hmac256,
+        Self::Hmac384,
+        Self::Hmac512,
+        Self::MlDsa44,
+        Self::MlDsa65,
+        Self::MlDsa87,
+        Self::EccNistEdwards25519,
+    ];
+
+    /// AWS's name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SymmetricDefault => "SYMMETRIC_DEFAULT",
+            Self::Rsa2048 => "RSA_2048",
+            Self::Rsa3072 => "RSA_3072",
+            Self::Rsa4096 => "RSA_4096",
+            Self::EccNistP256 => "ECC_NIST_P256",
+            Self::EccNistP384 => "ECC_NIST_P384",
+            Self::EccNistP521 => "ECC_NIST_P521",
+            Self::EccSecgP256k1 => "ECC_SECG_P256K1",
+            Self::EccNistEdwards25519 => "ECC_NIST_EDWARDS25519",
+            Self::Hmac224 => "HMAC_224",
+            Self::Hmac256 => "HMAC_256",
+            Self::Hmac384 => "HMAC_384",
+            Self::Hmac512 => "HMAC_512",
+            Self::MlDsa44 => "ML_DSA_44",
+            Self::MlDsa65 => "ML_DSA_65",
+            Self::MlDsa87 => "ML_DSA_87",
+        }
+    }
+
+    /// The spec of AWS's name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The key pair kind of an asymmetric spec.
+    #[must_use]
+    pub fn key_pair(self) -> Option<atrest_crypto::keypair::KeyPairSpec> {
+        use atrest_crypto::keypair::KeyPairSpec as P;
+        Some(match self {
+            Self::Rsa2048 => P::Rsa2048,
+            Self::Rsa3072 => P::Rsa3072,
+            Self::Rsa4096 => P::Rsa4096,
+            Self::EccNistP256 => P::EccNistP256,
+            Self::EccNistP384 => P::EccNistP384,
+            Self::EccNistP521 => P::EccNistP521,
+            Self::EccSecgP256k1 => P::EccSecgP256k1,
+            Self::EccNistEdwards25519 => P::Ed25519,
+            Self::MlDsa44 => P::MlDsa44,
+            Self::MlDsa65 => P::MlDsa65,
+            Self::MlDsa87 => P::MlDsa87,
+            Self::SymmetricDefault
+            | Self::Hmac224
+            | Self::Hmac256
+            | Self::Hmac384
+            | Self::Hmac512 => return None,
+        })
+    }
+
+    /// The HMAC key length in bytes, for an HMAC spec.
+    #[must_use]
+    pub fn hmac_key_len(self) -> Option<usize> {
+        match self {
+            Self::Hmac224 => Some(28),
+            Self::Hmac256 => Some(32),
+            Self::Hmac384 => Some(48),
+            Self::Hmac512 => Some(64),
+            _ => None,
+        }
+    }
+
+    /// The key usages AWS allows for the spec; the first is the default
+    /// where AWS has one.
+    #[must_use]
+    pub fn usages(self) -> &'static [KeyUsage] {
+        use KeyUsage as U;
+        match self {
+            Self::SymmetricDefault => &[U::EncryptDecrypt],
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => &[U::EncryptDecrypt, U::SignVerify],
+            Self::EccNistP256 | Self::EccNistP384 | Self::EccNistP521 => {
+                &[U::SignVerify, U::KeyAgreement]
+            }
+            Self::EccSecgP256k1
+            | Self::EccNistEdwards25519
+            | Self::MlDsa44
+            | Self::MlDsa65
+            | Self::MlDsa87 => &[U::SignVerify],
+            Self::Hmac224 | Self::Hmac256 | Self::Hmac384 | Self::Hmac512 => {
+                &[U::GenerateVerifyMac]
+            }
+        }
+    }
+
+    /// Whether the spec is an HMAC spec.
+    #[must_use]
+    pub fn is_hmac(self) -> bool {
+        self.hmac_key_len().is_some()
+    }
+
+    /// Whether the spec is RSA.
+    #[must_use]
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096)
+    }
+}
+
+/// AWS's key usages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyUsage {
+    /// Encrypt and decrypt.
+    #[default]
+    EncryptDecrypt,
+    /// Sign and verify.
+    SignVerify,
+    /// Generate and verify MACs.
+    GenerateVerifyMac,
+    /// Derive shared secrets (ECDH).
+    KeyAgreement,
+}
+
+impl KeyUsage {
+    /// Every usage.
+    pub const ALL: [KeyUsage; 4] = [
+        Self::SignVerify,
+        Self::EncryptDecrypt,
+        Self::GenerateVerifyMac,
+        Self::KeyAgreement,
+    ];
+
+    /// AWS's name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EncryptDecrypt => "ENCRYPT_DECRYPT",
+            Self::SignVerify => "SIGN_VERIFY",
+            Self::GenerateVerifyMac => "GENERATE_VERIFY_MAC",
+            Self::KeyAgreement => "KEY_AGREEMENT",
+        }
+    }
+
+    /// The usage of AWS's name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// The algorithms a key of `spec` and `usage` offers, as `DescribeKey`
+/// lists them: (encryption, signing, MAC, key agreement).
+#[must_use]
+pub fn algorithms(
+    spec: KeySpec,
+    usage: KeyUsage,
+) -> (
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+) {
+    const NONE: &[&str] = &[];
+    let (enc, sign, mac, agree): (&[&str], &[&str], &[&str], &[&str]) = match (spec, usage) {
+        (KeySpec::SymmetricDefault, _) => (&["SYMMETRIC_DEFAULT"], NONE, NONE, NONE),
+        (s, KeyUsage::EncryptDecrypt) if s.is_rsa() => (
+            &["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"],
+            NONE,
+            NONE,
+            NONE,
+        ),
+        (s, KeyUsage::SignVerify) if s.is_rsa() => (
+            NONE,
+            &[
+                "RSASSA_PSS_SHA_256",
+                "RSASSA_PSS_SHA_384",
+                "RSASSA_PSS_SHA_512",
+                "RSASSA_PKCS1_V1_5_SHA_256",
+                "RSASSA_PKCS1_V1_5_SHA_384",
+                "RSASSA_PKCS1_V1_5_SHA_512",
+            ],
+            NONE,
+            NONE,
+        ),
+        (_, KeyUsage::KeyAgreement) => (NONE, NONE, NONE, &["ECDH"]),
+        (KeySpec::EccNistP256 | KeySpec::EccSecgP256k1, _) => {
+            (NONE, &["ECDSA_SHA_256"], NONE, NONE)
+        }
+        (KeySpec::EccNistP384, _) => (NONE, &["ECDSA_SHA_384"], NONE, NONE),
+        (KeySpec::EccNistP521, _) => (NONE, &["ECDSA_SHA_512"], NONE, NONE),
+        (KeySpec::EccNistEdwards25519, _) => {
+            (NONE, &["ED25519_SHA_512", "ED25519_PH_SHA_512"], NONE, NONE)
+        }
+        (KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87, _) => {
+            (NONE, &["ML_DSA_SHAKE_256"], NONE, NONE)
+        }
+        (KeySpec::Hmac224, _) => (NONE, NONE, &["HMAC_SHA_224"], NONE),
+        (KeySpec::Hmac256, _) => (NONE, NONE, &["HMAC_SHA_256"], NONE),
+        (KeySpec::Hmac384, _) => (NONE, NONE, &["HMAC_SHA_384"], NONE),
+        (KeySpec::Hmac512, _) => (NONE, NONE, &["HMAC_SHA_512"], NONE),
+        (KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096, _) => (NONE, NONE, NONE, NONE),
+    };
+    (enc, sign, mac, agree)
+}
+
 /// An automatic-rotation schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rotation {
@@ -227,6 +482,12 @@ pub struct KeyRecord {
     /// key of this key's ciphertexts.
     #[serde(default)]
     pub external: Option<ExternalKey>,
+    /// The key spec (records of earlier releases are all symmetric).
+    #[serde(default)]
+    pub spec: KeySpec,
+    /// The key usage.
+    #[serde(default)]
+    pub usage: KeyUsage,
 }
 
 /// A key in another KMS, reached through a configured key provider.
@@ -306,8 +567,14 @@ pub struct VersionRecord {
     pub origin: VersionOrigin,
     /// A random, public identifier of this material (hex).
     pub material_id: String,
-    /// The 32-byte material, sealed under the root key (base64).
+    /// The material, sealed under the root key (base64): 32 bytes for a
+    /// symmetric key, the raw HMAC key for an HMAC key, the PKCS#8 DER
+    /// private key for an asymmetric key.
     pub sealed: String,
+    /// For an asymmetric key: its public key, DER SubjectPublicKeyInfo
+    /// (base64). Public, so not sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<String>,
 }
 
 /// An alias.

@@ -190,17 +190,288 @@ fn create_describe_and_list_keys() {
 }
 
 #[test]
+fn every_key_spec_and_usage_aws_allows_is_created_and_described() {
+    let e = env();
+    let combos: [(&str, &str, &str, &[&str]); 22] = [
+        (
+            "SYMMETRIC_DEFAULT",
+            "ENCRYPT_DECRYPT",
+            "EncryptionAlgorithms",
+            &["SYMMETRIC_DEFAULT"],
+        ),
+        (
+            "RSA_2048",
+            "ENCRYPT_DECRYPT",
+            "EncryptionAlgorithms",
+            &["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"],
+        ),
+        (
+            "RSA_3072",
+            "ENCRYPT_DECRYPT",
+            "EncryptionAlgorithms",
+            &["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"],
+        ),
+        (
+            "RSA_4096",
+            "ENCRYPT_DECRYPT",
+            "EncryptionAlgorithms",
+            &["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"],
+        ),
+        (
+            "RSA_2048",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &[
+                "RSASSA_PSS_SHA_256",
+                "RSASSA_PSS_SHA_384",
+                "RSASSA_PSS_SHA_512",
+                "RSASSA_PKCS1_V1_5_SHA_256",
+                "RSASSA_PKCS1_V1_5_SHA_384",
+                "RSASSA_PKCS1_V1_5_SHA_512",
+            ],
+        ),
+        (
+            "RSA_3072",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &[
+                "RSASSA_PSS_SHA_256",
+                "RSASSA_PSS_SHA_384",
+                "RSASSA_PSS_SHA_512",
+                "RSASSA_PKCS1_V1_5_SHA_256",
+                "RSASSA_PKCS1_V1_5_SHA_384",
+                "RSASSA_PKCS1_V1_5_SHA_512",
+            ],
+        ),
+        (
+            "RSA_4096",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &[
+                "RSASSA_PSS_SHA_256",
+                "RSASSA_PSS_SHA_384",
+                "RSASSA_PSS_SHA_512",
+                "RSASSA_PKCS1_V1_5_SHA_256",
+                "RSASSA_PKCS1_V1_5_SHA_384",
+                "RSASSA_PKCS1_V1_5_SHA_512",
+            ],
+        ),
+        (
+            "ECC_NIST_P256",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ECDSA_SHA_256"],
+        ),
+        (
+            "ECC_NIST_P384",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ECDSA_SHA_384"],
+        ),
+        (
+            "ECC_NIST_P521",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ECDSA_SHA_512"],
+        ),
+        (
+            "ECC_SECG_P256K1",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ECDSA_SHA_256"],
+        ),
+        (
+            "ECC_NIST_P256",
+            "KEY_AGREEMENT",
+            "KeyAgreementAlgorithms",
+            &["ECDH"],
+        ),
+        (
+            "ECC_NIST_P384",
+            "KEY_AGREEMENT",
+            "KeyAgreementAlgorithms",
+            &["ECDH"],
+        ),
+        (
+            "ECC_NIST_P521",
+            "KEY_AGREEMENT",
+            "KeyAgreementAlgorithms",
+            &["ECDH"],
+        ),
+        (
+            "ECC_NIST_EDWARDS25519",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ED25519_SHA_512", "ED25519_PH_SHA_512"],
+        ),
+        (
+            "ML_DSA_44",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ML_DSA_SHAKE_256"],
+        ),
+        (
+            "ML_DSA_65",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ML_DSA_SHAKE_256"],
+        ),
+        (
+            "ML_DSA_87",
+            "SIGN_VERIFY",
+            "SigningAlgorithms",
+            &["ML_DSA_SHAKE_256"],
+        ),
+        (
+            "HMAC_224",
+            "GENERATE_VERIFY_MAC",
+            "MacAlgorithms",
+            &["HMAC_SHA_224"],
+        ),
+        (
+            "HMAC_256",
+            "GENERATE_VERIFY_MAC",
+            "MacAlgorithms",
+            &["HMAC_SHA_256"],
+        ),
+        (
+            "HMAC_384",
+            "GENERATE_VERIFY_MAC",
+            "MacAlgorithms",
+            &["HMAC_SHA_384"],
+        ),
+        (
+            "HMAC_512",
+            "GENERATE_VERIFY_MAC",
+            "MacAlgorithms",
+            &["HMAC_SHA_512"],
+        ),
+    ];
+    let lists = [
+        "EncryptionAlgorithms",
+        "SigningAlgorithms",
+        "MacAlgorithms",
+        "KeyAgreementAlgorithms",
+    ];
+    for (spec, usage, list, algorithms) in combos {
+        let made = e.ok("CreateKey", json!({"KeySpec": spec, "KeyUsage": usage}));
+        let id = made["KeyMetadata"]["KeyId"].as_str().unwrap();
+        let m = &e.ok("DescribeKey", json!({"KeyId": id}))["KeyMetadata"];
+        assert_eq!(m, &made["KeyMetadata"], "{spec}");
+        assert_eq!(m["KeySpec"], spec);
+        assert_eq!(m["CustomerMasterKeySpec"], spec);
+        assert_eq!(m["KeyUsage"], usage);
+        assert_eq!(m["KeyState"], "Enabled");
+        assert_eq!(m[list], json!(algorithms), "{spec} {usage}");
+        for other in lists.iter().filter(|l| **l != list) {
+            assert!(m.get(*other).is_none(), "{spec} {usage} has {other}");
+        }
+    }
+    // Only the spec: its usage defaults to ENCRYPT_DECRYPT, as in AWS.
+    let rsa = e.ok("CreateKey", json!({"KeySpec": "RSA_2048"}));
+    assert_eq!(rsa["KeyMetadata"]["KeyUsage"], "ENCRYPT_DECRYPT");
+    // The deprecated twin of KeySpec works alone.
+    let twin = e.ok(
+        "CreateKey",
+        json!({"CustomerMasterKeySpec": "ECC_NIST_P384", "KeyUsage": "SIGN_VERIFY"}),
+    );
+    assert_eq!(twin["KeyMetadata"]["KeySpec"], "ECC_NIST_P384");
+}
+
+#[test]
+fn keys_that_are_not_symmetric_refuse_symmetric_operations_and_rotation() {
+    let e = env();
+    let sign = e.ok(
+        "CreateKey",
+        json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}),
+    );
+    let sign = sign["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    let mac = e.ok(
+        "CreateKey",
+        json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
+    );
+    let mac = mac["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    for key in [&sign, &mac] {
+        for (op, body) in [
+            ("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x")})),
+            (
+                "GenerateDataKey",
+                json!({"KeyId": key, "KeySpec": "AES_256"}),
+            ),
+            (
+                "GenerateDataKeyWithoutPlaintext",
+                json!({"KeyId": key, "NumberOfBytes": 32}),
+            ),
+        ] {
+            assert_eq!(
+                e.err(op, body).aws_type(),
+                "InvalidKeyUsageException",
+                "{op} {key}"
+            );
+        }
+        for op in [
+            "EnableKeyRotation",
+            "DisableKeyRotation",
+            "RotateKeyOnDemand",
+            "GetKeyRotationStatus",
+            "ListKeyRotations",
+        ] {
+            assert_eq!(
+                e.err(op, json!({"KeyId": key})).aws_type(),
+                "UnsupportedOperationException",
+                "{op} {key}"
+            );
+        }
+    }
+    // A ciphertext made by a symmetric key, its key id swapped for the
+    // signing key's, is not a ciphertext of that key.
+    let sym = e.new_key();
+    let blob =
+        unb64(&e.ok("Encrypt", json!({"KeyId": sym, "Plaintext": b64(b"x")}))["CiphertextBlob"]);
+    let sym_id = uuid::Uuid::parse_str(&sym).unwrap();
+    let sign_id = uuid::Uuid::parse_str(&sign).unwrap();
+    let at = blob
+        .windows(16)
+        .position(|w| w == sym_id.as_bytes())
+        .expect("the blob names its key");
+    let mut forged = blob;
+    forged[at..at + 16].copy_from_slice(sign_id.as_bytes());
+    assert_eq!(
+        e.err("Decrypt", json!({"CiphertextBlob": b64(&forged)}))
+            .aws_type(),
+        "InvalidCiphertextException"
+    );
+}
+
+#[test]
 fn create_key_refuses_what_it_does_not_support() {
     let e = env();
     for (body, want) in [
-        (
-            json!({"KeySpec": "RSA_2048"}),
-            "UnsupportedOperationException",
-        ),
+        (json!({"KeySpec": "SM2"}), "UnsupportedOperationException"),
         (json!({"KeySpec": "NOPE"}), "ValidationException"),
+        (json!({"KeyUsage": "NOPE"}), "ValidationException"),
+        // AWS's valid combinations of KeySpec and KeyUsage, and nothing else.
+        (json!({"KeyUsage": "SIGN_VERIFY"}), "ValidationException"),
+        (json!({"KeySpec": "HMAC_256"}), "ValidationException"),
         (
-            json!({"KeyUsage": "SIGN_VERIFY"}),
-            "UnsupportedOperationException",
+            json!({"KeySpec": "ECC_SECG_P256K1", "KeyUsage": "KEY_AGREEMENT"}),
+            "ValidationException",
+        ),
+        (
+            json!({"KeySpec": "RSA_2048", "KeyUsage": "KEY_AGREEMENT"}),
+            "ValidationException",
+        ),
+        (
+            json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "ENCRYPT_DECRYPT"}),
+            "ValidationException",
+        ),
+        (
+            json!({"KeySpec": "HMAC_512", "KeyUsage": "SIGN_VERIFY"}),
+            "ValidationException",
+        ),
+        (
+            json!({"KeySpec": "RSA_2048", "CustomerMasterKeySpec": "RSA_2048"}),
+            "ValidationException",
         ),
         (
             json!({"Origin": "AWS_CLOUDHSM"}),
@@ -1243,7 +1514,7 @@ fn request_bodies_that_are_not_requests() {
     assert!(with_call(&e.alice, |c| e.kms.call(c, Operation::ListKeys, b"")).is_ok());
     assert_eq!(Operation::from_target("TrentService.Nope"), None);
     assert_eq!(Operation::from_target("Other.ListKeys"), None);
-    assert_eq!(Operation::ALL.len(), 43);
+    assert_eq!(Operation::ALL.len(), 53);
 }
 
 #[test]

@@ -85,6 +85,10 @@ pub(crate) struct Facts<'a> {
     pub grantee: Option<&'a str>,
     /// For CreateGrant.
     pub retiring: Option<&'a str>,
+    /// Other condition keys of the request and their values, such as
+    /// `kms:SigningAlgorithm`, `kms:MacAlgorithm`, `kms:EncryptionAlgorithm`,
+    /// `kms:KeyAgreementAlgorithm`, `kms:MessageType`.
+    pub more: &'a [(&'a str, &'a str)],
 }
 
 /// How a request was allowed.
@@ -126,8 +130,8 @@ impl KeyService {
         }
         if let Some(k) = key {
             ctx.set("kms:KeyOrigin", k.origin.as_str());
-            ctx.set("kms:KeySpec", "SYMMETRIC_DEFAULT");
-            ctx.set("kms:KeyUsage", "ENCRYPT_DECRYPT");
+            ctx.set("kms:KeySpec", k.spec.as_str());
+            ctx.set("kms:KeyUsage", k.usage.as_str());
         }
         if let Some(ec) = facts.context {
             for (k, v) in ec {
@@ -154,6 +158,9 @@ impl KeyService {
         }
         if let Some(r) = facts.retiring {
             ctx.set("kms:RetiringPrincipal", r);
+        }
+        for (k, v) in facts.more {
+            ctx.set(k, *v);
         }
         ctx
     }

@@ -15,7 +15,7 @@ use crate::api::{
 use crate::blob;
 use crate::blob::EncryptionContext;
 use crate::names::KeyRef;
-use crate::records::KeyRecord;
+use crate::records::{KeyRecord, KeyUsage};
 
 const ALGORITHM: &str = "SYMMETRIC_DEFAULT";
 const ALGORITHMS: [&str; 4] = [
@@ -109,6 +109,7 @@ impl KeyService {
             },
         )?;
         Self::require_enabled(&key)?;
+        Self::require_usage(&key, KeyUsage::EncryptDecrypt, true, action)?;
         self.require_not_suspended(tx, &key.account)?;
         self.require_not_suspended(tx, call.caller.account.as_str())?;
         let material = self
@@ -129,7 +130,13 @@ impl KeyService {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KmsError> {
         let Some(ext) = &key.external else {
-            return blob::seal(&key.id, key.current_version, &material.key, ctx, plaintext);
+            return blob::seal(
+                &key.id,
+                key.current_version,
+                material.aes()?,
+                ctx,
+                plaintext,
+            );
         };
         let data_key = SecretBytes::random(32)?;
         let wrapped = self.with_provider(ext, |p| p.wrap(&ext.key, data_key.expose()))?;
@@ -141,7 +148,7 @@ impl KeyService {
                 blob::MAX_WRAPPED
             )));
         }
-        let k = blob::combine(&material.key, data_key.expose())?;
+        let k = blob::combine(material.aes()?, data_key.expose())?;
         blob::seal_wrapped(
             &key.id,
             key.current_version,
@@ -184,6 +191,12 @@ impl KeyService {
             .get_shared(tx, header.key_id.as_bytes())?
             .filter(|k| k.region == caller.region)
             .ok_or_else(unknown)?;
+        if key.spec != crate::records::KeySpec::SymmetricDefault {
+            // Only symmetric keys make blobs: this one is forged.
+            return Err(KmsError::InvalidCiphertext(
+                "The ciphertext names a key that does not make such ciphertexts.".into(),
+            ));
+        }
         let mut alias = None;
         if let Some(raw) = key_id {
             let key_ref = KeyRef::parse(&raw)?;
@@ -214,10 +227,10 @@ impl KeyService {
             .material(tx, &key, header.version)?
             .ok_or_else(unknown)?;
         let plaintext = match (&key.external, header.wrapped) {
-            (None, None) => blob::open(&header, body, &material.key, ctx)?,
+            (None, None) => blob::open(&header, body, material.aes()?, ctx)?,
             (Some(ext), Some(wrapped)) => {
                 let data_key = self.with_provider(ext, |p| p.unwrap(&ext.key, wrapped))?;
-                let k = blob::combine(&material.key, data_key.expose())?;
+                let k = blob::combine(material.aes()?, data_key.expose())?;
                 blob::open(&header, body, &k, ctx)?
             }
             _ => return Err(unknown()),

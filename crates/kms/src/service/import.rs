@@ -325,6 +325,7 @@ impl KeyService {
                 origin: VersionOrigin::Initial,
                 material_id: material_id.clone(),
                 sealed,
+                public: None,
             },
         )?;
         key.current_version = 1;

@@ -16,7 +16,9 @@ use crate::api::{
 };
 use crate::clock::{epoch_seconds, to_millis};
 use crate::names::{KeyRef, key_arn};
-use crate::records::{self, DueKind, KeyManager, KeyOrigin, KeyRecord, KeyState, VersionOrigin};
+use crate::records::{
+    self, DueKind, KeyManager, KeyOrigin, KeyRecord, KeySpec, KeyState, KeyUsage, VersionOrigin,
+};
 
 const KEY_SPECS: [&str; 17] = [
     "RSA_2048",
@@ -69,6 +71,56 @@ fn enum_member(
     }
 }
 
+/// CreateKey's `KeySpec` (or its deprecated twin `CustomerMasterKeySpec`)
+/// and `KeyUsage`, checked against AWS's valid combinations.
+fn spec_and_usage(req: &CreateKeyRequest) -> Result<(KeySpec, KeyUsage), KmsError> {
+    enum_member(
+        req.key_usage.as_deref(),
+        "keyUsage",
+        &KEY_USAGES,
+        &KEY_USAGES,
+    )?;
+    let supported: Vec<&str> = KeySpec::ALL.iter().map(|s| s.as_str()).collect();
+    enum_member(req.key_spec.as_deref(), "keySpec", &KEY_SPECS, &supported)?;
+    enum_member(
+        req.customer_master_key_spec.as_deref(),
+        "customerMasterKeySpec",
+        &KEY_SPECS,
+        &supported,
+    )?;
+    let spec = match (
+        req.key_spec.as_deref(),
+        req.customer_master_key_spec.as_deref(),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(KmsError::Validation(
+                "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec parameter is deprecated. Use KeySpec parameter instead."
+                    .into(),
+            ));
+        }
+        (Some(s), None) | (None, Some(s)) => KeySpec::parse(s).unwrap_or_default(),
+        (None, None) => KeySpec::SymmetricDefault,
+    };
+    let usage = match req.key_usage.as_deref() {
+        Some(u) => KeyUsage::parse(u).unwrap_or_default(),
+        None => KeyUsage::EncryptDecrypt,
+    };
+    if !spec.usages().contains(&usage) {
+        return Err(KmsError::Validation(format!(
+            "KeyUsage {} is not compatible with KeySpec {}. A {} key supports KeyUsage {}.",
+            usage.as_str(),
+            spec.as_str(),
+            spec.as_str(),
+            spec.usages()
+                .iter()
+                .map(|u| u.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )));
+    }
+    Ok((spec, usage))
+}
+
 /// The default key policy: the key's account may do everything, through its
 /// root and through identity policies (AWS's default key policy).
 #[must_use]
@@ -89,6 +141,7 @@ pub(crate) fn parse_key_policy(text: &str) -> Result<PolicyDocument, KmsError> {
 impl KeyService {
     pub(crate) fn metadata(&self, key: &KeyRecord) -> KeyMetadata {
         let external = key.origin == KeyOrigin::External;
+        let (enc, sign, mac, agree) = records::algorithms(key.spec, key.usage);
         KeyMetadata {
             aws_account_id: key.account.clone(),
             key_id: key.id.to_string(),
@@ -96,7 +149,7 @@ impl KeyService {
             creation_date: epoch_seconds(key.created),
             enabled: key.state == KeyState::Enabled,
             description: key.description.clone(),
-            key_usage: "ENCRYPT_DECRYPT",
+            key_usage: key.usage.as_str(),
             key_state: key.state.as_str(),
             deletion_date: key.deletion_date.map(epoch_seconds),
             origin: key.origin.as_str(),
@@ -104,9 +157,12 @@ impl KeyService {
                 KeyManager::Customer => "CUSTOMER",
                 KeyManager::Service => "AWS",
             },
-            customer_master_key_spec: "SYMMETRIC_DEFAULT",
-            key_spec: "SYMMETRIC_DEFAULT",
-            encryption_algorithms: ["SYMMETRIC_DEFAULT"],
+            customer_master_key_spec: key.spec.as_str(),
+            key_spec: key.spec.as_str(),
+            encryption_algorithms: (!enc.is_empty()).then_some(enc),
+            signing_algorithms: (!sign.is_empty()).then_some(sign),
+            mac_algorithms: (!mac.is_empty()).then_some(mac),
+            key_agreement_algorithms: (!agree.is_empty()).then_some(agree),
             multi_region: false,
             current_key_material_id: (key.current_version > 0)
                 .then(|| key.current_material_id.clone()),
@@ -180,6 +236,8 @@ impl KeyService {
             import: None,
             state_after_import: None,
             external: None,
+            spec: KeySpec::SymmetricDefault,
+            usage: KeyUsage::EncryptDecrypt,
         }
     }
 
@@ -190,26 +248,9 @@ impl KeyService {
         req: CreateKeyRequest,
     ) -> Result<KeyMetadataResponse, KmsError> {
         let caller = call.caller;
+        let (spec, usage) = spec_and_usage(&req)?;
         let description = req.description.unwrap_or_default();
         api::length(&description, "description", 0, 8192)?;
-        enum_member(
-            req.key_usage.as_deref(),
-            "keyUsage",
-            &KEY_USAGES,
-            &["ENCRYPT_DECRYPT"],
-        )?;
-        enum_member(
-            req.key_spec.as_deref(),
-            "keySpec",
-            &KEY_SPECS,
-            &["SYMMETRIC_DEFAULT"],
-        )?;
-        enum_member(
-            req.customer_master_key_spec.as_deref(),
-            "customerMasterKeySpec",
-            &KEY_SPECS,
-            &["SYMMETRIC_DEFAULT"],
-        )?;
         enum_member(
             req.origin.as_deref(),
             "origin",
@@ -257,6 +298,13 @@ impl KeyService {
             Some("EXTERNAL_KMS") => KeyOrigin::ExternalKms,
             _ => KeyOrigin::AwsKms,
         };
+        if origin != KeyOrigin::AwsKms && spec != KeySpec::SymmetricDefault {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "atrest supports Origin {} only for SYMMETRIC_DEFAULT keys, not {}.",
+                origin.as_str(),
+                spec.as_str()
+            )));
+        }
         let tags = super::tags::validate_tags(req.tags.unwrap_or_default(), Vec::new())?;
         if let Some(ext) = &external {
             // Authorize before calling anyone else's KMS on the caller's word.
@@ -276,6 +324,8 @@ impl KeyService {
             origin,
             tags,
         );
+        key.spec = spec;
+        key.usage = usage;
         call.set_key(Self::arn(&key));
         let policy = match req.policy {
             Some(text) => {
@@ -290,8 +340,14 @@ impl KeyService {
         // An external key also has atrest material: a blob needs both it and
         // the provider's unwrap (double encryption).
         if matches!(origin, KeyOrigin::AwsKms | KeyOrigin::ExternalKms) {
-            key.current_material_id =
-                self.add_version(&mut *tx, &key.id, 1, VersionOrigin::Initial, key.created)?;
+            key.current_material_id = self.add_version(
+                &mut *tx,
+                &key.id,
+                key.spec,
+                1,
+                VersionOrigin::Initial,
+                key.created,
+            )?;
             key.current_version = 1;
         }
         key.external = external;

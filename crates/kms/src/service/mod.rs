@@ -2,10 +2,12 @@
 
 mod accounts;
 mod aliases;
+mod asymmetric;
 mod audit;
 mod authz;
 mod call;
 mod crypto;
+mod data_key_pair;
 mod external;
 mod grants;
 mod import;
@@ -13,6 +15,8 @@ mod keys;
 mod last_used;
 mod lifecycle;
 mod local_provider;
+mod mac;
+mod multi_region;
 mod pagination;
 mod policies;
 mod rotation;
@@ -23,8 +27,9 @@ mod users;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use atrest_crypto::Aes256Key;
+use atrest_crypto::{Aes256Key, SecretBytes};
 use atrest_store::{ReadTx, Store, WriteTx};
+use base64::Engine;
 use uuid::Uuid;
 
 pub use accounts::{
@@ -107,9 +112,42 @@ impl core::fmt::Debug for KeyService {
 }
 
 /// One version of a key's material, unsealed.
-struct Material {
-    key: Aes256Key,
-    id: String,
+#[allow(
+    dead_code,
+    reason = "secret and public: read by the asymmetric and MAC operations"
+)]
+pub(crate) struct Material {
+    /// The AES key of a symmetric key's version; for the other specs, the
+    /// bytes are in `secret` only.
+    aes: Option<Aes256Key>,
+    /// The material as sealed: see [`VersionRecord::sealed`].
+    pub(crate) secret: SecretBytes,
+    /// For an asymmetric key: the public key, DER SubjectPublicKeyInfo.
+    pub(crate) public: Option<Vec<u8>>,
+    pub(crate) id: String,
+}
+
+impl Material {
+    /// The AES key of a symmetric key's version.
+    pub(crate) fn aes(&self) -> Result<&Aes256Key, KmsError> {
+        self.aes
+            .as_ref()
+            .ok_or_else(|| KmsError::Internal("symmetric material expected".into()))
+    }
+}
+
+/// Generates the material of a new version of a key of `spec`: its secret,
+/// and its public key if it has one.
+pub(crate) fn generate_material(
+    spec: records::KeySpec,
+) -> Result<(SecretBytes, Option<Vec<u8>>), KmsError> {
+    if let Some(pair) = spec.key_pair() {
+        let private = atrest_crypto::keypair::generate(pair)?;
+        let public = atrest_crypto::keypair::public_key_der(pair, private.expose())?;
+        return Ok((private, Some(public)));
+    }
+    let len = spec.hmac_key_len().unwrap_or(32);
+    Ok((SecretBytes::random(len)?, None))
 }
 
 /// AAD for sealing a key version's material.
@@ -342,6 +380,27 @@ impl KeyService {
         }
     }
 
+    /// Fails unless `key` has `usage` (and, for ENCRYPT_DECRYPT, the
+    /// SYMMETRIC_DEFAULT spec when `symmetric`): AWS's
+    /// `InvalidKeyUsageException` for a key of the wrong kind.
+    pub(crate) fn require_usage(
+        key: &KeyRecord,
+        usage: records::KeyUsage,
+        symmetric: bool,
+        operation: &str,
+    ) -> Result<(), KmsError> {
+        let spec_ok = !symmetric || key.spec == records::KeySpec::SymmetricDefault;
+        if key.usage != usage || !spec_ok {
+            return Err(KmsError::InvalidKeyUsage(format!(
+                "{} key usage is {} and key spec is {}, which is not valid for {operation}.",
+                Self::arn(key),
+                key.usage.as_str(),
+                key.spec.as_str()
+            )));
+        }
+        Ok(())
+    }
+
     fn pending_import(key: &KeyRecord) -> KmsError {
         KmsError::InvalidState(format!("{} is pending import.", Self::arn(key)))
     }
@@ -399,28 +458,51 @@ impl KeyService {
                     Self::arn(key)
                 ))
             })?;
+        let public = rec
+            .public
+            .as_deref()
+            .map(|p| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(p)
+                    .map_err(|_| {
+                        KmsError::Internal(format!(
+                            "public key of {} version {version} is not base64",
+                            Self::arn(key)
+                        ))
+                    })
+            })
+            .transpose()?;
+        let aes = match key.spec {
+            records::KeySpec::SymmetricDefault => Some(Aes256Key::from_secret_bytes(&secret)?),
+            _ => None,
+        };
         let m = Arc::new(Material {
-            key: Aes256Key::from_secret_bytes(&secret)?,
+            aes,
+            secret,
+            public,
             id: rec.material_id,
         });
         write_lock(&self.materials).insert((key.id, version), Arc::clone(&m));
         Ok(Some(m))
     }
 
-    /// Creates, seals and stores a new version of `key`'s material.
+    /// Creates, seals and stores a new version of the material of key `id`
+    /// of `spec`.
     fn add_version(
         &self,
         tx: &mut dyn WriteTx,
         id: &Uuid,
+        spec: records::KeySpec,
         version: u32,
         origin: records::VersionOrigin,
         now_ms: i64,
     ) -> Result<String, KmsError> {
-        let material = Aes256Key::generate()?;
+        let (material, public) = generate_material(spec)?;
         let material_id = hex::encode(atrest_crypto::rand::array::<32>()?);
         let sealed = self
             .root
             .seal(&material_aad(id, version), material.expose())?;
+        let public = public.map(|p| base64::engine::general_purpose::STANDARD.encode(p));
         records::put(
             tx,
             records::VERSIONS,
@@ -432,6 +514,7 @@ impl KeyService {
                 origin,
                 material_id: material_id.clone(),
                 sealed,
+                public,
             },
         )?;
         Ok(material_id)
@@ -451,7 +534,7 @@ impl KeyService {
         let mut out = Vec::new();
         for v in 1..=key.current_version {
             if let Some(m) = self.material(&*tx, &key, v)? {
-                out.push(m.key.expose().to_vec());
+                out.push(m.secret.expose().to_vec());
             }
         }
         Ok(out)

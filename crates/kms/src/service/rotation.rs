@@ -34,7 +34,21 @@ fn require_rotatable(key: &KeyRecord) -> Result<(), KmsError> {
     }
 }
 
+/// Only symmetric encryption keys rotate (as in AWS KMS): rotating an
+/// asymmetric or HMAC key would change its public key or its MACs.
+fn require_symmetric(key: &KeyRecord) -> Result<(), KmsError> {
+    if key.spec != records::KeySpec::SymmetricDefault {
+        return Err(KmsError::UnsupportedOperation(format!(
+            "{} has KeySpec {}; only symmetric encryption keys (SYMMETRIC_DEFAULT) support key rotation.",
+            KeyService::arn(key),
+            key.spec.as_str()
+        )));
+    }
+    Ok(())
+}
+
 fn require_generated(key: &KeyRecord) -> Result<(), KmsError> {
+    require_symmetric(key)?;
     if key.origin == records::KeyOrigin::External {
         return Err(KmsError::UnsupportedOperation(format!(
             "{} has imported key material; atrest does not rotate imported material.",
@@ -117,6 +131,7 @@ impl KeyService {
         let tx = self.store.read()?;
         let key = self.resolve_for_management(&*tx, call, req.key_id)?;
         self.authorize_key(&*tx, call, "GetKeyRotationStatus", &key, &Facts::default())?;
+        require_symmetric(&key)?;
         Ok(RotationStatusResponse {
             key_rotation_enabled: key.rotation.is_some(),
             key_id: Self::arn(&key),
@@ -136,7 +151,7 @@ impl KeyService {
         let version = key.current_version.checked_add(1).ok_or_else(|| {
             KmsError::LimitExceeded(format!("{} has no more versions", Self::arn(key)))
         })?;
-        key.current_material_id = self.add_version(tx, &key.id, version, origin, now)?;
+        key.current_material_id = self.add_version(tx, &key.id, key.spec, version, origin, now)?;
         key.current_version = version;
         Ok(())
     }
@@ -173,6 +188,7 @@ impl KeyService {
         let tx = self.store.read()?;
         let key = self.resolve_for_management(&*tx, call, req.key_id)?;
         self.authorize_key(&*tx, call, "ListKeyRotations", &key, &Facts::default())?;
+        require_symmetric(&key)?;
         let after_version = match after {
             None => 1,
             Some(b) => u32::from_be_bytes(

@@ -312,8 +312,14 @@ impl ServiceSession<'_> {
         );
         key.manager = KeyManager::Service;
         key.service = Some(self.service.clone());
-        key.current_material_id =
-            kms.add_version(&mut *tx, &key.id, 1, VersionOrigin::Initial, key.created)?;
+        key.current_material_id = kms.add_version(
+            &mut *tx,
+            &key.id,
+            key.spec,
+            1,
+            VersionOrigin::Initial,
+            key.created,
+        )?;
         key.current_version = 1;
         let arn = KeyService::arn(&key);
         call.set_key(arn.clone());
