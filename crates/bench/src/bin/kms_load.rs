@@ -4,7 +4,11 @@
 //! with a fresh data dir, creates a key, and measures GenerateDataKey
 //! (AES_256) and Decrypt at several concurrencies over HTTP/1.1 keep-alive,
 //! then stops the server and removes the data dir. With `--endpoint` and
-//! `--credentials-file` it targets a running server instead.
+//! `--credentials-file` it targets a running server instead. The signing
+//! and MAC operations (`--ops sign-rsa2048,verify-rsa2048,sign-ecdsa-p256,
+//! verify-ecdsa-p256,generate-mac,verify-mac`) each get a key of their kind,
+//! and are reported beside `openssl speed` of the same primitive on one
+//! core, run after them.
 //!
 //! ```text
 //! cargo build --release -p atrest
@@ -74,6 +78,10 @@ struct Args {
     /// Use a current-thread runtime (one thread) for the load generator.
     #[arg(long, conflicts_with = "threads")]
     current_thread: bool,
+    /// Seconds `openssl speed` runs for each signing or MAC primitive
+    /// measured (0: skip the side-by-side).
+    #[arg(long, default_value_t = 3)]
+    openssl_seconds: u32,
     /// Keep the started server's log (stdout and stderr) at this path.
     #[arg(long)]
     server_log: Option<PathBuf>,
@@ -113,6 +121,21 @@ enum Op {
     /// REST framework, authorization of `disk:DescribeDisk` by identity
     /// policy (the root's, or the `user` caller's policy), a disk lookup.
     DescribeDisk,
+    /// Sign of a 32-byte SHA-256 digest with an RSA_2048 key,
+    /// RSASSA_PKCS1_V1_5_SHA_256 (`openssl speed rsa2048`'s sign).
+    SignRsa2048,
+    /// Verify of that signature.
+    VerifyRsa2048,
+    /// Sign of a 32-byte SHA-256 digest with an ECC_NIST_P256 key,
+    /// ECDSA_SHA_256 (`openssl speed ecdsap256`'s sign).
+    SignEcdsaP256,
+    /// Verify of that signature.
+    VerifyEcdsaP256,
+    /// GenerateMac of 32 bytes with an HMAC_256 key (`openssl speed -hmac
+    /// sha256 -bytes 32`).
+    GenerateMac,
+    /// VerifyMac of that MAC.
+    VerifyMac,
 }
 
 impl Op {
@@ -124,7 +147,102 @@ impl Op {
             Op::GenerateRandom => "GenerateRandom",
             Op::Healthz => "GET /healthz",
             Op::DescribeDisk => "GET /v1/disks/{id}",
+            Op::SignRsa2048 => "Sign RSA_2048",
+            Op::VerifyRsa2048 => "Verify RSA_2048",
+            Op::SignEcdsaP256 => "Sign ECC_NIST_P256",
+            Op::VerifyEcdsaP256 => "Verify ECC_NIST_P256",
+            Op::GenerateMac => "GenerateMac",
+            Op::VerifyMac => "VerifyMac",
         }
+    }
+
+    /// The KMS operation it sends.
+    fn target(self) -> &'static str {
+        match self {
+            Op::SignRsa2048 | Op::SignEcdsaP256 => "Sign",
+            Op::VerifyRsa2048 | Op::VerifyEcdsaP256 => "Verify",
+            op => op.name(),
+        }
+    }
+
+    /// For the asymmetric and MAC operations: the key it needs (KeySpec,
+    /// KeyUsage), and `openssl speed`'s measure of the same primitive.
+    fn peer(self) -> Option<(&'static str, &'static str, Peer)> {
+        Some(match self {
+            Op::SignRsa2048 => ("RSA_2048", "SIGN_VERIFY", Peer::Rsa2048Sign),
+            Op::VerifyRsa2048 => ("RSA_2048", "SIGN_VERIFY", Peer::Rsa2048Verify),
+            Op::SignEcdsaP256 => ("ECC_NIST_P256", "SIGN_VERIFY", Peer::EcdsaP256Sign),
+            Op::VerifyEcdsaP256 => ("ECC_NIST_P256", "SIGN_VERIFY", Peer::EcdsaP256Verify),
+            Op::GenerateMac | Op::VerifyMac => {
+                ("HMAC_256", "GENERATE_VERIFY_MAC", Peer::HmacSha256)
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// What `openssl speed` measures for an operation's primitive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Rsa2048Sign,
+    Rsa2048Verify,
+    EcdsaP256Sign,
+    EcdsaP256Verify,
+    HmacSha256,
+}
+
+impl Peer {
+    /// `openssl speed`'s arguments for it.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Peer::Rsa2048Sign | Peer::Rsa2048Verify => &["rsa2048"],
+            Peer::EcdsaP256Sign | Peer::EcdsaP256Verify => &["ecdsap256"],
+            Peer::HmacSha256 => &["-bytes", "32", "-hmac", "sha256"],
+        }
+    }
+
+    /// Operations per second from `openssl speed -mr`'s output: `+F2:i:2048:
+    /// sign/s:verify/s` for RSA, `+F4:i:256:sign/s:verify/s` for ECDSA,
+    /// `+R:count:hmac(sha256):seconds` for HMAC.
+    fn parse(self, out: &str) -> Option<f64> {
+        let field = |prefix: &str, index: usize| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|l| l.split(':').nth(index))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        match self {
+            Peer::Rsa2048Sign => field("+F2:", 2),
+            Peer::Rsa2048Verify => field("+F2:", 3),
+            Peer::EcdsaP256Sign => field("+F4:", 2),
+            Peer::EcdsaP256Verify => field("+F4:", 3),
+            Peer::HmacSha256 => {
+                let line = out.lines().find(|l| l.starts_with("+R:"))?;
+                let parts: Vec<&str> = line.split(':').collect();
+                let count: f64 = parts.get(1)?.parse().ok()?;
+                let secs: f64 = parts.get(3)?.parse().ok()?;
+                (secs > 0.0).then(|| count / secs)
+            }
+        }
+    }
+
+    /// Runs `openssl speed` on one core for `seconds`: its output.
+    fn run(self, seconds: u32) -> anyhow::Result<String> {
+        let out = Command::new("openssl")
+            .arg("speed")
+            .arg("-mr")
+            .arg("-seconds")
+            .arg(seconds.to_string())
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .context("running openssl speed (is the openssl CLI installed?)")?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -188,7 +306,7 @@ impl Prepared {
             op => {
                 let r = target
                     .kms
-                    .kms_raw(op.name(), self.body.clone())
+                    .kms_raw(op.target(), self.body.clone())
                     .await
                     .map_err(|e| e.to_string())?;
                 (r.status, r.body)
@@ -495,12 +613,30 @@ async fn prepare(
     );
     let encrypt_body =
         tokens(serde_json::json!({"KeyId": key_id, "Plaintext": B64.encode([7u8; 32])}));
+    let mut signed = std::collections::HashMap::new();
+    for &op in ops {
+        if let Some((spec, usage, _)) = op.peer()
+            && !signed.contains_key(spec)
+        {
+            signed.insert(spec, sign_bodies(client, spec, usage).await?);
+        }
+    }
+    let signed_body = |op: Op, verify: bool| {
+        op.peer()
+            .and_then(|(spec, _, _)| signed.get(spec))
+            .map(|b: &(String, String)| if verify { b.1.clone() } else { b.0.clone() })
+            .unwrap_or_default()
+    };
     Ok(ops
         .iter()
         .map(|&op| Prepared {
             op,
             body: Bytes::from(
                 match op {
+                    Op::SignRsa2048 | Op::SignEcdsaP256 | Op::GenerateMac => signed_body(op, false),
+                    Op::VerifyRsa2048 | Op::VerifyEcdsaP256 | Op::VerifyMac => {
+                        signed_body(op, true)
+                    }
                     Op::GenerateDataKey => gdk_body.to_string(),
                     Op::Decrypt => decrypt_body.to_string(),
                     Op::Encrypt => encrypt_body.to_string(),
@@ -512,6 +648,51 @@ async fn prepare(
             ),
         })
         .collect())
+}
+
+/// For a key of `spec` and `usage` (created here): the body of its Sign or
+/// GenerateMac of 32 bytes, and the body of the Verify or VerifyMac of the
+/// result, checked once.
+async fn sign_bodies(client: &Client, spec: &str, usage: &str) -> anyhow::Result<(String, String)> {
+    let created = kms_json(
+        client,
+        "CreateKey",
+        &serde_json::json!({"KeySpec": spec, "KeyUsage": usage, "Description": "kms-load"}),
+    )
+    .await?;
+    let key_id = str_field(&created, &["KeyMetadata", "KeyId"])?.to_owned();
+    let message = B64.encode([7u8; 32]);
+    let (make, check, made_field, check_field, body) = if usage == "GENERATE_VERIFY_MAC" {
+        (
+            "GenerateMac",
+            "VerifyMac",
+            "Mac",
+            "MacValid",
+            serde_json::json!({"KeyId": key_id, "Message": message, "MacAlgorithm": "HMAC_SHA_256"}),
+        )
+    } else {
+        let algorithm = if spec.starts_with("RSA") {
+            "RSASSA_PKCS1_V1_5_SHA_256"
+        } else {
+            "ECDSA_SHA_256"
+        };
+        (
+            "Sign",
+            "Verify",
+            "Signature",
+            "SignatureValid",
+            serde_json::json!({"KeyId": key_id, "Message": message, "MessageType": "DIGEST", "SigningAlgorithm": algorithm}),
+        )
+    };
+    let made = kms_json(client, make, &body).await?;
+    let mut verify = body.clone();
+    verify[made_field] = serde_json::json!(str_field(&made, &[made_field])?);
+    let checked = kms_json(client, check, &verify).await?;
+    ensure!(
+        checked.get(check_field) == Some(&serde_json::json!(true)),
+        "{check} of {make}'s output failed: {checked}"
+    );
+    Ok((body.to_string(), verify.to_string()))
 }
 
 /// What one worker saw in the measured window.
@@ -738,6 +919,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "--caller {:?} sets up its own key; leave out --key-id",
         args.caller
     );
+    ensure!(
+        args.caller == CallerKind::Owner || args.ops.iter().all(|o| o.peer().is_none()),
+        "the signing and MAC operations run as --caller owner (they create their own keys)"
+    );
     // The disk GET /v1/disks/{id} describes: the owner's, under the
     // account's disk service key.
     let disk_path = if args.ops.contains(&Op::DescribeDisk) {
@@ -900,6 +1085,57 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!();
     }
 
+    // The asymmetric and MAC operations beside `openssl speed` of the same
+    // primitive on one core, in the same run: the KMS call's server CPU
+    // against the primitive's own time.
+    let mut peers: Vec<(Op, Peer)> = Vec::new();
+    for s in &steps {
+        if let Some((_, _, peer)) = s.op.peer()
+            && !peers.iter().any(|(o, _)| *o == s.op)
+        {
+            peers.push((s.op, peer));
+        }
+    }
+    if !peers.is_empty() && args.openssl_seconds > 0 {
+        let mut table = Table::new(&[
+            "operation",
+            ">openssl speed µs/op (1 core)",
+            ">server CPU µs/op (c=1)",
+            ">server CPU − openssl µs/op",
+            ">ratio",
+        ]);
+        let mut measured = std::collections::HashMap::new();
+        for (op, peer) in peers {
+            // One run of `openssl speed` measures both sign and verify.
+            if !measured.contains_key(peer.args()) {
+                measured.insert(peer.args(), peer.run(args.openssl_seconds)?);
+            }
+            let out = &measured[peer.args()];
+            let ops = peer.parse(out).with_context(|| {
+                format!("openssl speed {:?} printed no result: {out}", peer.args())
+            })?;
+            let peer_us = 1e6 / ops;
+            let server = steps
+                .iter()
+                .filter(|s| s.op == op && s.errors == 0)
+                .min_by_key(|s| s.concurrency)
+                .and_then(|s| s.server_cpu_us);
+            table.row(vec![
+                op.name().to_owned(),
+                format!("{peer_us:.1}"),
+                us(server),
+                us(server.map(|s| s - peer_us)),
+                server.map_or_else(|| "n/a".to_owned(), |s| format!("{:.2}×", s / peer_us)),
+            ]);
+        }
+        println!(
+            "openssl speed, -seconds {}, same machine, same run:",
+            args.openssl_seconds
+        );
+        print!("{}", table.render());
+        println!();
+    }
+
     // The target: >= 20,000 ops/s with p99 < 5 ms, at some concurrency.
     for op in [Op::GenerateDataKey, Op::Decrypt] {
         let of_op: Vec<&Step> = steps.iter().filter(|s| s.op == op).collect();
@@ -957,4 +1193,24 @@ fn main() -> anyhow::Result<()> {
     }
     .context("starting the tokio runtime")?;
     runtime.block_on(run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peer;
+
+    #[test]
+    fn openssl_speed_machine_readable_output_parses() {
+        let rsa =
+            "+DTP:2048:private:rsa:1\n+R1:2751:2048:1.00\n+F2:2:2048:2751.000000:52411.000000\n";
+        assert_eq!(Peer::Rsa2048Sign.parse(rsa), Some(2751.0));
+        assert_eq!(Peer::Rsa2048Verify.parse(rsa), Some(52411.0));
+        let ec = "+R6:13176:256:1.00\n+F4:3:256:40693.000000:13176.000000\n";
+        assert_eq!(Peer::EcdsaP256Sign.parse(ec), Some(40693.0));
+        assert_eq!(Peer::EcdsaP256Verify.parse(ec), Some(13176.0));
+        let mac = "+R:3642706:hmac(sha256):2.000000\n+H:32\n";
+        assert_eq!(Peer::HmacSha256.parse(mac), Some(1_821_353.0));
+        assert_eq!(Peer::HmacSha256.parse("garbage"), None);
+        assert_eq!(Peer::EcdsaP256Sign.parse(rsa), None);
+    }
 }
