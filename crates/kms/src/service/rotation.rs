@@ -119,7 +119,8 @@ impl KeyService {
         self.authorize_key(&*tx, call, "GetKeyRotationStatus", &key, &Facts::default())?;
         Ok(RotationStatusResponse {
             key_rotation_enabled: key.rotation.is_some(),
-            key_id: Self::arn(&key),
+            // AWS answers the bare key id here (and the ARN elsewhere).
+            key_id: key.id.to_string(),
             rotation_period_in_days: key.rotation.map(|r| r.period_days),
             next_rotation_date: key.rotation.map(|r| epoch_seconds(r.next)),
         })
@@ -158,7 +159,9 @@ impl KeyService {
             }
             svc.rotate(key, tx, VersionOrigin::OnDemand, now)?;
             key.on_demand_rotations += 1;
-            Ok(KeyIdResponse { key_id: key.id.to_string() })
+            Ok(KeyIdResponse {
+                key_id: Self::arn(key),
+            })
         })
     }
 
