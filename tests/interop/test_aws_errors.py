@@ -76,11 +76,16 @@ def test_validation_messages(kms_raw):
     for n in (0, 1025):
         assert code(kms.generate_random, NumberOfBytes=n) == "ValidationException"
         assert code(kms.generate_data_key, KeyId=key, NumberOfBytes=n) == "ValidationException"
-    assert code(kms.generate_data_key, KeyId=key) == "ValidationException"
-    assert code(kms.generate_data_key, KeyId=key, KeySpec="AES_256", NumberOfBytes=32) == "ValidationException"
+    for kw in ({}, {"KeySpec": "AES_256", "NumberOfBytes": 32}):
+        e = err(kms.generate_data_key, KeyId=key, **kw)
+        assert e["Error"]["Code"] == "ValidationException", kw
+        assert e["Error"]["Message"] == "Please specify either number of bytes or key spec.", kw
     for days in (89, 2561):
         assert code(kms.enable_key_rotation, KeyId=key, RotationPeriodInDays=days) == "ValidationException"
     assert code(kms.get_key_policy, KeyId=key, PolicyName="not valid") == "ValidationException"
+    e = err(kms.get_key_policy, KeyId=key, PolicyName="other")
+    assert e["Error"]["Code"] == "NotFoundException"
+    assert e["Error"]["Message"] == "No such policy exists"
     assert code(kms.list_keys, Marker="not-a-marker") == "InvalidMarkerException"
 
 

@@ -309,7 +309,7 @@ impl KeyService {
         if tokens.len() > 10 {
             return Err(KmsError::constraint(
                 "grantTokens",
-                tokens.len(),
+                format!("[{}]", tokens.join(", ")),
                 "Member must have length less than or equal to 10",
             ));
         }

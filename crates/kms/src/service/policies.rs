@@ -68,9 +68,7 @@ fn check_name(name: Option<&str>) -> Result<(), KmsError> {
     }
     match name {
         None | Some(POLICY_NAME) => Ok(()),
-        Some(other) => Err(KmsError::NotFound(format!(
-            "No such policy '{other}': a key has one policy, named \"default\"."
-        ))),
+        Some(_) => Err(KmsError::NotFound("No such policy exists".into())),
     }
 }
 

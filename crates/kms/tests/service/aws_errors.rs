@@ -138,9 +138,11 @@ fn validation_messages_name_the_broken_bound() {
         json!({"KeyId": key}),
         json!({"KeyId": key, "NumberOfBytes": 32, "KeySpec": "AES_256"}),
     ] {
+        let err = e.err("GenerateDataKey", body.clone());
+        assert_eq!(err.aws_type(), "ValidationException", "{body}");
         assert_eq!(
-            e.err("GenerateDataKey", body.clone()).aws_type(),
-            "ValidationException",
+            err.to_string(),
+            "Please specify either number of bytes or key spec.",
             "{body}"
         );
     }
@@ -155,6 +157,15 @@ fn validation_messages_name_the_broken_bound() {
         ),
         "{err}"
     );
+    let tokens: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
+    let err = e.err(
+        "Encrypt",
+        json!({"KeyId": key, "Plaintext": b64(b"x"), "GrantTokens": tokens}),
+    );
+    assert_eq!(
+        err.to_string(),
+        "1 validation error detected: Value '[t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10]' at 'grantTokens' failed to satisfy constraint: Member must have length less than or equal to 10"
+    );
     // PolicyName: the pattern is a validation error; a well-formed name
     // other than `default` names no policy.
     let err = e.err(
@@ -166,14 +177,14 @@ fn validation_messages_name_the_broken_bound() {
         err.to_string(),
         "1 validation error detected: Value 'not valid' at 'policyName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w]+"
     );
-    assert_eq!(
-        e.err(
-            "PutKeyPolicy",
-            json!({"KeyId": key, "PolicyName": "other", "Policy": "{}"})
-        )
-        .aws_type(),
-        "NotFoundException"
-    );
+    for op in ["PutKeyPolicy", "GetKeyPolicy"] {
+        let err = e.err(
+            op,
+            json!({"KeyId": key, "PolicyName": "other", "Policy": "{}"}),
+        );
+        assert_eq!(err.aws_type(), "NotFoundException", "{op}");
+        assert_eq!(err.to_string(), "No such policy exists", "{op}");
+    }
 }
 
 #[test]
