@@ -119,15 +119,10 @@ pub(crate) fn in_range(v: i64, member: &str, lo: i64, hi: i64) -> Result<u32, Km
 
 /// A string member whose length (in characters) must lie in `lo..=hi`.
 pub(crate) fn length(v: &str, member: &str, lo: usize, hi: usize) -> Result<(), KmsError> {
-    let n = v.chars().count();
-    if n < lo || n > hi {
-        return Err(KmsError::constraint(
-            member,
-            v,
-            &format!("Member must have length between {lo} and {hi}"),
-        ));
+    match KmsError::length(member, Some(v), v.chars().count(), lo, hi) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 macro_rules! request {
@@ -523,7 +518,7 @@ pub struct RandomResponse {
 pub struct RotationStatusResponse {
     /// Whether automatic rotation is on.
     pub key_rotation_enabled: bool,
-    /// Key ARN.
+    /// Key id (not the ARN, as AWS answers).
     pub key_id: String,
     /// The period, when enabled.
     #[serde(skip_serializing_if = "Option::is_none")]

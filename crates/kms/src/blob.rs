@@ -98,9 +98,8 @@ pub struct Header<'a> {
 /// Splits a blob into its header and the ciphertext with tag, checking only
 /// its shape. Never panics on any input.
 pub fn parse(blob: &[u8]) -> Result<(Header<'_>, &[u8]), KmsError> {
-    let invalid = || {
-        KmsError::InvalidCiphertext("The ciphertext is not a valid atrest ciphertext blob.".into())
-    };
+    // AWS's InvalidCiphertextException carries no message.
+    let invalid = || KmsError::InvalidCiphertext(String::new());
     if blob.len() < OVERHEAD {
         return Err(invalid());
     }
@@ -223,11 +222,8 @@ pub fn open(
     aad.extend_from_slice(header.bytes);
     aad.extend_from_slice(context);
     let gcm = Aes256Gcm::new(&message_key(material, salt)?)?;
-    gcm.open(&nonce, &aad, body).map_err(|_| {
-        KmsError::InvalidCiphertext(
-            "The ciphertext could not be authenticated: it was modified, or the encryption context differs from the one used to encrypt.".into(),
-        )
-    })
+    gcm.open(&nonce, &aad, body)
+        .map_err(|_| KmsError::InvalidCiphertext(String::new()))
 }
 
 #[cfg(test)]

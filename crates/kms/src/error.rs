@@ -32,9 +32,13 @@ pub enum KmsError {
     /// The request body is not valid JSON of the expected shape.
     #[error("{0}")]
     Serialization(String),
-    /// An alias name that is malformed or reserved.
+    /// An alias name that is malformed.
     #[error("{0}")]
     InvalidAliasName(String),
+    /// A reserved name (`alias/aws/...`): AWS answers this type with no
+    /// message.
+    #[error("{0}")]
+    NotAuthorized(String),
     /// An ARN that is malformed.
     #[error("{0}")]
     InvalidArn(String),
@@ -100,7 +104,7 @@ pub enum KmsError {
     #[error("{0}")]
     Conflict(String),
     /// The request would have succeeded; `DryRun` was set.
-    #[error("The request would have succeeded, but the DryRun option is set.")]
+    #[error("The request would have succeeded, but the DryRun parameter was set.")]
     DryRun,
     /// A fault of the server, never of the client. The message is generic;
     /// details go to the log only.
@@ -122,6 +126,7 @@ impl KmsError {
             Self::Validation(_) => "ValidationException",
             Self::Serialization(_) => "SerializationException",
             Self::InvalidAliasName(_) => "InvalidAliasNameException",
+            Self::NotAuthorized(_) => "NotAuthorizedException",
             Self::InvalidArn(_) => "InvalidArnException",
             Self::InvalidMarker(_) => "InvalidMarkerException",
             Self::LimitExceeded(_) => "LimitExceededException",
@@ -159,6 +164,37 @@ impl KmsError {
         Self::Validation(format!(
             "1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: {rule}"
         ))
+    }
+
+    /// AWS's message for a constraint violation on a member whose value AWS
+    /// does not repeat (sensitive or binary members: `plaintext`,
+    /// `ciphertextBlob`): `Value at 'plaintext' failed to satisfy ...`.
+    pub(crate) fn constraint_unquoted(member: &str, rule: &str) -> Self {
+        Self::Validation(format!(
+            "1 validation error detected: Value at '{member}' failed to satisfy constraint: {rule}"
+        ))
+    }
+
+    /// AWS's message for a length constraint on one member: AWS names the
+    /// bound that is broken, never both.
+    pub(crate) fn length(
+        member: &str,
+        value: Option<&str>,
+        len: usize,
+        lo: usize,
+        hi: usize,
+    ) -> Option<Self> {
+        let rule = if len < lo {
+            format!("Member must have length greater than or equal to {lo}")
+        } else if len > hi {
+            format!("Member must have length less than or equal to {hi}")
+        } else {
+            return None;
+        };
+        Some(match value {
+            Some(v) => Self::constraint(member, v, &rule),
+            None => Self::constraint_unquoted(member, &rule),
+        })
     }
 
     /// AWS's message for a required member that is absent.

@@ -88,6 +88,18 @@ pub enum KeyRef {
         /// Key id in the ARN.
         id: Uuid,
     },
+    /// A multi-Region key id (`mrk-` and 32 lower-case hex digits), in the
+    /// caller's account and region.
+    MultiRegionId(String),
+    /// A key ARN whose key id is a multi-Region key id.
+    MultiRegionArn {
+        /// Region in the ARN.
+        region: String,
+        /// Account in the ARN.
+        account: String,
+        /// Key id in the ARN (`mrk-...`).
+        id: String,
+    },
     /// An alias name (`alias/...`), in the caller's account and region.
     Alias(String),
     /// An alias ARN.
@@ -104,18 +116,17 @@ pub enum KeyRef {
 impl KeyRef {
     /// Parses a `KeyId` parameter.
     pub fn parse(s: &str) -> Result<Self, KmsError> {
-        if s.is_empty() || s.len() > 2048 {
-            return Err(KmsError::constraint(
-                "keyId",
-                s,
-                "Member must have length between 1 and 2048",
-            ));
+        if let Some(e) = KmsError::length("keyId", Some(s), s.chars().count(), 1, 2048) {
+            return Err(e);
         }
         if let Some(rest) = s.strip_prefix("arn:") {
             return parse_arn(s, rest);
         }
         if s.starts_with("alias/") {
             return Ok(Self::Alias(s.to_owned()));
+        }
+        if is_multi_region_id(s) {
+            return Ok(Self::MultiRegionId(s.to_owned()));
         }
         parse_key_uuid(s)
             .map(Self::Id)
@@ -136,6 +147,17 @@ impl KeyRef {
     pub fn is_alias(&self) -> bool {
         matches!(self, Self::Alias(_) | Self::AliasArn { .. })
     }
+}
+
+/// Whether `s` is a multi-Region key id: `mrk-` and 32 lower-case hex
+/// digits, the form AWS gives multi-Region keys.
+#[must_use]
+pub fn is_multi_region_id(s: &str) -> bool {
+    s.strip_prefix("mrk-").is_some_and(|h| {
+        h.len() == 32
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Key ids are UUIDs in their canonical lower-case hyphenated form, which is
@@ -168,6 +190,13 @@ fn parse_arn(full: &str, rest: &str) -> Result<KeyRef, KmsError> {
         return Err(invalid());
     }
     if let Some(id) = resource.strip_prefix("key/") {
+        if is_multi_region_id(id) {
+            return Ok(KeyRef::MultiRegionArn {
+                region: region.to_owned(),
+                account: account.to_owned(),
+                id: id.to_owned(),
+            });
+        }
         let id = parse_key_uuid(id)
             .ok_or_else(|| KmsError::NotFound(format!("Invalid arn '{full}'")))?;
         return Ok(KeyRef::KeyArn {
@@ -189,14 +218,13 @@ fn parse_arn(full: &str, rest: &str) -> Result<KeyRef, KmsError> {
 /// Prefixes no customer alias may use: AWS's and atrest's service keys.
 pub const RESERVED_ALIAS_PREFIXES: [&str; 2] = ["alias/aws/", "alias/atrest/"];
 
-/// Checks an alias name given to CreateAlias, UpdateAlias or DeleteAlias.
-pub fn validate_alias_name(name: &str, creating: bool) -> Result<(), KmsError> {
-    if name.is_empty() || name.len() > 256 {
-        return Err(KmsError::constraint(
-            "aliasName",
-            name,
-            "Member must have length between 1 and 256",
-        ));
+/// Checks an alias name given to CreateAlias, UpdateAlias or DeleteAlias,
+/// in AWS's order: the member's length and pattern (`ValidationException`),
+/// the `alias/` prefix (`InvalidAliasNameException`), then the reserved
+/// prefixes (`NotAuthorizedException`, which AWS sends with no message).
+pub fn validate_alias_name(name: &str) -> Result<(), KmsError> {
+    if let Some(e) = KmsError::length("aliasName", Some(name), name.chars().count(), 1, 256) {
+        return Err(e);
     }
     if !name
         .bytes()
@@ -210,7 +238,7 @@ pub fn validate_alias_name(name: &str, creating: bool) -> Result<(), KmsError> {
     }
     let Some(suffix) = name.strip_prefix("alias/") else {
         return Err(KmsError::InvalidAliasName(
-            "Alias must start with the prefix \"alias/\".".into(),
+            "Alias must start with the prefix \"alias/\". Please see https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html".into(),
         ));
     };
     if suffix.is_empty() || name.contains(':') {
@@ -218,14 +246,8 @@ pub fn validate_alias_name(name: &str, creating: bool) -> Result<(), KmsError> {
             "Alias name '{name}' is not valid: after \"alias/\" it needs at least one of [a-zA-Z0-9/_-]."
         )));
     }
-    if creating
-        && let Some(p) = RESERVED_ALIAS_PREFIXES
-            .iter()
-            .find(|p| name.starts_with(*p))
-    {
-        return Err(KmsError::InvalidAliasName(format!(
-            "Alias names beginning with '{p}' are reserved."
-        )));
+    if RESERVED_ALIAS_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Err(KmsError::NotAuthorized(String::new()));
     }
     Ok(())
 }
@@ -289,33 +311,70 @@ mod tests {
             KeyRef::parse("arn:aws:kms:us-east-1:111122223333:key/not-a-uuid"),
             Err(KmsError::NotFound(_))
         ));
+        // Multi-Region key ids: `mrk-` and 32 lower-case hex digits.
+        let mrk = "mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert_eq!(
+            KeyRef::parse(mrk).unwrap(),
+            KeyRef::MultiRegionId(mrk.into())
+        );
+        assert_eq!(
+            KeyRef::parse(&format!("arn:aws:kms:us-east-1:111122223333:key/{mrk}")).unwrap(),
+            KeyRef::MultiRegionArn {
+                region: "us-east-1".into(),
+                account: "111122223333".into(),
+                id: mrk.into()
+            }
+        );
+        for bad in [
+            "mrk-1234ABCD12ab34cd56ef1234567890ab",
+            "mrk-1234abcd12ab34cd56ef1234567890a",
+            "mrk-1234abcd12ab34cd56ef1234567890abc",
+            "mrk-",
+        ] {
+            assert!(
+                matches!(KeyRef::parse(bad), Err(KmsError::NotFound(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            KeyRef::parse("").unwrap_err().to_string(),
+            "1 validation error detected: Value '' at 'keyId' failed to satisfy constraint: Member must have length greater than or equal to 1"
+        );
     }
 
     #[test]
     fn alias_names() {
-        validate_alias_name("alias/my-key_1/a", true).unwrap();
+        validate_alias_name("alias/my-key_1/a").unwrap();
         assert!(matches!(
-            validate_alias_name("my-key", true),
+            validate_alias_name("my-key"),
             Err(KmsError::InvalidAliasName(_))
         ));
         assert!(matches!(
-            validate_alias_name("alias/", true),
+            validate_alias_name("alias/"),
             Err(KmsError::InvalidAliasName(_))
         ));
         assert!(matches!(
-            validate_alias_name("alias/aws/ebs", true),
-            Err(KmsError::InvalidAliasName(_))
+            validate_alias_name("alias/aws/ebs"),
+            Err(KmsError::NotAuthorized(_))
         ));
         assert!(matches!(
-            validate_alias_name("alias/atrest/disk", true),
-            Err(KmsError::InvalidAliasName(_))
+            validate_alias_name("alias/atrest/disk"),
+            Err(KmsError::NotAuthorized(_))
         ));
+        assert_eq!(
+            validate_alias_name("alias/x y").unwrap_err().to_string(),
+            "1 validation error detected: Value 'alias/x y' at 'aliasName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"
+        );
+        assert_eq!(
+            validate_alias_name("").unwrap_err().to_string(),
+            "1 validation error detected: Value '' at 'aliasName' failed to satisfy constraint: Member must have length greater than or equal to 1"
+        );
         assert!(matches!(
-            validate_alias_name("alias/a b", true),
+            validate_alias_name("alias/a b"),
             Err(KmsError::Validation(_))
         ));
         assert!(matches!(
-            validate_alias_name(&"a".repeat(257), true),
+            validate_alias_name(&"a".repeat(257)),
             Err(KmsError::Validation(_))
         ));
     }

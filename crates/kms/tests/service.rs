@@ -10,6 +10,8 @@ use std::sync::Arc;
 mod access_keys;
 #[path = "service/authorization.rs"]
 mod authorization;
+#[path = "service/aws_errors.rs"]
+mod aws_errors;
 #[path = "service/byok.rs"]
 mod byok;
 #[path = "service/external.rs"]
@@ -499,7 +501,7 @@ fn create_key_refuses_what_it_does_not_support() {
             json!({"Tags": [{"TagKey": "aws:x", "TagValue": "v"}]}),
             "TagException",
         ),
-        (json!({"Tags": [{"TagKey": "k"}]}), "TagException"),
+        (json!({"Tags": [{"TagKey": "k"}]}), "ValidationException"),
         (json!({"Description": 5}), "SerializationException"),
         (json!({"Tags": "not a list"}), "SerializationException"),
     ] {
@@ -1171,6 +1173,7 @@ fn rotation_on_demand_and_automatic() {
 
     let st = e.ok("GetKeyRotationStatus", json!({"KeyId": key}));
     assert_eq!(st["KeyRotationEnabled"], false);
+    assert_eq!(st["KeyId"], key, "the bare key id, as AWS answers");
     assert!(st.get("NextRotationDate").is_none());
     assert_eq!(
         e.ok("ListKeyRotations", json!({"KeyId": key}))["Rotations"],
@@ -1179,7 +1182,8 @@ fn rotation_on_demand_and_automatic() {
 
     assert_eq!(
         e.ok("RotateKeyOnDemand", json!({"KeyId": key}))["KeyId"],
-        key
+        format!("arn:aws:kms:us-east-1:111122223333:key/{key}"),
+        "the key ARN, as AWS answers"
     );
     let m2 =
         e.ok("DescribeKey", json!({"KeyId": key}))["KeyMetadata"]["CurrentKeyMaterialId"].clone();
@@ -1284,8 +1288,8 @@ fn aliases() {
     );
     for (name, want) in [
         ("app", "InvalidAliasNameException"),
-        ("alias/aws/ebs", "InvalidAliasNameException"),
-        ("alias/atrest/disk", "InvalidAliasNameException"),
+        ("alias/aws/ebs", "NotAuthorizedException"),
+        ("alias/atrest/disk", "NotAuthorizedException"),
         ("alias/sp ace", "ValidationException"),
     ] {
         assert_eq!(
@@ -1435,14 +1439,17 @@ fn tags() {
             json!([{"TagKey": "aws:x", "TagValue": "v"}]),
             "TagException",
         ),
-        (json!([{"TagKey": "", "TagValue": "v"}]), "TagException"),
+        (
+            json!([{"TagKey": "", "TagValue": "v"}]),
+            "ValidationException",
+        ),
         (
             json!([{"TagKey": "k".repeat(129), "TagValue": "v"}]),
-            "TagException",
+            "ValidationException",
         ),
         (
             json!([{"TagKey": "k", "TagValue": "v".repeat(257)}]),
-            "TagException",
+            "ValidationException",
         ),
         (
             json!([{"TagKey": "k", "TagValue": "a"}, {"TagKey": "k", "TagValue": "b"}]),
@@ -1463,7 +1470,7 @@ fn tags() {
     assert_eq!(
         e.err("TagResource", json!({"KeyId": key, "Tags": many}))
             .aws_type(),
-        "LimitExceededException"
+        "TagException"
     );
     assert_eq!(
         e.ok("ListResourceTags", json!({"KeyId": key}))["Tags"]

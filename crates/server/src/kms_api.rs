@@ -31,9 +31,21 @@ impl AsRef<[u8]> for Wipe {
     }
 }
 
+/// The JSON body of an error. AWS sends some errors
+/// (InvalidCiphertextException, NotAuthorizedException) with no message at
+/// all, as `{"__type":"InvalidCiphertextException"}`: so does atrest.
+fn kms_error_body(ty: &str, message: &str) -> String {
+    if message.is_empty() {
+        json!({ "__type": ty })
+    } else {
+        json!({"__type": ty, "message": message})
+    }
+    .to_string()
+}
+
 fn kms_error_response(err: &ApiError, request_id: &str) -> Response {
     let (status, ty, message) = err.parts();
-    let body = json!({"__type": ty, "message": message}).to_string();
+    let body = kms_error_body(ty, &message);
     let mut resp = (
         status,
         [(
@@ -230,4 +242,26 @@ fn run_kms_call(
         kms.audit_entry(&call, outcome)
     });
     (result, entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_without_a_message_has_only_its_type() {
+        assert_eq!(
+            kms_error_body("InvalidCiphertextException", ""),
+            r#"{"__type":"InvalidCiphertextException"}"#
+        );
+        let with: serde_json::Value = serde_json::from_str(&kms_error_body(
+            "NotFoundException",
+            "Key 'k' does not exist",
+        ))
+        .unwrap();
+        assert_eq!(
+            with,
+            json!({"__type": "NotFoundException", "message": "Key 'k' does not exist"})
+        );
+    }
 }

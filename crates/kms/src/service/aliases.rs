@@ -53,7 +53,7 @@ impl KeyService {
     pub fn create_alias(&self, call: &Call<'_>, req: AliasRequest) -> Result<Empty, KmsError> {
         let caller = call.caller;
         let name = api::required(req.alias_name, "aliasName")?;
-        validate_alias_name(&name, true)?;
+        validate_alias_name(&name)?;
         let mut tx = self.store.write()?;
         let key = self.alias_target(&*tx, call, req.target_key_id)?;
         let this_alias = alias_arn(&caller.region, caller.account.as_str(), &name);
@@ -94,7 +94,7 @@ impl KeyService {
     pub fn update_alias(&self, call: &Call<'_>, req: AliasRequest) -> Result<Empty, KmsError> {
         let caller = call.caller;
         let name = api::required(req.alias_name, "aliasName")?;
-        validate_alias_name(&name, true)?;
+        validate_alias_name(&name)?;
         let mut tx = self.store.write()?;
         let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
         let mut alias: AliasRecord =
@@ -129,7 +129,7 @@ impl KeyService {
     ) -> Result<Empty, KmsError> {
         let caller = call.caller;
         let name = api::required(req.alias_name, "aliasName")?;
-        validate_alias_name(&name, true)?;
+        validate_alias_name(&name)?;
         let mut tx = self.store.write()?;
         let k = records::alias_key(&caller.region, caller.account.as_str(), &name);
         let this_alias = alias_arn(&caller.region, caller.account.as_str(), &name);

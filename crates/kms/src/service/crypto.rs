@@ -173,19 +173,15 @@ impl KeyService {
         action: &str,
     ) -> Result<Opened, KmsError> {
         let caller = call.caller;
-        if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
-            return Err(KmsError::constraint(
-                "ciphertextBlob",
-                format!("<{} bytes>", ciphertext.len()),
-                &format!("Member must have length between 1 and {MAX_CIPHERTEXT}"),
-            ));
+        // AWS does not repeat a blob's value in the message.
+        if let Some(e) =
+            KmsError::length("ciphertextBlob", None, ciphertext.len(), 1, MAX_CIPHERTEXT)
+        {
+            return Err(e);
         }
         let (header, body) = blob::parse(ciphertext)?;
-        let unknown = || {
-            KmsError::InvalidCiphertext(
-                "The ciphertext refers to a key that does not exist in this region.".into(),
-            )
-        };
+        // AWS's InvalidCiphertextException carries no message.
+        let unknown = || KmsError::InvalidCiphertext(String::new());
         let key = self
             .key_records
             .get_shared(tx, header.key_id.as_bytes())?
@@ -249,13 +245,9 @@ impl KeyService {
         req: EncryptRequest,
     ) -> Result<EncryptResponse, KmsError> {
         let plaintext = api::required(req.plaintext, "plaintext")?;
-        let n = plaintext.0.len();
-        if n == 0 || n > MAX_PLAINTEXT {
-            return Err(KmsError::constraint(
-                "plaintext",
-                format!("<{n} bytes>"),
-                &format!("Member must have length between 1 and {MAX_PLAINTEXT}"),
-            ));
+        // A sensitive member: AWS does not repeat its value in the message.
+        if let Some(e) = KmsError::length("plaintext", None, plaintext.0.len(), 1, MAX_PLAINTEXT) {
+            return Err(e);
         }
         algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
         note_context(call, req.encryption_context.as_ref());
@@ -378,12 +370,8 @@ impl KeyService {
         with_plaintext: bool,
     ) -> Result<DataKeyResponse, KmsError> {
         let len = match (req.key_spec.as_deref(), req.number_of_bytes) {
-            (Some(_), Some(_)) => {
-                return Err(KmsError::Validation(
-                    "Specify either KeySpec or NumberOfBytes, not both.".into(),
-                ));
-            }
-            (None, None) => {
+            // One message for both and neither (as moto records AWS).
+            (Some(_), Some(_)) | (None, None) => {
                 return Err(KmsError::Validation(
                     "Please specify either number of bytes or key spec.".into(),
                 ));

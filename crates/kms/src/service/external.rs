@@ -173,9 +173,8 @@ fn kms_error(store: &str, remote: &str, e: &ProviderError) -> KmsError {
         ProviderError::Refused(_) | ProviderError::NotFound(_) => {
             KmsError::InvalidState(format!("The {what} cannot be used: {e}"))
         }
-        ProviderError::InvalidCiphertext(_) => KmsError::InvalidCiphertext(format!(
-            "The {what} could not unwrap the ciphertext's data key: it was modified or was not made by this key."
-        )),
+        // As AWS: InvalidCiphertextException carries no message.
+        ProviderError::InvalidCiphertext(_) => KmsError::InvalidCiphertext(String::new()),
         ProviderError::Unavailable(_) => {
             KmsError::DependencyTimeout(format!("The custom key store {store} did not answer: {e}"))
         }

@@ -50,6 +50,27 @@ const OTHER_OPERATIONS: [&str; 8] = [
     "DeriveSharedSecret",
 ];
 
+/// AWS's `GrantOperation` enum, in AWS's order (for its validation message).
+const ALL_GRANT_OPERATIONS: [&str; 17] = [
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
+];
+
 /// Grants one key may have (AWS's quota).
 pub const MAX_GRANTS_PER_KEY: usize = 50_000;
 
@@ -288,7 +309,7 @@ impl KeyService {
         if tokens.len() > 10 {
             return Err(KmsError::constraint(
                 "grantTokens",
-                tokens.len(),
+                format!("[{}]", tokens.join(", ")),
                 "Member must have length less than or equal to 10",
             ));
         }
@@ -370,7 +391,14 @@ impl KeyService {
                         "Grant operation {op} is not valid for a symmetric encryption key."
                     ))
                 } else {
-                    KmsError::constraint("operations", op, "Member must satisfy enum value set")
+                    KmsError::constraint(
+                        "operations",
+                        format!("[{}]", operations.join(", ")),
+                        &format!(
+                            "Member must satisfy constraint: [Member must satisfy enum value set: [{}]]",
+                            ALL_GRANT_OPERATIONS.join(", ")
+                        ),
+                    )
                 });
             }
         }
@@ -471,6 +499,11 @@ impl KeyService {
                 )));
             }
         }
+        // DryRun answers once authorization and the key's state pass, even
+        // when the grant exists already (nothing is returned or changed).
+        if req.dry_run == Some(true) {
+            return Err(KmsError::DryRun);
+        }
         // Idempotency: the same name and parameters return the same grant.
         if let Some(name) = &req.name {
             for (_, v) in tx.scan(records::GRANTS, key.id.as_bytes(), None, usize::MAX)? {
@@ -499,9 +532,6 @@ impl KeyService {
                 "{} already has {MAX_GRANTS_PER_KEY} grants, the most a key may have.",
                 Self::arn(&key)
             )));
-        }
-        if req.dry_run == Some(true) {
-            return Err(KmsError::DryRun);
         }
         let grant_id = hex::encode(atrest_crypto::rand::array::<32>()?);
         let g = GrantRecord {
@@ -718,7 +748,16 @@ impl KeyService {
         let key = match &key_id {
             KeyRef::Id(id) => records::get::<KeyRecord>(&*tx, records::KEYS, id.as_bytes())?
                 .filter(|k| k.region == call.caller.region)
-                .ok_or_else(|| KmsError::NotFound(format!("Key '{id}' does not exist")))?,
+                .ok_or_else(|| {
+                    KmsError::NotFound(format!(
+                        "Key '{}' does not exist",
+                        crate::names::key_arn(
+                            &call.caller.region,
+                            call.caller.account.as_str(),
+                            id
+                        )
+                    ))
+                })?,
             other => self.resolve(&*tx, call, other)?,
         };
         call.set_key(Self::arn(&key));

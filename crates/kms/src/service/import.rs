@@ -66,7 +66,7 @@ pub struct ImportKeyMaterialRequest {
     pub encrypted_key_material: Option<Blob>,
     /// When the material expires (epoch seconds).
     pub valid_to: Option<f64>,
-    /// `KEY_MATERIAL_EXPIRES` or `KEY_MATERIAL_DOES_NOT_EXPIRE`.
+    /// `KEY_MATERIAL_EXPIRES` (the default) or `KEY_MATERIAL_DOES_NOT_EXPIRE`.
     pub expiration_model: Option<String>,
 }
 
@@ -207,17 +207,19 @@ impl KeyService {
         let token = api::required(req.import_token, "importToken")?;
         let wrapped = api::required(req.encrypted_key_material, "encryptedKeyMaterial")?;
         let now = self.now_ms();
+        // AWS: "The default is KEY_MATERIAL_EXPIRES", which needs ValidTo.
         let valid_to = match (req.expiration_model.as_deref(), req.valid_to) {
-            (Some("KEY_MATERIAL_DOES_NOT_EXPIRE") | None, None) => None,
+            (Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), None) => None,
             (Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), Some(_)) => {
                 return Err(KmsError::Validation(
                     "ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE."
                         .into(),
                 ));
             }
-            (Some("KEY_MATERIAL_EXPIRES"), None) => {
+            (Some("KEY_MATERIAL_EXPIRES") | None, None) => {
                 return Err(KmsError::Validation(
-                    "ValidTo is required when ExpirationModel is KEY_MATERIAL_EXPIRES.".into(),
+                    "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES"
+                        .into(),
                 ));
             }
             (Some("KEY_MATERIAL_EXPIRES") | None, Some(t)) => {

@@ -302,6 +302,22 @@ impl KeyService {
                 }
                 (*id, account.clone())
             }
+            // No multi-Region key is stored yet: such an id names nothing.
+            KeyRef::MultiRegionId(id) => {
+                return Err(KmsError::NotFound(format!(
+                    "Key 'arn:aws:kms:{}:{}:key/{id}' does not exist",
+                    caller.region, caller.account
+                )));
+            }
+            KeyRef::MultiRegionArn {
+                region,
+                account,
+                id,
+            } => {
+                return Err(KmsError::NotFound(format!(
+                    "Key 'arn:aws:kms:{region}:{account}:key/{id}' does not exist"
+                )));
+            }
             KeyRef::Alias(name) => {
                 return self.resolve_alias(tx, &caller.region, caller.account.as_str(), name);
             }
@@ -312,7 +328,7 @@ impl KeyService {
             } => {
                 if *region != caller.region || *account != caller.account.as_str() {
                     return Err(KmsError::NotFound(format!(
-                        "Alias '{}' is not found.",
+                        "Alias {} is not found.",
                         crate::names::alias_arn(region, account, name)
                     )));
                 }
@@ -335,7 +351,7 @@ impl KeyService {
     ) -> Result<KeyRecord, KmsError> {
         let not_found = || {
             KmsError::NotFound(format!(
-                "Alias '{}' is not found.",
+                "Alias {} is not found.",
                 crate::names::alias_arn(region, account, name)
             ))
         };

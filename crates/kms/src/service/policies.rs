@@ -56,11 +56,19 @@ pub struct ListKeyPoliciesResponse {
 }
 
 fn check_name(name: Option<&str>) -> Result<(), KmsError> {
+    if let Some(n) = name {
+        api::length(n, "policyName", 1, 128)?;
+        if !n.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            return Err(KmsError::constraint(
+                "policyName",
+                n,
+                "Member must satisfy regular expression pattern: [\\w]+",
+            ));
+        }
+    }
     match name {
         None | Some(POLICY_NAME) => Ok(()),
-        Some(other) => Err(KmsError::NotFound(format!(
-            "No such policy '{other}': a key has one policy, named \"default\"."
-        ))),
+        Some(_) => Err(KmsError::NotFound("No such policy exists".into())),
     }
 }
 

@@ -134,7 +134,8 @@ impl KeyService {
         require_symmetric(&key)?;
         Ok(RotationStatusResponse {
             key_rotation_enabled: key.rotation.is_some(),
-            key_id: Self::arn(&key),
+            // AWS answers the bare key id here (and the ARN elsewhere).
+            key_id: key.id.to_string(),
             rotation_period_in_days: key.rotation.map(|r| r.period_days),
             next_rotation_date: key.rotation.map(|r| epoch_seconds(r.next)),
         })
@@ -173,7 +174,9 @@ impl KeyService {
             }
             svc.rotate(key, tx, VersionOrigin::OnDemand, now)?;
             key.on_demand_rotations += 1;
-            Ok(KeyIdResponse { key_id: key.id.to_string() })
+            Ok(KeyIdResponse {
+                key_id: Self::arn(key),
+            })
         })
     }
 

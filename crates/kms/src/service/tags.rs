@@ -16,22 +16,22 @@ fn tag_chars_ok(s: &str) -> bool {
         .all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c))
 }
 
-fn check_key(k: &str) -> Result<(), KmsError> {
-    let n = k.chars().count();
-    if n == 0 || n > 128 {
-        return Err(KmsError::Tag(format!(
-            "Tag key '{k}' must be 1 to 128 characters."
-        )));
+/// Checks one tag key; `member` is where it sits in the request
+/// (`tags.1.member.tagKey`, `tagKeys.1.member`), for AWS's message.
+fn check_key(k: &str, member: &str) -> Result<(), KmsError> {
+    if let Some(e) = KmsError::length(member, Some(k), k.chars().count(), 1, 128) {
+        return Err(e);
     }
     if !tag_chars_ok(k) {
         return Err(KmsError::Tag(format!(
             "Tag key '{k}' may contain only letters, digits, spaces and _ . : / = + - @."
         )));
     }
-    if k.starts_with("aws:") {
-        return Err(KmsError::Tag(format!(
-            "Tag key '{k}' uses the reserved prefix 'aws:'."
-        )));
+    // AWS refuses the prefix in any case (`AWS:`, `Aws:`).
+    if k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
+        return Err(KmsError::Tag(
+            "Tags beginning with aws: are reserved".into(),
+        ));
     }
     Ok(())
 }
@@ -42,16 +42,17 @@ pub(crate) fn validate_tags(
     mut existing: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, KmsError> {
     let mut seen = std::collections::BTreeSet::new();
-    for t in new {
-        let (Some(k), Some(v)) = (t.tag_key, t.tag_value) else {
-            return Err(KmsError::Tag(
-                "Every tag needs a TagKey and a TagValue.".into(),
-            ));
-        };
-        check_key(&k)?;
-        if v.chars().count() > 256 || !tag_chars_ok(&v) {
+    for (i, t) in new.into_iter().enumerate() {
+        let at = |field: &str| format!("tags.{}.member.{field}", i + 1);
+        let k = api::required(t.tag_key, &at("tagKey"))?;
+        let v = api::required(t.tag_value, &at("tagValue"))?;
+        check_key(&k, &at("tagKey"))?;
+        if let Some(e) = KmsError::length(&at("tagValue"), Some(&v), v.chars().count(), 0, 256) {
+            return Err(e);
+        }
+        if !tag_chars_ok(&v) {
             return Err(KmsError::Tag(format!(
-                "Tag value for '{k}' must be at most 256 characters of letters, digits, spaces and _ . : / = + - @."
+                "Tag value for '{k}' may contain only letters, digits, spaces and _ . : / = + - @."
             )));
         }
         if !seen.insert(k.clone()) {
@@ -64,8 +65,9 @@ pub(crate) fn validate_tags(
             None => existing.push((k, v)),
         }
     }
+    // AWS answers TagException here, not LimitExceededException.
     if existing.len() > MAX_TAGS {
-        return Err(KmsError::LimitExceeded(format!(
+        return Err(KmsError::Tag(format!(
             "A key may have at most {MAX_TAGS} tags."
         )));
     }
@@ -96,8 +98,8 @@ impl KeyService {
         req: UntagResourceRequest,
     ) -> Result<Empty, KmsError> {
         let keys = api::required(req.tag_keys, "tagKeys")?;
-        for k in &keys {
-            check_key(k)?;
+        for (i, k) in keys.iter().enumerate() {
+            check_key(k, &format!("tagKeys.{}.member", i + 1))?;
         }
         self.update_key(call, req.key_id, "UntagResource", |_, key, _, _| {
             Self::require_not_pending_deletion(key)?;

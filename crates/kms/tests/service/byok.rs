@@ -125,7 +125,7 @@ fn delete_reimport_same_and_different_material() {
     let other = wrap(&unb64(&p["PublicKey"]), "RSAES_OAEP_SHA_256", &[2u8; 32]);
     let err = e.err(
         "ImportKeyMaterial",
-        json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&other)}),
+        json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&other), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}),
     );
     assert_eq!(err.aws_type(), "IncorrectKeyMaterialException");
     assert_eq!(e.state(&arn), "PendingImport");
@@ -177,7 +177,7 @@ fn import_refusals() {
     let p = params(&e, &e.alice, &arn, "RSAES_OAEP_SHA_256", "RSA_2048");
     let good = wrap(&unb64(&p["PublicKey"]), "RSAES_OAEP_SHA_256", &[4u8; 32]);
     // A token for another key.
-    let err = e.err("ImportKeyMaterial", json!({"KeyId": other, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&good)}));
+    let err = e.err("ImportKeyMaterial", json!({"KeyId": other, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&good), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}));
     assert_eq!(err.aws_type(), "InvalidImportTokenException");
     // A tampered token.
     let mut t = unb64(&p["ImportToken"]);
@@ -185,7 +185,7 @@ fn import_refusals() {
     assert_eq!(
         e.err(
             "ImportKeyMaterial",
-            json!({"KeyId": arn, "ImportToken": b64(&t), "EncryptedKeyMaterial": b64(&good)})
+            json!({"KeyId": arn, "ImportToken": b64(&t), "EncryptedKeyMaterial": b64(&good), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})
         )
         .aws_type(),
         "InvalidImportTokenException"
@@ -193,10 +193,10 @@ fn import_refusals() {
     // Material wrapped for another key pair, or garbage.
     let p2 = params(&e, &e.alice, &arn, "RSAES_OAEP_SHA_256", "RSA_2048");
     let foreign = wrap(&unb64(&p2["PublicKey"]), "RSAES_OAEP_SHA_256", &[4u8; 32]);
-    assert_eq!(e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&foreign)})).aws_type(), "InvalidCiphertextException");
+    assert_eq!(e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&foreign), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})).aws_type(), "InvalidCiphertextException");
     // Material of the wrong size.
     let short = wrap(&unb64(&p["PublicKey"]), "RSAES_OAEP_SHA_256", &[4u8; 16]);
-    assert_eq!(e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&short)})).aws_type(), "IncorrectKeyMaterialException");
+    assert_eq!(e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&short), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})).aws_type(), "IncorrectKeyMaterialException");
     // Expiry rules.
     for (model, valid_to) in [
         (json!("KEY_MATERIAL_EXPIRES"), Value::Null),
@@ -226,7 +226,7 @@ fn import_refusals() {
     }
     // An expired token.
     e.clock.advance(Duration::hours(25));
-    assert_eq!(e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&good)})).aws_type(), "ExpiredImportTokenException");
+    assert_eq!(e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&good), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})).aws_type(), "ExpiredImportTokenException");
     // Parameters and operations that do not apply.
     for (alg, spec, want) in [
         (
