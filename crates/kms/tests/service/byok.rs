@@ -19,7 +19,7 @@ fn rsa_encrypt(public_der: &[u8], alg: &'static OaepAlgorithm, pt: &[u8]) -> Vec
 }
 
 /// Wraps `material` as the AWS documentation describes for `algorithm`.
-fn wrap(public_der: &[u8], algorithm: &str, material: &[u8]) -> Vec<u8> {
+pub(super) fn wrap(public_der: &[u8], algorithm: &str, material: &[u8]) -> Vec<u8> {
     match algorithm {
         "RSAES_OAEP_SHA_1" => rsa_encrypt(public_der, &OAEP_SHA1_MGF1SHA1, material),
         "RSAES_OAEP_SHA_256" => rsa_encrypt(public_der, &OAEP_SHA256_MGF1SHA256, material),
@@ -44,7 +44,7 @@ fn wrap(public_der: &[u8], algorithm: &str, material: &[u8]) -> Vec<u8> {
     }
 }
 
-fn params(e: &Env, who: &Caller, arn: &str, alg: &str, spec: &str) -> Value {
+pub(super) fn params(e: &Env, who: &Caller, arn: &str, alg: &str, spec: &str) -> Value {
     e.call(
         who,
         "GetParametersForImport",
@@ -259,8 +259,9 @@ fn import_refusals() {
         e.err("EnableKeyRotation", json!({"KeyId": arn})).aws_type(),
         "UnsupportedOperationException"
     );
+    // Imported material rotates on demand only to imported new material.
     assert_eq!(
         e.err("RotateKeyOnDemand", json!({"KeyId": arn})).aws_type(),
-        "UnsupportedOperationException"
+        "KMSInvalidStateException"
     );
 }
