@@ -397,3 +397,42 @@ fn grants_and_the_mac_algorithm_condition() {
         }
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Whatever a client sends to the operations of this module, on an HMAC
+    /// key or an EXTERNAL symmetric key, the answer is a result or a client
+    /// error, never a server fault.
+    #[test]
+    fn arbitrary_mac_and_import_requests_never_fault(
+        op_index in 0usize..6,
+        body in super::arbitrary_json(),
+        use_hmac in proptest::prelude::any::<bool>(),
+    ) {
+        use atrest_kms::Operation;
+        let e = env();
+        let key = if use_hmac {
+            hmac_key(&e, "HMAC_256", "AWS_KMS")
+        } else {
+            let k = e.ok("CreateKey", json!({"Origin": "EXTERNAL"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
+            super::byok::import(&e, &e.alice, &k, &[1u8; 32]);
+            k
+        };
+        let op = [
+            Operation::GenerateMac,
+            Operation::VerifyMac,
+            Operation::ImportKeyMaterial,
+            Operation::DeleteImportedKeyMaterial,
+            Operation::ListKeyRotations,
+            Operation::RotateKeyOnDemand,
+        ][op_index];
+        let mut body = body;
+        if let Value::Object(m) = &mut body {
+            m.insert("KeyId".into(), json!(key));
+        }
+        if let Err(err) = super::with_call(&e.alice, |c| e.kms.call(c, op, body.to_string().as_bytes())) {
+            proptest::prop_assert!(!err.is_server_fault(), "{op:?} {body}: {err:?}");
+        }
+    }
+}
