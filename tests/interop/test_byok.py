@@ -28,6 +28,12 @@ with padding (RFC 5649), RSA part first.
   clock 11 days ahead), while material that does not expire stays; an import
   token older than 24 hours is ExpiredImportTokenException; re-importing
   restores the key.
+* New material (issue 20): ImportType NEW_KEY_MATERIAL is PENDING_ROTATION
+  until RotateKeyOnDemand makes it current; ciphertexts made under the old
+  material decrypt (and decrypt offline with it); ListKeyRotations shows
+  each material's KeyMaterialState, ImportState, ExpirationModel and
+  ValidTo; deleting non-current material (by KeyMaterialId) leaves the key
+  Enabled while its ciphertexts wait for the same material.
 
 Capabilities: K3 BYOK (also K6 key states, K4 ciphertexts).
 """
@@ -320,3 +326,74 @@ def test_byok_errors_carry_aws_codes(kms):
             assert e.response["Error"]["Code"] in ("InvalidCiphertextException", "IncorrectKeyMaterialException"), \
                 e.response["Error"]
     assert state(kms, kid) == "PendingImport"
+
+
+def test_new_material_rotates_on_demand_and_old_ciphertexts_decrypt(kms, kms_raw):
+    """AWS's on-demand rotation of imported material: NEW_KEY_MATERIAL is
+    PENDING_ROTATION until RotateKeyOnDemand makes it current; every
+    ciphertext decrypts under the material it was made with (checked
+    offline with that material too); ListKeyRotations shows each material's
+    state; non-current material can be deleted and re-imported by id."""
+    kid = external_key(kms)["KeyId"]
+    m1, m2 = os.urandom(32), os.urandom(32)
+    id1 = import_material(kms, kid, m1, KeyMaterialDescription="first")["KeyMaterialId"]
+    c1 = kms.encrypt(KeyId=kid, Plaintext=b"one")["CiphertextBlob"]
+    assert open_blob_offline(m1, c1) == b"one"
+    expect_error("KMSInvalidStateException", kms.rotate_key_on_demand, KeyId=kid)
+    expect_error("ValidationException", import_material, kms, kid, os.urandom(32),
+                 ImportType="NEW_KEY_MATERIAL", ExpirationModel="KEY_MATERIAL_EXPIRES")
+    expect_error("IncorrectKeyMaterialException", import_material, kms, kid, m1, ImportType="NEW_KEY_MATERIAL")
+    expect_error("IncorrectKeyMaterialException", import_material, kms, kid, m2,
+                 ImportType="EXISTING_KEY_MATERIAL")
+    valid_to = datetime.datetime.now(UTC) + datetime.timedelta(days=30)
+    id2 = import_material(kms, kid, m2, ImportType="NEW_KEY_MATERIAL", KeyMaterialDescription="second",
+                          ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)["KeyMaterialId"]
+    assert id2 != id1
+    assert kms.list_key_rotations(KeyId=kid)["Rotations"] == []
+    every = kms.list_key_rotations(KeyId=kid, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
+    assert [(r["KeyMaterialId"], r["KeyMaterialState"], r["ImportState"]) for r in every] == [
+        (id1, "CURRENT", "IMPORTED"), (id2, "PENDING_ROTATION", "IMPORTED")]
+    assert every[0]["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE" and every[0]["KeyMaterialDescription"] == "first"
+    assert every[1]["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert abs(every[1]["ValidTo"] - valid_to) < datetime.timedelta(seconds=2)
+    assert "RotationDate" not in every[0] and "RotationDate" not in every[1]
+    # Pending material is not used yet; one pending material at a time.
+    assert kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=kid, Plaintext=b"x")["CiphertextBlob"])["KeyMaterialId"] == id1
+    expect_error("KMSInvalidStateException", import_material, kms, kid, os.urandom(32),
+                 ImportType="NEW_KEY_MATERIAL")
+
+    before = datetime.datetime.now(UTC)
+    kms.rotate_key_on_demand(KeyId=kid)
+    md = kms.describe_key(KeyId=kid)["KeyMetadata"]
+    assert md["CurrentKeyMaterialId"] == id2 and md["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    c2 = kms.encrypt(KeyId=kid, Plaintext=b"two")["CiphertextBlob"]
+    assert open_blob_offline(m2, c2) == b"two"
+    assert kms.decrypt(CiphertextBlob=c2)["KeyMaterialId"] == id2
+    d1 = kms.decrypt(CiphertextBlob=c1)
+    assert d1["Plaintext"] == b"one" and d1["KeyMaterialId"] == id1
+    rot = kms.list_key_rotations(KeyId=kid)["Rotations"]
+    assert len(rot) == 1 and rot[0]["KeyMaterialId"] == id2 and rot[0]["RotationType"] == "ON_DEMAND"
+    assert rot[0]["KeyMaterialState"] == "CURRENT"
+    assert abs(rot[0]["RotationDate"] - before) < datetime.timedelta(minutes=5)
+    every = kms.list_key_rotations(KeyId=kid, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
+    assert [r["KeyMaterialState"] for r in every] == ["NON_CURRENT", "CURRENT"]
+    expect_error("KMSInvalidStateException", kms.rotate_key_on_demand, KeyId=kid)
+
+    # Delete the old material: the key stays Enabled, its ciphertexts wait.
+    assert kms.delete_imported_key_material(KeyId=kid, KeyMaterialId=id1)["KeyMaterialId"] == id1
+    assert state(kms, kid) == "Enabled"
+    expect_error("KMSInvalidStateException", kms.decrypt, CiphertextBlob=c1)
+    assert kms.decrypt(CiphertextBlob=c2)["Plaintext"] == b"two"
+    every = kms.list_key_rotations(KeyId=kid, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
+    assert every[0]["ImportState"] == "PENDING_IMPORT"
+    import_material(kms, kid, m1, KeyMaterialId=id1)
+    assert kms.decrypt(CiphertextBlob=c1)["Plaintext"] == b"one"
+    # Delete the current material: PendingImport until it is back.
+    kms.delete_imported_key_material(KeyId=kid)
+    assert state(kms, kid) == "PendingImport"
+    expect_pending_import(kms, kid, c2)
+    import_material(kms, kid, m2)
+    assert state(kms, kid) == "Enabled"
+    assert kms.decrypt(CiphertextBlob=c2)["Plaintext"] == b"two"
+    assert kms.decrypt(CiphertextBlob=c1)["Plaintext"] == b"one"
+    expect_error("ValidationException", kms_raw.list_key_rotations, KeyId=kid, IncludeKeyMaterial="SOME")

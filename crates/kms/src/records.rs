@@ -575,6 +575,30 @@ pub struct VersionRecord {
     /// (base64). Public, so not sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<String>,
+    /// For imported material: its expiry, description and state. Absent in
+    /// records of earlier releases (then the key's [`ImportState`] holds
+    /// the expiry of its one material) and for generated material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<VersionImport>,
+}
+
+/// One imported key material's life (see `service/import.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionImport {
+    /// When the material expires, ms; `None` if it does not.
+    #[serde(default)]
+    pub valid_to: Option<i64>,
+    /// The customer's description of the material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Imported as new material for an on-demand rotation that has not
+    /// happened yet: the key does not use it.
+    #[serde(default)]
+    pub pending_rotation: bool,
+    /// Deleted (DeleteImportedKeyMaterial, or expired): `sealed` is empty
+    /// until the same material is imported again.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// An alias.

@@ -18,6 +18,8 @@ mod byok;
 mod external;
 #[path = "service/grants_and_services.rs"]
 mod grants_and_services;
+#[path = "service/mac.rs"]
+mod mac;
 
 use atrest_crypto::Aes256Key;
 use atrest_kms::clock::ManualClock;

@@ -38,6 +38,9 @@ pub const GRANT_OPERATIONS: [&str; 9] = [
     "DescribeKey",
 ];
 
+/// The cryptographic operations a grant on an HMAC key may allow.
+const MAC_GRANT_OPERATIONS: [&str; 2] = ["GenerateMac", "VerifyMac"];
+
 /// Operations AWS knows that are not valid for a symmetric key.
 const OTHER_OPERATIONS: [&str; 8] = [
     "GenerateDataKeyPair",
@@ -332,7 +335,7 @@ impl KeyService {
         key: &KeyRecord,
         facts: &Facts<'_>,
     ) -> Result<Option<String>, KmsError> {
-        if !GRANT_OPERATIONS.contains(&action) {
+        if !GRANT_OPERATIONS.contains(&action) && !MAC_GRANT_OPERATIONS.contains(&action) {
             return Ok(None);
         }
         let me = call.caller.principal_arn();
@@ -385,7 +388,9 @@ impl KeyService {
             ));
         }
         for op in &operations {
-            if !GRANT_OPERATIONS.contains(&op.as_str()) {
+            if !GRANT_OPERATIONS.contains(&op.as_str())
+                && !MAC_GRANT_OPERATIONS.contains(&op.as_str())
+            {
                 return Err(if OTHER_OPERATIONS.contains(&op.as_str()) {
                     KmsError::Validation(format!(
                         "Grant operation {op} is not valid for a symmetric encryption key."
@@ -474,6 +479,19 @@ impl KeyService {
         )?;
         if key.state == KeyState::PendingDeletion {
             return Err(Self::pending_deletion(&key));
+        }
+        // GenerateMac and VerifyMac only on HMAC keys, and only they of the
+        // cryptographic operations there.
+        let hmac = key.spec.is_hmac();
+        if let Some(op) = operations.iter().find(|o| {
+            let mac_op = MAC_GRANT_OPERATIONS.contains(&o.as_str());
+            let generic = matches!(o.as_str(), "CreateGrant" | "RetireGrant" | "DescribeKey");
+            if hmac { !mac_op && !generic } else { mac_op }
+        }) {
+            return Err(KmsError::Validation(format!(
+                "Grant operation {op} is not valid for a key with KeySpec {}.",
+                key.spec.as_str()
+            )));
         }
         // A grant that allows CreateGrant may create only narrower grants.
         if let Allowed::Grant(parent_id) = &allowed {

@@ -298,9 +298,20 @@ impl KeyService {
             Some("EXTERNAL_KMS") => KeyOrigin::ExternalKms,
             _ => KeyOrigin::AwsKms,
         };
-        if origin != KeyOrigin::AwsKms && spec != KeySpec::SymmetricDefault {
+        // AWS imports symmetric, HMAC, RSA and ECDSA (NIST, secp256k1)
+        // material; Ed25519 and ML-DSA keys are only ever generated.
+        let importable = !matches!(
+            spec,
+            KeySpec::EccNistEdwards25519 | KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87
+        );
+        let allowed = match origin {
+            KeyOrigin::AwsKms => true,
+            KeyOrigin::External => importable,
+            KeyOrigin::ExternalKms => spec == KeySpec::SymmetricDefault,
+        };
+        if !allowed {
             return Err(KmsError::UnsupportedOperation(format!(
-                "atrest supports Origin {} only for SYMMETRIC_DEFAULT keys, not {}.",
+                "Origin {} is not supported for KeySpec {}.",
                 origin.as_str(),
                 spec.as_str()
             )));

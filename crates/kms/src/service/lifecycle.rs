@@ -161,13 +161,16 @@ impl KeyService {
     fn expire_if_due(&self, due: &[u8], at: i64, id: &Uuid) -> Result<bool, KmsError> {
         let mut tx = self.store.write()?;
         let key: Option<KeyRecord> = records::get(&*tx, records::KEYS, id.as_bytes())?;
-        let Some(mut key) = key.filter(|k| k.import.as_ref().and_then(|i| i.valid_to) == Some(at))
-        else {
+        let Some(mut key) = key.filter(|k| k.origin == records::KeyOrigin::External) else {
             tx.delete(records::DUE, due)?;
             tx.commit()?;
             return Ok(false);
         };
-        self.drop_imported_material(&mut *tx, &mut key)?;
+        tx.delete(records::DUE, due)?;
+        if !self.expire_imported_material(&mut *tx, &mut key, at)? {
+            tx.commit()?;
+            return Ok(false);
+        }
         records::put(&mut *tx, records::KEYS, id.as_bytes(), &key)?;
         let sys = self.system_call(&key, "ImportedKeyMaterialExpiry");
         self.commit(tx, &sys.call())?;

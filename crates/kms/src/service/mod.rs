@@ -465,6 +465,13 @@ impl KeyService {
         let Some(rec) = rec else {
             return Ok(None);
         };
+        if rec.import.as_ref().is_some_and(|i| i.deleted) {
+            return Err(KmsError::InvalidState(format!(
+                "Key material {} of {} was deleted or expired and is pending import.",
+                rec.material_id,
+                Self::arn(key)
+            )));
+        }
         let secret = self
             .root
             .open(&material_aad(&key.id, version), &rec.sealed)
@@ -531,6 +538,7 @@ impl KeyService {
                 material_id: material_id.clone(),
                 sealed,
                 public,
+                import: None,
             },
         )?;
         Ok(material_id)
@@ -549,7 +557,7 @@ impl KeyService {
             .ok_or_else(|| KmsError::NotFound("no such key".into()))?;
         let mut out = Vec::new();
         for v in 1..=key.current_version {
-            if let Some(m) = self.material(&*tx, &key, v)? {
+            if let Ok(Some(m)) = self.material(&*tx, &key, v) {
                 out.push(m.secret.expose().to_vec());
             }
         }

@@ -164,6 +164,19 @@ impl KeyService {
         req: KeyIdRequest,
     ) -> Result<KeyIdResponse, KmsError> {
         self.update_key(call, req.key_id, "RotateKeyOnDemand", |svc, key, tx, now| {
+            if key.origin == records::KeyOrigin::External {
+                require_symmetric(key)?;
+                require_rotatable(key)?;
+                if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
+                        Self::arn(key)
+                    )));
+                }
+                svc.rotate_to_imported(key, tx, now)?;
+                key.on_demand_rotations += 1;
+                return Ok(KeyIdResponse { key_id: key.id.to_string() });
+            }
             require_generated(key)?;
             require_rotatable(key)?;
             if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
@@ -180,7 +193,48 @@ impl KeyService {
         })
     }
 
-    /// ListKeyRotations: every rotation (versions after the first), oldest first.
+    /// Makes the imported material pending rotation the key's current
+    /// material (RotateKeyOnDemand of a key with imported material).
+    fn rotate_to_imported(
+        &self,
+        key: &mut KeyRecord,
+        tx: &mut dyn atrest_store::WriteTx,
+        now: i64,
+    ) -> Result<(), KmsError> {
+        let mut pending = None;
+        for (vk, v) in tx.scan(records::VERSIONS, key.id.as_bytes(), None, usize::MAX)? {
+            let rec: VersionRecord = records::decode(records::VERSIONS, &v)?;
+            if rec
+                .import
+                .as_ref()
+                .is_some_and(|i| i.pending_rotation && !i.deleted)
+            {
+                pending = Some((vk, rec));
+            }
+        }
+        let Some((vk, mut rec)) = pending else {
+            return Err(KmsError::InvalidState(format!(
+                "{} has imported key material and no key material in PENDING_ROTATION state: import new key material (ImportKeyMaterial with ImportType NEW_KEY_MATERIAL) first.",
+                Self::arn(key)
+            )));
+        };
+        let valid_to = rec.import.as_ref().and_then(|i| i.valid_to);
+        if let Some(i) = rec.import.as_mut() {
+            i.pending_rotation = false;
+        }
+        rec.created = now;
+        rec.origin = VersionOrigin::OnDemand;
+        records::put(tx, records::VERSIONS, &vk, &rec)?;
+        key.current_version = rec.version;
+        key.current_material_id = rec.material_id;
+        if let Some(i) = key.import.as_mut() {
+            i.valid_to = valid_to;
+        }
+        Ok(())
+    }
+
+    /// ListKeyRotations: every rotation (versions after the first), oldest
+    /// first; with `IncludeKeyMaterial` ALL_KEY_MATERIAL, every material.
     pub fn list_key_rotations(
         &self,
         call: &Call<'_>,
@@ -192,14 +246,26 @@ impl KeyService {
         let key = self.resolve_for_management(&*tx, call, req.key_id)?;
         self.authorize_key(&*tx, call, "ListKeyRotations", &key, &Facts::default())?;
         require_symmetric(&key)?;
+        let all = match req.include_key_material.as_deref() {
+            None | Some("ROTATIONS_ONLY") => false,
+            Some("ALL_KEY_MATERIAL") => true,
+            Some(other) => {
+                return Err(KmsError::constraint(
+                    "includeKeyMaterial",
+                    other,
+                    "Member must satisfy enum value set: [ALL_KEY_MATERIAL, ROTATIONS_ONLY]",
+                ));
+            }
+        };
+        let first = u32::from(!all);
         let after_version = match after {
-            None => 1,
+            None => first,
             Some(b) => u32::from_be_bytes(
                 b.as_slice()
                     .try_into()
                     .map_err(|_| KmsError::InvalidMarker("Invalid marker".into()))?,
             )
-            .max(1),
+            .max(first),
         };
         let cursor = records::version_key(&key.id, after_version);
         let rows = tx.scan(
@@ -210,8 +276,16 @@ impl KeyService {
         )?;
         let mut versions = Vec::with_capacity(rows.len());
         for (_, v) in rows {
-            versions.push(records::decode::<VersionRecord>(records::VERSIONS, &v)?);
+            let rec = records::decode::<VersionRecord>(records::VERSIONS, &v)?;
+            // Material pending rotation is the newest version; only
+            // ALL_KEY_MATERIAL lists it.
+            if all || !rec.import.as_ref().is_some_and(|i| i.pending_rotation) {
+                versions.push(rec);
+            }
         }
+        let external = key.origin == records::KeyOrigin::External;
+        let legacy_valid_to = key.import.as_ref().and_then(|i| i.valid_to);
+        let current = key.current_version;
         let (versions, next) = pagination::finish(Listing::Rotations, versions, size, |v| {
             v.version.to_be_bytes().to_vec()
         });
@@ -221,15 +295,46 @@ impl KeyService {
             items: Rotations {
                 rotations: versions
                     .into_iter()
-                    .map(|v| RotationEntry {
-                        key_id: key.id.to_string(),
-                        rotation_date: epoch_seconds(v.created),
-                        rotation_type: if v.origin == VersionOrigin::OnDemand {
-                            "ON_DEMAND"
-                        } else {
-                            "AUTOMATIC"
-                        },
-                        key_material_id: v.material_id,
+                    .map(|v| {
+                        let import = v.import.clone().unwrap_or(records::VersionImport {
+                            valid_to: legacy_valid_to,
+                            ..records::VersionImport::default()
+                        });
+                        let rotated =
+                            v.origin != VersionOrigin::Initial && !import.pending_rotation;
+                        RotationEntry {
+                            key_id: key.id.to_string(),
+                            rotation_date: rotated.then(|| epoch_seconds(v.created)),
+                            rotation_type: rotated.then_some(
+                                if v.origin == VersionOrigin::OnDemand {
+                                    "ON_DEMAND"
+                                } else {
+                                    "AUTOMATIC"
+                                },
+                            ),
+                            key_material_id: v.material_id,
+                            key_material_state: Some(if import.pending_rotation {
+                                "PENDING_ROTATION"
+                            } else if v.version == current {
+                                "CURRENT"
+                            } else {
+                                "NON_CURRENT"
+                            }),
+                            import_state: external.then_some(if import.deleted {
+                                "PENDING_IMPORT"
+                            } else {
+                                "IMPORTED"
+                            }),
+                            expiration_model: (external && !import.deleted).then_some(
+                                if import.valid_to.is_some() {
+                                    "KEY_MATERIAL_EXPIRES"
+                                } else {
+                                    "KEY_MATERIAL_DOES_NOT_EXPIRE"
+                                },
+                            ),
+                            valid_to: import.valid_to.filter(|_| external).map(epoch_seconds),
+                            key_material_description: import.description.filter(|_| external),
+                        }
                     })
                     .collect(),
             },

@@ -612,3 +612,112 @@ fn suspension_stops_crypto_and_loses_nothing() {
         );
     }
 }
+
+/// The key policy of an HMAC matrix key: as [`policy`], account B allowed
+/// GenerateMac and VerifyMac when `cross`.
+fn mac_policy(cross: bool) -> String {
+    let mut statements = vec![
+        json!({"Sid": "root", "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{A}:root")}, "Action": "kms:*", "Resource": "*"}),
+        json!({"Sid": "direct", "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{A}:user/kp")}, "Action": "kms:*", "Resource": "*"}),
+    ];
+    if cross {
+        statements.push(json!({"Sid": "other account", "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{B}:root")},
+            "Action": ["kms:GenerateMac", "kms:VerifyMac", "kms:DescribeKey"], "Resource": "*"}));
+    }
+    json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+}
+
+/// GenerateMac and VerifyMac on an HMAC key (imported, so that every state
+/// including PendingImport exists), for every caller and state; the disk
+/// service holds a grant for both.
+#[test]
+fn mac_authorization_matrix() {
+    let w = world();
+    let material = [0x33u8; 32];
+    let tag = atrest_crypto::mac::generate(
+        atrest_crypto::mac::MacAlgorithm::HmacSha256,
+        &material,
+        b"m",
+    );
+    let mut cells = 0;
+    for state in [
+        State::Enabled,
+        State::Disabled,
+        State::PendingDeletion,
+        State::PendingImport,
+    ] {
+        for who in WHO {
+            for op in ["GenerateMac", "VerifyMac"] {
+                let arn = w.as_owner(
+                    "CreateKey",
+                    json!({"Policy": mac_policy(who != Who::OtherAccountWithout), "Origin": "EXTERNAL",
+                        "KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
+                )["KeyMetadata"]["Arn"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                super::byok::import(&w.e, w.owner(), &arn, &material);
+                let disk = w.e.kms.service_session("disk", "us-east-1").unwrap();
+                disk.grant_for(
+                    w.owner(),
+                    &arn,
+                    &["GenerateMac", "VerifyMac"],
+                    &BTreeMap::new(),
+                )
+                .unwrap();
+                match state {
+                    State::Enabled => {}
+                    State::Disabled => {
+                        w.as_owner("DisableKey", json!({"KeyId": arn}));
+                    }
+                    State::PendingDeletion => {
+                        w.as_owner(
+                            "ScheduleKeyDeletion",
+                            json!({"KeyId": arn, "PendingWindowInDays": 7}),
+                        );
+                    }
+                    State::PendingImport => {
+                        w.as_owner("DeleteImportedKeyMaterial", json!({"KeyId": arn}));
+                    }
+                }
+                let allowed = match who {
+                    Who::Owner
+                    | Who::UserByIdentity
+                    | Who::UserByKeyPolicy
+                    | Who::OtherAccountWithPolicy
+                    | Who::ServiceWithGrant => true,
+                    Who::UserWithout | Who::OtherAccountWithout | Who::ServiceWithout => false,
+                };
+                let expected = if !allowed {
+                    Some("AccessDeniedException")
+                } else {
+                    match state {
+                        State::Enabled => None,
+                        State::Disabled => Some("DisabledException"),
+                        State::PendingDeletion | State::PendingImport => {
+                            Some("KMSInvalidStateException")
+                        }
+                    }
+                };
+                let result = w.e.call(
+                    w.caller(who),
+                    op,
+                    json!({"KeyId": arn, "MacAlgorithm": "HMAC_SHA_256", "Message": b64(b"m"), "Mac": b64(&tag)}),
+                );
+                match (expected, &result) {
+                    (None, Ok(v)) if op == "GenerateMac" => assert_eq!(unb64(&v["Mac"]), tag),
+                    (None, Ok(v)) => assert_eq!(v["MacValid"], true),
+                    (Some(want), Err(err)) => {
+                        assert_eq!(err.aws_type(), want, "{op} by {who:?} on {state:?}: {err}");
+                        assert!(err.to_string().contains(&arn), "names the key: {err}");
+                    }
+                    _ => panic!(
+                        "{op} by {who:?} on {state:?}: expected {expected:?}, got {result:?}"
+                    ),
+                }
+                cells += 1;
+            }
+        }
+    }
+    assert_eq!(cells, 4 * 8 * 2);
+}
