@@ -451,7 +451,7 @@ def test_unsupported_operations(kms):
     expect_error("UnsupportedOperationException", kms.create_key, KeySpec="ECC_NIST_P256")
     expect_error("UnsupportedOperationException", kms.create_key, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
     expect_error("UnsupportedOperationException", kms.create_key, Origin="AWS_CLOUDHSM")
-    expect_error("UnsupportedOperationException", kms.create_key, MultiRegion=True)
+    expect_error("UnsupportedOperationException", kms.create_key, MultiRegion=True, Origin="EXTERNAL")
     assert kms.list_keys()["Keys"] == [], "a refused CreateKey must not create a key"
 
 

@@ -444,7 +444,10 @@ impl KeyService {
                 ..Facts::default()
             },
         )?;
-        if key.state == KeyState::PendingDeletion {
+        if matches!(
+            key.state,
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+        ) {
             return Err(Self::pending_deletion(&key));
         }
         // A grant that allows CreateGrant may create only narrower grants.

@@ -416,7 +416,9 @@ impl ServiceSession<'_> {
         let state = match key.state {
             records::KeyState::Enabled => None,
             records::KeyState::Disabled => Some(KeyUnusable::Disabled),
-            records::KeyState::PendingDeletion => Some(KeyUnusable::PendingDeletion),
+            records::KeyState::PendingDeletion | records::KeyState::PendingReplicaDeletion => {
+                Some(KeyUnusable::PendingDeletion)
+            }
             records::KeyState::PendingImport => Some(KeyUnusable::PendingImport),
         };
         if state.is_some() {
