@@ -953,3 +953,40 @@ fn replicas_survive_a_restart() {
     );
     e.ok_as(&eu(), "ListKeyRotations", json!({"KeyId": id}));
 }
+
+#[test]
+fn services_diagnose_a_multi_region_key_in_its_region() {
+    let e = three();
+    let id = e.new_mrk()["KeyId"].as_str().unwrap().to_owned();
+    e.ok(
+        "ReplicateKey",
+        json!({"KeyId": id, "ReplicaRegion": "eu-west-1"}),
+    );
+    let eu_arn = arn("eu-west-1", &id);
+    let disk = e.kms.service_session("disk", "eu-west-1").unwrap();
+    let (grant, _) = disk
+        .grant_for(
+            &eu(),
+            &eu_arn,
+            &["Encrypt", "Decrypt"],
+            &std::collections::BTreeMap::new(),
+        )
+        .unwrap();
+    assert_eq!(disk.key_unusable(&eu_arn, Some(&grant)).unwrap(), None);
+    // The grant is the replica's: the primary has none.
+    let us_arn = arn("us-east-1", &id);
+    assert_eq!(
+        disk.key_unusable(&us_arn, Some(&grant)).unwrap(),
+        Some(atrest_kms::KeyUnusable::GrantRevoked)
+    );
+    e.ok_as(&eu(), "DisableKey", json!({"KeyId": id}));
+    assert_eq!(
+        disk.key_unusable(&eu_arn, Some(&grant)).unwrap(),
+        Some(atrest_kms::KeyUnusable::Disabled)
+    );
+    assert_eq!(disk.key_unusable(&us_arn, None).unwrap(), None);
+    assert_eq!(
+        disk.key_unusable(&arn("ap-south-1", &id), None).unwrap(),
+        Some(atrest_kms::KeyUnusable::Deleted)
+    );
+}
