@@ -463,13 +463,13 @@ impl KeyService {
             items: Keys {
                 keys: ids
                     .iter()
-                    .map(|(id, shown)| match String::from_utf8(shown.clone()) {
+                    .map(|(id, shown)| match std::str::from_utf8(shown) {
                         Ok(mrk) if !mrk.is_empty() => KeyListEntry {
                             key_arn: format!(
                                 "arn:aws:kms:{}:{}:key/{mrk}",
                                 caller.region, caller.account
                             ),
-                            key_id: mrk,
+                            key_id: mrk.to_owned(),
                         },
                         _ => KeyListEntry {
                             key_id: id.to_string(),
