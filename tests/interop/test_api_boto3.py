@@ -453,7 +453,7 @@ def test_unsupported_operations(kms):
     # Every AWS key spec but SM2 (China Regions only) is supported (issue 20).
     expect_error("UnsupportedOperationException", kms.create_key, KeySpec="SM2", KeyUsage="SIGN_VERIFY")
     expect_error("UnsupportedOperationException", kms.create_key, Origin="AWS_CLOUDHSM")
-    expect_error("UnsupportedOperationException", kms.create_key, MultiRegion=True)
+    expect_error("UnsupportedOperationException", kms.create_key, MultiRegion=True, Origin="EXTERNAL")
     assert kms.list_keys()["Keys"] == [], "a refused CreateKey must not create a key"
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from botocore.exceptions import ClientError
 
 from conftest import (
     DB_PASSWORD,
@@ -493,3 +494,70 @@ def test_nbd_for_every_principal(world):
         if not expect[who]:
             assert "read 65536/65536" not in p.stdout, (who, p.stdout)
     assert outcomes == expect, outcomes
+
+
+def test_multi_region_operations_for_every_principal(make_server):
+    """ReplicateKey and UpdatePrimaryRegion (issue 20) for every principal,
+    on a fresh multi-Region key per cell, over a server serving two regions:
+    the account's root and a user allowed everything succeed (the replica
+    exists, the primary moved); a user without a policy, one whose identity
+    policy denies kms:*, one the key policy denies, another account and the
+    admin are refused with AccessDeniedException (the explicit denies said
+    as such) and nothing changes."""
+    eu = "eu-west-1"
+    server = make_server(regions=(REGION, eu)).start()
+    admin = server.credentials()
+    root = new_account(server, A)
+    other = new_account(server, B)
+    principals = {
+        "admin": admin,
+        "root": root,
+        "other": other,
+        "nopolicy": new_user(server, A, "nopolicy"),
+        "allowed": new_user(server, A, "allowed", policy=EVERYTHING),
+        "denied": new_user(server, A, "denied", policy=DENIED),
+        "keydenied": new_user(server, A, "keydenied", policy=EVERYTHING),
+    }
+    key_policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{A}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": {"AWS": user_arn(A, "keydenied")}, "Action": "kms:*", "Resource": "*"},
+    ]})
+    owner = server.client(creds=root)
+    owner_eu = server.client(region=eu, creds=root)
+    cells = 0
+    for who, creds in principals.items():
+        for op in ("ReplicateKey", "UpdatePrimaryRegion"):
+            arn = owner.create_key(MultiRegion=True, Policy=key_policy)["KeyMetadata"]["Arn"]
+            if op == "UpdatePrimaryRegion":
+                owner.replicate_key(KeyId=arn, ReplicaRegion=eu, Policy=key_policy)
+            client = server.client(creds=creds)
+            try:
+                if op == "ReplicateKey":
+                    client.replicate_key(KeyId=arn, ReplicaRegion=eu)
+                else:
+                    client.update_primary_region(KeyId=arn, PrimaryRegion=eu)
+                error = None
+            except ClientError as e:
+                error = e.response["Error"]
+            config = owner.describe_key(KeyId=arn)["KeyMetadata"]["MultiRegionConfiguration"]
+            if who in ("root", "allowed"):
+                assert error is None, (op, who, error)
+                if op == "ReplicateKey":
+                    assert [r["Region"] for r in config["ReplicaKeys"]] == [eu], config
+                    owner_eu.describe_key(KeyId=arn.replace(REGION, eu))
+                else:
+                    assert config["MultiRegionKeyType"] == "REPLICA", config
+                    assert config["PrimaryKey"]["Region"] == eu, config
+            else:
+                assert error is not None, (op, who)
+                assert error["Code"] == "AccessDeniedException", (op, who, error)
+                assert f"kms:{op}" in error["Message"] and arn in error["Message"], (op, who, error)
+                if who == "denied":
+                    assert "explicit deny in an identity-based policy" in error["Message"], error
+                if who == "keydenied":
+                    assert "explicit deny in a resource-based policy" in error["Message"], error
+                # Nothing changed.
+                assert config["MultiRegionKeyType"] == "PRIMARY", config
+                assert len(config["ReplicaKeys"]) == (1 if op == "UpdatePrimaryRegion" else 0), config
+            cells += 1
+    assert cells == len(principals) * 2

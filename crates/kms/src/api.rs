@@ -296,8 +296,11 @@ pub struct KeyMetadata {
     /// For KEY_AGREEMENT keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_agreement_algorithms: Option<&'static [&'static str]>,
-    /// Always false.
+    /// Whether this is a multi-Region key.
     pub multi_region: bool,
+    /// For a multi-Region key: its primary and replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_region_configuration: Option<MultiRegionConfiguration>,
     /// The material new ciphertexts use (absent while PendingImport).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_key_material_id: Option<String>,
@@ -317,6 +320,28 @@ pub struct KeyMetadata {
     /// at the last use or health check, with its words when it refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_key_status: Option<crate::ExternalKeyStatus>,
+}
+
+/// A multi-Region key's place among its related keys.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MultiRegionConfiguration {
+    /// `PRIMARY` or `REPLICA`.
+    pub multi_region_key_type: &'static str,
+    /// The primary key.
+    pub primary_key: MultiRegionKey,
+    /// Every replica key.
+    pub replica_keys: Vec<MultiRegionKey>,
+}
+
+/// One of a multi-Region key's related keys.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MultiRegionKey {
+    /// Its ARN.
+    pub arn: String,
+    /// Its region.
+    pub region: String,
 }
 
 /// `{"Id": remote key id}`.
@@ -444,9 +469,11 @@ pub struct Rotations {
 pub struct ScheduleKeyDeletionResponse {
     /// Key ARN.
     pub key_id: String,
-    /// When the key will be deleted.
-    pub deletion_date: f64,
-    /// `PendingDeletion`.
+    /// When the key will be deleted; absent for a multi-Region primary key
+    /// waiting for its replicas (not known until the last is deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<f64>,
+    /// `PendingDeletion`, or `PendingReplicaDeletion`.
     pub key_state: &'static str,
     /// The waiting period.
     pub pending_window_in_days: u32,

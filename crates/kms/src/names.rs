@@ -62,6 +62,18 @@ pub fn key_arn(region: &str, account: &str, id: &Uuid) -> String {
     arn
 }
 
+/// The key id of a multi-Region key: `mrk-` and 32 lower-case hex digits.
+#[must_use]
+pub fn mrk_key_id(id: &Uuid) -> String {
+    format!("mrk-{}", id.simple())
+}
+
+/// The ARN of a multi-Region key in `region`.
+#[must_use]
+pub fn mrk_arn(region: &str, account: &str, id: &Uuid) -> String {
+    format!("arn:aws:kms:{region}:{account}:key/{}", mrk_key_id(id))
+}
+
 /// The ARN of an alias (`name` includes the `alias/` prefix).
 #[must_use]
 pub fn alias_arn(region: &str, account: &str, name: &str) -> String {
@@ -88,20 +100,19 @@ pub enum KeyRef {
         /// Key id in the ARN.
         id: Uuid,
     },
-    /// A multi-Region key id (`mrk-` and 32 lower-case hex digits), in the
-    /// caller's account and region.
-    MultiRegionId(String),
-    /// A key ARN whose key id is a multi-Region key id.
+    /// An alias name (`alias/...`), in the caller's account and region.
+    Alias(String),
+    /// A multi-Region key id (`mrk-...`), in the caller's account and region.
+    MultiRegionId(Uuid),
+    /// A multi-Region key's ARN.
     MultiRegionArn {
         /// Region in the ARN.
         region: String,
         /// Account in the ARN.
         account: String,
-        /// Key id in the ARN (`mrk-...`).
-        id: String,
+        /// Multi-Region key id in the ARN.
+        id: Uuid,
     },
-    /// An alias name (`alias/...`), in the caller's account and region.
-    Alias(String),
     /// An alias ARN.
     AliasArn {
         /// Region in the ARN.
@@ -125,8 +136,8 @@ impl KeyRef {
         if s.starts_with("alias/") {
             return Ok(Self::Alias(s.to_owned()));
         }
-        if is_multi_region_id(s) {
-            return Ok(Self::MultiRegionId(s.to_owned()));
+        if let Some(id) = parse_mrk_id(s) {
+            return Ok(Self::MultiRegionId(id));
         }
         parse_key_uuid(s)
             .map(Self::Id)
@@ -149,15 +160,18 @@ impl KeyRef {
     }
 }
 
-/// Whether `s` is a multi-Region key id: `mrk-` and 32 lower-case hex
-/// digits, the form AWS gives multi-Region keys.
-#[must_use]
-pub fn is_multi_region_id(s: &str) -> bool {
-    s.strip_prefix("mrk-").is_some_and(|h| {
-        h.len() == 32
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+/// Multi-Region key ids are `mrk-` and 32 lower-case hex digits (AWS's
+/// form); the digits are a UUID's 16 bytes.
+fn parse_mrk_id(s: &str) -> Option<Uuid> {
+    let hex = s.strip_prefix("mrk-")?;
+    if hex.len() != 32
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    Uuid::try_parse(hex).ok()
 }
 
 /// Key ids are UUIDs in their canonical lower-case hyphenated form, which is
@@ -190,11 +204,11 @@ fn parse_arn(full: &str, rest: &str) -> Result<KeyRef, KmsError> {
         return Err(invalid());
     }
     if let Some(id) = resource.strip_prefix("key/") {
-        if is_multi_region_id(id) {
+        if let Some(id) = parse_mrk_id(id) {
             return Ok(KeyRef::MultiRegionArn {
                 region: region.to_owned(),
                 account: account.to_owned(),
-                id: id.to_owned(),
+                id,
             });
         }
         let id = parse_key_uuid(id)
@@ -313,16 +327,14 @@ mod tests {
         ));
         // Multi-Region key ids: `mrk-` and 32 lower-case hex digits.
         let mrk = "mrk-1234abcd12ab34cd56ef1234567890ab";
-        assert_eq!(
-            KeyRef::parse(mrk).unwrap(),
-            KeyRef::MultiRegionId(mrk.into())
-        );
+        let mrk_id = Uuid::try_parse("1234abcd12ab34cd56ef1234567890ab").unwrap();
+        assert_eq!(KeyRef::parse(mrk).unwrap(), KeyRef::MultiRegionId(mrk_id));
         assert_eq!(
             KeyRef::parse(&format!("arn:aws:kms:us-east-1:111122223333:key/{mrk}")).unwrap(),
             KeyRef::MultiRegionArn {
                 region: "us-east-1".into(),
                 account: "111122223333".into(),
-                id: mrk.into()
+                id: mrk_id
             }
         );
         for bad in [
@@ -340,6 +352,47 @@ mod tests {
             KeyRef::parse("").unwrap_err().to_string(),
             "1 validation error detected: Value '' at 'keyId' failed to satisfy constraint: Member must have length greater than or equal to 1"
         );
+    }
+
+    #[test]
+    fn multi_region_key_refs() {
+        let hex = "1234abcd12ab34cd56ef1234567890ab";
+        let id = Uuid::try_parse(hex).unwrap();
+        assert_eq!(mrk_key_id(&id), format!("mrk-{hex}"));
+        assert_eq!(
+            KeyRef::parse(&format!("mrk-{hex}")).unwrap(),
+            KeyRef::MultiRegionId(id)
+        );
+        let arn = format!("arn:aws:kms:eu-west-1:111122223333:key/mrk-{hex}");
+        assert_eq!(arn, mrk_arn("eu-west-1", "111122223333", &id));
+        assert_eq!(
+            KeyRef::parse(&arn).unwrap(),
+            KeyRef::MultiRegionArn {
+                region: "eu-west-1".into(),
+                account: "111122223333".into(),
+                id
+            }
+        );
+        for bad in [
+            "mrk-",
+            "mrk-1234",
+            "mrk-1234ABCD12AB34CD56EF1234567890AB",
+            "mrk-1234abcd-12ab-34cd-56ef-1234567890ab",
+            "mrk-1234abcd12ab34cd56ef1234567890abc",
+            "mrk-1234abcd12ab34cd56ef1234567890ag",
+        ] {
+            assert!(
+                matches!(KeyRef::parse(bad), Err(KmsError::NotFound(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(
+                    KeyRef::parse(&format!("arn:aws:kms:us-east-1:111122223333:key/{bad}")),
+                    Err(KmsError::NotFound(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub const GRANTS: Table = Table::new("kms.grants");
 pub const GRANTS_BY_RETIREE: Table = Table::new("kms.grants_by_retiree");
 /// region `\0` account `\0` service → key id (16 bytes): service keys.
 pub const SERVICE_KEYS: Table = Table::new("kms.service_keys");
+/// multi-Region key id (16 bytes) ‖ region → key id (16 bytes): the record
+/// of a multi-Region key in each region that holds it (see [`MultiRegion`]).
+pub const MULTI_REGION_KEYS: Table = Table::new("kms.multi_region_keys");
 
 /// The current schema version.
 pub const SCHEMA_VERSION: &str = "1";
@@ -152,6 +155,9 @@ pub enum KeyState {
     PendingDeletion,
     /// An EXTERNAL key without key material.
     PendingImport,
+    /// A multi-Region primary key scheduled for deletion, waiting for its
+    /// replicas to be deleted before its own waiting period starts.
+    PendingReplicaDeletion,
 }
 
 impl KeyState {
@@ -163,6 +169,7 @@ impl KeyState {
             Self::Disabled => "Disabled",
             Self::PendingDeletion => "PendingDeletion",
             Self::PendingImport => "PendingImport",
+            Self::PendingReplicaDeletion => "PendingReplicaDeletion",
         }
     }
 }
@@ -488,6 +495,58 @@ pub struct KeyRecord {
     /// The key usage.
     #[serde(default)]
     pub usage: KeyUsage,
+    /// For a multi-Region key: its shared id and where it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_region: Option<MultiRegion>,
+}
+
+/// What makes a key record one region's copy of a multi-Region key. Every
+/// region's copy is a record of its own, with its own `id` (so its policy,
+/// grants, aliases, tags, state and schedule stay independent, keyed as for
+/// any key), and all share `id` here: the id customers see (`mrk-` and 32
+/// hex digits) and the key id in ciphertext blobs. [`MULTI_REGION_KEYS`]
+/// finds a region's record from it. Each record has its own copy of every
+/// version of the material, sealed under its own `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiRegion {
+    /// The multi-Region key id, shared by every region's record.
+    pub id: Uuid,
+    /// The region of the primary key (shared; kept equal in every record).
+    pub primary: String,
+    /// Every region holding the key, the primary's first, then replicas in
+    /// the order they were made (shared).
+    pub regions: Vec<String>,
+    /// For a primary key in `PendingReplicaDeletion`: the waiting period
+    /// that starts once its last replica is deleted (this record's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_window_days: Option<u32>,
+}
+
+impl KeyRecord {
+    /// The key id customers see: the UUID, or `mrk-` and 32 hex digits for
+    /// a multi-Region key.
+    #[must_use]
+    pub fn key_id(&self) -> String {
+        match &self.multi_region {
+            Some(m) => crate::names::mrk_key_id(&m.id),
+            None => self.id.to_string(),
+        }
+    }
+
+    /// The key id a ciphertext blob names: the multi-Region key id for a
+    /// multi-Region key (so every region can find its copy), else `id`.
+    #[must_use]
+    pub fn blob_id(&self) -> Uuid {
+        self.multi_region.as_ref().map_or(self.id, |m| m.id)
+    }
+
+    /// Whether this is a multi-Region replica key.
+    #[must_use]
+    pub fn is_replica(&self) -> bool {
+        self.multi_region
+            .as_ref()
+            .is_some_and(|m| m.primary != self.region)
+    }
 }
 
 /// A key in another KMS, reached through a configured key provider.
@@ -773,6 +832,14 @@ pub fn service_key_key(region: &str, account: &str, service: &str) -> Vec<u8> {
 pub fn alias_key(region: &str, account: &str, name: &str) -> Vec<u8> {
     let mut k = owner_prefix(region, account);
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The [`MULTI_REGION_KEYS`] key of a multi-Region key's record in `region`.
+#[must_use]
+pub fn multi_region_key(mrk: &Uuid, region: &str) -> Vec<u8> {
+    let mut k = mrk.as_bytes().to_vec();
+    k.extend_from_slice(region.as_bytes());
     k
 }
 

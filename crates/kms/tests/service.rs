@@ -20,6 +20,8 @@ mod external;
 mod grants_and_services;
 #[path = "service/mac.rs"]
 mod mac;
+#[path = "service/multi_region.rs"]
+mod multi_region;
 
 use atrest_crypto::Aes256Key;
 use atrest_kms::clock::ManualClock;
@@ -483,7 +485,7 @@ fn create_key_refuses_what_it_does_not_support() {
         ),
         (json!({"Origin": "MOON"}), "ValidationException"),
         (
-            json!({"MultiRegion": true}),
+            json!({"MultiRegion": true, "Origin": "EXTERNAL"}),
             "UnsupportedOperationException",
         ),
         (json!({"Policy": "{}"}), "MalformedPolicyDocumentException"),
@@ -923,9 +925,23 @@ fn key_state_matrix() {
         Enabled,
         Disabled,
         PendingDeletion,
+        /// A multi-Region primary key with a replica, scheduled for deletion.
+        PendingReplicaDeletion,
     }
     let setup = |s: S| -> (String, Value) {
-        let key = e.new_key();
+        let key = if matches!(s, S::PendingReplicaDeletion) {
+            let key = e.ok("CreateKey", json!({"MultiRegion": true}))["KeyMetadata"]["KeyId"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            e.ok(
+                "ReplicateKey",
+                json!({"KeyId": key, "ReplicaRegion": "eu-west-1"}),
+            );
+            key
+        } else {
+            e.new_key()
+        };
         let blob = e.ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"x")}))["CiphertextBlob"]
             .clone();
         match s {
@@ -933,7 +949,7 @@ fn key_state_matrix() {
             S::Disabled => {
                 e.ok("DisableKey", json!({"KeyId": key}));
             }
-            S::PendingDeletion => {
+            S::PendingDeletion | S::PendingReplicaDeletion => {
                 e.ok(
                     "ScheduleKeyDeletion",
                     json!({"KeyId": key, "PendingWindowInDays": 7}),
@@ -946,106 +962,123 @@ fn key_state_matrix() {
     type Case = (
         &'static str,
         fn(&str, &Value, &str) -> Value,
-        [Option<&'static str>; 3],
+        [Option<&'static str>; 4],
     );
     let ok = None;
     let dis = Some("DisabledException");
     let inv = Some("KMSInvalidStateException");
     let cases: Vec<Case> = vec![
-        ("DescribeKey", |k, _, _| json!({"KeyId": k}), [ok, ok, ok]),
+        (
+            "DescribeKey",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, ok, ok, ok],
+        ),
         (
             "Encrypt",
             |k, _, _| json!({"KeyId": k, "Plaintext": "eA=="}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "Decrypt",
             |_, b, _| json!({"CiphertextBlob": b}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "ReEncrypt",
             |_, b, o| json!({"CiphertextBlob": b, "DestinationKeyId": o}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "GenerateDataKey",
             |k, _, _| json!({"KeyId": k, "KeySpec": "AES_256"}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "GenerateDataKeyWithoutPlaintext",
             |k, _, _| json!({"KeyId": k, "KeySpec": "AES_256"}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "UpdateKeyDescription",
             |k, _, _| json!({"KeyId": k, "Description": "n"}),
-            [ok, ok, inv],
+            [ok, ok, inv, inv],
         ),
-        ("EnableKey", |k, _, _| json!({"KeyId": k}), [ok, ok, inv]),
-        ("DisableKey", |k, _, _| json!({"KeyId": k}), [ok, ok, inv]),
+        (
+            "EnableKey",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, ok, inv, inv],
+        ),
+        (
+            "DisableKey",
+            |k, _, _| json!({"KeyId": k}),
+            [ok, ok, inv, inv],
+        ),
         (
             "ScheduleKeyDeletion",
             |k, _, _| json!({"KeyId": k}),
-            [ok, ok, inv],
+            [ok, ok, inv, inv],
         ),
         (
             "CancelKeyDeletion",
             |k, _, _| json!({"KeyId": k}),
-            [inv, inv, ok],
+            [inv, inv, ok, ok],
         ),
         (
             "EnableKeyRotation",
             |k, _, _| json!({"KeyId": k}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "DisableKeyRotation",
             |k, _, _| json!({"KeyId": k}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "GetKeyRotationStatus",
             |k, _, _| json!({"KeyId": k}),
-            [ok, ok, ok],
+            [ok, ok, ok, ok],
         ),
         (
             "RotateKeyOnDemand",
             |k, _, _| json!({"KeyId": k}),
-            [ok, dis, inv],
+            [ok, dis, inv, inv],
         ),
         (
             "ListKeyRotations",
             |k, _, _| json!({"KeyId": k}),
-            [ok, ok, ok],
+            [ok, ok, ok, ok],
         ),
         (
             "TagResource",
             |k, _, _| json!({"KeyId": k, "Tags": [{"TagKey": "a", "TagValue": "b"}]}),
-            [ok, ok, inv],
+            [ok, ok, inv, inv],
         ),
         (
             "UntagResource",
             |k, _, _| json!({"KeyId": k, "TagKeys": ["a"]}),
-            [ok, ok, inv],
+            [ok, ok, inv, inv],
         ),
         (
             "ListResourceTags",
             |k, _, _| json!({"KeyId": k}),
-            [ok, ok, ok],
+            [ok, ok, ok, ok],
         ),
         (
             "CreateAlias",
-            |k, _, _| json!({"AliasName": format!("alias/{}", &k[..8]), "TargetKeyId": k}),
-            [ok, ok, inv],
+            |k, _, _| json!({"AliasName": format!("alias/{}", &k[k.len() - 12..]), "TargetKeyId": k}),
+            [ok, ok, inv, inv],
         ),
     ];
     let mut cells = 0;
     for (op, body, expect) in &cases {
-        for (i, s) in [S::Enabled, S::Disabled, S::PendingDeletion]
-            .into_iter()
-            .enumerate()
+        for (i, s) in [
+            S::Enabled,
+            S::Disabled,
+            S::PendingDeletion,
+            S::PendingReplicaDeletion,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let (key, blob) = setup(s);
             let r = e.call(&e.alice, op, body(&key, &blob, &other));
@@ -1063,7 +1096,7 @@ fn key_state_matrix() {
             cells += 1;
         }
     }
-    assert_eq!(cells, cases.len() * 3);
+    assert_eq!(cells, cases.len() * 4);
     // ListAliases and ListKeys work whatever the states.
     e.ok("ListAliases", json!({}));
     e.ok("ListKeys", json!({}));

@@ -211,7 +211,13 @@ impl KeyService {
                     .map(|(name, a)| AliasEntry {
                         alias_arn: alias_arn(&caller.region, caller.account.as_str(), &name),
                         alias_name: name,
-                        target_key_id: a.target.to_string(),
+                        // A multi-Region key's alias names its `mrk-` id.
+                        target_key_id: self
+                            .key_records
+                            .get_shared(&*tx, a.target.as_bytes())
+                            .ok()
+                            .flatten()
+                            .map_or_else(|| a.target.to_string(), |k| k.key_id()),
                         creation_date: epoch_seconds(a.created),
                         last_updated_date: epoch_seconds(a.updated),
                     })

@@ -132,6 +132,20 @@ impl KeyService {
             ctx.set("kms:KeyOrigin", k.origin.as_str());
             ctx.set("kms:KeySpec", k.spec.as_str());
             ctx.set("kms:KeyUsage", k.usage.as_str());
+            ctx.set(
+                "kms:MultiRegion",
+                if k.multi_region.is_some() {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
+            if k.multi_region.is_some() {
+                ctx.set(
+                    "kms:MultiRegionKeyType",
+                    if k.is_replica() { "REPLICA" } else { "PRIMARY" },
+                );
+            }
         }
         if let Some(ec) = facts.context {
             for (k, v) in ec {

@@ -131,7 +131,7 @@ impl KeyService {
     ) -> Result<Vec<u8>, KmsError> {
         let Some(ext) = &key.external else {
             return blob::seal(
-                &key.id,
+                &key.blob_id(),
                 key.current_version,
                 material.aes()?,
                 ctx,
@@ -150,7 +150,7 @@ impl KeyService {
         }
         let k = blob::combine(material.aes()?, data_key.expose())?;
         blob::seal_wrapped(
-            &key.id,
+            &key.blob_id(),
             key.current_version,
             &k,
             Some(&wrapped),
@@ -182,11 +182,16 @@ impl KeyService {
         let (header, body) = blob::parse(ciphertext)?;
         // AWS's InvalidCiphertextException carries no message.
         let unknown = || KmsError::InvalidCiphertext(String::new());
-        let key = self
-            .key_records
-            .get_shared(tx, header.key_id.as_bytes())?
-            .filter(|k| k.region == caller.region)
-            .ok_or_else(unknown)?;
+        let key = match self.key_records.get_shared(tx, header.key_id.as_bytes())? {
+            Some(k) => Some(k),
+            // A multi-Region key's blob names the key's shared id: this
+            // region's copy decrypts it.
+            None => self
+                .multi_region_record(tx, &header.key_id, &caller.region)?
+                .map(std::sync::Arc::new),
+        }
+        .filter(|k| k.region == caller.region && k.blob_id() == header.key_id)
+        .ok_or_else(unknown)?;
         if key.spec != crate::records::KeySpec::SymmetricDefault {
             // Only symmetric keys make blobs: this one is forged.
             return Err(KmsError::InvalidCiphertext(

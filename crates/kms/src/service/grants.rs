@@ -477,7 +477,10 @@ impl KeyService {
                 ..Facts::default()
             },
         )?;
-        if key.state == KeyState::PendingDeletion {
+        if matches!(
+            key.state,
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+        ) {
             return Err(Self::pending_deletion(&key));
         }
         // GenerateMac and VerifyMac only on HMAC keys, and only they of the

@@ -144,7 +144,7 @@ impl KeyService {
         let (enc, sign, mac, agree) = records::algorithms(key.spec, key.usage);
         KeyMetadata {
             aws_account_id: key.account.clone(),
-            key_id: key.id.to_string(),
+            key_id: key.key_id(),
             arn: Self::arn(key),
             creation_date: epoch_seconds(key.created),
             enabled: key.state == KeyState::Enabled,
@@ -163,7 +163,27 @@ impl KeyService {
             signing_algorithms: (!sign.is_empty()).then_some(sign),
             mac_algorithms: (!mac.is_empty()).then_some(mac),
             key_agreement_algorithms: (!agree.is_empty()).then_some(agree),
-            multi_region: false,
+            multi_region: key.multi_region.is_some(),
+            multi_region_configuration: key.multi_region.as_ref().map(|m| {
+                let related = |region: &String| api::MultiRegionKey {
+                    arn: crate::names::mrk_arn(region, &key.account, &m.id),
+                    region: region.clone(),
+                };
+                api::MultiRegionConfiguration {
+                    multi_region_key_type: if key.is_replica() {
+                        "REPLICA"
+                    } else {
+                        "PRIMARY"
+                    },
+                    primary_key: related(&m.primary),
+                    replica_keys: m
+                        .regions
+                        .iter()
+                        .filter(|r| **r != m.primary)
+                        .map(related)
+                        .collect(),
+                }
+            }),
             current_key_material_id: (key.current_version > 0)
                 .then(|| key.current_material_id.clone()),
             expiration_model: (external && key.import.is_some()).then(|| {
@@ -187,17 +207,30 @@ impl KeyService {
     }
 
     /// Stores a new key (record, owner index, policy). Material, if any, is
-    /// the caller's business.
+    /// the caller's business. The owner index of a multi-Region key holds
+    /// its `mrk-` id (ListKeys shows it), and the key is indexed by that id
+    /// in its region.
     pub(crate) fn insert_key(
         tx: &mut dyn WriteTx,
         key: &KeyRecord,
         policy: &str,
     ) -> Result<(), KmsError> {
         records::put(tx, records::KEYS, key.id.as_bytes(), key)?;
+        let shown = match &key.multi_region {
+            Some(m) => {
+                tx.put(
+                    records::MULTI_REGION_KEYS,
+                    &records::multi_region_key(&m.id, &key.region),
+                    key.id.as_bytes(),
+                )?;
+                key.key_id().into_bytes()
+            }
+            None => Vec::new(),
+        };
         tx.put(
             records::KEYS_BY_OWNER,
             &records::owner_key(&key.region, &key.account, &key.id),
-            b"",
+            &shown,
         )?;
         tx.put(records::KEY_POLICIES, key.id.as_bytes(), policy.as_bytes())?;
         Ok(())
@@ -238,6 +271,7 @@ impl KeyService {
             external: None,
             spec: KeySpec::SymmetricDefault,
             usage: KeyUsage::EncryptDecrypt,
+            multi_region: None,
         }
     }
 
@@ -287,17 +321,15 @@ impl KeyService {
                 ));
             }
         };
-        if req.multi_region == Some(true) {
-            return Err(KmsError::UnsupportedOperation(
-                "Multi-Region keys are not supported: an atrest key lives in exactly one region."
-                    .into(),
-            ));
-        }
         let origin = match req.origin.as_deref() {
             Some("EXTERNAL") => KeyOrigin::External,
             Some("EXTERNAL_KMS") => KeyOrigin::ExternalKms,
             _ => KeyOrigin::AwsKms,
         };
+        let multi_region = req.multi_region == Some(true);
+        if multi_region {
+            super::multi_region::check_new(origin)?;
+        }
         // AWS imports symmetric, HMAC, RSA and ECDSA (NIST, secp256k1)
         // material; Ed25519 and ML-DSA keys are only ever generated.
         let importable = !matches!(
@@ -337,6 +369,14 @@ impl KeyService {
         );
         key.spec = spec;
         key.usage = usage;
+        if multi_region {
+            key.multi_region = Some(records::MultiRegion {
+                id: Uuid::new_v4(),
+                primary: key.region.clone(),
+                regions: vec![key.region.clone()],
+                pending_window_days: None,
+            });
+        }
         call.set_key(Self::arn(&key));
         let policy = match req.policy {
             Some(text) => {
@@ -417,20 +457,35 @@ impl KeyService {
             after_key.as_deref(),
             size + 1,
         )?;
-        let ids: Vec<Uuid> = rows
-            .iter()
-            .filter_map(|(k, _)| k.get(prefix.len()..).and_then(|b| Uuid::from_slice(b).ok()))
+        // The value is a multi-Region key's `mrk-` id, empty for others.
+        let ids: Vec<(Uuid, Vec<u8>)> = rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.get(prefix.len()..)
+                    .and_then(|b| Uuid::from_slice(b).ok())
+                    .map(|id| (id, v))
+            })
             .collect();
-        let (ids, next) = pagination::finish(Listing::Keys, ids, size, |id| id.as_bytes().to_vec());
+        let (ids, next) =
+            pagination::finish(Listing::Keys, ids, size, |(id, _)| id.as_bytes().to_vec());
         Ok(Page {
             truncated: next.is_some(),
             next_marker: next,
             items: Keys {
                 keys: ids
                     .iter()
-                    .map(|id| KeyListEntry {
-                        key_id: id.to_string(),
-                        key_arn: key_arn(&caller.region, caller.account.as_str(), id),
+                    .map(|(id, shown)| match std::str::from_utf8(shown) {
+                        Ok(mrk) if !mrk.is_empty() => KeyListEntry {
+                            key_arn: format!(
+                                "arn:aws:kms:{}:{}:key/{mrk}",
+                                caller.region, caller.account
+                            ),
+                            key_id: mrk.to_owned(),
+                        },
+                        _ => KeyListEntry {
+                            key_id: id.to_string(),
+                            key_arn: key_arn(&caller.region, caller.account.as_str(), id),
+                        },
                     })
                     .collect(),
             },
@@ -513,9 +568,24 @@ impl KeyService {
             call,
             req.key_id,
             "ScheduleKeyDeletion",
-            |_, key, tx, now| {
+            |svc, key, tx, now| {
                 Self::require_not_pending_deletion(key)?;
                 Self::require_customer_managed(key, "schedule deletion of")?;
+                if svc.has_replicas(key) {
+                    // AWS: a primary key waits for its replicas to go; its
+                    // waiting period starts when the last one is deleted.
+                    key.state = KeyState::PendingReplicaDeletion;
+                    key.deletion_date = None;
+                    if let Some(m) = &mut key.multi_region {
+                        m.pending_window_days = Some(days);
+                    }
+                    return Ok(ScheduleKeyDeletionResponse {
+                        key_id: Self::arn(key),
+                        deletion_date: None,
+                        key_state: key.state.as_str(),
+                        pending_window_in_days: days,
+                    });
+                }
                 let when =
                     to_millis(crate::clock::from_millis(now) + Duration::days(i64::from(days)));
                 key.state = KeyState::PendingDeletion;
@@ -527,7 +597,7 @@ impl KeyService {
                 )?;
                 Ok(ScheduleKeyDeletionResponse {
                     key_id: Self::arn(key),
-                    deletion_date: epoch_seconds(when),
+                    deletion_date: Some(epoch_seconds(when)),
                     key_state: "PendingDeletion",
                     pending_window_in_days: days,
                 })
@@ -543,6 +613,15 @@ impl KeyService {
         req: KeyIdRequest,
     ) -> Result<KeyIdResponse, KmsError> {
         self.update_key(call, req.key_id, "CancelKeyDeletion", |_, key, tx, _| {
+            if key.state == KeyState::PendingReplicaDeletion {
+                key.state = KeyState::Disabled;
+                if let Some(m) = &mut key.multi_region {
+                    m.pending_window_days = None;
+                }
+                return Ok(KeyIdResponse {
+                    key_id: Self::arn(key),
+                });
+            }
             let (KeyState::PendingDeletion, Some(when)) = (key.state, key.deletion_date) else {
                 return Err(KmsError::InvalidState(format!(
                     "{} is not pending deletion.",

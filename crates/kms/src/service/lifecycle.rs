@@ -115,6 +115,7 @@ impl KeyService {
         Self::remove_all_grants(&mut *tx, id)?;
         tx.delete(records::KEY_POLICIES, id.as_bytes())?;
         tx.delete(records::KEYS, id.as_bytes())?;
+        self.forget_region(&mut *tx, &key, now)?;
         let sys = self.system_call(&key, "ScheduledKeyDeletion");
         self.commit(tx, &sys.call())?;
         self.forget_key(id);
@@ -152,6 +153,7 @@ impl KeyService {
             b"",
         )?;
         records::put(&mut *tx, records::KEYS, id.as_bytes(), &key)?;
+        self.sync_replicas(&mut *tx, &key)?;
         let sys = self.system_call(&key, "AutomaticKeyRotation");
         self.commit(tx, &sys.call())?;
         tracing::info!(key = %Self::arn(&key), version = key.current_version, "rotated key automatically");

@@ -263,7 +263,10 @@ impl KeyService {
     }
 
     fn arn(key: &KeyRecord) -> String {
-        key_arn(&key.region, &key.account, &key.id)
+        match &key.multi_region {
+            Some(m) => crate::names::mrk_arn(&key.region, &key.account, &m.id),
+            None => key_arn(&key.region, &key.account, &key.id),
+        }
     }
 
     /// Sends audit records to `sink` from now on (set once, at start).
@@ -302,24 +305,24 @@ impl KeyService {
                 }
                 (*id, account.clone())
             }
-            // No multi-Region key is stored yet: such an id names nothing.
+            KeyRef::Alias(name) => {
+                return self.resolve_alias(tx, &caller.region, caller.account.as_str(), name);
+            }
             KeyRef::MultiRegionId(id) => {
-                return Err(KmsError::NotFound(format!(
-                    "Key 'arn:aws:kms:{}:{}:key/{id}' does not exist",
-                    caller.region, caller.account
-                )));
+                return self.resolve_multi_region(tx, &caller.region, caller.account.as_str(), id);
             }
             KeyRef::MultiRegionArn {
                 region,
                 account,
                 id,
             } => {
-                return Err(KmsError::NotFound(format!(
-                    "Key 'arn:aws:kms:{region}:{account}:key/{id}' does not exist"
-                )));
-            }
-            KeyRef::Alias(name) => {
-                return self.resolve_alias(tx, &caller.region, caller.account.as_str(), name);
+                if *region != caller.region {
+                    return Err(KmsError::NotFound(format!(
+                        "Key '{}' does not exist",
+                        crate::names::mrk_arn(region, account, id)
+                    )));
+                }
+                return self.resolve_multi_region(tx, region, account, id);
             }
             KeyRef::AliasArn {
                 region,
@@ -340,6 +343,44 @@ impl KeyService {
             Some(k) if k.region == caller.region && k.account == expected_account => Ok(k),
             _ => Err(not_found(&caller.region, &expected_account, &id)),
         }
+    }
+
+    /// Finds the record of the multi-Region key `mrk` in `region`, owned
+    /// by `account`.
+    fn resolve_multi_region(
+        &self,
+        tx: &dyn ReadTx,
+        region: &str,
+        account: &str,
+        mrk: &Uuid,
+    ) -> Result<KeyRecord, KmsError> {
+        self.multi_region_record(tx, mrk, region)?
+            .filter(|k| k.account == account)
+            .ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "Key '{}' does not exist",
+                    crate::names::mrk_arn(region, account, mrk)
+                ))
+            })
+    }
+
+    /// The record of the multi-Region key `mrk` in `region`, if it has one.
+    fn multi_region_record(
+        &self,
+        tx: &dyn ReadTx,
+        mrk: &Uuid,
+        region: &str,
+    ) -> Result<Option<KeyRecord>, KmsError> {
+        let Some(id) = tx.get(
+            records::MULTI_REGION_KEYS,
+            &records::multi_region_key(mrk, region),
+        )?
+        else {
+            return Ok(None);
+        };
+        let id = Uuid::from_slice(&id)
+            .map_err(|_| KmsError::Internal("corrupt multi-Region key index".into()))?;
+        self.key_records.get(tx, id.as_bytes())
     }
 
     fn resolve_alias(
@@ -391,7 +432,9 @@ impl KeyService {
                 "{} is disabled.",
                 Self::arn(key)
             ))),
-            KeyState::PendingDeletion => Err(Self::pending_deletion(key)),
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
+                Err(Self::pending_deletion(key))
+            }
             KeyState::PendingImport => Err(Self::pending_import(key)),
         }
     }
@@ -422,13 +465,23 @@ impl KeyService {
     }
 
     fn pending_deletion(key: &KeyRecord) -> KmsError {
+        if key.state == KeyState::PendingReplicaDeletion {
+            return KmsError::InvalidState(format!(
+                "{} is pending replica deletion.",
+                Self::arn(key)
+            ));
+        }
         KmsError::InvalidState(format!("{} is pending deletion.", Self::arn(key)))
     }
 
     /// Fails if `key` is pending deletion (management operations that AWS
-    /// allows on disabled keys but not on keys being deleted).
+    /// allows on disabled keys but not on keys being deleted), or, as a
+    /// primary key, waiting for its replicas to be deleted first.
     fn require_not_pending_deletion(key: &KeyRecord) -> Result<(), KmsError> {
-        if key.state == KeyState::PendingDeletion {
+        if matches!(
+            key.state,
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+        ) {
             return Err(Self::pending_deletion(key));
         }
         Ok(())

@@ -29,7 +29,9 @@ fn require_rotatable(key: &KeyRecord) -> Result<(), KmsError> {
             "{} is disabled.",
             KeyService::arn(key)
         ))),
-        KeyState::PendingDeletion => Err(KeyService::pending_deletion(key)),
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
+            Err(KeyService::pending_deletion(key))
+        }
         KeyState::PendingImport => Err(KeyService::pending_import(key)),
     }
 }
@@ -76,31 +78,38 @@ impl KeyService {
             None => DEFAULT_PERIOD_DAYS,
             Some(d) => api::in_range(d, "rotationPeriodInDays", 90, 2560)?,
         };
-        self.update_key(call, req.key_id, "EnableKeyRotation", |_, key, tx, now| {
-            require_generated(key)?;
-            require_rotatable(key)?;
-            let next = match key.rotation {
-                Some(old) => {
-                    tx.delete(
-                        records::DUE,
-                        &records::due_key(old.next, DueKind::Rotation, &key.id),
-                    )?;
-                    let anchor = old.next - i64::from(old.period_days) * DAY_MS;
-                    (anchor + i64::from(period) * DAY_MS).max(now)
-                }
-                None => now + i64::from(period) * DAY_MS,
-            };
-            key.rotation = Some(Rotation {
-                period_days: period,
-                next,
-            });
-            tx.put(
-                records::DUE,
-                &records::due_key(next, DueKind::Rotation, &key.id),
-                b"",
-            )?;
-            Ok(Empty {})
-        })
+        self.update_key(
+            call,
+            req.key_id,
+            "EnableKeyRotation",
+            |svc, key, tx, now| {
+                require_generated(key)?;
+                Self::require_primary(key, "automatic rotation")?;
+                require_rotatable(key)?;
+                let next = match key.rotation {
+                    Some(old) => {
+                        tx.delete(
+                            records::DUE,
+                            &records::due_key(old.next, DueKind::Rotation, &key.id),
+                        )?;
+                        let anchor = old.next - i64::from(old.period_days) * DAY_MS;
+                        (anchor + i64::from(period) * DAY_MS).max(now)
+                    }
+                    None => now + i64::from(period) * DAY_MS,
+                };
+                key.rotation = Some(Rotation {
+                    period_days: period,
+                    next,
+                });
+                tx.put(
+                    records::DUE,
+                    &records::due_key(next, DueKind::Rotation, &key.id),
+                    b"",
+                )?;
+                svc.sync_replicas(tx, key)?;
+                Ok(Empty {})
+            },
+        )
     }
 
     /// DisableKeyRotation.
@@ -109,8 +118,9 @@ impl KeyService {
         call: &Call<'_>,
         req: KeyIdRequest,
     ) -> Result<Empty, KmsError> {
-        self.update_key(call, req.key_id, "DisableKeyRotation", |_, key, tx, _| {
+        self.update_key(call, req.key_id, "DisableKeyRotation", |svc, key, tx, _| {
             require_generated(key)?;
+            Self::require_primary(key, "automatic rotation")?;
             require_rotatable(key)?;
             if let Some(old) = key.rotation.take() {
                 tx.delete(
@@ -118,6 +128,7 @@ impl KeyService {
                     &records::due_key(old.next, DueKind::Rotation, &key.id),
                 )?;
             }
+            svc.sync_replicas(tx, key)?;
             Ok(Empty {})
         })
     }
@@ -175,9 +186,12 @@ impl KeyService {
                 }
                 svc.rotate_to_imported(key, tx, now)?;
                 key.on_demand_rotations += 1;
-                return Ok(KeyIdResponse { key_id: key.id.to_string() });
+                return Ok(KeyIdResponse {
+                    key_id: Self::arn(key),
+                });
             }
             require_generated(key)?;
+            Self::require_primary(key, "rotation")?;
             require_rotatable(key)?;
             if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
                 return Err(KmsError::LimitExceeded(format!(
@@ -187,6 +201,8 @@ impl KeyService {
             }
             svc.rotate(key, tx, VersionOrigin::OnDemand, now)?;
             key.on_demand_rotations += 1;
+            // A multi-Region key's replicas get the new version too.
+            svc.sync_replicas(tx, key)?;
             Ok(KeyIdResponse {
                 key_id: Self::arn(key),
             })
@@ -303,7 +319,7 @@ impl KeyService {
                         let rotated =
                             v.origin != VersionOrigin::Initial && !import.pending_rotation;
                         RotationEntry {
-                            key_id: key.id.to_string(),
+                            key_id: key.key_id(),
                             rotation_date: rotated.then(|| epoch_seconds(v.created)),
                             rotation_type: rotated.then_some(
                                 if v.origin == VersionOrigin::OnDemand {

@@ -401,22 +401,35 @@ impl ServiceSession<'_> {
         key_arn: &str,
         grant_id: Option<&str>,
     ) -> Result<Option<KeyUnusable>, KmsError> {
-        let (crate::names::KeyRef::KeyArn { id, .. } | crate::names::KeyRef::Id(id)) =
-            crate::names::KeyRef::parse(key_arn)?
-        else {
-            return Err(KmsError::Validation(format!(
-                "'{key_arn}' is not a key ARN"
-            )));
-        };
+        use crate::names::KeyRef;
         let tx = self.kms.store.read()?;
-        let key: Option<records::KeyRecord> = records::get(&*tx, records::KEYS, id.as_bytes())?;
+        let key: Option<records::KeyRecord> = match KeyRef::parse(key_arn)? {
+            KeyRef::KeyArn { id, .. } | KeyRef::Id(id) => {
+                records::get(&*tx, records::KEYS, id.as_bytes())?
+            }
+            // A multi-Region key: its record in the ARN's region.
+            KeyRef::MultiRegionArn { region, id, .. } => {
+                self.kms.multi_region_record(&*tx, &id, &region)?
+            }
+            KeyRef::MultiRegionId(id) => {
+                self.kms
+                    .multi_region_record(&*tx, &id, &self.caller.region)?
+            }
+            _ => {
+                return Err(KmsError::Validation(format!(
+                    "'{key_arn}' is not a key ARN"
+                )));
+            }
+        };
         let Some(key) = key else {
             return Ok(Some(KeyUnusable::Deleted));
         };
         let state = match key.state {
             records::KeyState::Enabled => None,
             records::KeyState::Disabled => Some(KeyUnusable::Disabled),
-            records::KeyState::PendingDeletion => Some(KeyUnusable::PendingDeletion),
+            records::KeyState::PendingDeletion | records::KeyState::PendingReplicaDeletion => {
+                Some(KeyUnusable::PendingDeletion)
+            }
             records::KeyState::PendingImport => Some(KeyUnusable::PendingImport),
         };
         if state.is_some() {
@@ -427,7 +440,7 @@ impl ServiceSession<'_> {
         }
         if let Some(g) = grant_id
             && tx
-                .get(records::GRANTS, &records::grant_key(&id, g))?
+                .get(records::GRANTS, &records::grant_key(&key.id, g))?
                 .is_none()
         {
             return Ok(Some(KeyUnusable::GrantRevoked));

@@ -721,3 +721,139 @@ fn mac_authorization_matrix() {
     }
     assert_eq!(cells, 4 * 8 * 2);
 }
+
+/// The states a multi-Region primary key is put in for the matrix below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MrkState {
+    Enabled,
+    Disabled,
+    /// Scheduled for deletion: `PendingDeletion` without replicas (the
+    /// ReplicateKey cells), `PendingReplicaDeletion` with one (the
+    /// UpdatePrimaryRegion cells).
+    BeingDeleted,
+}
+
+impl World {
+    /// A multi-Region primary key in us-east-1 (with a replica in
+    /// eu-west-1 when `replica`), in `state`; the disk service holds a
+    /// grant for GRANT_OPS on it.
+    fn mrk(&self, state: MrkState, cross: bool, replica: bool) -> String {
+        let arn = self.as_owner(
+            "CreateKey",
+            json!({"Policy": policy(cross), "MultiRegion": true}),
+        )["KeyMetadata"]["Arn"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if replica {
+            self.as_owner(
+                "ReplicateKey",
+                json!({"KeyId": arn, "ReplicaRegion": "eu-west-1", "Policy": policy(cross)}),
+            );
+        }
+        let disk = self.e.kms.service_session("disk", "us-east-1").unwrap();
+        disk.grant_for(self.owner(), &arn, &GRANT_OPS, &BTreeMap::new())
+            .unwrap();
+        match state {
+            MrkState::Enabled => {}
+            MrkState::Disabled => {
+                self.as_owner("DisableKey", json!({"KeyId": arn}));
+            }
+            MrkState::BeingDeleted => {
+                let r = self.as_owner(
+                    "ScheduleKeyDeletion",
+                    json!({"KeyId": arn, "PendingWindowInDays": 7}),
+                );
+                let want = if replica {
+                    "PendingReplicaDeletion"
+                } else {
+                    "PendingDeletion"
+                };
+                assert_eq!(r["KeyState"], want);
+            }
+        }
+        arn
+    }
+}
+
+/// ReplicateKey and UpdatePrimaryRegion, for every kind of caller, on a
+/// primary key in every state; each cell asserted. ReplicateKey also needs
+/// kms:CreateKey in an identity policy (AWS): a user only the key policy
+/// names is denied that.
+#[test]
+fn multi_region_authorization_matrix() {
+    let w = world();
+    let mut cells = 0;
+    for state in [
+        MrkState::Enabled,
+        MrkState::Disabled,
+        MrkState::BeingDeleted,
+    ] {
+        for who in WHO {
+            for op in ["ReplicateKey", "UpdatePrimaryRegion"] {
+                let replicate = op == "ReplicateKey";
+                let arn = w.mrk(state, who != Who::OtherAccountWithout, !replicate);
+                let body = if replicate {
+                    json!({"KeyId": arn, "ReplicaRegion": "eu-west-1"})
+                } else {
+                    json!({"KeyId": arn, "PrimaryRegion": "eu-west-1"})
+                };
+                let result = w.e.call(w.caller(who), op, body);
+                let (expected, denied_on) = match who {
+                    Who::Owner | Who::UserByIdentity => (None, None),
+                    Who::UserByKeyPolicy if replicate => (
+                        Some("AccessDeniedException"),
+                        Some("kms:CreateKey on resource: *"),
+                    ),
+                    Who::UserByKeyPolicy => (None, None),
+                    _ => (Some("AccessDeniedException"), Some(arn.as_str())),
+                };
+                let expected = expected.or(match state {
+                    MrkState::BeingDeleted => Some("KMSInvalidStateException"),
+                    MrkState::Enabled | MrkState::Disabled => None,
+                });
+                match (expected, &result) {
+                    (None, Ok(_)) => {}
+                    (Some(want), Err(err)) => {
+                        assert_eq!(err.aws_type(), want, "{op} by {who:?} on {state:?}: {err}");
+                        let msg = err.to_string();
+                        if let Some(what) = denied_on {
+                            assert!(
+                                msg.starts_with(&format!(
+                                    "User: {} is not authorized to perform: kms:",
+                                    w.caller(who).principal_arn()
+                                )),
+                                "{msg}"
+                            );
+                            assert!(msg.contains(what), "{op} by {who:?}: {msg}");
+                        } else {
+                            assert!(msg.contains(&arn), "names the key: {msg}");
+                        }
+                    }
+                    _ => panic!(
+                        "{op} by {who:?} on {state:?}: expected {expected:?}, got {result:?}"
+                    ),
+                }
+                if expected.is_none() {
+                    // It happened: the replica exists, or is the primary.
+                    let md =
+                        w.as_owner("DescribeKey", json!({"KeyId": arn}))["KeyMetadata"].clone();
+                    assert_eq!(
+                        md["MultiRegionConfiguration"]["MultiRegionKeyType"],
+                        if replicate { "PRIMARY" } else { "REPLICA" },
+                        "{op} by {who:?} on {state:?}"
+                    );
+                    assert_eq!(
+                        md["MultiRegionConfiguration"]["ReplicaKeys"]
+                            .as_array()
+                            .unwrap()
+                            .len(),
+                        1
+                    );
+                }
+                cells += 1;
+            }
+        }
+    }
+    assert_eq!(cells, 3 * 8 * 2);
+}

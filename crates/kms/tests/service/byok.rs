@@ -283,7 +283,7 @@ fn import_with(
 ) -> Result<Value, atrest_kms::KmsError> {
     let p = params(e, &e.alice, arn, alg, spec);
     let wrapped = wrap(&unb64(&p["PublicKey"]), alg, material);
-    let mut body = json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&wrapped)});
+    let mut body = json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&wrapped), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }

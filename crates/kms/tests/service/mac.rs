@@ -32,7 +32,7 @@ fn import_hmac(e: &Env, arn: &str, material: &[u8]) -> Result<Value, atrest_kms:
     e.call(
         &e.alice,
         "ImportKeyMaterial",
-        json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&wrapped)}),
+        json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&wrapped), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}),
     )
 }
 
@@ -147,7 +147,7 @@ fn imported_hmac_material_makes_rfc_2104_macs_within_aws_lengths() {
             let p = params(&e, &e.alice, &arn, "RSAES_OAEP_SHA_256", "RSA_2048");
             let wrapped = wrap(&unb64(&p["PublicKey"]), "RSAES_OAEP_SHA_256", &other);
             assert_eq!(
-                e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&wrapped), "ImportType": "NEW_KEY_MATERIAL"})).aws_type(),
+                e.err("ImportKeyMaterial", json!({"KeyId": arn, "ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(&wrapped), "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE", "ImportType": "NEW_KEY_MATERIAL"})).aws_type(),
                 "UnsupportedOperationException"
             );
         }
