@@ -13,6 +13,7 @@
 //! * [`hash`]: SHA-256 and HMAC-SHA256 (SigV4, check values).
 //! * [`rand`]: the system CSPRNG.
 //! * [`keypair`]: asymmetric key pairs (RSA, ECC, Ed25519, ML-DSA).
+//! * [`asymmetric`]: signing and verifying, RSA-OAEP and ECDH with them.
 //! * [`wrap`]: unwrapping imported key material (RSA-OAEP, RSA + AES-KWP).
 //!
 //! Every primitive comes from AWS-LC (through `aws-lc-rs`, and `aws-lc-sys` for
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod aead;
+pub mod asymmetric;
 pub mod hash;
 pub mod kdf;
 pub mod keypair;
