@@ -99,6 +99,10 @@ pub enum KmsError {
     /// deleting the last active access key of an admin account's root).
     #[error("{0}")]
     Conflict(String),
+    /// Verify: the signature is not valid for the message, key and
+    /// algorithm.
+    #[error("{0}")]
+    InvalidSignature(String),
     /// The request would have succeeded; `DryRun` was set.
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
@@ -143,6 +147,7 @@ impl KmsError {
             Self::XksKeyInvalidConfiguration(_) => "XksKeyInvalidConfigurationException",
             Self::DependencyTimeout(_) => "DependencyTimeoutException",
             Self::Conflict(_) => "ConflictException",
+            Self::InvalidSignature(_) => "KMSInvalidSignatureException",
             Self::DryRun => "DryRunOperationException",
             Self::Internal(_) => "KMSInternalException",
         }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 #[path = "service/access_keys.rs"]
 mod access_keys;
+#[path = "service/asymmetric.rs"]
+mod asymmetric;
 #[path = "service/authorization.rs"]
 mod authorization;
 #[path = "service/byok.rs"]
