@@ -447,9 +447,6 @@ def test_unsupported_operations(kms):
     # An empty statement list is a malformed policy, said plainly.
     policy = '{"Version":"2012-10-17","Statement":[]}'
     expect_error("MalformedPolicyDocumentException", kms.create_key, Policy=policy)
-    expect_error("UnsupportedOperationException", kms.create_key, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
-    expect_error("UnsupportedOperationException", kms.create_key, KeySpec="ECC_NIST_P256")
-    expect_error("UnsupportedOperationException", kms.create_key, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
     expect_error("UnsupportedOperationException", kms.create_key, Origin="AWS_CLOUDHSM")
     expect_error("UnsupportedOperationException", kms.create_key, MultiRegion=True)
     assert kms.list_keys()["Keys"] == [], "a refused CreateKey must not create a key"

@@ -4,7 +4,9 @@
 //! encrypted under a symmetric encryption key exactly as Encrypt would
 //! (the same blob, the encryption context bound), so Decrypt of
 //! `PrivateKeyCiphertextBlob` gives the PKCS#8 back. The public key is DER
-//! SubjectPublicKeyInfo. AWS's `SM2` spec (China Regions only) is refused.
+//! SubjectPublicKeyInfo. AWS's `SM2` spec (China Regions only) and its
+//! `ML_KEM_*` specs (aws-lc-rs encodes no ML-KEM private key as PKCS#8) are
+//! refused with `UnsupportedOperationException`.
 
 use atrest_crypto::keypair::{self, KeyPairSpec};
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,7 @@ use crate::KmsError;
 use crate::api::{self, Blob, Context, SecretBlob};
 use crate::blob;
 
-const SPECS: &str = "[RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SM2, ECC_NIST_EDWARDS25519]";
+const SPECS: &str = "[RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SM2, ECC_NIST_EDWARDS25519, ML_KEM_512, ML_KEM_768, ML_KEM_1024]";
 
 /// GenerateDataKeyPair and GenerateDataKeyPairWithoutPlaintext.
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +71,11 @@ fn pair_spec(name: &str) -> Result<(KeyPairSpec, &'static str), KmsError> {
                 "The SM2 key pair spec is offered by AWS only in China Regions; atrest does not support it."
                     .into(),
             ));
+        }
+        "ML_KEM_512" | "ML_KEM_768" | "ML_KEM_1024" => {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "The {name} key pair spec is not supported by atrest: its cryptographic library (aws-lc-rs) does not encode ML-KEM private keys as PKCS#8."
+            )));
         }
         other => {
             return Err(KmsError::constraint(

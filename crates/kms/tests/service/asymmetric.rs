@@ -620,6 +620,10 @@ fn generate_data_key_pair_for_every_spec() {
         e.err("GenerateDataKeyPair", body).aws_type()
     };
     assert_eq!(err(&sym, "SM2", json!({})), "UnsupportedOperationException");
+    assert_eq!(
+        err(&sym, "ML_KEM_768", json!({})),
+        "UnsupportedOperationException"
+    );
     assert_eq!(err(&sym, "RSA_1024", json!({})), "ValidationException");
     assert_eq!(
         err(&sym, "ECC_NIST_P256", json!({"DryRun": true})),
