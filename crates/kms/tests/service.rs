@@ -977,6 +977,16 @@ fn key_state_matrix() {
             [ok, dis, inv],
         ),
         (
+            "GenerateDataKeyPair",
+            |k, _, _| json!({"KeyId": k, "KeyPairSpec": "ECC_NIST_P256"}),
+            [ok, dis, inv],
+        ),
+        (
+            "GenerateDataKeyPairWithoutPlaintext",
+            |k, _, _| json!({"KeyId": k, "KeyPairSpec": "ECC_NIST_P256"}),
+            [ok, dis, inv],
+        ),
+        (
             "UpdateKeyDescription",
             |k, _, _| json!({"KeyId": k, "Description": "n"}),
             [ok, ok, inv],
