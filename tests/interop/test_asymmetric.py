@@ -177,6 +177,17 @@ def test_aws_cli_sign_verify_and_get_public_key(kms_root, tmp_path):
                 "--signature", "fileb://bad.bin", "--signing-algorithm", "ECDSA_SHA_384",
                 creds_file=creds_file, cwd=tmp_path, check=False)
     assert p.returncode != 0 and "KMSInvalidSignatureException" in p.stderr
+    # The CLI creates every asymmetric key type; each public key loads.
+    combos = [(spec, "SIGN_VERIFY") for spec in SIGNING] + [
+        (spec, "ENCRYPT_DECRYPT") for spec in ("RSA_2048", "RSA_3072", "RSA_4096")] + [
+        (spec, "KEY_AGREEMENT") for spec in ("ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521")]
+    for spec, usage in combos:
+        md = aws_json(server, "kms", "create-key", "--key-spec", spec, "--key-usage", usage,
+                      creds_file=creds_file)["KeyMetadata"]
+        assert md["KeySpec"] == spec and md["KeyUsage"] == usage
+        pub = aws_json(server, "kms", "get-public-key", "--key-id", md["KeyId"], creds_file=creds_file)
+        assert pub["KeyId"] == md["Arn"] and pub["KeySpec"] == spec and pub["KeyUsage"] == usage
+        serialization.load_der_public_key(base64.b64decode(pub["PublicKey"]))
 
 
 def test_rsa_oaep_ciphertexts_made_outside_decrypt_in_atrest(kms_root):
