@@ -561,3 +561,58 @@ def test_multi_region_operations_for_every_principal(make_server):
                 assert len(config["ReplicaKeys"]) == (1 if op == "UpdatePrimaryRegion" else 0), config
             cells += 1
     assert cells == len(principals) * 2
+
+
+def test_asymmetric_key_operations_for_every_principal(world):
+    """Issue 20's operations on asymmetric keys (and GenerateDataKeyPair* on
+    a symmetric one) × {A's root, a user allowed everything, a user with no
+    policy, a user with an explicit Deny, a user the key policy denies, B's
+    root}, over boto3: each cell is a success, or AccessDeniedException
+    naming the action and the key (as an explicit deny where one applies)."""
+    s = world.server
+    root_kms = s.client(creds=world.principals["root"])
+    key_policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{A}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Not keydenied", "Effect": "Deny",
+         "Principal": {"AWS": user_arn(A, "keydenied")}, "Action": "kms:*", "Resource": "*"},
+    ]}
+
+    def key(**kw):
+        return root_kms.create_key(Policy=json.dumps(key_policy), **kw)["KeyMetadata"]["Arn"]
+
+    sign = key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    agree = key(KeySpec="ECC_NIST_P384", KeyUsage="KEY_AGREEMENT")
+    rsa = key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
+    sym = key()
+    sig = root_kms.sign(KeyId=sign, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    peer = root_kms.get_public_key(KeyId=agree)["PublicKey"]
+    ct = root_kms.encrypt(KeyId=rsa, Plaintext=b"p", EncryptionAlgorithm="RSAES_OAEP_SHA_256")["CiphertextBlob"]
+    cells = [
+        ("Sign", sign, "sign", dict(KeyId=sign, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")),
+        ("Verify", sign, "verify", dict(KeyId=sign, Message=b"m", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")),
+        ("GetPublicKey", sign, "get_public_key", dict(KeyId=sign)),
+        ("DeriveSharedSecret", agree, "derive_shared_secret",
+         dict(KeyId=agree, KeyAgreementAlgorithm="ECDH", PublicKey=peer)),
+        ("Encrypt", rsa, "encrypt", dict(KeyId=rsa, Plaintext=b"q", EncryptionAlgorithm="RSAES_OAEP_SHA_1")),
+        ("Decrypt", rsa, "decrypt", dict(KeyId=rsa, CiphertextBlob=ct, EncryptionAlgorithm="RSAES_OAEP_SHA_256")),
+        ("GenerateDataKeyPair", sym, "generate_data_key_pair", dict(KeyId=sym, KeyPairSpec="ECC_NIST_P256")),
+        ("GenerateDataKeyPairWithoutPlaintext", sym, "generate_data_key_pair_without_plaintext",
+         dict(KeyId=sym, KeyPairSpec="ECC_NIST_P256")),
+    ]
+    unexpected = []
+    for who in ("root", "allowed", "nopolicy", "denied", "keydenied", "other"):
+        client = s.client(creds=world.principals[who])
+        for action, key_arn, method, kw in cells:
+            try:
+                out = getattr(client, method)(**kw)
+                ok = who in ("root", "allowed") and out["KeyId"] == key_arn
+            except ClientError as e:
+                err = e.response["Error"]
+                msg = err.get("Message", "")
+                ok = (who not in ("root", "allowed") and err["Code"] == "AccessDeniedException"
+                      and f"kms:{action}" in msg and key_arn in msg
+                      and (who not in ("denied", "keydenied") or "explicit deny" in msg))
+            if not ok:
+                unexpected.append((who, action))
+    assert not unexpected, unexpected

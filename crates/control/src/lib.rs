@@ -488,6 +488,13 @@ impl Projects {
                     "{arn} is not a customer managed key; a CMEK project needs the customer's own key"
                 )));
             }
+            if m["KeySpec"] != "SYMMETRIC_DEFAULT" {
+                return Err(ControlError::Invalid(format!(
+                    "{arn} is not a symmetric encryption key (KeySpec {}, KeyUsage {}); a CMEK project needs one",
+                    m["KeySpec"].as_str().unwrap_or("unknown"),
+                    m["KeyUsage"].as_str().unwrap_or("unknown")
+                )));
+            }
             if m["KeyState"] != "Enabled" {
                 return Err(ControlError::KeyAccess {
                     project: project.to_owned(),

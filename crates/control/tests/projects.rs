@@ -321,6 +321,28 @@ fn set_key_tests_the_key_and_names_the_refused_permission() {
             .set_key(&e.root, &id, "eu-west-9", &good)
             .is_err()
     );
+    // A key that is not a symmetric encryption key: refused as invalid,
+    // saying why.
+    for (spec, usage) in [
+        ("RSA_2048", "ENCRYPT_DECRYPT"),
+        ("ECC_NIST_P256", "SIGN_VERIFY"),
+    ] {
+        let asym = e.kms(
+            &e.root,
+            "CreateKey",
+            json!({"KeySpec": spec, "KeyUsage": usage}),
+        )["KeyMetadata"]["Arn"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        match e.projects.set_key(&e.root, &id, REGION, &asym) {
+            Err(ControlError::Invalid(msg)) => {
+                assert!(msg.contains("not a symmetric encryption key"), "{msg}");
+                assert!(msg.contains(spec), "{msg}");
+            }
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
     assert!(e.projects.set_key(&e.root, &id, REGION, &good).is_ok());
 }
 

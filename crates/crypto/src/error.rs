@@ -36,6 +36,9 @@ pub enum CryptoError {
     /// Key bytes that are not a key of the kind the operation needs.
     #[error("invalid key: {0}")]
     InvalidKey(&'static str),
+    /// An algorithm or mode atrest does not offer (see the operation's docs).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     /// The underlying library reported an internal failure.
     #[error("cryptographic library failure in {0}")]
     Library(&'static str),

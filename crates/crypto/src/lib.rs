@@ -14,6 +14,7 @@
 //! * [`rand`]: the system CSPRNG.
 //! * [`keypair`]: asymmetric key pairs (RSA, ECC, Ed25519, ML-DSA).
 //! * [`mac`]: HMAC-SHA-224/256/384/512 (the key service's HMAC keys).
+//! * [`asymmetric`]: signing and verifying, RSA-OAEP and ECDH with them.
 //! * [`wrap`]: unwrapping imported key material (RSA-OAEP, RSA + AES-KWP).
 //!
 //! Every primitive comes from AWS-LC (through `aws-lc-rs`, and `aws-lc-sys` for
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod aead;
+pub mod asymmetric;
 pub mod hash;
 pub mod kdf;
 pub mod keypair;

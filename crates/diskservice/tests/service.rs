@@ -660,6 +660,37 @@ fn bad_requests_get_typed_errors() {
         svc.create_disk(&e.alice, &encrypted(1 << 20, Some("alias/nope"))),
         Err(ServiceError::Kms(_))
     ));
+    // A key that is not a symmetric encryption key: a client's error (4xx),
+    // saying why, for creation and for a key change.
+    let sym = svc
+        .create_disk(&e.alice, &encrypted(1 << 20, None))
+        .unwrap();
+    for (spec, usage) in [
+        ("RSA_2048", "ENCRYPT_DECRYPT"),
+        ("ECC_NIST_P256", "SIGN_VERIFY"),
+        ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    ] {
+        let key =
+            e.ok("CreateKey", json!({"KeySpec": spec, "KeyUsage": usage}))["KeyMetadata"]["Arn"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        for r in [
+            svc.create_disk(&e.alice, &encrypted(1 << 20, Some(&key)))
+                .map(|_| ()),
+            svc.change_key(&e.alice, &sym.id, &key).map(|_| ()),
+        ] {
+            match r {
+                Err(ServiceError::Kms(err @ atrest_kms::KmsError::Validation(_))) => {
+                    assert!(
+                        err.to_string().contains("not a symmetric encryption key"),
+                        "{spec}: {err}"
+                    );
+                }
+                other => panic!("{spec}: {other:?}"),
+            }
+        }
+    }
     assert!(matches!(
         svc.create_snapshot(&e.alice, "disk-0000000000000000"),
         Err(ServiceError::Disk(atrest_disk::DiskError::NotFound { .. }))
@@ -702,7 +733,7 @@ fn bad_requests_get_typed_errors() {
     let mut buf = [0u8; 512];
     assert!(a.read((1 << 20) - 1, &mut buf).is_err());
     drop(a);
-    assert_eq!(svc.list_disks(&e.alice).unwrap().len(), 1);
+    assert_eq!(svc.list_disks(&e.alice).unwrap().len(), 2);
 }
 
 #[test]

@@ -107,6 +107,10 @@ pub enum KmsError {
     /// (VerifyMac).
     #[error("{0}")]
     InvalidMac(String),
+    /// Verify: the signature is not valid for the message, key and
+    /// algorithm.
+    #[error("{0}")]
+    InvalidSignature(String),
     /// The request would have succeeded; `DryRun` was set.
     #[error("The request would have succeeded, but the DryRun parameter was set.")]
     DryRun,
@@ -153,6 +157,7 @@ impl KmsError {
             Self::DependencyTimeout(_) => "DependencyTimeoutException",
             Self::Conflict(_) => "ConflictException",
             Self::InvalidMac(_) => "KMSInvalidMacException",
+            Self::InvalidSignature(_) => "KMSInvalidSignatureException",
             Self::DryRun => "DryRunOperationException",
             Self::Internal(_) => "KMSInternalException",
         }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 #[path = "service/access_keys.rs"]
 mod access_keys;
+#[path = "service/asymmetric.rs"]
+mod asymmetric;
 #[path = "service/authorization.rs"]
 mod authorization;
 #[path = "service/aws_errors.rs"]
@@ -996,6 +998,16 @@ fn key_state_matrix() {
         (
             "GenerateDataKeyWithoutPlaintext",
             |k, _, _| json!({"KeyId": k, "KeySpec": "AES_256"}),
+            [ok, dis, inv, inv],
+        ),
+        (
+            "GenerateDataKeyPair",
+            |k, _, _| json!({"KeyId": k, "KeyPairSpec": "ECC_NIST_P256"}),
+            [ok, dis, inv, inv],
+        ),
+        (
+            "GenerateDataKeyPairWithoutPlaintext",
+            |k, _, _| json!({"KeyId": k, "KeyPairSpec": "ECC_NIST_P256"}),
             [ok, dis, inv, inv],
         ),
         (

@@ -4,8 +4,10 @@
 use atrest_crypto::SecretBytes;
 use atrest_store::ReadTx;
 
+use atrest_crypto::asymmetric::EncryptionAlgorithm;
+
 use super::authz::Facts;
-use super::{Call, KeyService, Material};
+use super::{Call, KeyService, Material, asymmetric};
 use crate::KmsError;
 use crate::api::{
     self, Blob, Context, DataKeyResponse, DecryptRequest, DecryptResponse, EncryptRequest,
@@ -47,6 +49,25 @@ fn algorithm(value: Option<&str>, member: &str) -> Result<(), KmsError> {
     }
 }
 
+/// Fails for an encryption algorithm name AWS does not know.
+fn known_algorithm(value: Option<&str>, member: &str) -> Result<(), KmsError> {
+    match value {
+        Some(v) if !ALGORITHMS.contains(&v) => algorithm(Some(v), member),
+        _ => Ok(()),
+    }
+}
+
+/// Asymmetric keys take no encryption context (it is not bound to an
+/// RSA-OAEP ciphertext): refused rather than silently ignored.
+fn no_context_for_rsa(ctx: Option<&Context>) -> Result<(), KmsError> {
+    if ctx.is_some_and(|c| !c.is_empty()) {
+        return Err(KmsError::Validation(
+            "EncryptionContext is not supported with asymmetric KMS keys.".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn context(ctx: Option<&Context>) -> Result<Vec<u8>, KmsError> {
     let empty = Context::new();
     blob::canonical_context(ctx.unwrap_or(&empty))
@@ -83,9 +104,12 @@ struct Opened {
 }
 
 impl KeyService {
-    /// A key that can encrypt now, and its current material.
+    /// A key that can encrypt now, and its current material. `rsa`: an
+    /// RSA ENCRYPT_DECRYPT key will do too (Encrypt, ReEncrypt's
+    /// destination), and `algorithm` is the request's encryption algorithm
+    /// (the `kms:EncryptionAlgorithm` condition key).
     #[allow(clippy::too_many_arguments, reason = "one call site per operation")]
-    fn encrypting_key(
+    pub(super) fn encrypting_key(
         &self,
         tx: &dyn ReadTx,
         call: &Call<'_>,
@@ -93,6 +117,8 @@ impl KeyService {
         member: &str,
         action: &str,
         ctx: Option<&EncryptionContext>,
+        rsa: bool,
+        more: &[(&str, &str)],
     ) -> Result<(KeyRecord, std::sync::Arc<Material>), KmsError> {
         let key_ref = KeyRef::parse(&api::required(key_id, member)?)?;
         let key = self.resolve(tx, call, &key_ref)?;
@@ -105,11 +131,17 @@ impl KeyService {
             &Facts {
                 context: ctx,
                 request_alias: alias.as_deref(),
+                more,
                 ..Facts::default()
             },
         )?;
         Self::require_enabled(&key)?;
-        Self::require_usage(&key, KeyUsage::EncryptDecrypt, true, action)?;
+        Self::require_usage(
+            &key,
+            KeyUsage::EncryptDecrypt,
+            !(rsa && key.spec.is_rsa()),
+            action,
+        )?;
         self.require_not_suspended(tx, &key.account)?;
         self.require_not_suspended(tx, call.caller.account.as_str())?;
         let material = self
@@ -122,7 +154,7 @@ impl KeyService {
 
     /// Seals under the key's current material; for a key held in another
     /// KMS, also under a fresh data key the provider wraps.
-    fn seal_with(
+    pub(super) fn seal_with(
         &self,
         key: &KeyRecord,
         material: &Material,
@@ -243,6 +275,54 @@ impl KeyService {
         })
     }
 
+    /// The RSA key that is to decrypt a ciphertext made with `alg` (Decrypt,
+    /// ReEncrypt's source), authorized and checked, with its material.
+    #[allow(clippy::too_many_arguments, reason = "one call site per operation")]
+    fn rsa_open(
+        &self,
+        tx: &dyn ReadTx,
+        call: &Call<'_>,
+        key_id: Option<String>,
+        alg: EncryptionAlgorithm,
+        ctx: Option<&Context>,
+        action: &str,
+    ) -> Result<(std::sync::Arc<KeyRecord>, std::sync::Arc<Material>), KmsError> {
+        let raw = key_id.ok_or_else(|| {
+            KmsError::Validation(format!(
+                "KeyId is required to decrypt with the {} encryption algorithm (an asymmetric KMS key).",
+                alg.as_str()
+            ))
+        })?;
+        let key_ref = KeyRef::parse(&raw)?;
+        let key = self.resolve(tx, call, &key_ref)?;
+        let alias = key_ref.alias_name();
+        self.authorize_key(
+            tx,
+            call,
+            action,
+            &key,
+            &Facts {
+                request_alias: alias.as_deref(),
+                more: &[("kms:EncryptionAlgorithm", alg.as_str())],
+                ..Facts::default()
+            },
+        )?;
+        Self::require_enabled(&key)?;
+        Self::require_usage(&key, KeyUsage::EncryptDecrypt, false, action)?;
+        if !key.spec.is_rsa() {
+            return Err(asymmetric::incompatible(alg.as_str(), key.spec));
+        }
+        no_context_for_rsa(ctx)?;
+        self.require_not_suspended(tx, &key.account)?;
+        self.require_not_suspended(tx, call.caller.account.as_str())?;
+        let material = self
+            .material(tx, &key, key.current_version)?
+            .ok_or_else(|| {
+                KmsError::Internal(format!("current version of {} is missing", Self::arn(&key)))
+            })?;
+        Ok((std::sync::Arc::new(key), material))
+    }
+
     /// Encrypt.
     pub fn encrypt(
         &self,
@@ -254,7 +334,8 @@ impl KeyService {
         if let Some(e) = KmsError::length("plaintext", None, plaintext.0.len(), 1, MAX_PLAINTEXT) {
             return Err(e);
         }
-        algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
+        let alg_name = req.encryption_algorithm.as_deref();
+        known_algorithm(alg_name, "encryptionAlgorithm")?;
         note_context(call, req.encryption_context.as_ref());
         let ctx = context(req.encryption_context.as_ref())?;
         self.check_grant_tokens(req.grant_tokens.as_deref())?;
@@ -266,7 +347,22 @@ impl KeyService {
             "keyId",
             "Encrypt",
             req.encryption_context.as_ref(),
+            true,
+            &[("kms:EncryptionAlgorithm", alg_name.unwrap_or(ALGORITHM))],
         )?;
+        drop(tx);
+        if key.spec.is_rsa() {
+            let alg = asymmetric::rsa_algorithm(key.spec, alg_name)?;
+            no_context_for_rsa(req.encryption_context.as_ref())?;
+            dry_run(req.dry_run)?;
+            let ciphertext = Self::rsa_encrypt(&key, &material, alg, plaintext.0.expose())?;
+            return Ok(EncryptResponse {
+                ciphertext_blob: Blob(ciphertext),
+                key_id: Self::arn(&key),
+                encryption_algorithm: alg.as_str(),
+            });
+        }
+        algorithm(alg_name, "encryptionAlgorithm")?;
         dry_run(req.dry_run)?;
         let blob = self.seal_with(&key, &material, &ctx, plaintext.0.expose())?;
         Ok(EncryptResponse {
@@ -283,8 +379,35 @@ impl KeyService {
         req: DecryptRequest,
     ) -> Result<DecryptResponse, KmsError> {
         let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
-        algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
+        known_algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
         no_recipient(req.recipient.as_ref())?;
+        if let Some(alg) = req
+            .encryption_algorithm
+            .as_deref()
+            .and_then(EncryptionAlgorithm::parse)
+        {
+            note_context(call, req.encryption_context.as_ref());
+            self.check_grant_tokens(req.grant_tokens.as_deref())?;
+            let tx = self.store.read()?;
+            let (key, material) = self.rsa_open(
+                &*tx,
+                call,
+                req.key_id,
+                alg,
+                req.encryption_context.as_ref(),
+                "Decrypt",
+            )?;
+            drop(tx);
+            dry_run(req.dry_run)?;
+            let plaintext = Self::rsa_decrypt(&key, &material, alg, &ciphertext.0)?;
+            return Ok(DecryptResponse {
+                key_id: Self::arn(&key),
+                plaintext: SecretBlob(plaintext),
+                encryption_algorithm: alg.as_str(),
+                key_material_id: material.id.clone(),
+            });
+        }
+        algorithm(req.encryption_algorithm.as_deref(), "encryptionAlgorithm")?;
         note_context(call, req.encryption_context.as_ref());
         let ctx = context(req.encryption_context.as_ref())?;
         self.check_grant_tokens(req.grant_tokens.as_deref())?;
@@ -316,14 +439,18 @@ impl KeyService {
     ) -> Result<ReEncryptResponse, KmsError> {
         let ciphertext = api::required(req.ciphertext_blob, "ciphertextBlob")?;
         let destination = api::required(req.destination_key_id, "destinationKeyId")?;
-        algorithm(
-            req.source_encryption_algorithm.as_deref(),
-            "sourceEncryptionAlgorithm",
-        )?;
-        algorithm(
-            req.destination_encryption_algorithm.as_deref(),
-            "destinationEncryptionAlgorithm",
-        )?;
+        let source_rsa = req
+            .source_encryption_algorithm
+            .as_deref()
+            .and_then(EncryptionAlgorithm::parse);
+        if source_rsa.is_none() {
+            algorithm(
+                req.source_encryption_algorithm.as_deref(),
+                "sourceEncryptionAlgorithm",
+            )?;
+        }
+        let dest_alg = req.destination_encryption_algorithm.as_deref();
+        known_algorithm(dest_alg, "destinationEncryptionAlgorithm")?;
         let mut names: Vec<String> = req
             .source_encryption_context
             .iter()
@@ -337,15 +464,32 @@ impl KeyService {
         let dest_ctx = context(req.destination_encryption_context.as_ref())?;
         self.check_grant_tokens(req.grant_tokens.as_deref())?;
         let tx = self.store.read()?;
-        let opened = self.open_blob(
-            &*tx,
-            call,
-            &ciphertext.0,
-            req.source_key_id,
-            &source_ctx,
-            req.source_encryption_context.as_ref(),
-            "ReEncryptFrom",
-        )?;
+        let opened = match source_rsa {
+            None => self.open_blob(
+                &*tx,
+                call,
+                &ciphertext.0,
+                req.source_key_id,
+                &source_ctx,
+                req.source_encryption_context.as_ref(),
+                "ReEncryptFrom",
+            )?,
+            Some(alg) => {
+                let (key, material) = self.rsa_open(
+                    &*tx,
+                    call,
+                    req.source_key_id,
+                    alg,
+                    req.source_encryption_context.as_ref(),
+                    "ReEncryptFrom",
+                )?;
+                Opened {
+                    plaintext: Self::rsa_decrypt(&key, &material, alg, &ciphertext.0)?,
+                    key,
+                    material_id: material.id.clone(),
+                }
+            }
+        };
         let (dest, material) = self.encrypting_key(
             &*tx,
             call,
@@ -353,15 +497,28 @@ impl KeyService {
             "destinationKeyId",
             "ReEncryptTo",
             req.destination_encryption_context.as_ref(),
+            true,
+            &[("kms:EncryptionAlgorithm", dest_alg.unwrap_or(ALGORITHM))],
         )?;
-        dry_run(req.dry_run)?;
-        let blob = self.seal_with(&dest, &material, &dest_ctx, opened.plaintext.expose())?;
+        drop(tx);
+        let (blob, dest_alg_name) = if dest.spec.is_rsa() {
+            let alg = asymmetric::rsa_algorithm(dest.spec, dest_alg)?;
+            no_context_for_rsa(req.destination_encryption_context.as_ref())?;
+            dry_run(req.dry_run)?;
+            let ct = Self::rsa_encrypt(&dest, &material, alg, opened.plaintext.expose())?;
+            (ct, alg.as_str())
+        } else {
+            algorithm(dest_alg, "destinationEncryptionAlgorithm")?;
+            dry_run(req.dry_run)?;
+            let blob = self.seal_with(&dest, &material, &dest_ctx, opened.plaintext.expose())?;
+            (blob, ALGORITHM)
+        };
         Ok(ReEncryptResponse {
             ciphertext_blob: Blob(blob),
             source_key_id: Self::arn(&opened.key),
             key_id: Self::arn(&dest),
-            source_encryption_algorithm: ALGORITHM,
-            destination_encryption_algorithm: ALGORITHM,
+            source_encryption_algorithm: source_rsa.map_or(ALGORITHM, EncryptionAlgorithm::as_str),
+            destination_encryption_algorithm: dest_alg_name,
             source_key_material_id: opened.material_id,
             destination_key_material_id: material.id.clone(),
         })
@@ -411,6 +568,8 @@ impl KeyService {
             "keyId",
             action,
             req.encryption_context.as_ref(),
+            false,
+            &[],
         )?;
         dry_run(req.dry_run)?;
         let data_key = SecretBytes::random(len)?;

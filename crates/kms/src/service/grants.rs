@@ -25,12 +25,14 @@ use crate::clock::epoch_seconds;
 use crate::names::KeyRef;
 use crate::records::{self, GrantRecord, KeyRecord, KeyState};
 
-/// Operations a grant on a symmetric key may allow.
-pub const GRANT_OPERATIONS: [&str; 9] = [
+/// Operations a grant on a symmetric encryption key may allow.
+pub const GRANT_OPERATIONS: [&str; 11] = [
     "Decrypt",
     "Encrypt",
     "GenerateDataKey",
     "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
     "ReEncryptFrom",
     "ReEncryptTo",
     "CreateGrant",
@@ -38,19 +40,44 @@ pub const GRANT_OPERATIONS: [&str; 9] = [
     "DescribeKey",
 ];
 
-/// The cryptographic operations a grant on an HMAC key may allow.
-const MAC_GRANT_OPERATIONS: [&str; 2] = ["GenerateMac", "VerifyMac"];
-
-/// Operations AWS knows that are not valid for a symmetric key.
-const OTHER_OPERATIONS: [&str; 8] = [
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
+/// Operations a grant on an asymmetric ENCRYPT_DECRYPT (RSA) key may allow.
+pub const ASYMMETRIC_ENCRYPTION_GRANT_OPERATIONS: [&str; 8] = [
+    "Decrypt",
+    "Encrypt",
+    "ReEncryptFrom",
+    "ReEncryptTo",
     "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+];
+
+/// Operations a grant on a SIGN_VERIFY key may allow.
+pub const SIGNING_GRANT_OPERATIONS: [&str; 6] = [
     "Sign",
     "Verify",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+];
+
+/// Operations a grant on a KEY_AGREEMENT key may allow.
+pub const KEY_AGREEMENT_GRANT_OPERATIONS: [&str; 5] = [
+    "DeriveSharedSecret",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+];
+
+/// Operations a grant on an HMAC (GENERATE_VERIFY_MAC) key may allow.
+pub const MAC_GRANT_OPERATIONS: [&str; 5] = [
     "GenerateMac",
     "VerifyMac",
-    "DeriveSharedSecret",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
 ];
 
 /// AWS's `GrantOperation` enum, in AWS's order (for its validation message).
@@ -73,6 +100,32 @@ const ALL_GRANT_OPERATIONS: [&str; 17] = [
     "VerifyMac",
     "DeriveSharedSecret",
 ];
+
+/// The operations a grant on a key of `spec` and `usage` may allow (AWS's
+/// table), and how AWS names the kind of key in its refusal.
+#[must_use]
+pub fn grant_operations(
+    spec: records::KeySpec,
+    usage: records::KeyUsage,
+) -> (&'static [&'static str], &'static str) {
+    use records::KeyUsage as U;
+    match usage {
+        U::EncryptDecrypt if spec == records::KeySpec::SymmetricDefault => {
+            (&GRANT_OPERATIONS, "a symmetric encryption key")
+        }
+        U::EncryptDecrypt => (
+            &ASYMMETRIC_ENCRYPTION_GRANT_OPERATIONS,
+            "an asymmetric encryption key",
+        ),
+        U::SignVerify => (&SIGNING_GRANT_OPERATIONS, "an asymmetric signing key"),
+        U::KeyAgreement => (&KEY_AGREEMENT_GRANT_OPERATIONS, "a key agreement key"),
+        U::GenerateVerifyMac => (&MAC_GRANT_OPERATIONS, "an HMAC key"),
+    }
+}
+
+fn known_operation(op: &str) -> bool {
+    ALL_GRANT_OPERATIONS.contains(&op)
+}
 
 /// Grants one key may have (AWS's quota).
 pub const MAX_GRANTS_PER_KEY: usize = 50_000;
@@ -268,6 +321,8 @@ fn takes_context(op: &str) -> bool {
             | "ReEncryptTo"
             | "GenerateDataKey"
             | "GenerateDataKeyWithoutPlaintext"
+            | "GenerateDataKeyPair"
+            | "GenerateDataKeyPairWithoutPlaintext"
     )
 }
 
@@ -335,7 +390,7 @@ impl KeyService {
         key: &KeyRecord,
         facts: &Facts<'_>,
     ) -> Result<Option<String>, KmsError> {
-        if !GRANT_OPERATIONS.contains(&action) && !MAC_GRANT_OPERATIONS.contains(&action) {
+        if !grant_operations(key.spec, key.usage).0.contains(&action) {
             return Ok(None);
         }
         let me = call.caller.principal_arn();
@@ -388,23 +443,15 @@ impl KeyService {
             ));
         }
         for op in &operations {
-            if !GRANT_OPERATIONS.contains(&op.as_str())
-                && !MAC_GRANT_OPERATIONS.contains(&op.as_str())
-            {
-                return Err(if OTHER_OPERATIONS.contains(&op.as_str()) {
-                    KmsError::Validation(format!(
-                        "Grant operation {op} is not valid for a symmetric encryption key."
-                    ))
-                } else {
-                    KmsError::constraint(
-                        "operations",
-                        format!("[{}]", operations.join(", ")),
-                        &format!(
-                            "Member must satisfy constraint: [Member must satisfy enum value set: [{}]]",
-                            ALL_GRANT_OPERATIONS.join(", ")
-                        ),
-                    )
-                });
+            if !known_operation(op) {
+                return Err(KmsError::constraint(
+                    "operations",
+                    format!("[{}]", operations.join(", ")),
+                    &format!(
+                        "Member must satisfy constraint: [Member must satisfy enum value set: [{}]]",
+                        ALL_GRANT_OPERATIONS.join(", ")
+                    ),
+                ));
             }
         }
         let mut operations = operations;
@@ -483,17 +530,12 @@ impl KeyService {
         ) {
             return Err(Self::pending_deletion(&key));
         }
-        // GenerateMac and VerifyMac only on HMAC keys, and only they of the
-        // cryptographic operations there.
-        let hmac = key.spec.is_hmac();
-        if let Some(op) = operations.iter().find(|o| {
-            let mac_op = MAC_GRANT_OPERATIONS.contains(&o.as_str());
-            let generic = matches!(o.as_str(), "CreateGrant" | "RetireGrant" | "DescribeKey");
-            if hmac { !mac_op && !generic } else { mac_op }
-        }) {
+        // Only the operations AWS allows for this kind of key, checked once
+        // the caller may create grants on it (the kind is not told to others).
+        let (valid, kind) = grant_operations(key.spec, key.usage);
+        if let Some(op) = operations.iter().find(|o| !valid.contains(&o.as_str())) {
             return Err(KmsError::Validation(format!(
-                "Grant operation {op} is not valid for a key with KeySpec {}.",
-                key.spec.as_str()
+                "Grant operation {op} is not valid for {kind}."
             )));
         }
         // A grant that allows CreateGrant may create only narrower grants.

@@ -125,6 +125,9 @@ pub(crate) struct Material {
     /// For an asymmetric key: the public key, DER SubjectPublicKeyInfo.
     pub(crate) public: Option<Vec<u8>>,
     pub(crate) id: String,
+    /// For an asymmetric key: the private key, parsed on first use (RSA
+    /// parsing costs a modular check; see `asymmetric.rs`).
+    pub(crate) parsed: OnceLock<atrest_crypto::asymmetric::PrivateKey>,
 }
 
 impl Material {
@@ -557,6 +560,7 @@ impl KeyService {
             secret,
             public,
             id: rec.material_id,
+            parsed: OnceLock::new(),
         });
         write_lock(&self.materials).insert((key.id, version), Arc::clone(&m));
         Ok(Some(m))

@@ -857,3 +857,362 @@ fn multi_region_authorization_matrix() {
     }
     assert_eq!(cells, 3 * 8 * 2);
 }
+
+/// The asymmetric operations' matrix: every operation of issue 20's
+/// asymmetric keys (Sign, Verify, GetPublicKey, DeriveSharedSecret, RSA
+/// Encrypt/Decrypt/ReEncrypt, GenerateDataKeyPair*), for every kind of
+/// caller, on a key in every state it can be in; each cell asserted.
+mod asymmetric_matrix {
+    use super::*;
+
+    /// The disk service's grant on each kind of key (AWS's per-kind table).
+    fn grant_ops(kind: &str) -> &'static [&'static str] {
+        match kind {
+            "sign" => &["Sign", "Verify", "GetPublicKey"],
+            "agree" => &["DeriveSharedSecret", "GetPublicKey"],
+            "rsa" => &[
+                "Encrypt",
+                "Decrypt",
+                "ReEncryptFrom",
+                "ReEncryptTo",
+                "GetPublicKey",
+            ],
+            _ => &["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"],
+        }
+    }
+
+    /// (operation, kind of key it runs on).
+    const OPS: [(&str, &str); 10] = [
+        ("Sign", "sign"),
+        ("Verify", "sign"),
+        ("GetPublicKey", "sign"),
+        ("GetPublicKey", "agree"),
+        ("DeriveSharedSecret", "agree"),
+        ("Encrypt", "rsa"),
+        ("Decrypt", "rsa"),
+        ("ReEncrypt", "rsa"),
+        ("GenerateDataKeyPair", "sym"),
+        ("GenerateDataKeyPairWithoutPlaintext", "sym"),
+    ];
+
+    struct Keys {
+        arn: BTreeMap<&'static str, String>,
+        signature: Value,
+        ciphertext: Value,
+        peer: Value,
+    }
+
+    fn keys(w: &World, state: State) -> Keys {
+        let mut arn = BTreeMap::new();
+        for (kind, create) in [
+            (
+                "sign",
+                json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}),
+            ),
+            (
+                "agree",
+                json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "KEY_AGREEMENT"}),
+            ),
+            (
+                "rsa",
+                json!({"KeySpec": "RSA_2048", "KeyUsage": "ENCRYPT_DECRYPT"}),
+            ),
+            ("sym", json!({})),
+        ] {
+            // AWS has no asymmetric key without material here: only the
+            // symmetric key is EXTERNAL in PendingImport.
+            if state == State::PendingImport && kind != "sym" {
+                continue;
+            }
+            let mut body = create;
+            body["Policy"] = json!(policy(true));
+            if state == State::PendingImport {
+                body["Origin"] = json!("EXTERNAL");
+            }
+            let a = w.as_owner("CreateKey", body)["KeyMetadata"]["Arn"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let disk = w.e.kms.service_session("disk", "us-east-1").unwrap();
+            disk.grant_for(w.owner(), &a, grant_ops(kind), &BTreeMap::new())
+                .unwrap();
+            arn.insert(kind, a);
+        }
+        let (mut signature, mut ciphertext, mut peer) = (json!(""), json!(""), json!(""));
+        if state != State::PendingImport {
+            signature = w.as_owner(
+                "Sign",
+                json!({"KeyId": arn["sign"], "Message": b64(b"m"), "SigningAlgorithm": "ECDSA_SHA_256"}),
+            )["Signature"]
+                .clone();
+            ciphertext = w.as_owner(
+                "Encrypt",
+                json!({"KeyId": arn["rsa"], "Plaintext": b64(b"p"), "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+            )["CiphertextBlob"]
+                .clone();
+            peer = w.as_owner("GetPublicKey", json!({"KeyId": arn["agree"]}))["PublicKey"].clone();
+        }
+        for a in arn.values() {
+            match state {
+                State::Enabled | State::PendingImport => {}
+                State::Disabled => {
+                    w.as_owner("DisableKey", json!({"KeyId": a}));
+                }
+                State::PendingDeletion => {
+                    w.as_owner(
+                        "ScheduleKeyDeletion",
+                        json!({"KeyId": a, "PendingWindowInDays": 7}),
+                    );
+                }
+            }
+        }
+        Keys {
+            arn,
+            signature,
+            ciphertext,
+            peer,
+        }
+    }
+
+    fn body(op: &str, arn: &str, k: &Keys) -> Value {
+        match op {
+            "Sign" => {
+                json!({"KeyId": arn, "Message": b64(b"m"), "SigningAlgorithm": "ECDSA_SHA_256"})
+            }
+            "Verify" => {
+                json!({"KeyId": arn, "Message": b64(b"m"), "Signature": k.signature, "SigningAlgorithm": "ECDSA_SHA_256"})
+            }
+            "DeriveSharedSecret" => {
+                json!({"KeyId": arn, "KeyAgreementAlgorithm": "ECDH", "PublicKey": k.peer})
+            }
+            "Encrypt" => {
+                json!({"KeyId": arn, "Plaintext": b64(b"q"), "EncryptionAlgorithm": "RSAES_OAEP_SHA_1"})
+            }
+            "Decrypt" => {
+                json!({"KeyId": arn, "CiphertextBlob": k.ciphertext, "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"})
+            }
+            "ReEncrypt" => json!({
+                "CiphertextBlob": k.ciphertext, "SourceKeyId": arn,
+                "SourceEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                "DestinationKeyId": arn, "DestinationEncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+            "GenerateDataKeyPair" | "GenerateDataKeyPairWithoutPlaintext" => {
+                json!({"KeyId": arn, "KeyPairSpec": "ECC_NIST_P256"})
+            }
+            _ => json!({"KeyId": arn}),
+        }
+    }
+
+    /// Whether `who` may perform `op`: the cross-account statement allows
+    /// `kms:Encrypt`, `kms:Decrypt`, `kms:ReEncrypt*`, `kms:GenerateDataKey*`
+    /// (which takes in GenerateDataKeyPair*), DescribeKey and CreateGrant;
+    /// the disk service holds the kind's grant.
+    fn may(who: Who, op: &str) -> bool {
+        match who {
+            Who::Owner | Who::UserByIdentity | Who::UserByKeyPolicy => true,
+            Who::UserWithout | Who::OtherAccountWithout | Who::ServiceWithout => false,
+            Who::OtherAccountWithPolicy => matches!(
+                op,
+                "Encrypt"
+                    | "Decrypt"
+                    | "ReEncrypt"
+                    | "GenerateDataKeyPair"
+                    | "GenerateDataKeyPairWithoutPlaintext"
+            ),
+            Who::ServiceWithGrant => true,
+        }
+    }
+
+    fn in_state(state: State) -> Option<&'static str> {
+        match state {
+            State::Enabled => None,
+            State::Disabled => Some("DisabledException"),
+            State::PendingDeletion | State::PendingImport => Some("KMSInvalidStateException"),
+        }
+    }
+
+    #[test]
+    fn asymmetric_authorization_and_key_state_matrix() {
+        let w = world();
+        let mut cells = 0;
+        for state in [
+            State::Enabled,
+            State::Disabled,
+            State::PendingDeletion,
+            State::PendingImport,
+        ] {
+            let k = keys(&w, state);
+            // The other account without a policy: a key whose policy does
+            // not name account B.
+            let mut plain = BTreeMap::new();
+            for kind in k.arn.keys() {
+                let body = match *kind {
+                    "sign" => json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}),
+                    "agree" => json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "KEY_AGREEMENT"}),
+                    "rsa" => json!({"KeySpec": "RSA_2048", "KeyUsage": "ENCRYPT_DECRYPT"}),
+                    _ => json!({}),
+                };
+                let mut body = body;
+                body["Policy"] = json!(policy(false));
+                let arn = w.as_owner("CreateKey", body)["KeyMetadata"]["Arn"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                plain.insert(*kind, arn);
+            }
+            for who in WHO {
+                for (op, kind) in OPS {
+                    let Some(key) = (if who == Who::OtherAccountWithout {
+                        plain.get(kind)
+                    } else {
+                        k.arn.get(kind)
+                    }) else {
+                        continue;
+                    };
+                    let result = w.e.call(w.caller(who), op, body(op, key, &k));
+                    let expected = if may(who, op) {
+                        in_state(state)
+                    } else {
+                        Some("AccessDeniedException")
+                    };
+                    match (expected, &result) {
+                        (None, Ok(v)) => {
+                            assert!(
+                                v["KeyId"]
+                                    .as_str()
+                                    .is_some_and(|a| a.starts_with("arn:aws:kms:")),
+                                "{op} by {who:?}: {v}"
+                            );
+                        }
+                        (Some(want), Err(err)) => {
+                            assert_eq!(
+                                err.aws_type(),
+                                want,
+                                "{op} on {kind} by {who:?} in {state:?}: {err}"
+                            );
+                            if want == "AccessDeniedException" {
+                                assert!(
+                                    err.to_string().contains(&format!(
+                                        "kms:{}",
+                                        if op == "ReEncrypt" {
+                                            "ReEncryptFrom"
+                                        } else {
+                                            op
+                                        }
+                                    )),
+                                    "{err}"
+                                );
+                                assert!(err.to_string().contains(key.as_str()), "{err}");
+                            }
+                        }
+                        _ => panic!(
+                            "{op} on {kind} by {who:?} in {state:?}: expected {expected:?}, got {result:?}"
+                        ),
+                    }
+                    cells += 1;
+                }
+            }
+        }
+        // 3 states × 8 callers × 10 cells, and PendingImport's 8 × 2.
+        assert_eq!(cells, 3 * 8 * OPS.len() + 8 * 2);
+    }
+
+    /// `kms:SigningAlgorithm`, `kms:MessageType`, `kms:EncryptionAlgorithm`,
+    /// `kms:KeyAgreementAlgorithm` and `kms:DataKeyPairSpec` are condition
+    /// keys of the requests that carry them.
+    #[test]
+    fn asymmetric_condition_keys() {
+        let w = world();
+        let kp = &w.callers["kp"];
+        let key = |spec: &str, usage: Option<&str>, condition: Value, action: &str| {
+            let doc = json!({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{A}:root")}, "Action": "kms:*", "Resource": "*"},
+                {"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{A}:user/kp")}, "Action": action, "Resource": "*",
+                 "Condition": condition},
+            ]});
+            let mut body = json!({"KeySpec": spec, "Policy": doc.to_string()});
+            if let Some(u) = usage {
+                body["KeyUsage"] = json!(u);
+            }
+            w.as_owner("CreateKey", body)["KeyMetadata"]["Arn"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let denied = |r: Result<Value, atrest_kms::KmsError>| {
+            assert_eq!(r.unwrap_err().aws_type(), "AccessDeniedException");
+        };
+        let rsa_sign = key(
+            "RSA_2048",
+            Some("SIGN_VERIFY"),
+            json!({"StringEquals": {"kms:SigningAlgorithm": "RSASSA_PSS_SHA_256", "kms:MessageType": "RAW"}}),
+            "kms:Sign",
+        );
+        let sign = |alg: &str, kind: &str, m: &[u8]| {
+            w.e.call(
+                kp,
+                "Sign",
+                json!({"KeyId": rsa_sign, "Message": b64(m), "SigningAlgorithm": alg, "MessageType": kind}),
+            )
+        };
+        sign("RSASSA_PSS_SHA_256", "RAW", b"m").unwrap();
+        denied(sign("RSASSA_PKCS1_V1_5_SHA_256", "RAW", b"m"));
+        denied(sign("RSASSA_PSS_SHA_256", "DIGEST", &[0; 32]));
+
+        let rsa_enc = key(
+            "RSA_2048",
+            Some("ENCRYPT_DECRYPT"),
+            json!({"StringEquals": {"kms:EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}}),
+            "kms:Encrypt",
+        );
+        let enc = |alg: &str| {
+            w.e.call(
+                kp,
+                "Encrypt",
+                json!({"KeyId": rsa_enc, "Plaintext": b64(b"p"), "EncryptionAlgorithm": alg}),
+            )
+        };
+        enc("RSAES_OAEP_SHA_256").unwrap();
+        denied(enc("RSAES_OAEP_SHA_1"));
+
+        let agree = key(
+            "ECC_NIST_P384",
+            Some("KEY_AGREEMENT"),
+            json!({"StringEquals": {"kms:KeyAgreementAlgorithm": "ECDH"}}),
+            "kms:DeriveSharedSecret",
+        );
+        let peer = w.as_owner("GetPublicKey", json!({"KeyId": agree}))["PublicKey"].clone();
+        w.e.call(
+            kp,
+            "DeriveSharedSecret",
+            json!({"KeyId": agree, "KeyAgreementAlgorithm": "ECDH", "PublicKey": peer}),
+        )
+        .unwrap();
+        let agree_denied = key(
+            "ECC_NIST_P384",
+            Some("KEY_AGREEMENT"),
+            json!({"StringEquals": {"kms:KeyAgreementAlgorithm": "NOT_ECDH"}}),
+            "kms:DeriveSharedSecret",
+        );
+        denied(w.e.call(
+            kp,
+            "DeriveSharedSecret",
+            json!({"KeyId": agree_denied, "KeyAgreementAlgorithm": "ECDH", "PublicKey": peer}),
+        ));
+
+        let sym = key(
+            "SYMMETRIC_DEFAULT",
+            None,
+            json!({"StringEquals": {"kms:DataKeyPairSpec": "ECC_NIST_P256"}}),
+            "kms:GenerateDataKeyPair*",
+        );
+        let pair = |spec: &str| {
+            w.e.call(
+                kp,
+                "GenerateDataKeyPairWithoutPlaintext",
+                json!({"KeyId": sym, "KeyPairSpec": spec}),
+            )
+        };
+        pair("ECC_NIST_P256").unwrap();
+        denied(pair("ECC_NIST_P384"));
+    }
+}
