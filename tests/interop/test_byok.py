@@ -97,8 +97,10 @@ def params(kms, key_id, algorithm="RSAES_OAEP_SHA_256", spec="RSA_2048") -> dict
 
 def import_material(kms, key_id, material, algorithm="RSAES_OAEP_SHA_256", spec="RSA_2048", **kw) -> dict:
     p = params(kms, key_id, algorithm, spec)
-    if not kw:
-        kw = {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    # AWS's default ExpirationModel is KEY_MATERIAL_EXPIRES, which needs a
+    # ValidTo: say "does not expire" unless the test says otherwise.
+    if "ExpirationModel" not in kw and "ValidTo" not in kw:
+        kw["ExpirationModel"] = "KEY_MATERIAL_DOES_NOT_EXPIRE"
     return kms.import_key_material(KeyId=key_id, ImportToken=p["ImportToken"],
                                    EncryptedKeyMaterial=wrap(p["PublicKey"], material, algorithm), **kw)
 

@@ -55,6 +55,9 @@ def hmac_key(kms, spec, origin="AWS_KMS", **kw) -> str:
 
 def import_raw(kms, key_id, material, algorithm="RSAES_OAEP_SHA_256", spec="RSA_3072", **kw):
     p = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm=algorithm, WrappingKeySpec=spec)
+    # AWS's default ExpirationModel (KEY_MATERIAL_EXPIRES) needs a ValidTo.
+    if "ExpirationModel" not in kw and "ValidTo" not in kw:
+        kw["ExpirationModel"] = "KEY_MATERIAL_DOES_NOT_EXPIRE"
     return kms.import_key_material(KeyId=key_id, ImportToken=p["ImportToken"],
                                    EncryptedKeyMaterial=wrap(p["PublicKey"], material, algorithm), **kw)
 

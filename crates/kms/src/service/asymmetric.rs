@@ -312,7 +312,6 @@ fn check_message(alg: SigningAlgorithm, kind: MessageType, message: &[u8]) -> Re
 impl KeyService {
     /// Resolves, authorizes and checks a key for an asymmetric operation,
     /// and returns it with its current material.
-    #[allow(clippy::too_many_arguments, reason = "one call site per operation")]
     pub(super) fn asymmetric_key(
         &self,
         tx: &dyn ReadTx,
@@ -322,31 +321,14 @@ impl KeyService {
         usage: KeyUsage,
         more: &[(&str, &str)],
     ) -> Result<(KeyRecord, std::sync::Arc<Material>), KmsError> {
-        let key_ref = KeyRef::parse(&api::required(key_id, "keyId")?)?;
-        let key = self.resolve(tx, call, &key_ref)?;
-        let alias = key_ref.alias_name();
-        self.authorize_key(
-            tx,
-            call,
-            action,
-            &key,
-            &Facts {
-                request_alias: alias.as_deref(),
-                more,
-                ..Facts::default()
-            },
-        )?;
-        Self::require_enabled(&key)?;
-        Self::require_usage(&key, usage, false, action)?;
-        pair_spec(&key)?;
-        self.require_not_suspended(tx, &key.account)?;
-        self.require_not_suspended(tx, call.caller.account.as_str())?;
-        let material = self
-            .material(tx, &key, key.current_version)?
-            .ok_or_else(|| {
-                KmsError::Internal(format!("current version of {} is missing", Self::arn(&key)))
-            })?;
-        Ok((key, material))
+        let facts = Facts {
+            more,
+            ..Facts::default()
+        };
+        self.usable_key(tx, call, key_id, "keyId", action, facts, |key| {
+            Self::require_usage(key, usage, false, action)?;
+            pair_spec(key).map(|_| ())
+        })
     }
 
     /// Sign.

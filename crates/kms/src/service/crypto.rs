@@ -106,7 +106,7 @@ struct Opened {
 impl KeyService {
     /// A key that can encrypt now, and its current material. `rsa`: an
     /// RSA ENCRYPT_DECRYPT key will do too (Encrypt, ReEncrypt's
-    /// destination), and `algorithm` is the request's encryption algorithm
+    /// destination), and `more` holds the request's encryption algorithm
     /// (the `kms:EncryptionAlgorithm` condition key).
     #[allow(clippy::too_many_arguments, reason = "one call site per operation")]
     pub(super) fn encrypting_key(
@@ -120,36 +120,19 @@ impl KeyService {
         rsa: bool,
         more: &[(&str, &str)],
     ) -> Result<(KeyRecord, std::sync::Arc<Material>), KmsError> {
-        let key_ref = KeyRef::parse(&api::required(key_id, member)?)?;
-        let key = self.resolve(tx, call, &key_ref)?;
-        let alias = key_ref.alias_name();
-        self.authorize_key(
-            tx,
-            call,
-            action,
-            &key,
-            &Facts {
-                context: ctx,
-                request_alias: alias.as_deref(),
-                more,
-                ..Facts::default()
-            },
-        )?;
-        Self::require_enabled(&key)?;
-        Self::require_usage(
-            &key,
-            KeyUsage::EncryptDecrypt,
-            !(rsa && key.spec.is_rsa()),
-            action,
-        )?;
-        self.require_not_suspended(tx, &key.account)?;
-        self.require_not_suspended(tx, call.caller.account.as_str())?;
-        let material = self
-            .material(tx, &key, key.current_version)?
-            .ok_or_else(|| {
-                KmsError::Internal(format!("current version of {} is missing", Self::arn(&key)))
-            })?;
-        Ok((key, material))
+        let facts = Facts {
+            context: ctx,
+            more,
+            ..Facts::default()
+        };
+        self.usable_key(tx, call, key_id, member, action, facts, |key| {
+            Self::require_usage(
+                key,
+                KeyUsage::EncryptDecrypt,
+                !(rsa && key.spec.is_rsa()),
+                action,
+            )
+        })
     }
 
     /// Seals under the key's current material; for a key held in another

@@ -12,7 +12,6 @@ use super::authz::Facts;
 use super::{Call, KeyService};
 use crate::KmsError;
 use crate::api::{self, Blob, SecretBlob};
-use crate::names::KeyRef;
 use crate::records::{KeySpec, KeyUsage};
 
 /// The longest message GenerateMac and VerifyMac take, in bytes.
@@ -149,38 +148,27 @@ impl KeyService {
         dry_run: Option<bool>,
     ) -> Result<(String, std::sync::Arc<super::Material>), KmsError> {
         self.check_grant_tokens(grant_tokens)?;
-        let key_ref = KeyRef::parse(&api::required(key_id, "keyId")?)?;
         let tx = self.store.read()?;
-        let key = self.resolve(&*tx, call, &key_ref)?;
-        let alias = key_ref.alias_name();
-        self.authorize_key(
-            &*tx,
-            call,
-            action,
-            &key,
-            &Facts {
-                request_alias: alias.as_deref(),
-                more: &[("kms:MacAlgorithm", alg_name)],
-                ..Facts::default()
-            },
-        )?;
-        Self::require_enabled(&key)?;
-        Self::require_usage(&key, KeyUsage::GenerateVerifyMac, false, action)?;
-        if key_algorithm(key.spec) != Some(alg) {
-            return Err(KmsError::InvalidKeyUsage(format!(
-                "{} has KeySpec {}, which does not support MacAlgorithm {alg_name}.",
-                Self::arn(&key),
-                key.spec.as_str()
-            )));
-        }
-        self.require_not_suspended(&*tx, &key.account)?;
-        self.require_not_suspended(&*tx, call.caller.account.as_str())?;
+        let more = [("kms:MacAlgorithm", alg_name)];
+        let facts = Facts {
+            more: &more,
+            ..Facts::default()
+        };
+        let (key, material) =
+            self.usable_key(&*tx, call, key_id, "keyId", action, facts, |key| {
+                Self::require_usage(key, KeyUsage::GenerateVerifyMac, false, action)?;
+                if key_algorithm(key.spec) != Some(alg) {
+                    return Err(KmsError::InvalidKeyUsage(format!(
+                        "{} has KeySpec {}, which does not support MacAlgorithm {alg_name}.",
+                        Self::arn(key),
+                        key.spec.as_str()
+                    )));
+                }
+                Ok(())
+            })?;
         if dry_run == Some(true) {
             return Err(KmsError::DryRun);
         }
-        let material = self
-            .material(&*tx, &key, key.current_version)?
-            .ok_or_else(|| Self::pending_import(&key))?;
         Ok((Self::arn(&key), material))
     }
 

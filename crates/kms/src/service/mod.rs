@@ -442,6 +442,52 @@ impl KeyService {
         }
     }
 
+    /// The key a data-plane operation names by `member`, authorized for
+    /// `action` with `facts` (the alias it was named by is added), Enabled,
+    /// of a kind `fits` accepts, with neither its account nor the caller's
+    /// suspended; and its current material. Encrypt, GenerateDataKey*,
+    /// GenerateDataKeyPair*, Sign, Verify, GenerateMac and the others share
+    /// this order of checks, which the key-state and authorization matrices
+    /// assert.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "every data-plane operation's checks in one place"
+    )]
+    pub(crate) fn usable_key(
+        &self,
+        tx: &dyn ReadTx,
+        call: &Call<'_>,
+        key_id: Option<String>,
+        member: &str,
+        action: &str,
+        facts: authz::Facts<'_>,
+        fits: impl FnOnce(&KeyRecord) -> Result<(), KmsError>,
+    ) -> Result<(KeyRecord, Arc<Material>), KmsError> {
+        let key_ref = KeyRef::parse(&crate::api::required(key_id, member)?)?;
+        let key = self.resolve(tx, call, &key_ref)?;
+        let alias = key_ref.alias_name();
+        self.authorize_key(
+            tx,
+            call,
+            action,
+            &key,
+            &authz::Facts {
+                request_alias: alias.as_deref(),
+                ..facts
+            },
+        )?;
+        Self::require_enabled(&key)?;
+        fits(&key)?;
+        self.require_not_suspended(tx, &key.account)?;
+        self.require_not_suspended(tx, call.caller.account.as_str())?;
+        let material = self
+            .material(tx, &key, key.current_version)?
+            .ok_or_else(|| {
+                KmsError::Internal(format!("current version of {} is missing", Self::arn(&key)))
+            })?;
+        Ok((key, material))
+    }
+
     /// Fails unless `key` has `usage` (and, for ENCRYPT_DECRYPT, the
     /// SYMMETRIC_DEFAULT spec when `symmetric`): AWS's
     /// `InvalidKeyUsageException` for a key of the wrong kind.
