@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa
 
 from conftest import aws_cli, aws_json, code_of, expect_error, new_account, rest_call
 
@@ -307,9 +307,21 @@ def test_bad_input_gets_aws_exceptions(kms_root):
         expect_error(code, fn, **kw)
     expect_error("DryRunOperationException", kms.sign, KeyId=p256, Message=b"m", SigningAlgorithm="ECDSA_SHA_256",
                  DryRun=True, status=412)
+    # Ed25519ph's DIGEST and ML-DSA's EXTERNAL_MU are 64 bytes; EXTERNAL_MU is
+    # ML-DSA's only; pure Ed25519 takes no DIGEST.
     ed = create(kms, "ECC_NIST_EDWARDS25519", "SIGN_VERIFY")
-    assert code_of(kms.sign, KeyId=ed, Message=b"d" * 64, MessageType="DIGEST",
-                   SigningAlgorithm="ED25519_PH_SHA_512") == "UnsupportedOperationException"
+    ml = create(kms, "ML_DSA_44", "SIGN_VERIFY")
+    for key, m, kind, alg in [
+        (ed, b"d" * 63, "DIGEST", "ED25519_PH_SHA_512"),
+        (ed, b"d" * 65, "DIGEST", "ED25519_PH_SHA_512"),
+        (ed, b"d" * 64, "DIGEST", "ED25519_SHA_512"),
+        (ed, b"d" * 64, "EXTERNAL_MU", "ED25519_PH_SHA_512"),
+        (ml, b"d" * 63, "EXTERNAL_MU", "ML_DSA_SHAKE_256"),
+        (ml, b"d" * 64, "DIGEST", "ML_DSA_SHAKE_256"),
+        (p256, b"d" * 64, "EXTERNAL_MU", "ECDSA_SHA_256"),
+    ]:
+        assert code_of(kms.sign, KeyId=key, Message=m, MessageType=kind,
+                       SigningAlgorithm=alg) == "ValidationException", (kind, alg, len(m))
     kms.disable_key(KeyId=p256)
     expect_error("DisabledException", kms.sign, KeyId=p256, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
     expect_error("DisabledException", kms.get_public_key, KeyId=p256)
@@ -318,3 +330,185 @@ def test_bad_input_gets_aws_exceptions(kms_root):
     assert r.status_code == 400, r.text
     assert "not a symmetric encryption key" in r.text, r.text
     assert json.loads(r.text).get("code") != "KMSInternalException"
+
+
+# RFC 8032's Ed25519 verification (section 5.1.7, after its section 6
+# reference code), with dom2 for Ed25519ph: neither `cryptography` nor the
+# openssl 3.0 CLI here has Ed25519ph, so this is the verifier outside atrest.
+_P = 2**255 - 19
+_L = 2**252 + 27742317777372353535851937790883648493
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _add(a, b):
+    x = (a[1] - a[0]) * (b[1] - b[0]) % _P
+    y = (a[1] + a[0]) * (b[1] + b[0]) % _P
+    c = 2 * a[3] * b[3] * _D % _P
+    d = 2 * a[2] * b[2] % _P
+    e, f, g, h = y - x, d - c, d + c, y + x
+    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
+
+
+def _mul(s, pt):
+    q = (0, 1, 1, 0)
+    while s:
+        if s & 1:
+            q = _add(q, pt)
+        pt = _add(pt, pt)
+        s >>= 1
+    return q
+
+
+def _recover_x(y, sign):
+    if y >= _P:
+        return None
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P)
+    if x2 == 0:
+        return None if sign else 0
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P:
+        return None
+    return _P - x if (x & 1) != sign else x
+
+
+def _decompress(b):
+    y = int.from_bytes(b, "little")
+    x = _recover_x(y & ((1 << 255) - 1), y >> 255)
+    return None if x is None else (x, y & ((1 << 255) - 1), 1, x * (y & ((1 << 255) - 1)) % _P)
+
+
+_GY = 4 * pow(5, _P - 2, _P) % _P
+_G = (_recover_x(_GY, 0), _GY, 1, _recover_x(_GY, 0) * _GY % _P)
+
+
+def ed25519_verify(public: bytes, message: bytes, sig: bytes, prehash: bool) -> bool:
+    """RFC 8032 Ed25519 (prehash=False) or Ed25519ph with an empty context."""
+    if len(sig) != 64 or len(public) != 32:
+        return False
+    a, r, s = _decompress(public), _decompress(sig[:32]), int.from_bytes(sig[32:], "little")
+    if a is None or r is None or s >= _L:
+        return False
+    dom = b"SigEd25519 no Ed25519 collisions\x01\x00" if prehash else b""
+    m = hashlib.sha512(message).digest() if prehash else message
+    h = int.from_bytes(hashlib.sha512(dom + sig[:32] + public + m).digest(), "little") % _L
+    sb, rha = _mul(s, _G), _add(r, _mul(h, a))
+    return (sb[0] * rha[2] - rha[0] * sb[2]) % _P == 0 and (sb[1] * rha[2] - rha[1] * sb[2]) % _P == 0
+
+
+def test_the_python_ed25519_verifier_is_rfc_8032():
+    # Section 7.3 (Ed25519ph, "abc") and 7.1 TEST 1 (Ed25519, empty message).
+    ph_pub = bytes.fromhex("ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf")
+    ph_sig = bytes.fromhex("98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae41"
+                           "31f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406")
+    assert ed25519_verify(ph_pub, b"abc", ph_sig, prehash=True)
+    assert not ed25519_verify(ph_pub, b"abd", ph_sig, prehash=True)
+    assert not ed25519_verify(ph_pub, b"abc", ph_sig, prehash=False)
+    pub = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+    sig = bytes.fromhex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
+                        "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")
+    assert ed25519_verify(pub, b"", sig, prehash=False)
+    assert not ed25519_verify(pub, b"", sig, prehash=True)
+    # And it agrees with `cryptography` on a fresh pure Ed25519 signature.
+    k = ed25519.Ed25519PrivateKey.generate()
+    raw = k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert ed25519_verify(raw, b"x", k.sign(b"x"), prehash=False)
+
+
+def test_ed25519ph_signatures_verify_outside_atrest(kms_root):
+    _, kms, _ = kms_root
+    arn = create(kms, "ECC_NIST_EDWARDS25519", "SIGN_VERIFY")
+    pk = kms.get_public_key(KeyId=arn)
+    assert "ED25519_PH_SHA_512" in pk["SigningAlgorithms"]
+    public = serialization.load_der_public_key(pk["PublicKey"]).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    message = b"Ed25519ph: KMS hashes with SHA-512, then signs"
+    d = hashlib.sha512(message).digest()
+    raw = kms.sign(KeyId=arn, Message=message, MessageType="RAW", SigningAlgorithm="ED25519_PH_SHA_512")
+    assert raw["SigningAlgorithm"] == "ED25519_PH_SHA_512" and raw["KeyId"] == arn
+    dig = kms.sign(KeyId=arn, Message=d, MessageType="DIGEST", SigningAlgorithm="ED25519_PH_SHA_512")
+    # Deterministic: the RAW message and its digest get the same signature.
+    assert raw["Signature"] == dig["Signature"]
+    sig = raw["Signature"]
+    assert ed25519_verify(public, message, sig, prehash=True)
+    assert not ed25519_verify(public, message, sig, prehash=False)
+    tampered = bytearray(sig)
+    tampered[5] ^= 1
+    assert not ed25519_verify(public, message, bytes(tampered), prehash=True)
+    for kind, m in [("RAW", message), ("DIGEST", d)]:
+        v = kms.verify(KeyId=arn, Message=m, MessageType=kind, Signature=sig, SigningAlgorithm="ED25519_PH_SHA_512")
+        assert v["SignatureValid"] is True
+        expect_error("KMSInvalidSignatureException", kms.verify, KeyId=arn, Message=m, MessageType=kind,
+                     Signature=bytes(tampered), SigningAlgorithm="ED25519_PH_SHA_512")
+    # Pure Ed25519's signature is another one, and is not Ed25519ph's.
+    pure = kms.sign(KeyId=arn, Message=message, SigningAlgorithm="ED25519_SHA_512")["Signature"]
+    assert ed25519_verify(public, message, pure, prehash=False)
+    expect_error("KMSInvalidSignatureException", kms.verify, KeyId=arn, Message=message, Signature=pure,
+                 SigningAlgorithm="ED25519_PH_SHA_512")
+
+
+def spki_bit_string(der: bytes) -> bytes:
+    """The contents of the BIT STRING of a DER SubjectPublicKeyInfo (minimal
+    DER parse: SEQUENCE { SEQUENCE algorithm, BIT STRING key })."""
+    def header(b, i):
+        tag, n = b[i], b[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(b[i:i + k], "big")
+            i += k
+        return tag, n, i
+    tag, n, i = header(der, 0)
+    assert tag == 0x30 and i + n == len(der)
+    tag, n, j = header(der, i)
+    assert tag == 0x30
+    tag, n, k = header(der, j + n)
+    assert tag == 0x03 and der[k] == 0 and k + n == len(der)
+    return der[k + 1:k + n]
+
+
+ML_DSA = {"ML_DSA_44": (mldsa.MLDSA44PublicKey, 1312), "ML_DSA_65": (mldsa.MLDSA65PublicKey, 1952),
+          "ML_DSA_87": (mldsa.MLDSA87PublicKey, 2592)}
+
+
+def test_ml_dsa_external_mu_computed_outside_atrest(kms_root):
+    _, kms, _ = kms_root
+    message = b"a document too large to send, hashed by the client into mu"
+    for spec, (cls, pk_len) in ML_DSA.items():
+        arn = create(kms, spec, "SIGN_VERIFY")
+        der = kms.get_public_key(KeyId=arn)["PublicKey"]
+        pk = spki_bit_string(der)
+        assert len(pk) == pk_len
+        # FIPS 204: tr = SHAKE256(pk, 64); mu = SHAKE256(tr || 0x00 || len(ctx)=0 || M, 64).
+        tr = hashlib.shake_256(pk).digest(64)
+        mu = hashlib.shake_256(tr + b"\x00\x00" + message).digest(64)
+        public = cls.from_public_bytes(pk)
+        hasher = mldsa.MLDSAMuHasher(public)
+        hasher.update(message)
+        assert hasher.finalize() == mu, spec
+        out = kms.sign(KeyId=arn, Message=mu, MessageType="EXTERNAL_MU", SigningAlgorithm="ML_DSA_SHAKE_256")
+        assert out["SigningAlgorithm"] == "ML_DSA_SHAKE_256" and out["KeyId"] == arn
+        over_mu = out["Signature"]
+        # Outside atrest: the signature over mu is the signature of M.
+        public.verify(over_mu, message)
+        public.verify_mu(over_mu, mu)
+        # In atrest: as a RAW signature of M, and as one over mu.
+        for kind, m in [("RAW", message), ("EXTERNAL_MU", mu)]:
+            v = kms.verify(KeyId=arn, Message=m, MessageType=kind, Signature=over_mu,
+                           SigningAlgorithm="ML_DSA_SHAKE_256")
+            assert v["SignatureValid"] is True, (spec, kind)
+        # A RAW signature of M verifies as an EXTERNAL_MU signature of its mu.
+        over_m = kms.sign(KeyId=arn, Message=message, SigningAlgorithm="ML_DSA_SHAKE_256")["Signature"]
+        v = kms.verify(KeyId=arn, Message=mu, MessageType="EXTERNAL_MU", Signature=over_m,
+                       SigningAlgorithm="ML_DSA_SHAKE_256")
+        assert v["SignatureValid"] is True
+        public.verify_mu(over_m, mu)
+        # mu of another message, or mu signed as if RAW, does not verify.
+        other = hashlib.shake_256(tr + b"\x00\x00" + message + b"!").digest(64)
+        expect_error("KMSInvalidSignatureException", kms.verify, KeyId=arn, Message=other,
+                     MessageType="EXTERNAL_MU", Signature=over_mu, SigningAlgorithm="ML_DSA_SHAKE_256")
+        as_raw = kms.sign(KeyId=arn, Message=mu, SigningAlgorithm="ML_DSA_SHAKE_256")["Signature"]
+        expect_error("KMSInvalidSignatureException", kms.verify, KeyId=arn, Message=mu,
+                     MessageType="EXTERNAL_MU", Signature=as_raw, SigningAlgorithm="ML_DSA_SHAKE_256")

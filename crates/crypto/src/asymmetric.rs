@@ -8,15 +8,17 @@
 //!
 //! Signatures are AWS's: ECDSA is DER-encoded (`Ecdsa-Sig-Value`), RSA-PSS
 //! uses MGF1 with the message hash and a salt as long as the hash, Ed25519
-//! is RFC 8032's PureEdDSA, ML-DSA is FIPS 204 with an empty context.
+//! is RFC 8032's PureEdDSA (`ED25519_SHA_512`, RAW only) or HashEdDSA
+//! Ed25519ph with SHA-512 and an empty context (`ED25519_PH_SHA_512`: RAW,
+//! which is hashed with SHA-512 first, or a 64-byte SHA-512 DIGEST), ML-DSA
+//! is FIPS 204 with an empty context, over the message (RAW) or over a
+//! 64-byte external message representative μ (`EXTERNAL_MU`, FIPS 204
+//! section 6.2: μ = SHAKE256(SHAKE256(pk, 64) ‖ 0x00 ‖ 0x00 ‖ M, 64); see
+//! [`external_mu`]).
 //!
-//! Not offered, because `aws-lc-rs` has no safe interface for them:
-//! `ED25519_PH_SHA_512` (RFC 8032 Ed25519ph; AWS-LC has `ED25519ph_sign_digest`
-//! but only `aws-lc-sys` exposes it) and ML-DSA's `EXTERNAL_MU` message type
-//! (AWS-LC signs an external μ through `EVP_PKEY_sign`, which `aws-lc-rs`
-//! does not reach; its `verify_digest` refuses ML-DSA). Both would need new
-//! FFI, which this crate keeps to one module; [`PrivateKey::sign`] returns
-//! [`CryptoError::Unsupported`] for them.
+//! Ed25519ph and μ signing come from AWS-LC through `aws-lc-sys` (the
+//! private module `lcsig`), because `aws-lc-rs` reaches neither; everything
+//! else is `aws-lc-rs`.
 
 use aws_lc_rs::agreement;
 use aws_lc_rs::digest::{self, Digest};
@@ -31,6 +33,7 @@ use aws_lc_rs::signature::{
 };
 
 use crate::keypair::KeyPairSpec;
+use crate::lcsig::{self, Ed25519phKey, MlDsaMuKey};
 use crate::{CryptoError, SecretBytes};
 
 /// The largest message AWS KMS signs or verifies (RAW), in bytes.
@@ -59,7 +62,7 @@ pub enum SigningAlgorithm {
     EcdsaSha512,
     /// Ed25519 (PureEdDSA, RFC 8032).
     Ed25519Sha512,
-    /// Ed25519ph (HashEdDSA, RFC 8032): not offered, see the module docs.
+    /// Ed25519ph (HashEdDSA, RFC 8032) with SHA-512 and an empty context.
     Ed25519PhSha512,
     /// ML-DSA (FIPS 204), which hashes with SHAKE256.
     MlDsaShake256,
@@ -188,7 +191,7 @@ pub enum MessageType {
     Raw,
     /// A digest made with the algorithm's hash.
     Digest,
-    /// ML-DSA's 64-byte message representative μ: not offered (module docs).
+    /// ML-DSA's 64-byte message representative μ (FIPS 204 section 6.2).
     ExternalMu,
 }
 
@@ -291,8 +294,14 @@ enum Inner {
         sign: EcdsaKeyPair,
         agree: Option<agreement::PrivateKey>,
     },
-    Ed25519(Ed25519KeyPair),
-    MlDsa(PqdsaKeyPair),
+    Ed25519 {
+        pure: Ed25519KeyPair,
+        ph: Ed25519phKey,
+    },
+    MlDsa {
+        pair: PqdsaKeyPair,
+        mu: MlDsaMuKey,
+    },
 }
 
 /// A parsed private key of one [`KeyPairSpec`]. Never printed; AWS-LC frees
@@ -348,10 +357,16 @@ impl PrivateKey {
                 None => None,
             };
             Inner::Ecdsa { sign, agree }
-        } else if let Some(alg) = ml_dsa_signing(spec) {
-            Inner::MlDsa(PqdsaKeyPair::from_pkcs8(alg, pkcs8).map_err(|_| NOT_THIS_SPEC)?)
+        } else if let (Some(alg), Some(nid)) = (ml_dsa_signing(spec), ml_dsa_nid(spec)) {
+            Inner::MlDsa {
+                pair: PqdsaKeyPair::from_pkcs8(alg, pkcs8).map_err(|_| NOT_THIS_SPEC)?,
+                mu: MlDsaMuKey::from_pkcs8(nid, pkcs8).map_err(|_| NOT_THIS_SPEC)?,
+            }
         } else {
-            Inner::Ed25519(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| NOT_THIS_SPEC)?)
+            Inner::Ed25519 {
+                pure: Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| NOT_THIS_SPEC)?,
+                ph: Ed25519phKey::from_pkcs8(pkcs8).map_err(|_| NOT_THIS_SPEC)?,
+            }
         };
         Ok(Self { spec, inner })
     }
@@ -367,9 +382,10 @@ impl PrivateKey {
     /// # Errors
     /// [`CryptoError::InvalidKey`] if `alg` is not an algorithm of this
     /// key's spec; [`CryptoError::InputLength`] for a `DIGEST` of the wrong
-    /// length or a `RAW` message over [`MAX_MESSAGE`] bytes;
-    /// [`CryptoError::Unsupported`] for Ed25519ph, `EXTERNAL_MU`, and a
-    /// `DIGEST` with Ed25519 or ML-DSA.
+    /// length, an `EXTERNAL_MU` that is not 64 bytes, or a `RAW` message over
+    /// [`MAX_MESSAGE`] bytes; [`CryptoError::Unsupported`] for a `DIGEST`
+    /// with `ED25519_SHA_512` or ML-DSA and `EXTERNAL_MU` with anything but
+    /// ML-DSA.
     pub fn sign(
         &self,
         alg: SigningAlgorithm,
@@ -405,8 +421,14 @@ impl PrivateKey {
                 };
                 Ok(sig.as_ref().to_vec())
             }
-            Inner::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
-            Inner::MlDsa(pair) => {
+            Inner::Ed25519 { ph, .. } if alg == SigningAlgorithm::Ed25519PhSha512 => {
+                ph.sign_digest(ed25519ph_digest(kind, message).as_ref())
+            }
+            Inner::Ed25519 { pure, .. } => Ok(pure.sign(message).as_ref().to_vec()),
+            Inner::MlDsa { pair, mu } if kind == MessageType::ExternalMu => {
+                mu.sign_mu(message, pair.algorithm().signature_len())
+            }
+            Inner::MlDsa { pair, .. } => {
                 let mut sig = vec![0u8; pair.algorithm().signature_len()];
                 let n = pair
                     .sign(message, &mut sig)
@@ -495,6 +517,55 @@ fn ml_dsa_signing(spec: KeyPairSpec) -> Option<&'static signature::PqdsaSigningA
     }
 }
 
+fn ml_dsa_nid(spec: KeyPairSpec) -> Option<core::ffi::c_int> {
+    match spec {
+        KeyPairSpec::MlDsa44 => Some(aws_lc_sys::NID_MLDSA44),
+        KeyPairSpec::MlDsa65 => Some(aws_lc_sys::NID_MLDSA65),
+        KeyPairSpec::MlDsa87 => Some(aws_lc_sys::NID_MLDSA87),
+        _ => None,
+    }
+}
+
+/// The SHA-512 digest Ed25519ph signs: the message's (RAW) or the message
+/// itself (DIGEST, whose length [`check`] has checked).
+fn ed25519ph_digest(kind: MessageType, message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match kind {
+        MessageType::Raw => digest::digest(&digest::SHA512, message)
+            .as_ref()
+            .to_vec()
+            .into(),
+        _ => message.into(),
+    }
+}
+
+/// The FIPS 204 external μ of `message` for the ML-DSA public key
+/// `public_spki` (DER SubjectPublicKeyInfo) of `spec`, with an empty
+/// context: SHAKE256(SHAKE256(pk, 64) ‖ 0x00 ‖ 0x00 ‖ message, 64), pk the
+/// raw public key. What a client computes to sign with `EXTERNAL_MU`; the
+/// key service itself never needs it.
+///
+/// # Errors
+/// [`CryptoError::InvalidKey`] if `spec` is not ML-DSA or `public_spki` is
+/// not a public key of it.
+pub fn external_mu(
+    spec: KeyPairSpec,
+    public_spki: &[u8],
+    message: &[u8],
+) -> Result<[u8; 64], CryptoError> {
+    let (Some(nid), Some(alg)) = (ml_dsa_nid(spec), ml_dsa_signing(spec)) else {
+        return Err(CryptoError::InvalidKey(
+            "only ML-DSA keys have an external mu",
+        ));
+    };
+    let len = alg.public_key_len();
+    let pk = lcsig::ml_dsa_raw_public(nid, public_spki, len)?;
+    let mut tr = [0u8; 64];
+    lcsig::shake256(&[&pk], &mut tr)?;
+    let mut mu = [0u8; 64];
+    lcsig::shake256(&[&tr, &[0, 0], message], &mut mu)?;
+    Ok(mu)
+}
+
 fn import_digest(alg: SigningAlgorithm, message: &[u8]) -> Result<Digest, CryptoError> {
     let d = alg.digest().ok_or(CryptoError::Unsupported(
         "this signing algorithm signs no digests",
@@ -514,15 +585,17 @@ fn check(
             "the signing algorithm is not one of the key spec's",
         ));
     }
-    if alg == SigningAlgorithm::Ed25519PhSha512 {
-        return Err(CryptoError::Unsupported(
-            "ED25519_PH_SHA_512 (Ed25519ph): aws-lc-rs offers no Ed25519ph",
-        ));
-    }
     match kind {
-        MessageType::ExternalMu => Err(CryptoError::Unsupported(
-            "EXTERNAL_MU: aws-lc-rs offers no ML-DSA signing of an external mu",
-        )),
+        MessageType::ExternalMu if alg != SigningAlgorithm::MlDsaShake256 => Err(
+            CryptoError::Unsupported("EXTERNAL_MU is a message type of ML-DSA only"),
+        ),
+        MessageType::ExternalMu if message.len() != lcsig::ML_DSA_MU => {
+            Err(CryptoError::InputLength {
+                len: message.len(),
+                reason: "an ML-DSA external mu is 64 bytes",
+            })
+        }
+        MessageType::ExternalMu => Ok(()),
         MessageType::Raw if message.len() > MAX_MESSAGE => Err(CryptoError::InputLength {
             len: message.len(),
             reason: "a RAW message is at most 4096 bytes",
@@ -555,6 +628,14 @@ pub fn verify(
     sig: &[u8],
 ) -> Result<bool, CryptoError> {
     check(spec, alg, kind, message)?;
+    if alg == SigningAlgorithm::Ed25519PhSha512 {
+        let d = ed25519ph_digest(kind, message);
+        return lcsig::ed25519ph_verify_digest(public_spki, &d, sig);
+    }
+    if kind == MessageType::ExternalMu {
+        let nid = ml_dsa_nid(spec).ok_or(NOT_THIS_SPEC)?;
+        return lcsig::ml_dsa_verify_mu(nid, public_spki, message, sig);
+    }
     let v = alg.verification(spec).ok_or(NOT_THIS_SPEC)?;
     let key = UnparsedPublicKey::new(v, public_spki);
     Ok(match kind {
@@ -621,19 +702,21 @@ mod tests {
         let mut combos = 0;
         for spec in KeyPairSpec::ALL {
             let (key, public) = pair(spec);
-            for alg in SigningAlgorithm::ALL
-                .into_iter()
-                .filter(|a| a.fits(spec) && *a != SigningAlgorithm::Ed25519PhSha512)
-            {
+            for alg in SigningAlgorithm::ALL.into_iter().filter(|a| a.fits(spec)) {
                 let mut kinds = vec![(MessageType::Raw, message.to_vec())];
                 if alg.digest_len().is_some() {
                     kinds.push((MessageType::Digest, sha(alg, message)));
                 }
+                if alg == SigningAlgorithm::MlDsaShake256 {
+                    let mu = external_mu(spec, &public, message).unwrap();
+                    kinds.push((MessageType::ExternalMu, mu.to_vec()));
+                }
                 for (kind, m) in kinds {
                     let sig = key.sign(alg, kind, &m).unwrap();
                     assert!(verify(spec, alg, kind, &public, &m, &sig).unwrap());
-                    // A digest signature is the signature of the message.
-                    if kind == MessageType::Digest {
+                    // A digest's (or μ's) signature is the signature of the
+                    // message.
+                    if kind != MessageType::Raw {
                         assert!(
                             verify(spec, alg, MessageType::Raw, &public, message, &sig).unwrap(),
                             "{spec:?} {alg:?}"
@@ -651,8 +734,95 @@ mod tests {
                 }
             }
         }
-        // 3 RSA sizes × 6 algorithms × 2 types, 4 ECDSA × 2, Ed25519, 3 ML-DSA.
-        assert_eq!(combos, 36 + 8 + 1 + 3);
+        // 3 RSA sizes × 6 algorithms × 2 types, 4 ECDSA × 2, Ed25519,
+        // Ed25519ph × 2, 3 ML-DSA × 2 (RAW, EXTERNAL_MU).
+        assert_eq!(combos, 36 + 8 + 1 + 2 + 6);
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    /// RFC 8032 section 7.3, the Ed25519ph test vector ("abc"); Ed25519 is
+    /// deterministic, so atrest must make exactly this signature.
+    #[test]
+    fn ed25519ph_matches_rfc_8032() {
+        let seed = unhex("833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42");
+        let public = unhex("ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf");
+        let expected = unhex(concat!(
+            "98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae41",
+            "31f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406"
+        ));
+        // PKCS#8 v1 (RFC 8410) of the seed, and the SPKI of the public key.
+        let pkcs8 = [unhex("302e020100300506032b657004220420"), seed].concat();
+        let spki = [unhex("302a300506032b6570032100"), public].concat();
+        let spec = KeyPairSpec::Ed25519;
+        assert_eq!(public_key_der(spec, &pkcs8).unwrap(), spki);
+        let key = PrivateKey::from_pkcs8(spec, &pkcs8).unwrap();
+        let ph = SigningAlgorithm::Ed25519PhSha512;
+        let digest = digest::digest(&digest::SHA512, b"abc");
+        assert_eq!(key.sign(ph, MessageType::Raw, b"abc").unwrap(), expected);
+        assert_eq!(
+            key.sign(ph, MessageType::Digest, digest.as_ref()).unwrap(),
+            expected
+        );
+        assert!(verify(spec, ph, MessageType::Raw, &spki, b"abc", &expected).unwrap());
+        assert!(
+            verify(
+                spec,
+                ph,
+                MessageType::Digest,
+                &spki,
+                digest.as_ref(),
+                &expected
+            )
+            .unwrap()
+        );
+        // Tampered, truncated, another message, and PureEdDSA's signature
+        // (the same key, the same message) do not verify: the domain
+        // separation of RFC 8032 keeps the two apart.
+        let mut bad = expected.clone();
+        bad[10] ^= 0x40;
+        assert!(!verify(spec, ph, MessageType::Raw, &spki, b"abc", &bad).unwrap());
+        assert!(!verify(spec, ph, MessageType::Raw, &spki, b"abc", &expected[..63]).unwrap());
+        assert!(!verify(spec, ph, MessageType::Raw, &spki, b"abd", &expected).unwrap());
+        let pure = SigningAlgorithm::Ed25519Sha512;
+        let pure_sig = key.sign(pure, MessageType::Raw, b"abc").unwrap();
+        assert_ne!(pure_sig, expected);
+        assert!(!verify(spec, ph, MessageType::Raw, &spki, b"abc", &pure_sig).unwrap());
+        assert!(!verify(spec, pure, MessageType::Raw, &spki, b"abc", &expected).unwrap());
+    }
+
+    /// A signature over μ is the ML-DSA signature of the message, as
+    /// `aws-lc-rs`'s own ML-DSA verifier (not this crate's μ code) sees it,
+    /// and a signature of the message verifies as one over its μ.
+    #[test]
+    fn ml_dsa_external_mu_is_the_message_signature() {
+        for (spec, v, sig_len) in [
+            (KeyPairSpec::MlDsa44, &signature::ML_DSA_44, 2420),
+            (KeyPairSpec::MlDsa65, &signature::ML_DSA_65, 3309),
+            (KeyPairSpec::MlDsa87, &signature::ML_DSA_87, 4627),
+        ] {
+            let (key, public) = pair(spec);
+            let alg = SigningAlgorithm::MlDsaShake256;
+            let m = b"a message signed through its mu";
+            let mu = external_mu(spec, &public, m).unwrap();
+            let sig = key.sign(alg, MessageType::ExternalMu, &mu).unwrap();
+            assert_eq!(sig.len(), sig_len);
+            UnparsedPublicKey::new(v, &public).verify(m, &sig).unwrap();
+            let raw = key.sign(alg, MessageType::Raw, m).unwrap();
+            assert!(verify(spec, alg, MessageType::ExternalMu, &public, &mu, &raw).unwrap());
+            // μ binds the public key and the message.
+            let (_, other_public) = pair(spec);
+            let other_mu = external_mu(spec, &other_public, m).unwrap();
+            assert_ne!(mu, other_mu);
+            assert!(!verify(spec, alg, MessageType::ExternalMu, &public, &other_mu, &sig).unwrap());
+            assert_ne!(mu, external_mu(spec, &public, b"another message").unwrap());
+            // Signing is hedged: two signatures of one μ differ, both verify.
+            let again = key.sign(alg, MessageType::ExternalMu, &mu).unwrap();
+            assert_ne!(again, sig);
+            assert!(verify(spec, alg, MessageType::Raw, &public, m, &again).unwrap());
+        }
     }
 
     #[test]
@@ -690,19 +860,75 @@ mod tests {
         assert!(matches!(e, Err(CryptoError::InvalidKey(_))));
         let e = key.sign(SigningAlgorithm::EcdsaSha384, MessageType::Raw, b"m");
         assert!(matches!(e, Err(CryptoError::InvalidKey(_))));
-        let (ed, _) = pair(KeyPairSpec::Ed25519);
-        for (alg, kind) in [
-            (SigningAlgorithm::Ed25519PhSha512, MessageType::Digest),
-            (SigningAlgorithm::Ed25519Sha512, MessageType::Digest),
+        let (ed, ed_public) = pair(KeyPairSpec::Ed25519);
+        for alg in [
+            SigningAlgorithm::Ed25519Sha512,
+            SigningAlgorithm::Ed25519PhSha512,
         ] {
-            let e = ed.sign(alg, kind, &[0; 64]);
+            let e = ed.sign(alg, MessageType::ExternalMu, &[0; 64]);
             assert!(matches!(e, Err(CryptoError::Unsupported(_))), "{alg:?}");
         }
-        let (ml, _) = pair(KeyPairSpec::MlDsa44);
-        for kind in [MessageType::Digest, MessageType::ExternalMu] {
-            let e = ml.sign(SigningAlgorithm::MlDsaShake256, kind, &[0; 64]);
-            assert!(matches!(e, Err(CryptoError::Unsupported(_))), "{kind:?}");
+        let e = ed.sign(
+            SigningAlgorithm::Ed25519Sha512,
+            MessageType::Digest,
+            &[0; 64],
+        );
+        assert!(matches!(e, Err(CryptoError::Unsupported(_))));
+        for len in [0, 32, 63, 65] {
+            let e = ed.sign(
+                SigningAlgorithm::Ed25519PhSha512,
+                MessageType::Digest,
+                &vec![0; len],
+            );
+            assert!(matches!(e, Err(CryptoError::InputLength { .. })), "{len}");
+            let e = verify(
+                KeyPairSpec::Ed25519,
+                SigningAlgorithm::Ed25519PhSha512,
+                MessageType::Digest,
+                &ed_public,
+                &vec![0; len],
+                &[0; 64],
+            );
+            assert!(matches!(e, Err(CryptoError::InputLength { .. })), "{len}");
         }
+        let e = ed.sign(
+            SigningAlgorithm::Ed25519PhSha512,
+            MessageType::Raw,
+            &[0; 4097],
+        );
+        assert!(matches!(e, Err(CryptoError::InputLength { len: 4097, .. })));
+        let (ml, ml_public) = pair(KeyPairSpec::MlDsa44);
+        let e = ml.sign(
+            SigningAlgorithm::MlDsaShake256,
+            MessageType::Digest,
+            &[0; 64],
+        );
+        assert!(matches!(e, Err(CryptoError::Unsupported(_))));
+        for len in [0, 32, 63, 65] {
+            let e = ml.sign(
+                SigningAlgorithm::MlDsaShake256,
+                MessageType::ExternalMu,
+                &vec![0; len],
+            );
+            assert!(matches!(e, Err(CryptoError::InputLength { .. })), "{len}");
+            let e = verify(
+                KeyPairSpec::MlDsa44,
+                SigningAlgorithm::MlDsaShake256,
+                MessageType::ExternalMu,
+                &ml_public,
+                &vec![0; len],
+                &[0; 2420],
+            );
+            assert!(matches!(e, Err(CryptoError::InputLength { .. })), "{len}");
+        }
+        let e = key.sign(
+            SigningAlgorithm::EcdsaSha256,
+            MessageType::ExternalMu,
+            &[0; 64],
+        );
+        assert!(matches!(e, Err(CryptoError::Unsupported(_))));
+        assert!(external_mu(KeyPairSpec::Ed25519, &ed_public, b"m").is_err());
+        assert!(external_mu(KeyPairSpec::MlDsa65, &ml_public, b"m").is_err());
         assert!(
             key.decrypt(EncryptionAlgorithm::OaepSha1, &[0; 256])
                 .is_err()

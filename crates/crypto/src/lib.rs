@@ -18,7 +18,8 @@
 //! * [`wrap`]: unwrapping imported key material (RSA-OAEP, RSA + AES-KWP).
 //!
 //! Every primitive comes from AWS-LC (through `aws-lc-rs`, and `aws-lc-sys` for
-//! XTS, which `aws-lc-rs` does not expose); argon2id comes from RustCrypto's
+//! XTS, Ed25519ph and ML-DSA signing of an external μ, which `aws-lc-rs` does
+//! not expose); argon2id comes from RustCrypto's
 //! `argon2`. The choice was made by measurement and validation record; see
 //! `docs/design.md`.
 
@@ -29,6 +30,7 @@ pub mod asymmetric;
 pub mod hash;
 pub mod kdf;
 pub mod keypair;
+mod lcsig;
 pub mod mac;
 pub mod memlock;
 pub mod rand;

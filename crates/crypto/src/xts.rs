@@ -3,8 +3,8 @@
 //! Backed by AWS-LC's `EVP_aes_256_xts`, which on CPUs with VAES and AVX-512
 //! runs a 512-bit-wide implementation (about 2x OpenSSL 3.0 on the same core;
 //! see `docs/benchmarks.md`). `aws-lc-rs` does not expose XTS, so this module
-//! calls `aws-lc-sys` directly. With `memlock` (this crate) and
-//! `atrest-localattach`'s `sys`, it is one of the three modules of atrest
+//! calls `aws-lc-sys` directly. With `lcsig` and `memlock` (this crate) and
+//! `atrest-localattach`'s `sys`, it is one of the four modules of atrest
 //! with `unsafe`; every other crate forbids it.
 //!
 //! The tweak of a sector is its sector number as a 128-bit little-endian

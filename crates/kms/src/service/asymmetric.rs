@@ -9,14 +9,16 @@
 //!   `InvalidKeyUsageException` ("Algorithm X is incompatible with key spec
 //!   Y."), as is a key of another usage;
 //! * a RAW message over 4096 bytes, a DIGEST of the wrong length, DIGEST
-//!   with Ed25519 or ML-DSA, and a public key for DeriveSharedSecret that is
-//!   not a DER SubjectPublicKeyInfo on the key's curve are
-//!   `ValidationException`s;
+//!   with `ED25519_SHA_512` or ML-DSA, `EXTERNAL_MU` with anything but
+//!   `ML_DSA_SHAKE_256` or of another length than 64 bytes, and a public
+//!   key for DeriveSharedSecret that is not a DER SubjectPublicKeyInfo on
+//!   the key's curve are `ValidationException`s;
 //! * a signature that does not verify (of any length) is a
 //!   `KMSInvalidSignatureException`; a Decrypt that fails is an
 //!   `InvalidCiphertextException`;
-//! * `ED25519_PH_SHA_512` and `EXTERNAL_MU` are `UnsupportedOperation`:
-//!   `aws-lc-rs` offers neither (see `atrest_crypto::asymmetric`).
+//! * `ED25519_PH_SHA_512` takes RAW (hashed with SHA-512, then Ed25519ph)
+//!   and a 64-byte SHA-512 DIGEST; `ML_DSA_SHAKE_256` takes RAW and a
+//!   64-byte `EXTERNAL_MU` (FIPS 204's μ), whose signature is the message's.
 //!
 //! The private key is parsed once per key version and kept with the
 //! unsealed material (`Material::parsed`).
@@ -275,14 +277,11 @@ fn client_error(e: CryptoError, alg: &str) -> KmsError {
     }
 }
 
+/// The length of ML-DSA's external μ.
+const EXTERNAL_MU_LEN: usize = 64;
+
 /// The AWS rules on message types, before any cryptography.
 fn check_message(alg: SigningAlgorithm, kind: MessageType, message: &[u8]) -> Result<(), KmsError> {
-    if alg == SigningAlgorithm::Ed25519PhSha512 {
-        return Err(KmsError::UnsupportedOperation(
-            "ED25519_PH_SHA_512 (Ed25519ph) is not supported by atrest: its cryptographic library (aws-lc-rs) offers no Ed25519ph. Use ED25519_SHA_512."
-                .into(),
-        ));
-    }
     match kind {
         MessageType::ExternalMu if alg != SigningAlgorithm::MlDsaShake256 => {
             Err(KmsError::Validation(format!(
@@ -290,10 +289,13 @@ fn check_message(alg: SigningAlgorithm, kind: MessageType, message: &[u8]) -> Re
                 alg.as_str()
             )))
         }
-        MessageType::ExternalMu => Err(KmsError::UnsupportedOperation(
-            "The EXTERNAL_MU message type is not supported by atrest: its cryptographic library (aws-lc-rs) offers no ML-DSA signing of an external mu. Use RAW."
-                .into(),
-        )),
+        MessageType::ExternalMu if message.len() != EXTERNAL_MU_LEN => {
+            Err(KmsError::Validation(format!(
+                "The EXTERNAL_MU message must be {EXTERNAL_MU_LEN} bytes long for algorithm {}.",
+                alg.as_str()
+            )))
+        }
+        MessageType::ExternalMu => Ok(()),
         MessageType::Digest => match alg.digest_len() {
             None => Err(KmsError::Validation(format!(
                 "The DIGEST message type is not valid with {}.",

@@ -71,13 +71,14 @@ fn sign_and_verify_with_every_spec_algorithm_and_message_type() {
         assert_eq!(der[0], 0x30, "DER SubjectPublicKeyInfo");
         for alg in public["SigningAlgorithms"].as_array().unwrap() {
             let alg = alg.as_str().unwrap();
-            if alg == "ED25519_PH_SHA_512" {
-                continue;
-            }
             let sa = SigningAlgorithm::parse(alg).unwrap();
             let mut kinds = vec![("RAW", message.to_vec())];
             if sa.digest_len().is_some() {
                 kinds.push(("DIGEST", digest_of(alg, message)));
+            }
+            if alg == "ML_DSA_SHAKE_256" {
+                let mu = asymmetric::external_mu(pair_spec(spec), &der, message).unwrap();
+                kinds.push(("EXTERNAL_MU", mu.to_vec()));
             }
             for (kind, m) in kinds {
                 let out = e.ok(
@@ -91,7 +92,8 @@ fn sign_and_verify_with_every_spec_algorithm_and_message_type() {
                     assert_eq!(sig[0], 0x30, "ECDSA signatures are DER");
                 }
                 // Outside atrest, with the public key only: the signature
-                // of a digest is the signature of the message.
+                // of a digest (or of ML-DSA's μ) is the signature of the
+                // message.
                 assert!(
                     asymmetric::verify(pair_spec(spec), sa, MessageType::Raw, &der, message, &sig)
                         .unwrap(),
@@ -131,7 +133,115 @@ fn sign_and_verify_with_every_spec_algorithm_and_message_type() {
             }
         }
     }
-    assert_eq!(signed, 36 + 8 + 1 + 3);
+    // RSA 3 × 6 × 2, ECDSA 4 × 2, Ed25519, Ed25519ph × 2, ML-DSA 3 × 2.
+    assert_eq!(signed, 36 + 8 + 1 + 2 + 6);
+}
+
+/// Ed25519ph through the key service: RAW is hashed with SHA-512 and then
+/// signed as its DIGEST is (Ed25519 is deterministic, so the two signatures
+/// are equal), and PureEdDSA and Ed25519ph signatures do not stand in for
+/// each other. RFC 8032's own vector is in `atrest_crypto::asymmetric`.
+#[test]
+fn ed25519ph_raw_is_the_sha512_digest() {
+    let e = env();
+    let ed = create(&e, "ECC_NIST_EDWARDS25519", "SIGN_VERIFY");
+    let m = b"Ed25519ph through KMS".as_slice();
+    let sign = |m: &[u8], kind: &str, alg: &str| {
+        unb64(&e.ok(
+            "Sign",
+            json!({"KeyId": ed, "Message": b64(m), "MessageType": kind, "SigningAlgorithm": alg}),
+        )["Signature"])
+    };
+    let raw = sign(m, "RAW", "ED25519_PH_SHA_512");
+    let digest = digest_of("SHA_512", m);
+    assert_eq!(raw.len(), 64);
+    assert_eq!(sign(&digest, "DIGEST", "ED25519_PH_SHA_512"), raw);
+    let pure = sign(m, "RAW", "ED25519_SHA_512");
+    assert_ne!(pure, raw);
+    let verify = |m: &[u8], kind: &str, sig: &[u8], alg: &str| {
+        e.call(
+            &e.alice,
+            "Verify",
+            json!({"KeyId": ed, "Message": b64(m), "MessageType": kind,
+                   "Signature": b64(sig), "SigningAlgorithm": alg}),
+        )
+        .map(|v| v["SignatureValid"].as_bool())
+        .map_err(|err| err.aws_type().to_owned())
+    };
+    assert_eq!(verify(m, "RAW", &raw, "ED25519_PH_SHA_512"), Ok(Some(true)));
+    assert_eq!(
+        verify(&digest, "DIGEST", &raw, "ED25519_PH_SHA_512"),
+        Ok(Some(true))
+    );
+    let invalid = Err("KMSInvalidSignatureException".to_owned());
+    assert_eq!(verify(m, "RAW", &pure, "ED25519_PH_SHA_512"), invalid);
+    assert_eq!(verify(m, "RAW", &raw, "ED25519_SHA_512"), invalid);
+    // A RAW message that is itself a digest is hashed again.
+    assert_eq!(verify(&digest, "RAW", &raw, "ED25519_PH_SHA_512"), invalid);
+    let refused = Err("ValidationException".to_owned());
+    assert_eq!(verify(&digest, "DIGEST", &pure, "ED25519_SHA_512"), refused);
+    assert_eq!(
+        verify(&digest[..63], "DIGEST", &raw, "ED25519_PH_SHA_512"),
+        refused
+    );
+}
+
+/// ML-DSA's EXTERNAL_MU through the key service: a signature over μ is the
+/// RAW signature of the message and the other way round, checked both by
+/// the key service and with the public key alone.
+#[test]
+fn ml_dsa_external_mu_signs_the_message() {
+    let e = env();
+    for spec in ["ML_DSA_44", "ML_DSA_65", "ML_DSA_87"] {
+        let key = create(&e, spec, "SIGN_VERIFY");
+        let der = unb64(&e.ok("GetPublicKey", json!({"KeyId": key}))["PublicKey"]);
+        let m = b"a large document, hashed by the client".as_slice();
+        let mu = asymmetric::external_mu(pair_spec(spec), &der, m).unwrap();
+        let sign = |m: &[u8], kind: &str| {
+            unb64(
+                &e.ok(
+                    "Sign",
+                    json!({"KeyId": key, "Message": b64(m), "MessageType": kind,
+                       "SigningAlgorithm": "ML_DSA_SHAKE_256"}),
+                )["Signature"],
+            )
+        };
+        let verify = |m: &[u8], kind: &str, sig: &[u8]| {
+            e.call(
+                &e.alice,
+                "Verify",
+                json!({"KeyId": key, "Message": b64(m), "MessageType": kind,
+                       "Signature": b64(sig), "SigningAlgorithm": "ML_DSA_SHAKE_256"}),
+            )
+            .map(|v| v["SignatureValid"].as_bool())
+            .map_err(|err| err.aws_type().to_owned())
+        };
+        let over_mu = sign(&mu, "EXTERNAL_MU");
+        let over_m = sign(m, "RAW");
+        for sig in [&over_mu, &over_m] {
+            assert_eq!(verify(m, "RAW", sig), Ok(Some(true)), "{spec}");
+            assert_eq!(verify(&mu, "EXTERNAL_MU", sig), Ok(Some(true)), "{spec}");
+            assert!(
+                asymmetric::verify(
+                    pair_spec(spec),
+                    SigningAlgorithm::MlDsaShake256,
+                    MessageType::Raw,
+                    &der,
+                    m,
+                    sig
+                )
+                .unwrap()
+            );
+        }
+        // μ is not the message: signed RAW, it is another message.
+        let invalid = Err("KMSInvalidSignatureException".to_owned());
+        assert_eq!(verify(m, "RAW", &sign(&mu, "RAW")), invalid);
+        let mut other = mu;
+        other[0] ^= 1;
+        assert_eq!(verify(&other, "EXTERNAL_MU", &over_mu), invalid);
+        let short = Err("ValidationException".to_owned());
+        assert_eq!(verify(&mu[..63], "EXTERNAL_MU", &over_mu), short);
+    }
 }
 
 #[test]
@@ -212,14 +322,30 @@ fn sign_and_verify_refuse_as_aws_does() {
             sign(&p256, &[1; 64], "EXTERNAL_MU", "ECDSA_SHA_256"),
             "ValidationException",
         ),
-        // What aws-lc-rs does not offer.
         (
-            sign(&ed, &[1; 64], "DIGEST", "ED25519_PH_SHA_512"),
-            "UnsupportedOperationException",
+            sign(&ed, &[1; 64], "EXTERNAL_MU", "ED25519_PH_SHA_512"),
+            "ValidationException",
+        ),
+        // Ed25519ph's SHA-512 digest and ML-DSA's μ are 64 bytes.
+        (
+            sign(&ed, &[1; 63], "DIGEST", "ED25519_PH_SHA_512"),
+            "ValidationException",
         ),
         (
-            sign(&ml, &[1; 64], "EXTERNAL_MU", "ML_DSA_SHAKE_256"),
-            "UnsupportedOperationException",
+            sign(&ed, &[1; 65], "DIGEST", "ED25519_PH_SHA_512"),
+            "ValidationException",
+        ),
+        (
+            sign(&ed, &[1; 4097], "RAW", "ED25519_PH_SHA_512"),
+            "ValidationException",
+        ),
+        (
+            sign(&ml, &[1; 63], "EXTERNAL_MU", "ML_DSA_SHAKE_256"),
+            "ValidationException",
+        ),
+        (
+            sign(&ml, &[1; 65], "EXTERNAL_MU", "ML_DSA_SHAKE_256"),
+            "ValidationException",
         ),
     ];
     for (i, (err, want)) in cases.iter().enumerate() {

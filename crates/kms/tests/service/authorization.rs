@@ -1157,6 +1157,22 @@ mod asymmetric_matrix {
         sign("RSASSA_PSS_SHA_256", "RAW", b"m").unwrap();
         denied(sign("RSASSA_PKCS1_V1_5_SHA_256", "RAW", b"m"));
         denied(sign("RSASSA_PSS_SHA_256", "DIGEST", &[0; 32]));
+        // A policy may allow ML-DSA signing of an external mu only.
+        let ml = key(
+            "ML_DSA_65",
+            Some("SIGN_VERIFY"),
+            json!({"StringEquals": {"kms:MessageType": "EXTERNAL_MU"}}),
+            "kms:Sign",
+        );
+        let ml_sign = |kind: &str, m: &[u8]| {
+            w.e.call(
+                kp,
+                "Sign",
+                json!({"KeyId": ml, "Message": b64(m), "SigningAlgorithm": "ML_DSA_SHAKE_256", "MessageType": kind}),
+            )
+        };
+        ml_sign("EXTERNAL_MU", &[7; 64]).unwrap();
+        denied(ml_sign("RAW", b"m"));
 
         let rsa_enc = key(
             "RSA_2048",
