@@ -54,6 +54,17 @@ def test_no_plaintext_or_root_key_at_rest_or_in_logs(make_server):
         assert len(r["Plaintext"]) == 32
         plaintexts[f"data key #{i}"] = r["Plaintext"]
     assert len(set(plaintexts.values())) == 1000
+    # Data key pairs' private keys (issue 20), and keys of the other kinds
+    # in use: their private keys and HMAC keys never leave the service, so
+    # only the pairs' plaintext private keys can be looked for here (the
+    # Rust test `data_dir_holds_no_plaintext_keys` scans for the others).
+    for i, spec in enumerate(["RSA_2048", "ECC_NIST_P256", "ECC_NIST_EDWARDS25519"]):
+        pair = kms.generate_data_key_pair(KeyId=key_ids[0], KeyPairSpec=spec)
+        plaintexts[f"data key pair #{i} ({spec})"] = pair["PrivateKeyPlaintext"]
+    signer = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    kms.sign(KeyId=signer, Message=b"x", SigningAlgorithm="ECDSA_SHA_256")
+    mac = kms.create_key(KeySpec="HMAC_512", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    kms.generate_mac(KeyId=mac, Message=b"x", MacAlgorithm="HMAC_SHA_512")
     # Some writes after the data keys, so the store is not just what it was before.
     kms.rotate_key_on_demand(KeyId=key_ids[2])
     kms.schedule_key_deletion(KeyId=key_ids[2], PendingWindowInDays=7)

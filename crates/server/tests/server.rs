@@ -130,6 +130,59 @@ async fn data_dir_holds_no_plaintext_keys() {
         .unwrap();
     assert_eq!(material.len(), 2);
     secrets.extend(material);
+    // Keys of the other kinds (issue 20): their private keys (PKCS#8) and
+    // HMAC keys, used once each, and data key pairs' private keys.
+    for (spec, usage, op, body) in [
+        (
+            "RSA_2048",
+            "SIGN_VERIFY",
+            "Sign",
+            json!({"Message": "eA==", "SigningAlgorithm": "RSASSA_PSS_SHA_256"}),
+        ),
+        (
+            "ECC_NIST_P256",
+            "SIGN_VERIFY",
+            "Sign",
+            json!({"Message": "eA==", "SigningAlgorithm": "ECDSA_SHA_256"}),
+        ),
+        (
+            "HMAC_256",
+            "GENERATE_VERIFY_MAC",
+            "GenerateMac",
+            json!({"Message": "eA==", "MacAlgorithm": "HMAC_SHA_256"}),
+        ),
+    ] {
+        let made = c
+            .kms("CreateKey", &json!({"KeySpec": spec, "KeyUsage": usage}))
+            .await
+            .unwrap();
+        assert_eq!(made.status, StatusCode::OK, "{:?}", made.body);
+        let id = made.json()["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut body = body;
+        body["KeyId"] = json!(id);
+        let used = c.kms(op, &body).await.unwrap();
+        assert_eq!(used.status, StatusCode::OK, "{:?}", used.body);
+        let material = server.kms.material_for_tests(&id.parse().unwrap()).unwrap();
+        assert_eq!(material.len(), 1, "{spec}");
+        secrets.extend(material);
+    }
+    for spec in ["RSA_2048", "ECC_NIST_P384"] {
+        let r = c
+            .kms(
+                "GenerateDataKeyPair",
+                &json!({"KeyId": key, "KeyPairSpec": spec}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        secrets.push(
+            B64.decode(r.json()["PrivateKeyPlaintext"].as_str().unwrap())
+                .unwrap(),
+        );
+    }
     secrets.push(server.kms.root_key_for_tests());
     let admin_secret = {
         let creds =
