@@ -111,6 +111,19 @@ operations! {
 }
 
 impl Operation {
+    /// Whether the operation only uses keys and changes nothing: the data
+    /// plane, tens of thousands of calls a second, whose successes the
+    /// server logs at debug (the audit trail has every call). Sign and
+    /// GenerateDataKeyPair* are in it although they run off the reactor.
+    #[must_use]
+    pub fn is_data_plane(self) -> bool {
+        self.is_read_only()
+            || matches!(
+                self,
+                Self::Sign | Self::GenerateDataKeyPair | Self::GenerateDataKeyPairWithoutPlaintext
+            )
+    }
+
     /// Whether the operation may call a key provider (a key held in
     /// another KMS), which blocks on the network.
     #[must_use]

@@ -122,7 +122,7 @@ pub(crate) async fn kms_endpoint(State(st): State<Arc<AppState>>, req: Request) 
         Ok((op, caller, out)) => {
             // Data-plane calls can number tens of thousands a second: they
             // are logged at debug; the audit trail records every call.
-            if op.is_read_only() {
+            if op.is_data_plane() {
                 tracing::debug!(request_id = %id, peer = ?peer, operation = op.name(), principal = %caller.principal_arn(), region = %caller.region, status = 200, ms, "kms request");
             } else {
                 tracing::info!(request_id = %id, peer = ?peer, operation = op.name(), principal = %caller.principal_arn(), region = %caller.region, status = 200, ms, "kms request");

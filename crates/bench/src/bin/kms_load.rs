@@ -226,6 +226,72 @@ impl Peer {
         }
     }
 
+    /// The same primitive through `atrest-crypto`, in this process, as the
+    /// server calls it (a cached parsed private key; the public key parsed
+    /// from its DER on each Verify, as the server does): ops/s on one core
+    /// over `seconds`.
+    fn in_process(self, seconds: u32) -> anyhow::Result<f64> {
+        use atrest_crypto::asymmetric::{self as asym, MessageType, PrivateKey, SigningAlgorithm};
+        use atrest_crypto::keypair::{self, KeyPairSpec};
+        use atrest_crypto::mac::{self, MacAlgorithm};
+        let digest = [7u8; 32];
+        let run = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+            let start = Instant::now();
+            let limit = Duration::from_secs(seconds.into());
+            let mut n = 0u64;
+            while start.elapsed() < limit {
+                f()?;
+                n += 1;
+            }
+            Ok(n as f64 / start.elapsed().as_secs_f64())
+        };
+        let signer = |spec, alg| -> anyhow::Result<(PrivateKey, Vec<u8>, Vec<u8>)> {
+            let pkcs8 = keypair::generate(spec)?;
+            let public = keypair::public_key_der(spec, pkcs8.expose())?;
+            let key = PrivateKey::from_pkcs8(spec, pkcs8.expose())?;
+            let sig = key.sign(alg, MessageType::Digest, &digest)?;
+            Ok((key, public, sig))
+        };
+        let (spec, alg) = match self {
+            Peer::Rsa2048Sign | Peer::Rsa2048Verify => (
+                KeyPairSpec::Rsa2048,
+                SigningAlgorithm::parse("RSASSA_PKCS1_V1_5_SHA_256").context("algorithm")?,
+            ),
+            Peer::EcdsaP256Sign | Peer::EcdsaP256Verify => (
+                KeyPairSpec::EccNistP256,
+                SigningAlgorithm::parse("ECDSA_SHA_256").context("algorithm")?,
+            ),
+            Peer::HmacSha256 => {
+                let key = [9u8; 32];
+                return run(&mut || {
+                    let tag = mac::generate(MacAlgorithm::HmacSha256, &key, &digest);
+                    ensure!(mac::verify(MacAlgorithm::HmacSha256, &key, &digest, &tag));
+                    Ok(())
+                })
+                // One generate and one verify per round: the time of one.
+                .map(|r| r * 2.0);
+            }
+        };
+        let (key, public, sig) = signer(spec, alg)?;
+        match self {
+            Peer::Rsa2048Sign | Peer::EcdsaP256Sign => run(&mut || {
+                key.sign(alg, MessageType::Digest, &digest)?;
+                Ok(())
+            }),
+            _ => run(&mut || {
+                ensure!(asym::verify(
+                    spec,
+                    alg,
+                    MessageType::Digest,
+                    &public,
+                    &digest,
+                    &sig
+                )?);
+                Ok(())
+            }),
+        }
+    }
+
     /// Runs `openssl speed` on one core for `seconds`: its output.
     fn run(self, seconds: u32) -> anyhow::Result<String> {
         let out = Command::new("openssl")
@@ -1099,10 +1165,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !peers.is_empty() && args.openssl_seconds > 0 {
         let mut table = Table::new(&[
             "operation",
-            ">openssl speed µs/op (1 core)",
+            ">openssl speed µs/op",
+            ">atrest-crypto µs/op",
             ">server CPU µs/op (c=1)",
-            ">server CPU − openssl µs/op",
-            ">ratio",
+            ">(c=16)",
+            ">server CPU − atrest-crypto (c=16)",
+            ">server CPU / openssl (c=16)",
         ]);
         let mut measured = std::collections::HashMap::new();
         for (op, peer) in peers {
@@ -1115,21 +1183,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 format!("openssl speed {:?} printed no result: {out}", peer.args())
             })?;
             let peer_us = 1e6 / ops;
-            let server = steps
-                .iter()
-                .filter(|s| s.op == op && s.errors == 0)
-                .min_by_key(|s| s.concurrency)
-                .and_then(|s| s.server_cpu_us);
+            let lib_us = 1e6 / peer.in_process(args.openssl_seconds)?;
+            let at = |c: usize| {
+                steps
+                    .iter()
+                    .find(|s| s.op == op && s.errors == 0 && s.concurrency == c)
+                    .and_then(|s| s.server_cpu_us)
+            };
+            let (one, many) = (at(1), at(16));
             table.row(vec![
                 op.name().to_owned(),
                 format!("{peer_us:.1}"),
-                us(server),
-                us(server.map(|s| s - peer_us)),
-                server.map_or_else(|| "n/a".to_owned(), |s| format!("{:.2}×", s / peer_us)),
+                format!("{lib_us:.1}"),
+                us(one),
+                us(many),
+                us(many.map(|s| s - lib_us)),
+                many.map_or_else(|| "n/a".to_owned(), |s| format!("{:.2}×", s / peer_us)),
             ]);
         }
         println!(
-            "openssl speed, -seconds {}, same machine, same run:",
+            "openssl speed and atrest-crypto in this process, {} s each on one core, same machine, same run; server CPU at c=1 and c=16:",
             args.openssl_seconds
         );
         print!("{}", table.render());
