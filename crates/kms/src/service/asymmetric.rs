@@ -163,13 +163,6 @@ pub struct DeriveSharedSecretResponse {
     pub key_origin: &'static str,
 }
 
-fn dry_run(flag: Option<bool>) -> Result<(), KmsError> {
-    if flag == Some(true) {
-        return Err(KmsError::DryRun);
-    }
-    Ok(())
-}
-
 fn signing_algorithm(name: Option<String>) -> Result<SigningAlgorithm, KmsError> {
     let name = api::required(name, "signingAlgorithm")?;
     SigningAlgorithm::parse(&name).ok_or_else(|| {
@@ -195,17 +188,7 @@ fn message_type(name: Option<&str>) -> Result<MessageType, KmsError> {
 }
 
 fn message_length(n: usize) -> Result<(), KmsError> {
-    if n == 0 || n > asym::MAX_MESSAGE {
-        return Err(KmsError::constraint(
-            "message",
-            format!("<{n} bytes>"),
-            &format!(
-                "Member must have length between 1 and {}",
-                asym::MAX_MESSAGE
-            ),
-        ));
-    }
-    Ok(())
+    KmsError::length("message", None, n, 1, asym::MAX_MESSAGE).map_or(Ok(()), Err)
 }
 
 /// An RSA encryption algorithm named in a request, for a key of `spec`:
@@ -358,7 +341,7 @@ impl KeyService {
             return Err(incompatible(alg.as_str(), key.spec));
         }
         check_message(alg, kind, message.0.expose())?;
-        dry_run(req.dry_run)?;
+        super::crypto::dry_run(req.dry_run)?;
         let signature = private_key(&key, &material)?
             .sign(alg, kind, message.0.expose())
             .map_err(|e| client_error(e, alg.as_str()))?;
@@ -374,13 +357,8 @@ impl KeyService {
         let message = api::required(req.message, "message")?;
         message_length(message.0.len())?;
         let signature = api::required(req.signature, "signature")?;
-        let n = signature.0.len();
-        if n == 0 || n > MAX_SIGNATURE {
-            return Err(KmsError::constraint(
-                "signature",
-                format!("<{n} bytes>"),
-                &format!("Member must have length between 1 and {MAX_SIGNATURE}"),
-            ));
+        if let Some(e) = KmsError::length("signature", None, signature.0.len(), 1, MAX_SIGNATURE) {
+            return Err(e);
         }
         let kind = message_type(req.message_type.as_deref())?;
         let alg = signing_algorithm(req.signing_algorithm)?;
@@ -403,7 +381,7 @@ impl KeyService {
             return Err(incompatible(alg.as_str(), key.spec));
         }
         check_message(alg, kind, &message.0)?;
-        dry_run(req.dry_run)?;
+        super::crypto::dry_run(req.dry_run)?;
         let valid = asym::verify(
             spec,
             alg,
@@ -488,13 +466,8 @@ impl KeyService {
             ));
         }
         let peer = api::required(req.public_key, "publicKey")?;
-        let n = peer.0.len();
-        if n == 0 || n > 8192 {
-            return Err(KmsError::constraint(
-                "publicKey",
-                format!("<{n} bytes>"),
-                "Member must have length between 1 and 8192",
-            ));
+        if let Some(e) = KmsError::length("publicKey", None, peer.0.len(), 1, 8192) {
+            return Err(e);
         }
         if req.recipient.is_some() {
             return Err(KmsError::UnsupportedOperation(
@@ -512,7 +485,7 @@ impl KeyService {
             &[("kms:KeyAgreementAlgorithm", "ECDH")],
         )?;
         drop(tx);
-        dry_run(req.dry_run)?;
+        super::crypto::dry_run(req.dry_run)?;
         let secret = private_key(&key, &material)?
             .shared_secret(&peer.0)
             .map_err(|e| match e {

@@ -68,19 +68,19 @@ fn no_context_for_rsa(ctx: Option<&Context>) -> Result<(), KmsError> {
     Ok(())
 }
 
-fn context(ctx: Option<&Context>) -> Result<Vec<u8>, KmsError> {
+pub(super) fn context(ctx: Option<&Context>) -> Result<Vec<u8>, KmsError> {
     let empty = Context::new();
     blob::canonical_context(ctx.unwrap_or(&empty))
 }
 
 /// Records the names of the context's keys for the audit trail.
-fn note_context(call: &Call<'_>, ctx: Option<&Context>) {
+pub(super) fn note_context(call: &Call<'_>, ctx: Option<&Context>) {
     if let Some(c) = ctx {
         call.set_context_keys(c.keys().cloned().collect());
     }
 }
 
-fn no_recipient(recipient: Option<&serde_json::Value>) -> Result<(), KmsError> {
+pub(super) fn no_recipient(recipient: Option<&serde_json::Value>) -> Result<(), KmsError> {
     if recipient.is_some() {
         return Err(KmsError::UnsupportedOperation(
             "Recipient (Nitro Enclaves attestation) is not supported by atrest.".into(),
@@ -89,7 +89,7 @@ fn no_recipient(recipient: Option<&serde_json::Value>) -> Result<(), KmsError> {
     Ok(())
 }
 
-fn dry_run(flag: Option<bool>) -> Result<(), KmsError> {
+pub(super) fn dry_run(flag: Option<bool>) -> Result<(), KmsError> {
     if flag == Some(true) {
         return Err(KmsError::DryRun);
     }

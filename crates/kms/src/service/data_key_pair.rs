@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::{Call, KeyService};
 use crate::KmsError;
 use crate::api::{self, Blob, Context, SecretBlob};
-use crate::blob;
 
 const SPECS: &str = "[RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SM2, ECC_NIST_EDWARDS25519, ML_KEM_512, ML_KEM_768, ML_KEM_1024]";
 
@@ -98,16 +97,9 @@ impl KeyService {
     ) -> Result<GenerateDataKeyPairResponse, KmsError> {
         let name = api::required(req.key_pair_spec, "keyPairSpec")?;
         let (spec, spec_name) = pair_spec(&name)?;
-        if req.recipient.is_some() {
-            return Err(KmsError::UnsupportedOperation(
-                "Recipient (Nitro Enclaves attestation) is not supported by atrest.".into(),
-            ));
-        }
-        if let Some(c) = &req.encryption_context {
-            call.set_context_keys(c.keys().cloned().collect());
-        }
-        let empty = Context::new();
-        let ctx = blob::canonical_context(req.encryption_context.as_ref().unwrap_or(&empty))?;
+        super::crypto::no_recipient(req.recipient.as_ref())?;
+        super::crypto::note_context(call, req.encryption_context.as_ref());
+        let ctx = super::crypto::context(req.encryption_context.as_ref())?;
         self.check_grant_tokens(req.grant_tokens.as_deref())?;
         let action = if with_plaintext {
             "GenerateDataKeyPair"
@@ -126,9 +118,7 @@ impl KeyService {
             &[("kms:DataKeyPairSpec", spec_name)],
         )?;
         drop(tx);
-        if req.dry_run == Some(true) {
-            return Err(KmsError::DryRun);
-        }
+        super::crypto::dry_run(req.dry_run)?;
         let private = keypair::generate(spec)?;
         let public = keypair::public_key_der(spec, private.expose())?;
         let sealed = self.seal_with(&key, &material, &ctx, private.expose())?;

@@ -111,13 +111,8 @@ fn parse_algorithm(name: Option<String>) -> Result<(&'static str, MacAlgorithm),
 /// The message, checked for AWS's length bounds.
 fn message(m: Option<SecretBlob>) -> Result<SecretBlob, KmsError> {
     let m = api::required(m, "message")?;
-    let n = m.0.len();
-    if n == 0 || n > MAX_MESSAGE {
-        return Err(KmsError::constraint(
-            "message",
-            format!("<{n} bytes>"),
-            &format!("Member must have length between 1 and {MAX_MESSAGE}"),
-        ));
+    if let Some(e) = KmsError::length("message", None, m.0.len(), 1, MAX_MESSAGE) {
+        return Err(e);
     }
     Ok(m)
 }
@@ -205,12 +200,8 @@ impl KeyService {
         let msg = message(req.message)?;
         let (alg_name, alg) = parse_algorithm(req.mac_algorithm)?;
         let tag = api::required(req.mac, "mac")?;
-        if tag.0.is_empty() || tag.0.len() > 6144 {
-            return Err(KmsError::constraint(
-                "mac",
-                format!("<{} bytes>", tag.0.len()),
-                "Member must have length between 1 and 6144",
-            ));
+        if let Some(e) = KmsError::length("mac", None, tag.0.len(), 1, 6144) {
+            return Err(e);
         }
         let (arn, material) = self.mac_key(
             call,

@@ -435,3 +435,61 @@ fn dry_run_answers_after_authorization_and_key_state() {
         "AccessDeniedException"
     );
 }
+
+#[test]
+fn the_new_operations_name_the_broken_bound_without_the_value() {
+    let e = env();
+    let id = |spec: &str, usage: &str| {
+        e.ok("CreateKey", json!({"KeySpec": spec, "KeyUsage": usage}))["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let signer = id("ECC_NIST_P256", "SIGN_VERIFY");
+    let agreer = id("ECC_NIST_P256", "KEY_AGREEMENT");
+    let mac = id("HMAC_256", "GENERATE_VERIFY_MAC");
+    let long = b64(&[b'q'; 4097]);
+    let cases = [
+        (
+            "Sign",
+            json!({"KeyId": signer, "Message": long, "SigningAlgorithm": "ECDSA_SHA_256"}),
+            "message",
+            "less than or equal to 4096",
+        ),
+        (
+            "Verify",
+            json!({"KeyId": signer, "Message": b64(b"m"), "Signature": b64(&[1u8; 6145]), "SigningAlgorithm": "ECDSA_SHA_256"}),
+            "signature",
+            "less than or equal to 6144",
+        ),
+        (
+            "DeriveSharedSecret",
+            json!({"KeyId": agreer, "KeyAgreementAlgorithm": "ECDH", "PublicKey": b64(&[0u8; 8193])}),
+            "publicKey",
+            "less than or equal to 8192",
+        ),
+        (
+            "GenerateMac",
+            json!({"KeyId": mac, "Message": long, "MacAlgorithm": "HMAC_SHA_256"}),
+            "message",
+            "less than or equal to 4096",
+        ),
+        (
+            "VerifyMac",
+            json!({"KeyId": mac, "Message": b64(b"m"), "Mac": b64(&[1u8; 6145]), "MacAlgorithm": "HMAC_SHA_256"}),
+            "mac",
+            "less than or equal to 6144",
+        ),
+    ];
+    for (op, body, member, bound) in cases {
+        let err = e.err(op, body);
+        assert_eq!(err.aws_type(), "ValidationException", "{op}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "1 validation error detected: Value at '{member}' failed to satisfy constraint: Member must have length {bound}"
+            ),
+            "{op}"
+        );
+    }
+}
