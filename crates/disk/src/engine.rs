@@ -13,6 +13,7 @@ use crate::{
     CHUNK, DiskError, DiskInfo, DiskSpec, KeyInfo, Labels, SnapshotInfo, Storage, check_size,
 };
 
+mod raw;
 mod rekey;
 
 use rekey::{Keys, Layout};

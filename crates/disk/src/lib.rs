@@ -115,6 +115,33 @@
 //!   names. Finishing is one commit too. Resuming is
 //!   [`Engine::open_disk_rekeying`] and more steps; the chunks of an
 //!   interrupted step are simply done again.
+//!
+//! # Raw chunks (object storage)
+//!
+//! A snapshot can leave the pool as it is stored, never decrypted, and come
+//! back into a new disk under the same data key: the XTS tweak is the
+//! logical sector number, so ciphertext copied to the same offset of a disk
+//! with the same data key and block size decrypts there.
+//!
+//! * [`Engine::snapshot_raw_chunks`] gives a range of a snapshot's chunks
+//!   as [`RawChunk`]s, resolved through its chain as a read would: `Zero`
+//!   for a chunk that reads as zeros, otherwise `Data` with the bytes the
+//!   chain shows of it (up to a layer's limit or the snapshot's size, a
+//!   multiple of the block size), the rest reading as zeros. It needs no
+//!   key. Like a read it looks chunks up under the engine lock and reads
+//!   the pool outside it, holding the reuse gate, a few chunks at a time; a
+//!   snapshot's layers never change while it exists.
+//! * [`OpenDisk::write_raw_chunk`] puts one back at the same index: `Data`
+//!   into a fresh chunk of the top layer with the disk's encrypted zeros
+//!   after its bytes, `Zero` as the zero marker (as a whole-chunk trim).
+//!   Refused (`Conflict`) while the disk is being re-encrypted, when the
+//!   key of an index can change under it. The engine cannot check that
+//!   the data key and block size match: bytes under another key read as
+//!   garbage.
+//! * **Crash.** A raw write is an unflushed write into a fresh chunk (the
+//!   chunk it replaces is freed by the next commit, as copy-on-write's
+//!   are), so a power loss before the next flush leaves the whole chunk
+//!   as it was, and one after it the chunk as written; never a mix.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -131,6 +158,37 @@ use serde::{Deserialize, Serialize};
 pub const CHUNK: u64 = 64 * 1024;
 /// The largest disk: 64 TiB.
 pub const MAX_SIZE: u64 = 64 << 40;
+
+/// One chunk of a snapshot exactly as stored: ciphertext of an encrypted
+/// disk, plaintext of an unencrypted one (see "Raw chunks (object
+/// storage)" in the crate docs). Its `Debug` shows the length of the bytes,
+/// never the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RawChunk {
+    /// Reads as zeros: no layer maps it, a trim marker, or past every
+    /// limit.
+    Zero,
+    /// The chunk's first `bytes.len()` bytes as stored (a positive multiple
+    /// of the disk's block size, at most [`CHUNK`]); the rest of the chunk
+    /// reads as zeros (the part the chain does not show: past a layer's
+    /// limit or past the snapshot's size).
+    Data {
+        /// The stored bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for RawChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Zero => f.write_str("Zero"),
+            Self::Data { bytes } => f
+                .debug_struct("Data")
+                .field("visible", &bytes.len())
+                .finish_non_exhaustive(),
+        }
+    }
+}
 
 /// Errors. Every one leaves the engine's state unchanged, except
 /// [`DiskError::Failed`] (the engine stopped on an I/O error).

@@ -4,11 +4,13 @@
 //! read matches the reference and no flushed write is ever lost. Also: bad
 //! input gives typed errors and changes nothing, space is reclaimed, and no
 //! pattern or key reaches the files. Re-encryption under a new key is in
-//! [`rekey`].
+//! [`rekey`], raw chunks (a snapshot's ciphertext out and back in) in
+//! [`raw`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod atomic;
+mod raw;
 mod rekey;
 
 use std::collections::BTreeMap;

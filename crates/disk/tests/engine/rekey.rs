@@ -15,11 +15,11 @@ use atrest_store::MemoryStore;
 
 use super::{FaultyStore, MemPool, Rng, key, key_info, mem_engine, pattern};
 
-fn new_key() -> XtsKey {
+pub(super) fn new_key() -> XtsKey {
     XtsKey::from_slice(&(101..=164).collect::<Vec<u8>>()).unwrap()
 }
 
-fn new_key_info() -> KeyInfo {
+pub(super) fn new_key_info() -> KeyInfo {
     KeyInfo {
         key_arn: "arn:aws:kms:us-east-1:111122223333:key/next".into(),
         wrapped: vec![9; 40],
@@ -66,14 +66,14 @@ fn range(rng: &mut Rng, len: usize, bs: u32) -> (u64, usize) {
     (first * bs, (n * bs) as usize)
 }
 
-fn write_random(rng: &mut Rng, d: &OpenDisk, model: &mut [u8], fua: bool) {
+pub(super) fn write_random(rng: &mut Rng, d: &OpenDisk, model: &mut [u8], fua: bool) {
     let (off, n) = range(rng, model.len(), d.block_size());
     let bytes = pattern(rng, n);
     d.write(off, &bytes, fua).unwrap();
     model[off as usize..off as usize + n].copy_from_slice(&bytes);
 }
 
-fn trim_random(rng: &mut Rng, d: &OpenDisk, model: &mut [u8]) {
+pub(super) fn trim_random(rng: &mut Rng, d: &OpenDisk, model: &mut [u8]) {
     let (mut off, n) = range(rng, model.len(), d.block_size());
     // Half of them on a chunk boundary, so whole chunks are trimmed.
     if rng.below(2) == 0 {
