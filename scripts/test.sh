@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
 # On a fresh machine it first installs what the tests need: Debian packages
-# with apt-get, Python packages into target/venv with pip, cargo-fuzz with
+# with apt-get, Python packages into target/venv with pip, cargo-fuzz and
+# garage (the S3-compatible server the object store tests run against) with
 # cargo install. Then: format check, clippy (warnings are errors), unit and
 # integration tests, the interop suite with boto3 and the aws CLI, and a
 # short run of every fuzz target.
@@ -69,6 +70,16 @@ if ((FUZZ)) && ! command -v cargo-fuzz >/dev/null 2>&1; then
   step "cargo-fuzz"
   cargo install cargo-fuzz --locked
 fi
+
+# Garage: the object store tests (crates/objstore, tests/interop's garage
+# fixture) start a throwaway single-node server. Building it takes a while,
+# once; with ATREST_REQUIRE_GARAGE=1 a missing garage fails those tests
+# instead of skipping them.
+if ! command -v garage >/dev/null 2>&1; then
+  step "garage"
+  cargo install garage --version 2.5.0 --locked
+fi
+export ATREST_REQUIRE_GARAGE=1
 
 # --- Rust ---------------------------------------------------------------------
 step "format"
