@@ -61,6 +61,8 @@ pub enum Command {
     Provider(crate::provider::ProviderArgs),
     /// Projects: resources bound to customer-managed keys per region (CMEK).
     Project(ProjectArgs),
+    /// Rebuild data offline, without a running server (B7).
+    Recover(Box<RecoverArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -382,8 +384,19 @@ pub enum DiskCommand {
         #[arg(long)]
         size: String,
     },
-    /// Snapshot a disk (instant, whatever its size).
-    Snapshot { id: String },
+    /// Snapshot a disk (instant, whatever its size); with
+    /// --to-object-store, store the snapshot in the server's object store
+    /// (uploaded in the background, with a progress bar).
+    Snapshot {
+        id: String,
+        /// Store the snapshot in the object store (incremental: blocks
+        /// already stored for this disk are not sent again).
+        #[arg(long)]
+        to_object_store: bool,
+        /// Return at once instead of following the upload.
+        #[arg(long, requires = "to_object_store")]
+        no_wait: bool,
+    },
     /// Roll a disk back to one of its snapshots.
     Rollback {
         id: String,
@@ -391,10 +404,14 @@ pub enum DiskCommand {
         #[arg(long)]
         snapshot: String,
     },
-    /// Create a disk from a snapshot (same data key, no data copied).
+    /// Create a disk from a snapshot (same data key, no data copied; from
+    /// a snapshot in the object store, a restore with a progress bar).
     Clone {
         /// The snapshot.
         snapshot: String,
+        /// Return at once instead of following a restore.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Change a disk's master key (re-wrap, instant) or, with --reencrypt,
     /// re-encrypt its data under a fresh data key (a job, with progress).
@@ -537,6 +554,101 @@ pub struct VerifyArgs {
     pub root: RootArgs,
 }
 
+/// Where snapshots are stored in object storage: `serve` and `recover`.
+#[derive(Debug, Args, Clone)]
+pub struct ObjectStoreArgs {
+    /// The object store for snapshots: `s3://BUCKET[/PREFIX]` (any
+    /// S3-compatible store; credentials from the usual AWS environment
+    /// variables), or `file:///DIR` [default: `<data-dir>/objects`].
+    #[arg(long = "object-store", env = "ATREST_OBJECT_STORE", value_name = "URL")]
+    pub url: Option<String>,
+    /// The S3 endpoint (for a store other than AWS: `http://host:3900`).
+    #[arg(
+        long = "object-store-endpoint",
+        env = "ATREST_OBJECT_STORE_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// The S3 region (default: AWS_REGION, else `us-east-1`).
+    #[arg(long = "object-store-region", env = "ATREST_OBJECT_STORE_REGION")]
+    pub region: Option<String>,
+    /// Address buckets by path (`endpoint/bucket/key`), as most
+    /// S3-compatible stores want, rather than by virtual host.
+    #[arg(
+        long = "object-store-path-style",
+        env = "ATREST_OBJECT_STORE_PATH_STYLE"
+    )]
+    pub path_style: bool,
+}
+
+impl ObjectStoreArgs {
+    /// The configuration, `None` for the default local directory.
+    pub fn config(&self) -> Option<atrest_objstore::StoreConfig> {
+        self.url.as_ref().map(|url| atrest_objstore::StoreConfig {
+            url: url.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    #[command(subcommand)]
+    pub command: RecoverCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoverCommand {
+    /// Write the plaintext image of a snapshot stored in object storage,
+    /// from the store, the data dir's metadata and its root of trust (the
+    /// server must not be running; a key held in another KMS must be
+    /// reachable there).
+    Snapshot(RecoverSnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverSnapshotArgs {
+    /// The object store (as `serve --object-store`).
+    #[arg(long = "from", value_name = "URL")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub store: RecoverStoreArgs,
+    /// The stored snapshot's id.
+    #[arg(long)]
+    pub id: String,
+    /// Where to write the image (refused if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The regions the data dir serves (as `serve --region`).
+    #[arg(long = "region", env = "ATREST_REGIONS", value_delimiter = ',', default_value = atrest_server::config::DEFAULT_REGION)]
+    pub regions: Vec<String>,
+    #[command(flatten)]
+    pub root: RootArgs,
+}
+
+/// The S3 options of `recover` (the URL is `--from`).
+#[derive(Debug, Args, Clone)]
+pub struct RecoverStoreArgs {
+    /// The S3 endpoint.
+    #[arg(
+        long = "object-store-endpoint",
+        env = "ATREST_OBJECT_STORE_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// The S3 region.
+    #[arg(long = "object-store-region", env = "ATREST_OBJECT_STORE_REGION")]
+    pub region: Option<String>,
+    /// Address buckets by path.
+    #[arg(
+        long = "object-store-path-style",
+        env = "ATREST_OBJECT_STORE_PATH_STYLE"
+    )]
+    pub path_style: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct MeteringArgs {
     #[command(flatten)]
@@ -629,6 +741,8 @@ pub struct ServeArgs {
     /// whose key is unusable is closed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub disk_close_after: u64,
+    #[command(flatten)]
+    pub object_store: ObjectStoreArgs,
     /// Seconds between checks of open disks' keys.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub disk_key_check_interval: u64,

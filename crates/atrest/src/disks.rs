@@ -140,14 +140,26 @@ pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
             )
             .await?
         }
-        DiskCommand::Snapshot { id } => {
-            call(
-                &c,
-                Method::POST,
-                "/v1/snapshots",
-                Some(&json!({"disk_id": id})),
-            )
-            .await?
+        DiskCommand::Snapshot {
+            id,
+            to_object_store,
+            no_wait,
+        } => {
+            let body = if to_object_store {
+                json!({"disk_id": id, "to_object_store": true})
+            } else {
+                json!({"disk_id": id})
+            };
+            let v = call(&c, Method::POST, "/v1/snapshots", Some(&body)).await?;
+            match v.get("job").and_then(Value::as_str) {
+                Some(job) if !no_wait => {
+                    let j = call(&c, Method::GET, &format!("/v1/jobs/{job}"), None).await?;
+                    follow(&c, j.get("job").unwrap_or(&Value::Null)).await?;
+                    let sid = v.get("id").and_then(Value::as_str).unwrap_or_default();
+                    call(&c, Method::GET, &format!("/v1/snapshots/{sid}"), None).await?
+                }
+                _ => v,
+            }
         }
         DiskCommand::Rollback { id, snapshot } => {
             let body = json!({"snapshot_id": snapshot});
@@ -159,14 +171,35 @@ pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
             )
             .await?
         }
-        DiskCommand::Clone { snapshot } => {
-            call(
+        DiskCommand::Clone { snapshot, no_wait } => {
+            let v = call(
                 &c,
                 Method::POST,
                 "/v1/disks",
                 Some(&json!({"snapshot_id": snapshot})),
             )
-            .await?
+            .await?;
+            let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
+            if no_wait || v.get("state").and_then(Value::as_str) != Some("restoring") {
+                v
+            } else {
+                // A restore from the object store: follow its job.
+                let jobs = call(&c, Method::GET, "/v1/jobs", None).await?;
+                let job = jobs
+                    .get("jobs")
+                    .and_then(Value::as_array)
+                    .and_then(|js| {
+                        js.iter().find(|j| {
+                            j.get("kind").and_then(Value::as_str) == Some("restore")
+                                && j.get("target").and_then(Value::as_str) == Some(id)
+                        })
+                    })
+                    .cloned();
+                if let Some(job) = job {
+                    follow(&c, &job).await?;
+                }
+                call(&c, Method::GET, &format!("/v1/disks/{id}"), None).await?
+            }
         }
         DiskCommand::Rekey {
             id,
@@ -266,6 +299,80 @@ pub async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         }
     };
     print(&out)
+}
+
+/// `atrest recover snapshot`: the plaintext image of a stored snapshot,
+/// rebuilt offline from the object store, the data dir and its root of
+/// trust.
+pub async fn recover(args: crate::cli::RecoverArgs) -> anyhow::Result<()> {
+    let crate::cli::RecoverCommand::Snapshot(a) = args.command;
+    tokio::task::spawn_blocking(move || recover_snapshot(&a))
+        .await
+        .context("the recovery thread failed")?
+}
+
+fn recover_snapshot(a: &crate::cli::RecoverSnapshotArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let data_dir = crate::root_args::data_dir(&a.root)?;
+    if !data_dir.join("disks").join("meta.redb").exists() {
+        bail!(
+            "{} is not an atrest data dir (no disks/meta.redb); recovery needs the metadata of the server that stored the snapshot",
+            data_dir.display()
+        );
+    }
+    let (root, _) = crate::root_args::root_source(&a.root, &data_dir)?;
+    let providers = crate::root_args::providers(&a.root)?;
+    let opened = atrest_server::datadir::open(
+        &data_dir,
+        &atrest_server::datadir::default_admin_credentials_file(&data_dir),
+        root,
+        a.regions.clone(),
+        std::sync::Arc::new(atrest_kms::clock::SystemClock),
+        (
+            &atrest_audit::Options::default(),
+            atrest_server::config::AuditSync::Changes,
+        ),
+        atrest_diskservice::Config::default(),
+    )
+    .context("opening the data dir (is the server still running?)")?;
+    opened
+        .kms
+        .set_providers(atrest_kms::Providers::new(providers));
+    let store = a.from.as_ref().map(|url| atrest_objstore::StoreConfig {
+        url: url.clone(),
+        endpoint: a.store.endpoint.clone(),
+        region: a.store.region.clone(),
+        path_style: a.store.path_style,
+    });
+    let objects = atrest_server::datadir::object_store(&data_dir, store.as_ref())?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&a.out)
+        .with_context(|| format!("creating {}", a.out.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let n = opened.disks.recover_stored(
+        objects,
+        std::sync::Arc::clone(&opened.disk_meta),
+        &a.id,
+        &mut w,
+    );
+    let n = match n {
+        Ok(n) => n,
+        Err(e) => {
+            drop(w);
+            let _ = std::fs::remove_file(&a.out);
+            bail!("cannot recover snapshot {}: {e}", a.id);
+        }
+    };
+    w.flush()?;
+    w.get_ref().sync_all()?;
+    println!(
+        "snapshot {} recovered: {n} bytes written to {}",
+        a.id,
+        a.out.display()
+    );
+    Ok(())
 }
 
 /// `atrest nbd`.

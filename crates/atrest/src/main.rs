@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Metering(args) => admin::metering(args).await,
             cli::Command::Disk(args) => disks::disk(args).await,
             cli::Command::Snapshot(args) => disks::snapshot(args).await,
+            cli::Command::Recover(args) => disks::recover(*args).await,
             cli::Command::Nbd(args) => disks::nbd(&args),
             cli::Command::Db(args) => db::db(args).await,
             cli::Command::DbAgent(args) => db_agent::run(&args),

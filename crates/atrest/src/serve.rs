@@ -100,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         access_key_use_flush: Duration::from_secs(args.access_key_last_used_flush_secs),
         connections: args.connections.limits(),
         audit_refusal_interval: Duration::from_secs(args.audit_refusal_interval),
+        object_store: args.object_store.config(),
     };
     let server = atrest_server::start(config).await?;
     let endpoint = format!("{scheme}://{}", server.addr);

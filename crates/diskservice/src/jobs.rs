@@ -28,6 +28,12 @@ pub enum JobKind {
     Reencrypt,
     /// Copy a disk into a new one, encrypted differently.
     Convert,
+    /// Upload a snapshot to the object store (`target`: the stored
+    /// snapshot).
+    Upload,
+    /// Fill a new disk from a snapshot in the object store (`source`: the
+    /// snapshot).
+    Restore,
 }
 
 /// Where a job is.
@@ -63,8 +69,14 @@ pub struct Job {
     pub started: String,
     /// State.
     pub state: JobState,
-    /// Progress in bytes.
+    /// Progress in bytes of the disk.
     pub progress: Progress,
+    /// Bytes sent to (upload) or read from (restore) the object store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transferred: Option<u64>,
+    /// A restore's snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -79,14 +91,14 @@ pub(crate) struct JobCell {
 }
 
 impl JobCell {
-    fn update(&self, f: impl FnOnce(&mut Job)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Job)) {
         f(&mut self
             .job
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
-    fn get(&self) -> Job {
+    pub(crate) fn get(&self) -> Job {
         self.job
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -95,7 +107,7 @@ impl JobCell {
 }
 
 impl DiskService {
-    fn new_job(
+    pub(crate) fn new_job(
         &self,
         kind: JobKind,
         disk: &str,
@@ -114,6 +126,8 @@ impl DiskService {
             started: now_rfc3339(),
             state: JobState::Running,
             progress: Progress { done: 0, total },
+            transferred: None,
+            source: None,
             error: None,
         };
         let cell = Arc::new(JobCell {

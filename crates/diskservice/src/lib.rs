@@ -67,6 +67,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod archive;
 mod jobs;
 mod managed;
 mod open;
@@ -86,6 +87,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+pub use archive::GcReport;
 pub use jobs::{Job, JobKind, JobState};
 pub use managed::ManagedDisks;
 pub use open::Attachment;
@@ -176,6 +178,13 @@ pub enum ServiceError {
     /// No such job.
     #[error("job {0} does not exist")]
     NoJob(String),
+    /// The object store failed or refused (the error names the object, or
+    /// the store).
+    #[error("object store: {0}")]
+    ObjectStore(atrest_objstore::ObjError),
+    /// An object in the object store is not what atrest wrote.
+    #[error(transparent)]
+    Corrupt(archive::format::Corrupt),
     /// The resource is managed by a service of atrest (an instance's disk
     /// is the database service's), so its customer cannot use it
     /// directly; that service's API can.
@@ -243,7 +252,8 @@ pub struct DiskView {
     pub region: String,
     /// Creation time (RFC 3339).
     pub created: String,
-    /// `available`, `in-use` (open), `re-encrypting` or `converting`.
+    /// `available`, `in-use` (open), `re-encrypting`, `converting` or
+    /// `restoring` (being filled from a snapshot in the object store).
     pub state: String,
     /// Whether several clients may attach it read-write at once.
     pub shareable: bool,
@@ -281,6 +291,22 @@ pub struct SnapshotView {
     pub region: String,
     /// Creation time (RFC 3339).
     pub created: String,
+    /// `local` (in the disk pool) or `object-store`.
+    pub storage: String,
+    /// For a stored snapshot: `uploading`, `available` (complete, usable)
+    /// or `deleting`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// An upload's progress, in bytes of the disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Bytes the upload sent to the object store (blocks already stored
+    /// are not sent again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploaded_bytes: Option<u64>,
+    /// The upload's job, while this server runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Progress of a long operation.
@@ -325,6 +351,8 @@ pub struct DiskService {
     /// Serializes metadata operations that span the key service and the
     /// engine (grant, wrap, commit), so two cannot interleave on one disk.
     ops: Mutex<()>,
+    /// Snapshots in object storage, once configured.
+    archive: std::sync::OnceLock<Arc<archive::Archive>>,
 }
 
 impl std::fmt::Debug for DiskService {
@@ -393,6 +421,7 @@ impl DiskService {
             jobs: Mutex::new(BTreeMap::new()),
             converting: Mutex::new(std::collections::BTreeSet::new()),
             ops: Mutex::new(()),
+            archive: std::sync::OnceLock::new(),
         });
         jobs::resume(&svc)?;
         open::start_monitor(&svc);
@@ -463,6 +492,8 @@ impl DiskService {
             "re-encrypting"
         } else if converting {
             "converting"
+        } else if d.labels.contains_key(archive::L_RESTORING) {
+            "restoring"
         } else if open {
             "in-use"
         } else {
@@ -501,6 +532,11 @@ impl DiskService {
             account: label(&s.labels, L_ACCOUNT),
             region: label(&s.labels, L_REGION),
             created: label(&s.labels, L_CREATED),
+            storage: "local".into(),
+            state: None,
+            progress: None,
+            uploaded_bytes: None,
+            job: None,
         }
     }
 
@@ -536,7 +572,7 @@ impl DiskService {
     /// As [`Self::own_disk`], for a snapshot.
     fn own_snapshot(&self, actor: Actor, caller: &Caller, id: &str) -> Result<SnapshotInfo> {
         let s = self.engine.snapshot(id)?;
-        if !owned_by(&s.labels, caller) {
+        if !owned_by(&s.labels, caller) || s.labels.contains_key(archive::L_UPLOAD_FOR) {
             return Err(DiskError::NotFound {
                 kind: "snapshot",
                 id: id.to_owned(),
@@ -580,19 +616,29 @@ impl DiskService {
         Ok(self.disk_view(&self.own_disk(actor, caller, id)?))
     }
 
-    /// The caller's snapshots (not those a service manages).
+    /// The caller's snapshots (not those a service manages), local and in
+    /// the object store.
     pub fn list_snapshots(&self, caller: &Caller) -> Result<Vec<SnapshotView>> {
-        Ok(self
+        let mut out: Vec<SnapshotView> = self
             .engine
             .snapshots()?
             .iter()
-            .filter(|s| owned_by(&s.labels, caller) && Actor::Customer.sees(&s.labels))
+            .filter(|s| {
+                owned_by(&s.labels, caller)
+                    && Actor::Customer.sees(&s.labels)
+                    && !s.labels.contains_key(archive::L_UPLOAD_FOR)
+            })
             .map(Self::snapshot_view)
-            .collect())
+            .collect();
+        out.extend(self.list_stored(caller)?);
+        Ok(out)
     }
 
     /// One of the caller's snapshots.
     pub fn describe_snapshot(&self, caller: &Caller, id: &str) -> Result<SnapshotView> {
+        if let Some(v) = self.describe_stored(caller, id)? {
+            return Ok(v);
+        }
         Ok(Self::snapshot_view(&self.own_snapshot(
             Actor::Customer,
             caller,
@@ -894,6 +940,18 @@ impl DiskService {
         caller: &Caller,
         disk: &str,
     ) -> Result<SnapshotView> {
+        self.create_snapshot_labelled(actor, caller, disk, Labels::new())
+            .map(|s| Self::snapshot_view(&s))
+    }
+
+    /// A snapshot with `extra` labels besides its owner's and manager's.
+    fn create_snapshot_labelled(
+        &self,
+        actor: Actor,
+        caller: &Caller,
+        disk: &str,
+        extra: Labels,
+    ) -> Result<SnapshotInfo> {
         let _g = self.lock_ops();
         let d = self.own_disk(actor, caller, disk)?;
         busy_check(&d)?;
@@ -910,10 +968,11 @@ impl DiskService {
         };
         let mut labels = owner_labels(caller);
         labels.extend(manager_labels(&d.labels));
+        labels.extend(extra);
         match self.engine.snapshot_disk(disk, &id, key.clone(), labels) {
             Ok(s) => {
                 tracing::info!(disk, snapshot = %id, "snapshot created");
-                Ok(Self::snapshot_view(&s))
+                Ok(s)
             }
             Err(e) => {
                 if let Some(k) = &key {
@@ -964,6 +1023,11 @@ impl DiskService {
         extra: Labels,
     ) -> Result<DiskView> {
         let _g = self.lock_ops();
+        if actor == Actor::Customer
+            && let Some(r) = self.own_stored(caller, snapshot)?
+        {
+            return self.restore_stored(caller, &r, extra);
+        }
         let s = self.own_snapshot(actor, caller, snapshot)?;
         let id = new_id("disk")?;
         let key = match &s.key {
@@ -1137,6 +1201,11 @@ impl DiskService {
 
     fn delete_snapshot_by(&self, actor: Actor, caller: &Caller, snapshot: &str) -> Result<()> {
         let _g = self.lock_ops();
+        if actor == Actor::Customer
+            && let Some(r) = self.own_stored(caller, snapshot)?
+        {
+            return self.delete_stored(caller, r);
+        }
         let s = self.own_snapshot(actor, caller, snapshot)?;
         self.engine.delete_snapshot(snapshot)?;
         if let Some(k) = &s.key {
@@ -1157,6 +1226,13 @@ fn busy_check(d: &DiskInfo) -> Result<()> {
     if d.rekey.is_some() {
         return Err(DiskError::Conflict(format!(
             "disk {} is being re-encrypted; wait for the job to finish",
+            d.id
+        ))
+        .into());
+    }
+    if let Some(s) = d.labels.get(archive::L_RESTORING) {
+        return Err(DiskError::Conflict(format!(
+            "disk {} is being restored from snapshot {s}; wait for the job to finish",
             d.id
         ))
         .into());

@@ -295,6 +295,12 @@ impl DiskService {
         holder: &str,
     ) -> Result<Attachment> {
         let d = self.own_disk(actor, caller, disk)?;
+        if let Some(s) = d.labels.get(crate::archive::L_RESTORING) {
+            return Err(DiskError::Conflict(format!(
+                "disk {disk} is being restored from snapshot {s}; attach it when the job is done"
+            ))
+            .into());
+        }
         if d.labels.contains_key(L_CONVERTING) {
             return Err(DiskError::Conflict(format!(
                 "disk {disk} is being filled by a conversion; attach it when the job is done"

@@ -1325,3 +1325,298 @@ fn a_previous_releases_disk_is_adopted_then_refused_to_the_customer() {
     );
     assert_eq!(manager_of(&svc, &legacy.id), db_labels(renamed));
 }
+
+// ----- snapshots in object storage (issue 21) ------------------------------
+
+/// A service whose snapshots go to a local object store in `e.dir/objects`,
+/// with their records in the engine's metadata file.
+fn stored_service(e: &Env) -> Arc<DiskService> {
+    stored_service_and_store(e).0
+}
+
+fn stored_service_and_store(e: &Env) -> (Arc<DiskService>, Arc<dyn Store>) {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&e.dir.path().join("meta.redb")).unwrap());
+    let pool = Arc::new(FileStorage::open(&e.dir.path().join("pool")).unwrap());
+    let engine = Engine::open(Arc::clone(&store), pool).unwrap();
+    let svc = DiskService::start(Arc::clone(&e.kms), engine, config()).unwrap();
+    svc.enable_object_store(objects(e), Arc::clone(&store))
+        .unwrap();
+    (svc, store)
+}
+
+fn objects(e: &Env) -> atrest_objstore::Objects {
+    atrest_objstore::Objects::open(&atrest_objstore::StoreConfig {
+        url: format!("file://{}", e.dir.path().join("objects").display()),
+        endpoint: None,
+        region: None,
+        path_style: false,
+    })
+    .unwrap()
+}
+
+fn wait_stored(svc: &DiskService, who: &Caller, id: &str) -> atrest_diskservice::SnapshotView {
+    let start = Instant::now();
+    loop {
+        let s = svc.describe_snapshot(who, id).unwrap();
+        if s.state.as_deref() != Some("uploading") {
+            return s;
+        }
+        if let Some(j) = &s.job {
+            let job = svc.job(who, j).unwrap();
+            if job.state == JobState::Failed {
+                return s;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "upload of {id} hangs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn restore_job(svc: &DiskService, who: &Caller, disk: &str) -> atrest_diskservice::Job {
+    let j = svc
+        .list_jobs(who)
+        .into_iter()
+        .find(|j| j.kind == atrest_diskservice::JobKind::Restore && j.disk == disk)
+        .unwrap();
+    wait_job(svc, who, &j.id)
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in rd {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_snapshot_stored_in_object_storage_restores_and_its_objects_hold_no_plaintext() {
+    let e = kms_env();
+    let svc = stored_service(&e);
+    let key = e.new_key();
+    let size = 3 << 20; // not a multiple of the 512 KiB block
+    let d = svc
+        .create_disk(&e.alice, &encrypted(size + 4096, Some(&key)))
+        .unwrap();
+    let data = pattern(7, 1 << 20);
+    let a = svc.attach(&e.alice, &d.id).unwrap();
+    a.write(0, &data, false).unwrap();
+    a.write(2 << 20, &data[..4096], false).unwrap();
+    a.write(size, &data[..4096], false).unwrap(); // the last, partial block
+    a.flush().unwrap();
+    let want = {
+        let mut b = vec![0u8; usize::try_from(a.size().unwrap()).unwrap()];
+        a.read(0, &mut b).unwrap();
+        b
+    };
+    drop(a);
+
+    let s = svc.create_stored_snapshot(&e.alice, &d.id).unwrap();
+    assert_eq!(s.storage, "object-store");
+    let s = wait_stored(&svc, &e.alice, &s.id);
+    assert_eq!(s.state.as_deref(), Some("available"), "{s:?}");
+    // Three blocks, each sent once: 1 MiB; the chunk of the write at 2 MiB
+    // (64 KiB: copy-on-write fills the rest with encrypted zeros); 4 KiB of
+    // the last chunk (the disk ends there); headers and the manifest.
+    let sent = s.uploaded_bytes.unwrap();
+    let data_bytes = (1 << 20) + (64 << 10) + 4096;
+    assert!(sent > data_bytes && sent < data_bytes + (8 << 10), "{sent}");
+    // The upload's local snapshot is gone; only the stored one is listed.
+    assert!(svc.engine().snapshots().unwrap().is_empty());
+    let listed = svc.list_snapshots(&e.alice).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, s.id);
+
+    svc.delete_disk(&e.alice, &d.id).unwrap();
+    let r = svc.clone_snapshot(&e.alice, &s.id).unwrap();
+    assert_eq!(r.state, "restoring");
+    assert_eq!(
+        restore_job(&svc, &e.alice, &r.id).state,
+        JobState::Succeeded
+    );
+    assert_eq!(read_all(&svc, &e.alice, &r.id), want);
+
+    // No plaintext in any object.
+    let files = files_under(&e.dir.path().join("objects"));
+    assert!(files.len() >= 4, "{files:?}"); // three blocks and a manifest
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !bytes.windows(512).any(|w| w == &data[..512]),
+            "{} holds plaintext",
+            f.display()
+        );
+    }
+
+    // The grant of the stored snapshot goes with it; its objects too.
+    svc.delete_snapshot(&e.alice, &s.id).unwrap();
+    let report = svc.collect_garbage().unwrap();
+    assert!(matches!(
+        svc.describe_snapshot(&e.alice, &s.id),
+        Err(ServiceError::Disk(atrest_disk::DiskError::NotFound { .. }))
+    ));
+    let left = files_under(&e.dir.path().join("objects"));
+    assert!(left.is_empty(), "{left:?} {report:?}");
+}
+
+#[test]
+fn incremental_uploads_share_blocks_and_collection_keeps_what_a_snapshot_needs() {
+    let e = kms_env();
+    let svc = stored_service(&e);
+    let d = svc
+        .create_disk(&e.alice, &encrypted(8 << 20, None))
+        .unwrap();
+    let a = svc.attach(&e.alice, &d.id).unwrap();
+    a.write(0, &pattern(1, 8 << 20), false).unwrap();
+    a.flush().unwrap();
+    let s1 = svc.create_stored_snapshot(&e.alice, &d.id).unwrap();
+    let s1 = wait_stored(&svc, &e.alice, &s1.id);
+    assert!(s1.uploaded_bytes.unwrap() >= 8 << 20);
+    // One block changes: about one block is sent.
+    a.write(3 << 20, &pattern(2, 4096), false).unwrap();
+    a.flush().unwrap();
+    let want = {
+        let mut b = vec![0u8; 8 << 20];
+        a.read(0, &mut b).unwrap();
+        b
+    };
+    drop(a);
+    let s2 = svc.create_stored_snapshot(&e.alice, &d.id).unwrap();
+    let s2 = wait_stored(&svc, &e.alice, &s2.id);
+    let sent = s2.uploaded_bytes.unwrap();
+    assert!(sent > 512 << 10 && sent < 600 << 10, "{sent}");
+
+    // Deleting the first keeps every block the second needs.
+    svc.delete_snapshot(&e.alice, &s1.id).unwrap();
+    let report = svc.collect_garbage().unwrap();
+    assert_eq!(report.blocks_deleted, 1, "{report:?}");
+    let r = svc.clone_snapshot(&e.alice, &s2.id).unwrap();
+    assert_eq!(
+        restore_job(&svc, &e.alice, &r.id).state,
+        JobState::Succeeded
+    );
+    assert_eq!(read_all(&svc, &e.alice, &r.id), want);
+    // A snapshot being restored from cannot be deleted meanwhile; after, it can.
+    svc.delete_snapshot(&e.alice, &s2.id).unwrap();
+    svc.collect_garbage().unwrap();
+    assert!(files_under(&e.dir.path().join("objects/blocks")).is_empty());
+}
+
+#[test]
+fn an_upload_cut_short_resumes_at_the_next_start() {
+    let e = kms_env();
+    let data = pattern(9, 4 << 20);
+    let (disk, sid);
+    {
+        let svc = stored_service(&e);
+        disk = svc
+            .create_disk(&e.alice, &encrypted(4 << 20, None))
+            .unwrap()
+            .id;
+        let a = svc.attach(&e.alice, &disk).unwrap();
+        a.write(0, &data, false).unwrap();
+        a.flush().unwrap();
+        drop(a);
+        // The store cannot take blocks: a file where their directory goes.
+        std::fs::create_dir_all(e.dir.path().join("objects")).unwrap();
+        std::fs::write(e.dir.path().join("objects/blocks"), b"in the way").unwrap();
+        let s = svc.create_stored_snapshot(&e.alice, &disk).unwrap();
+        sid = s.id;
+        let s = wait_stored(&svc, &e.alice, &sid);
+        assert_eq!(s.state.as_deref(), Some("uploading"), "{s:?}");
+        let job = svc.job(&e.alice, s.job.as_deref().unwrap()).unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert!(job.error.unwrap().contains("blocks/"), "names the object");
+        // Not complete: a restore is refused.
+        assert!(matches!(
+            svc.clone_snapshot(&e.alice, &sid),
+            Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(_)))
+        ));
+    }
+    std::fs::remove_file(e.dir.path().join("objects/blocks")).unwrap();
+    let svc = stored_service(&e);
+    let s = wait_stored(&svc, &e.alice, &sid);
+    assert_eq!(s.state.as_deref(), Some("available"), "{s:?}");
+    let r = svc.clone_snapshot(&e.alice, &sid).unwrap();
+    assert_eq!(
+        restore_job(&svc, &e.alice, &r.id).state,
+        JobState::Succeeded
+    );
+    assert!(read_all(&svc, &e.alice, &r.id) == data);
+}
+
+#[test]
+fn tampered_objects_fail_the_restore_naming_them_and_recovery_rebuilds_the_image() {
+    let e = kms_env();
+    let (svc, store) = stored_service_and_store(&e);
+    let d = svc
+        .create_disk(&e.alice, &encrypted(2 << 20, None))
+        .unwrap();
+    let data = pattern(5, 2 << 20);
+    let a = svc.attach(&e.alice, &d.id).unwrap();
+    a.write(0, &data, false).unwrap();
+    a.flush().unwrap();
+    drop(a);
+    let s = svc.create_stored_snapshot(&e.alice, &d.id).unwrap();
+    let s = wait_stored(&svc, &e.alice, &s.id);
+    assert_eq!(s.state.as_deref(), Some("available"));
+
+    // Recovery writes the plaintext image, from the objects, the records
+    // and the key service; a store without the record knows nothing.
+    let mut image = Vec::new();
+    let n = svc
+        .recover_stored(objects(&e), Arc::clone(&store), &s.id, &mut image)
+        .unwrap();
+    assert_eq!(n, 2 << 20);
+    assert!(image == data);
+    assert!(matches!(
+        svc.recover_stored(
+            objects(&e),
+            Arc::new(MemoryStore::new()),
+            &s.id,
+            &mut Vec::new()
+        ),
+        Err(ServiceError::Disk(atrest_disk::DiskError::NotFound { .. }))
+    ));
+
+    let blocks = files_under(&e.dir.path().join("objects/blocks"));
+    let victim = &blocks[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(victim, &bytes).unwrap();
+    let r = svc.clone_snapshot(&e.alice, &s.id).unwrap();
+    let j = restore_job(&svc, &e.alice, &r.id);
+    assert_eq!(j.state, JobState::Failed);
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(j.error.as_deref().unwrap().contains(name), "{j:?}");
+    assert_eq!(
+        svc.describe_disk(&e.alice, &r.id).unwrap().state,
+        "restoring"
+    );
+    assert!(matches!(
+        svc.attach(&e.alice, &r.id),
+        Err(ServiceError::Disk(atrest_disk::DiskError::Conflict(_)))
+    ));
+
+    let manifest = e
+        .dir
+        .path()
+        .join(format!("objects/snapshots/{}/manifest", s.id));
+    let m = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &m[..m.len() / 2]).unwrap();
+    match svc.clone_snapshot(&e.alice, &s.id) {
+        Err(ServiceError::Corrupt(c)) => assert!(c.object.ends_with("manifest"), "{c}"),
+        other => panic!("{other:?}"),
+    }
+}

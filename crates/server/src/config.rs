@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// How often the refusals before authentication counted per client
     /// address are written to the audit trail (one record per address).
     pub audit_refusal_interval: Duration,
+    /// Where snapshots are stored in object storage (`None`: the local
+    /// directory `<data-dir>/objects`).
+    pub object_store: Option<atrest_objstore::StoreConfig>,
 }
 
 /// [`ServerConfig::audit_refusal_interval`]'s default.

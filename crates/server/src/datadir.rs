@@ -59,6 +59,9 @@ pub enum DataDirError {
     /// The disk service could not start.
     #[error("disk service: {0}")]
     DiskService(atrest_diskservice::ServiceError),
+    /// The object store's configuration is not usable.
+    #[error("object store: {0}")]
+    ObjectStore(atrest_objstore::ObjError),
     /// The admin credentials file cannot be where it is asked to be (inside
     /// the data dir, over a file atrest did not write, ...).
     #[error("{0}")]
@@ -96,6 +99,9 @@ pub struct DataDir {
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
     /// The disk service over `<data-dir>/disks`.
     pub disks: Arc<atrest_diskservice::DiskService>,
+    /// The disk service's metadata store (`<data-dir>/disks/meta.redb`),
+    /// which also holds the records of snapshots in object storage.
+    pub disk_meta: Arc<dyn Store>,
 }
 
 /// Where earlier releases wrote the admin credentials: inside the data dir.
@@ -345,12 +351,13 @@ pub fn open(
     );
     kms.set_audit_sink(trail.clone());
     let kms = Arc::new(kms);
-    let disks = open_disks(&dir.join("disks"), &kms, disk_config)?;
+    let (disks, disk_meta) = open_disks(&dir.join("disks"), &kms, disk_config)?;
     Ok(DataDir {
         kms,
         trail,
         bootstrap,
         disks,
+        disk_meta,
     })
 }
 
@@ -359,7 +366,7 @@ fn open_disks(
     dir: &Path,
     kms: &Arc<KeyService>,
     config: atrest_diskservice::Config,
-) -> Result<Arc<atrest_diskservice::DiskService>, DataDirError> {
+) -> Result<(Arc<atrest_diskservice::DiskService>, Arc<dyn Store>), DataDirError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -369,7 +376,46 @@ fn open_disks(
     let pool_path = dir.join("pool");
     let pool = atrest_disk::FileStorage::open(&pool_path)
         .map_err(|e| DataDirError::io(format!("disk pool {}", pool_path.display()), e))?;
-    let engine = atrest_disk::Engine::open(store, Arc::new(pool)).map_err(DataDirError::Disks)?;
-    atrest_diskservice::DiskService::start(Arc::clone(kms), engine, config)
+    let engine = atrest_disk::Engine::open(Arc::clone(&store), Arc::new(pool))
+        .map_err(DataDirError::Disks)?;
+    let svc = atrest_diskservice::DiskService::start(Arc::clone(kms), engine, config)
+        .map_err(DataDirError::DiskService)?;
+    Ok((svc, store))
+}
+
+/// Opens the object store (`config`, or `<data-dir>/objects`) and lets
+/// the disk service store snapshots there.
+pub fn enable_object_store(
+    dir: &Path,
+    opened: &DataDir,
+    config: Option<&atrest_objstore::StoreConfig>,
+) -> Result<(), DataDirError> {
+    let objects = object_store(dir, config).map_err(DataDirError::ObjectStore)?;
+    tracing::info!(location = %objects.location(), "snapshots are stored in the object store");
+    opened
+        .disks
+        .enable_object_store(objects, Arc::clone(&opened.disk_meta))
         .map_err(DataDirError::DiskService)
+}
+
+/// The object store of a data dir: `config`, or the local directory
+/// `<data-dir>/objects` (created, mode 0700).
+pub fn object_store(
+    dir: &Path,
+    config: Option<&atrest_objstore::StoreConfig>,
+) -> Result<atrest_objstore::Objects, atrest_objstore::ObjError> {
+    let local;
+    let config = match config {
+        Some(c) => c,
+        None => {
+            local = atrest_objstore::StoreConfig {
+                url: format!("file://{}", dir.join("objects").display()),
+                endpoint: None,
+                region: None,
+                path_style: false,
+            };
+            &local
+        }
+    };
+    atrest_objstore::Objects::open(config)
 }

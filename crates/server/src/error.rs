@@ -226,6 +226,13 @@ fn disk_parts(e: &atrest_diskservice::ServiceError) -> (StatusCode, &'static str
             "ManagedResourceException",
             e.to_string(),
         ),
+        // The object store is a dependency: its refusals and its corrupt
+        // objects are named (object or store, never a credential).
+        S::ObjectStore(_) | S::Corrupt(_) => (
+            StatusCode::BAD_GATEWAY,
+            "ObjectStoreException",
+            e.to_string(),
+        ),
         _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalFailure",

@@ -153,8 +153,9 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     let audit = config.audit.clone();
     let audit_sync = config.audit_sync;
     let disk_config = config.disks;
+    let object_store = config.object_store.clone();
     let opened = blocking("opening the data dir", move || {
-        crate::datadir::open(
+        let opened = crate::datadir::open(
             &data_dir,
             &admin_credentials,
             root,
@@ -162,7 +163,9 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             clock,
             (&audit, audit_sync),
             disk_config,
-        )
+        )?;
+        crate::datadir::enable_object_store(&data_dir, &opened, object_store.as_ref())?;
+        Ok(opened)
     })
     .await?
     .map_err(StartError::DataDir)?;

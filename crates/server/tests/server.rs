@@ -39,6 +39,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         access_key_use_flush: Duration::from_secs(60),
         connections: atrest_server::config::ConnectionLimits::default(),
         audit_refusal_interval: atrest_server::config::DEFAULT_AUDIT_REFUSAL_INTERVAL,
+        object_store: None,
     }
 }
 

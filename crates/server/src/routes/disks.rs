@@ -138,6 +138,10 @@ pub(crate) struct ConvertDiskRequest {
 pub(crate) struct CreateSnapshotRequest {
     /// The disk to snapshot.
     disk_id: String,
+    /// Store the snapshot in the server's object store: it is uploaded in
+    /// the background (state `uploading`, followed through its `job`) and
+    /// usable once `available`. Default false: a local snapshot.
+    to_object_store: Option<bool>,
 }
 
 /// Disks.
@@ -399,7 +403,11 @@ endpoint! {
     answer: SnapshotView,
     resource: |st, c, _, _, b| Ok(disk_arn(st, c, &b.disk_id)),
     run: |st, call, _, _, b| {
-        let s = st.disks.create_snapshot(call.caller, &b.disk_id)?;
+        let s = if b.to_object_store == Some(true) {
+            st.disks.create_stored_snapshot(call.caller, &b.disk_id)?
+        } else {
+            st.disks.create_snapshot(call.caller, &b.disk_id)?
+        };
         Ok(keyed(call, s.key_arn.as_ref(), s.clone()))
     },
 }
