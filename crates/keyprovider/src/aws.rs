@@ -250,6 +250,29 @@ impl KeyProvider for AwsKms {
         Ok(SecretBytes::new(b64_field(&out, "Plaintext", "Decrypt")?))
     }
 
+    fn decrypt_blob(
+        &self,
+        key: &str,
+        blob: &[u8],
+        context: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SecretBytes, ProviderError> {
+        if blob.is_empty() || blob.len() > 6144 {
+            return Err(ProviderError::InvalidCiphertext(format!(
+                "a ciphertext of {} bytes",
+                blob.len()
+            )));
+        }
+        let out = self.call(
+            "Decrypt",
+            &json!({
+                "KeyId": key,
+                "CiphertextBlob": B64.encode(blob),
+                "EncryptionContext": context,
+            }),
+        )?;
+        Ok(SecretBytes::new(b64_field(&out, "Plaintext", "Decrypt")?))
+    }
+
     fn describe(&self, key: &str) -> Result<RemoteKey, ProviderError> {
         let out = self.call("DescribeKey", &json!({ "KeyId": key }))?;
         let m = out

@@ -119,6 +119,24 @@ pub trait KeyProvider: Send + Sync {
     /// Describes the remote key.
     fn describe(&self, key: &str) -> Result<RemoteKey, ProviderError>;
 
+    /// Decrypts a ciphertext blob that the remote key service made itself
+    /// under `key` for `context` (AWS KMS `Decrypt`): the data key of a
+    /// snapshot or backup another server (whose key service this is) put
+    /// in shared object storage. Only providers that speak the KMS API
+    /// can; the others answer [`ProviderError::Config`].
+    fn decrypt_blob(
+        &self,
+        key: &str,
+        blob: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<SecretBytes, ProviderError> {
+        let _ = (key, blob, context);
+        Err(ProviderError::Config(format!(
+            "a {} provider cannot decrypt another key service's ciphertexts; an aws-kms provider can",
+            self.kind()
+        )))
+    }
+
     /// Whether the key can be used now: it is described as enabled, and a
     /// random data key survives a wrap and an unwrap (which catches access
     /// removed for one operation only). The health check calls this.

@@ -183,6 +183,30 @@ fn kms_error(store: &str, remote: &str, e: &ProviderError) -> KmsError {
 }
 
 impl KeyService {
+    /// Decrypts, at the key service behind `provider` (an `aws-kms`
+    /// provider: another atrest, or AWS KMS), a ciphertext blob that key
+    /// service made under `key_arn` for `context`: the data key of a
+    /// snapshot or backup that another server stored in shared object
+    /// storage. The remote key service authorizes the provider's
+    /// principal (its key policy and grants), so the key's owner decides
+    /// which servers may restore its data. The plaintext is returned only
+    /// to services in this process, never to a client.
+    pub fn decrypt_at_provider(
+        &self,
+        provider: &str,
+        key_arn: &str,
+        blob: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<atrest_crypto::SecretBytes, KmsError> {
+        let p = self.providers().get(provider).cloned().ok_or_else(|| {
+            KmsError::CustomKeyStoreNotFound(format!(
+                "No key provider named {provider} is configured on this server."
+            ))
+        })?;
+        p.decrypt_blob(key_arn, blob, context)
+            .map_err(|e| kms_error(provider, key_arn, &e))
+    }
+
     /// Uses these providers from now on (set by the server at start).
     pub fn set_providers(&self, providers: Providers) {
         *super::write_lock(&self.providers) = Arc::new(providers);
