@@ -494,6 +494,36 @@ pub enum SnapshotCommand {
     Show { id: String },
     /// Delete a snapshot.
     Delete { id: String },
+    /// Copy a snapshot stored in the object store into another region,
+    /// re-encrypted under a key of that region (progress bar).
+    Copy {
+        id: String,
+        /// The destination region.
+        #[arg(long = "to-region")]
+        to_region: String,
+        /// The copy's master key there (default: the disk service key of
+        /// that region).
+        #[arg(long = "key")]
+        key: Option<String>,
+        /// Return at once instead of following the copy.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Restore a snapshot that another server stored in this server's
+    /// object store, through the key provider behind which that server's
+    /// key service answers (progress bar).
+    Restore {
+        id: String,
+        /// The key provider (aws-kms) of the key service that wrapped it.
+        #[arg(long = "source-key-provider")]
+        provider: String,
+        /// The new disk's master key here.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Return at once instead of following the restore.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -579,9 +609,38 @@ pub struct ObjectStoreArgs {
         env = "ATREST_OBJECT_STORE_PATH_STYLE"
     )]
     pub path_style: bool,
+    /// A region whose stored snapshots (and copies to it) go to a store of
+    /// their own, `REGION=URL` (repeat; same endpoint, region and
+    /// credentials options).
+    #[arg(long = "region-object-store", value_name = "REGION=URL")]
+    pub region_stores: Vec<String>,
 }
 
 impl ObjectStoreArgs {
+    /// The per-region stores.
+    pub fn region_configs(&self) -> anyhow::Result<Vec<(String, atrest_objstore::StoreConfig)>> {
+        self.region_stores
+            .iter()
+            .map(|s| {
+                let (region, url) = s
+                    .split_once('=')
+                    .filter(|(r, u)| !r.is_empty() && !u.is_empty())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--region-object-store takes REGION=URL, not '{s}'")
+                    })?;
+                Ok((
+                    region.to_owned(),
+                    atrest_objstore::StoreConfig {
+                        url: url.to_owned(),
+                        endpoint: self.endpoint.clone(),
+                        region: self.region.clone(),
+                        path_style: self.path_style,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// The configuration, `None` for the default local directory.
     pub fn config(&self) -> Option<atrest_objstore::StoreConfig> {
         self.url.as_ref().map(|url| atrest_objstore::StoreConfig {
@@ -858,7 +917,7 @@ impl ConnectionArgs {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The server's URL [default: the profile's `endpoint`, else
     /// http://127.0.0.1:7070].

@@ -112,6 +112,27 @@ async fn follow(c: &Client, job: &Value) -> anyhow::Result<Value> {
     }
 }
 
+/// Follows the restore job of a new disk (from the object store) to its
+/// end, and shows the disk.
+async fn follow_restore(c: &Client, disk: &Value) -> anyhow::Result<Value> {
+    let id = disk.get("id").and_then(Value::as_str).unwrap_or_default();
+    let jobs = call(c, Method::GET, "/v1/jobs", None).await?;
+    let job = jobs
+        .get("jobs")
+        .and_then(Value::as_array)
+        .and_then(|js| {
+            js.iter().find(|j| {
+                j.get("kind").and_then(Value::as_str) == Some("restore")
+                    && j.get("target").and_then(Value::as_str) == Some(id)
+            })
+        })
+        .cloned();
+    if let Some(job) = job {
+        follow(c, &job).await?;
+    }
+    call(c, Method::GET, &format!("/v1/disks/{id}"), None).await
+}
+
 pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     let out = match args.command {
@@ -179,26 +200,10 @@ pub async fn disk(args: DiskArgs) -> anyhow::Result<()> {
                 Some(&json!({"snapshot_id": snapshot})),
             )
             .await?;
-            let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
             if no_wait || v.get("state").and_then(Value::as_str) != Some("restoring") {
                 v
             } else {
-                // A restore from the object store: follow its job.
-                let jobs = call(&c, Method::GET, "/v1/jobs", None).await?;
-                let job = jobs
-                    .get("jobs")
-                    .and_then(Value::as_array)
-                    .and_then(|js| {
-                        js.iter().find(|j| {
-                            j.get("kind").and_then(Value::as_str) == Some("restore")
-                                && j.get("target").and_then(Value::as_str) == Some(id)
-                        })
-                    })
-                    .cloned();
-                if let Some(job) = job {
-                    follow(&c, &job).await?;
-                }
-                call(&c, Method::GET, &format!("/v1/disks/{id}"), None).await?
+                follow_restore(&c, &v).await?
             }
         }
         DiskCommand::Rekey {
@@ -297,6 +302,49 @@ pub async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         SnapshotCommand::Delete { id } => {
             call(&c, Method::DELETE, &format!("/v1/snapshots/{id}"), None).await?
         }
+        SnapshotCommand::Copy {
+            id,
+            to_region,
+            key,
+            no_wait,
+        } => {
+            let body = json!({"region": to_region, "key_id": key});
+            let v = call(
+                &c,
+                Method::POST,
+                &format!("/v1/snapshots/{id}/copy"),
+                Some(&body),
+            )
+            .await?;
+            // The copy lives in the destination region: follow it there.
+            let mut there_args = args.client.clone();
+            there_args.region = Some(to_region.clone());
+            let there = client(&there_args)?;
+            match v.get("job").and_then(Value::as_str) {
+                Some(job) if !no_wait => {
+                    let j = call(&there, Method::GET, &format!("/v1/jobs/{job}"), None).await?;
+                    follow(&there, j.get("job").unwrap_or(&Value::Null)).await?;
+                    let sid = v.get("id").and_then(Value::as_str).unwrap_or_default();
+                    call(&there, Method::GET, &format!("/v1/snapshots/{sid}"), None).await?
+                }
+                _ => v,
+            }
+        }
+        SnapshotCommand::Restore {
+            id,
+            provider,
+            key_id,
+            no_wait,
+        } => {
+            let body =
+                json!({"snapshot_id": id, "source_key_provider": provider, "key_id": key_id});
+            let v = call(&c, Method::POST, "/v1/disks", Some(&body)).await?;
+            if no_wait {
+                v
+            } else {
+                follow_restore(&c, &v).await?
+            }
+        }
     };
     print(&out)
 }
@@ -344,7 +392,10 @@ fn recover_snapshot(a: &crate::cli::RecoverSnapshotArgs) -> anyhow::Result<()> {
         region: a.store.region.clone(),
         path_style: a.store.path_style,
     });
-    let objects = atrest_server::datadir::object_store(&data_dir, store.as_ref())?;
+    let objects = atrest_diskservice::ObjectStores::one(atrest_server::datadir::object_store(
+        &data_dir,
+        store.as_ref(),
+    )?);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

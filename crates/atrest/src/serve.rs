@@ -101,6 +101,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         connections: args.connections.limits(),
         audit_refusal_interval: Duration::from_secs(args.audit_refusal_interval),
         object_store: args.object_store.config(),
+        region_object_stores: args.object_store.region_configs()?,
     };
     let server = atrest_server::start(config).await?;
     let endpoint = format!("{scheme}://{}", server.addr);

@@ -34,6 +34,9 @@ pub enum JobKind {
     /// Fill a new disk from a snapshot in the object store (`source`: the
     /// snapshot).
     Restore,
+    /// Copy a stored snapshot to another region, re-encrypted (`source`:
+    /// the snapshot; `target`: the copy).
+    Copy,
 }
 
 /// Where a job is.

@@ -87,7 +87,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-pub use archive::GcReport;
+pub use archive::foreign::ForeignRestore;
+pub use archive::{GcReport, ObjectStores};
 pub use jobs::{Job, JobKind, JobState};
 pub use managed::ManagedDisks;
 pub use open::Attachment;

@@ -1339,8 +1339,11 @@ fn stored_service_and_store(e: &Env) -> (Arc<DiskService>, Arc<dyn Store>) {
     let pool = Arc::new(FileStorage::open(&e.dir.path().join("pool")).unwrap());
     let engine = Engine::open(Arc::clone(&store), pool).unwrap();
     let svc = DiskService::start(Arc::clone(&e.kms), engine, config()).unwrap();
-    svc.enable_object_store(objects(e), Arc::clone(&store))
-        .unwrap();
+    svc.enable_object_store(
+        atrest_diskservice::ObjectStores::one(objects(e)),
+        Arc::clone(&store),
+    )
+    .unwrap();
     (svc, store)
 }
 
@@ -1576,13 +1579,18 @@ fn tampered_objects_fail_the_restore_naming_them_and_recovery_rebuilds_the_image
     // and the key service; a store without the record knows nothing.
     let mut image = Vec::new();
     let n = svc
-        .recover_stored(objects(&e), Arc::clone(&store), &s.id, &mut image)
+        .recover_stored(
+            atrest_diskservice::ObjectStores::one(objects(&e)),
+            Arc::clone(&store),
+            &s.id,
+            &mut image,
+        )
         .unwrap();
     assert_eq!(n, 2 << 20);
     assert!(image == data);
     assert!(matches!(
         svc.recover_stored(
-            objects(&e),
+            atrest_diskservice::ObjectStores::one(objects(&e)),
             Arc::new(MemoryStore::new()),
             &s.id,
             &mut Vec::new()

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     /// Where snapshots are stored in object storage (`None`: the local
     /// directory `<data-dir>/objects`).
     pub object_store: Option<atrest_objstore::StoreConfig>,
+    /// Regions whose stored snapshots go to a store of their own.
+    pub region_object_stores: Vec<(String, atrest_objstore::StoreConfig)>,
 }
 
 /// [`ServerConfig::audit_refusal_interval`]'s default.

@@ -389,12 +389,19 @@ pub fn enable_object_store(
     dir: &Path,
     opened: &DataDir,
     config: Option<&atrest_objstore::StoreConfig>,
+    regions: &[(String, atrest_objstore::StoreConfig)],
 ) -> Result<(), DataDirError> {
     let objects = object_store(dir, config).map_err(DataDirError::ObjectStore)?;
     tracing::info!(location = %objects.location(), "snapshots are stored in the object store");
+    let mut stores = atrest_diskservice::ObjectStores::one(objects);
+    for (region, c) in regions {
+        let o = atrest_objstore::Objects::open(c).map_err(DataDirError::ObjectStore)?;
+        tracing::info!(%region, location = %o.location(), "this region's snapshots have their own object store");
+        stores.regions.insert(region.clone(), o);
+    }
     opened
         .disks
-        .enable_object_store(objects, Arc::clone(&opened.disk_meta))
+        .enable_object_store(stores, Arc::clone(&opened.disk_meta))
         .map_err(DataDirError::DiskService)
 }
 

@@ -154,6 +154,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     let audit_sync = config.audit_sync;
     let disk_config = config.disks;
     let object_store = config.object_store.clone();
+    let region_stores = config.region_object_stores.clone();
     let opened = blocking("opening the data dir", move || {
         let opened = crate::datadir::open(
             &data_dir,
@@ -164,7 +165,12 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             (&audit, audit_sync),
             disk_config,
         )?;
-        crate::datadir::enable_object_store(&data_dir, &opened, object_store.as_ref())?;
+        crate::datadir::enable_object_store(
+            &data_dir,
+            &opened,
+            object_store.as_ref(),
+            &region_stores,
+        )?;
         Ok(opened)
     })
     .await?

@@ -40,6 +40,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         connections: atrest_server::config::ConnectionLimits::default(),
         audit_refusal_interval: atrest_server::config::DEFAULT_AUDIT_REFUSAL_INTERVAL,
         object_store: None,
+        region_object_stores: Vec::new(),
     }
 }
 

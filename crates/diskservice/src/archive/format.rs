@@ -209,6 +209,12 @@ pub struct Manifest {
     pub created: String,
     /// Block index → digest, for every block that holds data.
     pub blocks: BTreeMap<u64, String>,
+    /// For an encrypted snapshot: HMAC-SHA256 (hex) of the manifest's
+    /// bytes without this member, under a key derived from the data key
+    /// ([`Manifest::seal`]), so that whoever can unwrap the data key can
+    /// trust the manifest without atrest's metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl Manifest {
@@ -248,6 +254,43 @@ impl Manifest {
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The MAC of this manifest under `data_key`.
+    fn tag(&self, data_key: &[u8]) -> Option<String> {
+        let unsealed = Self {
+            mac: None,
+            ..self.clone()
+        };
+        let key = atrest_crypto::kdf::hkdf_sha256(
+            data_key,
+            b"",
+            &[b"atrest snapshot manifest v1\0", self.id.as_bytes()],
+        )
+        .ok()?;
+        Some(hex::encode(atrest_crypto::hash::hmac_sha256(
+            key.expose(),
+            &unsealed.encode(),
+        )))
+    }
+
+    /// Sets [`Manifest::mac`] under the snapshot's data key: HMAC-SHA256
+    /// with the key HKDF-SHA256(data key, salt empty, info
+    /// `"atrest snapshot manifest v1\0" || id`).
+    pub fn seal(&mut self, data_key: &atrest_crypto::XtsKey) {
+        self.mac = self.tag(data_key.expose());
+    }
+
+    /// Checks [`Manifest::mac`] under `data_key` (constant time).
+    pub fn verify(&self, name: &str, data_key: &atrest_crypto::XtsKey) -> Result<(), Corrupt> {
+        let (Some(got), Some(want)) = (&self.mac, self.tag(data_key.expose())) else {
+            return Err(corrupt(name, "it is not authenticated (no MAC)"));
+        };
+        if subtle::ConstantTimeEq::ct_eq(got.as_bytes(), want.as_bytes()).into() {
+            Ok(())
+        } else {
+            Err(corrupt(name, "its MAC does not match its data key"))
+        }
     }
 }
 
@@ -327,7 +370,27 @@ mod tests {
             region: "us-east-1".into(),
             created: "2026-12-06T00:00:00Z".into(),
             blocks: BTreeMap::from([(2, "ab".repeat(32))]),
+            mac: None,
         }
+    }
+
+    #[test]
+    fn a_sealed_manifest_verifies_under_its_key_only() {
+        let k = atrest_crypto::XtsKey::from_slice(&[7u8; 64]).unwrap();
+        let other = atrest_crypto::XtsKey::from_slice(&[8u8; 64]).unwrap();
+        let mut m = manifest();
+        assert!(m.verify("m", &k).is_err(), "unsealed");
+        m.seal(&k);
+        let back = Manifest::decode("m", &m.encode()).unwrap();
+        back.verify("m", &k).unwrap();
+        assert!(back.verify("m", &other).is_err());
+        let mut changed = back.clone();
+        changed.blocks.insert(1, "cd".repeat(32));
+        let e = changed.verify("snapshots/x/manifest", &k).unwrap_err();
+        assert_eq!(e.object, "snapshots/x/manifest");
+        let mut renamed = back;
+        renamed.id = "snap-ffffffffffffffff".into();
+        assert!(renamed.verify("m", &k).is_err());
     }
 
     #[test]

@@ -32,6 +32,8 @@
 //! after it. A crash at any step leaves work the next pass redoes; no
 //! block a `Complete` record names is ever deleted.
 
+mod copy;
+pub mod foreign;
 pub mod format;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,12 +105,40 @@ pub(crate) struct Record {
     labels: Labels,
     /// The local snapshot it is uploaded from (gone once complete).
     source: String,
+    /// For a copy to another region: the stored snapshot it copies.
+    #[serde(default)]
+    copy_of: Option<String>,
     state: RecordState,
+}
+
+/// Where stored snapshots go: one object store for every region, or one
+/// per region.
+#[derive(Debug, Clone)]
+pub struct ObjectStores {
+    /// The store of every region without its own.
+    pub default: Objects,
+    /// Regions with a store of their own (`--region-object-store R=URL`).
+    pub regions: BTreeMap<String, Objects>,
+}
+
+impl ObjectStores {
+    /// The same store for every region.
+    #[must_use]
+    pub fn one(objects: Objects) -> Self {
+        Self {
+            default: objects,
+            regions: BTreeMap::new(),
+        }
+    }
+
+    fn of(&self, region: &str) -> &Objects {
+        self.regions.get(region).unwrap_or(&self.default)
+    }
 }
 
 /// The object store and the records, once configured.
 pub(crate) struct Archive {
-    objects: Objects,
+    stores: ObjectStores,
     meta: Arc<dyn Store>,
     /// One garbage collection at a time; uploads record themselves under
     /// it.
@@ -138,7 +168,18 @@ fn store_err(e: atrest_store::StoreError) -> ServiceError {
     DiskError::Failed(format!("object-store records: {e}")).into()
 }
 
+impl Record {
+    fn region(&self) -> String {
+        label(&self.labels, crate::L_REGION)
+    }
+}
+
 impl Archive {
+    /// The store of `region`'s snapshots.
+    fn objects(&self, region: &str) -> &Objects {
+        self.stores.of(region)
+    }
+
     fn record(&self, id: &str) -> Result<Option<Record>> {
         let tx = self.meta.read().map_err(store_err)?;
         match tx.get(RECORDS, id.as_bytes()).map_err(store_err)? {
@@ -191,7 +232,7 @@ impl Archive {
             .into());
         };
         let name = format::manifest_name(&r.id);
-        let bytes = self.objects.get(&name)?;
+        let bytes = self.objects(&r.region()).get(&name)?;
         let got = format::digest(&bytes);
         if &got != manifest_sha256 {
             return Err(format::Corrupt {
@@ -220,12 +261,12 @@ impl DiskService {
     /// restores a crash interrupted, and collects garbage once.
     pub fn enable_object_store(
         self: &Arc<Self>,
-        objects: Objects,
+        stores: ObjectStores,
         meta: Arc<dyn Store>,
     ) -> Result<()> {
         let (wake, woken) = std::sync::mpsc::channel();
         let archive = Arc::new(Archive {
-            objects,
+            stores,
             meta,
             gc: Mutex::new(()),
             wake: Mutex::new(wake),
@@ -261,7 +302,7 @@ impl DiskService {
     /// Where snapshots are stored (for the server's banner and health).
     #[must_use]
     pub fn object_store_location(&self) -> Option<String> {
-        self.archive.get().map(|a| a.objects.location())
+        self.archive.get().map(|a| a.stores.default.location())
     }
 
     fn stored_view(&self, r: &Record) -> SnapshotView {
@@ -382,6 +423,7 @@ impl DiskService {
             key,
             labels: owner_labels(caller),
             source: source.id.clone(),
+            copy_of: None,
             state: RecordState::Uploading { done: 0, sent: 0 },
         };
         {
@@ -411,7 +453,7 @@ impl DiskService {
             }
             Err(DiskError::NotFound { .. }) => {}
             Err(e) => {
-                tracing::error!(snapshot = %s.id, error = %e, "cannot release an upload's local snapshot")
+                tracing::error!(snapshot = %s.id, error = %e, "cannot release an upload's local snapshot");
             }
         }
     }
@@ -508,7 +550,7 @@ impl DiskService {
             drop(raw);
             let bytes: u64 = puts.iter().map(|(_, o)| o.len() as u64).sum();
             if !puts.is_empty() {
-                archive.objects.put_many(puts, CONCURRENCY)?;
+                archive.objects(&r.region()).put_many(puts, CONCURRENCY)?;
             }
             sent += bytes;
             if end > done {
@@ -548,12 +590,23 @@ impl DiskService {
             region: label(&r.labels, crate::L_REGION),
             created: label(&r.labels, crate::L_CREATED),
             blocks,
+            mac: None,
         };
+        let mut manifest = manifest;
+        if let Some(k) = &r.key {
+            // The manifest is authenticated under the data key, so a server
+            // without this record (a restore elsewhere) can trust it.
+            let region = r.region();
+            let data_key = self
+                .unwrap_key(&region, k, &ctx(SNAPSHOT_CONTEXT, &r.id))
+                .map_err(|e| self.key_failure(&region, &format!("snapshot {}", r.id), k, e))?;
+            manifest.seal(&data_key);
+        }
         let bytes = manifest.encode();
         let manifest_sha256 = format::digest(&bytes);
         sent += bytes.len() as u64;
         archive
-            .objects
+            .objects(&r.region())
             .put(&format::manifest_name(&r.id), Bytes::from(bytes))?;
         r.state = RecordState::Complete {
             manifest_sha256,
@@ -680,7 +733,9 @@ impl DiskService {
                 .iter()
                 .map(|(_, d)| format::block_name(&m.lineage, d))
                 .collect();
-            let objs = archive.objects.get_many(names.clone(), CONCURRENCY)?;
+            let objs = archive
+                .objects(&r.region())
+                .get_many(names.clone(), CONCURRENCY)?;
             for (((index, digest), name), obj) in step.iter().zip(&names).zip(objs) {
                 got += obj.len() as u64;
                 let chunks = format::decode_block(name, &obj, digest, m.block_size)?;
@@ -717,6 +772,15 @@ impl DiskService {
             return Err(DiskError::Conflict(format!(
                 "snapshot {} is being uploaded; delete it when the job is done",
                 r.id
+            ))
+            .into());
+        }
+        if let Some(c) = archive.records()?.iter().find(|c| {
+            c.copy_of.as_deref() == Some(&r.id) && matches!(c.state, RecordState::Uploading { .. })
+        }) {
+            return Err(DiskError::Conflict(format!(
+                "snapshot {} is being copied into {}; delete it when the job is done",
+                r.id, c.id
             ))
             .into());
         }
@@ -769,18 +833,21 @@ impl DiskService {
                 // lineage: its blocks might be live.
                 live.extend(archive.manifest(r)?.blocks.into_values());
             }
+            // A lineage's snapshots are all in one region (a copy to another
+            // region starts a lineage of its own).
+            let objects = archive.objects(&mine[0].region());
             let prefix = format!("blocks/{lineage}/");
-            for o in archive.objects.list(&prefix)? {
+            for o in objects.list(&prefix)? {
                 let digest = o.name.strip_prefix(&prefix).unwrap_or_default();
                 if !live.contains(digest) {
                     gc_pause();
-                    archive.objects.delete(&o.name)?;
+                    objects.delete(&o.name)?;
                     report.blocks_deleted += 1;
                 }
             }
             for r in mine.iter().filter(|r| r.state == RecordState::Deleting) {
                 gc_pause();
-                archive.objects.delete(&format::manifest_name(&r.id))?;
+                objects.delete(&format::manifest_name(&r.id))?;
                 report.manifests_deleted += 1;
                 archive.delete_record(&r.id)?;
             }
@@ -804,6 +871,10 @@ impl DiskService {
                 continue;
             };
             match &r.state {
+                RecordState::Uploading { .. } if r.copy_of.is_some() => {
+                    tracing::info!(snapshot = %r.id, "resuming a snapshot copy");
+                    self.spawn_copy(&archive, r.clone(), &owner)?;
+                }
                 RecordState::Uploading { .. } => match self.engine.snapshot(&r.source) {
                     Ok(_) => {
                         tracing::info!(snapshot = %r.id, "resuming a snapshot upload");
@@ -836,7 +907,11 @@ impl DiskService {
                 continue;
             };
             tracing::info!(disk = %d.id, %snapshot, "restarting a restore");
-            self.spawn_restore(&archive, snapshot.clone(), d.id.clone(), &owner)?;
+            if d.labels.contains_key(foreign::L_RESTORE_PROVIDER) {
+                self.spawn_foreign_restore(&archive, snapshot.clone(), d.id.clone(), &owner)?;
+            } else {
+                self.spawn_restore(&archive, snapshot.clone(), d.id.clone(), &owner)?;
+            }
         }
         // Upload sources whose record never got written (a crash between
         // the local snapshot and the record) are released.
@@ -856,13 +931,13 @@ impl DiskService {
     /// key service (as the disk service, under the snapshot's grant).
     pub fn recover_stored(
         &self,
-        objects: Objects,
+        stores: ObjectStores,
         meta: Arc<dyn Store>,
         id: &str,
         out: &mut dyn std::io::Write,
     ) -> Result<u64> {
         let archive = &Archive {
-            objects,
+            stores,
             meta,
             gc: Mutex::new(()),
             wake: Mutex::new(std::sync::mpsc::channel().0),
@@ -901,7 +976,9 @@ impl DiskService {
                 .iter()
                 .map(|(_, d)| format::block_name(&m.lineage, d))
                 .collect();
-            let objs = archive.objects.get_many(names.clone(), CONCURRENCY)?;
+            let objs = archive
+                .objects(&r.region())
+                .get_many(names.clone(), CONCURRENCY)?;
             let mut fetched: BTreeMap<u64, Vec<RawChunk>> = BTreeMap::new();
             for (((index, digest), name), obj) in want.iter().zip(&names).zip(objs) {
                 fetched.insert(

@@ -34,6 +34,7 @@ pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
         .routes(routes!(detach_local))
         .routes(routes!(list_snapshots, create_snapshot))
         .routes(routes!(describe_snapshot, delete_snapshot))
+        .routes(routes!(copy_snapshot))
         .routes(routes!(list_jobs))
         .routes(routes!(describe_job))
         .routes(routes!(account_disks))
@@ -84,8 +85,15 @@ pub(crate) struct CreateDiskRequest {
     encrypted: Option<bool>,
     /// The master key (id, ARN or alias; default the account's disk service key).
     key_id: Option<String>,
-    /// Create the disk as a copy of this snapshot (nothing else may be given).
+    /// Create the disk as a copy of this snapshot (nothing else may be
+    /// given); a snapshot in the object store is restored (state
+    /// `restoring` until its job is done).
     snapshot_id: Option<String>,
+    /// With `snapshot_id`: the snapshot was stored by another server, whose
+    /// key service answers behind this key provider (an `aws-kms`
+    /// provider of this server); the disk is restored here under
+    /// `key_id` (default the disk service key), re-encrypted.
+    source_key_provider: Option<String>,
     /// Whether several clients may attach it read-write at once.
     shareable: Option<bool>,
     /// Tags (at most 50; keys of 1 to 128 characters, values of at most
@@ -142,6 +150,17 @@ pub(crate) struct CreateSnapshotRequest {
     /// the background (state `uploading`, followed through its `job`) and
     /// usable once `available`. Default false: a local snapshot.
     to_object_store: Option<bool>,
+}
+
+/// `POST /v1/snapshots/{id}/copy`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CopySnapshotRequest {
+    /// The destination region (served by this server).
+    region: String,
+    /// The copy's master key there (default: the account's disk service
+    /// key of that region).
+    key_id: Option<String>,
 }
 
 /// Disks.
@@ -211,6 +230,22 @@ endpoint! {
     }
     .request_tags(b.tags.as_ref().unwrap_or(&BTreeMap::new()))),
     run: |st, call, _, _, b| {
+        if let (Some(snap), Some(provider)) = (&b.snapshot_id, &b.source_key_provider) {
+            if b.size.is_some() || b.block_size.is_some() || b.encrypted == Some(false) || b.shareable.is_some() {
+                return Err(ApiError::Invalid(
+                    "a disk restored from another server's snapshot takes its size and block size from it and is encrypted; give 'snapshot_id', 'source_key_provider', and optionally 'key_id' and 'tags'".into(),
+                ));
+            }
+            let d = st.disks.restore_from_store(call.caller, snap, &atrest_diskservice::ForeignRestore {
+                provider: provider.clone(),
+                key_id: b.key_id.clone(),
+                tags: b.tags.clone().unwrap_or_default(),
+            })?;
+            return Ok(keyed(call, d.key_arn.as_ref(), d.clone()));
+        }
+        if b.source_key_provider.is_some() {
+            return Err(ApiError::Invalid("'source_key_provider' goes with 'snapshot_id'".into()));
+        }
         if let Some(snap) = &b.snapshot_id {
             if b.size.is_some() || b.block_size.is_some() || b.encrypted.is_some()
                 || b.key_id.is_some() || b.shareable.is_some()
@@ -444,6 +479,22 @@ endpoint! {
     run: |st, call, p, _, _| {
         st.disks.delete_snapshot(call.caller, &p.id)?;
         Ok(Deleted { deleted: p.id })
+    },
+}
+
+endpoint! {
+    /// Copy a snapshot stored in the object store into another region,
+    /// re-encrypted under a fresh data key of a key of that region (a job;
+    /// the copy is `available` when it is done).
+    copy_snapshot: post "/v1/snapshots/{id}/copy" => "disk:CopySnapshot",
+    tag: "disks", status: CREATED, paged: false, idempotent: true,
+    path: SnapshotId,
+    body: CopySnapshotRequest,
+    answer: SnapshotView,
+    resource: |_, c, p, _, _| Ok(Resource::arn(arn(c, "disk", "snapshot", &p.id))),
+    run: |st, call, p, _, b| {
+        let s = st.disks.copy_stored_snapshot(call.caller, &p.id, &b.region, b.key_id.as_deref())?;
+        Ok(keyed(call, s.key_arn.as_ref(), s.clone()))
     },
 }
 
