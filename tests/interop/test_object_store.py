@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import atrest_client_cmd, atrest_run, free_port, new_account, rest_call
+from conftest import atrest_client_cmd, free_port, new_account, new_user, rest_call
 from garage_fixture import garage, s3_client  # noqa: F401  (fixture)
 
 A = "111122223333"
@@ -76,7 +76,8 @@ class Env:
     snapshots go to the Garage bucket."""
 
     def __init__(self, make_server, g, *, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] | None = None, env: dict[str, str] | None = None):
+                 args: tuple[str, ...] | None = None, env: dict[str, str] | None = None,
+                 regions: tuple[str, ...] = ("us-east-1",)):
         self.nbd_port = free_port()
         self.g = g
         env = dict(env if env is not None else store_env(g))
@@ -88,6 +89,7 @@ class Env:
                 *(args if args is not None else store_args(g)),
             ),
             env=env,
+            regions=regions,
         ).start()
         self.creds = new_account(self.server, A)
         self.work = make_server.workdir
@@ -420,3 +422,109 @@ def test_bad_stores_and_bad_objects_fail_typed_and_mark_nothing_complete(make_se
     assert resp.status_code == 502, (resp.status_code, resp.headers, resp.text)
     err = resp.json()
     assert err["code"] == "ObjectStoreException" and "manifest" in err["message"], err
+
+
+def test_restore_on_a_second_server_through_the_first_servers_key_service(make_server, garage):
+    """Server A stores a snapshot and loses the disk; server B (another data
+    dir, the same bucket) restores it: A's key service decrypts the data key
+    for B's provider principal (allowed by A's policy), and B re-encrypts the
+    disk under its own key."""
+    a = Env(make_server, garage)
+    kms_a = a.server.client(creds=a.creds)
+    key_a = kms_a.create_key()["KeyMetadata"]["Arn"]
+    src = make_image(a.work / "portable.raw", 16 * MiB, seed=11, data_mib=6)
+    d = a.cli("disk", "create", "--size", "16M", "--key-id", key_a)
+    a.write_image(d["id"], src)
+    s = a.cli("disk", "snapshot", d["id"], "--to-object-store")
+    a.cli("disk", "delete", d["id"])
+    # B's principal at A: a user of the same account allowed to decrypt with the key.
+    b_at_a = new_user(a.server, A, "restorer", policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_a}]})
+    providers = make_server.workdir / "providers-b.json"
+    providers.write_text(json.dumps({"siteA": {
+        "type": "aws-kms", "region": "us-east-1", "endpoint": a.server.url,
+        "access_key_id": b_at_a[0], "secret_access_key": b_at_a[1], "timeout_ms": 5000, "retries": 1}}))
+    os.chmod(providers, 0o600)
+    b = Env(make_server, garage, args=(*store_args(garage), "--key-providers", str(providers)))
+    kms_b = b.server.client(creds=b.creds)
+    key_b = kms_b.create_key()["KeyMetadata"]["Arn"]
+
+    # B has no record of it: without the provider it is unknown.
+    assert b.rest("POST", "/v1/disks", {"snapshot_id": s["id"]}).status_code == 404
+    r = b.cli("snapshot", "restore", s["id"], "--source-key-provider", "siteA", "--key-id", key_b)
+    assert r["state"] == "available" and r["key_arn"] == key_b and r["size"] == 16 * MiB, r
+    compare(src, b.read_image(r["id"], b.work / "on-b.raw"))
+
+    # Another account of B cannot restore it (snapshots are not shared).
+    other = new_account(b.server, "444455556666")
+    resp = rest_call(b.server, "POST", "/v1/disks",
+                     {"snapshot_id": s["id"], "source_key_provider": "siteA"}, creds=other)
+    assert resp.status_code == 404, resp.text
+    # A tampered manifest is refused (its MAC), naming it.
+    s3 = s3_client(garage)
+    mkey = f"atrest/snapshots/{s['id']}/manifest"
+    m = json.loads(s3.get_object(Bucket=garage.bucket, Key=mkey)["Body"].read())
+    m["size"] = 32 * MiB
+    s3.put_object(Bucket=garage.bucket, Key=mkey, Body=json.dumps(m).encode())
+    resp = b.rest("POST", "/v1/disks", {"snapshot_id": s["id"], "source_key_provider": "siteA"})
+    assert resp.status_code == 502 and "manifest" in resp.json()["message"], resp.text
+    # The key's owner at A disables it: B can no longer restore; the disk
+    # B restored is under B's key and stays readable.
+    s3.put_object(Bucket=garage.bucket, Key=mkey, Body=json.dumps({**m, "size": 16 * MiB}).encode())
+    kms_a.disable_key(KeyId=key_a)
+    resp = b.rest("POST", "/v1/disks", {"snapshot_id": s["id"], "source_key_provider": "siteA"})
+    assert resp.status_code in (400, 409) and "siteA" in resp.text, resp.text
+    compare(src, b.read_image(r["id"], b.work / "on-b-again.raw"))
+
+
+def test_a_copy_to_another_region_is_under_that_regions_key_alone(make_server, garage):
+    west = garage.new_bucket("west-bucket")
+    e = Env(make_server, garage, regions=("us-east-1", "eu-west-1"), args=(
+        *store_args(garage), "--region-object-store", "eu-west-1=s3://west-bucket/atrest"))
+    kms = e.server.client(creds=e.creds)
+    kms_west = e.server.client(creds=e.creds, region="eu-west-1")
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    key_west = kms_west.create_key()["KeyMetadata"]["Arn"]
+    src = make_image(e.work / "region.raw", 8 * MiB, seed=12, data_mib=3)
+    d = e.cli("disk", "create", "--size", "8M", "--key-id", key)
+    e.write_image(d["id"], src)
+    s = e.cli("disk", "snapshot", d["id"], "--to-object-store")
+    c = e.cli("snapshot", "copy", s["id"], "--to-region", "eu-west-1", "--key", key_west)
+    assert c["state"] == "available" and c["key_arn"] == key_west and c["region"] == "eu-west-1", c
+    s3 = s3_client(garage)
+    keys = list_keys(s3, west, "atrest/")
+    assert f"atrest/snapshots/{c['id']}/manifest" in keys and any("/blocks/" in k for k in keys), keys
+    # Re-encrypted: no block of the copy is a block of the source.
+    src_blocks = {k.rsplit("/", 1)[1] for k in list_keys(s3, garage.bucket, "atrest/blocks/")}
+    assert not src_blocks & {k.rsplit("/", 1)[1] for k in keys if "/blocks/" in k}
+    # The copy's data key is wrapped by the destination key: the source key cannot open it.
+    m = json.loads(s3.get_object(Bucket=west, Key=f"atrest/snapshots/{c['id']}/manifest")["Body"].read())
+    import base64
+    blob = base64.b64decode(m["key"]["wrapped"])
+    assert kms_west.decrypt(CiphertextBlob=blob, EncryptionContext=m["key"]["context"])["KeyId"] == key_west
+    with pytest.raises(Exception):
+        kms.decrypt(CiphertextBlob=blob, EncryptionContext=m["key"]["context"], KeyId=key)
+
+    west_creds = (e.creds[0], e.creds[1])
+
+    def restore_west():
+        return rest_call(e.server, "POST", "/v1/disks", {"snapshot_id": c["id"]}, creds=west_creds,
+                         region="eu-west-1")
+
+    # Disabling the source key leaves the copy usable.
+    kms.disable_key(KeyId=key)
+    r = restore_west().json()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        v = rest_call(e.server, "GET", f"/v1/disks/{r['id']}", creds=west_creds, region="eu-west-1").json()
+        if v["state"] != "restoring":
+            break
+        time.sleep(0.2)
+    assert v["state"] == "available" and v["key_arn"] == key_west, v
+    out = e.work / "west.raw"
+    # Read it back through the disk's region (NBD finds the disk by id).
+    compare(src, e.read_image(r["id"], out))
+    # Disabling the destination key locks it.
+    kms_west.disable_key(KeyId=key_west)
+    resp = restore_west()
+    assert resp.status_code == 409 and resp.json()["code"] == "DiskLockedException", resp.text

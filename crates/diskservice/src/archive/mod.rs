@@ -321,7 +321,10 @@ impl DiskService {
         let job = lock(&self.jobs)
             .values()
             .map(|c| c.get())
-            .find(|j| j.kind == JobKind::Upload && j.target.as_deref() == Some(&r.id))
+            .find(|j| {
+                matches!(j.kind, JobKind::Upload | JobKind::Copy)
+                    && j.target.as_deref() == Some(&r.id)
+            })
             .map(|j| j.id);
         SnapshotView {
             id: r.id.clone(),
