@@ -71,6 +71,7 @@ BODIES = {
     "disk:RekeyDisk": lambda u, i: {"reencrypt": True},
     "disk:ConvertDisk": lambda u, i: {"encrypted": False},
     "disk:CreateSnapshot": lambda u, i: {"disk_id": i["disk"]},
+    "disk:CopySnapshot": lambda u, i: {"region": REGION},
     "db:CreateInstance": lambda u, i: {"name": f"m-{u}", "key_id": "alias/ghost"},
     "db:CreateReplica": lambda u, i: {},
     "db:ChangeEncryption": lambda u, i: {"action": "enable"},

@@ -67,6 +67,7 @@ ROUTES = {
     ("post", "/v1/snapshots"),
     ("get", "/v1/snapshots/{id}"),
     ("delete", "/v1/snapshots/{id}"),
+    ("post", "/v1/snapshots/{id}/copy"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("get", "/v1/instances"),
