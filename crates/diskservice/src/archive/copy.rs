@@ -22,7 +22,7 @@ use bytes::Bytes;
 use zeroize::Zeroize;
 
 use super::format::{self, BLOCK_BYTES, BLOCK_CHUNKS, Manifest, ManifestKey};
-use super::{Archive, CONCURRENCY, Record, RecordState, STEP_BLOCKS, lock, spawn};
+use super::{Archive, CONCURRENCY, Record, RecordState, for_each_step, lock, spawn};
 use crate::jobs::{JobCell, JobKind, JobState};
 use crate::{
     DiskService, Result, SNAPSHOT_CONTEXT, SnapshotView, ctx, label, new_id, owner_labels,
@@ -150,7 +150,8 @@ impl DiskService {
                 id: src_id.clone(),
             })?;
         let m = archive.manifest(&src)?;
-        let (Some(src_key), Some(dst_key)) = (&src.key, &r.key) else {
+        let dst_key = r.key.clone();
+        let (Some(src_key), Some(dst_key)) = (&src.key, &dst_key) else {
             return Err(DiskError::Failed(format!("copy {} has no keys", r.id)).into());
         };
         let (src_region, dst_region) = (src.region(), r.region());
@@ -169,14 +170,9 @@ impl DiskService {
         let bs = u64::from(src.block_size);
         let entries: Vec<(u64, String)> = m.blocks.iter().map(|(i, d)| (*i, d.clone())).collect();
         let mut blocks = BTreeMap::new();
-        for step in entries.chunks(STEP_BLOCKS as usize) {
-            let names: Vec<String> = step
-                .iter()
-                .map(|(_, d)| format::block_name(&m.lineage, d))
-                .collect();
-            let objs = from.get_many(names.clone(), CONCURRENCY)?;
+        for_each_step(from, &m.lineage, &entries, |step, names, objs| {
             let mut puts = Vec::new();
-            for (((index, digest), name), obj) in step.iter().zip(&names).zip(objs) {
+            for (((index, digest), name), obj) in step.iter().zip(names).zip(objs) {
                 let mut chunks = format::decode_block(name, &obj, digest, src.block_size)?;
                 for (i, c) in chunks.iter_mut().enumerate() {
                     let RawChunk::Data { bytes } = c else {
@@ -217,7 +213,8 @@ impl DiskService {
                 j.progress.done = (end * BLOCK_BYTES).min(r.size);
                 j.transferred = Some(sent);
             });
-        }
+            Ok(())
+        })?;
         let mut manifest = Manifest {
             format: format::MANIFEST_FORMAT.into(),
             id: r.id.clone(),

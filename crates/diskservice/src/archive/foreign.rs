@@ -33,7 +33,7 @@ use atrest_kms::Caller;
 use zeroize::Zeroize;
 
 use super::format::{self, BLOCK_BYTES, BLOCK_CHUNKS, Manifest};
-use super::{Archive, CONCURRENCY, L_RESTORING, STEP_BLOCKS, spawn};
+use super::{Archive, L_RESTORING, for_each_step, spawn};
 use crate::jobs::{JobCell, JobKind, JobState};
 use crate::{DiskService, DiskView, NewDisk, Result, SNAPSHOT_CONTEXT, ctx, label};
 
@@ -213,13 +213,8 @@ impl DiskService {
         let att = self.attach_internal(disk)?;
         let entries: Vec<(u64, String)> = m.blocks.iter().map(|(i, d)| (*i, d.clone())).collect();
         let mut got = 0u64;
-        for step in entries.chunks(STEP_BLOCKS as usize) {
-            let names: Vec<String> = step
-                .iter()
-                .map(|(_, d)| format::block_name(&m.lineage, d))
-                .collect();
-            let objs = objects.get_many(names.clone(), CONCURRENCY)?;
-            for (((index, digest), name), obj) in step.iter().zip(&names).zip(objs) {
+        for_each_step(objects, &m.lineage, &entries, |step, names, objs| {
+            for (((index, digest), name), obj) in step.iter().zip(names).zip(objs) {
                 got += obj.len() as u64;
                 for (i, c) in format::decode_block(name, &obj, digest, m.block_size)?
                     .into_iter()
@@ -247,7 +242,8 @@ impl DiskService {
                 j.progress.done = ((last + 1) * BLOCK_BYTES).min(m.size);
                 j.transferred = Some(got);
             });
-        }
+            Ok(())
+        })?;
         att.flush()?;
         drop(att);
         let mut labels = self.engine.disk(disk)?.labels;

@@ -60,10 +60,10 @@ const RECORDS: Table = Table::new("objsnap.records");
 pub(crate) const L_UPLOAD_FOR: &str = "upload_for";
 /// On a disk being filled from a stored snapshot: its id.
 pub(crate) const L_RESTORING: &str = "restoring_from";
-/// Blocks read, encoded and uploaded per step (8 MiB).
-const STEP_BLOCKS: u64 = 16;
+/// Blocks read, encoded and uploaded per step (16 MiB).
+const STEP_BLOCKS: u64 = 32;
 /// Concurrent PUTs and GETs.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 16;
 
 /// Where a stored snapshot is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -532,40 +532,63 @@ impl DiskService {
         let chunks = r.size.div_ceil(CHUNK);
         let nblocks = r.size.div_ceil(BLOCK_BYTES);
         let mut blocks = BTreeMap::new();
-        let mut b = 0u64;
-        while b < nblocks {
-            let end = (b + STEP_BLOCKS).min(nblocks);
-            let first = b * BLOCK_CHUNKS;
-            let count = (end * BLOCK_CHUNKS).min(chunks) - first;
-            let raw = self.engine.snapshot_raw_chunks(&source.id, first, count)?;
-            let mut puts = Vec::new();
-            for (i, group) in raw.chunks(BLOCK_CHUNKS as usize).enumerate() {
-                let index = b + i as u64;
-                let Some(obj) = format::encode_block(group) else {
-                    continue;
-                };
-                let digest = format::digest(&obj);
-                if index >= done && !have.contains(&digest) {
-                    puts.push((format::block_name(&r.lineage, &digest), Bytes::from(obj)));
+        let objects = archive.objects(&r.region());
+        // One step's blocks are read, encoded and hashed while the previous
+        // step's are being sent; `done` moves past a step once its PUTs
+        // have all finished.
+        std::thread::scope(|scope| -> Result<()> {
+            let mut in_flight: Option<(std::thread::ScopedJoinHandle<'_, Result<u64>>, u64)> = None;
+            let mut b = 0u64;
+            while b < nblocks || in_flight.is_some() {
+                let mut next = None;
+                if b < nblocks {
+                    let end = (b + STEP_BLOCKS).min(nblocks);
+                    let first = b * BLOCK_CHUNKS;
+                    let count = (end * BLOCK_CHUNKS).min(chunks) - first;
+                    let raw = self.engine.snapshot_raw_chunks(&source.id, first, count)?;
+                    let mut puts = Vec::new();
+                    for (i, group) in raw.chunks(BLOCK_CHUNKS as usize).enumerate() {
+                        let index = b + i as u64;
+                        let Some(obj) = format::encode_block(group) else {
+                            continue;
+                        };
+                        let digest = format::digest(&obj);
+                        if index >= done && !have.contains(&digest) {
+                            puts.push((format::block_name(&r.lineage, &digest), Bytes::from(obj)));
+                        }
+                        blocks.insert(index, digest);
+                    }
+                    next = Some((puts, end));
+                    b = end;
                 }
-                blocks.insert(index, digest);
+                if let Some((h, end)) = in_flight.take() {
+                    sent += h
+                        .join()
+                        .map_err(|_| DiskError::Failed("an upload thread panicked".into()))??;
+                    if end > done {
+                        r.state = RecordState::Uploading { done: end, sent };
+                        archive.put_record(&r)?;
+                    }
+                    cell.update(|j| {
+                        j.progress.done = (end * BLOCK_BYTES).min(r.size);
+                        j.transferred = Some(sent);
+                    });
+                }
+                if let Some((puts, end)) = next {
+                    in_flight = Some((
+                        scope.spawn(move || -> Result<u64> {
+                            let bytes: u64 = puts.iter().map(|(_, o)| o.len() as u64).sum();
+                            if !puts.is_empty() {
+                                objects.put_many(puts, CONCURRENCY)?;
+                            }
+                            Ok(bytes)
+                        }),
+                        end,
+                    ));
+                }
             }
-            drop(raw);
-            let bytes: u64 = puts.iter().map(|(_, o)| o.len() as u64).sum();
-            if !puts.is_empty() {
-                archive.objects(&r.region()).put_many(puts, CONCURRENCY)?;
-            }
-            sent += bytes;
-            if end > done {
-                r.state = RecordState::Uploading { done: end, sent };
-                archive.put_record(&r)?;
-            }
-            cell.update(|j| {
-                j.progress.done = (end * BLOCK_BYTES).min(r.size);
-                j.transferred = Some(sent);
-            });
-            b = end;
-        }
+            Ok(())
+        })?;
         let manifest = Manifest {
             format: format::MANIFEST_FORMAT.into(),
             id: r.id.clone(),
@@ -731,32 +754,31 @@ impl DiskService {
         let att = self.attach_internal(disk)?;
         let entries: Vec<(u64, String)> = m.blocks.into_iter().collect();
         let mut got = 0u64;
-        for step in entries.chunks(STEP_BLOCKS as usize) {
-            let names: Vec<String> = step
-                .iter()
-                .map(|(_, d)| format::block_name(&m.lineage, d))
-                .collect();
-            let objs = archive
-                .objects(&r.region())
-                .get_many(names.clone(), CONCURRENCY)?;
-            for (((index, digest), name), obj) in step.iter().zip(&names).zip(objs) {
-                got += obj.len() as u64;
-                let chunks = format::decode_block(name, &obj, digest, m.block_size)?;
-                for (i, c) in chunks.iter().enumerate() {
-                    if matches!(c, RawChunk::Zero) {
-                        continue;
+        for_each_step(
+            archive.objects(&r.region()),
+            &m.lineage,
+            &entries,
+            |step, names, objs| {
+                for (((index, digest), name), obj) in step.iter().zip(names).zip(objs) {
+                    got += obj.len() as u64;
+                    let chunks = format::decode_block(name, &obj, digest, m.block_size)?;
+                    for (i, c) in chunks.iter().enumerate() {
+                        if matches!(c, RawChunk::Zero) {
+                            continue;
+                        }
+                        let idx = index * BLOCK_CHUNKS + i as u64;
+                        att.handle(|od| od.write_raw_chunk(idx, c))?;
                     }
-                    let idx = index * BLOCK_CHUNKS + i as u64;
-                    att.handle(|od| od.write_raw_chunk(idx, c))?;
                 }
-            }
-            att.flush()?;
-            let last = step.last().map_or(0, |(i, _)| *i);
-            cell.update(|j| {
-                j.progress.done = ((last + 1) * BLOCK_BYTES).min(r.size);
-                j.transferred = Some(got);
-            });
-        }
+                att.flush()?;
+                let last = step.last().map_or(0, |(i, _)| *i);
+                cell.update(|j| {
+                    j.progress.done = ((last + 1) * BLOCK_BYTES).min(r.size);
+                    j.transferred = Some(got);
+                });
+                Ok(())
+            },
+        )?;
         att.flush()?;
         drop(att);
         let mut labels = self.engine.disk(disk)?.labels;
@@ -1023,6 +1045,45 @@ impl DiskService {
         }
         Ok(written)
     }
+}
+
+/// Fetches the blocks `entries` names (index, digest) from `objects`, a
+/// step at a time, and hands each step to `f` while the next one is being
+/// fetched. Stops at the first error (of a fetch or of `f`).
+pub(crate) fn for_each_step(
+    objects: &Objects,
+    lineage: &str,
+    entries: &[(u64, String)],
+    mut f: impl FnMut(&[(u64, String)], &[String], Vec<Bytes>) -> Result<()>,
+) -> Result<()> {
+    let steps: Vec<&[(u64, String)]> = entries.chunks(STEP_BLOCKS as usize).collect();
+    let names = |step: &[(u64, String)]| -> Vec<String> {
+        step.iter()
+            .map(|(_, d)| format::block_name(lineage, d))
+            .collect()
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Bytes>>>(1);
+        let fetch_steps = steps.clone();
+        scope.spawn(move || {
+            for step in fetch_steps {
+                let got = objects
+                    .get_many(names(step), CONCURRENCY)
+                    .map_err(Into::into);
+                let failed = got.is_err();
+                if tx.send(got).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for step in steps {
+            let objs = rx
+                .recv()
+                .map_err(|_| DiskError::Failed("the block fetcher stopped".into()))??;
+            f(step, &names(step), objs)?;
+        }
+        Ok(())
+    })
 }
 
 /// Tests slow garbage collection down to kill it between steps
