@@ -31,7 +31,6 @@ impl ObjError {
     /// The [`ObjError`] inside an I/O error of an [`ObjectWriter`] or
     /// [`ObjectReader`] (their `Write` and `Read` implementations carry
     /// it), or `None` for any other I/O error.
-    #[must_use]
     pub fn from_io(e: io::Error) -> Result<ObjError, io::Error> {
         if e.get_ref().is_some_and(|i| i.is::<ObjError>()) {
             match e.into_inner().map(|i| i.downcast::<ObjError>()) {
