@@ -384,18 +384,20 @@ fn open_disks(
 }
 
 /// Opens the object store (`config`, or `<data-dir>/objects`) and lets
-/// the disk service store snapshots there.
+/// the disk service store snapshots there; answers the store (the database
+/// service's backups go there too).
 pub fn enable_object_store(
     dir: &Path,
     opened: &DataDir,
     config: Option<&atrest_objstore::StoreConfig>,
-) -> Result<(), DataDirError> {
+) -> Result<atrest_objstore::Objects, DataDirError> {
     let objects = object_store(dir, config).map_err(DataDirError::ObjectStore)?;
     tracing::info!(location = %objects.location(), "snapshots are stored in the object store");
     opened
         .disks
-        .enable_object_store(objects, Arc::clone(&opened.disk_meta))
-        .map_err(DataDirError::DiskService)
+        .enable_object_store(objects.clone(), Arc::clone(&opened.disk_meta))
+        .map_err(DataDirError::DiskService)?;
+    Ok(objects)
 }
 
 /// The object store of a data dir: `config`, or the local directory
