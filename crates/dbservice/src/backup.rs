@@ -1007,13 +1007,11 @@ impl DbService {
         };
         let objs = store.list(&prefix).map_err(|e| self.store_err(e))?;
         for m in objs {
-            let remove = gone || {
-                let name = m.name.rsplit('/').next().unwrap_or_default();
-                // WAL names order by timeline, then position.
-                agent::valid_wal_name(name)
-                    && !name.ends_with(".history")
-                    && keep_from.as_deref().is_none_or(|k| &name[..24] < k)
-            };
+            let remove = gone
+                || wal_prunable(
+                    m.name.rsplit('/').next().unwrap_or_default(),
+                    keep_from.as_deref(),
+                );
             if remove {
                 store.delete(&m.name).map_err(|e| self.store_err(e))?;
             }
@@ -1065,19 +1063,12 @@ impl DbService {
         if days == 0 {
             return Ok(());
         }
-        let cutoff = OffsetDateTime::now_utc() - time::Duration::days(i64::from(days));
-        let mut backups = self.manifests_under(&format!("db/{}", rec.id))?;
-        // The newest (by end) is always kept.
-        backups.sort_by(|a, b| a.end_time.cmp(&b.end_time).then(a.id.cmp(&b.id)));
-        backups.pop();
-        let mut removed = 0;
-        for b in backups {
-            let expired = OffsetDateTime::parse(&b.end_time, &Rfc3339).is_ok_and(|t| t < cutoff);
-            if expired {
-                self.remove_backup(&b)?;
-                tracing::info!(backup = %b.id, instance = %rec.name, days, "backup expired");
-                removed += 1;
-            }
+        let backups = self.manifests_under(&format!("db/{}", rec.id))?;
+        let expired = expired_backups(backups, days, OffsetDateTime::now_utc());
+        let removed = expired.len();
+        for b in expired {
+            self.remove_backup(&b)?;
+            tracing::info!(backup = %b.id, instance = %rec.name, days, "backup expired");
         }
         if removed > 0 {
             self.prune_wal(&rec.id)?;
@@ -1362,6 +1353,32 @@ fn same_content(
     Ok(got == size)
 }
 
+/// The backups of one instance that retention of `days` (> 0) removes at
+/// `now`: those that ended more than `days` ago, except the newest (by
+/// end), which is always kept.
+fn expired_backups(
+    mut backups: Vec<BackupView>,
+    days: u32,
+    now: OffsetDateTime,
+) -> Vec<BackupView> {
+    let cutoff = now - time::Duration::days(i64::from(days));
+    backups.sort_by(|a, b| a.end_time.cmp(&b.end_time).then(a.id.cmp(&b.id)));
+    backups.pop();
+    backups
+        .into_iter()
+        .filter(|b| OffsetDateTime::parse(&b.end_time, &Rfc3339).is_ok_and(|t| t < cutoff))
+        .collect()
+}
+
+/// Whether archived WAL file `name` may go when the kept backups need the
+/// segments from `keep_from` on (`None`: no backup is kept). History
+/// files stay; segment names order by timeline, then position.
+fn wal_prunable(name: &str, keep_from: Option<&str>) -> bool {
+    agent::valid_wal_name(name)
+        && !name.ends_with(".history")
+        && keep_from.is_none_or(|k| &name[..24] < k)
+}
+
 /// A recovery that failed because of the target is the client's mistake.
 fn recovery_error(e: DbError, target: Option<&str>) -> DbError {
     let text = e.to_string();
@@ -1487,6 +1504,77 @@ mod tests {
         assert_eq!(sh_word("/usr/bin/atrest"), "/usr/bin/atrest");
         assert_eq!(sh_word("/a b/it's"), "'/a b/it'\\''s'");
         assert_eq!(sh_word("/x%y"), "'/x%%y'");
+    }
+
+    fn view(id: &str, end: &str) -> BackupView {
+        BackupView {
+            id: id.into(),
+            instance_id: "db-0123456789abcdef".into(),
+            instance: "i".into(),
+            account: "111122223333".into(),
+            region: "us-east-1".into(),
+            key_arn: "k".into(),
+            class: Class::Tde,
+            master_username: "postgres".into(),
+            start_time: end.into(),
+            end_time: end.into(),
+            size: 1,
+            data_size: 1,
+            disk_size: 1,
+            start_wal: "000000010000000000000002".into(),
+            end_wal: "000000010000000000000003".into(),
+        }
+    }
+
+    #[test]
+    fn retention_removes_what_ended_before_the_window_but_the_newest() {
+        let now = OffsetDateTime::parse("2026-03-20T00:00:00Z", &Rfc3339).unwrap();
+        let ids = |v: Vec<BackupView>| v.into_iter().map(|b| b.id).collect::<Vec<_>>();
+        let all = vec![
+            view("bk-3", "2026-03-19T00:00:00Z"),
+            view("bk-1", "2026-03-01T00:00:00Z"),
+            view("bk-2", "2026-03-12T00:00:00Z"),
+        ];
+        assert_eq!(ids(expired_backups(all.clone(), 7, now)), ["bk-1", "bk-2"]);
+        assert_eq!(ids(expired_backups(all.clone(), 10, now)), ["bk-1"]);
+        assert!(expired_backups(all, 30, now).is_empty());
+        // The newest is kept even when it is older than the window.
+        let old = vec![
+            view("bk-1", "2026-01-01T00:00:00Z"),
+            view("bk-2", "2026-01-02T00:00:00Z"),
+        ];
+        assert_eq!(ids(expired_backups(old, 1, now)), ["bk-1"]);
+        assert!(expired_backups(vec![view("bk-1", "2020-01-01T00:00:00Z")], 1, now).is_empty());
+        assert!(expired_backups(Vec::new(), 1, now).is_empty());
+        // An unreadable end time is never expired.
+        let odd = vec![
+            view("bk-1", "yesterday"),
+            view("bk-2", "2026-03-19T00:00:00Z"),
+        ];
+        assert!(expired_backups(odd, 1, now).is_empty());
+    }
+
+    #[test]
+    fn wal_pruning_keeps_what_kept_backups_need_and_history() {
+        let k = Some("000000010000000000000005");
+        assert!(wal_prunable("000000010000000000000004", k));
+        assert!(!wal_prunable("000000010000000000000005", k));
+        assert!(!wal_prunable("000000020000000000000001", k));
+        assert!(wal_prunable("000000010000000000000003.00000028.backup", k));
+        assert!(!wal_prunable("00000002.history", k));
+        assert!(!wal_prunable("00000002.history", None));
+        assert!(wal_prunable("000000020000000000000009", None));
+        assert!(!wal_prunable("not-a-wal-file", None));
+    }
+
+    #[test]
+    fn object_names() {
+        assert_eq!(base_object("db-1", "bk-2"), "db/db-1/base/bk-2.tar.enc");
+        assert_eq!(manifest_object("db-1", "bk-2"), "db/db-1/base/bk-2.json");
+        assert_eq!(
+            wal_object("db-1", "00000002.history"),
+            "db/db-1/wal/00000002.history"
+        );
     }
 
     #[test]

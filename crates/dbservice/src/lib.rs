@@ -1643,6 +1643,10 @@ mod tests {
             DbError::Conflict("x".into()),
             DbError::Unavailable("x".into()),
             DbError::Damaged("x".into()),
+            DbError::ObjectStore {
+                location: "s3://b".into(),
+                source: atrest_objstore::ObjError::NotFound { object: "o".into() },
+            },
             DbError::ParameterRefused(ParamError::NotAllowed {
                 name: "port".into(),
             }),

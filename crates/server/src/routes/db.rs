@@ -703,6 +703,7 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
             master_password: Some("generated-once".into()),
             tags: BTreeMap::new(),
+            backup_retention_days: 0,
         };
         let shown = serde_json::to_value(&v).unwrap();
         assert_eq!(shown["master_password"], "generated-once");
