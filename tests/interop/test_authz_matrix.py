@@ -77,6 +77,7 @@ BODIES = {
     "db:ChangeEncryption": lambda u, i: {"action": "enable"},
     "db:SetParameters": lambda u, i: {"parameters": {"work_mem": "8MB"}},
     "db:ResizeInstance": lambda u, i: {"size": 2 << 30},
+    "db:SetBackupRetention": lambda u, i: {"days": 7},
     "db:CloneInstance": lambda u, i: {"name": f"c-{u}"},
     "db:RestoreBackup": lambda u, i: {"name": f"r-{u}"},
     "project:CreateProject": lambda u, i: {"name": f"p-{u}"},

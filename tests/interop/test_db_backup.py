@@ -43,7 +43,7 @@ from conftest import (
 
 
 def backup_root(server) -> Path:
-    return server.data_dir / "backups"
+    return server.data_dir / "objects" / "db"
 
 
 def wal_files(server, instance_id: str) -> list[str]:

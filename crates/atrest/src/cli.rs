@@ -262,6 +262,15 @@ pub enum DbCommand {
         #[arg(long)]
         size: String,
     },
+    /// Change an instance's settings: how many days its backups are kept.
+    Modify {
+        name: String,
+        /// Days its backups are kept (0: until deleted; at most 35). Older
+        /// backups but the newest are deleted, with the WAL only they
+        /// needed.
+        #[arg(long)]
+        backup_retention_days: u32,
+    },
     /// A new instance from an instant, crash-consistent copy of this one.
     Clone {
         name: String,
@@ -837,7 +846,8 @@ pub struct ServeArgs {
     /// per instance, `atrest-<instance id>`, made and removed by atrest).
     #[arg(long, value_name = "START-END", default_value = "70000-79999", value_parser = atrest_dbservice::parse_uid_range)]
     pub db_uid_range: std::ops::RangeInclusive<u32>,
-    /// Backup storage for database instances (default: DATA_DIR/backups).
+    /// A local directory for database instances' backups and WAL archives
+    /// (default: the object store of --object-store, under db/).
     #[arg(long)]
     pub db_backup_dir: Option<PathBuf>,
     /// Testing only: shift the clock of rotation and deletion schedules by

@@ -154,6 +154,18 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
             )
             .await?
         }
+        DbCommand::Modify {
+            name,
+            backup_retention_days,
+        } => {
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/instances/{}/backup-retention", seg(&name)),
+                Some(&json!({"days": backup_retention_days})),
+            )
+            .await?
+        }
         DbCommand::Resize { name, size } => {
             let body = json!({"size": parse_size(&size)?});
             call(

@@ -89,7 +89,11 @@ fn env() -> Env {
             uid_range: 70_000..=70_099,
             state_dir: dir.path().join("db"),
             run_dir: dir.path().join("run/db"),
-            backup_dir: dir.path().join("backups"),
+            backups: atrest_objstore::Objects::open(&atrest_objstore::StoreConfig {
+                url: format!("file://{}", dir.path().join("objects").display()),
+                ..atrest_objstore::StoreConfig::default()
+            })
+            .unwrap(),
             agent_program: dir.path().join("atrest"),
             on_key_loss: atrest_diskservice::Config::default().on_key_loss,
             check_interval: std::time::Duration::from_secs(3600),

@@ -130,8 +130,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Mounts, sockets and pids (`/run/atrest/<hash>/db`).
     pub run_dir: PathBuf,
-    /// Backup storage (default `<data dir>/backups`).
-    pub backup_dir: PathBuf,
+    /// Backup storage: base backups and WAL archives are objects under
+    /// `db/` in this store (the server's object store, shared with the
+    /// disk service's snapshots, or a local directory of its own).
+    pub backups: atrest_objstore::Objects,
     /// The `atrest` program, which PostgreSQL runs to archive and fetch WAL.
     pub agent_program: PathBuf,
     /// What running instances do when their key becomes unusable.
@@ -189,6 +191,16 @@ pub enum DbError {
     /// not mounted).
     #[error("{0}")]
     Damaged(String),
+    /// Backup storage (the object store) failed or refused: unreachable,
+    /// wrong credentials, a missing bucket, a missing object. Names the
+    /// store and the object (never a credential).
+    #[error("backup storage {location}: {source}")]
+    ObjectStore {
+        /// The store's location.
+        location: String,
+        /// What the store answered.
+        source: atrest_objstore::ObjError,
+    },
     /// A server fault (details in the message, which goes to the log).
     #[error("{0}")]
     Failed(String),
@@ -262,6 +274,9 @@ pub(crate) struct Record {
     /// configuration at every start.
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// Days its backups are kept (0: until deleted).
+    #[serde(default)]
+    pub backup_retention_days: u32,
     /// The uid and gid of the instance's own OS user (`None` in a record
     /// of an earlier release, until its first start).
     #[serde(default)]
@@ -348,6 +363,9 @@ pub struct InstanceView {
     /// Its tags.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Days its backups are kept (0: until deleted). The newest backup is
+    /// always kept.
+    pub backup_retention_days: u32,
 }
 
 /// What a new instance is.
@@ -559,7 +577,7 @@ impl DbService {
         Ok(())
     }
 
-    /// Saves `r`. The backup fields (agent token, backup grant) are the
+    /// Saves `r`. The backup fields (agent token, backup grant, retention) are the
     /// backup module's, and the host fields (uid, file system, layout) are
     /// set once: a save keeps the stored values, so that a copy of the
     /// record taken before they changed does not undo them.
@@ -569,6 +587,7 @@ impl DbService {
         if let Some(stored) = records.get(&r.id) {
             r.agent_token_sha256.clone_from(&stored.agent_token_sha256);
             r.backup_grant.clone_from(&stored.backup_grant);
+            r.backup_retention_days = stored.backup_retention_days;
             // The host fields only move forward: a copy taken before they
             // were set does not undo them.
             r.os_uid = r.os_uid.or(stored.os_uid);
@@ -758,6 +777,7 @@ impl DbService {
             created: r.created.clone(),
             master_password: None,
             tags: r.tags.clone(),
+            backup_retention_days: r.backup_retention_days,
         }
     }
 
@@ -989,6 +1009,7 @@ impl DbService {
             agent_token_sha256: None,
             backup_grant: None,
             parameters: BTreeMap::new(),
+            backup_retention_days: 0,
             os_uid: Some(self.new_uid()?),
             fs_uuid: Some(fs_uuid),
             layout: LAYOUT,
@@ -1445,6 +1466,7 @@ impl DbService {
         self.disks.delete_disk(caller, &rec.disk)?;
         self.forget(&rec.id)?;
         self.remove_user(&rec);
+        self.forget_backups(&rec);
         tracing::info!(instance = %rec.name, "instance deleted");
         Ok(())
     }
@@ -1506,6 +1528,7 @@ impl DbService {
     /// server that died (killed, crashed) is started again, with crash
     /// recovery, as long as its key can be used.
     pub fn check(&self) {
+        self.retention_pass_if_due();
         let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
         for id in ids {
             let Some(rec) = lock(&self.records).get(&id).cloned() else {
@@ -1620,6 +1643,10 @@ mod tests {
             DbError::Conflict("x".into()),
             DbError::Unavailable("x".into()),
             DbError::Damaged("x".into()),
+            DbError::ObjectStore {
+                location: "s3://b".into(),
+                source: atrest_objstore::ObjError::NotFound { object: "o".into() },
+            },
             DbError::ParameterRefused(ParamError::NotAllowed {
                 name: "port".into(),
             }),

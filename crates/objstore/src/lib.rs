@@ -24,6 +24,7 @@
 
 mod config;
 mod error;
+mod stream;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub use config::{S3Credentials, StoreConfig};
 use config::{Target, valid_name};
 pub use error::ObjError;
 use error::Redact;
+pub use stream::{ObjectReader, ObjectWriter, PART};
 
 /// Connect timeout of one HTTP request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -207,6 +209,21 @@ impl Objects {
         })
     }
 
+    /// A writer of object `name`, for objects too large to hold in memory:
+    /// uploaded in parts of [`PART`] bytes as they fill (one plain PUT if
+    /// the object is smaller), the object made whole, and visible, by
+    /// [`ObjectWriter::finish`] only.
+    pub fn writer(&self, name: &str) -> Result<ObjectWriter, ObjError> {
+        valid_name(name)?;
+        Ok(ObjectWriter::new(Arc::clone(&self.inner), name.to_owned()))
+    }
+
+    /// A reader of object `name`'s bytes as they arrive (one GET).
+    pub fn reader(&self, name: &str) -> Result<ObjectReader, ObjError> {
+        valid_name(name)?;
+        ObjectReader::open(Arc::clone(&self.inner), name.to_owned())
+    }
+
     /// Reads object `name` whole.
     pub fn get(&self, name: &str) -> Result<Bytes, ObjError> {
         valid_name(name)?;
@@ -346,7 +363,14 @@ impl Inner {
             .put(&path, data.into())
             .await
             .map_err(|e| self.err(e, &name))?;
+        self.sync_if_local(&name).await
+    }
+
+    /// On the local backend, makes object `name` durable.
+    async fn sync_if_local(&self, name: &str) -> Result<(), ObjError> {
+        let path = ObjPath::from(name);
         if let Some((dir, fs)) = &self.local {
+            let name = name.to_owned();
             let file = fs
                 .path_to_filesystem(&path)
                 .map_err(|e| self.err(e, &name))?;

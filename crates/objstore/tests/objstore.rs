@@ -99,11 +99,58 @@ fn conformance(o: &Objects) {
     o.check().unwrap();
     assert!(o.list("probe").unwrap().is_empty());
 
+    streaming(o);
+
     // clean up
     for m in o.list("").unwrap() {
         o.delete(&m.name).unwrap();
     }
     assert!(o.list("").unwrap().is_empty());
+}
+
+/// Streaming writes and reads: small (one PUT), multipart (over
+/// [`atrest_objstore::PART`], with a short last part), an exact multiple
+/// of the part size, and an abandoned writer that leaves nothing behind.
+fn streaming(o: &Objects) {
+    use std::io::{Read, Write};
+    let part = atrest_objstore::PART;
+    for (name, len) in [
+        ("stream/empty", 0),
+        ("stream/small", 1000),
+        ("stream/multi", 2 * part + 12_345),
+        ("stream/exact", 2 * part),
+    ] {
+        let want = data(7, len);
+        let mut w = o.writer(name).unwrap();
+        // Odd-sized writes cross part boundaries.
+        for piece in want.chunks(777_777) {
+            w.write_all(piece).unwrap();
+        }
+        assert!(
+            o.head(name).unwrap().is_none(),
+            "{name} visible before finish"
+        );
+        assert_eq!(w.finish().unwrap(), len as u64);
+        assert_eq!(o.head(name).unwrap().unwrap().size, len as u64);
+        let mut r = o.reader(name).unwrap();
+        assert_eq!(r.size(), len as u64);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert!(got == want, "{name}: read back different bytes");
+        assert!(o.get(name).unwrap() == want);
+        o.delete(name).unwrap();
+    }
+    // A writer dropped before finish: no object.
+    let mut w = o.writer("stream/abandoned").unwrap();
+    w.write_all(&data(9, part + 10)).unwrap();
+    drop(w);
+    assert!(o.head("stream/abandoned").unwrap().is_none());
+    // A reader of an absent object: NotFound naming it.
+    match o.reader("stream/none") {
+        Err(ObjError::NotFound { object }) => assert_eq!(object, "stream/none"),
+        other => panic!("reader of an absent object: {other:?}"),
+    }
+    assert!(matches!(o.writer("a//b"), Err(ObjError::Config(_))));
 }
 
 #[test]
@@ -185,6 +232,25 @@ fn garage() {
         assert!(!text.contains(&g.access_key_id), "key id in {text}");
     }
     assert!(matches!(o_bad.list(""), Err(ObjError::AccessDenied { .. })));
+    // A streaming write fails typed: at the first full part, or at finish.
+    {
+        use std::io::Write;
+        let mut w = o_bad.writer("stream/big").unwrap();
+        let e = w
+            .write_all(&data(1, atrest_objstore::PART + 1))
+            .unwrap_err();
+        let e = ObjError::from_io(e).unwrap();
+        assert!(
+            matches!(&e, ObjError::AccessDenied { object, .. } if object == "stream/big"),
+            "{e:?}"
+        );
+        let w = o_bad.writer("stream/small").unwrap();
+        assert!(matches!(w.finish(), Err(ObjError::AccessDenied { .. })));
+        assert!(matches!(
+            o_bad.reader("stream/small"),
+            Err(ObjError::AccessDenied { .. })
+        ));
+    }
     assert!(matches!(o_bad.check(), Err(ObjError::AccessDenied { .. })));
 
     // Unknown access key.

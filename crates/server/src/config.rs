@@ -115,7 +115,8 @@ pub struct DbSettings {
     pub pg_bin: Option<PathBuf>,
     /// The uids (and gids) of the instances' own OS users.
     pub uid_range: std::ops::RangeInclusive<u32>,
-    /// Backup storage (default `<data dir>/backups`).
+    /// A local directory for database backups (default: the server's
+    /// object store, under `db/`).
     pub backup_dir: Option<PathBuf>,
     /// Default disk size of a new instance, in bytes.
     pub default_size: u64,

@@ -384,16 +384,17 @@ fn open_disks(
 }
 
 /// Opens the object store (`config`, or `<data-dir>/objects`) and lets
-/// the disk service store snapshots there.
+/// the disk service store snapshots there; answers the store (the database
+/// service's backups go there too).
 pub fn enable_object_store(
     dir: &Path,
     opened: &DataDir,
     config: Option<&atrest_objstore::StoreConfig>,
     regions: &[(String, atrest_objstore::StoreConfig)],
-) -> Result<(), DataDirError> {
+) -> Result<atrest_objstore::Objects, DataDirError> {
     let objects = object_store(dir, config).map_err(DataDirError::ObjectStore)?;
     tracing::info!(location = %objects.location(), "snapshots are stored in the object store");
-    let mut stores = atrest_diskservice::ObjectStores::one(objects);
+    let mut stores = atrest_diskservice::ObjectStores::one(objects.clone());
     for (region, c) in regions {
         let o = atrest_objstore::Objects::open(c).map_err(DataDirError::ObjectStore)?;
         tracing::info!(%region, location = %o.location(), "this region's snapshots have their own object store");
@@ -402,7 +403,8 @@ pub fn enable_object_store(
     opened
         .disks
         .enable_object_store(stores, Arc::clone(&opened.disk_meta))
-        .map_err(DataDirError::DiskService)
+        .map_err(DataDirError::DiskService)?;
+    Ok(objects)
 }
 
 /// The object store of a data dir: `config`, or the local directory

@@ -272,6 +272,13 @@ fn db_parts(e: &atrest_dbservice::DbError) -> (StatusCode, &'static str, String)
         ),
         D::Disk(d) => disk_parts(d),
         D::Kms(k) => ApiError::Kms(k.clone()).parts(),
+        // Backup storage is a dependency: its refusals are named (the
+        // store and the object, never a credential).
+        D::ObjectStore { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "ObjectStoreException",
+            e.to_string(),
+        ),
         D::Unavailable(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailableException",

@@ -165,16 +165,29 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             (&audit, audit_sync),
             disk_config,
         )?;
-        crate::datadir::enable_object_store(
+        let objects = crate::datadir::enable_object_store(
             &data_dir,
             &opened,
             object_store.as_ref(),
             &region_stores,
         )?;
-        Ok(opened)
+        Ok((opened, objects))
     })
     .await?
     .map_err(StartError::DataDir)?;
+    let (opened, objects) = opened;
+    // Database backups go to the same store, under `db/`, unless the
+    // operator gave them a directory of their own.
+    let backups = match &config.db.backup_dir {
+        None => objects,
+        Some(dir) => atrest_objstore::Objects::open(&atrest_objstore::StoreConfig {
+            url: format!("file://{}", dir.display()),
+            endpoint: None,
+            region: None,
+            path_style: false,
+        })
+        .map_err(|e| StartError::DataDir(crate::datadir::DataDirError::ObjectStore(e)))?,
+    };
     let kms = opened.kms;
     kms.set_access_key_use_flush_interval(config.access_key_use_flush);
     let has_providers = !config.providers.is_empty();
@@ -210,11 +223,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             uid_range: config.db.uid_range.clone(),
             state_dir: config.data_dir.join("db"),
             run_dir: db_run,
-            backup_dir: config
-                .db
-                .backup_dir
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("backups")),
+            backups,
             agent_program: std::env::current_exe().map_err(StartError::CurrentExe)?,
             on_key_loss: config.disks.on_key_loss,
             check_interval: config.disks.check_interval,

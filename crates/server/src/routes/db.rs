@@ -37,6 +37,7 @@ pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
         .routes(routes!(set_parameters))
         .routes(routes!(resize_instance))
         .routes(routes!(clone_instance))
+        .routes(routes!(set_backup_retention))
 }
 
 /// An instance in a path.
@@ -195,6 +196,15 @@ impl ToSchema for ParameterValue {}
 pub(crate) struct ResizeInstanceRequest {
     /// The new disk size in bytes (disks only grow).
     size: u64,
+}
+
+/// `POST /v1/instances/{name}/backup-retention`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackupRetentionRequest {
+    /// Days the instance's backups are kept (0: until deleted; at most
+    /// 35). Backups that ended longer ago are deleted, except the newest.
+    days: u32,
 }
 
 /// `POST /v1/instances/{name}/clone`.
@@ -556,6 +566,22 @@ endpoint! {
     },
 }
 
+endpoint! {
+    /// Set how many days an instance's backups are kept (0: until
+    /// deleted) and apply it now: backups that ended longer ago are deleted,
+    /// except the newest, with the WAL only they needed.
+    set_backup_retention: post "/v1/instances/{name}/backup-retention" => "db:SetBackupRetention",
+    tag: "databases", status: OK, paged: false, idempotent: true,
+    path: InstanceName,
+    body: BackupRetentionRequest,
+    answer: InstanceView,
+    replay: InstanceReplay = InstanceReplay::of,
+    resource: |st, c, p, _, _| Ok(instance_arn(st, c, &p.name)),
+    run: |st, call, p, _, b| {
+        Ok(view(call, st.db.set_backup_retention(call.caller, &p.name, b.days)?))
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,6 +703,7 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
             master_password: Some("generated-once".into()),
             tags: BTreeMap::new(),
+            backup_retention_days: 0,
         };
         let shown = serde_json::to_value(&v).unwrap();
         assert_eq!(shown["master_password"], "generated-once");

@@ -94,7 +94,11 @@ mod tests {
                 uid_range: 70_000..=70_099,
                 state_dir: data.join("db"),
                 run_dir: dir.join("run/db"),
-                backup_dir: data.join("backups"),
+                backups: atrest_objstore::Objects::open(&atrest_objstore::StoreConfig {
+                    url: format!("file://{}", data.join("objects").display()),
+                    ..atrest_objstore::StoreConfig::default()
+                })
+                .unwrap(),
                 agent_program: dir.join("atrest"),
                 on_key_loss: atrest_diskservice::Config::default().on_key_loss,
                 check_interval: std::time::Duration::from_secs(3600),
