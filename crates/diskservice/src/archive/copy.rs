@@ -22,8 +22,8 @@ use bytes::Bytes;
 use zeroize::Zeroize;
 
 use super::format::{self, BLOCK_BYTES, BLOCK_CHUNKS, Manifest, ManifestKey};
-use super::{Archive, CONCURRENCY, Record, RecordState, for_each_step, lock, spawn};
-use crate::jobs::{JobCell, JobKind, JobState};
+use super::{Archive, CONCURRENCY, Record, RecordState, for_each_step, lock, spawn_job};
+use crate::jobs::{JobCell, JobKind};
 use crate::{
     DiskService, Result, SNAPSHOT_CONTEXT, SnapshotView, ctx, label, new_id, owner_labels,
 };
@@ -119,21 +119,13 @@ impl DiskService {
         cell.update(|j| j.source = r.copy_of.clone());
         let svc = Arc::clone(self);
         let archive = Arc::clone(archive);
-        spawn("objsnap-copy", move || {
-            let id = r.id.clone();
-            match svc.copy(&archive, &cell, r) {
-                Ok(()) => {
-                    cell.update(|j| j.state = JobState::Succeeded);
-                    tracing::info!(snapshot = %id, "snapshot copied");
-                }
-                Err(e) => {
-                    tracing::error!(snapshot = %id, error = %e, "snapshot copy stopped; it resumes at the next start");
-                    cell.update(|j| {
-                        j.state = JobState::Failed;
-                        j.error = Some(e.to_string());
-                    });
-                }
-            }
+        let what = format!(
+            "copy {} of snapshot {}",
+            r.id,
+            r.copy_of.as_deref().unwrap_or_default()
+        );
+        spawn_job(cell, "objsnap-copy", what, move |cell| {
+            svc.copy(&archive, cell, r)
         });
         Ok(())
     }

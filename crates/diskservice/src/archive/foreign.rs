@@ -33,8 +33,8 @@ use atrest_kms::Caller;
 use zeroize::Zeroize;
 
 use super::format::{self, BLOCK_BYTES, BLOCK_CHUNKS, Manifest};
-use super::{Archive, L_RESTORING, for_each_step, spawn};
-use crate::jobs::{JobCell, JobKind, JobState};
+use super::{Archive, L_RESTORING, for_each_step, spawn_job};
+use crate::jobs::{JobCell, JobKind};
 use crate::{DiskService, DiskView, NewDisk, Result, SNAPSHOT_CONTEXT, ctx, label};
 
 /// On a disk being restored from another server's snapshot: the key
@@ -177,20 +177,9 @@ impl DiskService {
         let svc = Arc::clone(self);
         let archive = Arc::clone(archive);
         let owner = owner.clone();
-        spawn("objsnap-restore", move || {
-            match svc.foreign_restore(&archive, &cell, &owner, &snapshot, &disk) {
-                Ok(()) => {
-                    cell.update(|j| j.state = JobState::Succeeded);
-                    tracing::info!(%snapshot, %disk, "disk restored from another server's snapshot");
-                }
-                Err(e) => {
-                    tracing::error!(%snapshot, %disk, error = %e, "restore stopped; it restarts at the next start");
-                    cell.update(|j| {
-                        j.state = JobState::Failed;
-                        j.error = Some(e.to_string());
-                    });
-                }
-            }
+        let what = format!("restore of snapshot {snapshot} into disk {disk}");
+        spawn_job(cell, "objsnap-restore", what, move |cell| {
+            svc.foreign_restore(&archive, cell, &owner, &snapshot, &disk)
         });
         Ok(())
     }

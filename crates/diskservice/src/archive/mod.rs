@@ -477,21 +477,9 @@ impl DiskService {
         )?;
         let svc = Arc::clone(self);
         let archive = Arc::clone(archive);
-        spawn("objsnap-upload", move || {
-            let id = r.id.clone();
-            match svc.upload(&archive, &cell, r) {
-                Ok(()) => {
-                    cell.update(|j| j.state = JobState::Succeeded);
-                    tracing::info!(snapshot = %id, "snapshot stored in the object store");
-                }
-                Err(e) => {
-                    tracing::error!(snapshot = %id, error = %e, "snapshot upload stopped; it resumes at the next start");
-                    cell.update(|j| {
-                        j.state = JobState::Failed;
-                        j.error = Some(e.to_string());
-                    });
-                }
-            }
+        let what = format!("upload of snapshot {}", r.id);
+        spawn_job(cell, "objsnap-upload", what, move |cell| {
+            svc.upload(&archive, cell, r)
         });
         Ok(())
     }
@@ -719,20 +707,9 @@ impl DiskService {
         cell.update(|j| j.source = Some(snapshot.clone()));
         let svc = Arc::clone(self);
         let archive = Arc::clone(archive);
-        spawn("objsnap-restore", move || {
-            match svc.restore(&archive, &cell, &snapshot, &disk) {
-                Ok(()) => {
-                    cell.update(|j| j.state = JobState::Succeeded);
-                    tracing::info!(%snapshot, %disk, "disk restored from the object store");
-                }
-                Err(e) => {
-                    tracing::error!(%snapshot, %disk, error = %e, "restore stopped; it restarts at the next start");
-                    cell.update(|j| {
-                        j.state = JobState::Failed;
-                        j.error = Some(e.to_string());
-                    });
-                }
-            }
+        let what = format!("restore of snapshot {snapshot} into disk {disk}");
+        spawn_job(cell, "objsnap-restore", what, move |cell| {
+            svc.restore(&archive, cell, &snapshot, &disk)
         });
         Ok(())
     }
@@ -1099,6 +1076,30 @@ fn gc_pause() {
     if ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
+}
+
+/// Runs `work` on a thread of its own as `cell`'s job: the job ends
+/// succeeded, or failed with the error (logged with `what`; every job here
+/// resumes or restarts at the next start).
+pub(crate) fn spawn_job(
+    cell: Arc<JobCell>,
+    thread: &str,
+    what: String,
+    work: impl FnOnce(&JobCell) -> Result<()> + Send + 'static,
+) {
+    spawn(thread, move || match work(&cell) {
+        Ok(()) => {
+            cell.update(|j| j.state = JobState::Succeeded);
+            tracing::info!(job = %what, "done");
+        }
+        Err(e) => {
+            tracing::error!(job = %what, error = %e, "stopped; it resumes at the next start");
+            cell.update(|j| {
+                j.state = JobState::Failed;
+                j.error = Some(e.to_string());
+            });
+        }
+    });
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
