@@ -247,6 +247,7 @@ impl DiskService {
             j.progress.done = r.size;
             j.transferred = Some(sent);
         });
+        archive.wake_if_deletions_wait();
         Ok(())
     }
 }

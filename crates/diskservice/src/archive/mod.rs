@@ -175,6 +175,18 @@ impl Record {
 }
 
 impl Archive {
+    /// Wakes the collector when deleted snapshots wait for it (a pass
+    /// skips the lineage of an upload in progress).
+    fn wake_if_deletions_wait(&self) {
+        if self
+            .records()
+            .is_ok_and(|rs| rs.iter().any(|r| r.state == RecordState::Deleting))
+        {
+            // No collector (a recovery's archive): nothing to wake.
+            let _ = lock(&self.wake).send(());
+        }
+    }
+
     /// The store of `region`'s snapshots.
     fn objects(&self, region: &str) -> &Objects {
         self.stores.of(region)
@@ -634,6 +646,7 @@ impl DiskService {
         });
         // The local snapshot has served its purpose.
         self.drop_source(&source);
+        archive.wake_if_deletions_wait();
         Ok(())
     }
 
@@ -816,7 +829,14 @@ impl DiskService {
         let _gc = lock(&archive.gc);
         let mut report = GcReport::default();
         let records = archive.records()?;
-        let lineages: BTreeSet<&str> = records.iter().map(|r| r.lineage.as_str()).collect();
+        // Only a deleted snapshot leaves blocks no record names (an upload
+        // or copy that completes names every block it sent), so only the
+        // lineages of deleted snapshots are listed.
+        let lineages: BTreeSet<&str> = records
+            .iter()
+            .filter(|r| r.state == RecordState::Deleting)
+            .map(|r| r.lineage.as_str())
+            .collect();
         for lineage in lineages {
             let mine: Vec<&Record> = records.iter().filter(|r| r.lineage == lineage).collect();
             if mine
