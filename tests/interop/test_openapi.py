@@ -84,6 +84,7 @@ ROUTES = {
     ("post", "/v1/instances/{name}/resize"),
     ("post", "/v1/instances/{name}/clone"),
     ("post", "/v1/instances/{name}/backups"),
+    ("post", "/v1/instances/{name}/backup-retention"),
     ("get", "/v1/backups"),
     ("get", "/v1/backups/{id}"),
     ("delete", "/v1/backups/{id}"),
