@@ -224,3 +224,30 @@ def test_bad_stores_and_bad_objects_fail_typed_and_list_nothing(make_server, gar
     put(garage, obj, good)
     r = db_json(server, "restore", b["id"], "--as", "repaired")
     assert sql_value(r["port"], "SELECT count(*) FROM t") == "1000"
+
+
+def test_backups_of_the_previous_release_are_uploaded_to_the_store(make_server, garage):
+    """The previous release kept backups as files in `<data dir>/backups`.
+    This release uploads them to the store under `db/` (WAL and base
+    backups first, manifests last), keeps the directory renamed
+    `backups.migrated-<time>`, lists the backup and restores it to a point
+    in time."""
+    from test_db_backup import previous_release_backup, wait_listed, wait_running
+
+    server = make_server(env=store_env(garage))
+    old_dir = server.data_dir / "backups"
+    src, b, t = previous_release_backup(server, old_dir)
+    old_files = sorted(str(p.relative_to(old_dir)) for p in old_dir.rglob("*") if p.is_file())
+    server.start(*store_args(garage), timeout=120)
+    wait_listed(server, b["id"])
+    i = src["id"]
+    stored = keys(garage, f"db/{i}/")
+    for f in old_files:
+        if not f.split("/")[-1].startswith("."):
+            assert f"db/{f}" in stored, (f, stored)
+    assert get(garage, f"db/{i}/base/{b['id']}.tar.enc") == \
+        next(server.data_dir.glob("backups.migrated-*")).joinpath(i, "base", f"{b['id']}.tar.enc").read_bytes()
+    assert not old_dir.exists()
+    wait_running(server, "src")
+    pitr = db_json(server, "restore", b["id"], "--as", "pitr", "--to-time", t)
+    assert counts(pitr["port"]) == "A=40,before=500", counts(pitr["port"])

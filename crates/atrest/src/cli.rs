@@ -847,7 +847,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "START-END", default_value = "70000-79999", value_parser = atrest_dbservice::parse_uid_range)]
     pub db_uid_range: std::ops::RangeInclusive<u32>,
     /// A local directory for database instances' backups and WAL archives
-    /// (default: the object store of --object-store, under db/).
+    /// (default: the object store of --object-store, under db/); objects
+    /// under DIR/db/. Backups an earlier release kept in DIR/<instance id>/
+    /// are moved there at the start.
     #[arg(long)]
     pub db_backup_dir: Option<PathBuf>,
     /// Testing only: shift the clock of rotation and deletion schedules by

@@ -276,7 +276,11 @@ impl DbService {
             .name("db-backup-sweep".into())
             .spawn(move || {
                 if let Some(svc) = weak.upgrade() {
-                    svc.sweep_backups();
+                    // An earlier release's backups first: the sweep would
+                    // remove a moved base backup whose manifest is not yet.
+                    if svc.migrate_legacy() {
+                        svc.sweep_backups();
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -289,6 +293,33 @@ impl DbService {
     pub(crate) fn close_backups(&self) {
         if let Some(mut l) = lock(&self.backup.listener).take() {
             l.stop();
+        }
+    }
+
+    /// Moves an earlier release's backups into the store; answers whether
+    /// none is left to move (else the sweep waits for the next start).
+    fn migrate_legacy(&self) -> bool {
+        let Some(legacy) = &self.config.legacy_backups else {
+            return true;
+        };
+        let _busy = lock(&self.backup.busy);
+        match crate::migrate::migrate(legacy, &self.config.backups) {
+            Ok(None) => true,
+            Ok(Some(m)) => {
+                tracing::warn!(
+                    instances = m.instances,
+                    backups = m.backups,
+                    wal_files = m.wal_files,
+                    bytes = m.bytes,
+                    location = %self.config.backups.location(),
+                    "moved an earlier release's backups into the object store"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move an earlier release's backups into the object store; they stay where they are, and the next start tries again");
+                false
+            }
         }
     }
 
