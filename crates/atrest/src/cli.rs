@@ -240,6 +240,15 @@ pub enum DbCommand {
         /// 2024-05-01T12:00:00Z); default: all archived WAL.
         #[arg(long)]
         to_time: Option<String>,
+        /// A backup another server made in this server's backup storage:
+        /// the key provider (aws-kms) of the key service that wrapped its
+        /// data keys.
+        #[arg(long = "source-key-provider")]
+        provider: Option<String>,
+        /// With --source-key-provider: the new instance's key here
+        /// (default: the account's service key).
+        #[arg(long, requires = "provider")]
+        key_id: Option<String>,
     },
     /// Streaming replicas.
     Replica {

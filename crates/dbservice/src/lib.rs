@@ -105,7 +105,7 @@ pub trait Volumes: Send + Sync {
 
 /// What a running instance does when its key becomes unusable.
 pub use atrest_diskservice::OnKeyLoss;
-pub use backup::BackupView;
+pub use backup::{BackupView, SourceKeys};
 pub use encryption::EncryptionChange;
 pub use migrate::{LegacyBackups, Moved};
 pub use params::ParamError;
