@@ -294,3 +294,96 @@ def test_bad_input_and_a_tampered_backup(server):
     tar.write_bytes(good)
     r = db_json(server, "restore", b["id"], "--as", "repaired")
     assert sql_value(r["port"], "SELECT count(*) FROM t") == "1000"
+
+
+# -- backups of the previous release (files in a directory) -----------------
+
+
+PREV_BIN = os.environ.get("ATREST_PREV_BIN")
+
+
+def previous_release_backup(server, backup_dir: Path, *args: str):
+    """With the previous release (backups as files under `backup_dir`): an
+    instance, rows 'before', a backup, 40 rows 'A', the instant T, 30 rows
+    'B', archived. Stops the server. Answers (instance, backup, T)."""
+    import pytest
+    import conftest
+    if not PREV_BIN or not Path(PREV_BIN).is_file():
+        pytest.fail("ATREST_PREV_BIN must name the previous release's binary (scripts/test.sh builds it)")
+    saved = conftest.ATREST_BIN
+    conftest.ATREST_BIN = Path(PREV_BIN)
+    try:
+        server.start(*args)
+        kms = server.client()
+        key = kms.create_key(Description="backed up by the previous release")["KeyMetadata"]["Arn"]
+        src = create_db(server, "src", "--key", key, "--size", "1G")
+        port = src["port"]
+        psql(port, "CREATE TABLE t (id serial PRIMARY KEY, phase text NOT NULL); "
+                   "INSERT INTO t (phase) SELECT 'before' FROM generate_series(1, 500);")
+        b = db_json(server, "backup", "src")
+        assert (backup_dir / src["id"] / "base" / f"{b['id']}.json").is_file()
+        psql(port, "INSERT INTO t (phase) SELECT 'A' FROM generate_series(1, 40);")
+        time.sleep(1.0)
+        t = utc_now_in_db(port)
+        time.sleep(1.0)
+        psql(port, "INSERT INTO t (phase) SELECT 'B' FROM generate_series(1, 30);")
+        seg = sql_value(port, "SELECT pg_walfile_name(pg_switch_wal())")
+        wal = backup_dir / src["id"] / "wal"
+        deadline = time.monotonic() + 120
+        while not (wal / seg).is_file():
+            assert time.monotonic() < deadline, f"{seg} not archived by the previous release"
+            time.sleep(0.3)
+        server.stop(timeout=90)
+    finally:
+        conftest.ATREST_BIN = saved
+    return src, b, t
+
+
+def wait_listed(server, backup_id: str, timeout: float = 60) -> dict:
+    """The backup, once the server lists it (the move of an earlier
+    release's backups runs in the background at the start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [x for x in db_json(server, "backups")["backups"] if x["id"] == backup_id]
+        if got:
+            return got[0]
+        assert time.monotonic() < deadline, f"{backup_id} not listed:\n{server.last_output()}"
+        time.sleep(0.5)
+
+
+def wait_running(server, name: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while db_json(server, "show", name)["state"] != "running":
+        assert time.monotonic() < deadline, db_json(server, "show", name)
+        time.sleep(1)
+
+
+def test_backups_of_the_previous_release_in_the_backup_dir_move_under_db(make_server):
+    """--db-backup-dir DIR of the previous release held `DIR/<instance>/...`;
+    DIR is now a store of its own, whose objects are `DIR/db/...`: the
+    backups move there at the start, are listed, and restore to a point in
+    time (the WAL the previous release archived included)."""
+    server = make_server()
+    backup_dir = make_server.workdir / "db-backups"
+    args = ("--db-backup-dir", str(backup_dir))
+    src, b, t = previous_release_backup(server, backup_dir, *args)
+    server.start(*args, timeout=120)
+    listed = wait_listed(server, b["id"])
+    assert listed["instance_id"] == src["id"], listed
+    i = src["id"]
+    assert (backup_dir / "db" / i / "base" / f"{b['id']}.tar.enc").is_file()
+    assert (backup_dir / "db" / i / "base" / f"{b['id']}.json").is_file()
+    assert not (backup_dir / i / "base" / f"{b['id']}.json").exists()
+    assert sorted(p.name for p in (backup_dir / "db" / i / "wal").iterdir())
+    wait_running(server, "src")
+    pitr = db_json(server, "restore", b["id"], "--as", "pitr", "--to-time", t)
+    assert counts(pitr["port"]) == "A=40,before=500", counts(pitr["port"])
+    # A restart moves nothing more and keeps them.
+    server.stop(timeout=90)
+    server.start(*args, timeout=120)
+    assert wait_listed(server, b["id"])["id"] == b["id"]
+
+
+def counts(port: int) -> str:
+    return sql_value(port, "SELECT string_agg(phase || '=' || n, ',' ORDER BY phase) "
+                           "FROM (SELECT phase, count(*) n FROM t GROUP BY phase) x")

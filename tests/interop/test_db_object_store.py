@@ -25,10 +25,23 @@ import os
 import time
 from datetime import datetime, timedelta, timezone
 
-from conftest import create_db, db_cmd, db_json, free_port, psql, rest_call, sql_value
+from conftest import (
+    DB_PASSWORD,
+    atrest_client_cmd,
+    create_db,
+    db_cmd,
+    db_json,
+    free_port,
+    new_account,
+    new_user,
+    psql,
+    rest_call,
+    sql_value,
+)
 from garage_fixture import garage, s3_client  # noqa: F401  (fixture)
 
 PREFIX = "atrest"
+ACCOUNT = "111122223333"
 
 
 def store_args(g, bucket: str | None = None, endpoint: str | None = None) -> tuple[str, ...]:
@@ -224,3 +237,102 @@ def test_bad_stores_and_bad_objects_fail_typed_and_list_nothing(make_server, gar
     put(garage, obj, good)
     r = db_json(server, "restore", b["id"], "--as", "repaired")
     assert sql_value(r["port"], "SELECT count(*) FROM t") == "1000"
+
+
+def test_backups_of_the_previous_release_are_uploaded_to_the_store(make_server, garage):
+    """The previous release kept backups as files in `<data dir>/backups`.
+    This release uploads them to the store under `db/` (WAL and base
+    backups first, manifests last), keeps the directory renamed
+    `backups.migrated-<time>`, lists the backup and restores it to a point
+    in time."""
+    from test_db_backup import previous_release_backup, wait_listed, wait_running
+
+    server = make_server(env=store_env(garage))
+    old_dir = server.data_dir / "backups"
+    src, b, t = previous_release_backup(server, old_dir)
+    old_files = sorted(str(p.relative_to(old_dir)) for p in old_dir.rglob("*") if p.is_file())
+    server.start(*store_args(garage), timeout=120)
+    wait_listed(server, b["id"])
+    i = src["id"]
+    stored = keys(garage, f"db/{i}/")
+    for f in old_files:
+        if not f.split("/")[-1].startswith("."):
+            assert f"db/{f}" in stored, (f, stored)
+    assert get(garage, f"db/{i}/base/{b['id']}.tar.enc") == \
+        next(server.data_dir.glob("backups.migrated-*")).joinpath(i, "base", f"{b['id']}.tar.enc").read_bytes()
+    assert not old_dir.exists()
+    wait_running(server, "src")
+    pitr = db_json(server, "restore", b["id"], "--as", "pitr", "--to-time", t)
+    assert counts(pitr["port"]) == "A=40,before=500", counts(pitr["port"])
+
+
+def as_account(server, creds, *args: str, check: bool = True):
+    """`atrest db <args>` as `creds` (an account's root), parsed if it
+    succeeded."""
+    p = atrest_client_cmd(server, "db", *args, env_creds=creds, check=check)
+    return json.loads(p.stdout) if check else p
+
+
+def test_point_in_time_restore_on_a_second_server_through_the_first_servers_key_service(make_server, garage):
+    """Issue 21: backup to the store, more commits, point-in-time restore
+    on the second server to a time between them: the rows of before are
+    there, the rows of after are not. Server B (another data dir, the same
+    bucket and prefix) has no record of the backup; A's key service
+    decrypts its data keys for B's provider principal (a user at A allowed
+    kms:Decrypt), and the new instance is under B's own key. Another
+    account of B cannot see it."""
+    a = start(make_server, garage)
+    creds_a = new_account(a, ACCOUNT)
+    key_a = a.client(creds=creds_a).create_key(Description="db on A")["KeyMetadata"]["Arn"]
+    pw = make_server.workdir / "pw"
+    pw.write_text(DB_PASSWORD + "\n")
+    src = as_account(a, creds_a, "create", "src", "--password-file", str(pw), "--key", key_a, "--size", "1G")
+    port = src["port"]
+    psql(port, "CREATE TABLE t (id serial PRIMARY KEY, phase text NOT NULL); "
+               "INSERT INTO t (phase) SELECT 'before' FROM generate_series(1, 500);")
+    b = as_account(a, creds_a, "backup", "src")
+    psql(port, "INSERT INTO t (phase) SELECT 'A' FROM generate_series(1, 40);")
+    time.sleep(1.0)
+    t = utc_now_in_db(port)
+    time.sleep(1.0)
+    psql(port, "INSERT INTO t (phase) SELECT 'B' FROM generate_series(1, 30);")
+    switch_and_wait_archived(garage, port, src["id"])
+
+    b_at_a = new_user(a, ACCOUNT, "restorer", policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_a}]})
+    providers = make_server.workdir / "providers-b.json"
+    providers.write_text(json.dumps({"siteA": {
+        "type": "aws-kms", "region": "us-east-1", "endpoint": a.url,
+        "access_key_id": b_at_a[0], "secret_access_key": b_at_a[1], "timeout_ms": 5000, "retries": 1}}))
+    os.chmod(providers, 0o600)
+    srv_b = start(make_server, garage, args=(*store_args(garage), "--key-providers", str(providers)))
+    creds_b = new_account(srv_b, ACCOUNT)
+
+    # Without the provider B cannot open it (its own key service did not
+    # wrap the data keys); nothing is left behind.
+    p = as_account(srv_b, creds_b, "restore", b["id"], "--as", "nokey", "--to-time", t, check=False)
+    assert p.returncode != 0, p.stdout
+    assert as_account(srv_b, creds_b, "list")["instances"] == []
+    r = as_account(srv_b, creds_b, "restore", b["id"], "--as", "onb", "--to-time", t,
+                   "--source-key-provider", "siteA")
+    assert r["state"] == "running", r
+    assert r["key_arn"] != key_a and ":111122223333:" in r["key_arn"], r
+    assert counts(r["port"]) == "A=40,before=500", counts(r["port"])
+    # The restored instance is B's own: it writes and is backed up on B.
+    psql(r["port"], "INSERT INTO t (phase) SELECT 'onb' FROM generate_series(1, 3);")
+    b2 = as_account(srv_b, creds_b, "backup", "onb")
+    assert b2["instance_id"] == r["id"] and b2["key_arn"] == r["key_arn"], b2
+
+    # Another account of B: not found.
+    other = new_account(srv_b, "444455556666")
+    resp = rest_call(srv_b, "POST", f"/v1/backups/{b['id']}/restore",
+                     {"name": "theirs", "source_key_provider": "siteA"}, creds=other)
+    assert resp.status_code == 404, resp.text
+    # An unknown provider is refused, naming it.
+    resp = rest_call(srv_b, "POST", f"/v1/backups/{b['id']}/restore",
+                     {"name": "x", "source_key_provider": "nowhere"}, creds=creds_b)
+    assert resp.status_code in (400, 404) and "nowhere" in resp.text, resp.text
+    # key_id alone is refused.
+    resp = rest_call(srv_b, "POST", f"/v1/backups/{b['id']}/restore",
+                     {"name": "x", "key_id": "alias/whatever"}, creds=creds_b)
+    assert resp.status_code == 400, resp.text

@@ -240,6 +240,15 @@ pub enum DbCommand {
         /// 2024-05-01T12:00:00Z); default: all archived WAL.
         #[arg(long)]
         to_time: Option<String>,
+        /// A backup another server made in this server's backup storage:
+        /// the key provider (aws-kms) of the key service that wrapped its
+        /// data keys.
+        #[arg(long = "source-key-provider")]
+        provider: Option<String>,
+        /// With --source-key-provider: the new instance's key here
+        /// (default: the account's service key).
+        #[arg(long, requires = "provider")]
+        key_id: Option<String>,
     },
     /// Streaming replicas.
     Replica {
@@ -847,7 +856,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "START-END", default_value = "70000-79999", value_parser = atrest_dbservice::parse_uid_range)]
     pub db_uid_range: std::ops::RangeInclusive<u32>,
     /// A local directory for database instances' backups and WAL archives
-    /// (default: the object store of --object-store, under db/).
+    /// (default: the object store of --object-store, under db/); objects
+    /// under DIR/db/. Backups an earlier release kept in DIR/<instance id>/
+    /// are moved there at the start.
     #[arg(long)]
     pub db_backup_dir: Option<PathBuf>,
     /// Testing only: shift the clock of rotation and deletion schedules by

@@ -106,8 +106,14 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
             backup,
             new_name,
             to_time,
+            provider,
+            key_id,
         } => {
-            let body = json!({"name": new_name, "to_time": to_time});
+            let mut body = json!({"name": new_name, "to_time": to_time});
+            if let Some(p) = provider {
+                body["source_key_provider"] = json!(p);
+                body["key_id"] = json!(key_id);
+            }
             call(
                 &c,
                 Method::POST,

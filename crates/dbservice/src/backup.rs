@@ -89,6 +89,35 @@ impl std::fmt::Debug for State {
 struct Restoring {
     source: String,
     target: Option<String>,
+    /// A backup another server made: where its data keys are decrypted.
+    foreign: Option<Arc<Foreign>>,
+}
+
+/// What a caller asks of a restore of a backup another server made (in
+/// the same store), whose data keys that server's key service wrapped.
+#[derive(Debug, Clone, Default)]
+pub struct SourceKeys {
+    /// The key provider (type `aws-kms`) behind which the other server's
+    /// key service answers.
+    pub provider: String,
+    /// The new instance's key here (default: the account's service key).
+    pub key_id: Option<String>,
+}
+
+/// A restore of another server's backup: the key provider that decrypts
+/// its artifacts' data keys, and the keys it decrypted (per artifact, in
+/// memory only, zeroized when dropped with the restore).
+struct Foreign {
+    provider: String,
+    keys: Mutex<BTreeMap<(String, [u8; 32]), Aes256Key>>,
+}
+
+impl std::fmt::Debug for Foreign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Foreign")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A backup, as the API shows it and as its manifest stores it.
@@ -276,7 +305,11 @@ impl DbService {
             .name("db-backup-sweep".into())
             .spawn(move || {
                 if let Some(svc) = weak.upgrade() {
-                    svc.sweep_backups();
+                    // An earlier release's backups first: the sweep would
+                    // remove a moved base backup whose manifest is not yet.
+                    if svc.migrate_legacy() {
+                        svc.sweep_backups();
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -289,6 +322,33 @@ impl DbService {
     pub(crate) fn close_backups(&self) {
         if let Some(mut l) = lock(&self.backup.listener).take() {
             l.stop();
+        }
+    }
+
+    /// Moves an earlier release's backups into the store; answers whether
+    /// none is left to move (else the sweep waits for the next start).
+    fn migrate_legacy(&self) -> bool {
+        let Some(legacy) = &self.config.legacy_backups else {
+            return true;
+        };
+        let _busy = lock(&self.backup.busy);
+        match crate::migrate::migrate(legacy, &self.config.backups) {
+            Ok(None) => true,
+            Ok(Some(m)) => {
+                tracing::warn!(
+                    instances = m.instances,
+                    backups = m.backups,
+                    wal_files = m.wal_files,
+                    bytes = m.bytes,
+                    location = %self.config.backups.location(),
+                    "moved an earlier release's backups into the object store"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move an earlier release's backups into the object store; they stay where they are, and the next start tries again");
+                false
+            }
         }
     }
 
@@ -424,6 +484,30 @@ impl DbService {
         Ok((key, blob))
     }
 
+    /// The data key of another server's artifact `object` whose header is
+    /// `h`, decrypted at the restore's key provider (that server's key
+    /// service decides whether this server's principal may), once per
+    /// artifact and wrapped key.
+    fn foreign_data_key(&self, f: &Foreign, object: &str, h: &Header) -> Result<Aes256Key> {
+        let id = (
+            object.to_owned(),
+            atrest_crypto::hash::sha256(&h.wrapped_key),
+        );
+        if let Some(k) = lock(&f.keys).get(&id) {
+            return Ok(k.duplicate());
+        }
+        let plain = self.kms.decrypt_at_provider(
+            &f.provider,
+            &h.key_arn,
+            &h.wrapped_key,
+            &context(&h.instance),
+        )?;
+        let key = Aes256Key::from_slice(plain.expose())
+            .map_err(|e| DbError::Failed(format!("a backup data key is not 32 bytes: {e}")))?;
+        lock(&f.keys).insert(id, key.duplicate());
+        Ok(key)
+    }
+
     /// The data key of an artifact whose header is `h`.
     fn open_data_key(&self, region: &str, h: &Header) -> Result<Aes256Key> {
         #[derive(Deserialize)]
@@ -497,6 +581,7 @@ impl DbService {
         object: &str,
         instance: &str,
         name: &str,
+        foreign: Option<&Foreign>,
     ) -> Result<Opener<ObjectReader>> {
         let location = self.config.backups.location();
         let mut r = self
@@ -512,8 +597,24 @@ impl DbService {
                 h.name, h.instance
             )));
         }
-        let key = self.open_data_key(region, &h)?;
+        let key = match foreign {
+            None => self.open_data_key(region, &h)?,
+            Some(f) => self.foreign_data_key(f, object, &h)?,
+        };
         Opener::new(r, &key, &h, &raw).map_err(|e| damaged(&location, &what, e))
+    }
+
+    /// The header of artifact object `object`.
+    fn artifact_header(&self, object: &str) -> Result<Header> {
+        let location = self.config.backups.location();
+        let mut r = self
+            .config
+            .backups
+            .reader(object)
+            .map_err(|e| self.store_err(e))?;
+        let (h, _) =
+            Header::read(&mut r).map_err(|e| damaged(&location, &format!("object {object}"), e))?;
+        Ok(h)
     }
 
     // ----- the WAL agent ------------------------------------------------------
@@ -688,7 +789,7 @@ impl DbService {
             .head(&object)
             .map_err(|e| self.store_err(e))?;
         if stored.is_some() {
-            let have = self.open_artifact(&rec.region, &object, &rec.id, &art)?;
+            let have = self.open_artifact(&rec.region, &object, &rec.id, &art, None)?;
             let location = self.config.backups.location();
             return if same_content(have, &location, &object, size, body)? {
                 Ok(())
@@ -725,19 +826,21 @@ impl DbService {
         name: &str,
     ) -> Result<Option<WalFile>> {
         let rec = self.agent_auth(instance, token)?;
-        let source = lock(&self.backup.restoring)
-            .get(&rec.id)
-            .map_or_else(|| rec.id.clone(), |r| r.source.clone());
+        let (source, foreign) = lock(&self.backup.restoring).get(&rec.id).map_or_else(
+            || (rec.id.clone(), None),
+            |r| (r.source.clone(), r.foreign.clone()),
+        );
         let object = wal_object(&source, name);
         let art = format!("{source}/wal/{name}");
-        let opener = match self.open_artifact(&rec.region, &object, &source, &art) {
-            Ok(o) => o,
-            Err(DbError::ObjectStore {
-                source: ObjError::NotFound { .. },
-                ..
-            }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let opener =
+            match self.open_artifact(&rec.region, &object, &source, &art, foreign.as_deref()) {
+                Ok(o) => o,
+                Err(DbError::ObjectStore {
+                    source: ObjError::NotFound { .. },
+                    ..
+                }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
         Ok(Some(WalFile {
             opener,
             what: format!("object {object}"),
@@ -1110,6 +1213,22 @@ impl DbService {
         new_name: &str,
         to_time: Option<&str>,
     ) -> Result<InstanceView> {
+        self.restore_from(caller, backup_id, new_name, to_time, None)
+    }
+
+    /// Restores backup `backup_id` as [`DbService::restore`] does; with
+    /// `source`, a backup another server made in the same store (same
+    /// account): its data keys are decrypted at `source.provider`, and the
+    /// new instance is under a key of this server (`source.key_id`, else
+    /// the account's service key).
+    pub fn restore_from(
+        &self,
+        caller: &Caller,
+        backup_id: &str,
+        new_name: &str,
+        to_time: Option<&str>,
+        source_keys: Option<&SourceKeys>,
+    ) -> Result<InstanceView> {
         let bin = self.bin()?;
         self.host()?;
         let b = self.describe_backup(caller, backup_id)?;
@@ -1135,22 +1254,52 @@ impl DbService {
         };
         self.check_new_name(caller, new_name)?;
         let source = lock(&self.records).get(&b.instance_id).cloned();
+        let foreign = match (source_keys, &source) {
+            (Some(_), Some(_)) => {
+                return Err(DbError::Invalid(format!(
+                    "backup {} is of an instance of this server; restore it without a key provider",
+                    b.id
+                )));
+            }
+            (Some(k), None) => Some(Arc::new(Foreign {
+                provider: k.provider.clone(),
+                keys: Mutex::new(BTreeMap::new()),
+            })),
+            (None, _) => None,
+        };
         if let Some(s) = &source {
             self.check_key(s)?;
         }
-        self.key_state(&b.region, &b.instance, &b.key_arn)?;
-        self.caller_may(caller, &b.key_arn, &["Decrypt"])?;
+        if let Some(f) = &foreign {
+            // The other server's key service decides, now rather than
+            // after a new instance was made.
+            let object = base_object(&b.instance_id, &b.id);
+            let h = self.artifact_header(&object)?;
+            if h.instance != b.instance_id {
+                return Err(DbError::Conflict(format!(
+                    "object {object} holds an artifact of {}, not of {}: it was swapped",
+                    h.instance, b.instance_id
+                )));
+            }
+            self.foreign_data_key(f, &object, &h)?;
+        } else {
+            self.key_state(&b.region, &b.instance, &b.key_arn)?;
+            self.caller_may(caller, &b.key_arn, &["Decrypt"])?;
+        }
         // What the source committed so far becomes restorable.
         if let Some(s) = source.as_ref().filter(|s| self.is_running(s))
             && let Err(e) = self.flush_archive(&bin, s)
         {
             tracing::warn!(instance = %s.name, error = %e, "could not archive the source's current WAL before a restore");
         }
-        let key = source
-            .as_ref()
-            .and_then(|s| self.disks.describe_disk(caller, &s.disk).ok())
-            .and_then(|d| d.key_arn)
-            .unwrap_or_else(|| b.key_arn.clone());
+        let key = match source_keys {
+            Some(k) => self.key_or_service_key(caller, k.key_id.as_deref())?,
+            None => source
+                .as_ref()
+                .and_then(|s| self.disks.describe_disk(caller, &s.disk).ok())
+                .and_then(|d| d.key_arn)
+                .unwrap_or_else(|| b.key_arn.clone()),
+        };
         let _ops = lock(&self.ops);
         self.check_new_name(caller, new_name)?;
         let port = self.choose_port(None)?;
@@ -1161,13 +1310,14 @@ impl DbService {
             Restoring {
                 source: b.instance_id.clone(),
                 target: target.clone(),
+                foreign: foreign.clone(),
             },
         );
         let r = self.provision(
             &bin,
             &rec,
             true,
-            |layout, user| self.unpack(&bin, user, &b, layout),
+            |layout, user| self.unpack(&bin, user, &b, layout, foreign.as_deref()),
             |rec| {
                 self.wait_promoted(&bin, rec)?;
                 // Recovery is over: the roles can converge (a backup of an
@@ -1177,7 +1327,7 @@ impl DbService {
         );
         lock(&self.backup.restoring).remove(&rec.id);
         let rec = r.map_err(|e| recovery_error(e, target.as_deref()))?;
-        tracing::info!(instance = %rec.name, backup = %b.id, target = ?target, "instance restored");
+        tracing::info!(instance = %rec.name, backup = %b.id, target = ?target, provider = ?source_keys.map(|k| &k.provider), "instance restored");
         Ok(self.view(&rec))
     }
 
@@ -1198,11 +1348,18 @@ impl DbService {
     /// Fills a restored instance's data directory: the decrypted base
     /// backup streamed into `tar -x` (run as the instance's user), then
     /// `recovery.signal`.
-    fn unpack(&self, bin: &PgBin, user: &OsUser, b: &BackupView, layout: &Layout) -> Result<()> {
+    fn unpack(
+        &self,
+        bin: &PgBin,
+        user: &OsUser,
+        b: &BackupView,
+        layout: &Layout,
+        foreign: Option<&Foreign>,
+    ) -> Result<()> {
         let data = layout.pgdata();
         let object = base_object(&b.instance_id, &b.id);
         let art = format!("{}/base/{}.tar", b.instance_id, b.id);
-        let mut opener = self.open_artifact(&b.region, &object, &b.instance_id, &art)?;
+        let mut opener = self.open_artifact(&b.region, &object, &b.instance_id, &art, foreign)?;
         let location = self.config.backups.location();
         let mut tar = bin
             .command("tar", user, &data)

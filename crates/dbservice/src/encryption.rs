@@ -32,7 +32,11 @@ pub enum EncryptionChange {
 }
 
 impl DbService {
-    fn key_or_service_key(&self, caller: &Caller, key_id: Option<&str>) -> Result<String> {
+    pub(crate) fn key_or_service_key(
+        &self,
+        caller: &Caller,
+        key_id: Option<&str>,
+    ) -> Result<String> {
         match key_id {
             Some(k) => Ok(k.to_owned()),
             None => Ok(self

@@ -67,6 +67,7 @@ mod encryption;
 mod guard;
 mod host;
 mod manage;
+mod migrate;
 mod params;
 mod pg;
 mod replica;
@@ -104,8 +105,9 @@ pub trait Volumes: Send + Sync {
 
 /// What a running instance does when its key becomes unusable.
 pub use atrest_diskservice::OnKeyLoss;
-pub use backup::BackupView;
+pub use backup::{BackupView, SourceKeys};
 pub use encryption::EncryptionChange;
+pub use migrate::{LegacyBackups, Moved};
 pub use params::ParamError;
 
 /// The embedded guard, for tests and operators: the PostgreSQL major
@@ -134,6 +136,9 @@ pub struct Config {
     /// `db/` in this store (the server's object store, shared with the
     /// disk service's snapshots, or a local directory of its own).
     pub backups: atrest_objstore::Objects,
+    /// Where an earlier release kept backups as files, moved into
+    /// `backups` at the start ([`LegacyBackups`]).
+    pub legacy_backups: Option<LegacyBackups>,
     /// The `atrest` program, which PostgreSQL runs to archive and fetch WAL.
     pub agent_program: PathBuf,
     /// What running instances do when their key becomes unusable.

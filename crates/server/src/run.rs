@@ -224,6 +224,13 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             state_dir: config.data_dir.join("db"),
             run_dir: db_run,
             backups,
+            // An earlier release kept backups as files: in
+            // `<data dir>/backups` (uploaded), or in --db-backup-dir, which
+            // is now the store itself (moved under `db/` in place).
+            legacy_backups: Some(match &config.db.backup_dir {
+                None => atrest_dbservice::LegacyBackups::Upload(config.data_dir.join("backups")),
+                Some(dir) => atrest_dbservice::LegacyBackups::InPlace(dir.clone()),
+            }),
             agent_program: std::env::current_exe().map_err(StartError::CurrentExe)?,
             on_key_loss: config.disks.on_key_loss,
             check_interval: config.disks.check_interval,

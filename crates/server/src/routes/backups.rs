@@ -52,6 +52,13 @@ pub(crate) struct RestoreBackupRequest {
     name: String,
     /// Restore to this time (RFC 3339; default the latest archived).
     to_time: Option<String>,
+    /// A backup another server made in the same store: the key provider
+    /// (type `aws-kms`) behind which that server's key service answers,
+    /// which decrypts its data keys.
+    source_key_provider: Option<String>,
+    /// With `source_key_provider`: the new instance's key here (default:
+    /// the account's service key).
+    key_id: Option<String>,
 }
 
 /// The caller's backups.
@@ -138,6 +145,28 @@ endpoint! {
         if let Ok(backup) = st.db.describe_backup(call.caller, &p.id) {
             call.set_key(backup.key_arn);
         }
-        Ok(view(call, st.db.restore(call.caller, &p.id, &b.name, b.to_time.as_deref())?))
+        let source = match (&b.source_key_provider, &b.key_id) {
+            (Some(provider), key_id) => Some(atrest_dbservice::SourceKeys {
+                provider: provider.clone(),
+                key_id: key_id.clone(),
+            }),
+            (None, Some(_)) => {
+                return Err(atrest_dbservice::DbError::Invalid(
+                    "key_id applies only with source_key_provider (a restore under the backup's own key otherwise)".into(),
+                )
+                .into());
+            }
+            (None, None) => None,
+        };
+        Ok(view(
+            call,
+            st.db.restore_from(
+                call.caller,
+                &p.id,
+                &b.name,
+                b.to_time.as_deref(),
+                source.as_ref(),
+            )?,
+        ))
     },
 }

@@ -99,6 +99,7 @@ mod tests {
                     ..atrest_objstore::StoreConfig::default()
                 })
                 .unwrap(),
+                legacy_backups: None,
                 agent_program: dir.join("atrest"),
                 on_key_loss: atrest_diskservice::Config::default().on_key_loss,
                 check_interval: std::time::Duration::from_secs(3600),
