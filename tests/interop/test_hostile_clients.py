@@ -209,7 +209,13 @@ def baseline(server, metrics_port: int, port: int, payload: bytes) -> tuple[int,
     runtime's pools at the size a burst needs; what a leak would show is
     growth with every burst, so the second burst is measured against the
     first.)"""
-    for s in stall(port, payload):
+    # Held past the server's deadlines (2 s), as the measured burst is, so
+    # that the server reaches the same peak of connections in flight (a
+    # burst closed at once by the client never does, and the allocator
+    # then keeps more after the measured one than after this one).
+    socks = stall(port, payload)
+    time.sleep(2.5)
+    for s in socks:
         s.close()
     pid = server.proc.pid
     deadline = time.monotonic() + 30
