@@ -452,7 +452,10 @@ mod tests {
 
     #[test]
     fn resealing_changes_key_and_header_and_keeps_the_plaintext() {
-        let (k1, k2) = (Aes256Key::generate().unwrap(), Aes256Key::generate().unwrap());
+        let (k1, k2) = (
+            Aes256Key::generate().unwrap(),
+            Aes256Key::generate().unwrap(),
+        );
         let src = header("db-0123456789abcdef/base/bk-0000000000000001.tar");
         let dst = Header {
             wrapped_key: vec![9; 48],
