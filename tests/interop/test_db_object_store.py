@@ -45,6 +45,9 @@ from conftest import (
     sql_value,
 )
 from garage_fixture import garage, s3_client  # noqa: F401  (fixture)
+# At collection, before the session scrubs ATREST_* from the environment:
+# test_db_backup reads ATREST_PREV_BIN when it is imported.
+from test_db_backup import previous_release_backup, wait_listed, wait_running
 
 PREFIX = "atrest"
 ACCOUNT = "111122223333"
@@ -251,8 +254,6 @@ def test_backups_of_the_previous_release_are_uploaded_to_the_store(make_server, 
     backups first, manifests last), keeps the directory renamed
     `backups.migrated-<time>`, lists the backup and restores it to a point
     in time."""
-    from test_db_backup import previous_release_backup, wait_listed, wait_running
-
     server = make_server(env=store_env(garage))
     old_dir = server.data_dir / "backups"
     src, b, t = previous_release_backup(server, old_dir)
