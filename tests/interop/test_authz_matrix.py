@@ -80,6 +80,7 @@ BODIES = {
     "db:SetBackupRetention": lambda u, i: {"days": 7},
     "db:CloneInstance": lambda u, i: {"name": f"c-{u}"},
     "db:RestoreBackup": lambda u, i: {"name": f"r-{u}"},
+    "db:CopyBackup": lambda u, i: {"region": REGION},
     "project:CreateProject": lambda u, i: {"name": f"p-{u}"},
     "project:SetKey": lambda u, i: {"key_id": "alias/ghost"},
     "project:CreateDisk": lambda u, i: {"size": 1 << 20},

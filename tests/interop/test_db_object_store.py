@@ -15,6 +15,11 @@ binary and PostgreSQL.
   tampered or truncated base backup: the restore fails naming the object,
   and nothing is left behind.
 
+* Copy to another region (issue 21): a backup copied to eu-west-1 under
+  a key there holds the WAL archived since it began, re-encrypted; it is
+  listed and restored in eu-west-1 with the source key disabled, and is
+  refused naming the destination key once that is disabled.
+
 Capabilities: R3 (issue 21).
 """
 
@@ -28,6 +33,7 @@ from datetime import datetime, timedelta, timezone
 from conftest import (
     DB_PASSWORD,
     atrest_client_cmd,
+    atrest_run,
     create_db,
     db_cmd,
     db_json,
@@ -39,6 +45,9 @@ from conftest import (
     sql_value,
 )
 from garage_fixture import garage, s3_client  # noqa: F401  (fixture)
+# At collection, before the session scrubs ATREST_* from the environment:
+# test_db_backup reads ATREST_PREV_BIN when it is imported.
+from test_db_backup import previous_release_backup, wait_listed, wait_running
 
 PREFIX = "atrest"
 ACCOUNT = "111122223333"
@@ -245,8 +254,6 @@ def test_backups_of_the_previous_release_are_uploaded_to_the_store(make_server, 
     backups first, manifests last), keeps the directory renamed
     `backups.migrated-<time>`, lists the backup and restores it to a point
     in time."""
-    from test_db_backup import previous_release_backup, wait_listed, wait_running
-
     server = make_server(env=store_env(garage))
     old_dir = server.data_dir / "backups"
     src, b, t = previous_release_backup(server, old_dir)
@@ -336,3 +343,81 @@ def test_point_in_time_restore_on_a_second_server_through_the_first_servers_key_
     resp = rest_call(srv_b, "POST", f"/v1/backups/{b['id']}/restore",
                      {"name": "x", "key_id": "alias/whatever"}, creds=creds_b)
     assert resp.status_code == 400, resp.text
+
+
+EU = "eu-west-1"
+
+
+def db_in(server, region: str, *args: str, check: bool = True):
+    """`atrest db <args>` signed for `region`, parsed if it must succeed."""
+    p = atrest_run("db", "--endpoint", server.url, "--region", region,
+                   "--credentials-file", str(server.credentials_file), *args,
+                   check=check, timeout=600)
+    return json.loads(p.stdout) if check else p
+
+
+def test_a_backup_copied_to_another_region_restores_there_without_the_source_key(make_server, garage):
+    server = make_server(regions=("us-east-1", EU), args=store_args(garage), env=store_env(garage)).start()
+    src_kms, eu_kms = server.client(), server.client(region=EU)
+    src_key = src_kms.create_key(Description="db in us-east-1")["KeyMetadata"]["Arn"]
+    eu_key = eu_kms.create_key(Description="copies in eu-west-1")["KeyMetadata"]["Arn"]
+    assert f":{EU}:" in eu_key
+    src = create_db(server, "src", "--key", src_key, "--size", "1G")
+    port, i = src["port"], src["id"]
+    marker = "MARKER-" + os.urandom(8).hex()
+    psql(port, "CREATE TABLE t (id serial PRIMARY KEY, phase text NOT NULL, v text); "
+               f"INSERT INTO t (phase, v) SELECT 'before', '{marker}' FROM generate_series(1, 500);")
+    b = db_json(server, "backup", "src")
+    # More commits after the backup: the copy carries them (it flushes the
+    # source's current WAL to the archive first).
+    psql(port, f"INSERT INTO t (phase, v) SELECT 'after', '{marker}' FROM generate_series(1, 40);")
+
+    # Refusals: an unknown region, a key that cannot be used, another
+    # account's backup.
+    r = rest_call(server, "POST", f"/v1/backups/{b['id']}/copy", {"region": "mars-north-1"})
+    assert r.status_code == 400 and "mars-north-1" in r.text, r.text
+    off = eu_kms.create_key(Description="disabled")["KeyMetadata"]["Arn"]
+    eu_kms.disable_key(KeyId=off)
+    r = rest_call(server, "POST", f"/v1/backups/{b['id']}/copy", {"region": EU, "key_id": off})
+    assert r.status_code == 409 and off in r.text, r.text
+    other = new_account(server, "444455556666")
+    r = rest_call(server, "POST", f"/v1/backups/{b['id']}/copy", {"region": EU}, creds=other)
+    assert r.status_code == 404, r.text
+    assert keys(garage, "db/") == sorted(k for k in keys(garage, f"db/{i}/")), keys(garage, "db/")
+
+    c = db_json(server, "backup-copy", b["id"], "--to-region", EU, "--key-id", eu_key)
+    assert c["id"] != b["id"] and c["copy_of"] == b["id"], c
+    assert c["region"] == EU and c["key_arn"] == eu_key and c["instance_id"] == c["id"], c
+    assert (c["start_wal"], c["end_wal"], c["end_time"]) == (b["start_wal"], b["end_wal"], b["end_time"])
+    ns = c["instance_id"]
+    copied = keys(garage, f"db/{ns}/")
+    assert f"db/{ns}/base/{c['id']}.json" in copied and f"db/{ns}/base/{c['id']}.tar.enc" in copied, copied
+    copied_wal = wal(garage, ns)
+    assert b["end_wal"] in copied_wal and all(
+        w.endswith(".history") or w[:24] >= b["start_wal"] for w in copied_wal), copied_wal
+    assert set(copied_wal) <= set(wal(garage, i))
+    # Re-encrypted: other bytes, under the destination key; no plaintext.
+    assert get(garage, f"db/{ns}/base/{c['id']}.tar.enc") != get(garage, f"db/{i}/base/{b['id']}.tar.enc")
+    for k in copied:
+        body = get(garage, k)
+        assert marker.encode() not in body, k
+        if k.endswith(".tar.enc") or "/wal/" in k:
+            assert eu_key.encode() in body[:8192] and src_key.encode() not in body[:8192], k
+    # Listed in eu-west-1 (not in us-east-1).
+    assert [x["id"] for x in db_in(server, EU, "backups")["backups"]] == [c["id"]]
+    assert c["id"] not in [x["id"] for x in db_json(server, "backups")["backups"]]
+
+    # The source key disabled: the copy still restores in eu-west-1, with
+    # the commits made after the backup.
+    src_kms.disable_key(KeyId=src_key)
+    r = db_in(server, EU, "restore", c["id"], "--as", "eu-copy")
+    assert r["state"] == "running" and r["key_arn"] == eu_key, r
+    assert counts(r["port"]) == "after=40,before=500", counts(r["port"])
+    # To a time: the backup's end (only the rows of before).
+    r2 = db_in(server, EU, "restore", c["id"], "--as", "eu-pitr", "--to-time", c["end_time"])
+    assert counts(r2["port"]) == "before=500", counts(r2["port"])
+
+    # The destination key disabled: restoring the copy is refused naming it.
+    eu_kms.disable_key(KeyId=eu_key)
+    p = db_in(server, EU, "restore", c["id"], "--as", "eu-locked", check=False)
+    assert p.returncode != 0 and eu_key in p.stderr, p.stderr

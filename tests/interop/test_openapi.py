@@ -89,6 +89,7 @@ ROUTES = {
     ("get", "/v1/backups/{id}"),
     ("delete", "/v1/backups/{id}"),
     ("post", "/v1/backups/{id}/restore"),
+    ("post", "/v1/backups/{id}/copy"),
     ("get", "/v1/projects"),
     ("post", "/v1/projects"),
     ("get", "/v1/projects/{id}"),

@@ -229,6 +229,20 @@ pub enum DbCommand {
     BackupShow { id: String },
     /// Delete a backup (and the archived WAL no other backup needs).
     BackupDelete { id: String },
+    /// Copy a backup into another region, re-encrypted under a key there,
+    /// with the WAL archived since it began (a new backup, restorable in
+    /// that region).
+    BackupCopy {
+        /// The backup's id.
+        backup: String,
+        /// The destination region.
+        #[arg(long = "to-region")]
+        to_region: String,
+        /// The copy's key in that region (default: the account's service
+        /// key there).
+        #[arg(long)]
+        key_id: Option<String>,
+    },
     /// Restore a backup into a new instance, to a point in time if given.
     Restore {
         /// The backup's id.

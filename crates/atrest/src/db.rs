@@ -102,6 +102,20 @@ pub async fn db(args: DbArgs) -> anyhow::Result<()> {
             )
             .await?
         }
+        DbCommand::BackupCopy {
+            backup,
+            to_region,
+            key_id,
+        } => {
+            let body = json!({"region": to_region, "key_id": key_id});
+            call(
+                &c,
+                Method::POST,
+                &format!("/v1/backups/{}/copy", seg(&backup)),
+                Some(&body),
+            )
+            .await?
+        }
         DbCommand::Restore {
             backup,
             new_name,

@@ -325,6 +325,25 @@ impl<R: Read> Opener<R> {
     }
 }
 
+/// Re-seals an opened artifact: every chunk of `from` is authenticated
+/// and decrypted, then encrypted under `key` into a new artifact with
+/// `header` written to `out`. Nothing of the plaintext is kept beyond one
+/// chunk (zeroized when dropped). Answers the output and the plaintext
+/// length.
+pub(crate) fn reseal<R: Read, W: Write>(
+    mut from: Opener<R>,
+    out: W,
+    key: &Aes256Key,
+    header: &Header,
+) -> Result<(W, u64)> {
+    let mut s = Sealer::new(out, key, header)?;
+    while let Some(c) = from.next_chunk()? {
+        s.write_all(c.expose())?;
+    }
+    let plain = s.plain_len;
+    Ok((s.finish()?, plain))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +448,45 @@ mod tests {
         repeated.extend_from_slice(&sealed[hlen..hlen + c]);
         repeated.extend_from_slice(&sealed[hlen + 2 * c..]);
         assert!(open(&key, &repeated).is_err());
+    }
+
+    #[test]
+    fn resealing_changes_key_and_header_and_keeps_the_plaintext() {
+        let (k1, k2) = (
+            Aes256Key::generate().unwrap(),
+            Aes256Key::generate().unwrap(),
+        );
+        let src = header("db-0123456789abcdef/base/bk-0000000000000001.tar");
+        let dst = Header {
+            wrapped_key: vec![9; 48],
+            key_arn: "arn:aws:kms:eu-west-1:111122223333:key/d".into(),
+            instance: "bk-0000000000000002".into(),
+            name: "bk-0000000000000002/base/bk-0000000000000002.tar".into(),
+        };
+        for n in [0, 10, CHUNK, 2 * CHUNK + 7] {
+            let d = data(n);
+            let sealed = seal(&k1, &src, &d);
+            let mut r = sealed.as_slice();
+            let (h, raw) = Header::read(&mut r).unwrap();
+            let opener = Opener::new(r, &k1, &h, &raw).unwrap();
+            let (copy, plain) = reseal(opener, Vec::new(), &k2, &dst).unwrap();
+            assert_eq!(plain, n as u64);
+            let (h2, back) = open(&k2, &copy).unwrap();
+            assert_eq!((h2, back), (dst.clone(), d), "n {n}");
+            // The source's key opens nothing of the copy.
+            assert!(open(&k1, &copy).is_err());
+        }
+        // A damaged source is not re-sealed.
+        let mut bad = seal(&k1, &src, &data(CHUNK + 3));
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let mut r = bad.as_slice();
+        let (h, raw) = Header::read(&mut r).unwrap();
+        let opener = Opener::new(r, &k1, &h, &raw).unwrap();
+        assert!(matches!(
+            reseal(opener, Vec::new(), &k2, &dst),
+            Err(ArtifactError::Damaged(_))
+        ));
     }
 
     #[test]

@@ -42,6 +42,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
+mod copy;
+
 use crate::agent::{self, Listener};
 use crate::artifact::{ArtifactError, CHUNK, Header, Opener, Sealer};
 use crate::pg::{self, Layout, PgBin};
@@ -154,6 +156,10 @@ pub struct BackupView {
     /// The WAL file that makes it consistent, archived before the backup
     /// was complete.
     pub end_wal: String,
+    /// For a copy in another region: the backup it is a copy of (its
+    /// `instance_id` is then the copy's own namespace, not an instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
 }
 
 /// Marks an instance's backup as being taken while it lives.
@@ -455,6 +461,19 @@ impl DbService {
     /// A fresh data key for one artifact of `rec`: the plaintext and the
     /// wrapped blob.
     fn new_data_key(&self, rec: &Record, key_arn: &str) -> Result<(Aes256Key, Vec<u8>)> {
+        self.generate_data_key(&rec.region, &rec.id, &rec.name, key_arn)
+    }
+
+    /// A fresh data key under `key_arn` in `region` for the encryption
+    /// context of `id` (an instance, or a backup copy's namespace); `name`
+    /// is what a lock message names.
+    fn generate_data_key(
+        &self,
+        region: &str,
+        id: &str,
+        name: &str,
+        key_arn: &str,
+    ) -> Result<(Aes256Key, Vec<u8>)> {
         #[derive(Deserialize)]
         struct Out {
             #[serde(rename = "Plaintext", deserialize_with = "zeroizing_string")]
@@ -464,12 +483,12 @@ impl DbService {
         }
         let raw = self
             .kms
-            .service_session(SERVICE, &rec.region)?
+            .service_session(SERVICE, region)?
             .call_raw(
                 Operation::GenerateDataKey,
-                &json!({"KeyId": key_arn, "KeySpec": "AES_256", "EncryptionContext": context(&rec.id)}),
+                &json!({"KeyId": key_arn, "KeySpec": "AES_256", "EncryptionContext": context(id)}),
             )
-            .map_err(|e| self.key_failure(&rec.region, &rec.name, key_arn, e))?;
+            .map_err(|e| self.key_failure(region, name, key_arn, e))?;
         let out: Out = serde_json::from_slice(&raw)
             .map_err(|_| DbError::Failed("the GenerateDataKey response is not usable".into()))?;
         let plain =
@@ -925,6 +944,7 @@ impl DbService {
             disk_size: d.size,
             start_wal,
             end_wal,
+            copy_of: None,
         };
         // The commit point: the manifest, written last.
         let manifest = manifest_object(&rec.id, &id);
@@ -1680,6 +1700,7 @@ mod tests {
             disk_size: 1,
             start_wal: "000000010000000000000002".into(),
             end_wal: "000000010000000000000003".into(),
+            copy_of: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Database backups' REST API: `POST /v1/instances/{name}/backups`,
-//! `/v1/backups`. Actions `db:*` on `arn:aws:db:REGION:ACCOUNT:backup/ID`;
+//! `/v1/backups` (describe, delete, restore, copy to another region). Actions `db:*` on `arn:aws:db:REGION:ACCOUNT:backup/ID`;
 //! taking a backup is an action on its instance (`instance/NAME`, see
 //! [`super::db`]).
 #![allow(
@@ -25,6 +25,7 @@ pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
         .routes(routes!(list_backups))
         .routes(routes!(describe_backup, delete_backup))
         .routes(routes!(restore_backup))
+        .routes(routes!(copy_backup))
 }
 
 /// A backup in a path.
@@ -58,6 +59,16 @@ pub(crate) struct RestoreBackupRequest {
     source_key_provider: Option<String>,
     /// With `source_key_provider`: the new instance's key here (default:
     /// the account's service key).
+    key_id: Option<String>,
+}
+
+/// `POST /v1/backups/{id}/copy`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CopyBackupRequest {
+    /// The destination region.
+    region: String,
+    /// The copy's key there (default: the account's service key there).
     key_id: Option<String>,
 }
 
@@ -168,5 +179,22 @@ endpoint! {
                 source.as_ref(),
             )?,
         ))
+    },
+}
+
+endpoint! {
+    /// Copy a backup into another region, re-encrypted under a key there
+    /// (a new backup, with the WAL archived since the backup began,
+    /// restorable in that region).
+    copy_backup: post "/v1/backups/{id}/copy" => "db:CopyBackup",
+    tag: "databases", status: CREATED, paged: false, idempotent: true,
+    path: BackupId,
+    body: CopyBackupRequest,
+    answer: BackupView,
+    resource: |_, c, p, _, _| Ok(backup_arn(c, &p.id)),
+    run: |st, call, p, _, b| {
+        let copy = st.db.copy_backup(call.caller, &p.id, &b.region, b.key_id.as_deref())?;
+        call.set_key(copy.key_arn.clone());
+        Ok(copy)
     },
 }
