@@ -25,6 +25,17 @@
 //! before deciding keeps the kernel's queue empty: a client under the
 //! limits is never stuck behind connections that will be refused.
 //!
+//! # Memory after a burst
+//!
+//! A burst of connections (thousands of stalled clients, each with its
+//! buffers and TLS state) makes the allocator grow its heaps on many
+//! threads; glibc keeps the freed pages, so resident memory stays at the
+//! burst's peak. When a listener that held at least [`TRIM_AFTER`]
+//! connections at once is empty again, the allocator is asked to give its
+//! free pages back (`malloc_trim`, on a thread of its own), so that the
+//! server's memory returns to its steady state after every burst instead of
+//! ratcheting up with the worst interleaving seen.
+//!
 //! # Drain
 //!
 //! When the server stops, the loop stops accepting and closes the listener;
@@ -171,7 +182,14 @@ struct Table {
     limits: Limits,
     stats: Arc<Stats>,
     by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// The most connections open at once since the listener was last
+    /// empty.
+    peak: AtomicU64,
 }
+
+/// Connections a listener must have held at once for its emptying to give
+/// the allocator's free memory back.
+pub const TRIM_AFTER: u64 = 64;
 
 /// An admitted connection's place in its [`Table`]; freed when dropped.
 struct Slot {
@@ -195,7 +213,8 @@ impl Table {
             return Err(Refusal::PerAddress);
         }
         *n += 1;
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        let now = self.stats.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
         Ok(Slot {
             table: Arc::clone(self),
             key,
@@ -216,7 +235,10 @@ impl Drop for Slot {
                 by_address.remove(&self.key);
             }
         }
-        self.table.stats.open.fetch_sub(1, Ordering::Relaxed);
+        let was = self.table.stats.open.fetch_sub(1, Ordering::Relaxed);
+        if was == 1 && self.table.peak.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
+            heap::trim();
+        }
     }
 }
 
@@ -235,6 +257,7 @@ pub async fn serve(
         limits,
         stats: Arc::clone(&stats),
         by_address: Mutex::new(HashMap::new()),
+        peak: AtomicU64::new(0),
     });
     let lingering = Arc::new(Semaphore::new(LINGER_MAX));
     let mut connections = tokio::task::JoinSet::new();
@@ -371,6 +394,28 @@ mod rlimit {
             lim = raised;
         }
         Ok(lim.rlim_cur)
+    }
+}
+
+mod heap {
+    #![allow(unsafe_code)] // malloc_trim; the block has a SAFETY comment.
+
+    /// Gives the allocator's free pages back to the system, on a thread of
+    /// its own (it walks every arena). glibc only; elsewhere nothing.
+    pub(super) fn trim() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            let spawned = std::thread::Builder::new()
+                .name("heap-trim".into())
+                // SAFETY: malloc_trim takes no pointer and may be called from
+                // any thread at any time; it only releases free memory.
+                .spawn(|| unsafe {
+                    libc::malloc_trim(0);
+                });
+            if let Err(e) = spawned {
+                tracing::debug!(error = %e, "cannot start the heap trim thread");
+            }
+        }
     }
 }
 
