@@ -19,6 +19,7 @@ of them.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -270,6 +271,7 @@ def test_the_key_decides_as_the_caller(world):
         ("POST", "/v1/disks", {"size": 1 << 20, "key_id": key}),
         ("POST", "/v1/disks", {"snapshot_id": snap}),
         ("POST", "/v1/snapshots", {"disk_id": disk}),
+        ("POST", "/v1/snapshots", {"disk_id": disk, "to_object_store": True}),
         ("POST", f"/v1/disks/{disk}/rollback", {"snapshot_id": snap}),
         ("POST", f"/v1/disks/{disk}/rekey", {"reencrypt": True}),
         ("POST", f"/v1/disks/{disk}/convert", {"encrypted": False}),
@@ -291,6 +293,18 @@ def test_the_key_decides_as_the_caller(world):
     r = rest_call(s, "POST", "/v1/disks", {"snapshot_id": snap}, creds=root)
     assert r.status_code == 201, r.text
     assert rest_call(s, "DELETE", f"/v1/disks/{r.json()['id']}", creds=root).status_code == 200
+    # A snapshot the root stored in the object store: the denied user may
+    # neither copy it nor restore it.
+    stored = rest_call(s, "POST", "/v1/snapshots", {"disk_id": disk, "to_object_store": True}, creds=root).json()
+    deadline = time.time() + 60
+    while rest_call(s, "GET", f"/v1/snapshots/{stored['id']}", creds=root).json()["state"] != "available":
+        assert time.time() < deadline, "the upload does not finish"
+        time.sleep(0.2)
+    for path, body in ((f"/v1/snapshots/{stored['id']}/copy", {"region": REGION}),
+                       ("/v1/disks", {"snapshot_id": stored["id"]})):
+        r = rest_call(s, "POST", path, body, creds=kd)
+        assert denied_by_key(r, key), (path, r.status_code, r.text)
+    assert rest_call(s, "DELETE", f"/v1/snapshots/{stored['id']}", creds=root).status_code == 200
 
     # NBD: the report's case. The denied user's qemu-io read is refused;
     # the root's works, and reads what the root wrote.

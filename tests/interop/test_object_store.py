@@ -337,6 +337,7 @@ def test_recover_offline_equals_the_disk(make_server, garage):
         capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert run("cmp", str(src), str(out), check=False).returncode == 0
+    assert out.stat().st_mode & 0o777 == 0o600, oct(out.stat().st_mode)
     # An unknown id: a clear error, no file left.
     bad = e.work / "none.raw"
     p = subprocess.run(
@@ -459,6 +460,11 @@ def test_restore_on_a_second_server_through_the_first_servers_key_service(make_s
     other = new_account(b.server, "444455556666")
     resp = rest_call(b.server, "POST", "/v1/disks",
                      {"snapshot_id": s["id"], "source_key_provider": "siteA"}, creds=other)
+    assert resp.status_code == 404, resp.text
+    # On A, where the record is, another account is told nothing more.
+    other_a = new_account(a.server, "444455556666")
+    resp = rest_call(a.server, "POST", "/v1/disks",
+                     {"snapshot_id": s["id"], "source_key_provider": "siteA"}, creds=other_a)
     assert resp.status_code == 404, resp.text
     # A tampered manifest is refused (its MAC), naming it.
     s3 = s3_client(garage)

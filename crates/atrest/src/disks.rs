@@ -396,11 +396,13 @@ fn recover_snapshot(a: &crate::cli::RecoverSnapshotArgs) -> anyhow::Result<()> {
         &data_dir,
         store.as_ref(),
     )?);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&a.out)
-        .with_context(|| format!("creating {}", a.out.display()))?;
+    // The image is plaintext: readable by its owner alone.
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(&a.out)
+    .with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let n = opened.disks.recover_stored(
         objects,

@@ -21,12 +21,10 @@ use atrest_kms::Caller;
 use bytes::Bytes;
 use zeroize::Zeroize;
 
-use super::format::{self, BLOCK_BYTES, BLOCK_CHUNKS, Manifest, ManifestKey};
+use super::format::{self, BLOCK_BYTES, BLOCK_CHUNKS};
 use super::{Archive, CONCURRENCY, Record, RecordState, for_each_step, lock, spawn_job};
 use crate::jobs::{JobCell, JobKind};
-use crate::{
-    DiskService, Result, SNAPSHOT_CONTEXT, SnapshotView, ctx, label, new_id, owner_labels,
-};
+use crate::{DiskService, Result, SNAPSHOT_CONTEXT, SnapshotView, ctx, new_id, owner_labels};
 
 impl DiskService {
     /// Copies one of the caller's stored snapshots into `region`,
@@ -207,30 +205,7 @@ impl DiskService {
             });
             Ok(())
         })?;
-        let mut manifest = Manifest {
-            format: format::MANIFEST_FORMAT.into(),
-            id: r.id.clone(),
-            lineage: r.lineage.clone(),
-            disk: r.disk.clone(),
-            size: r.size,
-            block_size: r.block_size,
-            chunk_size: CHUNK,
-            block_chunks: BLOCK_CHUNKS,
-            cipher: "AES-256-XTS".into(),
-            key: Some(ManifestKey {
-                key_arn: dst_key.key_arn.clone(),
-                wrapped: base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    &dst_key.wrapped,
-                ),
-                context: ctx(SNAPSHOT_CONTEXT, &r.id),
-            }),
-            account: label(&r.labels, crate::L_ACCOUNT),
-            region: dst_region.clone(),
-            created: label(&r.labels, crate::L_CREATED),
-            blocks,
-            mac: None,
-        };
+        let mut manifest = r.manifest(blocks);
         manifest.seal(&dst_plain);
         drop(dst_plain);
         let bytes = manifest.encode();

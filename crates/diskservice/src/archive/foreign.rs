@@ -72,11 +72,22 @@ impl DiskService {
             .into());
         }
         let archive = Arc::clone(self.archive()?);
-        if archive.record(snapshot)?.is_some() {
-            return Err(DiskError::Invalid(format!(
-                "snapshot {snapshot} was stored by this server; restore it without a key provider"
-            ))
-            .into());
+        match archive.record(snapshot)? {
+            // Another account's reads as not found, as everywhere.
+            Some(r) if !crate::owned_by(&r.labels, caller) => {
+                return Err(DiskError::NotFound {
+                    kind: "snapshot",
+                    id: snapshot.to_owned(),
+                }
+                .into());
+            }
+            Some(_) => {
+                return Err(DiskError::Invalid(format!(
+                    "snapshot {snapshot} was stored by this server; restore it without a key provider"
+                ))
+                .into());
+            }
+            None => {}
         }
         let (m, _key) = self.foreign_manifest(&archive, caller, snapshot, &req.provider)?;
         let extra = Labels::from([

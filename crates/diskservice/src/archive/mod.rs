@@ -172,6 +172,39 @@ impl Record {
     fn region(&self) -> String {
         label(&self.labels, crate::L_REGION)
     }
+
+    /// The manifest of this snapshot with `blocks`, not yet sealed.
+    fn manifest(&self, blocks: BTreeMap<u64, String>) -> Manifest {
+        Manifest {
+            format: format::MANIFEST_FORMAT.into(),
+            id: self.id.clone(),
+            lineage: self.lineage.clone(),
+            disk: self.disk.clone(),
+            size: self.size,
+            block_size: self.block_size,
+            chunk_size: CHUNK,
+            block_chunks: BLOCK_CHUNKS,
+            cipher: if self.key.is_some() {
+                "AES-256-XTS"
+            } else {
+                "none"
+            }
+            .into(),
+            key: self.key.as_ref().map(|k| ManifestKey {
+                key_arn: k.key_arn.clone(),
+                wrapped: base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &k.wrapped,
+                ),
+                context: ctx(SNAPSHOT_CONTEXT, &self.id),
+            }),
+            account: label(&self.labels, crate::L_ACCOUNT),
+            region: self.region(),
+            created: label(&self.labels, crate::L_CREATED),
+            blocks,
+            mac: None,
+        }
+    }
 }
 
 impl Archive {
@@ -589,35 +622,7 @@ impl DiskService {
             }
             Ok(())
         })?;
-        let manifest = Manifest {
-            format: format::MANIFEST_FORMAT.into(),
-            id: r.id.clone(),
-            lineage: r.lineage.clone(),
-            disk: r.disk.clone(),
-            size: r.size,
-            block_size: r.block_size,
-            chunk_size: CHUNK,
-            block_chunks: BLOCK_CHUNKS,
-            cipher: if r.key.is_some() {
-                "AES-256-XTS"
-            } else {
-                "none"
-            }
-            .into(),
-            key: r.key.as_ref().map(|k| ManifestKey {
-                key_arn: k.key_arn.clone(),
-                wrapped: base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    &k.wrapped,
-                ),
-                context: ctx(SNAPSHOT_CONTEXT, &r.id),
-            }),
-            account: label(&r.labels, crate::L_ACCOUNT),
-            region: label(&r.labels, crate::L_REGION),
-            created: label(&r.labels, crate::L_CREATED),
-            blocks,
-            mac: None,
-        };
+        let manifest = r.manifest(blocks);
         let mut manifest = manifest;
         if let Some(k) = &r.key {
             // The manifest is authenticated under the data key, so a server
