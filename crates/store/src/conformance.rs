@@ -70,6 +70,14 @@ fn tables_are_separate(store: &dyn Store) {
     assert_eq!(r.get(B, b"same").unwrap().as_deref(), Some(&b"b"[..]));
     assert_eq!(r.scan(A, b"", None, 100).unwrap().len(), 1);
     drop(r);
+    // Both tables are listed (a store copy enumerates them); one never
+    // written to is not.
+    let names: Vec<&str> = store.tables().unwrap().iter().map(|t| t.name()).collect();
+    assert!(
+        names.contains(&A.name()) && names.contains(&B.name()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"conformance.never-written"), "{names:?}");
     let mut w = store.write().unwrap();
     w.delete(A, b"same").unwrap();
     w.delete(B, b"same").unwrap();

@@ -37,6 +37,13 @@ impl Table {
         Self(name)
     }
 
+    /// A table whose name is known only at run time (a tool that lists a
+    /// store's tables). The name is leaked: call it a bounded number of times.
+    #[must_use]
+    pub fn named(name: String) -> Self {
+        Self(Box::leak(name.into_boxed_str()))
+    }
+
     /// The table's name.
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -59,12 +66,74 @@ pub enum StoreError {
     Locked(String),
 }
 
+/// A change another process committed to a shared store, as a
+/// [`Watcher`] hears of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// The row `key` of `table` was written or deleted.
+    Row {
+        /// The table's name.
+        table: &'a str,
+        /// The row's key.
+        key: &'a [u8],
+    },
+    /// Anything may have changed (the process lost track of the store, or
+    /// caught up by reloading it): every cache above the store starts again.
+    All,
+}
+
+/// Called after changes committed elsewhere are visible to this process's
+/// reads. Must be quick and must not call back into the store.
+pub type Watcher = std::sync::Arc<dyn Fn(&Change<'_>) + Send + Sync>;
+
 /// A durable transactional key-value store.
+///
+/// The embedded backends have one writer, this process. A shared backend
+/// (several atrest nodes on one PostgreSQL) also has writers elsewhere, and
+/// the last four methods are how a process keeps its caches honest and its
+/// periodic tasks single; their defaults are the embedded answers.
 pub trait Store: Send + Sync {
     /// Starts a read transaction on the latest committed snapshot.
     fn read(&self) -> Result<Box<dyn ReadTx + '_>, StoreError>;
     /// Starts a write transaction.
     fn write(&self) -> Result<Box<dyn WriteTx + '_>, StoreError>;
+
+    /// Calls `watcher` after each change another process commits becomes
+    /// visible here. Embedded stores have no other writer and never call it.
+    fn watch(&self, watcher: Watcher) {
+        let _ = watcher;
+    }
+
+    /// Whether this process's reads are confirmed current within the
+    /// store's staleness bound. A cache kept above the store (decisions
+    /// derived from records) may be used only while this is true.
+    fn is_current(&self) -> bool {
+        true
+    }
+
+    /// Waits until every change committed before this call is visible to
+    /// this process's reads. A lookup that found nothing calls it before it
+    /// answers "not found"; concurrent calls share one catch-up.
+    fn refresh(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Takes or renews the lease `name` for `holder` for `ttl`, and answers
+    /// whether `holder` holds it now. A lease lets one process among several
+    /// sharing the store run a periodic task; with one process, it always
+    /// does.
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
+
+    /// The tables that hold at least one row (to copy or check a store).
+    fn tables(&self) -> Result<Vec<Table>, StoreError>;
 }
 
 /// Reads, shared by read and write transactions.

@@ -94,6 +94,13 @@ impl Store for MemoryStore {
             _guard: guard,
         }))
     }
+
+    fn tables(&self) -> Result<Vec<Table>, StoreError> {
+        let map = self.current();
+        let mut names: Vec<&'static str> = map.keys().map(|(t, _)| *t).collect();
+        names.dedup();
+        Ok(names.into_iter().map(Table::new).collect())
+    }
 }
 
 impl ReadTx for MemRead {

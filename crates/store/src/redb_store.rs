@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle};
 
 use crate::{Entry, ReadTx, Store, StoreError, Table, WriteTx, prefix_end};
 
@@ -83,6 +83,21 @@ impl Store for RedbStore {
         tx.set_durability(redb::Durability::Immediate)
             .map_err(backend)?;
         Ok(Box::new(RedbWrite(tx)))
+    }
+
+    fn tables(&self) -> Result<Vec<Table>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let mut out = Vec::new();
+        for handle in tx.list_tables().map_err(backend)? {
+            let name = handle.name().to_owned();
+            let t = tx
+                .open_table(TableDefinition::<&[u8], &[u8]>::new(&name))
+                .map_err(backend)?;
+            if t.first().map_err(backend)?.is_some() {
+                out.push(Table::named(name));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -162,6 +162,9 @@ impl Store for FaultyStore {
             fail: self.fail_commit.load(Ordering::SeqCst),
         }))
     }
+    fn tables(&self) -> Result<Vec<Table>, StoreError> {
+        self.inner.tables()
+    }
 }
 
 /// xorshift64*.

@@ -32,6 +32,10 @@ impl Store for CountingStore {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.write()
     }
+
+    fn tables(&self) -> Result<Vec<atrest_store::Table>, StoreError> {
+        self.inner.tables()
+    }
 }
 
 struct Fixture {
