@@ -102,6 +102,42 @@ pub struct DataDir {
     /// The disk service's metadata store (`<data-dir>/disks/meta.redb`),
     /// which also holds the records of snapshots in object storage.
     pub disk_meta: Arc<dyn Store>,
+    /// The key service's store: `kms.redb`, or the shared PostgreSQL
+    /// database's `kms` namespace (it also holds the node registry).
+    pub kms_store: Arc<dyn Store>,
+    /// With a shared store: the lock on the data dir (`node.lock`), held
+    /// while the server runs.
+    pub lock: Option<fs::File>,
+}
+
+/// Opens the namespace `ns` of the shared store at `url`.
+pub fn shared_store(url: &str, ns: &str) -> Result<Arc<dyn Store>, DataDirError> {
+    // PENDING-PGSTORE: replaced when atrest-pgstore lands.
+    let _ = (url, ns);
+    Err(DataDirError::Kms(
+        "no PostgreSQL store in this build".into(),
+    ))
+}
+
+/// Takes the data dir's lock when no redb file in it is the lock: two
+/// servers must never run on one data dir.
+fn lock_data_dir(dir: &Path) -> Result<fs::File, DataDirError> {
+    let path = dir.join("node.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DataDirError::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(DataDirError::Store(
+            atrest_store::StoreError::Locked(dir.display().to_string()),
+        )),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(DataDirError::io(format!("locking {}", path.display()), e))
+        }
+    }
 }
 
 /// Where earlier releases wrote the admin credentials: inside the data dir.
@@ -284,7 +320,7 @@ pub fn open(
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
     (audit, audit_sync): (&atrest_audit::Options, crate::config::AuditSync),
-    disk_config: atrest_diskservice::Config,
+    (disk_config, store_url): (atrest_diskservice::Config, Option<&str>),
 ) -> Result<DataDir, DataDirError> {
     // Before anything is created: a refused flag leaves no trace.
     check_credentials_path(dir, admin_credentials)?;
@@ -293,9 +329,16 @@ pub fn open(
         .mode(0o700)
         .create(dir)
         .map_err(|e| DataDirError::io(format!("creating data dir {}", dir.display()), e))?;
-    // The store's file lock is the data dir's lock: take it first, so two
-    // servers can never initialise the same dir at once.
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("kms.redb"))?);
+    // The store's file lock is the data dir's lock (or, with a shared
+    // store, `node.lock`): take it first, so two servers can never
+    // initialise the same dir at once.
+    let (store, lock): (Arc<dyn Store>, _) = match store_url {
+        None => (Arc::new(RedbStore::open(&dir.join("kms.redb"))?), None),
+        Some(url) => {
+            let lock = lock_data_dir(dir)?;
+            (shared_store(url, "kms")?, Some(lock))
+        }
+    };
     if move_legacy_credentials(dir, admin_credentials)? {
         tracing::warn!(
             from = %dir.join(LEGACY_ADMIN_CREDENTIALS).display(),
@@ -304,6 +347,7 @@ pub fn open(
         );
     }
     let root = RootKey::open_or_create(dir, root)?;
+    let kms_store = Arc::clone(&store);
     let kms = KeyService::open(store, root, regions, clock).map_err(|e| {
         DataDirError::Kms(match e {
             atrest_kms::KmsError::Internal(m) | atrest_kms::KmsError::Validation(m) => m,
@@ -351,6 +395,7 @@ pub fn open(
     );
     kms.set_audit_sink(trail.clone());
     let kms = Arc::new(kms);
+    kms.follow_store();
     let (disks, disk_meta) = open_disks(&dir.join("disks"), &kms, disk_config)?;
     Ok(DataDir {
         kms,
@@ -358,6 +403,8 @@ pub fn open(
         bootstrap,
         disks,
         disk_meta,
+        kms_store,
+        lock,
     })
 }
 
