@@ -711,6 +711,10 @@ pub struct RecoverSnapshotArgs {
     /// The stored snapshot's id.
     #[arg(long)]
     pub id: String,
+    /// The metadata store of a node on PostgreSQL (as given to `serve
+    /// --store`) [default: the data dir's redb files].
+    #[arg(long = "metadata-store", env = "ATREST_STORE", value_name = "URL")]
+    pub metadata_store: Option<String>,
     /// Where to write the image (refused if it exists).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

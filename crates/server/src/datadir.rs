@@ -119,6 +119,26 @@ pub fn shared_store(url: &str, ns: &str) -> Result<Arc<dyn Store>, DataDirError>
     ))
 }
 
+/// A node joining a shared store that is sealed already must bring the
+/// cluster's root: a root key file that does not exist would be made anew
+/// (and then refused), so it is refused before anything is created.
+fn refuse_a_new_root_for_a_sealed_store(
+    store: &dyn Store,
+    root: &RootSource,
+) -> Result<(), DataDirError> {
+    let sealed = store
+        .read()?
+        .get(atrest_kms::records::META, b"root_check")?
+        .is_some();
+    match root {
+        RootSource::KeyFile(path) if sealed && !path.exists() => Err(DataDirError::Kms(format!(
+            "the shared store is sealed by the cluster's root key already, and this node's root key file {} does not exist: copy the first node's root key file there (or name it with --root-key-file), so that every node unseals with the same root",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Takes the data dir's lock when no redb file in it is the lock: two
 /// servers must never run on one data dir.
 fn lock_data_dir(dir: &Path) -> Result<fs::File, DataDirError> {
@@ -346,10 +366,16 @@ pub fn open(
             "moved the admin credentials an earlier release left in the data dir out of it"
         );
     }
+    if store_url.is_some() {
+        refuse_a_new_root_for_a_sealed_store(&*store, &root)?;
+    }
     let root = RootKey::open_or_create(dir, root)?;
     let kms_store = Arc::clone(&store);
     let kms = KeyService::open(store, root, regions, clock).map_err(|e| {
         DataDirError::Kms(match e {
+            atrest_kms::KmsError::Internal(m) if store_url.is_some() && m.contains("different root key") => format!(
+                "{m}: every node on a shared store must unseal with the cluster's root of trust (the same root key file, PKCS#11 key or key provider key as the first node); this node's is another one"
+            ),
             atrest_kms::KmsError::Internal(m) | atrest_kms::KmsError::Validation(m) => m,
             other => other.to_string(),
         })
