@@ -20,9 +20,11 @@
 #![warn(missing_docs)]
 
 pub mod conformance;
+pub mod copy;
 mod memory;
 mod redb_store;
 
+pub use copy::{CopyReport, TableSum, checksum, copy_all};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -64,6 +66,9 @@ pub enum StoreError {
     /// Another process holds the store open.
     #[error("metadata store at {0} is in use by another process")]
     Locked(String),
+    /// A copy's destination already holds rows (the tables named).
+    #[error("the destination store is not empty (tables: {0}); copy only into an empty store")]
+    NotEmpty(String),
 }
 
 /// A change another process committed to a shared store, as a
