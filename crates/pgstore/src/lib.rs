@@ -705,6 +705,10 @@ impl Store for PgStore {
         }))
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn watch(&self, watcher: atrest_store::Watcher) {
         match self.inner.watchers.write() {
             Ok(mut g) => g.push(watcher),

@@ -112,11 +112,7 @@ pub struct DataDir {
 
 /// Opens the namespace `ns` of the shared store at `url`.
 pub fn shared_store(url: &str, ns: &str) -> Result<Arc<dyn Store>, DataDirError> {
-    // PENDING-PGSTORE: replaced when atrest-pgstore lands.
-    let _ = (url, ns);
-    Err(DataDirError::Kms(
-        "no PostgreSQL store in this build".into(),
-    ))
+    Ok(Arc::new(atrest_pgstore::PgStore::open(url, ns)?))
 }
 
 /// A node joining a shared store that is sealed already must bring the
