@@ -51,6 +51,7 @@ ROUTES = {
     ("get", "/v1/audit"),
     ("post", "/v1/audit/verify"),
     ("get", "/v1/metering"),
+    ("get", "/v1/nodes"),
     ("put", "/v1/service-keys/{service}"),
     ("get", "/v1/disks"),
     ("post", "/v1/disks"),

@@ -369,6 +369,13 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
 /// The most records the server answers at once.
 const AUDIT_PAGE: usize = 1000;
 
+pub async fn node(args: crate::cli::NodeArgs) -> anyhow::Result<()> {
+    let c = client(&args.client)?;
+    match args.command {
+        crate::cli::NodeCommand::List => show(&c.rest(Method::GET, "/v1/nodes", None).await?),
+    }
+}
+
 pub async fn metering(args: MeteringArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     let path = match &args.account {

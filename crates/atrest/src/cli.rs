@@ -43,6 +43,8 @@ pub enum Command {
     Audit(Box<AuditArgs>),
     /// Key-service request counts per account, region and operation.
     Metering(MeteringArgs),
+    /// The nodes sharing this server's metadata store.
+    Node(NodeArgs),
     /// Encrypted disks: create, list, show, resize, snapshot, rollback,
     /// clone, rekey, convert, delete.
     Disk(DiskArgs),
@@ -709,6 +711,10 @@ pub struct RecoverSnapshotArgs {
     /// The stored snapshot's id.
     #[arg(long)]
     pub id: String,
+    /// The metadata store of a node on PostgreSQL (as given to `serve
+    /// --store`) [default: the data dir's redb files].
+    #[arg(long = "metadata-store", env = "ATREST_STORE", value_name = "URL")]
+    pub metadata_store: Option<String>,
     /// Where to write the image (refused if it exists).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -747,6 +753,21 @@ pub struct MeteringArgs {
     /// Only this account (admins; others always see their own).
     #[arg(long)]
     pub account: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Every node: its addresses, its health, its leases and what it hosts
+    /// (admins).
+    List,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -834,6 +855,24 @@ pub struct ServeArgs {
     pub disk_close_after: u64,
     #[command(flatten)]
     pub object_store: ObjectStoreArgs,
+    /// Keep the key service's and the projects' metadata in this
+    /// PostgreSQL database (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`,
+    /// `?sslmode=require|verify-full&sslrootcert=FILE` for TLS), shared by
+    /// every node pointed at it [default: the embedded redb files in the
+    /// data dir]. Prefer a password in PGPASSWORD to one in the URL.
+    #[arg(long, env = "ATREST_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// This node's name in `atrest node list` [default: the host name].
+    #[arg(long, env = "ATREST_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The URL clients and the other nodes reach this node's API at
+    /// [default: the listen address].
+    #[arg(long, value_name = "URL")]
+    pub advertise_api: Option<String>,
+    /// The address clients reach this node's NBD server at [default: the
+    /// NBD listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_nbd: Option<String>,
     /// Seconds between checks of open disks' keys.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub disk_key_check_interval: u64,

@@ -380,7 +380,10 @@ fn recover_snapshot(a: &crate::cli::RecoverSnapshotArgs) -> anyhow::Result<()> {
             &atrest_audit::Options::default(),
             atrest_server::config::AuditSync::Changes,
         ),
-        atrest_diskservice::Config::default(),
+        (
+            atrest_diskservice::Config::default(),
+            a.metadata_store.as_deref(),
+        ),
     )
     .context("opening the data dir (is the server still running?)")?;
     opened

@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Admin(args) => admin::run(args).await,
             cli::Command::Audit(args) => admin::audit(*args).await,
             cli::Command::Metering(args) => admin::metering(args).await,
+            cli::Command::Node(args) => admin::node(args).await,
             cli::Command::Disk(args) => disks::disk(args).await,
             cli::Command::Snapshot(args) => disks::snapshot(args).await,
             cli::Command::Recover(args) => disks::recover(*args).await,

@@ -30,6 +30,21 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
+/// `url` without the password its user info may carry.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".into();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _log_guard = init_logging(args.log_format);
     // The connection limits, not the default soft limit of 1024 open
@@ -102,6 +117,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit_refusal_interval: Duration::from_secs(args.audit_refusal_interval),
         object_store: args.object_store.config(),
         region_object_stores: args.object_store.region_configs()?,
+        cluster: atrest_server::ClusterSettings {
+            store_url: args.store.clone(),
+            node_name: args.node_name.clone(),
+            advertise_api: args.advertise_api.clone(),
+            advertise_nbd: args.advertise_nbd.clone(),
+        },
     };
     let server = atrest_server::start(config).await?;
     let endpoint = format!("{scheme}://{}", server.addr);
@@ -111,6 +132,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  regions:  {}", server.kms.regions().join(", "));
     println!("  data dir: {}", data_dir.display());
+    match &args.store {
+        None => println!("  store:    embedded (redb files in the data dir)"),
+        Some(url) => println!("  store:    {} (shared)", redact_url(url)),
+    }
+    println!("  node:     {} ({})", server.node.name, server.node.id);
     println!("  root:     {root_shown}");
     if let Some(m) = server.metrics_addr {
         println!("  metrics:  http://{m}/metrics");

@@ -836,6 +836,16 @@ impl DbService {
 
     // ----- reads ----------------------------------------------------------
 
+    /// Every instance this service runs as (id, name, account): what this
+    /// node hosts, for the node registry. Gives no access.
+    #[must_use]
+    pub fn hosted(&self) -> Vec<(String, String, String)> {
+        lock(&self.records)
+            .values()
+            .map(|r| (r.id.clone(), r.name.clone(), r.account.clone()))
+            .collect()
+    }
+
     /// The caller's instances.
     pub fn list(&self, caller: &Caller) -> Vec<InstanceView> {
         let rs: Vec<Record> = lock(&self.records)

@@ -584,6 +584,21 @@ impl DiskService {
         Ok(s)
     }
 
+    /// Every disk in this pool as (id, account): what this node hosts, for
+    /// the node registry. Gives no access.
+    #[must_use]
+    pub fn hosted(&self) -> Vec<(String, String)> {
+        self.engine.disks().map_or_else(
+            |_| Vec::new(),
+            |disks| {
+                disks
+                    .iter()
+                    .map(|d| (d.id.clone(), label(&d.labels, L_ACCOUNT)))
+                    .collect()
+            },
+        )
+    }
+
     /// The caller's disks (not those a service manages).
     pub fn list_disks(&self, caller: &Caller) -> Result<Vec<DiskView>> {
         Ok(self

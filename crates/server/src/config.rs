@@ -63,6 +63,25 @@ pub struct ServerConfig {
     pub object_store: Option<atrest_objstore::StoreConfig>,
     /// Regions whose stored snapshots go to a store of their own.
     pub region_object_stores: Vec<(String, atrest_objstore::StoreConfig)>,
+    /// Several nodes on one shared metadata store.
+    pub cluster: ClusterSettings,
+}
+
+/// Where the metadata lives and how this node shows itself to the others.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSettings {
+    /// `postgres://...`: the key service's and the projects' metadata live
+    /// in this PostgreSQL database, shared with other nodes (`None`: the
+    /// embedded redb files in the data dir).
+    pub store_url: Option<String>,
+    /// This node's name (default: the host name).
+    pub node_name: Option<String>,
+    /// The URL other nodes and clients reach this node's API at (default:
+    /// the listen address).
+    pub advertise_api: Option<String>,
+    /// The address clients reach this node's NBD server at (default: the
+    /// NBD listen address).
+    pub advertise_nbd: Option<String>,
 }
 
 /// [`ServerConfig::audit_refusal_interval`]'s default.

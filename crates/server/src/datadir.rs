@@ -102,6 +102,62 @@ pub struct DataDir {
     /// The disk service's metadata store (`<data-dir>/disks/meta.redb`),
     /// which also holds the records of snapshots in object storage.
     pub disk_meta: Arc<dyn Store>,
+    /// The key service's store: `kms.redb`, or the shared PostgreSQL
+    /// database's `kms` namespace (it also holds the node registry).
+    pub kms_store: Arc<dyn Store>,
+    /// With a shared store: the lock on the data dir (`node.lock`), held
+    /// while the server runs.
+    pub lock: Option<fs::File>,
+}
+
+/// Opens the namespace `ns` of the shared store at `url`.
+pub fn shared_store(url: &str, ns: &str) -> Result<Arc<dyn Store>, DataDirError> {
+    // PENDING-PGSTORE: replaced when atrest-pgstore lands.
+    let _ = (url, ns);
+    Err(DataDirError::Kms(
+        "no PostgreSQL store in this build".into(),
+    ))
+}
+
+/// A node joining a shared store that is sealed already must bring the
+/// cluster's root: a root key file that does not exist would be made anew
+/// (and then refused), so it is refused before anything is created.
+fn refuse_a_new_root_for_a_sealed_store(
+    store: &dyn Store,
+    root: &RootSource,
+) -> Result<(), DataDirError> {
+    let sealed = store
+        .read()?
+        .get(atrest_kms::records::META, b"root_check")?
+        .is_some();
+    match root {
+        RootSource::KeyFile(path) if sealed && !path.exists() => Err(DataDirError::Kms(format!(
+            "the shared store is sealed by the cluster's root key already, and this node's root key file {} does not exist: copy the first node's root key file there (or name it with --root-key-file), so that every node unseals with the same root",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Takes the data dir's lock when no redb file in it is the lock: two
+/// servers must never run on one data dir.
+fn lock_data_dir(dir: &Path) -> Result<fs::File, DataDirError> {
+    let path = dir.join("node.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DataDirError::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(DataDirError::Store(
+            atrest_store::StoreError::Locked(dir.display().to_string()),
+        )),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(DataDirError::io(format!("locking {}", path.display()), e))
+        }
+    }
 }
 
 /// Where earlier releases wrote the admin credentials: inside the data dir.
@@ -284,7 +340,7 @@ pub fn open(
     regions: Vec<String>,
     clock: Arc<dyn atrest_kms::clock::Clock>,
     (audit, audit_sync): (&atrest_audit::Options, crate::config::AuditSync),
-    disk_config: atrest_diskservice::Config,
+    (disk_config, store_url): (atrest_diskservice::Config, Option<&str>),
 ) -> Result<DataDir, DataDirError> {
     // Before anything is created: a refused flag leaves no trace.
     check_credentials_path(dir, admin_credentials)?;
@@ -293,9 +349,16 @@ pub fn open(
         .mode(0o700)
         .create(dir)
         .map_err(|e| DataDirError::io(format!("creating data dir {}", dir.display()), e))?;
-    // The store's file lock is the data dir's lock: take it first, so two
-    // servers can never initialise the same dir at once.
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("kms.redb"))?);
+    // The store's file lock is the data dir's lock (or, with a shared
+    // store, `node.lock`): take it first, so two servers can never
+    // initialise the same dir at once.
+    let (store, lock): (Arc<dyn Store>, _) = match store_url {
+        None => (Arc::new(RedbStore::open(&dir.join("kms.redb"))?), None),
+        Some(url) => {
+            let lock = lock_data_dir(dir)?;
+            (shared_store(url, "kms")?, Some(lock))
+        }
+    };
     if move_legacy_credentials(dir, admin_credentials)? {
         tracing::warn!(
             from = %dir.join(LEGACY_ADMIN_CREDENTIALS).display(),
@@ -303,9 +366,16 @@ pub fn open(
             "moved the admin credentials an earlier release left in the data dir out of it"
         );
     }
+    if store_url.is_some() {
+        refuse_a_new_root_for_a_sealed_store(&*store, &root)?;
+    }
     let root = RootKey::open_or_create(dir, root)?;
+    let kms_store = Arc::clone(&store);
     let kms = KeyService::open(store, root, regions, clock).map_err(|e| {
         DataDirError::Kms(match e {
+            atrest_kms::KmsError::Internal(m) if store_url.is_some() && m.contains("different root key") => format!(
+                "{m}: every node on a shared store must unseal with the cluster's root of trust (the same root key file, PKCS#11 key or key provider key as the first node); this node's is another one"
+            ),
             atrest_kms::KmsError::Internal(m) | atrest_kms::KmsError::Validation(m) => m,
             other => other.to_string(),
         })
@@ -351,6 +421,7 @@ pub fn open(
     );
     kms.set_audit_sink(trail.clone());
     let kms = Arc::new(kms);
+    kms.follow_store();
     let (disks, disk_meta) = open_disks(&dir.join("disks"), &kms, disk_config)?;
     Ok(DataDir {
         kms,
@@ -358,6 +429,8 @@ pub fn open(
         bootstrap,
         disks,
         disk_meta,
+        kms_store,
+        lock,
     })
 }
 

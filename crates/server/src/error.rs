@@ -64,6 +64,10 @@ pub enum ApiError {
     /// JSON, a member of the wrong type, an unknown member).
     #[error("{0}")]
     Malformed(String),
+    /// The resource is hosted by another node (a disk in its pool, an
+    /// instance it runs): the message names it and its addresses.
+    #[error("{0}")]
+    WrongNode(String),
     /// The REST layer itself failed (encoding an answer, a worker): a
     /// server fault, with details in the log only.
     #[error("{0}")]
@@ -119,6 +123,11 @@ impl ApiError {
                 self.to_string(),
             ),
             Self::NoRoute(_) => (StatusCode::NOT_FOUND, "NotFoundException", self.to_string()),
+            Self::WrongNode(m) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "WrongNodeException",
+                m.clone(),
+            ),
             Self::WrongMethod(..) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowedException",

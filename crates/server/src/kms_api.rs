@@ -201,19 +201,23 @@ async fn handle_kms(
     if let Err(e) = content_type_ok(parts) {
         return refused(meta, Some(&caller), e);
     }
-    let (result, entry) =
-        if op.is_read_only() && !(op.may_call_provider() && st.kms.has_providers()) {
-            run_kms_call(&st.kms, &caller, meta, op, &body)
-        } else {
-            // Writes wait for fsyncs; keep them off the reactor threads.
-            let (kms, caller, meta) = (Arc::clone(&st.kms), caller.clone(), meta.clone());
-            match tokio::task::spawn_blocking(move || run_kms_call(&kms, &caller, &meta, op, &body))
-                .await
-            {
-                Ok(x) => x,
-                Err(e) => (Err(KmsError::Internal(format!("worker failed: {e}"))), None),
-            }
-        };
+    // Reads run on the reactor while they cannot block: a shared store
+    // that is not confirmed current reads through to PostgreSQL, which may.
+    let (result, entry) = if op.is_read_only()
+        && !(op.may_call_provider() && st.kms.has_providers())
+        && st.kms.store_is_current()
+    {
+        run_kms_call(&st.kms, &caller, meta, op, &body)
+    } else {
+        // Writes wait for fsyncs; keep them off the reactor threads.
+        let (kms, caller, meta) = (Arc::clone(&st.kms), caller.clone(), meta.clone());
+        match tokio::task::spawn_blocking(move || run_kms_call(&kms, &caller, &meta, op, &body))
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => (Err(KmsError::Internal(format!("worker failed: {e}"))), None),
+        }
+    };
     Outcome {
         result: result.map(|out| (op, caller, out)).map_err(ApiError::from),
         entry,
@@ -232,8 +236,17 @@ fn run_kms_call(
     Result<Zeroizing<Vec<u8>>, KmsError>,
     Option<atrest_audit::Entry>,
 ) {
-    let call = Call::new(caller, meta);
-    let result = kms.call(&call, op, body);
+    let mut call = Call::new(caller, meta);
+    let mut result = kms.call(&call, op, body);
+    if op.is_read_only()
+        && matches!(result, Err(KmsError::NotFound(_)))
+        && !kms.store_is_local()
+        && kms.catch_up().is_ok()
+    {
+        // A key another node made a moment ago: once more, caught up.
+        call = Call::new(caller, meta);
+        result = kms.call(&call, op, body);
+    }
     let entry = (!call.recorded()).then(|| {
         let outcome = match &result {
             Ok(_) => "Success",

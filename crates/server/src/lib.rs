@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod error;
@@ -27,7 +28,7 @@ mod state;
 mod tls;
 pub mod trail;
 
-pub use config::{DbSettings, ServerConfig, TlsFiles};
+pub use config::{ClusterSettings, DbSettings, ServerConfig, TlsFiles};
 
 /// The SigV4 service name of the REST API.
 pub const REST_SERVICE: &str = "atrest";

@@ -90,6 +90,7 @@ pub(crate) async fn start(
     config: &NbdConfig,
     kms: Arc<KeyService>,
     disks: Arc<DiskService>,
+    cluster: Arc<crate::cluster::Cluster>,
     (limits, stats): (crate::config::ConnectionLimits, Arc<atrest_listen::Stats>),
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
@@ -127,6 +128,7 @@ pub(crate) async fn start(
         kms,
         disks,
         plaintext: config.plaintext_principal.clone(),
+        cluster: Some(cluster),
     });
     let bind = |error| StartError::Bind {
         listener: Listener::Nbd,
@@ -145,6 +147,8 @@ struct DiskExports {
     kms: Arc<KeyService>,
     disks: Arc<DiskService>,
     plaintext: Option<String>,
+    /// The other nodes: a disk one of them hosts is refused naming it.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn refused(e: ServiceError) -> Refused {
@@ -217,8 +221,28 @@ impl DiskExports {
                 "there is no default export: give a disk id as the export name".into(),
             ));
         }
-        let region = self.disks.disk_region(name).map_err(refused)?;
+        let region = match self.disks.disk_region(name) {
+            Ok(r) => r,
+            Err(e) => return Err(self.elsewhere(s, name).unwrap_or_else(|| refused(e))),
+        };
         self.caller(s, &region)
+    }
+
+    /// If another node hosts disk `name` of the session's account: the
+    /// refusal that names that node.
+    fn elsewhere(&self, s: &Session, name: &str) -> Option<Refused> {
+        let host = self.cluster.as_ref()?.disk_host(name)?;
+        let region = self.kms.regions().first()?;
+        let caller = self.caller(s, region).ok()?;
+        host.disks
+            .iter()
+            .any(|d| d.id == name && d.account == caller.account.as_str())
+            .then(|| {
+                Refused::Unknown(crate::cluster::Cluster::elsewhere(
+                    &format!("disk {name}"),
+                    &host,
+                ))
+            })
     }
 }
 
@@ -540,6 +564,7 @@ mod tests {
             kms,
             disks: Arc::clone(&disks),
             plaintext: Some(principal.to_owned()),
+            cluster: None,
         };
         let session = Session {
             peer: "127.0.0.1:40000".parse().unwrap(),
@@ -630,6 +655,7 @@ mod tests {
             kms,
             disks,
             plaintext: Some(PRINCIPAL.to_owned()),
+            cluster: None,
         };
         (exports, disk.id)
     }

@@ -51,6 +51,10 @@ pub struct RunningServer {
     pub db: Arc<atrest_dbservice::DbService>,
     /// On first start: the admin account and where its credentials were written.
     pub bootstrap: Option<(AdminBootstrap, PathBuf)>,
+    /// This node.
+    pub node: crate::cluster::NodeIdentity,
+    /// With a shared store: the data dir's lock, held while it runs.
+    _lock: Option<std::fs::File>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// `/run/atrest/<h>`: what of it is left empty goes at shutdown.
@@ -155,6 +159,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     let disk_config = config.disks;
     let object_store = config.object_store.clone();
     let region_stores = config.region_object_stores.clone();
+    let store_url = config.cluster.store_url.clone();
     let opened = blocking("opening the data dir", move || {
         let opened = crate::datadir::open(
             &data_dir,
@@ -163,7 +168,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             regions,
             clock,
             (&audit, audit_sync),
-            disk_config,
+            (disk_config, store_url.as_deref()),
         )?;
         let objects = crate::datadir::enable_object_store(
             &data_dir,
@@ -248,15 +253,46 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         .map_err(StartError::Db)?
     };
     let projects = {
-        let store: Arc<dyn atrest_store::Store> = Arc::new(
-            atrest_store::RedbStore::open(&config.data_dir.join("control.redb"))
-                .map_err(StartError::ProjectStore)?,
-        );
+        let store: Arc<dyn atrest_store::Store> = match &config.cluster.store_url {
+            None => Arc::new(
+                atrest_store::RedbStore::open(&config.data_dir.join("control.redb"))
+                    .map_err(StartError::ProjectStore)?,
+            ),
+            Some(url) => {
+                crate::datadir::shared_store(url, "control").map_err(StartError::DataDir)?
+            }
+        };
         Arc::new(atrest_control::Projects::new(
             store,
             Arc::clone(&kms),
             Arc::clone(&opened.disks),
             Arc::clone(&db),
+        ))
+    };
+    let cluster = {
+        let me =
+            crate::cluster::node_identity(&config.data_dir, config.cluster.node_name.as_deref())
+                .map_err(|e| {
+                    StartError::DataDir(crate::datadir::DataDirError::Io {
+                        context: format!("the node's id in {}", config.data_dir.display()),
+                        error: e,
+                    })
+                })?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let api_url = config
+            .cluster
+            .advertise_api
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        Arc::new(crate::cluster::Cluster::new(
+            Arc::clone(&opened.kms_store),
+            me,
+            api_url,
+            config.cluster.advertise_nbd.clone(),
         ))
     };
     let state = Arc::new(AppState {
@@ -273,6 +309,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         db: Arc::clone(&db),
         projects: Arc::clone(&projects),
         idempotency: crate::rest::idempotency::Idempotency::default(),
+        cluster: Arc::clone(&cluster),
     });
     let mut tasks = Vec::new();
     let limits = config.connections;
@@ -321,11 +358,15 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             nbd,
             Arc::clone(&kms),
             Arc::clone(&opened.disks),
+            Arc::clone(&cluster),
             (limits, Arc::clone(&listeners.nbd)),
             stopped.clone(),
         )
         .await?;
         nbd_addr = Some(addr);
+        if config.cluster.advertise_nbd.is_none() {
+            cluster.set_nbd_addr(addr.to_string());
+        }
         tasks.push(task);
     }
     let http = Http {
@@ -342,14 +383,22 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(db_loop(Arc::clone(&db), stopped.clone())));
+    tasks.push(tokio::spawn(cluster_loop(
+        Arc::clone(&cluster),
+        Arc::clone(&opened.disks),
+        Arc::clone(&db),
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(project_loop(
         projects,
+        Arc::clone(&cluster),
         config.disks.check_interval,
         stopped.clone(),
     )));
     if has_providers {
         tasks.push(tokio::spawn(provider_loop(
             Arc::clone(&kms),
+            Arc::clone(&cluster),
             config.provider_check_interval,
             stopped.clone(),
         )));
@@ -366,6 +415,7 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     )));
     tasks.push(tokio::spawn(lifecycle_loop(
         Arc::clone(&kms),
+        Arc::clone(&cluster),
         config.lifecycle_interval,
         stopped,
     )));
@@ -381,6 +431,8 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         trail: opened.trail,
         listeners,
         bootstrap: opened.bootstrap,
+        node: cluster.me().clone(),
+        _lock: opened.lock,
         stop,
         tasks,
         run_base: crate::local::run_base(&config.data_dir),
@@ -681,21 +733,66 @@ async fn key_use_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Rec
     .await;
 }
 
-/// Runs the rotations, deletions and expiries that are due.
-async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Receiver<bool>) {
+/// Renews this node's leases and writes its record every heartbeat.
+async fn cluster_loop(
+    cluster: Arc<crate::cluster::Cluster>,
+    disks: Arc<atrest_diskservice::DiskService>,
+    db: Arc<atrest_dbservice::DbService>,
+    stopped: watch::Receiver<bool>,
+) {
+    periodic(
+        "cluster heartbeat",
+        crate::cluster::HEARTBEAT,
+        stopped,
+        move || {
+            let leases = cluster.renew_leases();
+            let hosted_disks = disks
+                .hosted()
+                .into_iter()
+                .map(|(id, account)| crate::cluster::HostedDisk { id, account })
+                .collect();
+            let instances = db
+                .hosted()
+                .into_iter()
+                .map(|(id, name, account)| crate::cluster::HostedInstance { id, name, account })
+                .collect();
+            cluster.heartbeat(&leases, hosted_disks, instances)
+        },
+        |r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "writing this node's record failed");
+            }
+        },
+    )
+    .await;
+}
+
+/// Runs the rotations, deletions and expiries that are due, where this
+/// node holds the lifecycle lease.
+async fn lifecycle_loop(
+    kms: Arc<KeyService>,
+    cluster: Arc<crate::cluster::Cluster>,
+    every: Duration,
+    stopped: watch::Receiver<bool>,
+) {
     periodic(
         "lifecycle",
         every,
         stopped,
-        move || kms.run_due(),
+        move || {
+            cluster
+                .holds(crate::cluster::Lease::Lifecycle)
+                .then(|| kms.run_due())
+        },
         |r| match r {
-            Ok(report) if report.rotated.is_empty() && report.deleted.is_empty() => {}
-            Ok(report) => tracing::info!(
+            None => {}
+            Some(Ok(report)) if report.rotated.is_empty() && report.deleted.is_empty() => {}
+            Some(Ok(report)) => tracing::info!(
                 rotated = report.rotated.len(),
                 deleted = report.deleted.len(),
                 "lifecycle tick"
             ),
-            Err(e) => tracing::error!(error = ?e, "lifecycle tick failed"),
+            Some(Err(e)) => tracing::error!(error = ?e, "lifecycle tick failed"),
         },
     )
     .await;
@@ -704,22 +801,32 @@ async fn lifecycle_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::R
 /// Checks every external key at its provider: a refusal makes the key
 /// unusable (disks and instances follow their key-loss policy), an
 /// acceptance makes it usable again.
-async fn provider_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Receiver<bool>) {
+async fn provider_loop(
+    kms: Arc<KeyService>,
+    cluster: Arc<crate::cluster::Cluster>,
+    every: Duration,
+    stopped: watch::Receiver<bool>,
+) {
     periodic(
         "external key check",
         every,
         stopped,
-        move || kms.check_external_keys(),
+        move || {
+            cluster
+                .holds(crate::cluster::Lease::ExternalKeys)
+                .then(|| kms.check_external_keys())
+        },
         |r| match r {
-            Ok(r) if r.refused.is_empty() && r.restored.is_empty() => {}
-            Ok(r) => tracing::info!(
+            None => {}
+            Some(Ok(r)) if r.refused.is_empty() && r.restored.is_empty() => {}
+            Some(Ok(r)) => tracing::info!(
                 checked = r.checked,
                 refused = r.refused.len(),
                 restored = r.restored.len(),
                 unreachable = r.unreachable.len(),
                 "external key check"
             ),
-            Err(e) => tracing::error!(error = ?e, "external key check failed"),
+            Some(Err(e)) => tracing::error!(error = ?e, "external key check failed"),
         },
     )
     .await;
@@ -728,6 +835,7 @@ async fn provider_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Re
 /// Applies the projects' revocation policies on the disks' check period.
 async fn project_loop(
     projects: Arc<atrest_control::Projects>,
+    cluster: Arc<crate::cluster::Cluster>,
     every: Duration,
     stopped: watch::Receiver<bool>,
 ) {
@@ -735,11 +843,16 @@ async fn project_loop(
         "project check",
         every,
         stopped,
-        move || projects.check(),
+        move || {
+            cluster
+                .holds(crate::cluster::Lease::Projects)
+                .then(|| projects.check())
+        },
         |r| match r {
-            Ok(paused) if paused.is_empty() => {}
-            Ok(paused) => tracing::warn!(?paused, "paused projects whose key is unusable"),
-            Err(e) => tracing::error!(error = %e, "project check failed"),
+            None => {}
+            Some(Ok(paused)) if paused.is_empty() => {}
+            Some(Ok(paused)) => tracing::warn!(?paused, "paused projects whose key is unusable"),
+            Some(Err(e)) => tracing::error!(error = %e, "project check failed"),
         },
     )
     .await;

@@ -31,6 +31,8 @@ pub(crate) struct AppState {
     pub projects: Arc<atrest_control::Projects>,
     /// Answers of recent `POST`s with an `Idempotency-Key`.
     pub idempotency: Idempotency,
+    /// This node and the others sharing its store.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 impl crate::rest::Host for AppState {
@@ -52,5 +54,40 @@ impl crate::rest::Host for AppState {
 
     fn idempotency(&self) -> &Idempotency {
         &self.idempotency
+    }
+
+    fn elsewhere(
+        &self,
+        caller: &atrest_kms::Caller,
+        path: &str,
+        err: &crate::error::ApiError,
+    ) -> Option<crate::error::ApiError> {
+        if err.parts().0 != http::StatusCode::NOT_FOUND {
+            return None;
+        }
+        let mut segments = path.trim_start_matches('/').split('/');
+        let (Some("v1"), Some(kind), Some(id)) =
+            (segments.next(), segments.next(), segments.next())
+        else {
+            return None;
+        };
+        let account = caller.account.as_str();
+        let (what, host) = match kind {
+            "disks" => {
+                let host = self.cluster.disk_host(id)?;
+                host.disks
+                    .iter()
+                    .any(|d| d.id == id && d.account == account)
+                    .then_some((format!("disk {id}"), host))?
+            }
+            "instances" => (
+                format!("instance {id}"),
+                self.cluster.instance_host(account, id)?,
+            ),
+            _ => return None,
+        };
+        Some(crate::error::ApiError::WrongNode(
+            crate::cluster::Cluster::elsewhere(&what, &host),
+        ))
     }
 }

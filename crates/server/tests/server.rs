@@ -41,6 +41,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         audit_refusal_interval: atrest_server::config::DEFAULT_AUDIT_REFUSAL_INTERVAL,
         object_store: None,
         region_object_stores: Vec::new(),
+        cluster: atrest_server::ClusterSettings::default(),
     }
 }
 

@@ -98,6 +98,11 @@ pub trait Store: Send + Sync {
     /// Starts a write transaction.
     fn write(&self) -> Result<Box<dyn WriteTx + '_>, StoreError>;
 
+    /// Whether other processes write to this store too (a shared backend).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Calls `watcher` after each change another process commits becomes
     /// visible here. Embedded stores have no other writer and never call it.
     fn watch(&self, watcher: Watcher) {

@@ -645,7 +645,7 @@ impl KeyService {
 
     /// Drops the cached state of `access_key_id`, so that the next lookup
     /// reads the store. Called after every committed change of the key.
-    fn forget_access_key(&self, access_key_id: &str) {
+    pub(crate) fn forget_access_key(&self, access_key_id: &str) {
         let mut cached = write_lock(&self.secrets);
         cached.remove(access_key_id);
         // Under the lock, so that a lookup that read the store before the
@@ -658,16 +658,26 @@ impl KeyService {
         &self,
         access_key_id: &str,
     ) -> Result<Option<Arc<CachedAccessKey>>, KmsError> {
-        if let Some(k) = read_lock(&self.secrets).get(access_key_id) {
+        // Cached only while the store is confirmed current: another node
+        // may have deactivated the key (see `follow_store`).
+        let current = self.store.is_current();
+        if current && let Some(k) = read_lock(&self.secrets).get(access_key_id) {
             return Ok(Some(Arc::clone(k)));
         }
         // Read before the store, so a change committed after this point
         // keeps what is read below out of the cache.
         let generation = self.secrets_generation.load(Ordering::Acquire);
-        let tx = self.store.read()?;
-        let Some(rec): Option<AccessKeyRecord> =
-            records::get(&*tx, records::ACCESS_KEYS, access_key_id.as_bytes())?
-        else {
+        let mut tx = self.store.read()?;
+        let mut found: Option<AccessKeyRecord> =
+            records::get(&*tx, records::ACCESS_KEYS, access_key_id.as_bytes())?;
+        if found.is_none() {
+            // Perhaps made on another node a moment ago: catch up once.
+            drop(tx);
+            self.store.refresh()?;
+            tx = self.store.read()?;
+            found = records::get(&*tx, records::ACCESS_KEYS, access_key_id.as_bytes())?;
+        }
+        let Some(rec) = found else {
             return Ok(None);
         };
         let account: AccountRecord = records::get(&*tx, records::ACCOUNTS, rec.account.as_bytes())?
@@ -692,7 +702,7 @@ impl KeyService {
             secret,
         });
         let mut secrets = write_lock(&self.secrets);
-        if self.secrets_generation.load(Ordering::Acquire) == generation {
+        if current && self.secrets_generation.load(Ordering::Acquire) == generation {
             secrets.insert(access_key_id.to_owned(), Arc::clone(&cached));
         }
         Ok(Some(cached))

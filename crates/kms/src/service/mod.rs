@@ -85,6 +85,9 @@ pub struct KeyService {
     user_records: records::DecodeCache<records::UserRecord>,
     /// Accounts whose use of keys is suspended (mirrors the store).
     suspended: RwLock<std::collections::HashSet<String>>,
+    /// Set when another node changed an account: `suspended` is read
+    /// again from the store before it is used.
+    suspended_stale: std::sync::atomic::AtomicBool,
     /// Where audit records go (set once by the server).
     audit: OnceLock<Arc<dyn AuditSink>>,
     /// Keys derived from the root key for purposes other than sealing.
@@ -243,10 +246,67 @@ impl KeyService {
             key_records: records::DecodeCache::new(records::KEYS),
             user_records: records::DecodeCache::new(records::USERS),
             suspended: RwLock::new(suspended),
+            suspended_stale: std::sync::atomic::AtomicBool::new(false),
             audit: OnceLock::new(),
             derived,
             providers: RwLock::new(Arc::new(Providers::default())),
         })
+    }
+
+    /// Follows the changes other nodes commit to a shared store: what this
+    /// service keeps in memory of access keys and accounts is dropped as
+    /// soon as the store reports a change (see `Store::watch`). Call once,
+    /// at start; a no-op on the embedded store, which has no other writer.
+    pub fn follow_store(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        self.store
+            .watch(Arc::new(move |change: &atrest_store::Change<'_>| {
+                let Some(me) = me.upgrade() else { return };
+                match *change {
+                    atrest_store::Change::Row { table, key }
+                        if table == records::ACCESS_KEYS.name() =>
+                    {
+                        me.forget_access_key(&String::from_utf8_lossy(key));
+                    }
+                    atrest_store::Change::Row { table, .. }
+                        if table == records::ACCOUNTS.name() =>
+                    {
+                        me.forget_accounts();
+                    }
+                    atrest_store::Change::Row { .. } => {}
+                    atrest_store::Change::All => me.forget_accounts(),
+                }
+            }));
+    }
+
+    /// Drops every cached access key and marks the suspended accounts to
+    /// be read again.
+    fn forget_accounts(&self) {
+        let mut cached = write_lock(&self.secrets);
+        cached.clear();
+        self.secrets_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.suspended_stale
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Catches up with changes other nodes committed to a shared store (a
+    /// no-op on the embedded store).
+    pub fn catch_up(&self) -> Result<(), KmsError> {
+        Ok(self.store.refresh()?)
+    }
+
+    /// Whether the store is this process's alone (the embedded default).
+    #[must_use]
+    pub fn store_is_local(&self) -> bool {
+        !self.store.is_shared()
+    }
+
+    /// Whether this node's view of a shared store is confirmed current
+    /// (always, on the embedded store).
+    #[must_use]
+    pub fn store_is_current(&self) -> bool {
+        self.store.is_current()
     }
 
     /// Regions served.

@@ -250,10 +250,30 @@ impl KeyService {
     /// Fails if `account`'s use of keys is suspended.
     pub(crate) fn require_not_suspended(
         &self,
-        _tx: &dyn ReadTx,
+        tx: &dyn ReadTx,
         account: &str,
     ) -> Result<(), KmsError> {
-        if super::read_lock(&self.suspended).contains(account) {
+        use std::sync::atomic::Ordering;
+        let suspended = if !self.store.is_current() {
+            // The in-memory set may miss another node's change: the record.
+            records::get::<AccountRecord>(tx, records::ACCOUNTS, account.as_bytes())?
+                .is_some_and(|a| a.suspended)
+        } else {
+            if self.suspended_stale.swap(false, Ordering::AcqRel) {
+                // Another node changed an account: read the set again (a
+                // change during the scan sets the flag again).
+                let mut set = std::collections::HashSet::new();
+                for (_, v) in tx.scan(records::ACCOUNTS, b"", None, usize::MAX)? {
+                    let a: AccountRecord = records::decode(records::ACCOUNTS, &v)?;
+                    if a.suspended {
+                        set.insert(a.id);
+                    }
+                }
+                *super::write_lock(&self.suspended) = set;
+            }
+            super::read_lock(&self.suspended).contains(account)
+        };
+        if suspended {
             return Err(KmsError::AccountSuspended(format!(
                 "Account {account}'s use of keys is suspended by the administrator; cryptographic operations by or for it fail until it is resumed."
             )));

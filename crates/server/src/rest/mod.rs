@@ -130,6 +130,12 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn signing_keys(&self) -> &atrest_sigv4::SigningKeyCache;
     /// Answers of recent idempotent `POST`s.
     fn idempotency(&self) -> &idempotency::Idempotency;
+    /// For a "not found" on `path`: the error that names the other node
+    /// hosting what the path names for `caller`'s account, if one does.
+    fn elsewhere(&self, caller: &Caller, path: &str, err: &ApiError) -> Option<ApiError> {
+        let _ = (caller, path, err);
+        None
+    }
 }
 
 /// One REST endpoint (see the module doc). Implemented by [`endpoint!`].
@@ -335,6 +341,7 @@ pub(crate) async fn serve<E: Endpoint>(st: Arc<E::State>, req: Request) -> Respo
                 }
                 Ok((status, value))
             })();
+            let result = result.map_err(|e| st2.elsewhere(&caller, &path2, &e).unwrap_or(e));
             let result = match (result, &page) {
                 (Ok((s, v)), Some((limit, after))) => {
                     Ok((s, paging::paginate(v, *limit, after.as_deref())))

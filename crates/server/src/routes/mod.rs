@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod backups;
 pub(crate) mod db;
 pub(crate) mod disks;
+pub(crate) mod nodes;
 pub(crate) mod projects;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub(crate) fn api() -> OpenApiRouter<Arc<AppState>> {
         .merge(db::routes())
         .merge(backups::routes())
         .merge(projects::routes())
+        .merge(nodes::routes())
 }
 
 /// The routes driven in process, through the whole router (signature,
@@ -73,7 +75,7 @@ mod tests {
                 &atrest_audit::Options::default(),
                 crate::config::AuditSync::default(),
             ),
-            atrest_diskservice::Config::default(),
+            (atrest_diskservice::Config::default(), None),
         )
         .unwrap();
         let (boot, _) = opened.bootstrap.unwrap();
@@ -107,6 +109,12 @@ mod tests {
             },
         )
         .unwrap();
+        let cluster = Arc::new(crate::cluster::Cluster::new(
+            Arc::clone(&opened.kms_store),
+            crate::cluster::node_identity(&data, Some("test")).unwrap(),
+            "http://127.0.0.1:1".into(),
+            None,
+        ));
         let store: Arc<dyn atrest_store::Store> =
             Arc::new(atrest_store::RedbStore::open(&data.join("control.redb")).unwrap());
         let projects = Arc::new(atrest_control::Projects::new(
@@ -129,6 +137,7 @@ mod tests {
             db,
             projects,
             idempotency: crate::rest::idempotency::Idempotency::default(),
+            cluster,
         };
         (Arc::new(st), admin)
     }

@@ -1,0 +1,98 @@
+//! The nodes sharing this server's metadata store: `GET /v1/nodes`.
+//! Action `admin:ListNodes` on `*` (admins: an operator's view).
+
+use atrest_kms::KeyService;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::cluster::{Cluster, HostedDisk, HostedInstance};
+use crate::error::ApiError;
+use crate::rest::{Replayable, Resource, endpoint};
+use crate::state::AppState;
+
+/// The routes of this module.
+pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(list_nodes))
+}
+
+/// One node.
+#[derive(Clone, Serialize, ToSchema)]
+pub(crate) struct NodeView {
+    /// Its id (a UUID made at its first start).
+    id: String,
+    /// Its name.
+    name: String,
+    /// Whether it is the node that answered.
+    this_node: bool,
+    /// `up` (a heartbeat within the last 10 s) or `down`.
+    health: &'static str,
+    /// The URL of its API.
+    api_url: String,
+    /// Its NBD address, if it serves NBD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nbd_addr: Option<String>,
+    /// When it started (RFC 3339).
+    started: String,
+    /// Its last heartbeat (RFC 3339).
+    last_heartbeat: String,
+    /// The periodic tasks' leases it held then.
+    leases: Vec<String>,
+    /// The disks in its pool.
+    disks: Vec<HostedDisk>,
+    /// The database instances it runs.
+    instances: Vec<HostedInstance>,
+}
+
+/// Every node.
+#[derive(Clone, Serialize, ToSchema)]
+pub(crate) struct NodeList {
+    /// Ordered by name.
+    nodes: Vec<NodeView>,
+}
+
+impl Replayable for NodeList {}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+endpoint! {
+    /// Every node sharing this server's metadata store, its addresses, its
+    /// health and what it hosts (admins).
+    list_nodes: get "/v1/nodes" => "admin:ListNodes",
+    tag: "admin", status: OK, paged: false, idempotent: false,
+    answer: NodeList,
+    resource: |_, _, _, _, _| Ok(Resource::any()),
+    run: |st, call, _, _, _| {
+        KeyService::require_admin_caller(call.caller)?;
+        let cluster: &Cluster = &st.cluster;
+        let mut nodes: Vec<NodeView> = cluster
+            .nodes()
+            .map_err(|e| ApiError::Kms(e.into()))?
+            .into_iter()
+            .map(|n| NodeView {
+                this_node: n.id == cluster.me().id,
+                health: if cluster.is_up(&n) { "up" } else { "down" },
+                started: rfc3339(n.started_ms),
+                last_heartbeat: rfc3339(n.heartbeat_ms),
+                id: n.id,
+                name: n.name,
+                api_url: n.api_url,
+                nbd_addr: n.nbd_addr,
+                leases: n.leases,
+                disks: n.disks,
+                instances: n.instances,
+            })
+            .collect();
+        nodes.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Ok(NodeList { nodes })
+    },
+}
