@@ -624,12 +624,27 @@ def test_a_node_with_another_root_key_is_refused(cluster):
     cluster.start(n1)
     key = n1.client().create_key()["KeyMetadata"]["KeyId"]
     blob = n1.client().encrypt(KeyId=key, Plaintext=b"before the intruder")["CiphertextBlob"]
-    intruder = cluster.add("intruder", shared_root=False)  # its own, new root key file
+
+    # Another root key (a valid key file, not the cluster's): refused,
+    # saying why, before it serves anything.
+    other = cluster.first.workdir / "other.root.key"
+    other.write_bytes(secrets.token_bytes(32))
+    other.chmod(0o600)
+    intruder = cluster.add("intruder", "--root-key-file", str(other), shared_root=False)
     rc, out = intruder.run_until_exit()
     assert rc != 0, out
     assert re.search(r"sealed by a different root key", out, re.I), out
     assert " listening on " not in out, out
-    # It left no trace in the store: node 1 is still the only node, and
+
+    # No root key file at all: refused before one is made (a new one would
+    # be another root).
+    newcomer = cluster.add("newcomer", shared_root=False)
+    rc, out = newcomer.run_until_exit()
+    assert rc != 0, out
+    assert "root key file" in out and "does not exist" in out, out
+    assert not newcomer.root_key_file.exists()
+
+    # They left no trace in the store: node 1 is still the only node, and
     # serves as before.
     assert [n["name"] for n in nodes_view(n1)["nodes"]] == ["node1"]
     assert n1.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"before the intruder"
