@@ -8,7 +8,11 @@
 //! and MAC operations (`--ops sign-rsa2048,verify-rsa2048,sign-ecdsa-p256,
 //! verify-ecdsa-p256,generate-mac,verify-mac`) each get a key of their kind,
 //! and are reported beside `openssl speed` of the same primitive on one
-//! core, run after them.
+//! core, run after them. `--ops create-key` measures CreateKey (a write of
+//! the metadata store per request); `--server-pid` gives an external
+//! server's pid so that its CPU time per request is measured too
+//! (`scripts/bench-cluster.py` runs it so against a node on redb and a node
+//! on PostgreSQL).
 //!
 //! ```text
 //! cargo build --release -p atrest
@@ -45,6 +49,10 @@ struct Args {
     /// AWS shared-credentials file for --endpoint.
     #[arg(long, requires = "endpoint")]
     credentials_file: Option<PathBuf>,
+    /// With --endpoint: the pid of the server process, so that its CPU
+    /// time per request is measured (and not counted as other processes').
+    #[arg(long, requires = "endpoint")]
+    server_pid: Option<u32>,
     /// Profile in the credentials file.
     #[arg(long, default_value = "default")]
     profile: String,
@@ -113,6 +121,9 @@ enum Op {
     Decrypt,
     /// Encrypt of 32 bytes.
     Encrypt,
+    /// CreateKey of a symmetric key: one write of the metadata store per
+    /// request (each request makes a key that stays).
+    CreateKey,
     /// GenerateRandom of 32 bytes: SigV4 and HTTP, no key lookup.
     GenerateRandom,
     /// GET /healthz, unsigned: HTTP/1.1 and routing only.
@@ -144,6 +155,7 @@ impl Op {
             Op::GenerateDataKey => "GenerateDataKey",
             Op::Decrypt => "Decrypt",
             Op::Encrypt => "Encrypt",
+            Op::CreateKey => "CreateKey",
             Op::GenerateRandom => "GenerateRandom",
             Op::Healthz => "GET /healthz",
             Op::DescribeDisk => "GET /v1/disks/{id}",
@@ -706,6 +718,7 @@ async fn prepare(
                     Op::GenerateDataKey => gdk_body.to_string(),
                     Op::Decrypt => decrypt_body.to_string(),
                     Op::Encrypt => encrypt_body.to_string(),
+                    Op::CreateKey => r#"{"Description":"kms-load"}"#.to_owned(),
                     Op::GenerateRandom => r#"{"NumberOfBytes":32}"#.to_owned(),
                     Op::Healthz => String::new(),
                     Op::DescribeDisk => disk_path.unwrap_or_default().to_owned(),
@@ -986,6 +999,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.caller
     );
     ensure!(
+        args.caller == CallerKind::Owner || !args.ops.contains(&Op::CreateKey),
+        "CreateKey runs as --caller owner (the user's and grantee's policies allow only data-plane calls)"
+    );
+    ensure!(
         args.caller == CallerKind::Owner || args.ops.iter().all(|o| o.peer().is_none()),
         "the signing and MAC operations run as --caller owner (they create their own keys)"
     );
@@ -1031,7 +1048,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let cpu = CpuProbe {
-        server_pid: server.as_ref().map(|s| s.pid().to_string()),
+        server_pid: server
+            .as_ref()
+            .map(StartedServer::pid)
+            .or(args.server_pid)
+            .map(|p| p.to_string()),
         ticks: clock_ticks(),
     };
     println!("# kms-load");
