@@ -235,8 +235,8 @@ impl PgStore {
         })?;
         // The first load: version -1 is never in the log, so this reloads.
         inner.refresh()?;
-        let weak = Arc::downgrade(&inner);
-        conn::spawn(listener(weak))?;
+        conn::spawn(listener(Arc::downgrade(&inner)))?;
+        conn::spawn(watchdog(Arc::downgrade(&inner)))?;
         Ok(PgStore { inner })
     }
 
@@ -632,6 +632,17 @@ async fn listener(weak: Weak<Inner>) {
             inner.check_stale();
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+/// Tells the watchers when the store goes stale even while the listener
+/// is stuck (a connection attempt into a network split takes up to the
+/// connect timeout). Ends when the store is dropped.
+async fn watchdog(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        inner.check_stale();
     }
 }
 

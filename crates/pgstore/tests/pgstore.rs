@@ -145,6 +145,9 @@ fn an_outage_makes_the_store_stale_and_reads_fail_then_it_recovers() {
     assert!(a.lease("l", "me", Duration::from_secs(5)).is_err());
     heard.lock().unwrap().clear();
     pg.start_again().unwrap();
+    // At once, before the listener is back: the pooled connections are
+    // dead; beginning retries on a new one.
+    put(&a, b"at-once", b"0");
     wait_until(Duration::from_secs(5), || a.is_current()).expect("not current after restart");
     wait_until(Duration::from_secs(1), || {
         heard.lock().unwrap().contains(&None)
