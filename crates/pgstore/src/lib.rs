@@ -50,7 +50,7 @@
 //! crate is a wrapper of the same driver that runs its own runtime per
 //! connection and panics when called from inside a tokio runtime, so it
 //! would need threads of our own; it was not measured separately (same
-//! protocol, same round trips). Measured here on loopback (PostgreSQL 17,
+//! protocol, same round trips). Measured here on loopback (PostgreSQL 15,
 //! `fsync=off`, 2 cores, test `round_trip_figures`): a one-row write
 //! transaction (lock, upsert, change row, version bump, notify, commit)
 //! 0.9-1.3 ms; a read transaction from the mirror 0.4 us (no query); a

@@ -129,7 +129,7 @@ fn an_outage_makes_the_store_stale_and_reads_fail_then_it_recovers() {
         "stale {:?} after the server stopped",
         stopped.elapsed().min(stale + Duration::from_millis(1))
     );
-    assert!(stopped.elapsed() < Duration::from_millis(1600), "{stale:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(2), "{stale:?}");
     // Watchers heard "everything may have changed".
     wait_until(Duration::from_secs(1), || {
         heard.lock().unwrap().contains(&None)
