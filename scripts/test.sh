@@ -80,6 +80,9 @@ if ! command -v garage >/dev/null 2>&1; then
   cargo install garage --version 2.5.0 --locked
 fi
 export ATREST_REQUIRE_GARAGE=1
+# PostgreSQL (installed above): the shared metadata store's tests
+# (crates/pgstore, `atrest store copy`) start throwaway servers; required.
+export ATREST_REQUIRE_POSTGRES=1
 
 # --- Rust ---------------------------------------------------------------------
 step "format"

@@ -65,6 +65,8 @@ pub enum Command {
     Project(ProjectArgs),
     /// Rebuild data offline, without a running server (B7).
     Recover(Box<RecoverArgs>),
+    /// The metadata store, offline: copy a data dir's into PostgreSQL.
+    Store(StoreArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -684,6 +686,28 @@ impl ObjectStoreArgs {
             path_style: self.path_style,
         })
     }
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a stopped single-node server's metadata (kms.redb, control.redb
+    /// of its data dir) into an empty PostgreSQL database, then verify the
+    /// row count and SHA-256 of every table on both sides.
+    Copy {
+        /// The data dir of the server (which must not be running).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database: postgres://USER:PASSWORD@HOST:PORT/DB
+        /// (with sslmode=require|verify-full and sslrootcert=FILE as libpq).
+        #[arg(long, env = "ATREST_STORE", hide_env_values = true)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@ mod projects;
 mod provider;
 mod root_args;
 mod serve;
+mod store;
 
 use clap::Parser;
 
@@ -49,6 +50,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Disk(args) => disks::disk(args).await,
             cli::Command::Snapshot(args) => disks::snapshot(args).await,
             cli::Command::Recover(args) => disks::recover(*args).await,
+            cli::Command::Store(args) => store::run(args).await,
             cli::Command::Nbd(args) => disks::nbd(&args),
             cli::Command::Db(args) => db::db(args).await,
             cli::Command::DbAgent(args) => db_agent::run(&args),

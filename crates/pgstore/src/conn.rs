@@ -520,3 +520,58 @@ impl ServerCertVerifier for Unverified {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn parse(url: &str) -> Result<Target, String> {
+        parse_url(url, Duration::from_secs(1)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_url_takes_libpq_tls_parameters_and_is_shown_without_the_password() {
+        let t = parse(
+            "postgres://u:hunter2@db.example:6543/atrest?sslmode=verify-full&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(t.shown, "db.example:6543 (database atrest, user u)");
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(t.config.get_application_name(), Some("x"));
+        let t = parse("postgres://u:hunter2@h/d?sslmode=disable").unwrap();
+        assert_eq!(t.shown, "h:5432 (database d, user u)");
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        let t = parse("postgres://u:hunter2@h/d").unwrap();
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Prefer
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        for (url, want) in [
+            (
+                "postgres://u:hunter2@h/d?sslmode=verify-ca",
+                "verify-ca is not supported",
+            ),
+            ("postgres://u:hunter2@h/d?sslmode=nope", "unknown sslmode"),
+            ("postgres://u:hunter2@h:notaport/d", "not valid"),
+            (
+                "postgres://u:hunter2@h/d?sslmode=require&sslrootcert=/nonexistent",
+                "sslrootcert /nonexistent",
+            ),
+        ] {
+            let e = parse(url).err().unwrap();
+            assert!(e.contains(want), "{url}: {e}");
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+        }
+    }
+}

@@ -50,7 +50,7 @@
 //! crate is a wrapper of the same driver that runs its own runtime per
 //! connection and panics when called from inside a tokio runtime, so it
 //! would need threads of our own; it was not measured separately (same
-//! protocol, same round trips). Measured here on loopback (PostgreSQL 17,
+//! protocol, same round trips). Measured here on loopback (PostgreSQL 15,
 //! `fsync=off`, 2 cores, test `round_trip_figures`): a one-row write
 //! transaction (lock, upsert, change row, version bump, notify, commit)
 //! 0.9-1.3 ms; a read transaction from the mirror 0.4 us (no query); a
@@ -235,8 +235,8 @@ impl PgStore {
         })?;
         // The first load: version -1 is never in the log, so this reloads.
         inner.refresh()?;
-        let weak = Arc::downgrade(&inner);
-        conn::spawn(listener(weak))?;
+        conn::spawn(listener(Arc::downgrade(&inner)))?;
+        conn::spawn(watchdog(Arc::downgrade(&inner)))?;
         Ok(PgStore { inner })
     }
 
@@ -632,6 +632,17 @@ async fn listener(weak: Weak<Inner>) {
             inner.check_stale();
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+/// Tells the watchers when the store goes stale even while the listener
+/// is stuck (a connection attempt into a network split takes up to the
+/// connect timeout). Ends when the store is dropped.
+async fn watchdog(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        inner.check_stale();
     }
 }
 

@@ -129,7 +129,7 @@ fn an_outage_makes_the_store_stale_and_reads_fail_then_it_recovers() {
         "stale {:?} after the server stopped",
         stopped.elapsed().min(stale + Duration::from_millis(1))
     );
-    assert!(stopped.elapsed() < Duration::from_millis(1600), "{stale:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(2), "{stale:?}");
     // Watchers heard "everything may have changed".
     wait_until(Duration::from_secs(1), || {
         heard.lock().unwrap().contains(&None)
@@ -145,6 +145,9 @@ fn an_outage_makes_the_store_stale_and_reads_fail_then_it_recovers() {
     assert!(a.lease("l", "me", Duration::from_secs(5)).is_err());
     heard.lock().unwrap().clear();
     pg.start_again().unwrap();
+    // At once, before the listener is back: the pooled connections are
+    // dead; beginning retries on a new one.
+    put(&a, b"at-once", b"0");
     wait_until(Duration::from_secs(5), || a.is_current()).expect("not current after restart");
     wait_until(Duration::from_secs(1), || {
         heard.lock().unwrap().contains(&None)
@@ -402,4 +405,46 @@ fn round_trip_figures() {
         "tokio-postgres on a private runtime: write tx {write:?}, read tx (mirror) {read:?}, \
          lease (one statement) {lease:?}, refresh (catch-up query) {refresh:?}"
     );
+}
+
+#[test]
+fn killed_connections_are_replaced_when_a_transaction_begins() {
+    let Some(pg) = server() else { return };
+    let a = PgStore::open(&pg.url("sslmode=disable"), "kms").unwrap();
+    put(&a, b"k", b"1");
+    a.lease("l", "me", Duration::from_secs(5)).unwrap();
+    // Every other session is killed (the pooled ones and the listener's),
+    // as a failover or an administrator would.
+    let killed = pg
+        .psql(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND datname = 'postgres') t",
+        )
+        .unwrap();
+    assert!(killed.parse::<u32>().unwrap() >= 2, "{killed}");
+    // The next calls begin on new connections, without an error.
+    put(&a, b"k", b"2");
+    assert!(a.lease("l", "me", Duration::from_secs(5)).unwrap());
+    a.refresh().unwrap();
+    assert_eq!(get(&a, b"k").as_deref(), Some(&b"2"[..]));
+    // The listener reconnects: another node's write arrives.
+    let b = PgStore::open(&pg.url("sslmode=disable"), "kms").unwrap();
+    put(&b, b"k", b"3");
+    wait_until(Duration::from_secs(2), || {
+        get(&a, b"k").as_deref() == Some(&b"3"[..])
+    })
+    .expect("the listener did not come back");
+}
+
+#[test]
+fn a_schema_newer_than_this_code_is_refused_at_open() {
+    let Some(pg) = server() else { return };
+    let url = pg.url("sslmode=disable");
+    drop(PgStore::open(&url, "kms").unwrap());
+    assert_eq!(pg.psql("SELECT version FROM atrest_schema").unwrap(), "1");
+    pg.psql("UPDATE atrest_schema SET version = 99").unwrap();
+    let Err(StoreError::Backend(e)) = PgStore::open(&url, "kms") else {
+        panic!("a newer schema opened")
+    };
+    assert!(e.contains("version 99, newer than this atrest"), "{e}");
 }

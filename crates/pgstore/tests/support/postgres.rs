@@ -382,6 +382,27 @@ impl Postgres {
         )
     }
 
+    /// Runs `sql` with `psql` as the superuser on database `postgres`: its
+    /// output (unaligned, tuples only), or an error with psql's message.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", &self.user, "-d", "postgres", "-c", sql])
+            .env("PGPASSWORD", &self.password)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running psql: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
     /// Stops the server (fast shutdown by its pid) and waits for it.
     pub fn stop(&self) {
         let Ok(mut guard) = self.child.lock() else {
