@@ -368,7 +368,7 @@ class Load:
         start = time.monotonic()
         try:
             out = fn(**kw)
-        except (ClientError, CONNECTION_ERRORS, ReadTimeoutError) as e:
+        except (ClientError, ReadTimeoutError, *CONNECTION_ERRORS) as e:
             took = time.monotonic() - start
             if isinstance(e, ClientError):
                 err = e.response["Error"]["Code"]
@@ -709,13 +709,18 @@ def test_store_copy_moves_a_single_node_installation(make_server, pg_url):
                                             "--root-key-file", str(single.root_key_file))).start()
     share_credentials(single, moved)
     kms = moved.client()
-    for blob, pt, ctx, _ in made:
-        assert kms.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)["Plaintext"] == pt
     for i, k in enumerate(keys):
         md = kms.describe_key(KeyId=f"alias/moved-{i}")["KeyMetadata"]
         assert md["KeyId"] == k["KeyId"]
         assert md["KeyState"] == ("Disabled" if i == 5 else "Enabled")
         assert kms.list_resource_tags(KeyId=k["KeyId"])["Tags"] == [{"TagKey": "n", "TagValue": str(i)}]
+    # The disabled key stayed disabled: its ciphertexts are refused until
+    # it is enabled on the new node.
+    blob_5, _, ctx_5, _ = next(m for m in made if m[2].get("i") == "5")
+    expect_error("DisabledException", kms.decrypt, CiphertextBlob=blob_5, EncryptionContext=ctx_5)
+    kms.enable_key(KeyId=keys[5]["KeyId"])
+    for blob, pt, ctx, _ in made:
+        assert kms.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)["Plaintext"] == pt
     assert len(kms.list_key_rotations(KeyId=keys[0]["KeyId"])["Rotations"]) == 1
     assert kms.get_key_rotation_status(KeyId=keys[0]["KeyId"])["KeyRotationEnabled"] is True
     assert kms.verify(KeyId=sign_key["KeyId"], Message=b"m" * 32, MessageType="DIGEST",

@@ -273,7 +273,7 @@ impl PgStore {
 
 async fn migrate(c: &Client, ns: &str) -> Result<(), Failure> {
     c.batch_execute(
-        "BEGIN; SELECT pg_advisory_xact_lock(7242773001);
+        "SET client_min_messages = warning; BEGIN; SELECT pg_advisory_xact_lock(7242773001);
          CREATE TABLE IF NOT EXISTS atrest_schema (
              id int PRIMARY KEY CHECK (id = 1), version int NOT NULL)",
     )

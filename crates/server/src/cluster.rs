@@ -335,6 +335,26 @@ impl Cluster {
                 < i64::try_from(DOWN_AFTER.as_millis()).unwrap_or(i64::MAX)
     }
 
+    /// The leases `record`'s node still holds: those of its last heartbeat,
+    /// while that is younger than the time a node counts a lease as held
+    /// after renewing it (a dead holder's lease is not shown as its).
+    #[must_use]
+    pub fn leases_in_force(&self, record: &NodeRecord) -> Vec<String> {
+        let age = now_ms().saturating_sub(record.heartbeat_ms);
+        let held_for = i64::try_from((LEASE_TTL - HEARTBEAT).as_millis()).unwrap_or(i64::MAX);
+        if record.id == self.me.id {
+            Lease::ALL
+                .iter()
+                .filter(|l| self.holds(**l))
+                .map(|l| l.name().to_owned())
+                .collect()
+        } else if age < held_for {
+            record.leases.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The other node that hosts disk `id`, if one says it does.
     #[must_use]
     pub fn disk_host(&self, id: &str) -> Option<NodeRecord> {

@@ -37,7 +37,8 @@ pub(crate) struct NodeView {
     started: String,
     /// Its last heartbeat (RFC 3339).
     last_heartbeat: String,
-    /// The periodic tasks' leases it held then.
+    /// The periodic tasks' leases it holds (as of its last heartbeat; none
+    /// once that is older than a lease is held for).
     leases: Vec<String>,
     /// The disks in its pool.
     disks: Vec<HostedDisk>,
@@ -79,6 +80,7 @@ endpoint! {
             .map_err(|e| ApiError::Kms(e.into()))?
             .into_iter()
             .map(|n| NodeView {
+                leases: cluster.leases_in_force(&n),
                 this_node: n.id == cluster.me().id,
                 health: if cluster.is_up(&n) { "up" } else { "down" },
                 started: rfc3339(n.started_ms),
@@ -87,7 +89,6 @@ endpoint! {
                 name: n.name,
                 api_url: n.api_url,
                 nbd_addr: n.nbd_addr,
-                leases: n.leases,
                 disks: n.disks,
                 instances: n.instances,
             })
