@@ -212,6 +212,12 @@ impl Cluster {
         }
     }
 
+    /// The store the registry is in.
+    #[must_use]
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     /// This node's identity.
     #[must_use]
     pub fn me(&self) -> &NodeIdentity {

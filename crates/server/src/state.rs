@@ -35,6 +35,14 @@ pub(crate) struct AppState {
     pub cluster: Arc<crate::cluster::Cluster>,
 }
 
+impl AppState {
+    /// The store the node registry is in (tests write other nodes' records).
+    #[cfg(test)]
+    pub(crate) fn cluster_store(&self) -> Arc<dyn atrest_store::Store> {
+        self.cluster.store()
+    }
+}
+
 impl crate::rest::Host for AppState {
     fn kms(&self) -> &KeyService {
         &self.kms

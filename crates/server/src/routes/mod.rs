@@ -194,6 +194,111 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_another_node_hosts_is_answered_with_that_node_and_only_to_its_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, admin) = state(dir.path());
+        let account = st
+            .kms
+            .access_key(&admin.0)
+            .unwrap()
+            .unwrap()
+            .account
+            .clone();
+        // Another node's record, as its heartbeat writes it.
+        let other = crate::cluster::Cluster::new(
+            Arc::clone(&st.cluster_store()),
+            crate::cluster::NodeIdentity {
+                id: "0f0f0f0f-0000-4000-8000-000000000002".into(),
+                name: "node-b".into(),
+            },
+            "https://b.internal:7070".into(),
+            Some("b.internal:10809".into()),
+        );
+        other
+            .heartbeat(
+                &[],
+                vec![crate::cluster::HostedDisk {
+                    id: "disk-00000000000000b1".into(),
+                    account: account.as_str().to_owned(),
+                }],
+                vec![crate::cluster::HostedInstance {
+                    id: "db-b1".into(),
+                    name: "orders-b".into(),
+                    account: account.as_str().to_owned(),
+                }],
+            )
+            .unwrap();
+        for path in [
+            "/v1/disks/disk-00000000000000b1",
+            "/v1/instances/orders-b",
+            "/v1/instances/db-b1",
+        ] {
+            let (s, v) = call(&st, &admin, Method::GET, path, None, None).await;
+            assert_eq!(s, StatusCode::MISDIRECTED_REQUEST, "{path}: {v}");
+            assert_eq!(v["code"], "WrongNodeException", "{v}");
+            let m = v["message"].as_str().unwrap();
+            assert!(
+                m.contains("node node-b")
+                    && m.contains("https://b.internal:7070")
+                    && m.contains("b.internal:10809"),
+                "{m}"
+            );
+        }
+        // What no node hosts stays not found; so does another account's.
+        let (s, _) = call(
+            &st,
+            &admin,
+            Method::GET,
+            "/v1/disks/disk-00000000000000c1",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, v) = call(
+            &st,
+            &admin,
+            Method::POST,
+            "/v1/accounts",
+            Some(json!({"id": "222233334444"})),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, v) = call(
+            &st,
+            &admin,
+            Method::POST,
+            "/v1/accounts/222233334444/access-keys",
+            Some(json!({})),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let stranger = (
+            v["access_key_id"].as_str().unwrap().to_owned(),
+            v["secret_access_key"].as_str().unwrap().as_bytes().to_vec(),
+        );
+        for path in ["/v1/disks/disk-00000000000000b1", "/v1/instances/orders-b"] {
+            let (s, v) = call(&st, &stranger, Method::GET, path, None, None).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+            assert!(!v.to_string().contains("node-b"), "{v}");
+        }
+        // The node list shows both nodes (admins).
+        let (s, v) = call(&st, &admin, Method::GET, "/v1/nodes", None, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let names: Vec<&str> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"node-b"), "{v}");
+        let (s, v) = call(&st, &stranger, Method::GET, "/v1/nodes", None, None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn db_and_project_endpoints_are_typed_authorized_and_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let (st, admin) = state(dir.path());
