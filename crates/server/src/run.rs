@@ -383,6 +383,12 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(db_loop(Arc::clone(&db), stopped.clone())));
+    // The leases before the first round of the tasks they guard, so a
+    // single node runs its schedule at start as it always did.
+    {
+        let c = Arc::clone(&cluster);
+        blocking("taking the periodic tasks' leases", move || c.renew_leases()).await?;
+    }
     tasks.push(tokio::spawn(cluster_loop(
         Arc::clone(&cluster),
         Arc::clone(&opened.disks),
