@@ -277,6 +277,78 @@ fn report_verification(good: u64, first_bad: Option<(u64, String)>) -> anyhow::R
     }
 }
 
+/// Prints one line per node of a `POST /v1/audit/verify` answer, then the
+/// verdict (the single-node wording when there is one node).
+fn report_nodes(body: &Value) -> anyhow::Result<()> {
+    let nodes = body
+        .get("nodes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let first_bad = |v: &Value| {
+        v.get("first_bad").filter(|b| !b.is_null()).map(|b| {
+            (
+                b.get("record").and_then(Value::as_u64).unwrap_or(0),
+                b.get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown reason")
+                    .to_owned(),
+            )
+        })
+    };
+    let mut total = 0;
+    for n in &nodes {
+        let good = n.get("good_records").and_then(Value::as_u64).unwrap_or(0);
+        total += good;
+        let mut line = format!(
+            "node {} ({}): {}, {good} records verified",
+            text(n, "name"),
+            text(n, "node"),
+            text(n, "state")
+        );
+        if let Some((record, reason)) = first_bad(n) {
+            line.push_str(&format!("; record {record} is bad ({reason})"));
+        } else if let Some(reason) = n.get("reason").and_then(Value::as_str) {
+            line.push_str(&format!("; {reason}"));
+        }
+        println!("{line}");
+    }
+    let verified = body.get("verified").and_then(Value::as_bool) == Some(true);
+    if nodes.len() <= 1 {
+        let good = body
+            .get("good_records")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        match first_bad(body) {
+            None if verified => {
+                println!("audit trail verified: {good} records, chain and head intact");
+                return Ok(());
+            }
+            None => {
+                let why = nodes.first().map(|n| text(n, "reason")).unwrap_or_default();
+                bail!("audit trail damaged: {why}")
+            }
+            Some((record, reason)) => bail!(
+                "audit trail damaged: record {record} is bad ({reason}); the {good} records before it verify"
+            ),
+        }
+    }
+    if verified {
+        println!(
+            "audit trail verified: {} nodes, {total} records, every chain and head intact",
+            nodes.len()
+        );
+        return Ok(());
+    }
+    let bad: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.get("verified").and_then(Value::as_bool) != Some(true))
+        .map(|n| format!("{} ({})", text(n, "name"), text(n, "state")))
+        .collect();
+    bail!("audit trail not verified on every node: {}", bad.join(", "))
+}
+
 /// Verifies the audit files of a data dir directly, with its root of trust.
 fn verify_offline(root: &crate::cli::RootArgs) -> anyhow::Result<()> {
     let data_dir = crate::root_args::data_dir(root)?;
@@ -296,21 +368,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         if !resp.status.is_success() {
             return show(&resp);
         }
-        let body = resp.json();
-        let good = body
-            .get("good_records")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let first_bad = body.get("first_bad").filter(|b| !b.is_null()).map(|b| {
-            (
-                b.get("record").and_then(Value::as_u64).unwrap_or(0),
-                b.get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown reason")
-                    .to_owned(),
-            )
-        });
-        return report_verification(good, first_bad);
+        return report_nodes(&resp.json());
     }
     let c = client(&args.client)?;
     let mut filters = Vec::new();
@@ -331,12 +389,13 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     // there are no more, and print them all oldest first.
     let mut pages: Vec<Vec<Value>> = Vec::new();
     let mut want = args.limit;
-    let mut before: Option<u64> = None;
-    let next_before = loop {
+    let mut cursor: Option<String> = None;
+    let mut missing: Vec<Value> = Vec::new();
+    let next_cursor = loop {
         let mut query = filters.clone();
         query.push(format!("limit={}", want.min(AUDIT_PAGE)));
-        if let Some(b) = before {
-            query.push(format!("before={b}"));
+        if let Some(c) = &cursor {
+            query.push(format!("cursor={}", q(c)));
         }
         let resp = c
             .rest(Method::GET, &format!("/v1/audit?{}", query.join("&")), None)
@@ -350,18 +409,34 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             _ => bail!("the server's answer has no records: {body}"),
         };
         want = want.saturating_sub(records.len());
-        let next = body.get("next_before").and_then(Value::as_u64);
+        let next = body
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        for m in body
+            .get("missing_nodes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !missing.iter().any(|x| x.get("node") == m.get("node")) {
+                missing.push(m.clone());
+            }
+        }
         let empty = records.is_empty();
         pages.push(records);
         match next {
-            Some(b) if want > 0 && !empty && before.is_none_or(|old| b < old) => before = Some(b),
+            Some(c) if want > 0 && !empty && cursor.as_ref() != Some(&c) => cursor = Some(c),
             next => break next,
         }
     };
     let records: Vec<Value> = pages.into_iter().rev().flatten().collect();
     let mut out = json!({ "records": records });
-    if let Some(b) = next_before {
-        out["next_before"] = json!(b);
+    if let Some(c) = next_cursor {
+        out["next_cursor"] = json!(c);
+    }
+    if !missing.is_empty() {
+        out["missing_nodes"] = json!(missing);
     }
     crate::output::emit(&out)
 }

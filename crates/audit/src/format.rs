@@ -86,6 +86,10 @@ pub(crate) fn encode_body(entry: &Entry) -> Vec<u8> {
         }
         out.push(b'}');
     }
+    if let Some(node) = &entry.node {
+        out.extend_from_slice(b",\"node\":");
+        json_string(&mut out, node);
+    }
     out
 }
 
@@ -378,6 +382,8 @@ struct Parsed {
     count: Option<u64>,
     #[serde(default)]
     kinds: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    node: Option<String>,
     prev: String,
     mac: String,
 }
@@ -403,6 +409,7 @@ pub(crate) fn parse_record(line: &[u8]) -> Result<Record, serde_json::Error> {
             result: p.result,
             count: p.count,
             kinds: p.kinds,
+            node: p.node,
         },
         prev: p.prev,
         mac: p.mac,
@@ -444,6 +451,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            node: Some("2f6c0d3e-node".into()),
         }
     }
 
@@ -495,10 +503,12 @@ mod tests {
             result in "\\PC{0,20}",
             count in proptest::option::of(any::<u64>()),
             kinds in proptest::collection::btree_map(any::<String>(), any::<u64>(), 0..4),
+            node in opt(),
         ) {
             let entry = Entry {
                 time, request_id, region, account, principal, access_key_id, source,
                 operation, key_arn, via_service, grant_id, context_keys, result, count, kinds,
+                node,
             };
             let body = encode_body(&entry);
             let framed = [&b"{"[..], &body, b"}"].concat();

@@ -33,7 +33,9 @@
 //!   fields in this fixed order (absent options and empty `context_keys`
 //!   and `kinds` are left out): `seq, time, request_id, region, account,
 //!   principal, access_key_id, source, operation, key_arn, via_service,
-//!   grant_id, context_keys, result, count, kinds, prev, mac`. For example
+//!   grant_id, context_keys, result, count, kinds, node, prev, mac` (`node`,
+//!   the writing node's id, is absent from records written before it was
+//!   added; they read and verify as before). For example
 //!   (one line):
 //!   `{"seq":1,"time":"2026-11-22T07:12:00.123Z","request_id":"...",
 //!   "operation":"Decrypt",...,"result":"Success","prev":"000...0",
@@ -342,6 +344,11 @@ pub struct Entry {
     /// `InvalidSignatureException`, `NotFound`, ...).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub kinds: std::collections::BTreeMap<String, u64>,
+    /// The id of the node that wrote the record, when several nodes share
+    /// one store (each keeps its own chain). Records written before nodes
+    /// were named have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A record as stored: the entry, its sequence number (from 1), and the
@@ -398,6 +405,33 @@ pub struct VerifyReport {
     /// a file named like a segment that is not one. `None` if the whole log
     /// verified, including against the head file.
     pub first_bad: Option<(u64, String)>,
+}
+
+/// A chain's head: its last durable record's seq and mac.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuditHead)]
+pub struct Head {
+    /// The record's seq (0: the log is empty).
+    pub seq: u64,
+    /// Its mac, lower-case hex.
+    pub mac: String,
+}
+
+/// The mac of record `seq` of the log in `dir`, if the log holds it (found
+/// by the bisection queries use; the chain is not checked).
+pub fn mac_at(dir: &Path, seq: u64) -> Result<Option<String>, AuditError> {
+    if seq == 0 {
+        return Ok(Some(String::from_utf8_lossy(&ZERO_MAC).into_owned()));
+    }
+    let filter = Filter {
+        before: Some(seq.saturating_add(1)),
+        limit: Some(1),
+        ..Filter::default()
+    };
+    Ok(query_newest(dir, &filter)?
+        .into_iter()
+        .find(|r| r.seq == seq)
+        .map(|r| r.mac))
 }
 
 /// A filter for [`query_newest`]; every field that is set must match.
@@ -776,6 +810,18 @@ impl AuditLog {
     pub fn append_written_batch(&self, entries: &[Entry]) -> Result<u64, AuditError> {
         let refs: Vec<&Entry> = entries.iter().collect();
         self.write(&refs, None, true)
+    }
+
+    /// The chain's durable head: the seq and mac of the last record a sync
+    /// made durable (seq 0 and 64 `0`s for an empty log). A node publishes
+    /// it so that a chain cut back later is seen as truncated.
+    #[must_use]
+    pub fn head(&self) -> Head {
+        let (seq, mac) = self.core.durable();
+        Head {
+            seq,
+            mac: String::from_utf8_lossy(&mac).into_owned(),
+        }
     }
 
     /// What the log has done since open.

@@ -128,6 +128,8 @@ pub(crate) struct Core {
     pub(crate) last_seq: AtomicU64,
     /// The seq of the last record a sync covered.
     pub(crate) synced_seq: AtomicU64,
+    /// The seq and mac of the last record a sync covered (the head).
+    pub(crate) durable: Mutex<(u64, [u8; 64])>,
     /// Segments sealed since open.
     pub(crate) sealed: AtomicU64,
 }
@@ -194,8 +196,28 @@ impl Core {
             max_batch: AtomicU64::new(0),
             last_seq: AtomicU64::new(seq),
             synced_seq: AtomicU64::new(seq),
+            durable: Mutex::new((seq, prev)),
             sealed: AtomicU64::new(0),
         }
+    }
+
+    /// Notes that the records up to `seq` (whose mac is `mac`) are durable.
+    fn set_durable(&self, seq: u64, mac: [u8; 64]) {
+        let mut d = self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seq > d.0 {
+            *d = (seq, mac);
+        }
+    }
+
+    /// The seq and mac of the last durable record.
+    pub(crate) fn durable(&self) -> (u64, [u8; 64]) {
+        *self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Tail> {
@@ -532,6 +554,7 @@ impl<H: Storage> Syncer<H> {
         core.batches.fetch_add(1, Ordering::Relaxed);
         core.max_batch.fetch_max(n, Ordering::Relaxed);
         core.synced_seq.store(seq, Ordering::Release);
+        core.set_durable(seq, prev);
         for (s, ack) in acks {
             ack.send(Ok(s));
         }
@@ -630,6 +653,7 @@ impl<H: Storage> Syncer<H> {
         }
         self.head_dirty = !strict;
         core.synced_seq.fetch_max(seq, Ordering::Release);
+        core.set_durable(seq, prev);
         for (s, ack) in waiters {
             ack.send(Ok(s));
         }

@@ -2820,3 +2820,69 @@ fn query_and_verify_beside_a_live_writer_that_seals() {
     drop(log);
     assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(1600));
 }
+
+// ---------------------------------------------------------------------------
+// Records without a node (written before nodes were named).
+
+/// A trail written before records named their node (lines and head built
+/// here by hand, as the earlier release wrote them) verifies, queries and
+/// opens; records appended after it carry the node and the chain runs on.
+#[test]
+fn a_trail_without_node_ids_verifies_queries_and_continues() {
+    use atrest_crypto::hash::HmacSha256Key;
+    let mac_key = HmacSha256Key::new(key().expose());
+    let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let dir = tempfile::tempdir().unwrap();
+    let mut prev = "0".repeat(64);
+    let mut text = String::new();
+    for seq in 1..=3u64 {
+        let signed = format!(
+            "{{\"seq\":{seq},\"time\":\"2026-01-0{seq}T00:00:00.000Z\",\"request_id\":\"old-{seq}\",\
+             \"region\":\"us-east-1\",\"account\":\"111122223333\",\"operation\":\"Decrypt\",\
+             \"result\":\"Success\",\"prev\":\"{prev}\""
+        );
+        let mac = hex(mac_key.sign(signed.as_bytes()));
+        text.push_str(&format!("{signed},\"mac\":\"{mac}\"}}\n"));
+        prev = mac;
+    }
+    std::fs::write(dir.path().join(LOG_FILE), &text).unwrap();
+    let head = format!("atrest-audit-head v1 {:020} {prev}", 3);
+    let tag = hex(mac_key.sign(head.as_bytes()));
+    std::fs::write(dir.path().join(HEAD_FILE), format!("{head} {tag}\n")).unwrap();
+
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(3));
+    let old = query(dir.path(), &Filter::default()).unwrap();
+    assert_eq!(old.len(), 3);
+    assert!(old.iter().all(|r| r.entry.node.is_none()));
+    assert_eq!(
+        atrest_audit::mac_at(dir.path(), 3).unwrap().as_deref(),
+        Some(prev.as_str())
+    );
+    assert_eq!(atrest_audit::mac_at(dir.path(), 4).unwrap(), None);
+
+    let log = AuditLog::open(dir.path(), &key()).unwrap();
+    assert_eq!(log.head().seq, 3);
+    assert_eq!(log.head().mac, prev);
+    let mut e = entry(4);
+    e.node = Some("5d0c6a1e-0000-4000-8000-000000000001".into());
+    assert_eq!(log.append_blocking(e).unwrap(), 4);
+    assert_eq!(log.head().seq, 4, "the head follows a durable append");
+    let head = log.head();
+    drop(log);
+    assert_eq!(verify(dir.path(), &key()).unwrap(), ok_report(4));
+    let all = query(dir.path(), &Filter::default()).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(
+        all[3].entry.node.as_deref(),
+        Some("5d0c6a1e-0000-4000-8000-000000000001")
+    );
+    assert_eq!(all[3].mac, head.mac);
+    assert!(lines(dir.path())[3].contains(",\"node\":\"5d0c6a1e"));
+    assert!(!lines(dir.path())[2].contains("node"));
+    // The old lines are untouched: byte for byte what was written.
+    assert!(
+        std::fs::read_to_string(dir.path().join(LOG_FILE))
+            .unwrap()
+            .starts_with(&text)
+    );
+}

@@ -29,7 +29,7 @@ pub use dispatch::Operation;
 pub use error::KmsError;
 pub use service::{
     AUDIT_KEY_INFO, AccessKeyInfo, AccessKeyLastUsed, AccessKeyUse, AdminBootstrap, AuditFacts,
-    AuditSink, CachedAccessKey, Call, Caller, CustomKeyStore,
+    AuditSink, CLUSTER_KEY_INFO, CachedAccessKey, Call, Caller, CustomKeyStore,
     DEFAULT_ACCESS_KEY_USE_FLUSH_INTERVAL, ExternalHealth, ExternalKeyStatus, ExternalReport,
     KeyService, KeyUnusable, LifecycleReport, LocalKeyService, NewAccessKey, Providers,
     RequestMeta, ServiceSession, UserInfo, XksProxyConfiguration, audit_time, new_request_id,

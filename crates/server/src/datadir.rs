@@ -412,8 +412,17 @@ pub fn open(
         .map_err(|e| DataDirError::Kms(e.to_string()))?;
     let log = atrest_audit::AuditLog::open_with_options(&audit_dir, &audit_key, audit)
         .map_err(DataDirError::Audit)?;
+    // Every record names the node that wrote it (its id, kept in the data
+    // dir; the cluster reads the same id).
+    let node = crate::cluster::node_identity(dir, Some(""))
+        .map_err(|e| DataDirError::Io {
+            context: format!("the node's id in {}", dir.display()),
+            error: e,
+        })?
+        .id;
     let trail = Arc::new(
-        crate::trail::Trail::new(log, &audit_dir, audit_sync).map_err(DataDirError::Audit)?,
+        crate::trail::Trail::new(log, &audit_dir, audit_sync, Some(node))
+            .map_err(DataDirError::Audit)?,
     );
     kms.set_audit_sink(trail.clone());
     let kms = Arc::new(kms);

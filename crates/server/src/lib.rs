@@ -10,10 +10,12 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_nodes;
 pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod error;
+mod internal;
 mod kms_api;
 mod local;
 pub mod nbd;

@@ -23,6 +23,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .merge(rest_routes)
+        .route("/internal/v1/{*rest}", any(crate::internal::handle))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)

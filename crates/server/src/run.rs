@@ -295,7 +295,16 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
             config.cluster.advertise_nbd.clone(),
         ))
     };
+    let peers = crate::routes::audit::join_cluster(
+        &kms,
+        &opened.trail,
+        &cluster,
+        &config.data_dir.join("audit"),
+        config.tls.as_ref().map(|t| t.cert.as_path()),
+    )
+    .map_err(|e| StartError::DataDir(crate::datadir::DataDirError::Kms(e)))?;
     let state = Arc::new(AppState {
+        peers,
         kms: Arc::clone(&kms),
         trail: Arc::clone(&opened.trail),
         body: crate::request::BodyLimits {

@@ -33,6 +33,8 @@ pub(crate) struct AppState {
     pub idempotency: Idempotency,
     /// This node and the others sharing its store.
     pub cluster: Arc<crate::cluster::Cluster>,
+    /// Calls to the other nodes, and the check of theirs.
+    pub peers: Arc<crate::internal::Peers>,
 }
 
 impl AppState {

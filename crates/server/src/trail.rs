@@ -39,7 +39,7 @@ pub struct Metering {
 }
 
 /// One metering row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Usage {
     /// Account.
     pub account: String,
@@ -283,6 +283,8 @@ impl Refusals {
 /// The audit log and metering together; the key service's audit sink.
 pub struct Trail {
     log: AuditLog,
+    /// This node's id, written into every record.
+    node: Option<String>,
     sync: AuditSync,
     /// Counts of what the log holds.
     pub metering: Metering,
@@ -291,11 +293,13 @@ pub struct Trail {
 }
 
 impl Trail {
-    /// Wraps an open log, rebuilding the counts from `dir`'s records.
+    /// Wraps an open log, rebuilding the counts from `dir`'s records;
+    /// every record appended from now on names `node` (this node's id).
     pub fn new(
         log: AuditLog,
         dir: &std::path::Path,
         sync: AuditSync,
+        node: Option<String>,
     ) -> Result<Self, atrest_audit::AuditError> {
         let metering = Metering::default();
         // One record at a time: memory does not grow with the log.
@@ -306,6 +310,7 @@ impl Trail {
         })?;
         Ok(Self {
             log,
+            node,
             sync,
             metering,
             refusals: Refusals::default(),
@@ -336,6 +341,7 @@ impl Trail {
                 result: "Refused".to_owned(),
                 count: Some(r.count),
                 kinds: r.kinds,
+                node: self.node.clone(),
                 ..Entry::default()
             };
             self.log.append_written(&entry).map_err(|e| e.to_string())?;
@@ -346,7 +352,8 @@ impl Trail {
     /// Appends and counts the record of a request that changed no stored
     /// state; resolves once the record is written, or durable with
     /// [`AuditSync::Every`].
-    pub async fn record(&self, entry: Entry) -> Result<(), String> {
+    pub async fn record(&self, mut entry: Entry) -> Result<(), String> {
+        self.stamp(&mut entry);
         match self.sync {
             AuditSync::Changes => {
                 self.log.append_written(&entry).map_err(|e| e.to_string())?;
@@ -363,6 +370,19 @@ impl Trail {
         Ok(())
     }
 
+    /// Names this node in `entry` (unless it names one already).
+    fn stamp(&self, entry: &mut Entry) {
+        if entry.node.is_none() {
+            entry.node.clone_from(&self.node);
+        }
+    }
+
+    /// The chain's durable head (seq and mac of its last durable record).
+    #[must_use]
+    pub fn head(&self) -> atrest_audit::Head {
+        self.log.head()
+    }
+
     /// Counts a record, by a key taken before the entry went to the log.
     fn meter_owned(&self, key: Option<&MeterKey>) {
         if let Some(k) = key {
@@ -375,7 +395,8 @@ impl Trail {
 /// (before they commit) and the calls of services in process: always
 /// durable.
 impl atrest_kms::AuditSink for Trail {
-    fn record_blocking(&self, entry: Entry) -> Result<(), String> {
+    fn record_blocking(&self, mut entry: Entry) -> Result<(), String> {
+        self.stamp(&mut entry);
         let key = Metering::key(&entry).map(MeterRef::to_owned);
         self.log.append_blocking(entry).map_err(|e| e.to_string())?;
         self.meter_owned(key.as_ref());

@@ -57,6 +57,9 @@ use crate::root::RootKey;
 
 /// The HKDF `info` of the audit trail's key (see [`RootKey::derive`]).
 pub const AUDIT_KEY_INFO: &[u8] = b"atrest/audit/v1";
+/// The derivation label of the key nodes sharing a store authenticate
+/// their calls to each other with (every node has the same root).
+pub const CLUSTER_KEY_INFO: &[u8] = b"atrest/cluster/v1";
 
 /// The key service.
 pub struct KeyService {
@@ -340,6 +343,12 @@ impl KeyService {
     /// The key that chains the audit trail, derived from the root key.
     pub fn audit_key(&self) -> Result<Aes256Key, KmsError> {
         Ok(self.root.derive(AUDIT_KEY_INFO)?)
+    }
+
+    /// The key nodes authenticate their internal calls to each other with,
+    /// derived from the root key (so every node of a cluster has it).
+    pub fn cluster_key(&self) -> Result<Aes256Key, KmsError> {
+        Ok(self.root.derive(CLUSTER_KEY_INFO)?)
     }
 
     /// Finds the key a `KeyId` names, for the caller, in the caller's region.

@@ -123,7 +123,16 @@ mod tests {
             Arc::clone(&opened.disks),
             Arc::clone(&db),
         ));
+        let peers = Arc::new(
+            crate::internal::Peers::new(
+                &opened.kms.cluster_key().unwrap(),
+                cluster.me().id.clone(),
+                None,
+            )
+            .unwrap(),
+        );
         let st = AppState {
+            peers,
             kms: opened.kms,
             trail: opened.trail,
             body: crate::request::BodyLimits {
