@@ -21,8 +21,7 @@ as the server does: HKDF-SHA256, salt `atrest root derivation`, info
 any customer's credentials with 403, authenticate their answers, and are not
 in the OpenAPI document.
 
-Several nodes (needs a PostgreSQL the nodes share: set ATREST_TEST_STORE to
-a `postgres://` URL of an empty database, or skipped): two nodes, records
+Several nodes (on a PostgreSQL the nodes share, started by pg_fixture): two nodes, records
 of both merged and paged without a skip or a repeat, verify lists both `ok`;
 metering counts both; node 2 killed: verify says `unreachable` and the
 query lists it in `missing_nodes`.
@@ -33,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import time
 import uuid
 
@@ -41,6 +39,7 @@ import pytest
 import requests
 
 from conftest import atrest_client_cmd, read_credentials, rest_call
+from pg_fixture import pg_server, pg_url  # noqa: F401 (fixtures)
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -224,14 +223,9 @@ def test_metering_on_one_node_is_its_own(server):
 
 # -- several nodes on one PostgreSQL ---------------------------------------
 
-STORE = os.environ.get("ATREST_TEST_STORE")
-needs_store = pytest.mark.skipif(not STORE, reason="set ATREST_TEST_STORE=postgres://... (a shared store)")
-
-
-@needs_store
-def test_two_nodes_verify_merge_meter_and_report_a_dead_one(make_server):
-    n1 = make_server(name="n1").start("--store", STORE, "--node-name", "n1")
-    n2 = make_server(name="n2").start("--store", STORE, "--node-name", "n2",
+def test_two_nodes_verify_merge_meter_and_report_a_dead_one(make_server, pg_url):
+    n1 = make_server(name="n1").start("--store", pg_url, "--node-name", "n1")
+    n2 = make_server(name="n2").start("--store", pg_url, "--node-name", "n2",
                                       "--root-key-file", str(n1.root_key_file))
     ids = {node_id(n1): "n1", node_id(n2): "n2"}
     some_calls(n1, 3)

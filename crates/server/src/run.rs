@@ -396,7 +396,10 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     // single node runs its schedule at start as it always did.
     {
         let c = Arc::clone(&cluster);
-        blocking("taking the periodic tasks' leases", move || c.renew_leases()).await?;
+        blocking("taking the periodic tasks' leases", move || {
+            c.renew_leases()
+        })
+        .await?;
     }
     tasks.push(tokio::spawn(cluster_loop(
         Arc::clone(&cluster),
