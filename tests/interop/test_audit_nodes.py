@@ -262,3 +262,19 @@ def test_two_nodes_verify_merge_meter_and_report_a_dead_one(make_server, pg_url)
     body = rest_call(n1, "GET", "/v1/audit?limit=10").json()
     assert [m["node"] for m in body["missing_nodes"]] == [node_id(n2)], body
     assert all(r["node"] == node_id(n1) for r in body["records"])
+
+    # An operator removes the dead node (refused while it is up), and verify
+    # passes over the chains that remain.
+    r = rest_call(n1, "DELETE", f"/v1/nodes/{node_id(n1)}")
+    assert r.status_code == 409 and r.json()["code"] == "ConflictException", r.text
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        view = rest_call(n1, "GET", "/v1/nodes").json()["nodes"]
+        if any(n["id"] == node_id(n2) and n["health"] == "down" for n in view):
+            break
+        time.sleep(0.5)
+    p = atrest_client_cmd(n1, "node", "remove", node_id(n2))
+    assert p.returncode == 0, p.stderr
+    assert [n["id"] for n in rest_call(n1, "GET", "/v1/nodes").json()["nodes"]] == [node_id(n1)]
+    v = verify(n1)
+    assert v["verified"] is True and [n["node"] for n in v["nodes"]] == [node_id(n1)], v

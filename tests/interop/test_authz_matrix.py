@@ -98,7 +98,8 @@ OWN_CREATES = {"project:CreateProject", "kms:EnsureServiceKey"}
 
 # Actions only an admin account's principals may take.
 ADMIN_ONLY = {"admin:CreateAccount", "admin:ListAccounts", "admin:SuspendAccount", "admin:ResumeAccount",
-              "admin:ListAccountDisks", "audit:VerifyAudit", "admin:ListNodes"}
+              "admin:ListAccountDisks", "audit:VerifyAudit", "admin:ListNodes",
+              "admin:RemoveNode"}
 # Actions only an account's root takes (users do not manage users).
 ROOT_ONLY = {"iam:CreateAccessKey", "iam:CreateUser", "iam:ListUsers", "iam:PutUserPolicy", "iam:GetUserPolicy", "iam:DeleteUserPolicy"}
 

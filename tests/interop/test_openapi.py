@@ -52,6 +52,7 @@ ROUTES = {
     ("post", "/v1/audit/verify"),
     ("get", "/v1/metering"),
     ("get", "/v1/nodes"),
+    ("delete", "/v1/nodes/{id}"),
     ("put", "/v1/service-keys/{service}"),
     ("get", "/v1/disks"),
     ("post", "/v1/disks"),

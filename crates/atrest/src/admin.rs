@@ -448,6 +448,10 @@ pub async fn node(args: crate::cli::NodeArgs) -> anyhow::Result<()> {
     let c = client(&args.client)?;
     match args.command {
         crate::cli::NodeCommand::List => show(&c.rest(Method::GET, "/v1/nodes", None).await?),
+        crate::cli::NodeCommand::Remove { id } => show(
+            &c.rest(Method::DELETE, &format!("/v1/nodes/{}", q(&id)), None)
+                .await?,
+        ),
     }
 }
 

@@ -792,6 +792,12 @@ pub enum NodeCommand {
     /// Every node: its addresses, its health, its leases and what it hosts
     /// (admins).
     List,
+    /// Remove a node that is down and will not come back from the registry
+    /// (admins): `audit verify` stops checking its chain.
+    Remove {
+        /// The node's id (`atrest node list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -158,6 +158,20 @@ pub struct NodeRecord {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// Why a node could not be removed from the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// No node has this id.
+    #[error("no such node")]
+    NotFound,
+    /// The node is up (or is this node): it would register itself again.
+    #[error("node {0} is up")]
+    Up(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// This node's view of the cluster.
 pub struct Cluster {
     store: Arc<dyn Store>,
@@ -333,6 +347,21 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Removes the record of node `id`, which must be down.
+    pub fn remove(&self, id: &str) -> Result<(), RemoveError> {
+        let mut tx = self.store.write()?;
+        let bytes = tx.get(NODES, id.as_bytes())?.ok_or(RemoveError::NotFound)?;
+        let record: NodeRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Backend(format!("node record {id}: {e}")))?;
+        if self.is_up(&record) {
+            return Err(RemoveError::Up(record.name));
+        }
+        tx.delete(NODES, id.as_bytes())?;
+        tx.commit()?;
+        tracing::warn!(node = %id, name = %record.name, "removed a node that is down from the registry");
+        Ok(())
+    }
+
     /// Whether `record` is up (a recent heartbeat; this node always is).
     #[must_use]
     pub fn is_up(&self, record: &NodeRecord) -> bool {
@@ -447,6 +476,31 @@ mod tests {
             msg.contains("node a") && msg.contains("http://a") && msg.contains("a:10809"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn only_a_node_that_is_down_can_be_removed() {
+        let store: Arc<dyn Store> = Arc::new(atrest_store::MemoryStore::new());
+        let (a, b) = (cluster(&store, "a"), cluster(&store, "b"));
+        a.heartbeat(&[], vec![], vec![]).unwrap();
+        b.heartbeat(&[], vec![], vec![]).unwrap();
+        assert!(matches!(a.remove(&b.me().id), Err(RemoveError::Up(n)) if n == "b"));
+        assert!(matches!(a.remove(&a.me().id), Err(RemoveError::Up(_))));
+        assert!(matches!(a.remove("nobody"), Err(RemoveError::NotFound)));
+        // b's last heartbeat, 11 s ago.
+        let mut old = b
+            .nodes()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.id == b.me().id)
+            .unwrap();
+        old.heartbeat_ms -= 11_000;
+        let mut tx = store.write().unwrap();
+        tx.put(NODES, old.id.as_bytes(), &serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        tx.commit().unwrap();
+        a.remove(&b.me().id).unwrap();
+        assert_eq!(a.nodes().unwrap().len(), 1);
     }
 
     #[test]

@@ -1,20 +1,36 @@
-//! The nodes sharing this server's metadata store: `GET /v1/nodes`.
-//! Action `admin:ListNodes` on `*` (admins: an operator's view).
+//! The nodes sharing this server's metadata store: `GET /v1/nodes`,
+//! `DELETE /v1/nodes/{id}`. Actions `admin:ListNodes`, `admin:RemoveNode`
+//! on `*` (admins: an operator's view).
+#![allow(
+    unused_qualifications,
+    reason = "utoipa's expansion of the declared parameters names their types in full"
+)]
 
 use atrest_kms::KeyService;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::cluster::{Cluster, HostedDisk, HostedInstance};
 use crate::error::ApiError;
 use crate::rest::{Replayable, Resource, endpoint};
+use crate::routes::Deleted;
 use crate::state::AppState;
+
+/// A node in a path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct NodePath {
+    /// The node's id.
+    id: String,
+}
 
 /// The routes of this module.
 pub(crate) fn routes() -> OpenApiRouter<std::sync::Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(list_nodes))
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes))
+        .routes(routes!(remove_node))
 }
 
 /// One node.
@@ -95,5 +111,32 @@ endpoint! {
             .collect();
         nodes.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         Ok(NodeList { nodes })
+    },
+}
+
+endpoint! {
+    /// Remove a node that is down and will not come back from the registry
+    /// (admins): its audit chain is no longer checked by `verify` (keep a
+    /// copy of its data dir's `audit/` if the machine can be read). A node
+    /// that is up, or this node, is refused; a node that starts again
+    /// registers itself again.
+    remove_node: delete "/v1/nodes/{id}" => "admin:RemoveNode",
+    tag: "admin", status: OK, paged: false, idempotent: false,
+    path: NodePath,
+    answer: Deleted,
+    resource: |_, _, _, _, _| Ok(Resource::any()),
+    run: |st, call, p, _, _| {
+        KeyService::require_admin_caller(call.caller)?;
+        st.cluster.remove(&p.id).map_err(|e| match e {
+            crate::cluster::RemoveError::Store(e) => ApiError::Kms(e.into()),
+            crate::cluster::RemoveError::NotFound => ApiError::Kms(atrest_kms::KmsError::NotFound(
+                format!("Node {} is not registered", p.id),
+            )),
+            crate::cluster::RemoveError::Up(name) => ApiError::Conflict(format!(
+                "Node {name} ({}) is up: stop it first (a node is down 10 s after its last heartbeat)",
+                p.id
+            )),
+        })?;
+        Ok(Deleted { deleted: p.id })
     },
 }
