@@ -172,6 +172,41 @@ pub trait WriteTx: ReadTx {
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
+/// A write transaction's scan for backends that keep its changes in memory
+/// over a committed snapshot: merges `base` (committed entries) with
+/// `pending` (its changes; `None` is a deletion), both in key order and
+/// already limited to the scanned range; a pending change wins over the
+/// committed entry of the same key. At most `limit` entries.
+pub fn merge_pending<'a>(
+    base: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    pending: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    limit: usize,
+) -> Vec<Entry> {
+    let (mut base, mut pending) = (base.peekable(), pending.peekable());
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let take_pending = match (base.peek().map(|e| e.0), pending.peek().map(|e| e.0)) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(bk), Some(pk)) => {
+                if pk == bk {
+                    base.next();
+                }
+                pk <= bk
+            }
+        };
+        if take_pending {
+            if let Some((k, Some(v))) = pending.next() {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+        } else if let Some((k, v)) = base.next() {
+            out.push((k.to_vec(), v.to_vec()));
+        }
+    }
+    out
+}
+
 /// The smallest key strictly greater than every key starting with `prefix`,
 /// or `None` if there is none (the prefix is all 0xff).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {

@@ -136,42 +136,17 @@ impl ReadTx for MemWrite<'_> {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let t = table.name();
-        let mut base = self
+        let base = self
             .base
             .range(bounds(table, prefix, after))
             .take_while(|((tn, _), _)| *tn == t)
-            .peekable();
-        let mut over = self
+            .map(|((_, k), v)| (k.as_slice(), v.as_slice()));
+        let pending = self
             .changes
             .range(bounds(table, prefix, after))
             .take_while(|((tn, _), _)| *tn == t)
-            .peekable();
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let take_over = match (base.peek(), over.peek()) {
-                (None, None) => break,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some(((_, bk), _)), Some(((_, ok), _))) => {
-                    if ok <= bk {
-                        if ok == bk {
-                            base.next();
-                        }
-                        true
-                    } else {
-                        false
-                    }
-                }
-            };
-            if take_over {
-                if let Some(((_, k), Some(v))) = over.next() {
-                    out.push((k.clone(), v.clone()));
-                }
-            } else if let Some(((_, k), v)) = base.next() {
-                out.push((k.clone(), v.clone()));
-            }
-        }
-        Ok(out)
+            .map(|((_, k), v)| (k.as_slice(), v.as_deref()));
+        Ok(crate::merge_pending(base, pending, limit))
     }
 }
 
