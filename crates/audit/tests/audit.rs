@@ -618,6 +618,8 @@ struct MemState {
     writes: Vec<(u64, Vec<u8>)>,
     synced_images: Vec<Vec<u8>>,
     hold_sync: bool,
+    /// Whether a sync is waiting on `hold_sync` now.
+    held: bool,
 }
 
 /// How a write is mangled by a power cut.
@@ -741,8 +743,10 @@ impl Storage for Mem {
             let (lock, cvar) = &*self.state;
             let mut s = lock.lock().unwrap();
             while s.hold_sync {
+                s.held = true;
                 s = cvar.wait(s).unwrap();
             }
+            s.held = false;
         }
         if !self.tick() || self.dead() {
             return Err(power_off());
@@ -803,9 +807,13 @@ fn torn_last_write_at_every_byte_recovers_every_acknowledged_record() {
     std::thread::scope(|s| {
         let l = Arc::clone(&log);
         s.spawn(move || assert_eq!(l.append_blocking(small(3)).unwrap(), 4));
-        while log_mem.state.0.lock().unwrap().writes.len() == writes_before {
+        // Once the syncer waits in record 4's sync, its batch is record 4
+        // alone (waiting for the write only let a quick sixth append slip
+        // into that batch, and the head then named record 5).
+        while !log_mem.state.0.lock().unwrap().held {
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert!(log_mem.state.0.lock().unwrap().writes.len() > writes_before);
         for i in 4..9 {
             let l = Arc::clone(&log);
             s.spawn(move || l.append_blocking(small(i)).unwrap());
@@ -856,14 +864,30 @@ fn torn_last_write_at_every_byte_recovers_every_acknowledged_record() {
         "the last batch is not the five queued records"
     );
     assert_eq!(count_lines(&pre), 4);
-    let (head_prev, head_last) = {
+    // The heads naming record 4 and record 9, as synced. Chosen by the seq
+    // they name (bytes 21..41 of the head), not by their place: on a loaded
+    // machine the syncer may write a head more between them (record 4's
+    // sync returning after some of the five were written), and the
+    // scenario is "the head still names record 4".
+    let head_naming = |seq: u64| {
         let s = head_mem.state.0.lock().unwrap();
-        let n = s.synced_images.len();
-        (
-            s.synced_images[n - 2].clone(),
-            s.synced_images[n - 1].clone(),
-        )
+        s.synced_images
+            .iter()
+            .rev()
+            .find(|img| img.get(21..41) == Some(format!("{seq:020}").as_bytes()))
+            .unwrap_or_else(|| {
+                let named: Vec<String> = s
+                    .synced_images
+                    .iter()
+                    .map(|i| {
+                        String::from_utf8_lossy(i.get(21..41).unwrap_or_default()).into_owned()
+                    })
+                    .collect();
+                panic!("no head names record {seq}: {named:?}")
+            })
+            .clone()
     };
+    let (head_prev, head_last) = (head_naming(4), head_naming(9));
 
     // On disk, the live log ends in zeros preallocated up to 4 KiB (closing
     // the log cut them away, so put them back).
