@@ -226,6 +226,12 @@ impl Cluster {
         }
     }
 
+    /// Whether other nodes share the store (and read this node's record).
+    #[must_use]
+    pub fn shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
     /// The store the registry is in.
     #[must_use]
     pub fn store(&self) -> Arc<dyn Store> {
@@ -254,9 +260,13 @@ impl Cluster {
             .push((name.to_owned(), source));
     }
 
-    /// Whether this node holds `lease` now.
+    /// Whether this node holds `lease` now (always, alone on the embedded
+    /// store).
     #[must_use]
     pub fn holds(&self, lease: Lease) -> bool {
+        if !self.store.is_shared() {
+            return true;
+        }
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -507,7 +517,10 @@ mod tests {
     fn the_embedded_store_grants_every_lease() {
         let store: Arc<dyn Store> = Arc::new(atrest_store::MemoryStore::new());
         let a = cluster(&store, "a");
-        assert!(!a.holds(Lease::Lifecycle));
+        assert!(
+            Lease::ALL.iter().all(|l| a.holds(*l)),
+            "alone, before any renewal"
+        );
         assert_eq!(a.renew_leases(), Lease::ALL.to_vec());
         assert!(Lease::ALL.iter().all(|l| a.holds(*l)));
     }

@@ -322,9 +322,7 @@ endpoint! {
             } else {
                 None
             };
-            for r in &mut records {
-                r.entry.node.get_or_insert_with(|| me.clone());
-            }
+            // Records as written: those of earlier releases name no node.
             records.reverse();
             let next_cursor = next_before.map(|b| {
                 crate::audit_nodes::format_cursor(&[(me.clone(), b)].into())

@@ -95,6 +95,24 @@ endpoint! {
             .nodes()
             .map_err(|e| ApiError::Kms(e.into()))?
             .into_iter()
+            .map(|mut n| {
+                if n.id == cluster.me().id {
+                    // This node as it is now (on the embedded store its
+                    // record is written at start only).
+                    n.disks = st.disks.hosted().into_iter()
+                        .map(|(id, account)| HostedDisk { id, account }).collect();
+                    n.instances = st.db.hosted().into_iter()
+                        .map(|(id, name, account)| HostedInstance { id, name, account }).collect();
+                    n.heartbeat_ms = i64::try_from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis(),
+                    )
+                    .unwrap_or(n.heartbeat_ms);
+                }
+                n
+            })
             .map(|n| NodeView {
                 leases: cluster.leases_in_force(&n),
                 this_node: n.id == cluster.me().id,
