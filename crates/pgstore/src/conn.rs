@@ -93,6 +93,16 @@ pub(crate) struct Target {
     pub shown: String,
 }
 
+/// Gives `config` the password `env` (PGPASSWORD's value) unless the URL
+/// had one.
+fn password_from_env(config: &mut Config, env: Option<std::ffi::OsString>) {
+    if config.get_password().is_none()
+        && let Some(pw) = env
+    {
+        config.password(pw.as_encoded_bytes());
+    }
+}
+
 /// Parses `postgres://user:password@host:port/db?sslmode=...&sslrootcert=FILE`.
 pub(crate) fn parse_url(url: &str, connect_timeout: Duration) -> Result<Target, StoreError> {
     let (base, query) = match url.split_once('?') {
@@ -147,6 +157,9 @@ pub(crate) fn parse_url(url: &str, connect_timeout: Duration) -> Result<Target, 
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
+    // As libpq does: a URL without a password takes PGPASSWORD's (so the
+    // password need not be in a command line or a unit file's URL).
+    password_from_env(&mut config, std::env::var_os("PGPASSWORD"));
     config.connect_timeout(connect_timeout);
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(10));
@@ -528,6 +541,19 @@ mod tests {
 
     fn parse(url: &str) -> Result<Target, String> {
         parse_url(url, Duration::from_secs(1)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pgpassword_is_used_only_when_the_url_has_no_password() {
+        let mut c: Config = "postgres://u@h/d".parse().unwrap();
+        password_from_env(&mut c, Some("from-env".into()));
+        assert_eq!(c.get_password(), Some(&b"from-env"[..]));
+        let mut c: Config = "postgres://u:in-url@h/d".parse().unwrap();
+        password_from_env(&mut c, Some("from-env".into()));
+        assert_eq!(c.get_password(), Some(&b"in-url"[..]));
+        let mut c: Config = "postgres://u@h/d".parse().unwrap();
+        password_from_env(&mut c, None);
+        assert_eq!(c.get_password(), None);
     }
 
     #[test]
