@@ -1,7 +1,6 @@
 //! `atrest`: the command-line entry point. Parses arguments and hands off to
 //! the library crates; holds no logic of its own.
 
-#![forbid(unsafe_code)]
 #![allow(
     clippy::print_stderr,
     reason = "a command-line tool reports its errors on stderr"
@@ -12,6 +11,7 @@ mod cli;
 mod db;
 mod db_agent;
 mod disks;
+mod heap;
 mod output;
 mod projects;
 mod provider;
@@ -21,17 +21,11 @@ mod store;
 
 use clap::Parser;
 
-/// mimalloc instead of glibc's malloc: the server allocates many small,
-/// short-lived buffers per request from two runtime threads and the audit
-/// writer, where glibc's arenas cost a quarter of the CPU under load
-/// (`docs/benchmarks.md`, section 2).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(heap::on_park)
         .build()
     {
         Ok(r) => r,

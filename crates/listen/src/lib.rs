@@ -29,12 +29,17 @@
 //!
 //! A burst of connections (thousands of stalled clients, each with its
 //! buffers and TLS state) makes the allocator grow its heaps on many
-//! threads; glibc keeps the freed pages, so resident memory stays at the
-//! burst's peak. When a listener that held at least [`TRIM_AFTER`]
-//! connections at once is empty again, the allocator is asked to give its
-//! free pages back (`malloc_trim`, on a thread of its own), so that the
-//! server's memory returns to its steady state after every burst instead of
-//! ratcheting up with the worst interleaving seen.
+//! threads, and an allocator keeps freed pages for reuse, so resident
+//! memory stays at the burst's peak. When a listener that held at least
+//! [`TRIM_AFTER`] connections at once is empty again, it counts a burst's
+//! end ([`bursts_ended`]) and asks glibc's `malloc` to give its free pages
+//! back (`malloc_trim`, on a thread of its own: C libraries allocate
+//! there). An allocator with a heap per thread cannot be trimmed from
+//! another thread: the program that chose it watches [`bursts_ended`] from
+//! each of its threads (the `atrest` binary does from every runtime worker
+//! as it goes idle), so that the server's memory returns to its steady
+//! state after every burst instead of ratcheting up with the worst
+//! interleaving seen.
 //!
 //! # Drain
 //!
@@ -191,6 +196,17 @@ struct Table {
 /// the allocator's free memory back.
 pub const TRIM_AFTER: u64 = 64;
 
+/// Bursts ended so far, process-wide (see the module doc).
+static BURSTS_ENDED: AtomicU64 = AtomicU64::new(0);
+
+/// How many times, since the process started, a listener that held at
+/// least [`TRIM_AFTER`] connections at once has become empty again. A
+/// thread that sees this number change should give its allocator's free
+/// pages back.
+pub fn bursts_ended() -> u64 {
+    BURSTS_ENDED.load(Ordering::Relaxed)
+}
+
 /// An admitted connection's place in its [`Table`]; freed when dropped.
 struct Slot {
     table: Arc<Table>,
@@ -235,10 +251,7 @@ impl Drop for Slot {
                 by_address.remove(&self.key);
             }
         }
-        let was = self.table.stats.open.fetch_sub(1, Ordering::Relaxed);
-        if was == 1 && self.table.peak.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
-            heap::trim();
-        }
+        self.table.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -262,9 +275,16 @@ pub async fn serve(
     let lingering = Arc::new(Semaphore::new(LINGER_MAX));
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        // Reap finished connection tasks so the set stays small.
-        while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
+            // A finished connection's task is reaped at once, so that its
+            // memory is freed now and not at the next accept.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if connections.is_empty() && table.peak.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
+                    BURSTS_ENDED.fetch_add(1, Ordering::Relaxed);
+                    heap::trim();
+                }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {

@@ -164,6 +164,56 @@ async fn a_full_listener_refuses_and_recovers() {
     srv.task.await.unwrap();
 }
 
+/// Opens `n` admitted connections to `srv` at once, then closes them all
+/// and waits until the listener is empty.
+async fn burst(srv: &Running, n: usize) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        assert!(echoes(&mut s).await);
+        held.push(s);
+    }
+    held.clear();
+    wait_open(&srv.stats, 0).await;
+}
+
+/// Waits until [`bursts_ended`] reaches `n` (the last connection's slot is
+/// freed just after the listener's open count drops).
+async fn wait_bursts(n: u64) {
+    for _ in 0..500 {
+        if bursts_ended() >= n {
+            assert_eq!(bursts_ended(), n);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("bursts ended: {}, not {n}", bursts_ended());
+}
+
+#[tokio::test]
+async fn a_burst_s_end_is_counted_once_the_listener_is_empty() {
+    // (No other test in this crate holds TRIM_AFTER connections at once.)
+    let limits = Limits {
+        max_per_address: 1000,
+        ..Limits::default()
+    };
+    let srv = start(limits, Arc::new(Echo)).await;
+    let before = bursts_ended();
+    let trim_after = usize::try_from(TRIM_AFTER).unwrap();
+    // Fewer than TRIM_AFTER at once is not a burst; TRIM_AFTER is one.
+    burst(&srv, trim_after - 1).await;
+    burst(&srv, trim_after).await;
+    wait_bursts(before + 1).await;
+    // Counted once, after the emptying: the peak starts again from there.
+    burst(&srv, 2).await;
+    burst(&srv, trim_after).await;
+    wait_bursts(before + 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(bursts_ended(), before + 2);
+    let _ = srv.stop.send(true);
+    srv.task.await.unwrap();
+}
+
 /// Ignores the stop signal: only the drain's deadline ends it.
 struct Stubborn;
 
