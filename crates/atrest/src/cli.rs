@@ -925,8 +925,9 @@ pub struct ServeArgs {
     #[arg(long, requires = "nbd_listen")]
     pub nbd_tls_client_ca: Option<PathBuf>,
     /// Accept plaintext NBD (loopback only), acting as this principal
-    /// (`arn:aws:iam::ACCOUNT:root` or `...:user/NAME`); without it, NBD
-    /// requires TLS before anything else.
+    /// (`arn:aws:iam::ACCOUNT:root` or `...:user/NAME`, or `admin`: the
+    /// root of the admin account the first start creates); without it,
+    /// NBD requires TLS before anything else.
     #[arg(long, requires = "nbd_listen")]
     pub nbd_plaintext_principal: Option<String>,
     /// The directory of PostgreSQL's programs (initdb, pg_ctl, postgres,

@@ -152,6 +152,44 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// Whether a member of this name holds a count of bytes (`size`,
+/// `block_size`, `uploaded_bytes`, ...), shown in binary units in tables.
+fn is_size(name: &str) -> bool {
+    name == "size" || name == "bytes" || name.ends_with("_size") || name.ends_with("_bytes")
+}
+
+/// `n` bytes in the largest binary unit it reaches: exact when it is a
+/// whole number of that unit (`1 GiB`), else to one decimal (`1.5 GiB`).
+/// Tables show this; JSON keeps the exact bytes.
+#[must_use]
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut unit = 0;
+    let mut scale: u64 = 1024;
+    while unit + 1 < UNITS.len() && n / scale >= 1024 {
+        unit += 1;
+        scale *= 1024;
+    }
+    if n.is_multiple_of(scale) {
+        format!("{} {}", n / scale, UNITS[unit])
+    } else {
+        // Tenths, rounded down, so that a size is never shown larger than it is.
+        let tenths = u128::from(n) * 10 / u128::from(scale);
+        format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
+    }
+}
+
+/// A member's cell: sizes in binary units, the rest as [`cell`].
+fn member_cell(name: &str, v: &Value) -> String {
+    match v.as_u64() {
+        Some(n) if is_size(name) => human_bytes(n),
+        _ => cell(v),
+    }
+}
+
 fn columns(rows: &[Vec<String>]) -> String {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n)
@@ -199,7 +237,12 @@ fn list_table(items: &[Value]) -> String {
     }
     let mut rows = vec![names.iter().map(|n| n.to_uppercase()).collect::<Vec<_>>()];
     for it in items {
-        rows.push(names.iter().map(|n| cell(&it[n.as_str()])).collect());
+        rows.push(
+            names
+                .iter()
+                .map(|n| member_cell(n, &it[n.as_str()]))
+                .collect(),
+        );
     }
     columns(&rows)
 }
@@ -225,14 +268,14 @@ pub fn table(v: &Value) -> String {
                 let rest: Vec<Vec<String>> = o
                     .iter()
                     .filter(|(k, _)| k != only)
-                    .map(|(k, v)| vec![k.clone(), cell(v)])
+                    .map(|(k, v)| vec![k.clone(), member_cell(k, v)])
                     .collect();
                 out.push_str(&columns(&rest));
                 return out;
             }
             columns(
                 &o.iter()
-                    .map(|(k, v)| vec![k.clone(), cell(v)])
+                    .map(|(k, v)| vec![k.clone(), member_cell(k, v)])
                     .collect::<Vec<_>>(),
             )
         }
@@ -257,7 +300,10 @@ mod tests {
             ["ENCRYPTED", "ID", "SIZE", "KEY_ARN"]
         );
         assert!(
-            lines[1].starts_with("true") && lines[1].contains("disk-1") && lines[1].ends_with('-'),
+            lines[1].starts_with("true")
+                && lines[1].contains("disk-1")
+                && lines[1].contains("  1 MiB  ")
+                && lines[1].ends_with('-'),
             "{t}"
         );
         assert!(
@@ -279,6 +325,27 @@ mod tests {
         );
         assert!(t.contains("tags    a,b\n"), "{t}");
         assert_eq!(table(&json!({"disks": []})), "(no disks)\n");
+    }
+
+    #[test]
+    fn sizes_show_in_binary_units_in_tables_and_exactly_in_json() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1 KiB");
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        // Never shown larger than it is.
+        assert_eq!(human_bytes((2 << 30) - 1), "1.9 GiB");
+        assert_eq!(human_bytes(u64::MAX), "15.9 EiB");
+        let t = table(
+            &json!({"id": "disk-1", "size": 1_073_741_824_u64, "block_size": 4096,
+                              "uploaded_bytes": 1536, "count": 2048, "size_note": "x"}),
+        );
+        assert!(t.contains("size            1 GiB\n"), "{t}");
+        assert!(t.contains("block_size      4 KiB\n"), "{t}");
+        assert!(t.contains("uploaded_bytes  1.5 KiB\n"), "{t}");
+        assert!(t.contains("count           2048\n"), "{t}");
+        assert!(t.contains("size_note       x\n"), "{t}");
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub struct NbdConfig {
     /// TLS, if offered.
     pub tls: Option<NbdTls>,
     /// Accept plaintext connections (loopback only), acting as this
-    /// principal (`arn:aws:iam::ACCOUNT:root` or `...:user/NAME`). Without
-    /// it, TLS is required.
+    /// principal (`arn:aws:iam::ACCOUNT:root` or `...:user/NAME`, or
+    /// [`ADMIN`] for the root of the admin account the first start
+    /// created). Without it, TLS is required.
     pub plaintext_principal: Option<String>,
 }
 
@@ -85,6 +86,31 @@ pub fn principal_caller(arn: &str, region: &str) -> Option<Caller> {
     valid.then(|| Caller::user(account, region, name))
 }
 
+/// What `--nbd-plaintext-principal` takes for the root of the admin
+/// account the first start created (whose id is random).
+pub const ADMIN: &str = "admin";
+
+/// The checks of `config` that need nothing but it, made before the data
+/// dir is opened: plaintext only on loopback and as a principal atrest
+/// knows the form of, TLS otherwise.
+pub(crate) fn check(config: &NbdConfig) -> Result<(), StartError> {
+    if let Some(p) = &config.plaintext_principal {
+        if !config.listen.ip().is_loopback() {
+            return Err(StartError::NbdPlaintextRemote {
+                listen: config.listen,
+            });
+        }
+        if p != ADMIN && principal_caller(p, "").is_none() {
+            return Err(StartError::NbdPrincipal {
+                principal: p.clone(),
+            });
+        }
+    } else if config.tls.is_none() {
+        return Err(StartError::NbdWithoutTls);
+    }
+    Ok(())
+}
+
 /// Starts the NBD listener; it serves until `stopped` turns true.
 pub(crate) async fn start(
     config: &NbdConfig,
@@ -94,20 +120,19 @@ pub(crate) async fn start(
     (limits, stats): (crate::config::ConnectionLimits, Arc<atrest_listen::Stats>),
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
-    if let Some(p) = &config.plaintext_principal {
-        if !config.listen.ip().is_loopback() {
-            return Err(StartError::NbdPlaintextRemote {
-                listen: config.listen,
-            });
+    check(config)?;
+    let plaintext = match config.plaintext_principal.as_deref() {
+        Some(ADMIN) => {
+            let account = kms
+                .first_admin_account()
+                .map_err(|e| StartError::DataDir(crate::datadir::DataDirError::Kms(e.to_string())))?
+                .ok_or_else(|| StartError::NbdPrincipal {
+                    principal: ADMIN.to_owned(),
+                })?;
+            Some(format!("arn:aws:iam::{account}:root"))
         }
-        if principal_caller(p, "").is_none() {
-            return Err(StartError::NbdPrincipal {
-                principal: p.clone(),
-            });
-        }
-    } else if config.tls.is_none() {
-        return Err(StartError::NbdWithoutTls);
-    }
+        other => other.map(str::to_owned),
+    };
     let tls: Option<Arc<dyn StartTls>> = match &config.tls {
         Some(t) => Some(Arc::new(Tls::new(t, Arc::clone(&kms)).map_err(
             |error| StartError::Tls {
@@ -127,7 +152,7 @@ pub(crate) async fn start(
     let backend: Arc<dyn Backend> = Arc::new(DiskExports {
         kms,
         disks,
-        plaintext: config.plaintext_principal.clone(),
+        plaintext,
         cluster: Some(cluster),
     });
     let bind = |error| StartError::Bind {

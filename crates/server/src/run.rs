@@ -130,14 +130,116 @@ impl RunningServer {
 }
 
 /// Opens the data dir, binds the listener and starts serving. A start that
-/// fails leaves no empty directory of its own in `/run/atrest`.
+/// fails leaves no empty directory of its own in `/run/atrest`, and a
+/// first start that fails leaves nothing it created (see [`FirstStart`]).
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let data_dir = config.data_dir.clone();
+    let first = FirstStart::note(&config);
     let started = start_serving(config).await;
     if started.is_err() {
         remove_empty_run_dirs(&crate::local::run_base(&data_dir));
+        if let Some(first) = first {
+            first.undo();
+        }
     }
     started
+}
+
+/// What a first start creates outside a shared store: the data dir (with
+/// the embedded store, the admin account and the audit trail in it), the
+/// root key file, and the admin credentials file. Noted before the start;
+/// if the start then fails, whatever of these did not exist before is
+/// removed, so that a first start refused for a wrong flag does not leave
+/// an initialised installation (with an admin secret nobody was shown)
+/// behind. With a shared store nothing is undone: the store may already
+/// hold this start's admin account, and its credentials file is the only
+/// copy of the secret. A key a PKCS#11 token made is left in the token.
+pub(crate) struct FirstStart {
+    data_dir: PathBuf,
+    /// Whether the data dir existed (then empty: anything in it now is
+    /// this start's).
+    dir_existed: bool,
+    /// Files this start may create that did not exist.
+    files: Vec<PathBuf>,
+}
+
+impl FirstStart {
+    /// `None` unless `config` is a first start on the embedded store: no
+    /// data dir, or an empty one.
+    pub(crate) fn note(config: &ServerConfig) -> Option<Self> {
+        if config.cluster.store_url.is_some() {
+            return None;
+        }
+        let data_dir = config.data_dir.clone();
+        let dir_existed = match std::fs::read_dir(&data_dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return None;
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => return None,
+        };
+        let credentials = config
+            .admin_credentials
+            .clone()
+            .unwrap_or_else(|| crate::datadir::default_admin_credentials_file(&data_dir));
+        let mut files = vec![credentials];
+        if let atrest_kms::root::RootSource::KeyFile(path) = &config.root {
+            files.push(path.clone());
+        }
+        files.retain(|f| std::fs::symlink_metadata(f).is_err());
+        Some(Self {
+            data_dir,
+            dir_existed,
+            files,
+        })
+    }
+
+    /// Removes what this start created (see the type's doc), holding the
+    /// data dir's lock (its store file's): a data dir another server has
+    /// opened since this start looked is left as it is.
+    pub(crate) fn undo(self) {
+        let store_file = self.data_dir.join("kms.redb");
+        let _lock = if store_file.exists() {
+            match atrest_store::RedbStore::open(&store_file) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    tracing::warn!(data_dir = %self.data_dir.display(), error = %e, "the first start failed, but its data dir is in use: left as it is");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let mut removed = Vec::new();
+        for f in &self.files {
+            if std::fs::remove_file(f).is_ok() {
+                removed.push(f.display().to_string());
+            }
+        }
+        if self.dir_existed {
+            if let Ok(entries) = std::fs::read_dir(&self.data_dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    if gone.is_ok() {
+                        removed.push(path.display().to_string());
+                    }
+                }
+            }
+        } else if std::fs::remove_dir_all(&self.data_dir).is_ok() {
+            removed.push(self.data_dir.display().to_string());
+        }
+        if !removed.is_empty() {
+            tracing::info!(removed = ?removed, "the first start failed: removed what it had created");
+        }
+    }
 }
 
 /// Removes what of the run dir `base` is empty.
@@ -152,6 +254,9 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         return Err(StartError::PlaintextRemote {
             listen: config.listen,
         });
+    }
+    if let Some(nbd) = &config.nbd {
+        crate::nbd::check(nbd)?;
     }
     let tls = match &config.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(
@@ -931,4 +1036,116 @@ async fn db_loop(db: Arc<atrest_dbservice::DbService>, mut stopped: watch::Recei
         |()| {},
     )
     .await;
+}
+
+#[cfg(test)]
+mod first_start_tests {
+    use std::path::Path;
+
+    use super::FirstStart;
+    use crate::config::ServerConfig;
+
+    fn config(dir: &Path) -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            allow_plaintext_remote: false,
+            data_dir: dir.join("data"),
+            admin_credentials: None,
+            root: atrest_kms::root::RootSource::KeyFile(dir.join("data.root.key")),
+            regions: vec!["us-east-1".into()],
+            lifecycle_interval: std::time::Duration::from_secs(3600),
+            lifecycle_clock_offset: time::Duration::ZERO,
+            max_body_bytes: 64 * 1024,
+            metrics_listen: None,
+            audit: atrest_audit::Options::default(),
+            audit_sync: crate::config::AuditSync::default(),
+            disks: atrest_diskservice::Config::default(),
+            nbd: None,
+            db: crate::DbSettings::default(),
+            providers: std::collections::BTreeMap::new(),
+            provider_check_interval: std::time::Duration::from_secs(60),
+            access_key_use_flush: std::time::Duration::from_secs(60),
+            connections: crate::config::ConnectionLimits::default(),
+            audit_refusal_interval: crate::config::DEFAULT_AUDIT_REFUSAL_INTERVAL,
+            object_store: None,
+            region_object_stores: Vec::new(),
+            cluster: crate::ClusterSettings::default(),
+        }
+    }
+
+    /// What a first start makes: the data dir with a store, a key file
+    /// and a credentials file beside it.
+    fn make_all(dir: &Path) {
+        std::fs::create_dir(dir.join("data")).unwrap();
+        drop(atrest_store::RedbStore::open(&dir.join("data/kms.redb")).unwrap());
+        std::fs::create_dir(dir.join("data/audit")).unwrap();
+        std::fs::write(dir.join("data.root.key"), b"k").unwrap();
+        std::fs::write(dir.join("data.admin-credentials"), b"c").unwrap();
+    }
+
+    #[test]
+    fn a_failed_first_start_removes_what_it_made_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FirstStart::note(&config(dir.path())).expect("a first start");
+        make_all(dir.path());
+        std::fs::write(dir.path().join("unrelated"), b"u").unwrap();
+        first.undo();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["unrelated"]);
+
+        // A data dir that existed empty stays, emptied; a key file that
+        // existed before stays.
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data.root.key"), b"theirs").unwrap();
+        let first = FirstStart::note(&config(dir.path())).expect("an empty dir is a first start");
+        std::fs::remove_file(dir.path().join("data.root.key")).unwrap();
+        std::fs::remove_dir(dir.path().join("data")).unwrap();
+        make_all(dir.path());
+        std::fs::write(dir.path().join("data.root.key"), b"theirs").unwrap();
+        first.undo();
+        assert!(dir.path().join("data").is_dir());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("data")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("data.root.key")).unwrap(),
+            b"theirs"
+        );
+        assert!(!dir.path().join("data.admin-credentials").exists());
+    }
+
+    #[test]
+    fn a_data_dir_another_server_holds_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FirstStart::note(&config(dir.path())).expect("a first start");
+        // Another server made the data dir and holds its store meanwhile.
+        make_all(dir.path());
+        let theirs = atrest_store::RedbStore::open(&dir.path().join("data/kms.redb")).unwrap();
+        first.undo();
+        drop(theirs);
+        for f in [
+            "data/kms.redb",
+            "data/audit",
+            "data.root.key",
+            "data.admin-credentials",
+        ] {
+            assert!(dir.path().join(f).exists(), "{f} removed");
+        }
+    }
+
+    #[test]
+    fn no_undo_for_an_existing_installation_or_a_shared_store() {
+        let dir = tempfile::tempdir().unwrap();
+        make_all(dir.path());
+        assert!(FirstStart::note(&config(dir.path())).is_none());
+        let other = tempfile::tempdir().unwrap();
+        let mut shared = config(other.path());
+        shared.cluster.store_url = Some("postgres://db/atrest".into());
+        assert!(FirstStart::note(&shared).is_none());
+    }
 }

@@ -51,7 +51,7 @@ pub enum StartError {
     },
     /// The principal for plaintext NBD is not an atrest principal ARN.
     #[error(
-        "--nbd-plaintext-principal {principal} is not arn:aws:iam::ACCOUNT:root or arn:aws:iam::ACCOUNT:user/NAME"
+        "--nbd-plaintext-principal {principal} is not arn:aws:iam::ACCOUNT:root, arn:aws:iam::ACCOUNT:user/NAME or admin (the root of the admin account made at first start)"
     )]
     NbdPrincipal {
         /// The principal given.

@@ -349,6 +349,27 @@ impl KeyService {
         self.in_transaction(call, |tx| self.insert_account(tx, id, admin))
     }
 
+    /// The admin account made first (the one the first start created,
+    /// unless an operator has since removed it): what `admin` names where
+    /// the server's flags take a principal (`--nbd-plaintext-principal
+    /// admin`). `None` without an admin account.
+    pub fn first_admin_account(&self) -> Result<Option<AccountId>, KmsError> {
+        let tx = self.store.read()?;
+        let mut first: Option<(i64, String)> = None;
+        for (_, v) in tx.scan(records::ACCOUNTS, b"", None, usize::MAX)? {
+            let a: AccountRecord = records::decode(records::ACCOUNTS, &v)?;
+            if a.admin
+                && !a.service
+                && first
+                    .as_ref()
+                    .is_none_or(|f| (a.created, &a.id) < (f.0, &f.1))
+            {
+                first = Some((a.created, a.id));
+            }
+        }
+        Ok(first.and_then(|(_, id)| AccountId::parse(&id)))
+    }
+
     /// Admin: lists accounts as (id, admin, suspended, created).
     pub fn list_accounts(
         &self,
