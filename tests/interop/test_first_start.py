@@ -30,12 +30,17 @@ from conftest import atrest_client_cmd, free_port, new_account
 A = "111122223333"
 
 
-def held_port() -> tuple[socket.socket, int]:
-    """A loopback port something else listens on."""
+def start_with_metrics_port_taken(server) -> tuple[int, str]:
+    """Starts `server` with a metrics port something else listens on (its
+    bind fails after the data dir is open); returns the exit code and the
+    output."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(1)
-    return s, s.getsockname()[1]
+    try:
+        return server.run_until_exit("--metrics-listen", f"127.0.0.1:{s.getsockname()[1]}")
+    finally:
+        s.close()
 
 
 def made(server) -> dict[str, bool]:
@@ -55,11 +60,7 @@ def test_a_refused_first_start_leaves_nothing_behind(make_server):
 
     # Refused after the data dir, the root key, the admin and its
     # credentials were made: the metrics listener cannot bind.
-    sock, port = held_port()
-    try:
-        rc, out = server.run_until_exit("--metrics-listen", f"127.0.0.1:{port}")
-    finally:
-        sock.close()
+    rc, out = start_with_metrics_port_taken(server)
     assert rc != 0 and "binding metrics listener" in out, out
     assert "removed what it had created" in out, out
     assert made(server) == {"data dir": False, "root key": False, "credentials": False}
@@ -69,11 +70,7 @@ def test_a_refused_first_start_leaves_nothing_behind(make_server):
     # A data dir that existed empty (made by a package or systemd) is left
     # there, empty.
     server.data_dir.mkdir(mode=0o700)
-    sock, port = held_port()
-    try:
-        rc, out = server.run_until_exit("--metrics-listen", f"127.0.0.1:{port}")
-    finally:
-        sock.close()
+    rc, out = start_with_metrics_port_taken(server)
     assert rc != 0, out
     assert server.data_dir.is_dir() and list(server.data_dir.iterdir()) == []
     assert not server.root_key_file.exists() and not server.credentials_file.exists()
@@ -92,11 +89,7 @@ def test_a_failed_start_of_an_existing_installation_removes_nothing(make_server)
     server.stop()
     before = {p: p.read_bytes() for p in (server.root_key_file, server.credentials_file)}
     files = sorted(p.relative_to(server.data_dir) for p in server.data_dir.rglob("*"))
-    sock, port = held_port()
-    try:
-        rc, out = server.run_until_exit("--metrics-listen", f"127.0.0.1:{port}")
-    finally:
-        sock.close()
+    rc, out = start_with_metrics_port_taken(server)
     assert rc != 0 and "binding metrics listener" in out, out
     assert "removed what it had created" not in out, out
     assert {p: p.read_bytes() for p in before} == before
