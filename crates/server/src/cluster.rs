@@ -111,6 +111,23 @@ fn host_name() -> String {
         .unwrap_or_else(|| "atrest".into())
 }
 
+/// The disks `disks` hosts now, as this node's record names them.
+pub(crate) fn hosted_disks(disks: &atrest_diskservice::DiskService) -> Vec<HostedDisk> {
+    disks
+        .hosted()
+        .into_iter()
+        .map(|(id, account)| HostedDisk { id, account })
+        .collect()
+}
+
+/// The instances `db` hosts now, as this node's record names them.
+pub(crate) fn hosted_instances(db: &atrest_dbservice::DbService) -> Vec<HostedInstance> {
+    db.hosted()
+        .into_iter()
+        .map(|(id, name, account)| HostedInstance { id, name, account })
+        .collect()
+}
+
 /// A disk a node hosts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostedDisk {

@@ -112,6 +112,7 @@ pub(crate) fn check(config: &NbdConfig) -> Result<(), StartError> {
 }
 
 /// Starts the NBD listener; it serves until `stopped` turns true.
+/// `config` has passed [`check`] (before the data dir was opened).
 pub(crate) async fn start(
     config: &NbdConfig,
     kms: Arc<KeyService>,
@@ -120,7 +121,6 @@ pub(crate) async fn start(
     (limits, stats): (crate::config::ConnectionLimits, Arc<atrest_listen::Stats>),
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
-    check(config)?;
     let plaintext = match config.plaintext_principal.as_deref() {
         Some(ADMIN) => {
             let account = kms

@@ -79,7 +79,11 @@ impl RunningServer {
         );
         match tokio::task::spawn_blocking(move || {
             let leases = c.renew_leases();
-            c.heartbeat(&leases, hosted_disks(&d), hosted_instances(&b))
+            c.heartbeat(
+                &leases,
+                crate::cluster::hosted_disks(&d),
+                crate::cluster::hosted_instances(&b),
+            )
         })
         .await
         {
@@ -526,7 +530,11 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
         );
         blocking("taking the periodic tasks' leases", move || {
             let leases = c.renew_leases();
-            c.heartbeat(&leases, hosted_disks(&d), hosted_instances(&b))
+            c.heartbeat(
+                &leases,
+                crate::cluster::hosted_disks(&d),
+                crate::cluster::hosted_instances(&b),
+            )
         })
         .await?
         .map_err(|e| StartError::DataDir(crate::datadir::DataDirError::Store(e)))?;
@@ -888,21 +896,6 @@ async fn key_use_loop(kms: Arc<KeyService>, every: Duration, stopped: watch::Rec
     .await;
 }
 
-fn hosted_disks(disks: &atrest_diskservice::DiskService) -> Vec<crate::cluster::HostedDisk> {
-    disks
-        .hosted()
-        .into_iter()
-        .map(|(id, account)| crate::cluster::HostedDisk { id, account })
-        .collect()
-}
-
-fn hosted_instances(db: &atrest_dbservice::DbService) -> Vec<crate::cluster::HostedInstance> {
-    db.hosted()
-        .into_iter()
-        .map(|(id, name, account)| crate::cluster::HostedInstance { id, name, account })
-        .collect()
-}
-
 /// Renews this node's leases and writes its record every heartbeat.
 async fn cluster_loop(
     cluster: Arc<crate::cluster::Cluster>,
@@ -916,7 +909,11 @@ async fn cluster_loop(
         stopped,
         move || {
             let leases = cluster.renew_leases();
-            cluster.heartbeat(&leases, hosted_disks(&disks), hosted_instances(&db))
+            cluster.heartbeat(
+                &leases,
+                crate::cluster::hosted_disks(&disks),
+                crate::cluster::hosted_instances(&db),
+            )
         },
         |r| {
             if let Err(e) = r {

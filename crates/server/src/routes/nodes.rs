@@ -99,10 +99,8 @@ endpoint! {
                 if n.id == cluster.me().id {
                     // This node as it is now (on the embedded store its
                     // record is written at start only).
-                    n.disks = st.disks.hosted().into_iter()
-                        .map(|(id, account)| HostedDisk { id, account }).collect();
-                    n.instances = st.db.hosted().into_iter()
-                        .map(|(id, name, account)| HostedInstance { id, name, account }).collect();
+                    n.disks = crate::cluster::hosted_disks(&st.disks);
+                    n.instances = crate::cluster::hosted_instances(&st.db);
                     n.heartbeat_ms = i64::try_from(
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
