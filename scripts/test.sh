@@ -45,10 +45,11 @@ step "system packages"
 # instances (initdb, pg_ctl, pg_basebackup, psql, pgbench).
 # postgresql-server-dev-all: the headers atrest's PostgreSQL guard
 # (crates/dbservice/guard) is compiled against. passwd: useradd, userdel
-# (one OS user per database instance).
+# (one OS user per database instance). chromium: the web console's browser
+# tests (Playwright drives it; it downloads no browser of its own).
 APT_PACKAGES=(openssl ca-certificates softhsm2 qemu-utils libnbd-bin nbdkit fio gnutls-bin
   libssl-dev pkg-config fuse3 e2fsprogs util-linux passwd postgresql postgresql-client
-  postgresql-contrib postgresql-server-dev-all)
+  postgresql-contrib postgresql-server-dev-all chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

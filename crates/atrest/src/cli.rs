@@ -842,6 +842,15 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, env = "ATREST_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Do not serve the web console (`/console/` on the API's listener).
+    #[arg(long)]
+    pub no_console: bool,
+    /// Seconds of inactivity after which a console session ends.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub console_idle_timeout: u64,
+    /// Seconds after sign-in at which a console session ends, used or not.
+    #[arg(long, default_value_t = 28_800, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub console_session_lifetime: u64,
     /// Which answers wait until their audit record is durable: `changes`
     /// (a request that changes stored state commits only once its record is
     /// synced; any other request is answered once its record is written to

@@ -123,6 +123,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             advertise_api: args.advertise_api.clone(),
             advertise_nbd: args.advertise_nbd.clone(),
         },
+        console: (!args.no_console).then(|| atrest_console::Options {
+            idle_timeout: Duration::from_secs(args.console_idle_timeout),
+            lifetime: Duration::from_secs(args.console_session_lifetime),
+            ..atrest_console::Options::default()
+        }),
     };
     let server = atrest_server::start(config).await?;
     let endpoint = format!("{scheme}://{}", server.addr);
@@ -138,6 +143,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("  node:     {} ({})", server.node.name, server.node.id);
     println!("  root:     {root_shown}");
+    if !args.no_console {
+        println!("  console:  {endpoint}/console/");
+    }
     if let Some(m) = server.metrics_addr {
         println!("  metrics:  http://{m}/metrics");
     }
@@ -164,6 +172,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             path.display(),
             server.kms.regions()[0]
         );
+        if !args.no_console {
+            println!(
+                "Or sign in to the console at {endpoint}/console/ with that access key and its secret."
+            );
+        }
     }
     signals.wait().await;
     tracing::info!("shutting down");

@@ -261,6 +261,21 @@ impl Cluster {
         &self.me
     }
 
+    /// The URL clients reach this node's API at.
+    #[must_use]
+    pub fn api_url(&self) -> String {
+        self.api_url.clone()
+    }
+
+    /// The NBD address this node shows, when it serves NBD.
+    #[must_use]
+    pub fn nbd_addr(&self) -> Option<String> {
+        self.nbd_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Sets the NBD address this node shows (once its listener is bound).
     pub fn set_nbd_addr(&self, addr: String) {
         *self

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub region_object_stores: Vec<(String, atrest_objstore::StoreConfig)>,
     /// Several nodes on one shared metadata store.
     pub cluster: ClusterSettings,
+    /// The web console at `/console/` (`None`: not served). Its cookie is
+    /// marked `Secure` when the listener serves TLS, whatever is set here.
+    pub console: Option<atrest_console::Options>,
 }
 
 /// Where the metadata lives and how this node shows itself to the others.

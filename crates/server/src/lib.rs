@@ -5,14 +5,15 @@
 //! the REST API under `/v1`, the NBD listener for disks ([`nbd`]), SigV4
 //! authentication of every request, the
 //! mapping of every error to an HTTP status and AWS error type (one function,
-//! [`error::ApiError::parts`]), the data dir, and the background lifecycle
-//! task. Owns no key logic: that is `atrest-kms`.
+//! [`error::ApiError::parts`]), the data dir, the background lifecycle
+//! task, and the web console's backend (`atrest-console` owns its pages). Owns no key logic: that is `atrest-kms`.
 
 #![forbid(unsafe_code)]
 
 mod audit_nodes;
 pub mod cluster;
 pub mod config;
+mod console;
 pub mod datadir;
 pub mod error;
 mod internal;

@@ -14,11 +14,21 @@ use crate::error::ApiError;
 use crate::request::{Peer, rest_error_response};
 use crate::state::AppState;
 
-/// The router of the HTTP listener.
-pub(crate) fn router(state: Arc<AppState>) -> Router {
+/// The router of the HTTP listener, with the web console under
+/// `/console/` unless `console` is `None` (`--no-console`).
+pub(crate) fn router(state: Arc<AppState>, console: Option<atrest_console::Options>) -> Router {
     let (rest_routes, rest_doc) = crate::routes::api().split_for_parts();
     crate::openapi::add_paths(rest_doc);
-    Router::new()
+    let mut app: Router<Arc<AppState>> = Router::new();
+    let mut console_router = None;
+    if let Some(options) = console {
+        let (backend, slot) = crate::console::Backend::new(Arc::clone(&state));
+        app = app.merge(atrest_console::router(atrest_console::Console::new(
+            backend, options,
+        )));
+        console_router = Some(slot);
+    }
+    let app = app
         .route("/", any(crate::kms_api::kms_endpoint))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(crate::openapi::serve))
@@ -26,7 +36,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/internal/v1/{*rest}", any(crate::internal::handle))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(state)
+        .with_state(state);
+    if let Some(slot) = console_router {
+        // The console's calls go through this router (the API's own path).
+        let _ = slot.set(app.clone());
+    }
+    app
 }
 
 async fn no_route(State(st): State<Arc<AppState>>, req: Request) -> Response {

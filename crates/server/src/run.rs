@@ -508,7 +508,13 @@ async fn start_serving(config: ServerConfig) -> Result<RunningServer, StartError
     }
     let http = Http {
         tls,
-        app: router(state),
+        app: router(
+            state,
+            config.console.map(|mut c| {
+                c.secure |= config.tls.is_some();
+                c
+            }),
+        ),
         limits,
     };
     tasks.push(tokio::spawn(atrest_listen::serve(
@@ -1068,6 +1074,7 @@ mod first_start_tests {
             object_store: None,
             region_object_stores: Vec::new(),
             cluster: crate::ClusterSettings::default(),
+            console: None,
         }
     }
 

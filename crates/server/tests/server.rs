@@ -42,6 +42,7 @@ fn config(dir: &Path, tls: Option<TlsFiles>) -> ServerConfig {
         object_store: None,
         region_object_stores: Vec::new(),
         cluster: atrest_server::ClusterSettings::default(),
+        console: Some(atrest_console::Options::default()),
     }
 }
 

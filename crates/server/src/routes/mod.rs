@@ -191,7 +191,7 @@ mod tests {
         if let Some(h) = req.headers_mut() {
             *h = headers;
         }
-        let resp = crate::router::router(Arc::clone(st))
+        let resp = crate::router::router(Arc::clone(st), None)
             .oneshot(req.body(Body::from(body)).unwrap())
             .await
             .unwrap();
