@@ -4,7 +4,7 @@
 //! authorization, the audit record and metering are the API's own).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use atrest_console::{Answer, Call, Principal, SignInRefused};
 use atrest_kms::RequestMeta;
@@ -24,21 +24,13 @@ const HOST: &str = "console.atrest.internal";
 /// atrest's [`atrest_console::Backend`].
 pub(crate) struct Backend {
     state: Arc<AppState>,
-    /// The router console calls go through (set once it is built: it holds
-    /// the console itself).
-    router: Arc<OnceLock<Router>>,
+    /// The API's router (without the console) console calls go through.
+    router: Router,
 }
 
 impl Backend {
-    pub(crate) fn new(state: Arc<AppState>) -> (Self, Arc<OnceLock<Router>>) {
-        let router = Arc::new(OnceLock::new());
-        (
-            Self {
-                state,
-                router: Arc::clone(&router),
-            },
-            router,
-        )
+    pub(crate) fn new(state: Arc<AppState>, router: Router) -> Self {
+        Self { state, router }
     }
 
     fn region(&self) -> String {
@@ -159,12 +151,6 @@ impl atrest_console::Backend for Backend {
             status,
             body: serde_json::json!({ "code": "ConsoleError", "message": message }),
         };
-        let Some(router) = self.router.get().cloned() else {
-            return refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The console is starting.".into(),
-            );
-        };
         let Ok(Some(key)) = self.state.kms.access_key(access_key_id) else {
             return refused(StatusCode::UNAUTHORIZED, "The access key is gone.".into());
         };
@@ -220,7 +206,7 @@ impl atrest_console::Backend for Backend {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         req.extensions_mut().insert(Peer(source));
-        let resp = match router.oneshot(req).await {
+        let resp = match self.router.clone().oneshot(req).await {
             Ok(r) => r,
             Err(e) => match e {},
         };

@@ -17,18 +17,27 @@ use crate::state::AppState;
 /// The router of the HTTP listener, with the web console under
 /// `/console/` unless `console` is `None` (`--no-console`).
 pub(crate) fn router(state: Arc<AppState>, console: Option<atrest_console::Options>) -> Router {
+    let api = api_router(Arc::clone(&state));
+    match console {
+        None => api,
+        Some(options) => {
+            // The console's calls go through the API's router (its own
+            // clone, without the console: no reference cycle keeps the
+            // state, and its store files, alive after shutdown).
+            let backend = crate::console::Backend::new(state, api.clone());
+            api.merge(atrest_console::router::<_, ()>(
+                atrest_console::Console::new(backend, options),
+            ))
+        }
+    }
+}
+
+/// The API's routes: the AWS KMS endpoint, health, the OpenAPI document,
+/// every REST route and the internal node-to-node endpoints.
+fn api_router(state: Arc<AppState>) -> Router {
     let (rest_routes, rest_doc) = crate::routes::api().split_for_parts();
     crate::openapi::add_paths(rest_doc);
-    let mut app: Router<Arc<AppState>> = Router::new();
-    let mut console_router = None;
-    if let Some(options) = console {
-        let (backend, slot) = crate::console::Backend::new(Arc::clone(&state));
-        app = app.merge(atrest_console::router(atrest_console::Console::new(
-            backend, options,
-        )));
-        console_router = Some(slot);
-    }
-    let app = app
+    Router::new()
         .route("/", any(crate::kms_api::kms_endpoint))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(crate::openapi::serve))
@@ -36,12 +45,7 @@ pub(crate) fn router(state: Arc<AppState>, console: Option<atrest_console::Optio
         .route("/internal/v1/{*rest}", any(crate::internal::handle))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(state);
-    if let Some(slot) = console_router {
-        // The console's calls go through this router (the API's own path).
-        let _ = slot.set(app.clone());
-    }
-    app
+        .with_state(state)
 }
 
 async fn no_route(State(st): State<Arc<AppState>>, req: Request) -> Response {
