@@ -73,54 +73,31 @@ impl KeyNames {
     /// The aliases, and with `keys` the key ids too.
     pub(crate) async fn load<B: Backend>(ctx: &Ctx<'_, B>, keys: bool) -> Self {
         let mut out = Self::default();
-        let mut marker: Option<String> = None;
-        for _ in 0..100 {
-            let mut body = json!({ "Limit": 100 });
-            if let Some(m) = &marker {
-                body["Marker"] = json!(m);
-            }
-            let a = ctx.kms("ListAliases", body).await;
-            if !a.ok() {
-                out.error = Some(a.error());
-                break;
-            }
-            for al in a.get("Aliases").as_array().into_iter().flatten() {
-                let target = text(&al["TargetKeyId"]);
-                if !target.is_empty() {
-                    out.aliases
-                        .entry(target)
-                        .or_default()
-                        .push(text(&al["AliasName"]));
+        match ctx.kms_list("ListAliases", "Aliases", 100, 10_000).await {
+            Ok(aliases) => {
+                for al in &aliases {
+                    let target = text(&al["TargetKeyId"]);
+                    if !target.is_empty() {
+                        out.aliases
+                            .entry(target)
+                            .or_default()
+                            .push(text(&al["AliasName"]));
+                    }
                 }
             }
-            if a.get("Truncated") != &Value::Bool(true) {
-                break;
-            }
-            marker = Some(text(a.get("NextMarker")));
+            Err(e) => out.error = Some(e),
         }
-        let mut marker: Option<String> = None;
-        while keys && out.ids.len() < KEY_CHOICES {
-            let mut body = json!({ "Limit": 100 });
-            if let Some(m) = &marker {
-                body["Marker"] = json!(m);
+        if keys {
+            match ctx.kms_list("ListKeys", "Keys", 100, KEY_CHOICES).await {
+                Ok(k) => {
+                    out.ids = k
+                        .iter()
+                        .map(|k| text(&k["KeyId"]))
+                        .filter(|k| !k.is_empty())
+                        .collect();
+                }
+                Err(e) => out.error = Some(e),
             }
-            let a = ctx.kms("ListKeys", body).await;
-            if !a.ok() {
-                out.error = Some(a.error());
-                break;
-            }
-            out.ids.extend(
-                a.get("Keys")
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|k| text(&k["KeyId"]))
-                    .filter(|k| !k.is_empty()),
-            );
-            if a.get("Truncated") != &Value::Bool(true) {
-                break;
-            }
-            marker = Some(text(a.get("NextMarker")));
         }
         out
     }

@@ -88,53 +88,36 @@ async fn list<B: Backend>(ctx: &Ctx<'_, B>, q: &Form) -> Response {
         // position among the matches.
         let needle = search.to_lowercase();
         let mut matches: Vec<String> = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            // ListAliases pages at most 100 (as AWS's).
-            let mut body = json!({ "Limit": 100 });
-            if let Some(m) = &marker {
-                body["Marker"] = json!(m);
-            }
-            let a = ctx.kms("ListAliases", body).await;
-            if !a.ok() {
-                error = Some(a.error());
-                break;
-            }
-            for al in a.get("Aliases").as_array().into_iter().flatten() {
-                let target = text(&al["TargetKeyId"]);
-                if !target.is_empty()
-                    && text(&al["AliasName"]).to_lowercase().contains(&needle)
-                    && !matches.contains(&target)
-                {
-                    matches.push(target);
+        let mut seen = std::collections::HashSet::new();
+        // ListAliases pages by at most 100 (as AWS's), ListKeys by 1000.
+        let found = match ctx
+            .kms_list("ListAliases", "Aliases", 100, usize::MAX)
+            .await
+        {
+            Ok(aliases) => ctx
+                .kms_list("ListKeys", "Keys", 1000, usize::MAX)
+                .await
+                .map(|keys| (aliases, keys)),
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok((aliases, keys)) => {
+                let by_alias = aliases.iter().filter_map(|al| {
+                    let target = text(&al["TargetKeyId"]);
+                    (!target.is_empty() && text(&al["AliasName"]).to_lowercase().contains(&needle))
+                        .then_some(target)
+                });
+                let by_id = keys
+                    .iter()
+                    .map(|k| text(&k["KeyId"]))
+                    .filter(|id| id.to_lowercase().contains(&needle));
+                for id in by_alias.chain(by_id) {
+                    if seen.insert(id.clone()) {
+                        matches.push(id);
+                    }
                 }
             }
-            if a.get("Truncated") != &Value::Bool(true) {
-                break;
-            }
-            marker = Some(text(a.get("NextMarker")));
-        }
-        marker = None;
-        while error.is_none() {
-            let mut body = json!({ "Limit": 1000 });
-            if let Some(m) = &marker {
-                body["Marker"] = json!(m);
-            }
-            let a = ctx.kms("ListKeys", body).await;
-            if !a.ok() {
-                error = Some(a.error());
-                break;
-            }
-            for k in a.get("Keys").as_array().into_iter().flatten() {
-                let id = text(&k["KeyId"]);
-                if id.to_lowercase().contains(&needle) && !matches.contains(&id) {
-                    matches.push(id);
-                }
-            }
-            if a.get("Truncated") != &Value::Bool(true) {
-                break;
-            }
-            marker = Some(text(a.get("NextMarker")));
+            Err(e) => error = Some(e),
         }
         let start: usize = q.get("from").parse().unwrap_or(0);
         for id in matches.iter().skip(start).take(PAGE) {

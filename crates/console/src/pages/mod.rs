@@ -90,6 +90,37 @@ impl<B: Backend> Ctx<'_, B> {
             .await
     }
 
+    /// The members `member` of every page of the KMS list operation `op`
+    /// (`ListKeys` / `Keys`, `ListAliases` / `Aliases`), `limit` a page,
+    /// until the list ends or `max` are read.
+    pub(crate) async fn kms_list(
+        &self,
+        op: &'static str,
+        member: &str,
+        limit: u32,
+        max: usize,
+    ) -> Result<Vec<Value>, String> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        while out.len() < max {
+            let mut body = serde_json::json!({ "Limit": limit });
+            if let Some(m) = &marker {
+                body["Marker"] = Value::from(m.as_str());
+            }
+            let a = self.kms(op, body).await;
+            if !a.ok() {
+                return Err(a.error());
+            }
+            out.extend(a.get(member).as_array().into_iter().flatten().cloned());
+            match (a.get("Truncated"), a.get("NextMarker")) {
+                (Value::Bool(true), Value::String(m)) => marker = Some(m.clone()),
+                _ => break,
+            }
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
     /// `GET` on the REST API.
     pub(crate) async fn get(&self, path: String) -> Answer {
         self.rest(Method::GET, path, None).await
